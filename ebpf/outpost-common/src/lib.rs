@@ -1,0 +1,20 @@
+//! Shared between the outpost XDP program and userspace.
+//!
+//! # Layout
+//! - [`hello`]: the ClientHello classifier, a resumable parser over a bounded byte cursor. The
+//!   kernel feeds it TCP segments one at a time; userspace feeds it whatever it has read.
+//! - [`version`]: protocol versions, policy modes and verdicts, and how a policy maps one to
+//!   the other.
+//! - [`maps`]: `#[repr(C)]` keys and values of the BPF maps, their names, and the parse
+//!   outcome counters.
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod hello;
+pub mod maps;
+pub mod version;
+
+pub use hello::{HelloParser, Input, Malformed, Progress};
+pub use version::{Mode, Policy, Verdict, Version};

@@ -1,0 +1,224 @@
+//! Map names, keys and values shared by the XDP program and userspace.
+//!
+//! Maps pinned under [`PIN_DIR`] outlive the loader: stats survive a userspace restart and
+//! `bpftool map dump pinned /sys/fs/bpf/outpost/<name>` reads them.
+
+use crate::hello::HelloParser;
+use crate::version::{Verdict, Version};
+
+/// Where maps and attachment links are pinned.
+pub const PIN_DIR: &str = "/sys/fs/bpf/outpost";
+
+/// `Policy`, one entry (array).
+pub const POLICY: &str = "policy";
+/// Protected TCP ports as a bitmap: entry `port / 64`, bit `port % 64` (array of u64).
+pub const PORTS: &str = "ports";
+/// Per-CPU u64 counters indexed by [`version_slot`].
+pub const VERSION_STATS: &str = "version_stats";
+/// Per-CPU u64 counters indexed by [`Outcome`].
+pub const PARSE_STATS: &str = "parse_stats";
+/// LRU hash [`FlowKey`] → [`FlowState`]: hellos followed across segments, and flows already
+/// dropped or rejected (so retransmissions are handled without being counted again).
+pub const FLOWS: &str = "flows";
+/// Per-CPU counter of the baseline program used by the benchmark.
+pub const BASELINE_STATS: &str = "baseline_stats";
+
+/// Names of the XDP programs in the object.
+pub const PROG_FLOOR: &str = "outpost_xdp";
+/// Counts and passes: the benchmark's baseline.
+pub const PROG_BASELINE: &str = "outpost_baseline";
+/// Passes everything: for the client side of a veth pair, where XDP_TX frames from the other
+/// side are only delivered when an XDP program is attached.
+pub const PROG_PASS: &str = "outpost_pass";
+
+/// Entries of the [`PORTS`] bitmap.
+pub const PORT_WORDS: u32 = 65536 / 64;
+/// Entries of the [`FLOWS`] map.
+pub const FLOW_CAPACITY: u32 = 65536;
+/// Segments a hello is followed across before it is left to userspace.
+pub const MAX_HELLO_SEGMENTS: u32 = 4;
+/// Parser steps the kernel takes per segment (a step reads a field or skips a span). A
+/// typical browser hello needs about 60.
+pub const KERNEL_STEPS: usize = 160;
+
+/// Slots of the [`VERSION_STATS`] counters.
+pub const VERSION_SLOTS: u32 = (Version::COUNT * Verdict::COUNT) as u32;
+
+/// Index of the counter for `version` × `verdict`.
+#[inline(always)]
+pub const fn version_slot(version: Version, verdict: Verdict) -> u32 {
+    version as u32 * Verdict::COUNT as u32 + verdict as u32
+}
+
+/// What the packet walk and the classifier saw; each is a counter in [`PARSE_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Every packet the program saw.
+    Packets = 0,
+    /// Not IPv4/IPv6 (ARP, LLDP, more than two VLAN tags, …): passed.
+    NotIp = 1,
+    /// IP but not TCP: passed.
+    NotTcp = 2,
+    /// IPv4 fragment or IPv6 fragment header: passed untouched.
+    Fragment = 3,
+    /// IPv6 extension header chain longer than the walk follows, or of an unknown kind: passed.
+    ExtHeaders = 4,
+    /// Headers cut short or inconsistent (lengths past the packet): passed.
+    Truncated = 5,
+    /// TCP to a port that is not protected.
+    OtherPort = 6,
+    /// TCP to a protected port without payload (SYN, ACK, FIN, RST).
+    NoPayload = 7,
+    /// Payload that does not start a ClientHello (and no hello is being followed).
+    NotHello = 8,
+    /// A hello decided from its first segment.
+    DecidedFirst = 9,
+    /// A hello decided from a later segment.
+    DecidedLater = 10,
+    /// A hello that ends past this segment: followed to the next one.
+    FollowNext = 11,
+    /// A hello left to userspace: out of order, too many segments, or too many steps.
+    ToUserspace = 12,
+    /// A hello that broke the rules: failed open (passed).
+    Malformed = 13,
+    /// The flow table was full and refused a hello to follow: left to userspace.
+    FlowTableFull = 14,
+    /// A segment of a dropped or rejected flow (a retransmission): handled, not counted again.
+    FlowRepeat = 15,
+    /// Reject: the hello was turned into a reset to the server.
+    ResetServer = 16,
+    /// Reject: a reset was sent back to the client.
+    ResetClient = 17,
+    /// Reject could not rewrite the packet (e.g. the tail could not be trimmed): dropped.
+    RewriteFailed = 18,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 19] = [
+        Outcome::Packets,
+        Outcome::NotIp,
+        Outcome::NotTcp,
+        Outcome::Fragment,
+        Outcome::ExtHeaders,
+        Outcome::Truncated,
+        Outcome::OtherPort,
+        Outcome::NoPayload,
+        Outcome::NotHello,
+        Outcome::DecidedFirst,
+        Outcome::DecidedLater,
+        Outcome::FollowNext,
+        Outcome::ToUserspace,
+        Outcome::Malformed,
+        Outcome::FlowTableFull,
+        Outcome::FlowRepeat,
+        Outcome::ResetServer,
+        Outcome::ResetClient,
+        Outcome::RewriteFailed,
+    ];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// The name used by `outpost stats` and `/metrics`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Packets => "packets",
+            Outcome::NotIp => "not_ip",
+            Outcome::NotTcp => "not_tcp",
+            Outcome::Fragment => "ip_fragment",
+            Outcome::ExtHeaders => "ipv6_ext_headers",
+            Outcome::Truncated => "truncated",
+            Outcome::OtherPort => "other_port",
+            Outcome::NoPayload => "no_payload",
+            Outcome::NotHello => "not_hello",
+            Outcome::DecidedFirst => "decided_first_segment",
+            Outcome::DecidedLater => "decided_later_segment",
+            Outcome::FollowNext => "followed_to_next_segment",
+            Outcome::ToUserspace => "left_to_userspace",
+            Outcome::Malformed => "malformed_failed_open",
+            Outcome::FlowTableFull => "flow_table_full",
+            Outcome::FlowRepeat => "repeat_of_blocked_flow",
+            Outcome::ResetServer => "reset_to_server",
+            Outcome::ResetClient => "reset_to_client",
+            Outcome::RewriteFailed => "rewrite_failed",
+        }
+    }
+}
+
+/// A TCP flow, client to server. IPv4 addresses sit in the first word, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order, as on the wire.
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What is known of a flow.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowPhase {
+    /// A hello is being followed; `parser` holds its state.
+    Following = 0,
+    /// The hello was dropped: later segments are dropped too.
+    Dropped = 1,
+    /// The hello was rejected and the server reset: later segments draw a reset to the client.
+    Rejected = 2,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    pub parser: HelloParser,
+    /// Sequence number the next segment must carry (host order).
+    pub next_seq: u32,
+    /// Sequence number of the hello's first byte (host order): a retransmission of it passes.
+    pub first_seq: u32,
+    /// Segments of the hello seen so far.
+    pub segments: u8,
+    /// [`FlowPhase`].
+    pub phase: u8,
+    pub _pad: [u8; 6],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    use crate::version::Policy;
+    unsafe impl aya::Pod for Policy {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense() {
+        let mut seen = [false; VERSION_SLOTS as usize];
+        for v in Version::ALL {
+            for d in Verdict::ALL {
+                let s = version_slot(v, d) as usize;
+                assert!(!seen[s], "slot {s} used twice");
+                seen[s] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+    }
+
+    #[test]
+    fn layouts_are_stable() {
+        assert_eq!(core::mem::size_of::<HelloParser>(), 32);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowState>(), 48);
+        assert_eq!(core::mem::size_of::<crate::Policy>(), 8);
+    }
+}

@@ -1,0 +1,201 @@
+//! Protocol versions, policy modes and verdicts.
+
+/// A protocol version a client offered, as the classifier decided it.
+///
+/// The discriminants index the version × verdict counters, so they are dense and stable.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Version {
+    Sslv2 = 0,
+    Sslv3 = 1,
+    Tls10 = 2,
+    Tls11 = 3,
+    Tls12 = 4,
+    Tls13 = 5,
+    /// Nothing known was offered: an unknown `legacy_version`, or a `supported_versions` list of
+    /// GREASE and future values only. Never below the floor: unknown is not legacy.
+    Unknown = 6,
+}
+
+impl Version {
+    /// Every version, in counter order.
+    pub const ALL: [Version; 7] = [
+        Version::Sslv2,
+        Version::Sslv3,
+        Version::Tls10,
+        Version::Tls11,
+        Version::Tls12,
+        Version::Tls13,
+        Version::Unknown,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The version a TLS `ProtocolVersion` value names; SSLv3 (0x0300) to TLS 1.3 (0x0304).
+    /// GREASE (0x?a?a), drafts (0x7fxx) and anything else are not known versions.
+    #[inline(always)]
+    pub const fn from_wire(v: u16) -> Option<Version> {
+        match v {
+            0x0300 => Some(Version::Sslv3),
+            0x0301 => Some(Version::Tls10),
+            0x0302 => Some(Version::Tls11),
+            0x0303 => Some(Version::Tls12),
+            0x0304 => Some(Version::Tls13),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn from_u8(v: u8) -> Option<Version> {
+        match v {
+            0 => Some(Version::Sslv2),
+            1 => Some(Version::Sslv3),
+            2 => Some(Version::Tls10),
+            3 => Some(Version::Tls11),
+            4 => Some(Version::Tls12),
+            5 => Some(Version::Tls13),
+            6 => Some(Version::Unknown),
+            _ => None,
+        }
+    }
+
+    /// The name used by `outpost stats` and `/metrics`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Version::Sslv2 => "SSLv2",
+            Version::Sslv3 => "SSLv3",
+            Version::Tls10 => "TLS1.0",
+            Version::Tls11 => "TLS1.1",
+            Version::Tls12 => "TLS1.2",
+            Version::Tls13 => "TLS1.3",
+            Version::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the data plane does with a hello below the floor.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Count it and let it through: shadow mode, to see who would be cut off before a cut-off.
+    Observe = 0,
+    /// Drop it silently; the client times out.
+    Drop = 1,
+    /// Reset the connection on both sides: the client learns at once, the server keeps nothing.
+    Reject = 2,
+}
+
+impl Mode {
+    #[inline(always)]
+    pub const fn from_u8(v: u8) -> Option<Mode> {
+        match v {
+            0 => Some(Mode::Observe),
+            1 => Some(Mode::Drop),
+            2 => Some(Mode::Reject),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Drop => "drop",
+            Mode::Reject => "reject",
+        }
+    }
+}
+
+/// What happened to one hello. Discriminants index the version × verdict counters.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Pass = 0,
+    Drop = 1,
+    Reject = 2,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Drop, Verdict::Reject];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+            Verdict::Reject => "reject",
+        }
+    }
+}
+
+/// The policy the data plane enforces; one entry of the `policy` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Lowest [`Version`] let through, as its discriminant.
+    pub min_version: u8,
+    /// [`Mode`] for hellos below `min_version`, as its discriminant.
+    pub mode: u8,
+    pub _pad: [u8; 6],
+}
+
+impl Policy {
+    /// TLS 1.2 and up, in reject mode.
+    pub const DEFAULT: Policy = Policy::new(Version::Tls12, Mode::Reject);
+
+    pub const fn new(min_version: Version, mode: Mode) -> Policy {
+        Policy { min_version: min_version as u8, mode: mode as u8, _pad: [0; 6] }
+    }
+
+    /// The verdict for a hello offering `offered`. Unknown versions pass: a version this code
+    /// does not know is a newer one, not a legacy one. A policy with fields out of range (a
+    /// map written by something else) fails open.
+    #[inline(always)]
+    pub fn verdict(&self, offered: Version) -> Verdict {
+        if offered == Version::Unknown || (offered as u8) >= self.min_version {
+            return Verdict::Pass;
+        }
+        match Mode::from_u8(self.mode) {
+            Some(Mode::Drop) => Verdict::Drop,
+            Some(Mode::Reject) => Verdict::Reject,
+            Some(Mode::Observe) | None => Verdict::Pass,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_floor_and_mode() {
+        let p = Policy::new(Version::Tls12, Mode::Reject);
+        assert_eq!(p.verdict(Version::Sslv2), Verdict::Reject);
+        assert_eq!(p.verdict(Version::Tls11), Verdict::Reject);
+        assert_eq!(p.verdict(Version::Tls12), Verdict::Pass);
+        assert_eq!(p.verdict(Version::Tls13), Verdict::Pass);
+        assert_eq!(p.verdict(Version::Unknown), Verdict::Pass);
+        let p = Policy::new(Version::Tls13, Mode::Drop);
+        assert_eq!(p.verdict(Version::Tls12), Verdict::Drop);
+        let p = Policy::new(Version::Tls13, Mode::Observe);
+        assert_eq!(p.verdict(Version::Sslv3), Verdict::Pass);
+        let garbage = Policy { min_version: 4, mode: 9, _pad: [0; 6] };
+        assert_eq!(garbage.verdict(Version::Tls10), Verdict::Pass);
+    }
+
+    #[test]
+    fn wire_versions() {
+        assert_eq!(Version::from_wire(0x0304), Some(Version::Tls13));
+        assert_eq!(Version::from_wire(0x0300), Some(Version::Sslv3));
+        assert_eq!(Version::from_wire(0x0a0a), None);
+        assert_eq!(Version::from_wire(0x7f1c), None);
+        assert_eq!(Version::from_wire(0x0305), None);
+        for v in Version::ALL {
+            assert_eq!(Version::from_u8(v as u8), Some(v));
+        }
+    }
+}
