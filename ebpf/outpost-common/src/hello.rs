@@ -184,21 +184,32 @@ impl HelloParser {
     /// `steps` the loop is bounded for the verifier.
     #[inline(always)]
     pub fn feed_bounded<I: Input + ?Sized>(&mut self, input: &I, steps: usize) -> Progress {
-        let len = input.len();
         let mut pos = 0usize;
         for _ in 0..steps {
-            let p = self.step(input, &mut pos, len);
-            if p != Progress::NeedMore {
-                if p != Progress::Malformed(Malformed::Finished) {
-                    self.state = state::FINISHED;
-                }
+            if let Some(p) = self.advance(input, &mut pos) {
                 return p;
-            }
-            if pos >= len && !self.can_finish_without_bytes() {
-                return Progress::NeedMore;
             }
         }
         Progress::OutOfSteps
+    }
+
+    /// One step over `input` from `*pos`: `None` to go on, or the answer for this chunk
+    /// ([`Progress::NeedMore`] once it is used up). For callers that drive the loop themselves
+    /// (the kernel, through `bpf_loop`).
+    #[inline(always)]
+    pub fn advance<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> Option<Progress> {
+        let len = input.len();
+        let p = self.step(input, pos, len);
+        if p != Progress::NeedMore {
+            if p != Progress::Malformed(Malformed::Finished) {
+                self.state = state::FINISHED;
+            }
+            return Some(p);
+        }
+        if *pos >= len && !self.can_finish_without_bytes() {
+            return Some(Progress::NeedMore);
+        }
+        None
     }
 
     /// The hello can end (and be decided) with no further byte: all of it was read.

@@ -134,7 +134,9 @@ pub struct Policy {
     pub min_version: u8,
     /// [`Mode`] for hellos below `min_version`, as its discriminant.
     pub mode: u8,
-    pub _pad: [u8; 6],
+    /// Non-zero once userspace wrote the policy; a zeroed map entry means [`Policy::DEFAULT`].
+    pub configured: u8,
+    pub _pad: [u8; 5],
 }
 
 impl Policy {
@@ -142,7 +144,7 @@ impl Policy {
     pub const DEFAULT: Policy = Policy::new(Version::Tls12, Mode::Reject);
 
     pub const fn new(min_version: Version, mode: Mode) -> Policy {
-        Policy { min_version: min_version as u8, mode: mode as u8, _pad: [0; 6] }
+        Policy { min_version: min_version as u8, mode: mode as u8, configured: 1, _pad: [0; 5] }
     }
 
     /// The verdict for a hello offering `offered`. Unknown versions pass: a version this code
@@ -183,7 +185,7 @@ mod tests {
         assert_eq!(p.verdict(Version::Tls12), Verdict::Drop);
         let p = Policy::new(Version::Tls13, Mode::Observe);
         assert_eq!(p.verdict(Version::Sslv3), Verdict::Pass);
-        let garbage = Policy { min_version: 4, mode: 9, _pad: [0; 6] };
+        let garbage = Policy { min_version: 4, mode: 9, configured: 1, _pad: [0; 5] };
         assert_eq!(garbage.verdict(Version::Tls10), Verdict::Pass);
     }
 

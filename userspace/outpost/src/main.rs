@@ -1,1 +1,241 @@
-fn main() {}
+//! `outpost`: attach the TLS version floor to a NIC, set its policy, read its counters.
+
+use std::{path::PathBuf, process::ExitCode, thread, time::Duration};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use dataplane::{AttachMode, Dataplane, Mode, Policy, Version, PIN_DIR};
+use outpost_common::maps::{PROG_FLOOR, PROG_PASS};
+
+#[derive(Parser)]
+#[command(name = "outpost", version, about = "Edge data plane: an XDP TLS version floor")]
+struct Cli {
+    /// bpffs directory where outpost pins its maps and links.
+    #[arg(long, global = true, default_value = PIN_DIR, env = "OUTPOST_PIN_DIR")]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the XDP program, attach it to an interface and pin it; it stays attached after exit.
+    Attach {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum, default_value_t = CliAttachMode::Native)]
+        mode: CliAttachMode,
+        /// Which program: `floor` (the TLS version floor) or `pass` (passes everything; for the
+        /// client end of a veth pair in test topologies, where XDP_TX frames are only delivered
+        /// to an end that has an XDP program).
+        #[arg(long, value_enum, default_value_t = Program::Floor)]
+        program: Program,
+    },
+    /// Detach outpost from an interface (or from all with --all).
+    Detach {
+        #[arg(long, required_unless_present = "all")]
+        iface: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Also remove the pinned maps: counters and policy start afresh.
+        #[arg(long, requires = "all")]
+        purge: bool,
+    },
+    /// Show or change the policy; takes effect at once, without detaching.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Hellos by offered version × verdict, and parse outcomes.
+    Stats {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Print again every SECS seconds, with the growth over the interval.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Change the floor, the mode or the protected ports; what is not given stays.
+    Set {
+        /// Lowest version let through: 1.0, 1.1, 1.2, 1.3 (or ssl3).
+        #[arg(long, value_parser = parse_version)]
+        min_version: Option<Version>,
+        #[arg(long, value_enum)]
+        mode: Option<CliMode>,
+        /// Protected TCP ports, comma separated.
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        ports: Option<Vec<u16>>,
+    },
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliAttachMode {
+    Native,
+    Skb,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Program {
+    Floor,
+    Pass,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliMode {
+    Observe,
+    Drop,
+    Reject,
+}
+
+fn parse_version(s: &str) -> Result<Version, String> {
+    Ok(match s.to_ascii_lowercase().trim_start_matches("tls").trim_start_matches('v') {
+        "ssl3" | "sslv3" | "3.0" => Version::Sslv3,
+        "1.0" | "1" => Version::Tls10,
+        "1.1" => Version::Tls11,
+        "1.2" => Version::Tls12,
+        "1.3" => Version::Tls13,
+        _ => return Err(format!("unknown version {s:?}: use 1.0, 1.1, 1.2, 1.3 or ssl3")),
+    })
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let pin_dir = cli.pin_dir;
+    match cli.command {
+        Command::Attach { iface, mode, program } => {
+            let mut dp = Dataplane::load(&pin_dir)?;
+            let mode = match mode {
+                CliAttachMode::Native => AttachMode::Native,
+                CliAttachMode::Skb => AttachMode::Skb,
+            };
+            let name = match program {
+                Program::Floor => PROG_FLOOR,
+                Program::Pass => PROG_PASS,
+            };
+            dp.attach(name, &iface, mode)?;
+            let maps = dp.maps()?;
+            println!(
+                "attached {name} to {iface}; {}; maps pinned under {}",
+                describe(&maps.policy()?, &maps.ports()?),
+                pin_dir.display()
+            );
+        }
+        Command::Detach { iface, all, purge } => {
+            let ifaces = match iface {
+                Some(i) if !all => vec![i],
+                _ => dataplane::attached_interfaces(&pin_dir)?,
+            };
+            for i in &ifaces {
+                dataplane::detach(&pin_dir, i)?;
+                println!("detached from {i}");
+            }
+            if purge {
+                dataplane::purge(&pin_dir)?;
+                println!("removed {}", pin_dir.display());
+            }
+        }
+        Command::Policy { action: PolicyAction::Set { min_version, mode, ports } } => {
+            if min_version.is_none() && mode.is_none() && ports.is_none() {
+                bail!("nothing to set: give --min-version, --mode or --ports");
+            }
+            let mut maps = dataplane::PinnedMaps::open(&pin_dir)?;
+            let mut policy = maps.policy()?;
+            if policy.configured == 0 {
+                policy = Policy::DEFAULT;
+            }
+            if let Some(v) = min_version {
+                policy.min_version = v as u8;
+            }
+            if let Some(m) = mode {
+                policy.mode = match m {
+                    CliMode::Observe => Mode::Observe,
+                    CliMode::Drop => Mode::Drop,
+                    CliMode::Reject => Mode::Reject,
+                } as u8;
+            }
+            maps.set_policy(policy)?;
+            if let Some(ports) = ports {
+                maps.set_ports(&ports)?;
+            }
+            println!("{}", describe(&maps.policy()?, &maps.ports()?));
+        }
+        Command::Policy { action: PolicyAction::Show { json } } => {
+            let maps = dataplane::PinnedMaps::open(&pin_dir)?;
+            let (policy, ports) = (maps.policy()?, maps.ports()?);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "min_version": version_name(policy.min_version),
+                        "mode": mode_name(policy.mode),
+                        "ports": ports,
+                        "attached": dataplane::attached_interfaces(&pin_dir)?,
+                    })
+                );
+            } else {
+                println!("{}", describe(&policy, &ports));
+                println!("attached: {:?}", dataplane::attached_interfaces(&pin_dir)?);
+            }
+        }
+        Command::Stats { json, watch } => {
+            let maps = dataplane::PinnedMaps::open(&pin_dir)?;
+            let show = |s: &dataplane::Stats| {
+                if json {
+                    println!("{}", s.to_json());
+                } else {
+                    println!("{s}");
+                }
+            };
+            let mut last = maps.stats()?;
+            show(&last);
+            if let Some(secs) = watch {
+                let secs = secs.max(1);
+                loop {
+                    thread::sleep(Duration::from_secs(secs));
+                    let now = maps.stats()?;
+                    if !json {
+                        println!("--- last {secs}s ---");
+                    }
+                    show(&now.since(&last));
+                    last = now;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn version_name(v: u8) -> &'static str {
+    Version::from_u8(v).map_or("invalid", Version::name)
+}
+
+fn mode_name(m: u8) -> &'static str {
+    Mode::from_u8(m).map_or("invalid", Mode::name)
+}
+
+fn describe(policy: &Policy, ports: &[u16]) -> String {
+    format!(
+        "policy: min-version {}, mode {}, ports {:?}",
+        version_name(policy.min_version),
+        mode_name(policy.mode),
+        ports
+    )
+}

@@ -1,0 +1,85 @@
+//! Map definitions. Names come from `outpost_common::maps`; pinned maps are shared by every
+//! attachment and outlive the loader.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+};
+use outpost_common::{
+    maps::{FlowKey, FlowState, Outcome, FLOW_CAPACITY, PORT_WORDS, VERSION_SLOTS},
+    HelloParser, Policy,
+};
+
+/// The policy: floor and mode. Written by `outpost policy set`.
+#[map(name = "policy")]
+pub static POLICY: Array<Policy> = Array::pinned(1, 0);
+
+/// Protected TCP ports, one bit each.
+#[map(name = "ports")]
+pub static PORTS: Array<u64> = Array::pinned(PORT_WORDS, 0);
+
+/// Hellos by offered version × verdict.
+#[map(name = "version_stats")]
+pub static VERSION_STATS: PerCpuArray<u64> = PerCpuArray::pinned(VERSION_SLOTS, 0);
+
+/// What the walk and the classifier saw, by [`Outcome`].
+#[map(name = "parse_stats")]
+pub static PARSE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(Outcome::COUNT, 0);
+
+/// Hellos followed across segments, and flows already dropped or rejected. Not pinned: a
+/// reload starts with an empty table, which only costs following a few hellos again.
+#[map(name = "flows")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_CAPACITY, 0);
+
+/// Classifier state while `bpf_loop` runs it. Kept in a map rather than on the stack so the
+/// verifier sees its fields as unknown values: the loop body then converges after a step or
+/// two instead of being explored once per parser state.
+#[repr(C)]
+pub struct Scratch {
+    pub parser: HelloParser,
+    /// Payload offset and visible length.
+    pub off: u32,
+    pub len: u32,
+    /// Bytes consumed so far.
+    pub pos: u32,
+    /// The encoded answer (`tls::encode`).
+    pub result: u32,
+}
+
+#[map(name = "scratch")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The baseline program's counter.
+#[map(name = "baseline_stats")]
+pub static BASELINE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(outcome: Outcome) {
+    bump(&PARSE_STATS, outcome as u32);
+}
+
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, slot: u32) {
+    if let Some(c) = map.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Whether `port` (host order) is protected.
+#[inline(always)]
+pub fn port_protected(port: u16) -> bool {
+    match PORTS.get(port as u32 >> 6) {
+        Some(word) => word & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
+}
+
+/// The policy in force; a map never written by userspace means the built-in default.
+#[inline(always)]
+pub fn policy() -> Policy {
+    match POLICY.get(0) {
+        Some(p) if p.configured != 0 => *p,
+        _ => Policy::DEFAULT,
+    }
+}

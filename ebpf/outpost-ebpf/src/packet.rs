@@ -1,0 +1,237 @@
+//! The packet walk: Ethernet (up to two VLAN tags), IPv4 with options or IPv6 with its common
+//! extension headers, TCP with options. [`ptr_at`] is the one place packet memory is reached.
+
+
+
+use aya_ebpf::programs::XdpContext;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
+use outpost_common::{maps::FlowKey, maps::Outcome, Input};
+
+/// EtherTypes, host order.
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// VLAN tags followed (802.1ad outer + 802.1Q inner).
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPPROTO_TCP: u8 = 6;
+/// IPv6 extension headers the walk steps over.
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+/// Extension headers followed before giving up (and passing).
+const MAX_IPV6_EXT: usize = 4;
+/// IPv4 "more fragments" flag and offset mask, in the host-order flags+offset word.
+const IPV4_MF: u16 = 0x2000;
+const IPV4_OFFSET: u16 = 0x1fff;
+
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Payload bytes the classifier may address in one segment; covers jumbo frames. Offsets are
+/// masked with it so the verifier sees them bounded.
+pub const PAYLOAD_MASK: usize = 0x3fff;
+
+/// A pointer to a `T` at `off` bytes into the packet, if the packet holds all of it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Outcome> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return Err(Outcome::Truncated);
+    }
+    Ok((start + off) as *mut T)
+}
+
+/// [`ptr_at`] for one byte. LLVM rewrites `p + 1 > end` as `p >= end`, from which the
+/// verifier learns no range when `p` has a variable offset; hiding the constant keeps the
+/// `+ 1` in the check the verifier sees.
+#[inline(always)]
+pub fn byte_at(ctx: &XdpContext, off: usize) -> Result<*const u8, Outcome> {
+    let p = ctx.data() + off;
+    if p + core::hint::black_box(1usize) > ctx.data_end() {
+        return Err(Outcome::Truncated);
+    }
+    Ok(p as *const u8)
+}
+
+/// A TCP segment to a protected port, as the walk found it.
+pub struct Segment {
+    pub key: FlowKey,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the TCP header.
+    pub l4: usize,
+    /// Offset of the payload.
+    pub payload: usize,
+    /// Payload length per the IP header (not counting Ethernet padding).
+    pub payload_len: usize,
+    /// Host order.
+    pub seq: u32,
+    pub ack_seq: u32,
+    pub flags: u8,
+    pub ipv6: bool,
+}
+
+/// Walks to the TCP header. `Err` carries why the packet is not for us (it passes).
+#[inline(always)]
+pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment, Outcome> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3 = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let vlan: *const VlanHdr = ptr_at(ctx, l3)?;
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        l3 += VlanHdr::LEN;
+    }
+    let mut key = FlowKey::default();
+    let (l4, ip_end, ipv6) = match ether_type {
+        ETH_P_IPV4 => {
+            let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+            let ip = unsafe { &*ip };
+            let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+            if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+                return Err(Outcome::Truncated);
+            }
+            if u16::from_be_bytes(ip.frags) & (IPV4_MF | IPV4_OFFSET) != 0 {
+                return Err(Outcome::Fragment);
+            }
+            if ip.proto != IPPROTO_TCP {
+                return Err(Outcome::NotTcp);
+            }
+            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+            if tot_len < ihl {
+                return Err(Outcome::Truncated);
+            }
+            key.src[0] = u32::from_ne_bytes(ip.src_addr);
+            key.dst[0] = u32::from_ne_bytes(ip.dst_addr);
+            key.family = 4;
+            (l3 + ihl, l3 + tot_len, false)
+        }
+        ETH_P_IPV6 => {
+            let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+            let ip = unsafe { &*ip };
+            let mut next = ip.next_hdr;
+            let mut off = l3 + Ipv6Hdr::LEN;
+            let ip_end = off + u16::from_be_bytes(ip.payload_len) as usize;
+            for _ in 0..MAX_IPV6_EXT {
+                match next {
+                    IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                        // next header(1), length in 8-byte units not counting the first(1).
+                        let ext: *const [u8; 2] = ptr_at(ctx, off)?;
+                        let ext = unsafe { *ext };
+                        next = ext[0];
+                        off += (ext[1] as usize + 1) * 8;
+                    }
+                    IPV6_FRAGMENT => return Err(Outcome::Fragment),
+                    _ => break,
+                }
+            }
+            if next != IPPROTO_TCP {
+                return Err(match next {
+                    IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => Outcome::ExtHeaders,
+                    _ => Outcome::NotTcp,
+                });
+            }
+            copy_words(&mut key.src, &ip.src_addr);
+            copy_words(&mut key.dst, &ip.dst_addr);
+            key.family = 6;
+            (off, ip_end, true)
+        }
+        _ => return Err(Outcome::NotIp),
+    };
+    let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
+    let tcp = unsafe { &*tcp };
+    let dport = u16::from_be_bytes(tcp.dest);
+    if !protected(dport) {
+        return Err(Outcome::OtherPort);
+    }
+    // Data offset and flags: bytes 12 and 13 of the header.
+    let bits: *const [u8; 2] = ptr_at(ctx, l4 + 12)?;
+    let bits = unsafe { *bits };
+    let doff = ((bits[0] >> 4) as usize) * 4;
+    let payload = l4 + doff;
+    if doff < TcpHdr::LEN || payload > ip_end {
+        return Err(Outcome::Truncated);
+    }
+    key.sport = u16::from_ne_bytes(tcp.source);
+    key.dport = u16::from_ne_bytes(tcp.dest);
+    Ok(Segment {
+        key,
+        l3,
+        l4,
+        payload,
+        payload_len: ip_end - payload,
+        seq: u32::from_be_bytes(tcp.seq),
+        ack_seq: u32::from_be_bytes(tcp.ack_seq),
+        flags: bits[1],
+        ipv6,
+    })
+}
+
+#[inline(always)]
+fn copy_words(dst: &mut [u32; 4], src: &[u8; 16]) {
+    for (i, w) in dst.iter_mut().enumerate() {
+        *w = u32::from_ne_bytes([src[i * 4], src[i * 4 + 1], src[i * 4 + 2], src[i * 4 + 3]]);
+    }
+}
+
+/// The payload bytes of a segment that are in the packet's linear data, as classifier input.
+pub struct Payload<'a> {
+    ctx: &'a XdpContext,
+    off: usize,
+    len: usize,
+}
+
+impl<'a> Payload<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a XdpContext, seg: &Segment) -> Payload<'a> {
+        let visible = ctx.data_end().saturating_sub(ctx.data() + seg.payload);
+        let len = if seg.payload_len < visible { seg.payload_len } else { visible };
+        Payload { ctx, off: seg.payload & PAYLOAD_MASK, len: len & PAYLOAD_MASK }
+    }
+
+    /// The same view rebuilt from its parts (they travel through a map between loop steps).
+    #[inline(always)]
+    pub fn at(ctx: &'a XdpContext, off: usize, len: usize) -> Payload<'a> {
+        Payload { ctx, off: off & PAYLOAD_MASK, len: len & PAYLOAD_MASK }
+    }
+
+    pub fn offset(&self) -> usize {
+        self.off
+    }
+
+    /// Whether the whole payload is in linear data (not in fragments of a multi-buffer frame).
+    #[inline(always)]
+    pub fn complete(&self, seg: &Segment) -> bool {
+        self.len == seg.payload_len
+    }
+}
+
+impl Input for Payload<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn byte(&self, i: usize) -> u8 {
+        match byte_at(self.ctx, self.off + (i & PAYLOAD_MASK)) {
+            // SAFETY: byte_at checked the byte is inside the packet.
+            Ok(p) => unsafe { *p },
+            Err(_) => 0,
+        }
+    }
+}

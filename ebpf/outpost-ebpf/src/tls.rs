@@ -1,0 +1,243 @@
+//! What to do with a TCP segment to a protected port: classify a new hello, follow one across
+//! segments, or handle a later segment of a flow already dropped or rejected.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_loop, programs::XdpContext};
+use outpost_common::{
+    Input,
+    maps::{version_slot, FlowPhase, FlowState, Outcome, KERNEL_STEPS, MAX_HELLO_SEGMENTS},
+    HelloParser, Malformed, Progress, Verdict, Version,
+};
+
+use crate::{
+    maps::{bump, count, policy, Scratch, FLOWS, SCRATCH, VERSION_STATS},
+    packet::{Payload, Segment, TCP_FIN, TCP_RST},
+    reset,
+};
+
+pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
+    let has_payload = seg.payload_len > 0;
+    if !has_payload && seg.flags & (TCP_FIN | TCP_RST) == 0 {
+        count(Outcome::NoPayload);
+        return xdp_action::XDP_PASS;
+    }
+    // Every segment with payload (or closing the flow) looks for state of its flow first: a
+    // continuation of a hello can start with any byte.
+    let known = FLOWS.get_ptr(&seg.key).map(|p| unsafe { *p });
+    if let Some(flow) = known {
+        if flow.phase != FlowPhase::Following as u8 {
+            return blocked_flow(ctx, seg, &flow);
+        }
+    }
+    if !has_payload {
+        if seg.flags & TCP_RST != 0 && known.is_some() {
+            let _ = FLOWS.remove(&seg.key);
+        }
+        count(Outcome::NoPayload);
+        return xdp_action::XDP_PASS;
+    }
+    let (mut parser, segments) = match known {
+        Some(flow) => {
+            if seg.seq == flow.first_seq {
+                // The hello's first segment again (a retransmission): already seen.
+                return xdp_action::XDP_PASS;
+            }
+            if seg.seq != flow.next_seq {
+                // Out of order: the stream cannot be followed here.
+                let _ = FLOWS.remove(&seg.key);
+                count(Outcome::ToUserspace);
+                return xdp_action::XDP_PASS;
+            }
+            (flow.parser, flow.segments as u32)
+        }
+        None => (HelloParser::new(), 0),
+    };
+    let payload = Payload::new(ctx, seg);
+    let progress = classify(ctx, &mut parser, &payload);
+    let followed = segments > 0;
+    match progress {
+        Progress::Decided(version) => {
+            count(if followed { Outcome::DecidedLater } else { Outcome::DecidedFirst });
+            decide(ctx, seg, version, followed)
+        }
+        Progress::NeedMore if payload.complete(seg) && segments + 1 < MAX_HELLO_SEGMENTS => {
+            let state = FlowState {
+                parser,
+                next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
+                first_seq: if followed { known.map_or(seg.seq, |f| f.first_seq) } else { seg.seq },
+                segments: (segments + 1) as u8,
+                phase: FlowPhase::Following as u8,
+                _pad: [0; 6],
+            };
+            if FLOWS.insert(&seg.key, &state, 0).is_err() {
+                count(Outcome::FlowTableFull);
+            } else {
+                count(Outcome::FollowNext);
+            }
+            xdp_action::XDP_PASS
+        }
+        other => {
+            count(match other {
+                Progress::NotHello if !followed => Outcome::NotHello,
+                Progress::NotHello | Progress::Malformed(_) => Outcome::Malformed,
+                _ => Outcome::ToUserspace,
+            });
+            if followed {
+                let _ = FLOWS.remove(&seg.key);
+            }
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// What the `bpf_loop` callback gets: the packet and the per-CPU scratch state.
+struct Classify<'a> {
+    ctx: &'a XdpContext,
+    scratch: *mut Scratch,
+}
+
+const OUT_OF_STEPS: u32 = 0;
+const NEED_MORE: u32 = 1;
+const NOT_HELLO: u32 = 2;
+const MALFORMED: u32 = 3;
+/// `DECIDED + version`.
+const DECIDED: u32 = 0x100;
+
+/// [`Progress`] as a plain integer: storing the enum would copy its undefined padding, which
+/// the verifier rightly refuses.
+#[inline(always)]
+fn encode(p: Progress) -> u32 {
+    match p {
+        Progress::OutOfSteps => OUT_OF_STEPS,
+        Progress::NeedMore => NEED_MORE,
+        Progress::NotHello => NOT_HELLO,
+        Progress::Malformed(_) => MALFORMED,
+        Progress::Decided(v) => DECIDED + v as u32,
+    }
+}
+
+#[inline(always)]
+fn decode(r: u32) -> Progress {
+    match r {
+        NEED_MORE => Progress::NeedMore,
+        NOT_HELLO => Progress::NotHello,
+        // Which rule broke is for host-side diagnostics; the kernel counts them together.
+        MALFORMED => Progress::Malformed(Malformed::FieldLength),
+        r if r >= DECIDED => {
+            Progress::Decided(Version::from_u8((r - DECIDED) as u8).unwrap_or(Version::Unknown))
+        }
+        _ => Progress::OutOfSteps,
+    }
+}
+
+/// Runs the classifier over the payload, resuming `parser`. The loop goes through `bpf_loop`
+/// so the verifier checks one step, not every unrolled iteration.
+#[inline(always)]
+fn classify(ctx: &XdpContext, parser: &mut HelloParser, input: &Payload<'_>) -> Progress {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return Progress::OutOfSteps;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else runs on this CPU meanwhile.
+    unsafe {
+        (*s).parser = *parser;
+        (*s).off = input.offset() as u32;
+        (*s).len = input.len() as u32;
+        (*s).pos = 0;
+        (*s).result = OUT_OF_STEPS;
+    }
+    let mut c = Classify { ctx, scratch: s };
+    // SAFETY: the callback only touches `c` and the scratch entry, which outlive the call.
+    unsafe {
+        bpf_loop(
+            KERNEL_STEPS as u32,
+            classify_step as *mut c_void,
+            &mut c as *mut Classify<'_> as *mut c_void,
+            0,
+        );
+        *parser = (*s).parser;
+        decode((*s).result)
+    }
+}
+
+extern "C" fn classify_step(_index: u64, data: *mut c_void) -> i64 {
+    // SAFETY: `data` is the `Classify` that `classify` passed to bpf_loop.
+    let c = unsafe { &mut *(data as *mut Classify<'_>) };
+    let s = unsafe { &mut *c.scratch };
+    let input = Payload::at(c.ctx, s.off as usize, s.len as usize);
+    let mut pos = s.pos as usize;
+    let step = s.parser.advance(&input, &mut pos);
+    s.pos = pos as u32;
+    match step {
+        None => 0,
+        Some(p) => {
+            s.result = encode(p);
+            1
+        }
+    }
+}
+
+/// A hello's version is known: count it and apply the policy.
+#[inline(always)]
+fn decide(ctx: &XdpContext, seg: &Segment, version: Version, followed: bool) -> u32 {
+    let verdict = policy().verdict(version);
+    bump(&VERSION_STATS, version_slot(version, verdict));
+    let phase = match verdict {
+        Verdict::Pass => {
+            if followed {
+                let _ = FLOWS.remove(&seg.key);
+            }
+            return xdp_action::XDP_PASS;
+        }
+        Verdict::Drop => FlowPhase::Dropped,
+        Verdict::Reject => FlowPhase::Rejected,
+    };
+    let state = FlowState {
+        parser: HelloParser::new(),
+        next_seq: 0,
+        first_seq: seg.seq,
+        segments: 0,
+        phase: phase as u8,
+        _pad: [0; 6],
+    };
+    // Remembered so that retransmissions are handled without being counted again; if the
+    // table refuses, a retransmission is classified (and counted) afresh, which still blocks it.
+    let _ = FLOWS.insert(&seg.key, &state, 0);
+    if verdict == Verdict::Drop {
+        return xdp_action::XDP_DROP;
+    }
+    match reset::to_server(ctx, seg) {
+        Ok(()) => {
+            count(Outcome::ResetServer);
+            xdp_action::XDP_PASS
+        }
+        Err(_) => {
+            count(Outcome::RewriteFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// A segment of a flow whose hello was dropped or rejected.
+#[inline(always)]
+fn blocked_flow(ctx: &XdpContext, seg: &Segment, flow: &FlowState) -> u32 {
+    if seg.flags & TCP_RST != 0 {
+        // The client gave up: let the server clean up too, and forget the flow.
+        let _ = FLOWS.remove(&seg.key);
+        return xdp_action::XDP_PASS;
+    }
+    count(Outcome::FlowRepeat);
+    if flow.phase == FlowPhase::Dropped as u8 {
+        return xdp_action::XDP_DROP;
+    }
+    match reset::to_client(ctx, seg) {
+        Ok(()) => {
+            count(Outcome::ResetClient);
+            xdp_action::XDP_TX
+        }
+        Err(_) => {
+            count(Outcome::RewriteFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}

@@ -1,0 +1,22 @@
+use anyhow::{anyhow, Context as _};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let ebpf = cargo_metadata_root()?.join("ebpf/outpost-ebpf");
+    let toolchain = std::env::var("AYA_TOOLCHAIN").unwrap_or_else(|_| "debian-rust".into());
+    println!("cargo:rerun-if-env-changed=AYA_TOOLCHAIN");
+    let package = Package {
+        name: "outpost-ebpf",
+        root_dir: ebpf.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {ebpf:?}"))?,
+        ..Default::default()
+    };
+    // Leaked: the toolchain name must outlive the call and this process ends right after.
+    let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());
+    aya_build::build_ebpf([package], Toolchain::Custom(toolchain))
+        .context("building the eBPF program (run `cargo xtask setup` once on a new machine)")
+}
+
+fn cargo_metadata_root() -> anyhow::Result<std::path::PathBuf> {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
+    Ok(std::path::Path::new(&manifest).join("../.."))
+}

@@ -1,0 +1,73 @@
+//! A snapshot of the data plane's counters.
+
+use std::fmt::{self, Write as _};
+
+use outpost_common::{maps::Outcome, Verdict, Version};
+use serde_json::{json, Map, Value};
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Hellos by `[Version as usize][Verdict as usize]`.
+    pub versions: [[u64; Verdict::COUNT]; Version::COUNT],
+    /// By `Outcome as usize`.
+    pub outcomes: [u64; Outcome::COUNT as usize],
+}
+
+impl Stats {
+    pub fn hellos(&self, version: Version, verdict: Verdict) -> u64 {
+        self.versions[version as usize][verdict as usize]
+    }
+
+    pub fn outcome(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome as usize]
+    }
+
+    /// Counter growth since `earlier`.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let mut d = self.clone();
+        for (row, old) in d.versions.iter_mut().zip(&earlier.versions) {
+            for (c, o) in row.iter_mut().zip(old) {
+                *c = c.saturating_sub(*o);
+            }
+        }
+        for (c, o) in d.outcomes.iter_mut().zip(&earlier.outcomes) {
+            *c = c.saturating_sub(*o);
+        }
+        d
+    }
+
+    /// `{"versions": {"TLS1.0": {"pass": n, "drop": n, "reject": n}, …}, "parse": {…}}`
+    pub fn to_json(&self) -> Value {
+        let mut versions = Map::new();
+        for v in Version::ALL {
+            let mut row = Map::new();
+            for d in Verdict::ALL {
+                row.insert(d.name().into(), json!(self.hellos(v, d)));
+            }
+            versions.insert(v.name().into(), Value::Object(row));
+        }
+        let mut parse = Map::new();
+        for o in Outcome::ALL {
+            parse.insert(o.name().into(), json!(self.outcome(o)));
+        }
+        json!({ "versions": versions, "parse": parse })
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        writeln!(out, "{:<10} {:>12} {:>12} {:>12}", "version", "pass", "drop", "reject")?;
+        for v in Version::ALL {
+            let [p, d, r] = self.versions[v as usize];
+            writeln!(out, "{:<10} {p:>12} {d:>12} {r:>12}", v.name())?;
+        }
+        writeln!(out)?;
+        writeln!(out, "{:<28} {:>12}", "parse outcome", "count")?;
+        for o in Outcome::ALL {
+            writeln!(out, "{:<28} {:>12}", o.name(), self.outcome(o))?;
+        }
+        f.write_str(&out)
+    }
+}
