@@ -1,1 +1,205 @@
-fn main() {}
+//! `cargo xtask`: toolchain setup, the demo, the whole test suite, benchmarks, fuzz smoke.
+//!
+//! Every command runs `setup` first: it is idempotent and takes seconds once done, so a fresh
+//! machine needs nothing but this repository and `cargo`.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "outpost developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install and check what the build and the tests need (Debian packages, bpf-linker, the
+    /// linked BPF toolchain, bpffs).
+    Setup,
+    /// Build the namespaces, attach, run real clients of every TLS version, print the stats.
+    Demo,
+    /// Every test: unit, BPF fixture table, namespace end to end, fuzz smoke.
+    Test {
+        /// Skip the fuzz smoke run.
+        #[arg(long)]
+        no_fuzz: bool,
+    },
+    /// Benchmarks (they report, never assert).
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+    /// Run each fuzz target for a few seconds.
+    Fuzz {
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The fixture table through BPF_PROG_TEST_RUN against a count-and-pass baseline.
+    Xdp {
+        /// Runs per row (BPF_PROG_TEST_RUN repeat).
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
+}
+
+/// Debian packages for the eBPF build (see the README's toolchain notes).
+const BUILD_PACKAGES: &[&str] =
+    &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "build-essential"];
+/// Debian packages the tests use: namespaces, real TLS clients, a TLS server, inspection.
+const TEST_PACKAGES: &[&str] =
+    &["iproute2", "openssl", "curl", "python3", "procps", "tcpdump", "util-linux", "bpftool"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Demo => {
+            setup()?;
+            cargo(&["build", "-p", "outpost", "-p", "outpost-tests", "--bins"])?;
+            run(Command::new(root.join("target/debug/outpost-demo"))
+                .env("OUTPOST_BIN", root.join("target/debug/outpost")))
+        }
+        Task::Test { no_fuzz } => {
+            setup()?;
+            let started = Instant::now();
+            cargo(&["build", "-p", "outpost"])?;
+            // One test thread per binary keeps the namespace tests' output readable; the
+            // binaries run one after the other anyway.
+            run(Command::new("cargo")
+                .args(["test", "--workspace", "--", "--nocapture"])
+                .env("OUTPOST_BIN", root.join("target/debug/outpost")))?;
+            if !no_fuzz {
+                fuzz(10)?;
+            }
+            println!("xtask test: all passed in {:.0?}", started.elapsed());
+            Ok(())
+        }
+        Task::Bench { which: Bench::Xdp { repeat } } => {
+            setup()?;
+            cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "xdp-bench"])?;
+            run(Command::new(root.join("target/release/xdp-bench")).arg(repeat.to_string()))
+        }
+        Task::Fuzz { seconds } => {
+            setup()?;
+            fuzz(seconds)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").into()
+}
+
+fn setup() -> Result<()> {
+    let started = Instant::now();
+    let mut missing: Vec<&str> = BUILD_PACKAGES
+        .iter()
+        .chain(TEST_PACKAGES)
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        missing.sort();
+        println!("xtask setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        println!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
+        let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path)
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("debian-rust")) {
+        run(Command::new("rustup").args(["toolchain", "link", "debian-rust", "/usr"]))?;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf")) {
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    println!("xtask setup: ready ({:.1?})", started.elapsed());
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn fuzz(seconds: u32) -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+    }
+    for target in ["classify"] {
+        println!("xtask fuzz: {target} for {seconds}s");
+        run(Command::new("cargo")
+            .current_dir("fuzz")
+            // cargo-fuzz needs nightly flags; the stable toolchain accepts them this way.
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", target, "--", &format!("-max_total_time={seconds}")]))?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new("cargo").args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
