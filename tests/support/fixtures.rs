@@ -4,7 +4,7 @@
 use std::cell::Cell;
 
 use dataplane::{Mode, Outcome, Verdict, Version};
-use outpost_common::testing::HelloBuilder;
+use outpost_common::testing::{sslv2, ClientHello};
 
 use crate::{
     bpf::{Fixture, XDP_DROP, XDP_PASS, XDP_TX},
@@ -50,21 +50,21 @@ fn port() -> u16 {
 
 /// An SSLv3 hello: legacy_version 0x0300, no extensions.
 pub fn sslv3_hello() -> Vec<u8> {
-    HelloBuilder::sslv3().build()
+    ClientHello::sslv3().build()
 }
 
 /// An SSLv2-format CLIENT-HELLO.
 pub fn sslv2_hello() -> Vec<u8> {
-    HelloBuilder::sslv2(0x0002).build()
+    sslv2(0x0002)
 }
 
 /// A TLS hello padded to `size` bytes, offering `versions` in supported_versions (or
 /// legacy_version alone when empty), with supported_versions after the padding so it lands in
 /// the second segment.
 pub fn big_hello(legacy: u16, versions: &[u16], size: usize) -> Vec<u8> {
-    let mut b = HelloBuilder::tls(legacy).padding_to(size);
+    let mut b = ClientHello::tls(legacy).pad_to(size);
     if !versions.is_empty() {
-        b = b.supported_versions(versions).sv_last();
+        b = b.supported_versions(versions);
     }
     let h = b.build();
     assert_eq!(h.len(), size, "big hello size");
@@ -242,17 +242,17 @@ fn crafted_rows(rows: &mut Vec<Fixture>) {
     rows.push(reject("SSLv2-format hello", sslv2_hello(), Version::Sslv2));
     rows.push(reject(
         "SSLv2-format hello from a TLS 1.0 client",
-        HelloBuilder::sslv2(0x0301).build(),
+        sslv2(0x0301),
         Version::Sslv2,
     ));
     rows.push(reject(
         "supported_versions [TLS 1.1] wins over legacy 1.2",
-        HelloBuilder::tls(0x0303).supported_versions(&[0x0302]).build(),
+        ClientHello::tls(0x0303).supported_versions(&[0x0302]).build(),
         Version::Tls11,
     ));
     rows.push(reject(
         "hello in three records",
-        HelloBuilder::tls(0x0301).records(&[10, 20]).build(),
+        ClientHello::tls(0x0301).records(&[10, 20]).build(),
         Version::Tls10,
     ));
     let pass = |name: &str, hello: Vec<u8>, version: Version| {
@@ -263,22 +263,22 @@ fn crafted_rows(rows: &mut Vec<Fixture>) {
     };
     rows.push(pass(
         "GREASE + TLS 1.3",
-        HelloBuilder::tls(0x0303).supported_versions(&[0x1a1a, 0x0304, 0x0303]).build(),
+        ClientHello::tls(0x0303).supported_versions(&[0x1a1a, 0x0304, 0x0303]).build(),
         Version::Tls13,
     ));
     rows.push(pass(
         "GREASE only: unknown, passes",
-        HelloBuilder::tls(0x0303).supported_versions(&[0x2a2a, 0xfafa]).build(),
+        ClientHello::tls(0x0303).supported_versions(&[0x2a2a, 0xfafa]).build(),
         Version::Unknown,
     ));
     rows.push(pass(
         "future version only: unknown, passes",
-        HelloBuilder::tls(0x0303).supported_versions(&[0x0305]).build(),
+        ClientHello::tls(0x0303).supported_versions(&[0x0305]).build(),
         Version::Unknown,
     ));
     rows.push(pass(
         "TLS 1.3 hello in many small records",
-        HelloBuilder::tls(0x0303).supported_versions(&[0x0304]).records(&[3, 7, 11, 13]).build(),
+        ClientHello::tls(0x0303).supported_versions(&[0x0304]).records(&[3, 7, 11, 13]).build(),
         Version::Tls13,
     ));
     let mut broken = capture("openssl-tls1_0");

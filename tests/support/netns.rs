@@ -1,0 +1,865 @@
+//! A test topology that behaves like a wire: a client namespace and an edge namespace joined by a
+//! veth pair at MTU 1500, outpost attached on the edge end through its real CLI, a real TLS
+//! server (`tests/servers/tls_server.py`) in the edge namespace and real TLS clients (openssl,
+//! curl, Python) in the client namespace.
+//!
+//! Everything a [`Topology`] creates is torn down when it is dropped, panics included. What a
+//! killed run left behind (namespaces and pin directories named after a pid that is gone) is
+//! removed by the next [`Topology::new`].
+//!
+//! Commands that load, pin or read pinned maps run through `nsenter --net=…`, which switches only
+//! the network namespace: `ip netns exec` remounts /sys and hides the host's bpffs.
+
+use std::{
+    fmt, fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const CLIENT_V4: &str = "198.18.0.1";
+pub const EDGE_V4: &str = "198.18.0.2";
+pub const CLIENT_V6: &str = "2001:2::1";
+pub const EDGE_V6: &str = "2001:2::2";
+/// A real Ethernet wire: a hello over ~1450 bytes needs two segments.
+pub const MTU: u16 = 1500;
+/// Where the TLS server listens and what outpost protects.
+pub const TLS_PORT: u16 = 443;
+/// The system Python (its `ssl` module is what the server and the Python client use).
+pub const PYTHON: &str = "/usr/bin/python3";
+/// Tools looked up on PATH, with the Debian package that has them.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("timeout", "coreutils"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+];
+
+/// Longest any setup, teardown or CLI command may take.
+const COMMAND_LIMIT: Duration = Duration::from_secs(15);
+/// How long the TLS server may take to generate its key and listen.
+const SERVER_START_LIMIT: Duration = Duration::from_secs(20);
+/// Extra time a client gets past its own timeout before it is killed from here.
+const CLIENT_GRACE: Duration = Duration::from_secs(3);
+
+/// Names carry the pid and a counter, so parallel tests and parallel runs never collide, and a
+/// later run can tell leftovers of a dead one from live topologies.
+const CLIENT_NS_PREFIX: &str = "otc-";
+const EDGE_NS_PREFIX: &str = "ote-";
+const PIN_DIR_PREFIX: &str = "outpost-test-";
+const BPFFS: &str = "/sys/fs/bpf";
+const NETNS_DIR: &str = "/run/netns";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C stop the running clients and return, so that destructors tear the topology
+/// down (children run in process groups of their own and do not see the terminal's SIGINT).
+pub fn stop_on_sigint() {
+    extern "C" fn on_sigint(_: libc::c_int) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+/// Whether Ctrl-C was pressed since [`stop_on_sigint`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The outpost CLI: `$OUTPOST_BIN`, else the workspace's debug build.
+pub fn outpost_bin() -> PathBuf {
+    let path = match std::env::var_os("OUTPOST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/outpost"),
+    };
+    assert!(
+        path.is_file(),
+        "the outpost binary is missing at {} (run `cargo build -p outpost`, or set OUTPOST_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// The TLS server script.
+pub fn server_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/tls_server.py")
+}
+
+/// Panics, naming what is missing, unless this runs as root with every tool at hand. The
+/// namespace tests fail rather than skip: CI runs them as root.
+pub fn check_prerequisites() {
+    // SAFETY: no arguments, no memory.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "the namespace tests need root (network namespaces, XDP, bpffs); euid is {euid}: run them \
+         as root, e.g. `sudo -E cargo test -p outpost-tests --test netns`"
+    );
+    let missing: Vec<String> = TOOLS
+        .iter()
+        .filter(|(tool, _)| find_on_path(tool).is_none())
+        .map(|(tool, package)| format!("`{tool}` (Debian package {package})"))
+        .collect();
+    assert!(missing.is_empty(), "the namespace tests need {} on PATH", missing.join(", "));
+    assert!(Path::new(PYTHON).is_file(), "the namespace tests need {PYTHON} (Debian python3)");
+    assert!(server_script().is_file(), "the TLS server script {} is missing", server_script().display());
+    outpost_bin();
+}
+
+fn find_on_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+/// What a command did.
+pub struct Output {
+    /// The command line as a shell would show it (with the `nsenter` prefix).
+    pub command: String,
+    /// `None`: still running at its deadline, so killed from here.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Panics, showing the command, its status and its output, unless it exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Output {
+        assert!(self.success(), "command failed:\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "$ {}", self.command)?;
+        match self.status {
+            Some(s) => writeln!(f, "{s} after {} ms", self.elapsed.as_millis())?,
+            None => writeln!(f, "killed at its deadline, after {} ms", self.elapsed.as_millis())?,
+        }
+        writeln!(f, "--- stdout ---\n{}", self.stdout.trim_end())?;
+        write!(f, "--- stderr ---\n{}", self.stderr.trim_end())
+    }
+}
+
+/// Runs `argv` (in namespace `ns`, if given), killing it (and its children) at `limit`.
+pub fn run<S: AsRef<str>>(ns: Option<&str>, argv: &[S], limit: Duration) -> Output {
+    exec(ns, argv, limit, false)
+}
+
+fn exec<S: AsRef<str>>(ns: Option<&str>, argv: &[S], limit: Duration, interruptible: bool) -> Output {
+    let mut full: Vec<&str> = Vec::new();
+    let net;
+    if let Some(ns) = ns {
+        net = format!("--net={NETNS_DIR}/{ns}");
+        full.extend(["nsenter", net.as_str(), "--"]);
+    }
+    full.extend(argv.iter().map(AsRef::as_ref));
+    let command = shell_line(&full);
+    let (out_path, err_path) = (scratch_file("stdout"), scratch_file("stderr"));
+    let create = |p: &Path| {
+        fs::File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()))
+    };
+    let start = Instant::now();
+    let mut child = Command::new(full[0])
+        .args(&full[1..])
+        .stdin(Stdio::null())
+        .stdout(create(&out_path))
+        .stderr(create(&err_path))
+        // Its own group: killing at the deadline reaches what `timeout` or a shell forked.
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+    let status = wait_until(&mut child, start + limit, interruptible);
+    let elapsed = start.elapsed();
+    Output { command, status, stdout: take_file(&out_path), stderr: take_file(&err_path), elapsed }
+}
+
+fn wait_until(child: &mut Child, deadline: Instant, interruptible: bool) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        }
+        if Instant::now() >= deadline || (interruptible && interrupted()) {
+            kill_group(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            return None;
+        }
+        // Fine-grained: client latencies are measured with this.
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Signals the process group led by `pid`, a child started here with `process_group(0)`.
+fn kill_group(pid: u32, signal: libc::c_int) {
+    // SAFETY: plain syscall; the group is one this process created.
+    unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+}
+
+fn scratch_file(what: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("outpost-netns-{}-{n}.{what}", std::process::id()))
+}
+
+fn take_file(path: &Path) -> String {
+    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let _ = fs::remove_file(path);
+    text
+}
+
+fn shell_line(argv: &[&str]) -> String {
+    let quote = |a: &&str| -> String {
+        if a.contains('\n') {
+            format!("'<{}-line script>'", a.lines().count())
+        } else if a.is_empty() || a.contains(|c: char| !c.is_ascii_alphanumeric() && !"-_./:=,@[]".contains(c)) {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        } else {
+            (*a).to_owned()
+        }
+    };
+    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// One end of the veth pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Edge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The server's address, bare.
+    pub fn edge_addr(self) -> &'static str {
+        match self {
+            Family::V4 => EDGE_V4,
+            Family::V6 => EDGE_V6,
+        }
+    }
+
+    /// The server's address as it goes before `:port` (bracketed for IPv6).
+    pub fn edge_host(self) -> String {
+        match self {
+            Family::V4 => EDGE_V4.to_owned(),
+            Family::V6 => format!("[{EDGE_V6}]"),
+        }
+    }
+}
+
+/// The two namespaces, the veth pair, outpost attached, and the servers started.
+pub struct Topology {
+    pub client_ns: String,
+    pub edge_ns: String,
+    pub client_if: String,
+    pub edge_if: String,
+    /// Maps and links of this topology's outpost, apart from every other.
+    pub pin_dir: PathBuf,
+    pub outpost: PathBuf,
+    servers: Vec<Server>,
+}
+
+struct Server {
+    pid: u32,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Topology {
+    /// Builds the namespaces and the veth pair, attaches the floor on the edge end (policy:
+    /// outpost's default, TLS 1.2 in reject mode on port 443) and the pass program on the client
+    /// end, so that the floor's XDP_TX resets reach the client.
+    pub fn new() -> Topology {
+        check_prerequisites();
+        let outpost = outpost_bin();
+        remove_stale(&outpost);
+        let (pid, n) = (std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        // Interface names: at most 2 + 7 + 1 + 5 = 15 characters (IFNAMSIZ - 1).
+        let t = Topology {
+            client_ns: format!("{CLIENT_NS_PREFIX}{pid}-{n}"),
+            edge_ns: format!("{EDGE_NS_PREFIX}{pid}-{n}"),
+            client_if: format!("oc{pid}x{n}"),
+            edge_if: format!("oe{pid}x{n}"),
+            pin_dir: Path::new(BPFFS).join(format!("{PIN_DIR_PREFIX}{pid}-{n}")),
+            outpost,
+            servers: Vec::new(),
+        };
+        // From here on a panic drops `t`, which removes whatever was built.
+        t.build();
+        t
+    }
+
+    fn build(&self) {
+        let (c, e) = (self.client_ns.as_str(), self.edge_ns.as_str());
+        host(&["ip", "netns", "add", c]);
+        host(&["ip", "netns", "add", e]);
+        host(&[
+            "ip", "link", "add", &self.edge_if, "netns", e, "type", "veth", "peer", "name",
+            &self.client_if, "netns", c,
+        ]);
+        let mtu = MTU.to_string();
+        for (ns, ifname, v4, v6) in
+            [(c, &self.client_if, CLIENT_V4, CLIENT_V6), (e, &self.edge_if, EDGE_V4, EDGE_V6)]
+        {
+            host(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            host(&["ip", "-n", ns, "link", "set", ifname, "mtu", &mtu, "up"]);
+            host(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            host(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+        }
+        self.outpost_in(Side::Edge, &["attach", "--iface", &self.edge_if, "--mode", "native"]);
+        self.outpost_in(
+            Side::Client,
+            &["attach", "--iface", &self.client_if, "--mode", "native", "--program", "pass"],
+        );
+    }
+
+    pub fn ns(&self, side: Side) -> &str {
+        match side {
+            Side::Client => &self.client_ns,
+            Side::Edge => &self.edge_ns,
+        }
+    }
+
+    /// Runs `argv` in one namespace, killed at `limit`; the caller judges the result.
+    pub fn run_in<S: AsRef<str>>(&self, side: Side, argv: &[S], limit: Duration) -> Output {
+        run(Some(self.ns(side)), argv, limit)
+    }
+
+    /// `outpost --pin-dir <this topology's> ARGS` in the edge namespace; panics on failure.
+    pub fn outpost(&self, args: &[&str]) -> Output {
+        self.outpost_in(Side::Edge, args)
+    }
+
+    fn outpost_in(&self, side: Side, args: &[&str]) -> Output {
+        let mut argv = vec![self.outpost.to_str().expect("UTF-8 path"), "--pin-dir"];
+        argv.push(self.pin_dir.to_str().expect("UTF-8 path"));
+        argv.extend(args);
+        self.run_in(side, &argv, COMMAND_LIMIT).ok()
+    }
+
+    /// `outpost policy set`; what is `None` stays as it is.
+    pub fn policy_set(&self, min_version: Option<&str>, mode: Option<&str>, ports: Option<&[u16]>) {
+        let ports = ports.map(|p| p.iter().map(u16::to_string).collect::<Vec<_>>().join(","));
+        let mut args = vec!["policy", "set"];
+        for (flag, value) in
+            [("--min-version", min_version), ("--mode", mode), ("--ports", ports.as_deref())]
+        {
+            if let Some(v) = value {
+                args.extend([flag, v]);
+            }
+        }
+        self.outpost(&args);
+    }
+
+    /// `outpost stats --json`.
+    pub fn stats(&self) -> Value {
+        let out = self.outpost(&["stats", "--json"]);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("`outpost stats --json` printed no JSON ({e}):\n{out}"))
+    }
+
+    /// `outpost stats`, the table.
+    pub fn stats_table(&self) -> String {
+        self.outpost(&["stats"]).stdout
+    }
+
+    /// Starts the TLS server on `port` (IPv4 and IPv6) in the edge namespace; returns its pid
+    /// once it listens.
+    pub fn start_tls_server(&mut self, port: u16) -> u32 {
+        let script = server_script();
+        let (stdout, stderr) = (scratch_file("server-out"), scratch_file("server-err"));
+        let create = |p: &Path| {
+            fs::File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()))
+        };
+        let net = format!("--net={NETNS_DIR}/{}", self.edge_ns);
+        let port_arg = port.to_string();
+        let argv = [
+            "nsenter", &net, "--", PYTHON, script.to_str().expect("UTF-8 path"), "--addr", "::",
+            "--port", &port_arg,
+        ];
+        let command = shell_line(&argv);
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(create(&stdout))
+            .stderr(create(&stderr))
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        // Kept before waiting, so that a panic below still stops it.
+        let pid = child.id();
+        self.servers.push(Server { pid, child, stdout: stdout.clone(), stderr: stderr.clone() });
+        let start = Instant::now();
+        loop {
+            if fs::read_to_string(&stdout).unwrap_or_default().contains("ready") {
+                return pid;
+            }
+            let server = self.servers.last_mut().expect("just pushed");
+            let exited = server.child.try_wait().ok().flatten();
+            if exited.is_some() || start.elapsed() > SERVER_START_LIMIT {
+                let err = fs::read_to_string(&stderr).unwrap_or_default();
+                let what = match exited {
+                    Some(s) => format!("exited ({s})"),
+                    None => format!("not ready after {SERVER_START_LIMIT:?}"),
+                };
+                panic!("TLS server {what}:\n$ {command}\n--- stderr ---\n{err}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops a server started by [`Topology::start_tls_server`]; returns what it logged.
+    pub fn stop_server(&mut self, pid: u32) -> String {
+        let i = self
+            .servers
+            .iter()
+            .position(|s| s.pid == pid)
+            .unwrap_or_else(|| panic!("no server with pid {pid} was started here"));
+        self.servers.remove(i).stop()
+    }
+
+    /// TCP sockets in one namespace with `port` at either end, LISTEN excluded: lines of
+    /// `ss -Htan` (state, queues, local, peer).
+    pub fn sockets(&self, side: Side, port: u16) -> Vec<String> {
+        let out = self.run_in(side, &["ss", "-Htan"], COMMAND_LIMIT).ok();
+        let suffix = format!(":{port}");
+        out.stdout
+            .lines()
+            .filter(|l| !l.starts_with("LISTEN"))
+            .filter(|l| l.split_whitespace().skip(3).take(2).any(|a| a.ends_with(&suffix)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs one client against the server on `port`; it gives up after `wait`.
+    pub fn run_client(&self, client: Client, family: Family, port: u16, wait: Duration) -> ClientResult {
+        self.run_client_with(client, family, port, wait, &[])
+    }
+
+    /// Same, with extra arguments for an openssl client (e.g. `-alpn` to make a big hello).
+    pub fn run_client_with(
+        &self,
+        client: Client,
+        family: Family,
+        port: u16,
+        wait: Duration,
+        extra: &[&str],
+    ) -> ClientResult {
+        let argv = client.argv(family, port, wait, extra);
+        let output = exec(Some(&self.client_ns), &argv, wait + CLIENT_GRACE, true);
+        let outcome = client.judge(&output);
+        ClientResult { client, family, output, outcome }
+    }
+
+    /// Runs the clients all at once; results in the order given.
+    pub fn run_clients(
+        &self,
+        runs: &[(Client, Family)],
+        port: u16,
+        wait: Duration,
+        extra: &[&str],
+    ) -> Vec<ClientResult> {
+        thread::scope(|s| {
+            let handles: Vec<_> = runs
+                .iter()
+                .map(|&(c, f)| s.spawn(move || self.run_client_with(c, f, port, wait, extra)))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
+        })
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for s in self.servers.drain(..) {
+            s.stop();
+        }
+        teardown(&self.outpost, &self.pin_dir, &[&self.client_ns, &self.edge_ns]);
+    }
+}
+
+impl Server {
+    fn stop(mut self) -> String {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: plain syscall on the pid of a child of ours that has not been reaped.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    kill_group(self.pid, libc::SIGKILL);
+                    let _ = self.child.wait();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = take_file(&self.stdout);
+        take_file(&self.stderr)
+    }
+}
+
+/// Detaches and purges outpost under `pin_dir`, deletes the namespaces (their veth ends go with
+/// them). Never panics: it runs in `drop`.
+fn teardown(outpost: &Path, pin_dir: &Path, namespaces: &[&str]) {
+    if pin_dir.exists() {
+        let out = run(
+            None,
+            &[
+                outpost.to_str().unwrap_or("outpost"),
+                "--pin-dir",
+                pin_dir.to_str().unwrap_or_default(),
+                "detach",
+                "--all",
+                "--purge",
+            ],
+            COMMAND_LIMIT,
+        );
+        if !out.success() {
+            eprintln!("teardown: detaching outpost failed:\n{out}");
+        }
+        if pin_dir.exists() {
+            let _ = fs::remove_dir_all(pin_dir);
+        }
+    }
+    for ns in namespaces {
+        if Path::new(NETNS_DIR).join(ns).exists() {
+            let out = run(None, &["ip", "netns", "del", ns], COMMAND_LIMIT);
+            if !out.success() {
+                eprintln!("teardown: deleting namespace {ns} failed:\n{out}");
+            }
+        }
+    }
+}
+
+/// The pid in a name `PREFIX<pid>-<n>`.
+fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix(prefix)?.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces and pin directories of runs whose process is gone (killed mid-test).
+fn remove_stale(outpost: &Path) {
+    for entry in fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = owner_pid(&name, CLIENT_NS_PREFIX).or_else(|| owner_pid(&name, EDGE_NS_PREFIX));
+        if owner.is_none_or(pid_alive) {
+            continue;
+        }
+        // A server of the dead run keeps the namespace alive: stop it.
+        let pids = run(None, &["ip", "netns", "pids", &name], COMMAND_LIMIT);
+        for pid in pids.stdout.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()) {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        teardown(outpost, Path::new("/nonexistent"), &[&name]);
+    }
+    for entry in fs::read_dir(BPFFS).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if owner_pid(&name, PIN_DIR_PREFIX).is_some_and(|p| !pid_alive(p)) {
+            teardown(outpost, &entry.path(), &[]);
+        }
+    }
+}
+
+/// A real TLS client, by the hello it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    OpensslTls10,
+    OpensslTls11,
+    OpensslTls12,
+    OpensslTls13,
+    CurlTls10,
+    CurlDefault,
+    PythonTls10,
+}
+
+/// How a client run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOutcome {
+    /// The handshake completed, at this version (OpenSSL's name: "TLSv1", …, "TLSv1.3").
+    Completed(String),
+    /// It got no answer before its timeout.
+    TimedOut,
+    /// The connection was reset or the handshake refused.
+    Refused,
+    /// Anything else (the server unreachable, an unexpected exit status).
+    Failed,
+}
+
+impl fmt::Display for ClientOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientOutcome::Completed(v) => write!(f, "completed ({v})"),
+            ClientOutcome::TimedOut => f.write_str("timed out"),
+            ClientOutcome::Refused => f.write_str("refused"),
+            ClientOutcome::Failed => f.write_str("failed"),
+        }
+    }
+}
+
+/// Legacy hellos only complete against OpenSSL 3 at security level 0.
+const LEGACY_CIPHERS: &str = "DEFAULT:@SECLEVEL=0";
+
+/// The Python client: exit 0 with the body on stdout, 2 on a timeout, 3 on a reset or refusal.
+const PYTHON_CLIENT: &str = r#"
+import socket, ssl, sys, warnings
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+host, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+try:
+    with socket.create_connection((host, port), timeout=wait) as raw:
+        with ctx.wrap_socket(raw, server_hostname="edge.test") as tls:
+            tls.sendall(b"GET / HTTP/1.0\r\nHost: edge.test\r\n\r\n")
+            body = b""
+            while chunk := tls.recv(4096):
+                body += chunk
+except TimeoutError as e:
+    print(f"timed out: {e!r}", file=sys.stderr)
+    sys.exit(2)
+except OSError as e:
+    print(f"refused: {e!r}", file=sys.stderr)
+    sys.exit(3)
+print(body.decode(errors="replace"))
+"#;
+
+impl Client {
+    pub const ALL: [Client; 7] = [
+        Client::OpensslTls10,
+        Client::OpensslTls11,
+        Client::OpensslTls12,
+        Client::OpensslTls13,
+        Client::CurlTls10,
+        Client::CurlDefault,
+        Client::PythonTls10,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::OpensslTls10 => "openssl s_client -tls1",
+            Client::OpensslTls11 => "openssl s_client -tls1_1",
+            Client::OpensslTls12 => "openssl s_client -tls1_2",
+            Client::OpensslTls13 => "openssl s_client -tls1_3",
+            Client::CurlTls10 => "curl --tlsv1.0 --tls-max 1.0",
+            Client::CurlDefault => "curl",
+            Client::PythonTls10 => "python ssl TLSv1",
+        }
+    }
+
+    /// The version its hello offers, as `outpost stats` names it (curl offers 1.3 by default;
+    /// `openssl -tls1_2` offers 1.2 only).
+    pub fn offered(self) -> &'static str {
+        match self {
+            Client::OpensslTls10 | Client::CurlTls10 | Client::PythonTls10 => "TLS1.0",
+            Client::OpensslTls11 => "TLS1.1",
+            Client::OpensslTls12 => "TLS1.2",
+            Client::OpensslTls13 | Client::CurlDefault => "TLS1.3",
+        }
+    }
+
+    /// The version a completed handshake negotiates with the test server.
+    pub fn negotiates(self) -> &'static str {
+        match self.offered() {
+            "TLS1.0" => "TLSv1",
+            "TLS1.1" => "TLSv1.1",
+            "TLS1.2" => "TLSv1.2",
+            _ => "TLSv1.3",
+        }
+    }
+
+    /// Below outpost's default floor (TLS 1.2).
+    pub fn is_legacy(self) -> bool {
+        matches!(self.offered(), "TLS1.0" | "TLS1.1")
+    }
+
+    fn is_openssl(self) -> bool {
+        matches!(
+            self,
+            Client::OpensslTls10 | Client::OpensslTls11 | Client::OpensslTls12 | Client::OpensslTls13
+        )
+    }
+
+    /// The command, wrapped in `timeout` so that a silent drop cannot hang it.
+    fn argv(self, family: Family, port: u16, wait: Duration, extra: &[&str]) -> Vec<String> {
+        assert!(extra.is_empty() || self.is_openssl(), "extra arguments are for openssl only");
+        let secs = |d: Duration| format!("{}", d.as_secs_f64());
+        // Curl and Python time out by themselves (exit 28 / 2); `timeout` is the backstop.
+        let mut argv: Vec<String> = ["timeout", "-k", "1"].map(String::from).into();
+        let url = format!("https://{}:{port}/", family.edge_host());
+        let own_timeout = |argv: &mut Vec<String>| argv.push(secs(wait + Duration::from_secs(2)));
+        match self {
+            Client::OpensslTls10 | Client::OpensslTls11 | Client::OpensslTls12 | Client::OpensslTls13 => {
+                argv.push(secs(wait));
+                let flag = match self {
+                    Client::OpensslTls10 => "-tls1",
+                    Client::OpensslTls11 => "-tls1_1",
+                    Client::OpensslTls12 => "-tls1_2",
+                    _ => "-tls1_3",
+                };
+                let connect = format!("{}:{port}", family.edge_host());
+                argv.extend(["openssl", "s_client", "-brief", "-connect", &connect, flag].map(String::from));
+                if self.is_legacy() {
+                    argv.extend(["-cipher".into(), LEGACY_CIPHERS.into()]);
+                }
+                argv.extend(extra.iter().map(|s| s.to_string()));
+            }
+            Client::CurlTls10 | Client::CurlDefault => {
+                own_timeout(&mut argv);
+                argv.extend(["curl", "-sSk"].map(String::from));
+                if self == Client::CurlTls10 {
+                    argv.extend(["--tlsv1.0", "--tls-max", "1.0", "--ciphers", LEGACY_CIPHERS].map(String::from));
+                }
+                argv.extend(["--connect-timeout".into(), secs(wait), "-m".into()]);
+                argv.push(secs(wait + Duration::from_secs(1)));
+                argv.push(url);
+            }
+            Client::PythonTls10 => {
+                own_timeout(&mut argv);
+                argv.extend([PYTHON, "-c", PYTHON_CLIENT, family.edge_addr()].map(String::from));
+                argv.extend([port.to_string(), secs(wait)]);
+            }
+        }
+        argv
+    }
+
+    fn judge(self, out: &Output) -> ClientOutcome {
+        let Some(status) = out.status else { return ClientOutcome::TimedOut };
+        let code = status.code();
+        // 124: `timeout` ran out; 137: it had to KILL.
+        if matches!(code, Some(124) | Some(137)) {
+            return ClientOutcome::TimedOut;
+        }
+        let completed = |text: &str, marker: &str| match text.split_once(marker) {
+            Some((_, rest)) => ClientOutcome::Completed(
+                rest.split_whitespace().next().unwrap_or_default().to_owned(),
+            ),
+            None => ClientOutcome::Failed,
+        };
+        let body_marker = "hello from edge.test over ";
+        match self {
+            _ if self.is_openssl() => match code {
+                Some(0) => completed(&out.stderr, "Protocol version: "),
+                Some(1) if out.stderr.contains("connect:errno") => ClientOutcome::Failed,
+                Some(1) => ClientOutcome::Refused,
+                _ => ClientOutcome::Failed,
+            },
+            Client::CurlTls10 | Client::CurlDefault => match code {
+                Some(0) => completed(&out.stdout, body_marker),
+                Some(28) => ClientOutcome::TimedOut,
+                Some(35) | Some(56) => ClientOutcome::Refused,
+                _ => ClientOutcome::Failed,
+            },
+            _ => match code {
+                Some(0) => completed(&out.stdout, body_marker),
+                Some(2) => ClientOutcome::TimedOut,
+                Some(3) => ClientOutcome::Refused,
+                _ => ClientOutcome::Failed,
+            },
+        }
+    }
+}
+
+/// One client run.
+pub struct ClientResult {
+    pub client: Client,
+    pub family: Family,
+    pub output: Output,
+    pub outcome: ClientOutcome,
+}
+
+impl ClientResult {
+    pub fn elapsed(&self) -> Duration {
+        self.output.elapsed
+    }
+
+    /// `client  offered  family  outcome  elapsed`, for reports.
+    pub fn line(&self) -> String {
+        format!(
+            "{:<30} offers {:<7} {}  {:<20} {:>5} ms",
+            self.client.name(),
+            self.client.offered(),
+            self.family.name(),
+            self.outcome.to_string(),
+            self.elapsed().as_millis()
+        )
+    }
+}
+
+impl fmt::Display for ClientResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\n{}", self.line(), self.output)
+    }
+}
+
+/// `after - before` for every counter of `outpost stats --json`.
+pub fn stats_delta(before: &Value, after: &Value) -> Value {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => Value::Object(
+            a.iter().map(|(k, v)| (k.clone(), stats_delta(b.get(k).unwrap_or(&Value::Null), v))).collect(),
+        ),
+        (b, Value::Number(a)) => {
+            let a = a.as_u64().expect("counters are u64");
+            Value::from(a.saturating_sub(b.as_u64().unwrap_or(0)))
+        }
+        (_, a) => a.clone(),
+    }
+}
+
+/// Hellos offering `version` that got `verdict` ("pass", "drop", "reject").
+#[track_caller]
+pub fn hellos(stats: &Value, version: &str, verdict: &str) -> u64 {
+    stats["versions"][version][verdict]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter versions.{version}.{verdict} in {stats}"))
+}
+
+/// A parse outcome counter (`outpost stats` names, e.g. "decided_later_segment").
+#[track_caller]
+pub fn parse_count(stats: &Value, outcome: &str) -> u64 {
+    stats["parse"][outcome]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter parse.{outcome} in {stats}"))
+}
