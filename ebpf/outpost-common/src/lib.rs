@@ -14,6 +14,8 @@ extern crate std;
 
 pub mod hello;
 pub mod maps;
+#[cfg(feature = "std")]
+pub mod testing;
 pub mod version;
 
 pub use hello::{HelloParser, Input, Malformed, Progress};

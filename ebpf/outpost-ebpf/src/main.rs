@@ -23,7 +23,19 @@ const FAIL_POLICY: u32 = xdp_action::XDP_PASS;
 pub fn outpost_xdp(ctx: XdpContext) -> u32 {
     maps::count(Outcome::Packets);
     match packet::walk(&ctx, maps::port_protected) {
-        Ok(seg) => tls::handle(&ctx, &seg),
+        Ok(seg) => {
+            let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
+                return FAIL_POLICY;
+            };
+            // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+            // The volatile read makes the compiler take the values back from the map instead
+            // of forwarding what it stored, which is the point of the round trip.
+            let seg = unsafe {
+                (*scratch).seg = seg;
+                core::ptr::read_volatile(&(*scratch).seg)
+            };
+            tls::handle(&ctx, &seg)
+        }
         Err(outcome) => {
             maps::count(outcome);
             FAIL_POLICY

@@ -5,6 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
+use crate::packet::Segment;
 use outpost_common::{
     maps::{FlowKey, FlowState, Outcome, FLOW_CAPACITY, PORT_WORDS, VERSION_SLOTS},
     HelloParser, Policy,
@@ -31,11 +32,13 @@ pub static PARSE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(Outcome::COUNT, 0
 #[map(name = "flows")]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_CAPACITY, 0);
 
-/// Classifier state while `bpf_loop` runs it. Kept in a map rather than on the stack so the
-/// verifier sees its fields as unknown values: the loop body then converges after a step or
-/// two instead of being explored once per parser state.
-#[repr(C)]
+/// Per-packet working state, kept in a map rather than on the stack so the verifier sees its
+/// fields as unknown values. The segment found by the walk goes through here, so that the
+/// many shapes of headers (VLAN tags, IP options, extension headers) converge into one state
+/// before the hello logic; the classifier's loop body likewise converges after a step or two
+/// instead of being explored once per parser state.
 pub struct Scratch {
+    pub seg: Segment,
     pub parser: HelloParser,
     /// Payload offset and visible length.
     pub off: u32,

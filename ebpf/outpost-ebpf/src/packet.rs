@@ -37,6 +37,9 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Bound on any offset into the packet.
+const OFFSET_MASK: usize = 0x7fff;
+
 /// Payload bytes the classifier may address in one segment; covers jumbo frames. Offsets are
 /// masked with it so the verifier sees them bounded.
 pub const PAYLOAD_MASK: usize = 0x3fff;
@@ -44,24 +47,18 @@ pub const PAYLOAD_MASK: usize = 0x3fff;
 /// A pointer to a `T` at `off` bytes into the packet, if the packet holds all of it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Outcome> {
+    // Offsets that went through a map are unknown to the verifier: bound them. Real ones are
+    // far below (at most two VLAN tags, four extension headers, and TCP options).
+    let off = off & OFFSET_MASK;
+    // LLVM rewrites `p + 1 > end` as `p >= end`, from which the verifier learns no range when
+    // `p` has a variable offset; hiding a size of one keeps the `+ 1` in the check it sees.
+    let size = if size_of::<T>() == 1 { core::hint::black_box(1) } else { size_of::<T>() };
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
+    if start + off + size > end {
         return Err(Outcome::Truncated);
     }
     Ok((start + off) as *mut T)
-}
-
-/// [`ptr_at`] for one byte. LLVM rewrites `p + 1 > end` as `p >= end`, from which the
-/// verifier learns no range when `p` has a variable offset; hiding the constant keeps the
-/// `+ 1` in the check the verifier sees.
-#[inline(always)]
-pub fn byte_at(ctx: &XdpContext, off: usize) -> Result<*const u8, Outcome> {
-    let p = ctx.data() + off;
-    if p + core::hint::black_box(1usize) > ctx.data_end() {
-        return Err(Outcome::Truncated);
-    }
-    Ok(p as *const u8)
 }
 
 /// A TCP segment to a protected port, as the walk found it.
@@ -198,9 +195,10 @@ pub struct Payload<'a> {
 impl<'a> Payload<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a XdpContext, seg: &Segment) -> Payload<'a> {
-        let visible = ctx.data_end().saturating_sub(ctx.data() + seg.payload);
+        let off = seg.payload & PAYLOAD_MASK;
+        let visible = ctx.data_end().saturating_sub(ctx.data() + off);
         let len = if seg.payload_len < visible { seg.payload_len } else { visible };
-        Payload { ctx, off: seg.payload & PAYLOAD_MASK, len: len & PAYLOAD_MASK }
+        Payload { ctx, off, len: len & PAYLOAD_MASK }
     }
 
     /// The same view rebuilt from its parts (they travel through a map between loop steps).
@@ -228,8 +226,8 @@ impl Input for Payload<'_> {
 
     #[inline(always)]
     fn byte(&self, i: usize) -> u8 {
-        match byte_at(self.ctx, self.off + (i & PAYLOAD_MASK)) {
-            // SAFETY: byte_at checked the byte is inside the packet.
+        match ptr_at::<u8>(self.ctx, self.off + (i & PAYLOAD_MASK)) {
+            // SAFETY: ptr_at checked the byte is inside the packet.
             Ok(p) => unsafe { *p },
             Err(_) => 0,
         }
