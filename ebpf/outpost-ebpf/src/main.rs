@@ -24,6 +24,11 @@ pub fn outpost_xdp(ctx: XdpContext) -> u32 {
     maps::count(Outcome::Packets);
     match packet::walk(&ctx, maps::port_protected) {
         Ok(seg) => {
+            if seg.payload_len == 0 && seg.flags & (packet::TCP_FIN | packet::TCP_RST) == 0 {
+                // SYN, pure ACK: nothing to classify and no flow state to consult.
+                maps::count(Outcome::NoPayload);
+                return xdp_action::XDP_PASS;
+            }
             let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
                 return FAIL_POLICY;
             };

@@ -16,12 +16,9 @@ use crate::{
     reset,
 };
 
+/// Handles a segment to a protected port that carries payload, FIN or RST.
 pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     let has_payload = seg.payload_len > 0;
-    if !has_payload && seg.flags & (TCP_FIN | TCP_RST) == 0 {
-        count(Outcome::NoPayload);
-        return xdp_action::XDP_PASS;
-    }
     // Every segment with payload (or closing the flow) looks for state of its flow first: a
     // continuation of a hello can start with any byte.
     let known = FLOWS.get_ptr(&seg.key).map(|p| unsafe { *p });
@@ -166,6 +163,8 @@ extern "C" fn classify_step(_index: u64, data: *mut c_void) -> i64 {
     let s = unsafe { &mut *c.scratch };
     let input = Payload::at(c.ctx, s.off as usize, s.len as usize);
     let mut pos = s.pos as usize;
+    // One parser step per callback. Several per call save little time and multiply the
+    // verifier's work (4 steps: 14k -> 319k processed instructions).
     let step = s.parser.advance(&input, &mut pos);
     s.pos = pos as u32;
     match step {
