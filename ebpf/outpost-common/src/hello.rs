@@ -190,6 +190,8 @@ impl HelloParser {
                 return p;
             }
         }
+        // The position within this chunk is lost: the parser cannot resume.
+        self.state = state::FINISHED;
         Progress::OutOfSteps
     }
 

@@ -7,6 +7,7 @@
 //!   the other.
 //! - [`maps`]: `#[repr(C)]` keys and values of the BPF maps, their names, and the parse
 //!   outcome counters.
+//! - `testing` (feature `std`): a ClientHello builder for tests.
 #![no_std]
 
 #[cfg(feature = "std")]

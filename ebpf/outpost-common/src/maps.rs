@@ -216,9 +216,9 @@ mod tests {
 
     #[test]
     fn layouts_are_stable() {
-        assert_eq!(core::mem::size_of::<HelloParser>(), 32);
-        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<FlowState>(), 48);
-        assert_eq!(core::mem::size_of::<crate::Policy>(), 8);
+        assert_eq!(size_of::<HelloParser>(), 32);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowState>(), 48);
+        assert_eq!(size_of::<crate::Policy>(), 8);
     }
 }
