@@ -38,6 +38,9 @@ enum Task {
         #[command(subcommand)]
         which: Bench,
     },
+    /// rustfmt check and clippy with warnings denied (the eBPF crate on its own, for the host
+    /// with panic=abort, since it cannot build for the host otherwise).
+    Lint,
     /// Run each fuzz target for a few seconds.
     Fuzz {
         #[arg(long, default_value_t = 10)]
@@ -62,6 +65,8 @@ const BUILD_PACKAGES: &[&str] =
 const TEST_PACKAGES: &[&str] =
     &["iproute2", "openssl", "curl", "python3", "procps", "tcpdump", "util-linux", "bpftool"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
+const FUZZ_TARGETS: &[&str] = &["classify", "http_request"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn main() -> Result<()> {
@@ -95,6 +100,10 @@ fn main() -> Result<()> {
             setup()?;
             cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "xdp-bench"])?;
             run(Command::new(root.join("target/release/xdp-bench")).arg(repeat.to_string()))
+        }
+        Task::Lint => {
+            setup()?;
+            lint()
         }
         Task::Fuzz { seconds } => {
             setup()?;
@@ -173,7 +182,7 @@ fn fuzz(seconds: u32) -> Result<()> {
             "--locked",
         ]))?;
     }
-    for target in ["classify"] {
+    for target in FUZZ_TARGETS {
         println!("xtask fuzz: {target} for {seconds}s");
         run(Command::new("cargo")
             .current_dir("fuzz")
@@ -182,6 +191,16 @@ fn fuzz(seconds: u32) -> Result<()> {
             .args(["fuzz", "run", target, "--", &format!("-max_total_time={seconds}")]))?;
     }
     Ok(())
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run(Command::new("cargo")
+        .args(["clippy", "-p", "outpost-ebpf", "--target", "x86_64-unknown-linux-gnu"])
+        .args(["--", "-D", "warnings"])
+        .current_dir("ebpf/outpost-ebpf")
+        .env("RUSTFLAGS", "-C panic=abort"))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -36,25 +36,17 @@ pub fn to_server(ctx: &XdpContext, seg: &Segment) -> Result<(), Outcome> {
 pub fn to_client(ctx: &XdpContext, seg: &Segment) -> Result<(), Outcome> {
     trim(ctx, seg)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    unsafe {
-        let src = (*eth).src_addr;
-        (*eth).src_addr = (*eth).dst_addr;
-        (*eth).dst_addr = src;
-    }
+    unsafe { core::mem::swap(&mut (*eth).src_addr, &mut (*eth).dst_addr) };
     if seg.ipv6 {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, seg.l3)?;
         unsafe {
-            let src = (*ip).src_addr;
-            (*ip).src_addr = (*ip).dst_addr;
-            (*ip).dst_addr = src;
+            core::mem::swap(&mut (*ip).src_addr, &mut (*ip).dst_addr);
             (*ip).hop_limit = REPLY_TTL;
         }
     } else {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, seg.l3)?;
         unsafe {
-            let src = (*ip).src_addr;
-            (*ip).src_addr = (*ip).dst_addr;
-            (*ip).dst_addr = src;
+            core::mem::swap(&mut (*ip).src_addr, &mut (*ip).dst_addr);
             (*ip).ttl = REPLY_TTL;
         }
     }
@@ -62,9 +54,7 @@ pub fn to_client(ctx: &XdpContext, seg: &Segment) -> Result<(), Outcome> {
     let fin = (seg.flags & TCP_FIN != 0) as u32;
     let ack = seg.seq.wrapping_add(seg.payload_len as u32).wrapping_add(fin);
     unsafe {
-        let sport = (*tcp).source;
-        (*tcp).source = (*tcp).dest;
-        (*tcp).dest = sport;
+        core::mem::swap(&mut (*tcp).source, &mut (*tcp).dest);
         (*tcp).seq = seg.ack_seq.to_be_bytes();
         (*tcp).ack_seq = ack.to_be_bytes();
         (*tcp).window = [0, 0];

@@ -12,7 +12,7 @@ use outpost_common::{
 
 use crate::{
     maps::{bump, count, policy, Scratch, FLOWS, SCRATCH, VERSION_STATS},
-    packet::{Payload, Segment, TCP_FIN, TCP_RST},
+    packet::{Payload, Segment, TCP_RST},
     reset,
 };
 
@@ -21,7 +21,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     let has_payload = seg.payload_len > 0;
     // Every segment with payload (or closing the flow) looks for state of its flow first: a
     // continuation of a hello can start with any byte.
-    let known = FLOWS.get_ptr(&seg.key).map(|p| unsafe { *p });
+    let known = FLOWS.get_ptr(seg.key).map(|p| unsafe { *p });
     if let Some(flow) = known {
         if flow.phase != FlowPhase::Following as u8 {
             return blocked_flow(ctx, seg, &flow);
@@ -29,7 +29,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     }
     if !has_payload {
         if seg.flags & TCP_RST != 0 && known.is_some() {
-            let _ = FLOWS.remove(&seg.key);
+            let _ = FLOWS.remove(seg.key);
         }
         count(Outcome::NoPayload);
         return xdp_action::XDP_PASS;
@@ -42,7 +42,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
             }
             if seg.seq != flow.next_seq {
                 // Out of order: the stream cannot be followed here.
-                let _ = FLOWS.remove(&seg.key);
+                let _ = FLOWS.remove(seg.key);
                 count(Outcome::ToUserspace);
                 return xdp_action::XDP_PASS;
             }
@@ -67,7 +67,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
                 phase: FlowPhase::Following as u8,
                 _pad: [0; 6],
             };
-            if FLOWS.insert(&seg.key, &state, 0).is_err() {
+            if FLOWS.insert(seg.key, state, 0).is_err() {
                 count(Outcome::FlowTableFull);
             } else {
                 count(Outcome::FollowNext);
@@ -81,7 +81,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
                 _ => Outcome::ToUserspace,
             });
             if followed {
-                let _ = FLOWS.remove(&seg.key);
+                let _ = FLOWS.remove(seg.key);
             }
             xdp_action::XDP_PASS
         }
@@ -184,7 +184,7 @@ fn decide(ctx: &XdpContext, seg: &Segment, version: Version, followed: bool) -> 
     let phase = match verdict {
         Verdict::Pass => {
             if followed {
-                let _ = FLOWS.remove(&seg.key);
+                let _ = FLOWS.remove(seg.key);
             }
             return xdp_action::XDP_PASS;
         }
@@ -201,7 +201,7 @@ fn decide(ctx: &XdpContext, seg: &Segment, version: Version, followed: bool) -> 
     };
     // Remembered so that retransmissions are handled without being counted again; if the
     // table refuses, a retransmission is classified (and counted) afresh, which still blocks it.
-    let _ = FLOWS.insert(&seg.key, &state, 0);
+    let _ = FLOWS.insert(seg.key, state, 0);
     if verdict == Verdict::Drop {
         return xdp_action::XDP_DROP;
     }
@@ -222,7 +222,7 @@ fn decide(ctx: &XdpContext, seg: &Segment, version: Version, followed: bool) -> 
 fn blocked_flow(ctx: &XdpContext, seg: &Segment, flow: &FlowState) -> u32 {
     if seg.flags & TCP_RST != 0 {
         // The client gave up: let the server clean up too, and forget the flow.
-        let _ = FLOWS.remove(&seg.key);
+        let _ = FLOWS.remove(seg.key);
         return xdp_action::XDP_PASS;
     }
     count(Outcome::FlowRepeat);
