@@ -40,6 +40,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("timeout", "coreutils"),
     ("openssl", "openssl"),
     ("curl", "curl"),
+    ("tcpdump", "tcpdump"),
 ];
 
 /// Longest any setup, teardown or CLI command may take.
@@ -54,10 +55,15 @@ const CLIENT_GRACE: Duration = Duration::from_secs(3);
 const CLIENT_NS_PREFIX: &str = "otc-";
 const EDGE_NS_PREFIX: &str = "ote-";
 const PIN_DIR_PREFIX: &str = "outpost-test-";
+/// Output files of commands, in the temp directory.
+const SCRATCH_PREFIX: &str = "outpost-netns-";
 const BPFFS: &str = "/sys/fs/bpf";
 const NETNS_DIR: &str = "/run/netns";
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Topologies built by this process.
+static TOPOLOGIES: AtomicU32 = AtomicU32::new(0);
+/// Output files written by this process.
+static SCRATCH_FILES: AtomicU32 = AtomicU32::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Makes Ctrl-C stop the running clients and return, so that destructors tear the topology
@@ -112,7 +118,11 @@ pub fn check_prerequisites() {
         .collect();
     assert!(missing.is_empty(), "the namespace tests need {} on PATH", missing.join(", "));
     assert!(Path::new(PYTHON).is_file(), "the namespace tests need {PYTHON} (Debian python3)");
-    assert!(server_script().is_file(), "the TLS server script {} is missing", server_script().display());
+    assert!(
+        server_script().is_file(),
+        "the TLS server script {} is missing",
+        server_script().display()
+    );
     outpost_bin();
 }
 
@@ -161,14 +171,24 @@ impl fmt::Display for Output {
     }
 }
 
+/// Runs `argv` in the host namespace; panics unless it succeeds.
+fn host(argv: &[&str]) -> Output {
+    run(None, argv, COMMAND_LIMIT).ok()
+}
+
 /// Runs `argv` (in namespace `ns`, if given), killing it (and its children) at `limit`.
 pub fn run<S: AsRef<str>>(ns: Option<&str>, argv: &[S], limit: Duration) -> Output {
     exec(ns, argv, limit, false)
 }
 
-fn exec<S: AsRef<str>>(ns: Option<&str>, argv: &[S], limit: Duration, interruptible: bool) -> Output {
-    let mut full: Vec<&str> = Vec::new();
+fn exec<S: AsRef<str>>(
+    ns: Option<&str>,
+    argv: &[S],
+    limit: Duration,
+    interruptible: bool,
+) -> Output {
     let net;
+    let mut full: Vec<&str> = Vec::new();
     if let Some(ns) = ns {
         net = format!("--net={NETNS_DIR}/{ns}");
         full.extend(["nsenter", net.as_str(), "--"]);
@@ -176,22 +196,26 @@ fn exec<S: AsRef<str>>(ns: Option<&str>, argv: &[S], limit: Duration, interrupti
     full.extend(argv.iter().map(AsRef::as_ref));
     let command = shell_line(&full);
     let (out_path, err_path) = (scratch_file("stdout"), scratch_file("stderr"));
-    let create = |p: &Path| {
-        fs::File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()))
-    };
     let start = Instant::now();
-    let mut child = Command::new(full[0])
-        .args(&full[1..])
-        .stdin(Stdio::null())
-        .stdout(create(&out_path))
-        .stderr(create(&err_path))
-        // Its own group: killing at the deadline reaches what `timeout` or a shell forked.
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+    let mut child = spawn(&full, &out_path, &err_path);
     let status = wait_until(&mut child, start + limit, interruptible);
     let elapsed = start.elapsed();
     Output { command, status, stdout: take_file(&out_path), stderr: take_file(&err_path), elapsed }
+}
+
+/// Starts `argv` with its output going to files, in a process group of its own: killing the
+/// group reaches what `timeout` or a shell forked, and the terminal's Ctrl-C does not.
+fn spawn(argv: &[&str], stdout: &Path, stderr: &Path) -> Child {
+    let create =
+        |p: &Path| fs::File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(create(stdout))
+        .stderr(create(stderr))
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", shell_line(argv)))
 }
 
 fn wait_until(child: &mut Child, deadline: Instant, interruptible: bool) -> Option<ExitStatus> {
@@ -218,8 +242,8 @@ fn kill_group(pid: u32, signal: libc::c_int) {
 }
 
 fn scratch_file(what: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("outpost-netns-{}-{n}.{what}", std::process::id()))
+    let n = SCRATCH_FILES.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}-{n}.{what}", std::process::id()))
 }
 
 fn take_file(path: &Path) -> String {
@@ -232,7 +256,9 @@ fn shell_line(argv: &[&str]) -> String {
     let quote = |a: &&str| -> String {
         if a.contains('\n') {
             format!("'<{}-line script>'", a.lines().count())
-        } else if a.is_empty() || a.contains(|c: char| !c.is_ascii_alphanumeric() && !"-_./:=,@[]".contains(c)) {
+        } else if a.is_empty()
+            || a.contains(|c: char| !c.is_ascii_alphanumeric() && !"-_./:=,@[]".contains(c))
+        {
             format!("'{}'", a.replace('\'', r"'\''"))
         } else {
             (*a).to_owned()
@@ -304,11 +330,13 @@ impl Topology {
     /// Builds the namespaces and the veth pair, attaches the floor on the edge end (policy:
     /// outpost's default, TLS 1.2 in reject mode on port 443) and the pass program on the client
     /// end, so that the floor's XDP_TX resets reach the client.
+    // Not `Default`: building one creates namespaces and loads programs.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Topology {
         check_prerequisites();
         let outpost = outpost_bin();
         remove_stale(&outpost);
-        let (pid, n) = (std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let (pid, n) = (std::process::id(), TOPOLOGIES.fetch_add(1, Ordering::Relaxed));
         // Interface names: at most 2 + 7 + 1 + 5 = 15 characters (IFNAMSIZ - 1).
         let t = Topology {
             client_ns: format!("{CLIENT_NS_PREFIX}{pid}-{n}"),
@@ -329,8 +357,19 @@ impl Topology {
         host(&["ip", "netns", "add", c]);
         host(&["ip", "netns", "add", e]);
         host(&[
-            "ip", "link", "add", &self.edge_if, "netns", e, "type", "veth", "peer", "name",
-            &self.client_if, "netns", c,
+            "ip",
+            "link",
+            "add",
+            &self.edge_if,
+            "netns",
+            e,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.client_if,
+            "netns",
+            c,
         ]);
         let mtu = MTU.to_string();
         for (ns, ifname, v4, v6) in
@@ -403,24 +442,21 @@ impl Topology {
     pub fn start_tls_server(&mut self, port: u16) -> u32 {
         let script = server_script();
         let (stdout, stderr) = (scratch_file("server-out"), scratch_file("server-err"));
-        let create = |p: &Path| {
-            fs::File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()))
-        };
         let net = format!("--net={NETNS_DIR}/{}", self.edge_ns);
         let port_arg = port.to_string();
         let argv = [
-            "nsenter", &net, "--", PYTHON, script.to_str().expect("UTF-8 path"), "--addr", "::",
-            "--port", &port_arg,
+            "nsenter",
+            &net,
+            "--",
+            PYTHON,
+            script.to_str().expect("UTF-8 path"),
+            "--addr",
+            "::",
+            "--port",
+            &port_arg,
         ];
         let command = shell_line(&argv);
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(create(&stdout))
-            .stderr(create(&stderr))
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        let child = spawn(&argv, &stdout, &stderr);
         // Kept before waiting, so that a panic below still stops it.
         let pid = child.id();
         self.servers.push(Server { pid, child, stdout: stdout.clone(), stderr: stderr.clone() });
@@ -467,7 +503,13 @@ impl Topology {
     }
 
     /// Runs one client against the server on `port`; it gives up after `wait`.
-    pub fn run_client(&self, client: Client, family: Family, port: u16, wait: Duration) -> ClientResult {
+    pub fn run_client(
+        &self,
+        client: Client,
+        family: Family,
+        port: u16,
+        wait: Duration,
+    ) -> ClientResult {
         self.run_client_with(client, family, port, wait, &[])
     }
 
@@ -501,6 +543,46 @@ impl Topology {
                 .collect();
             handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
         })
+    }
+
+    /// Starts tcpdump on one end of the wire, for TCP segments to or from `port`; returns once
+    /// it captures. What XDP passes (or what XDP_TX sent to the client end) is what it sees.
+    pub fn capture(&self, side: Side, port: u16) -> Capture {
+        let ifname = match side {
+            Side::Client => &self.client_if,
+            Side::Edge => &self.edge_if,
+        };
+        let net = format!("--net={NETNS_DIR}/{}", self.ns(side));
+        let filter = format!("tcp port {port}");
+        // Immediate mode: without it packets wait in the kernel for a block to fill or time out,
+        // and the last ones before `stop` would be missed.
+        let argv = [
+            "nsenter",
+            &net,
+            "--",
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            ifname,
+            "-nn",
+            "-tt",
+            "-l",
+            &filter,
+        ];
+        let (stdout, stderr) = (scratch_file("tcpdump-out"), scratch_file("tcpdump-err"));
+        let command = shell_line(&argv);
+        let child = spawn(&argv, &stdout, &stderr);
+        let mut cap = Capture { child: Some(child), command, stdout, stderr, port };
+        let start = Instant::now();
+        while !fs::read_to_string(&cap.stderr).unwrap_or_default().contains("listening on") {
+            let exited = cap.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > COMMAND_LIMIT {
+                let err = fs::read_to_string(&cap.stderr).unwrap_or_default();
+                panic!("tcpdump did not start:\n$ {}\n--- stderr ---\n{err}", cap.command);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        cap
     }
 }
 
@@ -577,7 +659,8 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes namespaces and pin directories of runs whose process is gone (killed mid-test).
+/// Removes namespaces, pin directories and output files of runs whose process is gone (killed
+/// mid-test).
 fn remove_stale(outpost: &Path) {
     for entry in fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -597,6 +680,13 @@ fn remove_stale(outpost: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if owner_pid(&name, PIN_DIR_PREFIX).is_some_and(|p| !pid_alive(p)) {
             teardown(outpost, &entry.path(), &[]);
+        }
+    }
+    for entry in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stem = name.split('.').next().unwrap_or_default();
+        if owner_pid(stem, SCRATCH_PREFIX).is_some_and(|p| !pid_alive(p)) {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }
@@ -718,7 +808,10 @@ impl Client {
     fn is_openssl(self) -> bool {
         matches!(
             self,
-            Client::OpensslTls10 | Client::OpensslTls11 | Client::OpensslTls12 | Client::OpensslTls13
+            Client::OpensslTls10
+                | Client::OpensslTls11
+                | Client::OpensslTls12
+                | Client::OpensslTls13
         )
     }
 
@@ -731,7 +824,10 @@ impl Client {
         let url = format!("https://{}:{port}/", family.edge_host());
         let own_timeout = |argv: &mut Vec<String>| argv.push(secs(wait + Duration::from_secs(2)));
         match self {
-            Client::OpensslTls10 | Client::OpensslTls11 | Client::OpensslTls12 | Client::OpensslTls13 => {
+            Client::OpensslTls10
+            | Client::OpensslTls11
+            | Client::OpensslTls12
+            | Client::OpensslTls13 => {
                 argv.push(secs(wait));
                 let flag = match self {
                     Client::OpensslTls10 => "-tls1",
@@ -740,7 +836,9 @@ impl Client {
                     _ => "-tls1_3",
                 };
                 let connect = format!("{}:{port}", family.edge_host());
-                argv.extend(["openssl", "s_client", "-brief", "-connect", &connect, flag].map(String::from));
+                argv.extend(
+                    ["openssl", "s_client", "-brief", "-connect", &connect, flag].map(String::from),
+                );
                 if self.is_legacy() {
                     argv.extend(["-cipher".into(), LEGACY_CIPHERS.into()]);
                 }
@@ -750,7 +848,10 @@ impl Client {
                 own_timeout(&mut argv);
                 argv.extend(["curl", "-sSk"].map(String::from));
                 if self == Client::CurlTls10 {
-                    argv.extend(["--tlsv1.0", "--tls-max", "1.0", "--ciphers", LEGACY_CIPHERS].map(String::from));
+                    argv.extend(
+                        ["--tlsv1.0", "--tls-max", "1.0", "--ciphers", LEGACY_CIPHERS]
+                            .map(String::from),
+                    );
                 }
                 argv.extend(["--connect-timeout".into(), secs(wait), "-m".into()]);
                 argv.push(secs(wait + Duration::from_secs(1)));
@@ -834,11 +935,151 @@ impl fmt::Display for ClientResult {
     }
 }
 
+/// A running tcpdump; stopped (and its files removed) on drop if not by [`Capture::stop`].
+pub struct Capture {
+    child: Option<Child>,
+    command: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    port: u16,
+}
+
+impl Capture {
+    /// Stops tcpdump and returns the connections it saw, in the order they started.
+    pub fn stop(mut self) -> Vec<Flow> {
+        // What just crossed the wire is still on its way through tcpdump.
+        thread::sleep(Duration::from_millis(100));
+        self.halt();
+        let text = fs::read_to_string(&self.stdout).unwrap_or_default();
+        let segments: Vec<Segment> = text.lines().filter_map(Segment::parse).collect();
+        let server = format!(".{}", self.port);
+        let mut flows: Vec<Flow> = Vec::new();
+        for seg in segments {
+            let client = if seg.src.ends_with(&server) { &seg.dst } else { &seg.src };
+            match flows.iter_mut().find(|f| &f.client == client) {
+                Some(f) => f.segments.push(seg),
+                None => flows.push(Flow { client: client.clone(), segments: vec![seg] }),
+            }
+        }
+        flows
+    }
+
+    fn halt(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGINT: tcpdump flushes what it captured and exits.
+            kill_group(child.id(), libc::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    kill_group(child.id(), libc::SIGKILL);
+                    let _ = child.wait();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.halt();
+        let _ = fs::remove_file(&self.stdout);
+        let _ = fs::remove_file(&self.stderr);
+    }
+}
+
+/// One TCP segment as tcpdump printed it (`-nn -tt`).
+#[derive(Clone, Debug)]
+pub struct Segment {
+    /// Seconds since the epoch.
+    pub time: f64,
+    /// `addr.port`, as tcpdump writes it.
+    pub src: String,
+    pub dst: String,
+    /// tcpdump's flag letters: `S`, `.` (ACK), `P`, `F`, `R`.
+    pub flags: String,
+    pub len: u32,
+    pub line: String,
+}
+
+impl Segment {
+    fn parse(line: &str) -> Option<Segment> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() < 7 || !matches!(words[1], "IP" | "IP6") || words[3] != ">" {
+            return None;
+        }
+        let flags_at = words.iter().position(|w| *w == "Flags")?;
+        let len_at = words.iter().rposition(|w| *w == "length")?;
+        Some(Segment {
+            time: words[0].parse().ok()?,
+            src: words[2].to_owned(),
+            dst: words[4].trim_end_matches(':').to_owned(),
+            flags: words.get(flags_at + 1)?.trim_matches(|c| "[],".contains(c)).to_owned(),
+            len: words
+                .get(len_at + 1)?
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()?,
+            line: line.to_owned(),
+        })
+    }
+}
+
+/// The segments of one connection, both ways.
+pub struct Flow {
+    /// The client's end, `addr.port`.
+    pub client: String,
+    pub segments: Vec<Segment>,
+}
+
+impl Flow {
+    fn first(&self, from_client: bool, pred: impl Fn(&Segment) -> bool) -> Option<f64> {
+        self.segments
+            .iter()
+            .find(|s| (s.src == self.client) == from_client && pred(s))
+            .map(|s| s.time)
+    }
+
+    /// The client's SYN.
+    pub fn syn(&self) -> Option<f64> {
+        self.first(true, |s| s.flags.contains('S'))
+    }
+
+    /// The first segment with payload from the client: its hello.
+    pub fn hello(&self) -> Option<f64> {
+        self.first(true, |s| s.len > 0)
+    }
+
+    /// The first reset the client received.
+    pub fn reset_to_client(&self) -> Option<f64> {
+        self.first(false, |s| s.flags.contains('R'))
+    }
+
+    /// From the client's SYN to the reset it received: how long the refusal took on the wire,
+    /// whatever the time the client process took to start.
+    pub fn time_to_reset(&self) -> Option<Duration> {
+        let (syn, rst) = (self.syn()?, self.reset_to_client()?);
+        Some(Duration::from_secs_f64((rst - syn).max(0.0)))
+    }
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.segments {
+            writeln!(f, "  {}", s.line)?;
+        }
+        Ok(())
+    }
+}
+
 /// `after - before` for every counter of `outpost stats --json`.
 pub fn stats_delta(before: &Value, after: &Value) -> Value {
     match (before, after) {
         (Value::Object(b), Value::Object(a)) => Value::Object(
-            a.iter().map(|(k, v)| (k.clone(), stats_delta(b.get(k).unwrap_or(&Value::Null), v))).collect(),
+            a.iter()
+                .map(|(k, v)| (k.clone(), stats_delta(b.get(k).unwrap_or(&Value::Null), v)))
+                .collect(),
         ),
         (b, Value::Number(a)) => {
             let a = a.as_u64().expect("counters are u64");
