@@ -121,6 +121,8 @@ fn run(cli: Cli) -> Result<()> {
     let pin_dir = cli.pin_dir;
     match cli.command {
         Command::Attach { iface, mode, program } => {
+            // Before loading: a typo must not leave maps pinned behind.
+            dataplane::interface_index(&iface)?;
             let mut dp = Dataplane::load(&pin_dir)?;
             let mode = match mode {
                 CliAttachMode::Native => AttachMode::Native,
