@@ -21,7 +21,11 @@ fn main() -> Result<()> {
 
     let mut rows: Vec<(String, Vec<u8>, bool)> = vec![
         ("UDP datagram (not TCP)".into(), Packet::tcp4(1, 53, &[0; 64]).udp().build(), false),
-        ("TCP to an unprotected port".into(), Packet::tcp4(40000, 80, b"GET / HTTP/1.1\r\n\r\n").build(), false),
+        (
+            "TCP to an unprotected port".into(),
+            Packet::tcp4(40000, 80, b"GET / HTTP/1.1\r\n\r\n").build(),
+            false,
+        ),
         ("pure ACK to 443".into(), Packet::tcp4(40001, 443, &[]).flags(ACK).build(), false),
         (
             "TLS application data to 443".into(),
@@ -30,13 +34,28 @@ fn main() -> Result<()> {
         ),
     ];
     for (i, (name, _)) in CAPTURES.iter().enumerate() {
-        rows.push((format!("hello {name}"), Packet::tcp4(41000 + i as u16, 443, &capture(name)).build(), true));
+        rows.push((
+            format!("hello {name}"),
+            Packet::tcp4(41000 + i as u16, 443, &capture(name)).build(),
+            true,
+        ));
     }
-    rows.push(("hello openssl-tls1_3 over IPv6".into(), Packet::tcp6(42000, 443, &capture("openssl-tls1_3")).build(), true));
-    rows.push(("hello SSLv2-format".into(), Packet::tcp4(42001, 443, &sslv2_hello()).build(), true));
+    rows.push((
+        "hello openssl-tls1_3 over IPv6".into(),
+        Packet::tcp6(42000, 443, &capture("openssl-tls1_3")).build(),
+        true,
+    ));
+    rows.push((
+        "hello SSLv2-format".into(),
+        Packet::tcp4(42001, 443, &sslv2_hello()).build(),
+        true,
+    ));
 
     println!("BPF_PROG_TEST_RUN, {repeat} runs per row, observe mode\n");
-    println!("{:<36} {:>9} {:>12} {:>12} {:>7}", "packet", "action", "floor ns", "baseline ns", "ratio");
+    println!(
+        "{:<36} {:>9} {:>12} {:>12} {:>7}",
+        "packet", "action", "floor ns", "baseline ns", "ratio"
+    );
     let (mut hello_worst, mut other_worst) = (0f64, 0f64);
     for (name, packet, is_hello) in &rows {
         let floor = h.run(PROG_FLOOR, packet, repeat)?;

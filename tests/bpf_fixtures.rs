@@ -26,6 +26,7 @@ fn fixture_table() {
 #[test]
 fn verifier_headroom() {
     let mut h = Harness::new("verifier").expect("loading the XDP program");
-    let insns = h.verified_insns(PROG_FLOOR).unwrap().expect("kernel reports verified_insns (5.16+)");
+    let insns =
+        h.verified_insns(PROG_FLOOR).unwrap().expect("kernel reports verified_insns (5.16+)");
     assert!(insns < 100_000, "verifier processed {insns} instructions: too close to the limit");
 }

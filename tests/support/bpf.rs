@@ -8,7 +8,7 @@ use anyhow::{anyhow, ensure, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane::{Dataplane, Mode, Outcome, PinnedMaps, Stats, Verdict, Version};
 
-use crate::packet::hex;
+use crate::packet::{hex, Packet};
 
 /// XDP actions (uapi `enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
@@ -137,6 +137,22 @@ impl Fixture {
     pub fn outcome(mut self, outcome: Outcome, n: u64) -> Fixture {
         self.outcomes.push((outcome, n));
         self
+    }
+
+    /// A hello rejected from its first segment: passed up as a reset to the server, counted.
+    pub fn rejected_first(self, hello: &Packet, version: Version) -> Fixture {
+        self.step(hello.build(), XDP_PASS, Some(hello.as_reset_to_server().build()))
+            .counts(version, Verdict::Reject, 1)
+            .outcome(Outcome::DecidedFirst, 1)
+            .outcome(Outcome::ResetServer, 1)
+    }
+
+    /// A later segment of a rejected flow (the client's retransmission): a reset back to the
+    /// client, not counted as a hello again.
+    pub fn client_reset(self, segment: &Packet) -> Fixture {
+        self.step(segment.build(), XDP_TX, Some(segment.as_reset_to_client().build()))
+            .outcome(Outcome::FlowRepeat, 1)
+            .outcome(Outcome::ResetClient, 1)
     }
 
     /// Runs the row once and checks actions, output bytes and counters.

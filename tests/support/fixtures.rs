@@ -92,34 +92,18 @@ fn walk_rows(rows: &mut Vec<Fixture>) {
     let legacy4 = Packet::tcp4(port(), 443, &hello);
     rows.push(
         Fixture::new("IPv4 TLS 1.0 hello: reset to server")
-            .step(legacy4.build(), XDP_PASS, Some(legacy4.as_reset_to_server().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
+            .rejected_first(&legacy4, Version::Tls10),
     );
     let p = Packet::tcp6(port(), 443, &hello);
     rows.push(
-        Fixture::new("IPv6 TLS 1.0 hello: reset to server")
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
+        Fixture::new("IPv6 TLS 1.0 hello: reset to server").rejected_first(&p, Version::Tls10),
     );
     let p = Packet::tcp4(port(), 443, &hello).vlan(0x8100, 7);
-    rows.push(
-        Fixture::new("802.1Q tagged IPv4 TLS 1.0 hello")
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
-    );
+    rows.push(Fixture::new("802.1Q tagged IPv4 TLS 1.0 hello").rejected_first(&p, Version::Tls10));
     let p = Packet::tcp6(port(), 443, &hello).vlan(0x88a8, 100).vlan(0x8100, 7);
     rows.push(
         Fixture::new("802.1ad + 802.1Q tagged IPv6 TLS 1.0 hello")
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
+            .rejected_first(&p, Version::Tls10),
     );
     rows.push(pass_row(
         "three VLAN tags: not followed",
@@ -128,13 +112,7 @@ fn walk_rows(rows: &mut Vec<Fixture>) {
     ));
     // Record route option (7), 8 bytes with padding.
     let p = Packet::tcp4(port(), 443, &hello).ipv4_options(&[7, 7, 4, 0, 0, 0, 0, 1]);
-    rows.push(
-        Fixture::new("IPv4 with options")
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
-    );
+    rows.push(Fixture::new("IPv4 with options").rejected_first(&p, Version::Tls10));
     let pad6 = [1u8, 4, 0, 0, 0, 0]; // PadN option filling a 6-byte body
     let p = Packet::tcp6(port(), 443, &hello)
         .ipv6_ext(0, &pad6)
@@ -142,10 +120,7 @@ fn walk_rows(rows: &mut Vec<Fixture>) {
         .ipv6_ext(60, &pad6);
     rows.push(
         Fixture::new("IPv6 hop-by-hop + routing + destination options")
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
+            .rejected_first(&p, Version::Tls10),
     );
     let mut p = Packet::tcp6(port(), 443, &hello);
     for _ in 0..5 {
@@ -200,13 +175,7 @@ fn walk_rows(rows: &mut Vec<Fixture>) {
     ));
     // Ethernet padding after the datagram must not be read as payload, and is cut with it.
     let p = Packet::tcp4(port(), 443, &hello).trailer(&[0xee; 6]);
-    rows.push(
-        Fixture::new("Ethernet padding after the hello")
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
-    );
+    rows.push(Fixture::new("Ethernet padding after the hello").rejected_first(&p, Version::Tls10));
 }
 
 /// Point 3 on real captures, IPv4 and IPv6, default policy (TLS 1.2 floor, reject).
@@ -214,15 +183,19 @@ fn capture_rows(rows: &mut Vec<Fixture>) {
     for &(name, version) in CAPTURES {
         for v6 in [false, true] {
             let bytes = capture(name);
-            let p = if v6 { Packet::tcp6(port(), 443, &bytes) } else { Packet::tcp4(port(), 443, &bytes) };
-            let fam = if v6 { "IPv6" } else { "IPv4" };
-            let row = Fixture::new(format!("{name} over {fam}")).outcome(Outcome::DecidedFirst, 1);
-            rows.push(if version >= Version::Tls12 {
-                row.step(p.build(), XDP_PASS, None).counts(version, Verdict::Pass, 1)
+            let p = if v6 {
+                Packet::tcp6(port(), 443, &bytes)
             } else {
-                row.step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-                    .counts(version, Verdict::Reject, 1)
-                    .outcome(Outcome::ResetServer, 1)
+                Packet::tcp4(port(), 443, &bytes)
+            };
+            let fam = if v6 { "IPv6" } else { "IPv4" };
+            let row = Fixture::new(format!("{name} over {fam}"));
+            rows.push(if version >= Version::Tls12 {
+                row.step(p.build(), XDP_PASS, None)
+                    .counts(version, Verdict::Pass, 1)
+                    .outcome(Outcome::DecidedFirst, 1)
+            } else {
+                row.rejected_first(&p, version)
             });
         }
     }
@@ -232,19 +205,11 @@ fn capture_rows(rows: &mut Vec<Fixture>) {
 fn crafted_rows(rows: &mut Vec<Fixture>) {
     let reject = |name: &str, hello: Vec<u8>, version: Version| {
         let p = Packet::tcp4(port(), 443, &hello);
-        Fixture::new(name)
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(version, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1)
+        Fixture::new(name).rejected_first(&p, version)
     };
     rows.push(reject("SSLv3 hello", sslv3_hello(), Version::Sslv3));
     rows.push(reject("SSLv2-format hello", sslv2_hello(), Version::Sslv2));
-    rows.push(reject(
-        "SSLv2-format hello from a TLS 1.0 client",
-        sslv2(0x0301),
-        Version::Sslv2,
-    ));
+    rows.push(reject("SSLv2-format hello from a TLS 1.0 client", sslv2(0x0301), Version::Sslv2));
     rows.push(reject(
         "supported_versions [TLS 1.1] wins over legacy 1.2",
         ClientHello::tls(0x0303).supported_versions(&[0x0302]).build(),
@@ -296,7 +261,8 @@ fn segment_rows(rows: &mut Vec<Fixture>) {
     let big13 = big_hello(0x0303, &[0x0a0a, 0x0304, 0x0303], 2000);
     for v6 in [false, true] {
         let sport = port();
-        let mk = |b: &[u8]| if v6 { Packet::tcp6(sport, 443, b) } else { Packet::tcp4(sport, 443, b) };
+        let mk =
+            |b: &[u8]| if v6 { Packet::tcp6(sport, 443, b) } else { Packet::tcp4(sport, 443, b) };
         let first = mk(&big13[..MSS]).seq(1000);
         let second = mk(&big13[MSS..]).seq(1000 + MSS as u32);
         rows.push(
@@ -332,7 +298,11 @@ fn segment_rows(rows: &mut Vec<Fixture>) {
         Fixture::new("first segment retransmitted while following")
             .step(first.build(), XDP_PASS, None)
             .step(first.build(), XDP_PASS, None)
-            .step(Packet::tcp4(sport, 443, &big13[MSS..]).seq(1000 + MSS as u32).build(), XDP_PASS, None)
+            .step(
+                Packet::tcp4(sport, 443, &big13[MSS..]).seq(1000 + MSS as u32).build(),
+                XDP_PASS,
+                None,
+            )
             .counts(Version::Tls13, Verdict::Pass, 1)
             .outcome(Outcome::FollowNext, 1)
             .outcome(Outcome::DecidedLater, 1),
@@ -355,13 +325,25 @@ fn segment_rows(rows: &mut Vec<Fixture>) {
         row = row.step(p.build(), XDP_PASS, None);
     }
     // Segments 1-3 are followed, the fourth gives up, the fifth is payload of no known flow.
-    rows.push(row.outcome(Outcome::FollowNext, 3).outcome(Outcome::ToUserspace, 1).outcome(Outcome::NotHello, 1));
+    rows.push(
+        row.outcome(Outcome::FollowNext, 3)
+            .outcome(Outcome::ToUserspace, 1)
+            .outcome(Outcome::NotHello, 1),
+    );
     let sport = port();
     rows.push(
         Fixture::new("client reset while following forgets the flow")
             .step(Packet::tcp4(sport, 443, &big13[..MSS]).seq(1000).build(), XDP_PASS, None)
-            .step(Packet::tcp4(sport, 443, &[]).flags(RST | ACK).seq(1000 + MSS as u32).build(), XDP_PASS, None)
-            .step(Packet::tcp4(sport, 443, &big13[MSS..]).seq(1000 + MSS as u32).build(), XDP_PASS, None)
+            .step(
+                Packet::tcp4(sport, 443, &[]).flags(RST | ACK).seq(1000 + MSS as u32).build(),
+                XDP_PASS,
+                None,
+            )
+            .step(
+                Packet::tcp4(sport, 443, &big13[MSS..]).seq(1000 + MSS as u32).build(),
+                XDP_PASS,
+                None,
+            )
             .outcome(Outcome::FollowNext, 1)
             .outcome(Outcome::NoPayload, 1)
             .outcome(Outcome::NotHello, 1),
@@ -401,40 +383,28 @@ fn policy_rows(rows: &mut Vec<Fixture>) {
             .outcome(Outcome::DecidedFirst, 1),
     );
     for v6 in [false, true] {
-        let p = if v6 { Packet::tcp6(port(), 443, &hello) } else { Packet::tcp4(port(), 443, &hello) };
+        let p =
+            if v6 { Packet::tcp6(port(), 443, &hello) } else { Packet::tcp4(port(), 443, &hello) };
         rows.push(
             Fixture::new(format!("reject: reset to server, then the retransmission draws a reset to the client (v6={v6})"))
                 .policy(Version::Tls12, Mode::Reject, &[443])
-                .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-                .step(p.build(), XDP_TX, Some(p.as_reset_to_client().build()))
-                .counts(Version::Tls10, Verdict::Reject, 1)
-                .outcome(Outcome::DecidedFirst, 1)
-                .outcome(Outcome::ResetServer, 1)
-                .outcome(Outcome::FlowRepeat, 1)
-                .outcome(Outcome::ResetClient, 1),
+                .rejected_first(&p, Version::Tls10)
+                .client_reset(&p),
         );
     }
     let p = Packet::tcp4(port(), 443, &hello).flags(FIN | ACK | 0x08);
     rows.push(
         Fixture::new("reject: hello with FIN, reset acknowledges the FIN too")
             .policy(Version::Tls12, Mode::Reject, &[443])
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .step(p.build(), XDP_TX, Some(p.as_reset_to_client().build()))
-            .counts(Version::Tls10, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1)
-            .outcome(Outcome::FlowRepeat, 1)
-            .outcome(Outcome::ResetClient, 1),
+            .rejected_first(&p, Version::Tls10)
+            .client_reset(&p),
     );
     let tls12 = capture("openssl-tls1_2");
     let p = Packet::tcp4(port(), 443, &tls12);
     rows.push(
         Fixture::new("floor 1.3 rejects TLS 1.2")
             .policy(Version::Tls13, Mode::Reject, &[443])
-            .step(p.build(), XDP_PASS, Some(p.as_reset_to_server().build()))
-            .counts(Version::Tls12, Verdict::Reject, 1)
-            .outcome(Outcome::DecidedFirst, 1)
-            .outcome(Outcome::ResetServer, 1),
+            .rejected_first(&p, Version::Tls12),
     );
     let p = Packet::tcp4(port(), 8443, &hello);
     rows.push(

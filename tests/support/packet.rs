@@ -21,9 +21,21 @@ pub const TS_OPTION: [u8; 12] = [1, 1, 8, 10, 0, 0, 0x12, 0x34, 0, 0, 0x56, 0x78
 
 #[derive(Clone, Debug)]
 pub enum Net {
-    V4 { src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, id: u16, options: Vec<u8>, frag: u16 },
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ttl: u8,
+        id: u16,
+        options: Vec<u8>,
+        frag: u16,
+    },
     /// `ext`: (header type, body without the next-header and length bytes; padded to 8n-2).
-    V6 { src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, ext: Vec<(u8, Vec<u8>)> },
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        ext: Vec<(u8, Vec<u8>)>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -58,7 +70,14 @@ impl Packet {
             dst_mac: EDGE_MAC,
             vlans: Vec::new(),
             ether_type: None,
-            net: Net::V4 { src: CLIENT_V4, dst: EDGE_V4, ttl: 64, id: 0x1234, options: vec![], frag: 0x4000 },
+            net: Net::V4 {
+                src: CLIENT_V4,
+                dst: EDGE_V4,
+                ttl: 64,
+                id: 0x1234,
+                options: vec![],
+                frag: 0x4000,
+            },
             transport: Transport::Tcp {
                 sport,
                 dport,
@@ -233,7 +252,10 @@ impl Packet {
                     let mut exts = Vec::new();
                     for (i, (_, body)) in ext.iter().enumerate() {
                         let next = ext.get(i + 1).map_or(self.proto(), |e| e.0);
-                        assert!((body.len() + 2) % 8 == 0, "extension header body must be 8n-2 bytes");
+                        assert!(
+                            (body.len() + 2) % 8 == 0,
+                            "extension header body must be 8n-2 bytes"
+                        );
                         exts.push(next);
                         exts.push(((body.len() + 2) / 8 - 1) as u8);
                         exts.extend_from_slice(body);
@@ -308,10 +330,7 @@ impl Packet {
 }
 
 fn sum(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum()
+    bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum()
 }
 
 /// Internet checksum of `bytes` plus an initial one's-complement sum.

@@ -118,12 +118,8 @@ fn workspace_root() -> PathBuf {
 
 fn setup() -> Result<()> {
     let started = Instant::now();
-    let mut missing: Vec<&str> = BUILD_PACKAGES
-        .iter()
-        .chain(TEST_PACKAGES)
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    let mut missing: Vec<&str> =
+        BUILD_PACKAGES.iter().chain(TEST_PACKAGES).copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
         missing.sort();
         println!("xtask setup: installing {}", missing.join(" "));

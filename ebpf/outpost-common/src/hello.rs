@@ -317,7 +317,11 @@ impl HelloParser {
         self.flags |= FLAG_SEEN_RECORD;
         if typ != RECORD_HANDSHAKE || major != 0x03 {
             // 0x16 followed by anything but a TLS version: some other protocol.
-            return if first { Progress::NotHello } else { Progress::Malformed(Malformed::RecordType) };
+            return if first {
+                Progress::NotHello
+            } else {
+                Progress::Malformed(Malformed::RecordType)
+            };
         }
         if rec_len == 0 || rec_len > MAX_RECORD {
             return Progress::Malformed(Malformed::RecordLength);

@@ -1,11 +1,11 @@
 //! Map definitions. Names come from `outpost_common::maps`; pinned maps are shared by every
 //! attachment and outlive the loader.
 
+use crate::packet::Segment;
 use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
-use crate::packet::Segment;
 use outpost_common::{
     maps::{FlowKey, FlowState, Outcome, FLOW_CAPACITY, PORT_WORDS, VERSION_SLOTS},
     HelloParser, Policy,

@@ -1,8 +1,6 @@
 //! The packet walk: Ethernet (up to two VLAN tags), IPv4 with options or IPv6 with its common
 //! extension headers, TCP with options. [`ptr_at`] is the one place packet memory is reached.
 
-
-
 use aya_ebpf::programs::XdpContext;
 use network_types::{
     eth::EthHdr,

@@ -5,9 +5,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_loop, programs::XdpContext};
 use outpost_common::{
-    Input,
     maps::{version_slot, FlowPhase, FlowState, Outcome, KERNEL_STEPS, MAX_HELLO_SEGMENTS},
-    HelloParser, Malformed, Progress, Verdict, Version,
+    HelloParser, Input, Malformed, Progress, Verdict, Version,
 };
 
 use crate::{

@@ -115,9 +115,7 @@ impl Dataplane {
         };
         let id = prog.attach(iface, xdp_mode).map_err(|e| {
             let hint = match mode {
-                AttachMode::Native => {
-                    " (the driver may not support native XDP: try `--mode skb`)"
-                }
+                AttachMode::Native => " (the driver may not support native XDP: try `--mode skb`)",
                 AttachMode::Skb => "",
             };
             anyhow!("attaching to {iface} failed: {e}{hint}")
@@ -210,9 +208,8 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     }
     let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
     // SAFETY: NUL-terminated strings; no mount data.
-    let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc =
+        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         bail!(
             "bpffs is not mounted on /sys/fs/bpf and mounting it failed: {}",
@@ -306,8 +303,7 @@ impl PinnedMaps {
         for v in Version::ALL {
             for d in Verdict::ALL {
                 let slot = names::version_slot(v, d);
-                s.versions[v as usize][d as usize] =
-                    self.version_stats.get(&slot, 0)?.iter().sum();
+                s.versions[v as usize][d as usize] = self.version_stats.get(&slot, 0)?.iter().sum();
             }
         }
         for o in Outcome::ALL {
