@@ -1,6 +1,14 @@
-//! `outpost`: attach the TLS version floor to a NIC, set its policy, read its counters.
+//! `outpost`: serve (the TLS proxy), attach the TLS version floor to a NIC, set its policy,
+//! read its counters.
 
-use std::{path::PathBuf, process::ExitCode, thread, time::Duration};
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -19,6 +27,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve: the TLS proxy (HTTPS on 127.0.0.1:8443 and admin on 127.0.0.1:9901 by default),
+    /// and with --iface the XDP floor in front of it. Logs go to stderr (RUST_LOG, default
+    /// info). SIGTERM/SIGINT drain and exit; SIGHUP reloads the config file.
+    Run {
+        /// Config file (see the `outpost_proxy::config` docs for every key). Default:
+        /// ./outpost.toml when it exists, else built-in defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// I/O backend; overrides the config's `io`. io_uring falls back to epoll with a
+        /// warning when it cannot start.
+        #[arg(long, value_enum)]
+        io: Option<CliIo>,
+        /// Leave BPF alone: no attach, and no kernel counters in /metrics.
+        #[arg(long, conflicts_with = "iface")]
+        no_xdp: bool,
+        /// Attach the XDP floor (native mode) to this interface while serving, with the
+        /// config's floor policy and the listen ports as protected ports.
+        #[arg(long, value_name = "IF")]
+        iface: Option<String>,
+        /// Leave the XDP program attached on exit.
+        #[arg(long, requires = "iface")]
+        keep_attached: bool,
+    },
     /// Load the XDP program, attach it to an interface and pin it; it stays attached after exit.
     Attach {
         #[arg(long)]
@@ -77,6 +108,12 @@ enum PolicyAction {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CliIo {
+    Uring,
+    Epoll,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CliAttachMode {
     Native,
     Skb,
@@ -107,8 +144,21 @@ fn parse_version(s: &str) -> Result<Version, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        // The proxy logs through tracing; `log` records (the loader's) are bridged into it.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init();
+    } else {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outpost: {e:#}");
@@ -120,6 +170,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let pin_dir = cli.pin_dir;
     match cli.command {
+        Command::Run { config, io, no_xdp, iface, keep_attached } => {
+            serve(&pin_dir, config, io, no_xdp, iface, keep_attached)?;
+        }
         Command::Attach { iface, mode, program } => {
             // Before loading: a typo must not leave maps pinned behind.
             dataplane::interface_index(&iface)?;
@@ -240,4 +293,94 @@ fn describe(policy: &Policy, ports: &[u16]) -> String {
         mode_name(policy.mode),
         ports
     )
+}
+
+/// `outpost run`.
+fn serve(
+    pin_dir: &Path,
+    config: Option<PathBuf>,
+    io: Option<CliIo>,
+    no_xdp: bool,
+    iface: Option<String>,
+    keep_attached: bool,
+) -> Result<()> {
+    let mut attached_here = None;
+    if let Some(iface) = &iface {
+        if dataplane::attached_interfaces(pin_dir)?.contains(iface) {
+            tracing::info!(iface, "the XDP floor is already attached; leaving it as it is on exit");
+        } else {
+            let mut dp = Dataplane::load(pin_dir)?;
+            dp.attach(PROG_FLOOR, iface, AttachMode::Native)?;
+            tracing::info!(iface, pins = %pin_dir.display(), "XDP floor attached");
+            attached_here = Some(iface.clone());
+        }
+    }
+    let kernel: Option<Arc<dyn outpost_proxy::admin::KernelStats>> =
+        (!no_xdp).then(|| Arc::new(KernelCounters::new(pin_dir)) as _);
+    // With the floor attached by this process, the config's policy is the kernel's too.
+    let on_config: Option<outpost_proxy::run::OnConfig> = iface.as_ref().map(|_| {
+        let pin_dir = pin_dir.to_owned();
+        Box::new(move |c: &outpost_proxy::config::Config| {
+            let ports: Vec<u16> = c.listen.iter().map(|a| a.port()).collect();
+            let pushed = dataplane::PinnedMaps::open(&pin_dir).and_then(|mut m| {
+                m.set_policy(c.floor.policy())?;
+                m.set_ports(&ports)
+            });
+            match pushed {
+                Ok(()) => tracing::info!("XDP policy: {}", describe(&c.floor.policy(), &ports)),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "setting the XDP policy failed")
+                }
+            }
+        }) as outpost_proxy::run::OnConfig
+    });
+    let result = outpost_proxy::run(outpost_proxy::RunOptions {
+        config,
+        io: io.map(|i| match i {
+            CliIo::Uring => outpost_proxy::io::Backend::Uring,
+            CliIo::Epoll => outpost_proxy::io::Backend::Epoll,
+        }),
+        kernel,
+        on_config,
+    });
+    if let Some(iface) = attached_here {
+        if keep_attached {
+            tracing::info!(iface, "leaving the XDP floor attached (--keep-attached)");
+        } else {
+            match dataplane::detach(pin_dir, &iface) {
+                Ok(()) => tracing::info!(iface, "XDP floor detached"),
+                Err(e) => tracing::error!(iface, error = format!("{e:#}"), "detaching failed"),
+            }
+        }
+    }
+    result
+}
+
+/// The XDP program's per-version counters for /metrics, through its pinned maps (opened on
+/// first use, reopened after a failure: the program may be attached after outpost started).
+struct KernelCounters {
+    pin_dir: PathBuf,
+    maps: Mutex<Option<dataplane::PinnedMaps>>,
+}
+
+impl KernelCounters {
+    fn new(pin_dir: &Path) -> KernelCounters {
+        KernelCounters { pin_dir: pin_dir.to_owned(), maps: Mutex::new(None) }
+    }
+}
+
+impl outpost_proxy::admin::KernelStats for KernelCounters {
+    fn hellos(&self) -> Option<outpost_proxy::metrics::VersionCounts> {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if maps.is_none() {
+            *maps = dataplane::PinnedMaps::open(&self.pin_dir).ok();
+        }
+        match maps.as_ref()?.stats() {
+            Ok(s) => Some(s.versions),
+            Err(_) => {
+                *maps = None;
+                None
+            }
+        }
+    }
 }

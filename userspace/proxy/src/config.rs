@@ -1,0 +1,447 @@
+//! `outpost.toml`: every key, its meaning and its default.
+//!
+//! Every struct here is `#[serde(default, deny_unknown_fields)]`: an empty file (or none at
+//! all) is a working configuration (HTTPS on 127.0.0.1:8443 in front of the built-in page,
+//! admin on 127.0.0.1:9901), and a misspelt key is an error, not a silently ignored line.
+//!
+//! ```toml
+//! listen = ["127.0.0.1:8443", "[::1]:8443"]
+//! admin = "127.0.0.1:9901"
+//!
+//! [floor]
+//! min_version = "1.2"
+//! mode = "reject"
+//!
+//! [[tls.certs]]
+//! names = ["example.com", "*.example.com"]
+//! cert = "/etc/outpost/example.pem"
+//! key = "/etc/outpost/example.key"
+//!
+//! [[routes]]
+//! host = "example.com"
+//! path = "/"
+//! [routes.origin]
+//! servers = ["10.0.0.5:8080", "10.0.0.6:8080"]
+//! health_check = { path = "/healthz", interval_ms = 2000 }
+//! ```
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use outpost_common::{Mode, Version};
+use serde::Deserialize;
+
+use crate::{http::Limits, io::Backend};
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses the TLS proxy listens on; IPv6 addresses in brackets (`"[::1]:8443"`). Every
+    /// worker binds each of them with SO_REUSEPORT. Not changed by a reload. Default
+    /// `["127.0.0.1:8443"]`.
+    pub listen: Vec<SocketAddr>,
+    /// The admin listener, plain HTTP: `/healthz` and Prometheus `/metrics`. Keep it on
+    /// loopback or a management network. Not changed by a reload. Default `127.0.0.1:9901`.
+    pub admin: SocketAddr,
+    /// Where outpost keeps its state (the self-signed certificate). Default: `$OUTPOST_DATA`,
+    /// else `./outpost-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Worker threads, each with its own runtime (and io_uring) and its own listening sockets;
+    /// 0 means one per CPU. Default 0.
+    pub workers: usize,
+    /// I/O backend, `"uring"` or `"epoll"`; `outpost run --io` overrides it. If io_uring
+    /// cannot start, outpost falls back to epoll with a warning. Default `"uring"`.
+    pub io: Backend,
+    /// How long SIGTERM/SIGINT wait for in-flight requests before exiting, in milliseconds.
+    /// Default 10000.
+    pub shutdown_grace_ms: u64,
+    /// The userspace TLS version floor (the same policy the XDP program enforces in the
+    /// kernel; this one also holds where XDP is not attached).
+    pub floor: FloorConfig,
+    /// Certificates.
+    pub tls: TlsConfig,
+    /// HTTP limits and timeouts for client connections.
+    pub http: HttpConfig,
+    /// Routes, matched by host and then by the longest path prefix. Default: one route, any
+    /// host, path `/`, to the built-in page.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            data_dir: None,
+            workers: 0,
+            io: Backend::Uring,
+            shutdown_grace_ms: 10_000,
+            floor: FloorConfig::default(),
+            tls: TlsConfig::default(),
+            http: HttpConfig::default(),
+            routes: vec![RouteConfig::default()],
+        }
+    }
+}
+
+/// `[floor]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FloorConfig {
+    /// Lowest TLS version let through: `"1.0"`, `"1.1"`, `"1.2"`, `"1.3"`. Default `"1.2"`.
+    pub min_version: MinVersion,
+    /// What happens to a hello below the floor: `"observe"` (count it and let rustls answer),
+    /// `"drop"` (close without a word) or `"reject"` (a TLS protocol_version alert, then close).
+    /// Default `"reject"`.
+    pub mode: FloorMode,
+    /// How many bytes of a first flight are read while looking for a conclusive ClientHello;
+    /// past this the connection goes on to rustls unclassified. Default 16384.
+    pub max_hello_bytes: usize,
+}
+
+impl Default for FloorConfig {
+    fn default() -> Self {
+        FloorConfig {
+            min_version: MinVersion(Version::Tls12),
+            mode: FloorMode(Mode::Reject),
+            max_hello_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl FloorConfig {
+    pub fn policy(&self) -> outpost_common::Policy {
+        outpost_common::Policy::new(self.min_version.0, self.mode.0)
+    }
+}
+
+/// A TLS version in config form (`"1.2"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MinVersion(pub Version);
+
+impl TryFrom<String> for MinVersion {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let v = s.to_ascii_lowercase();
+        Ok(MinVersion(match v.trim_start_matches("tls").trim_start_matches('v') {
+            "ssl3" | "sslv3" | "3.0" => Version::Sslv3,
+            "1.0" | "1" => Version::Tls10,
+            "1.1" => Version::Tls11,
+            "1.2" => Version::Tls12,
+            "1.3" => Version::Tls13,
+            _ => return Err(format!("unknown TLS version {s:?}: use 1.0, 1.1, 1.2 or 1.3")),
+        }))
+    }
+}
+
+/// A floor mode in config form (`"reject"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FloorMode(pub Mode);
+
+impl TryFrom<String> for FloorMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(FloorMode(match s.as_str() {
+            "observe" => Mode::Observe,
+            "drop" => Mode::Drop,
+            "reject" => Mode::Reject,
+            _ => return Err(format!("unknown floor mode {s:?}: use observe, drop or reject")),
+        }))
+    }
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI. The first one also serves clients whose SNI matches none
+    /// (or who send none). Empty (the default): a self-signed certificate, generated into the
+    /// data directory on first start and reused afterwards.
+    pub certs: Vec<CertConfig>,
+    /// Extra names (DNS names or IP addresses) for the self-signed certificate, besides
+    /// `localhost` and `127.0.0.1`. Changing them regenerates it. Default none.
+    pub self_signed_names: Vec<String>,
+}
+
+/// `[[tls.certs]]`: one certificate chain and its key, both PEM.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// SNI names this certificate serves: exact names or `*.suffix` wildcards. Required.
+    pub names: Vec<String>,
+    /// PEM file with the certificate chain, leaf first. Required.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: PathBuf,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request head (request line and header fields); more is answered with 431.
+    /// Default 16384.
+    pub max_head_bytes: usize,
+    /// Most header fields in a request; more is answered with 431. Default 100.
+    pub max_headers: usize,
+    /// Largest request body, after dechunking; more is answered with 413. Default 10 MiB.
+    pub max_body_bytes: u64,
+    /// Time for the TLS handshake, including the ClientHello, in milliseconds. Default 10000.
+    pub handshake_timeout_ms: u64,
+    /// Time for a whole request head once its first byte arrived (and for the first request
+    /// after the handshake); a slower client gets 408 and is closed. Default 10000.
+    pub header_timeout_ms: u64,
+    /// How long a keep-alive connection may wait for its next request. Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Longest pause while reading a request body or writing a response. Default 30000.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        HttpConfig {
+            max_head_bytes: limits.max_head_bytes,
+            max_headers: limits.max_headers,
+            max_body_bytes: limits.max_body_bytes,
+            handshake_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_head_bytes: self.max_head_bytes,
+            max_headers: self.max_headers,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host this route serves (from the Host header, port and case ignored): an exact name,
+    /// `*.suffix` (any subdomain), or `*` (any host). Default `*`.
+    pub host: String,
+    /// Path prefix, matched on whole segments (`/api` matches `/api` and `/api/x`, not
+    /// `/apix`); the longest matching prefix wins. Default `/`.
+    pub path: String,
+    /// The handler serving the route. Default `"origin"` (the only one so far).
+    pub handler: HandlerKind,
+    /// Settings of the `origin` handler.
+    pub origin: OriginConfig,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            host: "*".into(),
+            path: "/".into(),
+            handler: HandlerKind::Origin,
+            origin: OriginConfig::default(),
+        }
+    }
+}
+
+/// Handlers a route can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerKind {
+    /// Proxy to origin servers.
+    Origin,
+}
+
+/// `[routes.origin]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Origin servers (`"host:port"` addresses, or `"builtin"` for the page served in-process),
+    /// used round robin while healthy. Plain HTTP/1.1. Default `["builtin"]`.
+    pub servers: Vec<String>,
+    /// Connect timeout per attempt, in milliseconds. A refused or timed-out connection marks
+    /// the server down and the next healthy one is tried. Default 800: a route whose only
+    /// server is down answers 502 within a second.
+    pub connect_timeout_ms: u64,
+    /// Time for the origin's response head after the request was sent; past it the client gets
+    /// 504. Default 30000.
+    pub response_timeout_ms: u64,
+    /// How long a server marked down by a failed request stays out of rotation when no active
+    /// health check brings it back sooner, in milliseconds. Default 10000.
+    pub down_for_ms: u64,
+    /// Idle keep-alive connections kept per server and worker. Default 32.
+    pub pool_size: usize,
+    /// How long an idle pooled connection is kept, in milliseconds. Default 30000.
+    pub pool_idle_ms: u64,
+    /// Active health checks.
+    pub health_check: HealthCheckConfig,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            servers: vec![BUILTIN.into()],
+            connect_timeout_ms: 800,
+            response_timeout_ms: 30_000,
+            down_for_ms: 10_000,
+            pool_size: 32,
+            pool_idle_ms: 30_000,
+            health_check: HealthCheckConfig::default(),
+        }
+    }
+}
+
+/// The origin name that stands for the built-in page.
+pub const BUILTIN: &str = "builtin";
+
+/// `health_check = { ... }`: `GET path` on every server; 2xx/3xx is healthy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path requested. Default `/`.
+    pub path: String,
+    /// Milliseconds between checks; 0 turns active checks off. Default 5000.
+    pub interval_ms: u64,
+    /// Time for a check's connect and response head, in milliseconds. Default 1000.
+    pub timeout_ms: u64,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig { path: "/".into(), interval_ms: 5000, timeout_ms: 1000 }
+    }
+}
+
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.listen.is_empty() {
+            bail!("`listen` is empty: give at least one address");
+        }
+        if self.routes.is_empty() {
+            bail!("`routes` is empty: give at least one route");
+        }
+        for r in &self.routes {
+            if !r.path.starts_with('/') {
+                bail!("route path {:?} must start with /", r.path);
+            }
+            if r.origin.servers.is_empty() {
+                bail!("route {} {}: `origin.servers` is empty", r.host, r.path);
+            }
+            for s in &r.origin.servers {
+                if s != BUILTIN {
+                    crate::origin::resolve(s).with_context(|| {
+                        format!("route {} {}: origin server {s:?}", r.host, r.path)
+                    })?;
+                }
+            }
+        }
+        for c in &self.tls.certs {
+            if c.names.is_empty() {
+                bail!("certificate {}: `names` is empty", c.cert.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory: the config's, else `$OUTPOST_DATA`, else `./outpost-data`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| std::env::var_os("OUTPOST_DATA").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("outpost-data"))
+    }
+
+    /// Whether any route uses the built-in page.
+    pub fn uses_builtin(&self) -> bool {
+        self.routes.iter().any(|r| r.origin.servers.iter().any(|s| s == BUILTIN))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen, Config::default().listen);
+        assert_eq!(c.routes.len(), 1);
+        assert!(c.uses_builtin());
+        assert_eq!(c.floor.policy(), outpost_common::Policy::DEFAULT);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::parse(
+            r#"
+            listen = ["127.0.0.1:1443", "[::1]:1443"]
+            workers = 3
+            io = "epoll"
+            [floor]
+            min_version = "1.3"
+            mode = "observe"
+            [http]
+            header_timeout_ms = 500
+            [[routes]]
+            host = "*.example.com"
+            path = "/api"
+            [routes.origin]
+            servers = ["127.0.0.1:9000", "localhost:9001"]
+            health_check = { path = "/h", interval_ms = 100 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.io, Backend::Epoll);
+        assert_eq!(c.floor.min_version.0, Version::Tls13);
+        assert_eq!(c.floor.mode.0, Mode::Observe);
+        assert_eq!(c.http.header_timeout_ms, 500);
+        assert_eq!(c.http.idle_timeout_ms, 60_000);
+        assert_eq!(c.routes[0].origin.health_check.path, "/h");
+        assert_eq!(c.routes[0].origin.health_check.timeout_ms, 1000);
+        assert!(!c.uses_builtin());
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        for bad in [
+            "listn = []",
+            "[floor]\nmin_version = \"1.4\"",
+            "[floor]\nmode = \"block\"",
+            "[[routes]]\npath = \"api\"",
+            "[[routes]]\n[routes.origin]\nservers = [\"nohost\"]",
+            "[[routes]]\n[routes.origin]\nserver = [\"127.0.0.1:1\"]",
+        ] {
+            assert!(Config::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+}

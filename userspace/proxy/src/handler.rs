@@ -1,0 +1,326 @@
+//! The handler API: the phases of one request, modelled on pingora's `ProxyHttp`.
+//!
+//! A handler implements [`Handler`]; every phase has a default, so a handler writes only what
+//! it needs. The proxy core ([`crate::proxy`]) calls the phases in order:
+//!
+//! 1. [`Handler::new_ctx`]: per-request state, owned by the core for the request's lifetime.
+//! 2. [`Handler::request_filter`]: [`Flow::Respond`] answers the request and stops (a login
+//!    page, an API call); [`Flow::Continue`] goes on to an upstream.
+//! 3. [`Handler::upstream_peer`]: which server gets the request; on a failed connect
+//!    [`Handler::fail_to_connect`] says whether to ask again.
+//! 4. [`Handler::upstream_request_filter`]: edit the head sent upstream.
+//! 5. [`Handler::response_filter`]: edit the response head sent to the client.
+//! 6. [`Handler::logging`]: after the response is done, with its summary and error if any.
+//!
+//! Handlers know nothing of each other; the [`Router`](crate::router::Router) picks one per
+//! request. Connection pools, body streaming and error responses belong to the core. A new
+//! handler is a module implementing [`Handler`], a [`HandlerKind`](crate::config::HandlerKind)
+//! variant with its settings, and one arm in `Router::build`.
+//!
+//! ```
+//! use outpost_proxy::{
+//!     error::Result,
+//!     handler::{Flow, Handler, Reply, Session},
+//! };
+//!
+//! /// Answers every request itself.
+//! struct Hello;
+//!
+//! #[async_trait::async_trait(?Send)]
+//! impl Handler for Hello {
+//!     type Ctx = ();
+//!
+//!     fn new_ctx(&self) {}
+//!
+//!     async fn request_filter(&self, s: &mut Session<'_>, _ctx: &mut ()) -> Result<Flow> {
+//!         let body = format!("hello from {} over {}\n", s.path(), s.client.tls.version_name());
+//!         Ok(Flow::Respond(Reply::new(200, "text/plain", body)))
+//!     }
+//! }
+//! ```
+
+use std::{any::Any, net::SocketAddr, time::Duration};
+
+use async_trait::async_trait;
+
+use crate::{
+    error::{Error, ErrorKind, ErrorSource, Result},
+    http::{Header, Request, Response},
+    server::Downstream,
+    tls::Negotiated,
+};
+
+/// What [`Handler::request_filter`] decided.
+pub enum Flow {
+    /// Go on: forward the request upstream.
+    Continue,
+    /// The handler answered; the core writes this response and stops.
+    Respond(Reply),
+}
+
+/// A complete response a handler produces itself.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<Header>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            headers: vec![Header::new("Content-Type", content_type)],
+            body: body.into(),
+        }
+    }
+
+    /// `{"error": "<message>"}` with `status`.
+    pub fn json_error(status: u16, message: &str) -> Reply {
+        let mut body = String::from("{\"error\": \"");
+        for c in message.chars() {
+            match c {
+                '"' => body.push_str("\\\""),
+                '\\' => body.push_str("\\\\"),
+                c if (c as u32) < 0x20 => body.push(' '),
+                c => body.push(c),
+            }
+        }
+        body.push_str("\"}\n");
+        Reply::new(status, "application/json", body)
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Reply {
+        self.headers.push(Header::new(name, value));
+        self
+    }
+}
+
+/// Where to send a request, and how patiently.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time for the response head once the request was sent; then 504.
+    pub response_timeout: Duration,
+    /// Idle connections kept per worker for this address.
+    pub pool_size: usize,
+    /// How long an idle connection is kept.
+    pub pool_idle: Duration,
+}
+
+/// Facts about the client connection, fixed for its lifetime.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Negotiated,
+}
+
+/// One request as a handler sees it: the head (mutable), the client, and the body on demand.
+pub struct Session<'a> {
+    pub req: Request,
+    pub client: &'a ClientInfo,
+    pub(crate) downstream: &'a mut Downstream,
+}
+
+impl Session<'_> {
+    /// Reads more of the request body (dechunked), appending to `out`. Returns whether more is
+    /// to come. A handler that reads the body must answer with [`Flow::Respond`]: the core
+    /// forwards only a body it has not started.
+    pub async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+        self.downstream.read_body(out).await
+    }
+
+    /// The request's host, lowercase, without port.
+    pub fn host(&self) -> Option<String> {
+        self.req.host().map(|h| h.to_ascii_lowercase())
+    }
+
+    /// The request path, without the query.
+    pub fn path(&self) -> &str {
+        path_of(&self.req.target)
+    }
+}
+
+/// The path of a request target: origin-form up to `?`, or the path of an absolute-form URL.
+pub fn path_of(target: &str) -> &str {
+    let t = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => target,
+    };
+    t.split(['?', '#']).next().unwrap_or("/")
+}
+
+/// What happened to a request, for [`Handler::logging`].
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Status sent to the client (0 when none could be sent).
+    pub status: u16,
+    /// The server that answered, if any.
+    pub upstream: Option<SocketAddr>,
+    /// Response body bytes sent to the client.
+    pub body_bytes: u64,
+    pub duration: Duration,
+}
+
+/// One endpoint's request logic. See the module docs for the order of the phases.
+#[async_trait(?Send)]
+pub trait Handler: Send + Sync + 'static {
+    /// Per-request state.
+    type Ctx: 'static;
+
+    fn new_ctx(&self) -> Self::Ctx;
+
+    /// First look at the request; may answer it.
+    async fn request_filter(&self, _s: &mut Session<'_>, _ctx: &mut Self::Ctx) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+
+    /// The server for this request. The default has none (for handlers that always answer in
+    /// [`request_filter`](Self::request_filter)).
+    async fn upstream_peer(&self, _s: &mut Session<'_>, _ctx: &mut Self::Ctx) -> Result<Peer> {
+        Err(Error::new(ErrorKind::NoUpstream, ErrorSource::Internal, "handler has no upstream"))
+    }
+
+    /// Connecting to `peer` failed; return true to ask [`upstream_peer`](Self::upstream_peer)
+    /// again (the core bounds the attempts).
+    fn fail_to_connect(
+        &self,
+        _s: &Session<'_>,
+        _peer: &Peer,
+        _ctx: &mut Self::Ctx,
+        _e: &Error,
+    ) -> bool {
+        false
+    }
+
+    /// The exchange with `peer` failed after the connection was made (reset, early close,
+    /// timeout).
+    fn upstream_failed(&self, _peer: &Peer, _ctx: &mut Self::Ctx, _e: &Error) {}
+
+    /// Edit the head sent upstream (hop-by-hop fields already removed, framing set by the
+    /// core afterwards).
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session<'_>,
+        _upstream: &mut Request,
+        _ctx: &mut Self::Ctx,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Edit the response head sent to the client (hop-by-hop fields already removed).
+    async fn response_filter(
+        &self,
+        _s: &mut Session<'_>,
+        _resp: &mut Response,
+        _ctx: &mut Self::Ctx,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The request is done. Runs after the response was sent; must not block.
+    fn logging(&self, _s: &Session<'_>, _sum: &Summary, _e: Option<&Error>, _ctx: &mut Self::Ctx) {}
+}
+
+/// [`Handler`] with its context erased, so the router can hold handlers of any type.
+#[async_trait(?Send)]
+pub(crate) trait DynHandler: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn new_ctx(&self) -> Box<dyn Any>;
+    async fn request_filter(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Flow>;
+    async fn upstream_peer(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Peer>;
+    fn fail_to_connect(&self, s: &Session<'_>, p: &Peer, ctx: &mut dyn Any, e: &Error) -> bool;
+    fn upstream_failed(&self, p: &Peer, ctx: &mut dyn Any, e: &Error);
+    async fn upstream_request_filter(
+        &self,
+        s: &mut Session<'_>,
+        up: &mut Request,
+        ctx: &mut dyn Any,
+    ) -> Result<()>;
+    async fn response_filter(
+        &self,
+        s: &mut Session<'_>,
+        r: &mut Response,
+        ctx: &mut dyn Any,
+    ) -> Result<()>;
+    fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any);
+}
+
+/// A handler and the name logs and metrics know it by.
+pub(crate) struct Named<H>(pub &'static str, pub H);
+
+fn ctx_of<C: 'static>(ctx: &mut dyn Any) -> &mut C {
+    ctx.downcast_mut::<C>().expect("the core passes each handler the context it created")
+}
+
+#[async_trait(?Send)]
+impl<H: Handler> DynHandler for Named<H> {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn new_ctx(&self) -> Box<dyn Any> {
+        Box::new(self.1.new_ctx())
+    }
+    async fn request_filter(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Flow> {
+        self.1.request_filter(s, ctx_of(ctx)).await
+    }
+    async fn upstream_peer(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Peer> {
+        self.1.upstream_peer(s, ctx_of(ctx)).await
+    }
+    fn fail_to_connect(&self, s: &Session<'_>, p: &Peer, ctx: &mut dyn Any, e: &Error) -> bool {
+        self.1.fail_to_connect(s, p, ctx_of(ctx), e)
+    }
+    fn upstream_failed(&self, p: &Peer, ctx: &mut dyn Any, e: &Error) {
+        self.1.upstream_failed(p, ctx_of(ctx), e)
+    }
+    async fn upstream_request_filter(
+        &self,
+        s: &mut Session<'_>,
+        up: &mut Request,
+        ctx: &mut dyn Any,
+    ) -> Result<()> {
+        self.1.upstream_request_filter(s, up, ctx_of(ctx)).await
+    }
+    async fn response_filter(
+        &self,
+        s: &mut Session<'_>,
+        r: &mut Response,
+        ctx: &mut dyn Any,
+    ) -> Result<()> {
+        self.1.response_filter(s, r, ctx_of(ctx)).await
+    }
+    fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any) {
+        self.1.logging(s, sum, e, ctx_of(ctx))
+    }
+}
+
+/// Sets or replaces field `name`.
+pub fn set_header(headers: &mut Vec<Header>, name: &str, value: impl Into<Vec<u8>>) {
+    headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
+    headers.push(Header::new(name, value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(path_of("/a/b?x=1"), "/a/b");
+        assert_eq!(path_of("http://h:1/a?q"), "/a");
+        assert_eq!(path_of("http://h"), "/");
+        assert_eq!(path_of("*"), "*");
+    }
+
+    #[test]
+    fn json_errors_are_escaped() {
+        let r = Reply::json_error(400, "bad \"x\"\n");
+        assert_eq!(r.body, b"{\"error\": \"bad \\\"x\\\" \"}\n");
+    }
+}

@@ -1,0 +1,389 @@
+//! Request and response heads: httparse finds the fields, this module bounds them and applies
+//! the rules httparse leaves to its caller (targets, `Host`, framing).
+
+use super::fields::{self, find, framing, values};
+use super::{Body, Error, Header, Limits};
+
+/// A request head.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Method token, case-sensitive (`GET`, never `get`).
+    pub method: String,
+    /// Request target as received: origin-form (`/a?b`), absolute-form (`http://h/a`),
+    /// authority-form (`h:443`, CONNECT only) or `*` (OPTIONS only).
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Fields in the order received.
+    pub headers: Vec<Header>,
+}
+
+impl Request {
+    /// The first value of field `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        find(&self.headers, name)
+    }
+
+    /// Every value of field `name` (case-insensitive), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        values(&self.headers, name)
+    }
+
+    /// The host the request is for, without port (IPv6 literals keep their brackets); compare it
+    /// case-insensitively. From an absolute-form target when there is one, since an origin must
+    /// then ignore `Host` (RFC 9112 §3.2.2) and routing must agree with it; else from `Host`.
+    /// `None` when there is no usable host.
+    pub fn host(&self) -> Option<&str> {
+        let authority = match absolute_form(&self.target) {
+            Some((_, authority)) => authority,
+            None => std::str::from_utf8(self.header("host")?).ok()?,
+        };
+        split_host_port(authority).map(|(host, _)| host)
+    }
+
+    /// How the request body is delimited; [`Body::Empty`] without `Content-Length` or
+    /// `Transfer-Encoding`. Always `Ok` for a request that [`parse_request`] returned.
+    pub fn body(&self) -> Result<Body, Error> {
+        Ok(framing(&self.headers, self.minor_version)?.unwrap_or(Body::Empty))
+    }
+
+    /// Whether the connection may carry another request after this one.
+    pub fn keep_alive(&self) -> bool {
+        fields::keep_alive(&self.headers, self.minor_version)
+    }
+}
+
+/// A response head.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code, 100..=999.
+    pub status: u16,
+    /// Reason phrase; empty when the origin sent none or sent obs-text in it.
+    pub reason: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Fields in the order received.
+    pub headers: Vec<Header>,
+}
+
+impl Response {
+    /// The first value of field `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        find(&self.headers, name)
+    }
+
+    /// Every value of field `name` (case-insensitive), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        values(&self.headers, name)
+    }
+
+    /// How the body of this response to a `request_method` request is delimited (RFC 9112
+    /// §6.3): none after HEAD, for 1xx, 204 and 304, or for a 2xx to CONNECT (the connection
+    /// becomes a tunnel, which is the caller's business); [`Body::UntilClose`] without framing.
+    pub fn body(&self, request_method: &str) -> Result<Body, Error> {
+        let no_body = request_method == "HEAD"
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+            || (request_method == "CONNECT" && (200..300).contains(&self.status));
+        if no_body {
+            return Ok(Body::Empty);
+        }
+        Ok(framing(&self.headers, self.minor_version)?.unwrap_or(Body::UntilClose))
+    }
+
+    /// Whether the connection may carry another response after this one, from `Connection` and
+    /// the version; a [`Body::UntilClose`] body ends the connection regardless.
+    pub fn keep_alive(&self) -> bool {
+        fields::keep_alive(&self.headers, self.minor_version)
+    }
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// `Ok(None)` while the head is incomplete and `buf` is shorter than
+/// [`Limits::max_head_bytes`]; `Ok(Some((request, n)))` when the head is the first `n` bytes
+/// (the body or the next request starts at `n`). Leading empty lines are skipped and counted.
+/// Every framing rule (see the module documentation) is checked here, so `request.body()` is
+/// `Ok` and within [`Limits::max_body_bytes`] afterwards.
+///
+/// Each call parses from the start; callers feeding a byte at a time pay O(head²), bounded by
+/// the head limit.
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Error> {
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let mut slots = vec![httparse::EMPTY_HEADER; header_slots(window, limits)];
+    let mut head = httparse::Request::new(&mut slots);
+    let len = match head.parse(window) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return incomplete(buf, limits),
+        Err(e) => return Err(head_error(e)),
+    };
+    let (Some(method), Some(target), Some(minor_version)) = (head.method, head.path, head.version)
+    else {
+        return Err(Error::Malformed("incomplete request line"));
+    };
+    let request = Request {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        minor_version,
+        headers: owned(head.headers),
+    };
+    check_target(&request.method, &request.target)?;
+    check_host(&request)?;
+    if let Body::Length(n) = request.body()? {
+        if n > limits.max_body_bytes {
+            return Err(Error::BodyTooLarge);
+        }
+    }
+    Ok(Some((request, len)))
+}
+
+/// Parses a response head from the start of `buf`; `Ok(None)` and the consumed length as for
+/// [`parse_request`].
+///
+/// Framing fields are checked here as far as they do not depend on the request (conflicting or
+/// invalid `Content-Length`, `Transfer-Encoding` with `Content-Length` or on HTTP/1.0); an
+/// unsupported transfer coding, and the body limit, only matter once [`Response::body`] says
+/// there is a body.
+pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, usize)>, Error> {
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let mut slots = vec![httparse::EMPTY_HEADER; header_slots(window, limits)];
+    let mut head = httparse::Response::new(&mut slots);
+    let len = match head.parse(window) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return incomplete(buf, limits),
+        Err(e) => return Err(head_error(e)),
+    };
+    let (Some(status), Some(reason), Some(minor_version)) = (head.code, head.reason, head.version)
+    else {
+        return Err(Error::Malformed("incomplete status line"));
+    };
+    if status < 100 {
+        return Err(Error::Malformed("status code below 100"));
+    }
+    let response =
+        Response { status, reason: reason.to_owned(), minor_version, headers: owned(head.headers) };
+    match framing(&response.headers, minor_version) {
+        Ok(_) | Err(Error::UnsupportedTransferCoding) => Ok(Some((response, len))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Slots for httparse: `max_headers`, but never more than the window can hold (a field line is
+/// at least 3 bytes, `a:\n`), so a huge limit does not turn into a huge allocation.
+fn header_slots(window: &[u8], limits: &Limits) -> usize {
+    limits.max_headers.min(window.len() / 3 + 1)
+}
+
+fn incomplete<T>(buf: &[u8], limits: &Limits) -> Result<Option<T>, Error> {
+    if buf.len() >= limits.max_head_bytes {
+        Err(Error::HeadTooLarge)
+    } else {
+        Ok(None)
+    }
+}
+
+fn head_error(e: httparse::Error) -> Error {
+    Error::Malformed(match e {
+        httparse::Error::TooManyHeaders => return Error::TooManyHeaders,
+        // A folded line (obs-fold) starts with whitespace and lands here too.
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status line",
+        httparse::Error::Token => "invalid method or request target",
+        httparse::Error::Version => "invalid HTTP version",
+    })
+}
+
+fn owned(headers: &[httparse::Header<'_>]) -> Vec<Header> {
+    headers.iter().map(|h| Header { name: h.name.to_owned(), value: h.value.to_vec() }).collect()
+}
+
+/// The target's form must suit the method (RFC 9112 §3.2).
+fn check_target(method: &str, target: &str) -> Result<(), Error> {
+    if target == "*" {
+        return match method {
+            "OPTIONS" => Ok(()),
+            _ => Err(Error::Malformed("asterisk-form target outside OPTIONS")),
+        };
+    }
+    if method == "CONNECT" {
+        return match split_host_port(target) {
+            Some((_, Some(port))) if !port.is_empty() => Ok(()),
+            _ => Err(Error::Malformed("CONNECT target is not host:port")),
+        };
+    }
+    if target.starts_with('/') {
+        return Ok(());
+    }
+    match absolute_form(target) {
+        Some((scheme, authority))
+            if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && split_host_port(authority).is_some() =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::Malformed("invalid request target")),
+    }
+}
+
+/// Exactly one valid `Host` (RFC 9112 §3.2), which may only be absent on HTTP/1.0 and may be
+/// empty when the target has no authority.
+fn check_host(request: &Request) -> Result<(), Error> {
+    let mut hosts = request.header_values("host");
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(Error::Malformed("more than one Host")),
+        (None, _) if request.minor_version >= 1 => Err(Error::Malformed("missing Host")),
+        (Some(value), _) if !value.is_empty() => {
+            match std::str::from_utf8(value).ok().and_then(split_host_port) {
+                Some(_) => Ok(()),
+                None => Err(Error::Malformed("invalid Host")),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `scheme "://" authority ...` → (scheme, authority); `None` for other forms.
+fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    let mut bytes = scheme.bytes();
+    let scheme_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !scheme_ok {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some((scheme, &rest[..end]))
+}
+
+/// `uri-host [":" port]` (RFC 3986: reg-name or IP literal, no userinfo) → (host, port).
+pub(crate) fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    let (host, after) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let literal = &rest[..end];
+        let literal_ok = !literal.is_empty()
+            && literal.bytes().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        if !literal_ok {
+            return None;
+        }
+        authority.split_at(end + 2)
+    } else {
+        let end = authority.find(':').unwrap_or(authority.len());
+        let host = &authority[..end];
+        if host.is_empty() || !host.bytes().all(is_reg_name_byte) {
+            return None;
+        }
+        authority.split_at(end)
+    };
+    if after.is_empty() {
+        return Some((host, None));
+    }
+    let port = after.strip_prefix(':')?;
+    let port_ok = port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| p <= 0xffff));
+    port_ok.then_some((host, Some(port)))
+}
+
+/// unreserved / pct-encoded / sub-delims (RFC 3986 §3.2.2).
+fn is_reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_host_port_table() {
+        type HostPort = Option<(&'static str, Option<&'static str>)>;
+        let cases: &[(&str, HostPort)] = &[
+            ("example.com", Some(("example.com", None))),
+            ("Example.COM:8443", Some(("Example.COM", Some("8443")))),
+            ("example.com:", Some(("example.com", Some("")))),
+            ("10.0.0.1:80", Some(("10.0.0.1", Some("80")))),
+            ("[::1]", Some(("[::1]", None))),
+            ("[2001:db8::7]:443", Some(("[2001:db8::7]", Some("443")))),
+            ("", None),
+            (":80", None),
+            ("a:b", None),
+            ("a:65536", None),
+            ("a:000080", None),
+            ("a:1:2", None),
+            ("user@host", None),
+            ("host/path", None),
+            ("ho st", None),
+            ("[::1", None),
+            ("[]", None),
+            ("[::1]x", None),
+            ("[fe80::1%25eth0]", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(split_host_port(input), *want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn target_form_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("GET", "/", true),
+            ("GET", "/a?b=c", true),
+            ("GET", "http://example.com", true),
+            ("GET", "HTTPS://example.com:8443/x?y", true),
+            ("GET", "ftp://example.com/", false),
+            ("GET", "http://user@example.com/", false),
+            ("GET", "http:///path", false),
+            ("GET", "example.com", false),
+            ("GET", "*", false),
+            ("OPTIONS", "*", true),
+            ("CONNECT", "example.com:443", true),
+            ("CONNECT", "example.com", false),
+            ("CONNECT", "example.com:", false),
+            ("CONNECT", "/", false),
+        ];
+        for (method, target, ok) in cases {
+            assert_eq!(check_target(method, target).is_ok(), *ok, "{method} {target}");
+        }
+    }
+
+    #[test]
+    fn host_prefers_absolute_form_target() {
+        let request = Request {
+            method: "GET".into(),
+            target: "http://origin.example:8080/p".into(),
+            minor_version: 1,
+            headers: vec![Header::new("Host", "other.example")],
+        };
+        assert_eq!(request.host(), Some("origin.example"));
+        let request = Request { target: "/p".into(), ..request };
+        assert_eq!(request.host(), Some("other.example"));
+    }
+
+    #[test]
+    fn header_slots_stay_within_the_window() {
+        let limits = Limits { max_headers: usize::MAX, ..Limits::default() };
+        assert_eq!(header_slots(&[0; 30], &limits), 11);
+        assert_eq!(header_slots(&[], &Limits::default()), 1);
+    }
+}

@@ -1,0 +1,69 @@
+//! tokio on epoll: the same API as `uring.rs`, so the proxy can run where io_uring cannot.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub(super) fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    Ok(local.block_on(&rt, fut))
+}
+
+pub struct Listener(tokio::net::TcpListener);
+
+impl Listener {
+    pub(super) fn from_std(l: std::net::TcpListener) -> io::Result<Listener> {
+        l.set_nonblocking(true)?;
+        Ok(Listener(tokio::net::TcpListener::from_std(l)?))
+    }
+
+    pub(super) async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        let (s, a) = self.0.accept().await?;
+        Ok((Stream(s), a))
+    }
+
+    pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+pub struct Stream(tokio::net::TcpStream);
+
+impl Stream {
+    pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Stream> {
+        tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+            .map(Stream)
+    }
+
+    /// Reads into the spare capacity of `buf`.
+    pub(super) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let res = self.0.read_buf(&mut buf).await;
+        (res, buf)
+    }
+
+    pub(super) async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let res = self.0.write_all(&buf).await;
+        (res, buf)
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}

@@ -1,0 +1,257 @@
+//! The I/O seam: every call that depends on the runtime goes through here.
+//!
+//! Two backends with one API: [`Backend::Uring`] (tokio-uring: one io_uring per worker thread,
+//! completion-based reads and writes) and [`Backend::Epoll`] (plain tokio on a current-thread
+//! runtime). tokio-uring is unmaintained since 2024, so the rest of the proxy never names it:
+//! switching to another completion runtime means rewriting `uring.rs` and nothing else.
+//!
+//! The API is shaped for completion I/O: reads and writes take an owned buffer and give it
+//! back, so the kernel can own it while the operation is in flight. Both backends run one
+//! single-threaded runtime per thread with a `LocalSet`, so tasks are `!Send` and [`spawn`]
+//! works the same on both.
+//!
+//! Cancellation: dropping a uring read does not cancel it (the kernel keeps the buffer and the
+//! file until it completes). The proxy only ever drops a read to close the connection, and
+//! [`Stream`] shuts the socket down when it is dropped, which completes such reads at once.
+
+mod epoll;
+mod uring;
+
+use std::{cell::Cell, future::Future, io, net::SocketAddr, os::fd::AsRawFd, time::Duration};
+
+/// Which runtime drives sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// tokio-uring: reads, writes and accepts are io_uring operations.
+    Uring,
+    /// tokio on epoll.
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+
+    /// Whether this backend can start on this machine (io_uring may be disabled by
+    /// `kernel.io_uring_disabled`, seccomp or a memlock limit).
+    pub fn probe(self) -> io::Result<()> {
+        match self {
+            Backend::Uring => uring::probe(),
+            Backend::Epoll => Ok(()),
+        }
+    }
+
+    /// Runs `fut` to completion on a new runtime of this backend, on the calling thread. Tasks
+    /// still running when it returns are dropped.
+    pub fn block_on<F: Future>(self, fut: F) -> io::Result<F::Output> {
+        let _current = CurrentGuard::set(self);
+        match self {
+            Backend::Uring => uring::block_on(fut),
+            Backend::Epoll => epoll::block_on(fut),
+        }
+    }
+}
+
+thread_local! {
+    /// The backend whose runtime runs on this thread, for calls that create sockets.
+    static CURRENT: Cell<Option<Backend>> = const { Cell::new(None) };
+}
+
+struct CurrentGuard(Option<Backend>);
+
+impl CurrentGuard {
+    fn set(b: Backend) -> CurrentGuard {
+        CurrentGuard(CURRENT.with(|c| c.replace(Some(b))))
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
+fn current() -> io::Result<Backend> {
+    CURRENT.with(Cell::get).ok_or_else(|| io::Error::other("no outpost runtime on this thread"))
+}
+
+/// A listening socket registered with the current thread's runtime.
+pub struct Listener(ListenerInner);
+
+enum ListenerInner {
+    Uring(uring::Listener),
+    Epoll(epoll::Listener),
+}
+
+impl Listener {
+    /// Takes over a bound, listening socket. Must run inside [`Backend::block_on`].
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<Listener> {
+        Ok(Listener(match current()? {
+            Backend::Uring => ListenerInner::Uring(uring::Listener::from_std(l)?),
+            Backend::Epoll => ListenerInner::Epoll(epoll::Listener::from_std(l)?),
+        }))
+    }
+
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        let (s, a) = match &self.0 {
+            ListenerInner::Uring(l) => l.accept().await.map(|(s, a)| (Stream::Uring(s), a))?,
+            ListenerInner::Epoll(l) => l.accept().await.map(|(s, a)| (Stream::Epoll(s), a))?,
+        };
+        // Responses go out in few writes; waiting for ACKs (Nagle) would only add latency.
+        s.set_nodelay();
+        Ok((s, a))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.0 {
+            ListenerInner::Uring(l) => l.local_addr(),
+            ListenerInner::Epoll(l) => l.local_addr(),
+        }
+    }
+
+    /// Stops listening: the kernel refuses new connections to this socket at once and a
+    /// pending accept completes with an error (Linux: `shutdown` on a listening socket), so no
+    /// connection is accepted only to be dropped.
+    pub fn close(&self) {
+        let fd = match &self.0 {
+            ListenerInner::Uring(l) => l.as_raw_fd(),
+            ListenerInner::Epoll(l) => l.as_raw_fd(),
+        };
+        // SAFETY: a socket this listener owns; shutdown takes no memory.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+}
+
+/// A connected TCP socket. Dropping it shuts the socket down (see the module docs).
+pub enum Stream {
+    Uring(uring::Stream),
+    Epoll(epoll::Stream),
+}
+
+impl Stream {
+    /// Connects to `addr` within `limit`.
+    pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Stream> {
+        let s = match current()? {
+            Backend::Uring => Stream::Uring(uring::Stream::connect(addr, limit).await?),
+            Backend::Epoll => Stream::Epoll(epoll::Stream::connect(addr, limit).await?),
+        };
+        s.set_nodelay();
+        Ok(s)
+    }
+
+    /// Reads once into the spare capacity of `buf` (at least `want` bytes of it, reserved
+    /// first), appending. `Ok(0)` is end of stream.
+    pub async fn read(&mut self, mut buf: Vec<u8>, want: usize) -> (io::Result<usize>, Vec<u8>) {
+        buf.reserve(want.max(1));
+        match self {
+            Stream::Uring(s) => s.read(buf).await,
+            Stream::Epoll(s) => s.read(buf).await,
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        if buf.is_empty() {
+            return (Ok(()), buf);
+        }
+        match self {
+            Stream::Uring(s) => s.write_all(buf).await,
+            Stream::Epoll(s) => s.write_all(buf).await,
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        match self {
+            Stream::Uring(s) => s.as_raw_fd(),
+            Stream::Epoll(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Sends FIN; reads still work (lingering close).
+    pub fn shutdown_write(&self) {
+        // SAFETY: a socket this stream owns.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
+    }
+
+    fn set_nodelay(&self) {
+        let one: libc::c_int = 1;
+        // SAFETY: a socket this stream owns; the option value outlives the call.
+        unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+
+    /// For a pooled idle connection: true when the peer has neither closed it nor sent
+    /// anything unasked (either makes the connection unusable for the next request).
+    pub fn idle_and_open(&self) -> bool {
+        let mut b = 0u8;
+        // SAFETY: one byte of valid memory; MSG_PEEK leaves the stream untouched.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                (&mut b as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // SAFETY: a socket this stream owns. Completes any read the kernel still holds.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+    }
+}
+
+/// Runs `fut` for at most `limit`.
+pub async fn timeout<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| Elapsed)
+}
+
+/// Runs `fut` until `deadline`.
+pub async fn timeout_at<F: Future>(
+    deadline: std::time::Instant,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    tokio::time::timeout_at(deadline.into(), fut).await.map_err(|_| Elapsed)
+}
+
+pub async fn sleep(d: Duration) {
+    tokio::time::sleep(d).await
+}
+
+/// The time limit ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("timed out")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for io::Error {
+    fn from(_: Elapsed) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, "timed out")
+    }
+}
+
+/// Spawns a task on this thread's runtime.
+pub fn spawn<F: Future + 'static>(fut: F) -> tokio::task::JoinHandle<F::Output> {
+    tokio::task::spawn_local(fut)
+}

@@ -1,0 +1,362 @@
+//! Counters and the request latency histogram, rendered as Prometheus text on `/metrics`.
+//!
+//! Counters are relaxed atomics bumped on the request path. Latency goes into one
+//! hdrhistogram per worker (an uncontended lock per request); a scrape merges them.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use outpost_common::{Verdict, Version};
+
+/// Hellos by `[Version as usize][Verdict as usize]`, as the kernel counts them.
+pub type VersionCounts = [[u64; Verdict::COUNT]; Version::COUNT];
+
+/// Why the userspace floor let a first flight through without a version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unclassified {
+    /// Not a TLS ClientHello (plain HTTP, another protocol).
+    NotHello = 0,
+    /// Started like a ClientHello and broke a framing rule.
+    Malformed = 1,
+    /// Still inconclusive after `max_hello_bytes`.
+    TooLong = 2,
+}
+
+impl Unclassified {
+    const ALL: [Unclassified; 3] =
+        [Unclassified::NotHello, Unclassified::Malformed, Unclassified::TooLong];
+    fn name(self) -> &'static str {
+        match self {
+            Unclassified::NotHello => "not_hello",
+            Unclassified::Malformed => "malformed",
+            Unclassified::TooLong => "too_long",
+        }
+    }
+}
+
+/// Statuses the proxy itself answers a broken request with.
+const REFUSED: [u16; 5] = [400, 408, 413, 431, 501];
+/// Negotiated versions, in counter order.
+const NEGOTIATED: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
+
+/// Upstream failures.
+#[derive(Clone, Copy, Debug)]
+pub enum UpstreamFailure {
+    Connect = 0,
+    Timeout = 1,
+    Io = 2,
+    InvalidResponse = 3,
+    NoHealthy = 4,
+}
+
+const UPSTREAM_FAILURES: [&str; 5] = ["connect", "timeout", "io", "invalid_response", "no_healthy"];
+
+type Hist = Arc<Mutex<Histogram<u64>>>;
+
+#[derive(Default)]
+pub struct Metrics {
+    hellos: [[AtomicU64; Verdict::COUNT]; Version::COUNT],
+    unclassified: [AtomicU64; 3],
+    /// Connections closed before a conclusive hello (EOF or handshake timeout).
+    hello_incomplete: AtomicU64,
+    handshakes: [AtomicU64; 2],
+    handshake_failures: AtomicU64,
+    ciphers: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    connections: AtomicU64,
+    connections_active: AtomicI64,
+    requests: [AtomicU64; 5],
+    refused: [AtomicU64; REFUSED.len()],
+    malformed: AtomicU64,
+    upstream_failures: [AtomicU64; 5],
+    histograms: Mutex<Vec<Hist>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    pub fn hello(&self, v: Version, d: Verdict) {
+        self.hellos[v as usize][d as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn hello_unclassified(&self, why: Unclassified) {
+        self.unclassified[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn hello_incomplete(&self) {
+        self.hello_incomplete.fetch_add(1, Relaxed);
+    }
+
+    /// A finished handshake; `version` as rustls names it (`TLSv1_3`).
+    pub fn handshake(&self, version: rustls::ProtocolVersion, cipher: rustls::CipherSuite) {
+        let (i, name) = match version {
+            rustls::ProtocolVersion::TLSv1_3 => (1, NEGOTIATED[1]),
+            _ => (0, NEGOTIATED[0]),
+        };
+        self.handshakes[i].fetch_add(1, Relaxed);
+        let cipher = cipher.as_str().unwrap_or("other");
+        *lock(&self.ciphers).entry((name, cipher)).or_default() += 1;
+    }
+
+    pub fn handshake_failed(&self) {
+        self.handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Relaxed);
+        self.connections_active.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_active.fetch_sub(1, Relaxed);
+    }
+
+    /// A request answered with `status`; `malformed` when it was refused as broken.
+    pub fn request(&self, status: u16, malformed: bool) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].fetch_add(1, Relaxed);
+        if let Some(i) = REFUSED.iter().position(|&s| s == status) {
+            self.refused[i].fetch_add(1, Relaxed);
+        }
+        if malformed {
+            self.malformed.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn upstream_failure(&self, f: UpstreamFailure) {
+        self.upstream_failures[f as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A histogram for one worker's request latencies, in microseconds (1 µs to 1 h, 3
+    /// significant digits).
+    pub fn latency_recorder(&self) -> Latency {
+        let h = Arc::new(Mutex::new(
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid"),
+        ));
+        lock(&self.histograms).push(h.clone());
+        Latency(h)
+    }
+
+    /// Hellos counted by the userspace floor.
+    pub fn hello_counts(&self) -> VersionCounts {
+        let mut out = [[0; Verdict::COUNT]; Version::COUNT];
+        for (row, counters) in out.iter_mut().zip(&self.hellos) {
+            for (c, a) in row.iter_mut().zip(counters) {
+                *c = a.load(Relaxed);
+            }
+        }
+        out
+    }
+
+    /// Prometheus text exposition; `kernel` holds the XDP program's counters when its maps are
+    /// pinned and readable.
+    pub fn render(&self, kernel: Option<&VersionCounts>) -> String {
+        let mut o = String::with_capacity(8192);
+        if let Some(k) = kernel {
+            header(
+                &mut o,
+                "outpost_kernel_hellos_total",
+                "counter",
+                "ClientHellos seen by the XDP program, by offered version and verdict.",
+            );
+            version_rows(&mut o, "outpost_kernel_hellos_total", k);
+        }
+        header(
+            &mut o,
+            "outpost_hellos_total",
+            "counter",
+            "ClientHellos classified by the userspace floor, by offered version and verdict.",
+        );
+        version_rows(&mut o, "outpost_hellos_total", &self.hello_counts());
+        header(
+            &mut o,
+            "outpost_hellos_unclassified_total",
+            "counter",
+            "First flights passed on to rustls without a version, by reason.",
+        );
+        for u in Unclassified::ALL {
+            let v = self.unclassified[u as usize].load(Relaxed);
+            let _ = writeln!(o, "outpost_hellos_unclassified_total{{reason=\"{}\"}} {v}", u.name());
+        }
+        header(
+            &mut o,
+            "outpost_hellos_incomplete_total",
+            "counter",
+            "Connections closed or timed out before a conclusive ClientHello.",
+        );
+        let _ =
+            writeln!(o, "outpost_hellos_incomplete_total {}", self.hello_incomplete.load(Relaxed));
+        header(
+            &mut o,
+            "outpost_tls_handshakes_total",
+            "counter",
+            "Completed TLS handshakes by negotiated version.",
+        );
+        for (i, name) in NEGOTIATED.iter().enumerate() {
+            let v = self.handshakes[i].load(Relaxed);
+            let _ = writeln!(o, "outpost_tls_handshakes_total{{version=\"{name}\"}} {v}");
+        }
+        header(
+            &mut o,
+            "outpost_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+        );
+        let _ = writeln!(
+            o,
+            "outpost_tls_handshake_failures_total {}",
+            self.handshake_failures.load(Relaxed)
+        );
+        header(
+            &mut o,
+            "outpost_tls_ciphers_total",
+            "counter",
+            "Completed TLS handshakes by negotiated version and cipher suite.",
+        );
+        for ((version, cipher), n) in lock(&self.ciphers).iter() {
+            let _ = writeln!(
+                o,
+                "outpost_tls_ciphers_total{{version=\"{version}\",cipher=\"{cipher}\"}} {n}"
+            );
+        }
+        header(&mut o, "outpost_connections_total", "counter", "Accepted client connections.");
+        let _ = writeln!(o, "outpost_connections_total {}", self.connections.load(Relaxed));
+        header(&mut o, "outpost_connections_active", "gauge", "Open client connections.");
+        let _ = writeln!(o, "outpost_connections_active {}", self.connections_active.load(Relaxed));
+        header(&mut o, "outpost_requests_total", "counter", "Requests answered, by status class.");
+        for (i, c) in self.requests.iter().enumerate() {
+            let _ =
+                writeln!(o, "outpost_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
+        }
+        header(
+            &mut o,
+            "outpost_requests_malformed_total",
+            "counter",
+            "Requests refused as malformed (400).",
+        );
+        let _ = writeln!(o, "outpost_requests_malformed_total {}", self.malformed.load(Relaxed));
+        header(
+            &mut o,
+            "outpost_requests_refused_total",
+            "counter",
+            "Requests the proxy itself refused, by status (408 slow head, 413 body too large, \
+             431 head too large).",
+        );
+        for (i, s) in REFUSED.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "outpost_requests_refused_total{{status=\"{s}\"}} {}",
+                self.refused[i].load(Relaxed)
+            );
+        }
+        header(
+            &mut o,
+            "outpost_upstream_failures_total",
+            "counter",
+            "Failed origin attempts, by kind.",
+        );
+        for (i, name) in UPSTREAM_FAILURES.iter().enumerate() {
+            let v = self.upstream_failures[i].load(Relaxed);
+            let _ = writeln!(o, "outpost_upstream_failures_total{{kind=\"{name}\"}} {v}");
+        }
+        self.render_latency(&mut o);
+        o
+    }
+
+    fn render_latency(&self, o: &mut String) {
+        let mut merged = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("static bounds are valid");
+        for h in lock(&self.histograms).iter() {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = merged.add(&*lock(h));
+        }
+        header(
+            o,
+            "outpost_request_duration_seconds",
+            "summary",
+            "Request latency from the end of the request head to the end of the response.",
+        );
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let secs = merged.value_at_quantile(q) as f64 / 1e6;
+            let _ = writeln!(o, "outpost_request_duration_seconds{{quantile=\"{q}\"}} {secs}");
+        }
+        let sum: f64 = merged
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+            .sum::<f64>()
+            / 1e6;
+        let _ = writeln!(o, "outpost_request_duration_seconds_sum {sum}");
+        let _ = writeln!(o, "outpost_request_duration_seconds_count {}", merged.len());
+    }
+}
+
+/// One worker's latency histogram.
+pub struct Latency(Hist);
+
+impl Latency {
+    pub fn record(&self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = lock(&self.0).record(us);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding a counter lock leaves the counters usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn version_rows(o: &mut String, name: &str, counts: &VersionCounts) {
+    for v in Version::ALL {
+        for d in Verdict::ALL {
+            let n = counts[v as usize][d as usize];
+            let _ = writeln!(o, "{name}{{version=\"{}\",verdict=\"{}\"}} {n}", v.name(), d.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.hello(Version::Tls10, Verdict::Reject);
+        m.request(431, false);
+        m.request(400, true);
+        m.request(200, false);
+        let l = m.latency_recorder();
+        l.record(Duration::from_millis(2));
+        let mut k = [[0; 3]; 7];
+        k[Version::Tls13 as usize][0] = 7;
+        let text = m.render(Some(&k));
+        for line in [
+            "outpost_kernel_hellos_total{version=\"TLS1.3\",verdict=\"pass\"} 7",
+            "outpost_hellos_total{version=\"TLS1.0\",verdict=\"reject\"} 1",
+            "outpost_requests_total{class=\"4xx\"} 2",
+            "outpost_requests_total{class=\"2xx\"} 1",
+            "outpost_requests_refused_total{status=\"431\"} 1",
+            "outpost_requests_malformed_total 1",
+            "outpost_request_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            text.contains("outpost_request_duration_seconds{quantile=\"0.999\"} 0.002"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! The proxy core: runs a request through its handler's phases, and owns everything handlers
+//! do not: per-worker keep-alive pools, connect retries, request and response streaming with
+//! re-framing, and the error responses.
+//!
+//! Bodies stream in both directions through bounded buffers (one read's worth at a time): the
+//! client's body is decoded and re-encoded for the origin (so the origin sees outpost's framing,
+//! never the client's), then the origin's response is decoded and re-encoded for the client.
+//! The exchange is sequential: the whole request body goes out before the response is read.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    error::{Error, ErrorKind, ErrorSource, OrErr as _, Result},
+    handler::{set_header, ClientInfo, DynHandler, Flow, Peer, Reply, Session, Summary},
+    http::{self, Body, BodyDecoder, Header, Request, Response},
+    io,
+    metrics::UpstreamFailure,
+    server::{Downstream, Worker},
+    shared::Live,
+};
+
+/// Most connect attempts for one request (each to a different server, as the handler picks).
+const MAX_CONNECT_ATTEMPTS: usize = 8;
+/// Read size on origin connections.
+const UPSTREAM_READ: usize = 32 * 1024;
+/// Limits on origins' responses: larger heads than clients may send, bodies unbounded (they
+/// stream).
+const UPSTREAM_LIMITS: http::Limits =
+    http::Limits { max_head_bytes: 64 * 1024, max_headers: 256, max_body_bytes: u64::MAX };
+
+/// Idle origin connections of one worker, by address.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: HashMap<SocketAddr, Vec<(io::Stream, Instant)>>,
+}
+
+impl Pool {
+    /// The most recently used live connection to `peer`, if any.
+    fn take(&mut self, peer: &Peer) -> Option<io::Stream> {
+        let list = self.idle.get_mut(&peer.addr)?;
+        while let Some((s, since)) = list.pop() {
+            if since.elapsed() < peer.pool_idle && s.idle_and_open() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&mut self, peer: &Peer, s: io::Stream) {
+        if peer.pool_size == 0 {
+            return;
+        }
+        let list = self.idle.entry(peer.addr).or_default();
+        if list.len() >= peer.pool_size {
+            // The oldest goes: it is the likeliest to be closed by the origin soon.
+            list.remove(0);
+        }
+        list.push((s, Instant::now()));
+    }
+}
+
+/// What the core knows about the response while it runs.
+#[derive(Default)]
+struct Progress {
+    status: u16,
+    /// The response head went out: errors can only abort the connection now.
+    started: bool,
+    /// Whether the client connection may carry another request.
+    keep_alive: bool,
+    upstream: Option<SocketAddr>,
+    body_bytes: u64,
+}
+
+/// Serves one request; returns whether the connection stays open.
+pub(crate) async fn handle(
+    worker: &Rc<Worker>,
+    live: &Live,
+    ds: &mut Downstream,
+    client: &ClientInfo,
+    req: Request,
+) -> bool {
+    let started = Instant::now();
+    // Framing was checked by the codec.
+    let body = req.body().unwrap_or(Body::Empty);
+    let expect = req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    ds.start_body(body, live.limits.max_body_bytes, expect);
+    let mut p = Progress {
+        keep_alive: req.keep_alive() && !worker.shared.draining(),
+        ..Progress::default()
+    };
+    let head_only = req.method == "HEAD";
+    let route = {
+        let host = req.host().map(str::to_ascii_lowercase);
+        live.router.route(host.as_deref(), crate::handler::path_of(&req.target))
+    };
+    let handler_name = route.map_or("none", |r| r.handler.name());
+    let mut session = Session { req, client, downstream: ds };
+    let (result, handler, mut ctx) = match route {
+        Some(route) => {
+            let handler = route.handler.clone();
+            let mut ctx = handler.new_ctx();
+            let r = phases(worker, &*handler, &mut session, &mut *ctx, &mut p).await;
+            (r, Some(handler), Some(ctx))
+        }
+        None => {
+            (Err(Error::new(ErrorKind::NoRoute, ErrorSource::Downstream, "routing")), None, None)
+        }
+    };
+    if let Err(e) = &result {
+        match e.source {
+            ErrorSource::Downstream if matches!(e.kind, ErrorKind::DownstreamIo) => {
+                tracing::debug!(error = %e, "client connection failed")
+            }
+            _ => tracing::debug!(error = %e, "request failed"),
+        }
+        if p.started {
+            p.keep_alive = false;
+        } else {
+            p.status = e.status();
+            // A body left unread (or half read) cannot be skipped reliably: close after.
+            p.keep_alive &= session.downstream.body_done() && e.kind != ErrorKind::DownstreamIo;
+            if e.kind != ErrorKind::DownstreamIo {
+                let reply = Reply::json_error(p.status, &e.public_message());
+                if session.downstream.write_reply(reply, p.keep_alive, head_only).await.is_err() {
+                    p.keep_alive = false;
+                }
+            } else {
+                p.status = 0;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    if p.status != 0 {
+        let malformed = matches!(
+            &result,
+            Err(e) if e.status() == 400 && matches!(e.kind, ErrorKind::BadRequest(_))
+        );
+        worker.shared.metrics.request(p.status, malformed);
+        worker.latency.record(elapsed);
+    }
+    if let (Some(h), Some(ctx)) = (handler, ctx.as_mut()) {
+        let summary = Summary {
+            status: p.status,
+            upstream: p.upstream,
+            body_bytes: p.body_bytes,
+            duration: elapsed,
+        };
+        h.logging(&session, &summary, result.as_ref().err().map(|e| &**e), &mut **ctx);
+    }
+    tracing::debug!(
+        handler = handler_name, method = %session.req.method, target = %session.req.target,
+        status = p.status, upstream = ?p.upstream, us = elapsed.as_micros() as u64, "request"
+    );
+    p.keep_alive && session.downstream.body_done()
+}
+
+async fn phases(
+    worker: &Rc<Worker>,
+    h: &dyn DynHandler,
+    s: &mut Session<'_>,
+    ctx: &mut dyn std::any::Any,
+    p: &mut Progress,
+) -> Result<()> {
+    let head_only = s.req.method == "HEAD";
+    if let Flow::Respond(reply) = h.request_filter(s, ctx).await? {
+        p.status = reply.status;
+        p.body_bytes = reply.body.len() as u64;
+        p.keep_alive &= s.downstream.body_done();
+        s.downstream.write_reply(reply, p.keep_alive, head_only).await.or_err(
+            ErrorKind::DownstreamIo,
+            ErrorSource::Downstream,
+            "writing a reply",
+        )?;
+        p.started = true;
+        return Ok(());
+    }
+    if !s.downstream.body_untouched() {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            ErrorSource::Internal,
+            "handler read the body and did not respond",
+        ));
+    }
+    let mut up_req = s.req.clone();
+    // Origins get origin-form targets; absolute-form is for proxies.
+    up_req.target = origin_form(&up_req.target);
+    http::remove_hop_by_hop(&mut up_req.headers);
+    up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
+    h.upstream_request_filter(s, &mut up_req, ctx).await?;
+    let body = s.req.body().unwrap_or(Body::Empty);
+    frame_request(&mut up_req.headers, body);
+    let mut head = Vec::with_capacity(1024);
+    http::write_request_head(&up_req.method, &up_req.target, &up_req.headers, &mut head);
+
+    let mut attempts = 0;
+    let (peer, mut up, reused) = loop {
+        let peer = h.upstream_peer(s, ctx).await.inspect_err(|e| {
+            if e.kind == ErrorKind::NoUpstream {
+                worker.shared.metrics.upstream_failure(UpstreamFailure::NoHealthy);
+            }
+        })?;
+        let pooled = worker.pool.borrow_mut().take(&peer);
+        if let Some(conn) = pooled {
+            break (peer, conn, true);
+        }
+        match io::Stream::connect(peer.addr, peer.connect_timeout).await {
+            Ok(conn) => break (peer, conn, false),
+            Err(e) => {
+                worker.shared.metrics.upstream_failure(UpstreamFailure::Connect);
+                let e = Error::because(
+                    ErrorKind::ConnectFailed,
+                    ErrorSource::Upstream,
+                    "connecting to the origin",
+                    e,
+                );
+                attempts += 1;
+                if !h.fail_to_connect(s, &peer, ctx, &e) || attempts >= MAX_CONNECT_ATTEMPTS {
+                    return Err(e);
+                }
+            }
+        }
+    };
+    p.upstream = Some(peer.addr);
+    let mut rbuf = Vec::with_capacity(UPSTREAM_READ);
+    let exchanged = send_and_receive(&mut up, s, &head, body, &peer, &mut rbuf).await;
+    let resp = match exchanged {
+        // A pooled connection the origin closed just as we reused it: retry once on a fresh
+        // one, when nothing of the request body was consumed (so it can be sent again).
+        Err(e)
+            if reused
+                && e.kind == ErrorKind::UpstreamIo
+                && body == Body::Empty
+                && rbuf.is_empty() =>
+        {
+            drop(up);
+            up = io::Stream::connect(peer.addr, peer.connect_timeout).await.or_err(
+                ErrorKind::ConnectFailed,
+                ErrorSource::Upstream,
+                "reconnecting to the origin",
+            )?;
+            send_and_receive(&mut up, s, &head, body, &peer, &mut rbuf).await
+        }
+        other => other,
+    };
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            worker.shared.metrics.upstream_failure(match e.kind {
+                ErrorKind::UpstreamTimeout => UpstreamFailure::Timeout,
+                ErrorKind::InvalidResponse => UpstreamFailure::InvalidResponse,
+                _ => UpstreamFailure::Io,
+            });
+            if e.source == ErrorSource::Upstream {
+                h.upstream_failed(&peer, ctx, &e);
+            }
+            return Err(e);
+        }
+    };
+    let resp_body = resp.body(&s.req.method).or_err(
+        ErrorKind::InvalidResponse,
+        ErrorSource::Upstream,
+        "response framing",
+    )?;
+    let origin_keep_alive = resp.keep_alive() && resp_body != Body::UntilClose;
+    let content_length = resp.header("content-length").map(<[u8]>::to_vec);
+    http::remove_hop_by_hop(&mut resp.headers);
+    h.response_filter(s, &mut resp, ctx).await?;
+    // Re-frame for the client.
+    let chunked_ok = s.req.minor_version >= 1;
+    resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
+    let chunked = match resp_body {
+        Body::Empty => {
+            // HEAD and 304 keep the origin's Content-Length: it describes the full entity.
+            if let Some(cl) = content_length {
+                resp.headers.push(Header::new("Content-Length", cl));
+            }
+            false
+        }
+        Body::Length(n) => {
+            resp.headers.push(Header::new("Content-Length", n.to_string()));
+            false
+        }
+        Body::Chunked | Body::UntilClose if chunked_ok => {
+            resp.headers.push(Header::new("Transfer-Encoding", "chunked"));
+            true
+        }
+        Body::Chunked | Body::UntilClose => {
+            p.keep_alive = false;
+            false
+        }
+    };
+    if !p.keep_alive || !s.downstream.body_done() {
+        p.keep_alive = false;
+        set_header(&mut resp.headers, "Connection", "close");
+    }
+    p.status = resp.status;
+    let reason = if resp.reason.is_empty() {
+        http::reason(resp.status).to_owned()
+    } else {
+        resp.reason.clone()
+    };
+    let mut wire = Vec::with_capacity(UPSTREAM_READ + 1024);
+    http::write_response_head(resp.status, &reason, &resp.headers, &mut wire);
+
+    // Stream the response body.
+    let mut dec = BodyDecoder::new(resp_body, u64::MAX);
+    let mut plain = Vec::with_capacity(UPSTREAM_READ);
+    let body_timeout = s.downstream.body_timeout();
+    loop {
+        if !rbuf.is_empty() {
+            plain.clear();
+            let used = dec.decode(&rbuf, &mut plain).or_err(
+                ErrorKind::InvalidResponse,
+                ErrorSource::Upstream,
+                "response body",
+            )?;
+            rbuf.drain(..used);
+            p.body_bytes += plain.len() as u64;
+            if chunked {
+                http::encode_chunk(&plain, &mut wire);
+            } else {
+                wire.extend_from_slice(&plain);
+            }
+        }
+        if dec.is_done() {
+            break;
+        }
+        if !wire.is_empty() {
+            p.started = true;
+            s.downstream.tls.write_all(&wire).await.or_err(
+                ErrorKind::DownstreamIo,
+                ErrorSource::Downstream,
+                "writing the response",
+            )?;
+            s.downstream.tls.flush().await.or_err(
+                ErrorKind::DownstreamIo,
+                ErrorSource::Downstream,
+                "writing the response",
+            )?;
+            wire.clear();
+        }
+        let (res, b) = match io::timeout(
+            body_timeout,
+            up.read(std::mem::take(&mut rbuf), UPSTREAM_READ),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Error::because(
+                    ErrorKind::UpstreamTimeout,
+                    ErrorSource::Upstream,
+                    "response body too slow",
+                    e,
+                ))
+            }
+        };
+        rbuf = b;
+        if res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "reading the response body")?
+            == 0
+        {
+            dec.finish_at_eof().or_err(
+                ErrorKind::UpstreamIo,
+                ErrorSource::Upstream,
+                "origin closed mid-body",
+            )?;
+        }
+    }
+    if chunked {
+        http::encode_last_chunk(&mut wire);
+    }
+    p.started = true;
+    s.downstream.tls.write_all(&wire).await.or_err(
+        ErrorKind::DownstreamIo,
+        ErrorSource::Downstream,
+        "writing the response",
+    )?;
+    s.downstream.tls.flush().await.or_err(
+        ErrorKind::DownstreamIo,
+        ErrorSource::Downstream,
+        "writing the response",
+    )?;
+    if origin_keep_alive && rbuf.is_empty() {
+        worker.pool.borrow_mut().put(&peer, up);
+    }
+    Ok(())
+}
+
+/// `http://h/p?q` → `/p?q`; other forms unchanged.
+fn origin_form(target: &str) -> String {
+    match target.split_once("://") {
+        Some((_, rest)) if !target.starts_with('/') => match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('/') => rest[i..].to_owned(),
+            Some(i) => format!("/{}", &rest[i..]),
+            None => "/".to_owned(),
+        },
+        _ => target.to_owned(),
+    }
+}
+
+/// Sets the framing fields of a request sent upstream for `body`.
+fn frame_request(headers: &mut Vec<Header>, body: Body) {
+    headers.retain(|h| {
+        !h.name.eq_ignore_ascii_case("content-length")
+            && !h.name.eq_ignore_ascii_case("transfer-encoding")
+    });
+    match body {
+        Body::Empty | Body::UntilClose => {}
+        Body::Length(n) => headers.push(Header::new("Content-Length", n.to_string())),
+        Body::Chunked => headers.push(Header::new("Transfer-Encoding", "chunked")),
+    }
+}
+
+/// Sends the head and the body, then reads the final response head (skipping 1xx). Leaves
+/// the bytes after the head in `rbuf`.
+async fn send_and_receive(
+    up: &mut io::Stream,
+    s: &mut Session<'_>,
+    head: &[u8],
+    body: Body,
+    peer: &Peer,
+    rbuf: &mut Vec<u8>,
+) -> Result<Response> {
+    let mut out = Vec::with_capacity(head.len() + UPSTREAM_READ);
+    out.extend_from_slice(head);
+    let mut plain = Vec::with_capacity(UPSTREAM_READ);
+    let mut more = body != Body::Empty;
+    while more {
+        plain.clear();
+        more = s.downstream.read_body(&mut plain).await?;
+        match body {
+            Body::Chunked => {
+                http::encode_chunk(&plain, &mut out);
+                if !more {
+                    http::encode_last_chunk(&mut out);
+                }
+            }
+            _ => out.extend_from_slice(&plain),
+        }
+        if more {
+            out = write_upstream(up, out, peer.response_timeout).await?;
+        }
+    }
+    write_upstream(up, out, peer.response_timeout).await?;
+
+    let deadline = Instant::now() + peer.response_timeout;
+    loop {
+        match http::parse_response(rbuf, &UPSTREAM_LIMITS) {
+            Ok(Some((resp, n))) => {
+                rbuf.drain(..n);
+                if (100..200).contains(&resp.status) {
+                    if resp.status == 101 {
+                        return Err(Error::new(
+                            ErrorKind::InvalidResponse,
+                            ErrorSource::Upstream,
+                            "origin switched protocols",
+                        ));
+                    }
+                    continue;
+                }
+                return Ok(resp);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Error::because(
+                    ErrorKind::InvalidResponse,
+                    ErrorSource::Upstream,
+                    "response head",
+                    e,
+                ))
+            }
+        }
+        let (res, b) =
+            io::timeout_at(deadline, up.read(std::mem::take(rbuf), UPSTREAM_READ)).await.or_err(
+                ErrorKind::UpstreamTimeout,
+                ErrorSource::Upstream,
+                "waiting for the response head",
+            )?;
+        *rbuf = b;
+        if res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "reading the response head")?
+            == 0
+        {
+            return Err(Error::new(
+                ErrorKind::UpstreamIo,
+                ErrorSource::Upstream,
+                "origin closed before responding",
+            ));
+        }
+    }
+}
+
+/// Sends `out` to the origin; an origin that stops reading for `limit` is given up on.
+async fn write_upstream(up: &mut io::Stream, out: Vec<u8>, limit: Duration) -> Result<Vec<u8>> {
+    let (res, mut out) = io::timeout(limit, up.write_all(out)).await.or_err(
+        ErrorKind::UpstreamTimeout,
+        ErrorSource::Upstream,
+        "sending the request",
+    )?;
+    res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "sending the request")?;
+    out.clear();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_forms() {
+        assert_eq!(origin_form("/a?b"), "/a?b");
+        assert_eq!(origin_form("http://h:1/a?b"), "/a?b");
+        assert_eq!(origin_form("https://h?q"), "/?q");
+        assert_eq!(origin_form("http://h"), "/");
+        assert_eq!(origin_form("*"), "*");
+        assert_eq!(origin_form("/x?u=http://y/"), "/x?u=http://y/");
+    }
+}

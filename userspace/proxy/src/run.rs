@@ -1,0 +1,243 @@
+//! `outpost run`: threads, signals, reloads and the drain.
+//!
+//! Threads: N workers (one runtime and, with io_uring, one ring each; their own SO_REUSEPORT
+//! sockets) and one control thread (tokio on epoll) for signals, reloads, the admin listener,
+//! the built-in page and the active health checks.
+//!
+//! Signals: SIGTERM/SIGINT start the drain (listeners close, idle connections close, requests
+//! in flight finish, then the process exits, at the latest after `shutdown_grace_ms`); a
+//! second one exits at once. SIGHUP reloads the config file: routes, certificates, floor
+//! policy and HTTP limits; open connections keep going.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc},
+    thread,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+
+use crate::{
+    admin::{self, KernelStats},
+    builtin,
+    config::{ms, Config},
+    io::{self, Backend},
+    listen,
+    metrics::Metrics,
+    origin, plain,
+    shared::{drained, Live, Shared},
+};
+
+/// Called with the configuration at start and after every reload (the binary uses it to push
+/// the floor policy to the XDP program it attached).
+pub type OnConfig = Box<dyn Fn(&Config) + Send + Sync>;
+
+#[derive(Default)]
+pub struct RunOptions {
+    /// The config file. `None`: `./outpost.toml` when it exists, else the defaults.
+    pub config: Option<PathBuf>,
+    /// Overrides the config's `io`.
+    pub io: Option<Backend>,
+    /// The XDP program's counters, for `/metrics`.
+    pub kernel: Option<Arc<dyn KernelStats>>,
+    pub on_config: Option<OnConfig>,
+}
+
+/// Serves until SIGTERM/SIGINT and the drain are done.
+pub fn run(opts: RunOptions) -> Result<()> {
+    let path = match opts.config {
+        Some(p) => Some(p),
+        None => Some(PathBuf::from("outpost.toml")).filter(|p| p.is_file()),
+    };
+    let config = load(path.as_deref())?;
+    let mut backend = opts.io.unwrap_or(config.io);
+    if let Err(e) = backend.probe() {
+        tracing::warn!(error = %e, "io_uring is not available; falling back to epoll");
+        backend = Backend::Epoll;
+    }
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+
+    // Always running, so a reload can route to it even if the first config did not.
+    let builtin = listen::bind_plain(([127, 0, 0, 1], 0).into())?;
+    let builtin_addr = builtin.local_addr()?;
+    let live = Live::build(&config, Some(builtin_addr), None)?;
+    if let Some(f) = &opts.on_config {
+        f(&config);
+    }
+    let shared = Shared::new(live, Metrics::new());
+
+    let workers = match config.workers {
+        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for addr in &config.listen {
+        let socks = listen::bind_reuseport(*addr, workers)?;
+        bound.push(socks[0].local_addr()?);
+        for (w, s) in per_worker.iter_mut().zip(socks) {
+            w.push(s);
+        }
+    }
+    let admin = listen::bind_plain(config.admin)?;
+    let admin_addr = admin.local_addr()?;
+    let grace = ms(config.shutdown_grace_ms);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let control = {
+        let shared = shared.clone();
+        let ctl =
+            Control { shared, path, builtin_addr, kernel: opts.kernel, on_config: opts.on_config };
+        thread::Builder::new()
+            .name("outpost-control".into())
+            .spawn(move || Backend::Epoll.block_on(ctl.run(admin, builtin, stop_rx, ready_tx)))?
+    };
+    // Signal handlers are installed before any client connection is accepted.
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow!("the control thread failed to start"))?
+        .context("starting the control thread")?;
+
+    let mut threads = Vec::new();
+    for (i, listeners) in per_worker.into_iter().enumerate() {
+        let shared = shared.clone();
+        threads.push(thread::Builder::new().name(format!("outpost-w{i}")).spawn(move || {
+            backend.block_on(crate::server::worker_main(shared, listeners, grace))
+        })?);
+    }
+    tracing::info!(
+        https = ?bound, admin = %admin_addr, builtin = %builtin_addr, io = backend.name(), workers,
+        data_dir = %data_dir.display(), "outpost is serving"
+    );
+    let mut failure = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => failure = Some(e),
+            Ok(Err(e)) => failure = Some(anyhow!("starting a worker runtime: {e}")),
+            Err(_) => failure = Some(anyhow!("a worker thread panicked")),
+        }
+        // One worker down means the service is degraded: drain the others too.
+        if failure.is_some() {
+            shared.start_drain();
+        }
+    }
+    stop_tx.send_replace(true);
+    let _ = control.join();
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("drained; bye");
+            Ok(())
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}
+
+struct Control {
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+    builtin_addr: std::net::SocketAddr,
+    kernel: Option<Arc<dyn KernelStats>>,
+    on_config: Option<OnConfig>,
+}
+
+impl Control {
+    async fn run(
+        self,
+        admin: TcpListener,
+        builtin: TcpListener,
+        mut stop: watch::Receiver<bool>,
+        ready: mpsc::Sender<std::io::Result<()>>,
+    ) {
+        let started = (|| {
+            let signals = (
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            );
+            let listeners = (io::Listener::from_std(admin)?, io::Listener::from_std(builtin)?);
+            Ok::<_, std::io::Error>((signals, listeners))
+        })();
+        let ((mut term, mut int, mut hup), (admin, builtin)) = match started {
+            Ok(s) => {
+                let _ = ready.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        io::spawn(plain::serve(
+            admin,
+            admin::respond(self.shared.clone(), self.kernel.clone()),
+            stop.clone(),
+        ));
+        io::spawn(plain::serve(builtin, builtin::respond(), stop.clone()));
+        self.start_health_checks();
+        loop {
+            tokio::select! {
+                _ = drained(&mut stop) => break,
+                _ = term.recv() => self.terminate("SIGTERM"),
+                _ = int.recv() => self.terminate("SIGINT"),
+                _ = hup.recv() => self.reload(),
+            }
+        }
+    }
+
+    fn terminate(&self, name: &str) {
+        if self.shared.draining() {
+            tracing::warn!("second {name}: exiting now");
+            std::process::exit(1);
+        }
+        tracing::info!("{name}: draining (no new connections; in-flight requests finish)");
+        self.shared.start_drain();
+    }
+
+    fn reload(&self) {
+        let old = self.shared.live();
+        let result = load(self.path.as_deref())
+            .and_then(|c| Live::build(&c, Some(self.builtin_addr), Some(&old)).map(|l| (c, l)));
+        match result {
+            Ok((config, live)) => {
+                self.shared.replace(live);
+                self.start_health_checks();
+                if let Some(f) = &self.on_config {
+                    f(&config);
+                }
+                tracing::info!(
+                    config = ?self.path, routes = config.routes.len(),
+                    "SIGHUP: reloaded routes, certificates and policy \
+                     (listen, admin, workers and io need a restart)"
+                );
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "SIGHUP: reload failed; keeping the running configuration"
+            ),
+        }
+    }
+
+    /// One health loop per origin set of the current generation; loops of replaced sets end by
+    /// themselves once nothing uses them.
+    fn start_health_checks(&self) {
+        for set in self.shared.live().router.origins() {
+            io::spawn(origin::health_loop(Arc::downgrade(set)));
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! State shared by every thread: the current configuration generation ([`Live`], replaced
+//! whole by a reload), the metrics, and the drain signal.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Result;
+use outpost_common::Policy;
+use tokio::sync::watch;
+
+use crate::{config::ms, config::Config, http::Limits, metrics::Metrics, router::Router};
+
+/// Everything a reload can change. Connections take the current one when they start (TLS
+/// configuration, floor) and again for each request (routes), so a reload never touches an
+/// open connection.
+pub struct Live {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub router: Router,
+    pub policy: Policy,
+    pub max_hello_bytes: usize,
+    pub limits: Limits,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+impl Live {
+    pub fn build(
+        config: &Config,
+        builtin: Option<SocketAddr>,
+        previous: Option<&Live>,
+    ) -> Result<Live> {
+        let tls = crate::tls::server_config(&config.tls, &config.data_dir())?;
+        let router = Router::build(config, builtin, previous.map(|p| &p.router))?;
+        let h = &config.http;
+        Ok(Live {
+            tls,
+            router,
+            policy: config.floor.policy(),
+            max_hello_bytes: config.floor.max_hello_bytes.max(1),
+            limits: h.limits(),
+            handshake_timeout: ms(h.handshake_timeout_ms),
+            header_timeout: ms(h.header_timeout_ms),
+            idle_timeout: ms(h.idle_timeout_ms),
+            body_timeout: ms(h.body_timeout_ms),
+        })
+    }
+}
+
+pub struct Shared {
+    live: RwLock<Arc<Live>>,
+    pub metrics: Arc<Metrics>,
+    drain: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(live: Live, metrics: Arc<Metrics>) -> Arc<Shared> {
+        Arc::new(Shared {
+            live: RwLock::new(Arc::new(live)),
+            metrics,
+            drain: watch::Sender::new(false),
+        })
+    }
+
+    /// The current generation.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Installs a new generation; connections pick it up at their next request.
+    pub fn replace(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+    }
+
+    /// Starts draining: stop accepting, finish in-flight requests, close idle connections.
+    pub fn start_drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+}
+
+/// Resolves when `rx` says draining (or its sender is gone).
+pub async fn drained(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}

@@ -1,0 +1,537 @@
+//! Test support: the real `outpost run` binary, a small origin server, and real clients
+//! (curl, openssl s_client), each started by the test and killed by a Drop guard.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The outpost binary: `$OUTPOST_BIN`, else the workspace's debug build.
+pub fn outpost_bin() -> PathBuf {
+    let path = match std::env::var_os("OUTPOST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/outpost"),
+    };
+    assert!(
+        path.is_file(),
+        "the outpost binary is missing at {} (run `cargo build -p outpost`, or set OUTPOST_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// Panics unless `name` is an executable on PATH: tests never skip for a missing tool.
+pub fn tool(name: &str) -> &str {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{name} is not installed (apt-get install {name}); this test needs it");
+    name
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "outpost-proxy-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `outpost run`, killed on drop.
+pub struct Outpost {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub https: u16,
+    pub admin: u16,
+    pub io: String,
+}
+
+impl Outpost {
+    /// Starts outpost with `extra` appended to a config that sets the listen, admin and data
+    /// directory, and waits until `/healthz` answers.
+    pub fn start(io: &str, extra: &str) -> Outpost {
+        Self::start_with(io, extra, &[], &["--no-xdp"])
+    }
+
+    /// As [`start`](Self::start), with arguments before `run` (global ones) and after it.
+    pub fn start_with(io: &str, extra: &str, global: &[&str], run: &[&str]) -> Outpost {
+        let dir = TempDir::new(io);
+        let (https, admin) = (free_port(), free_port());
+        let config = dir.0.join("outpost.toml");
+        std::fs::write(&config, Self::config_text(https, admin, &dir.0, extra)).unwrap();
+        let log = std::fs::File::create(dir.0.join("outpost.log")).unwrap();
+        let child = Command::new(outpost_bin())
+            .args(global)
+            .args(["run", "--io", io])
+            .args(run)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,outpost_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting outpost");
+        let mut o = Outpost { child: Some(child), dir, https, admin, io: io.into() };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some((200, _)) = http_get(admin, "/healthz") {
+                break;
+            }
+            if let Some(status) = o.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("outpost exited with {status} at start; log:\n{}", o.log());
+            }
+            assert!(Instant::now() < deadline, "outpost did not become ready; log:\n{}", o.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+        o
+    }
+
+    /// `extra` may start with its own `listen = [...]` line, which then replaces the default.
+    fn config_text(https: u16, admin: u16, dir: &Path, extra: &str) -> String {
+        let listen = if extra.starts_with("listen") {
+            String::new()
+        } else {
+            format!("listen = [\"127.0.0.1:{https}\"]\n")
+        };
+        format!(
+            "{listen}admin = \"127.0.0.1:{admin}\"\ndata_dir = \"{}\"\n\
+             workers = 2\nshutdown_grace_ms = 5000\n{extra}\n",
+            dir.join("data").display()
+        )
+    }
+
+    /// Rewrites the config file (the listen ports stay).
+    pub fn rewrite_config(&self, extra: &str) {
+        std::fs::write(
+            self.dir.0.join("outpost.toml"),
+            Self::config_text(self.https, self.admin, &self.dir.0, extra),
+        )
+        .unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.https)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("outpost.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: a process this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().unwrap();
+        while Instant::now() < deadline {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn metrics(&self) -> String {
+        match http_get(self.admin, "/metrics") {
+            Some((200, body)) => body,
+            other => panic!("/metrics answered {other:?}"),
+        }
+    }
+
+    /// The value of one metrics line, e.g. `outpost_requests_total{class="2xx"}`.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Outpost {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- outpost log ({}) ---\n{}", self.io, self.log());
+        }
+    }
+}
+
+/// Plain HTTP GET (admin listener): `(status, body)`.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Runs a client command, killing it after `limit`.
+pub fn run_client(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// curl with a 10 s bound, `-sk`, and the given arguments.
+pub fn curl(args: &[&str]) -> Output {
+    run_client(
+        Command::new(tool("curl")).args(["-sk", "--max-time", "10"]).args(args),
+        Duration::from_secs(12),
+    )
+}
+
+/// `openssl s_client` sending `input` once connected: (exit code, stdout + stderr).
+pub fn s_client(port: u16, args: &[&str], input: &[u8], limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(tool("openssl"))
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-quiet"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+/// An interactive `openssl s_client` session: write, then read what arrives.
+pub struct TlsSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    pub received: Vec<u8>,
+}
+
+impl TlsSession {
+    pub fn connect(port: u16) -> TlsSession {
+        let mut child = Command::new(tool("openssl"))
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        TlsSession { child, stdin, rx, received: Vec::new() }
+    }
+
+    /// Sends `data`; false when the session is gone.
+    pub fn send(&mut self, data: &[u8]) -> bool {
+        let s = self.stdin.as_mut().unwrap();
+        s.write_all(data).is_ok() && s.flush().is_ok()
+    }
+
+    /// Reads until `received` contains `needle`, or `limit`; true when it does.
+    pub fn read_until(&mut self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if String::from_utf8_lossy(&self.received).contains(needle) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(b) => self.received.extend_from_slice(&b),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the server to close (s_client exits).
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                while let Ok(b) = self.rx.try_recv() {
+                    self.received.extend_from_slice(&b);
+                }
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received).into_owned()
+    }
+}
+
+impl Drop for TlsSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small HTTP/1.1 origin on 127.0.0.1, one thread per connection, stopped on drop. Counts
+/// requests other than outpost's health checks.
+///
+/// - `/health`: an empty response with the status in [`Origin::health`].
+/// - `/delay/<ms>`: answers after a pause.
+/// - `/chunks/<n>/<pause ms>`: a chunked body of n chunks `chunk <i>\n`, pausing between.
+/// - anything else: echoes the request: its name, method, target, headers, body framing,
+///   length and a checksum of the (dechunked) body.
+pub struct Origin {
+    pub port: u16,
+    pub name: String,
+    /// Status of `/health`.
+    pub health: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    pub requests: Arc<AtomicUsize>,
+    accept: Option<thread::JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Origin {
+    pub fn start(name: &str) -> Origin {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(AtomicU16::new(200));
+        let accept = {
+            let (stop, requests, conns, name, health) =
+                (stop.clone(), requests.clone(), conns.clone(), name.to_owned(), health.clone());
+            thread::spawn(move || {
+                for s in l.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(s) = s else { continue };
+                    conns.lock().unwrap().push(s.try_clone().unwrap());
+                    let (requests, name, health) = (requests.clone(), name.clone(), health.clone());
+                    thread::spawn(move || serve_origin(s, &name, &requests, &health));
+                }
+            })
+        };
+        Origin { port, name: name.into(), health, stop, requests, accept: Some(accept), conns }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn serve_origin(s: TcpStream, name: &str, requests: &AtomicUsize, health: &AtomicU16) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for _ in 0..10_000 {
+        // Head.
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            head.push(line.trim_end().to_owned());
+        }
+        if head.is_empty() {
+            return;
+        }
+        let health_check =
+            head.iter().any(|l| l.eq_ignore_ascii_case("user-agent: outpost-health-check"));
+        if !health_check {
+            requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut parts = head[0].split(' ');
+        let (method, target) = (parts.next().unwrap().to_owned(), parts.next().unwrap().to_owned());
+        let header = |n: &str| {
+            head[1..].iter().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(n).then(|| v.trim().to_owned())
+            })
+        };
+        // Body.
+        let mut body = Vec::new();
+        let framing = if header("transfer-encoding").is_some_and(|v| v == "chunked") {
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            "chunked"
+        } else if let Some(n) = header("content-length") {
+            body.resize(n.parse().unwrap(), 0);
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+            "length"
+        } else {
+            "none"
+        };
+        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let conn = if close { "Connection: close\r\n" } else { "" };
+        let ok = if target == "/health" {
+            let status = health.load(Ordering::Relaxed);
+            write!(w, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n{conn}\r\n").is_ok()
+        } else if let Some(ms) = target.strip_prefix("/delay/") {
+            thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+            let b = format!("delayed {ms} by {name}\n");
+            write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{b}", b.len()).is_ok()
+        } else if let Some(spec) = target.strip_prefix("/chunks/") {
+            let (n, pause) = spec.split_once('/').unwrap();
+            let (n, pause): (usize, u64) = (n.parse().unwrap(), pause.parse().unwrap());
+            let mut ok = write!(
+                w,
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: {name}\r\n{conn}\r\n"
+            )
+            .is_ok();
+            for i in 0..n {
+                let c = format!("chunk {i}\n");
+                ok &= write!(w, "{:x}\r\n{c}\r\n", c.len()).is_ok() && w.flush().is_ok();
+                if i + 1 < n {
+                    thread::sleep(Duration::from_millis(pause));
+                }
+            }
+            ok && write!(w, "0\r\n\r\n").is_ok()
+        } else {
+            let mut b = format!("origin {name}\nmethod {method}\ntarget {target}\n");
+            for h in &head[1..] {
+                b.push_str(&format!("header {h}\n"));
+            }
+            b.push_str(&format!(
+                "framing {framing}\nbody-length {}\nbody-sum {}\n",
+                body.len(),
+                checksum(&body)
+            ));
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Origin: {name}\r\n\
+                 Content-Length: {}\r\n{conn}\r\n",
+                b.len()
+            );
+            write!(w, "{head}{b}").is_ok()
+        };
+        if !ok || close {
+            return;
+        }
+    }
+}
+
+/// A checksum the test and the origin agree on (FNV-1a).
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// A route block for the config.
+pub fn route(host: &str, path: &str, servers: &[String], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[routes]]\nhost = \"{host}\"\npath = \"{path}\"\n\
+         [routes.origin]\nservers = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
