@@ -229,15 +229,19 @@ async fn phases(
     let mut rbuf = Vec::with_capacity(UPSTREAM_READ);
     let exchanged = send_and_receive(&mut up, s, &head, body, &peer, &mut rbuf).await;
     let resp = match exchanged {
-        // A pooled connection the origin closed just as we reused it: retry once on a fresh
-        // one, when nothing of the request body was consumed (so it can be sent again).
+        // A pooled connection the origin closed just as we reused it, or one that carried
+        // stray bytes (an origin that sent a body after a HEAD or 304 response, seen only
+        // once the next request went out): retry once on a fresh one, when nothing of the
+        // request body was consumed (so it can be sent again) and, for stray bytes, when the
+        // method is idempotent (the origin may have acted on the request).
         Err(e)
             if reused
-                && e.kind == ErrorKind::UpstreamIo
                 && body == Body::Empty
-                && rbuf.is_empty() =>
+                && ((e.kind == ErrorKind::UpstreamIo && rbuf.is_empty())
+                    || (e.kind == ErrorKind::InvalidResponse && idempotent(&up_req.method))) =>
         {
             drop(up);
+            rbuf.clear();
             up = io::Stream::connect(peer.addr, peer.connect_timeout).await.or_err(
                 ErrorKind::ConnectFailed,
                 ErrorSource::Upstream,
@@ -389,6 +393,11 @@ async fn phases(
         worker.pool.borrow_mut().put(&peer, up);
     }
     Ok(())
+}
+
+/// Methods that may be sent twice with the effect of once (RFC 9110, 9.2.2).
+fn idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
 /// `http://h/p?q` → `/p?q`; other forms unchanged.

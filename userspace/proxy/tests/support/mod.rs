@@ -409,6 +409,7 @@ impl Drop for Origin {
 
 fn serve_origin(s: TcpStream, name: &str, requests: &AtomicUsize, health: &AtomicU16) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_nodelay(true).unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     for _ in 0..10_000 {
@@ -473,27 +474,26 @@ fn serve_origin(s: TcpStream, name: &str, requests: &AtomicUsize, health: &Atomi
         let conn = if close { "Connection: close\r\n" } else { "" };
         let ok = if target == "/health" {
             let status = health.load(Ordering::Relaxed);
-            write!(w, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n{conn}\r\n").is_ok()
+            send(&mut w, format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n{conn}\r\n"))
         } else if let Some(ms) = target.strip_prefix("/delay/") {
             thread::sleep(Duration::from_millis(ms.parse().unwrap()));
             let b = format!("delayed {ms} by {name}\n");
-            write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{b}", b.len()).is_ok()
+            send(&mut w, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{b}", b.len()))
         } else if let Some(spec) = target.strip_prefix("/chunks/") {
             let (n, pause) = spec.split_once('/').unwrap();
             let (n, pause): (usize, u64) = (n.parse().unwrap(), pause.parse().unwrap());
-            let mut ok = write!(
-                w,
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: {name}\r\n{conn}\r\n"
-            )
-            .is_ok();
+            let mut ok = send(
+                &mut w,
+                format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: {name}\r\n{conn}\r\n"),
+            );
             for i in 0..n {
                 let c = format!("chunk {i}\n");
-                ok &= write!(w, "{:x}\r\n{c}\r\n", c.len()).is_ok() && w.flush().is_ok();
+                ok &= send(&mut w, format!("{:x}\r\n{c}\r\n", c.len()));
                 if i + 1 < n {
                     thread::sleep(Duration::from_millis(pause));
                 }
             }
-            ok && write!(w, "0\r\n\r\n").is_ok()
+            ok && send(&mut w, "0\r\n\r\n".into())
         } else {
             let mut b = format!("origin {name}\nmethod {method}\ntarget {target}\n");
             for h in &head[1..] {
@@ -509,12 +509,18 @@ fn serve_origin(s: TcpStream, name: &str, requests: &AtomicUsize, health: &Atomi
                  Content-Length: {}\r\n{conn}\r\n",
                 b.len()
             );
-            write!(w, "{head}{b}").is_ok()
+            send(&mut w, format!("{head}{b}"))
         };
         if !ok || close {
             return;
         }
     }
+}
+
+/// Writes `text` in one call, so a response leaves as one segment rather than one per
+/// formatted piece.
+fn send(w: &mut TcpStream, text: String) -> bool {
+    w.write_all(text.as_bytes()).is_ok()
 }
 
 /// A checksum the test and the origin agree on (FNV-1a).
