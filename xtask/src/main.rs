@@ -75,9 +75,19 @@ enum Bench {
 /// Debian packages for the eBPF build (see the README's toolchain notes).
 const BUILD_PACKAGES: &[&str] =
     &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "build-essential"];
-/// Debian packages the tests use: namespaces, real TLS clients, a TLS server, inspection.
-const TEST_PACKAGES: &[&str] =
-    &["iproute2", "openssl", "curl", "python3", "procps", "tcpdump", "util-linux", "bpftool"];
+/// Debian packages the tests use: namespaces, real TLS clients, a TLS server, a TLS
+/// scanner, inspection.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "openssl",
+    "curl",
+    "python3",
+    "procps",
+    "tcpdump",
+    "util-linux",
+    "bpftool",
+    "testssl.sh",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
 const FUZZ_TARGETS: &[&str] = &["classify", "http_request"];
