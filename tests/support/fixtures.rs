@@ -392,6 +392,45 @@ fn policy_rows(rows: &mut Vec<Fixture>) {
                 .client_reset(&p),
         );
     }
+    // A client that reuses the source port of a blocked connection for a new one: the new
+    // connection starts at another (random) sequence number and is judged on its own hello.
+    let tls13 = capture("openssl-tls1_3");
+    let sport = port();
+    let old = Packet::tcp4(sport, 443, &hello).seq(1000);
+    let new = Packet::tcp4(sport, 443, &tls13).seq(2_000_000_000);
+    rows.push(
+        Fixture::new("reject: a new TLS 1.3 connection on a rejected flow's four-tuple passes")
+            .policy(Version::Tls12, Mode::Reject, &[443])
+            .rejected_first(&old, Version::Tls10)
+            .step(new.build(), XDP_PASS, None)
+            .counts(Version::Tls13, Verdict::Pass, 1)
+            .outcome(Outcome::FlowReused, 1)
+            .outcome(Outcome::DecidedFirst, 1),
+    );
+    let sport = port();
+    let old = Packet::tcp4(sport, 443, &hello).seq(u32::MAX - 100);
+    let new = Packet::tcp4(sport, 443, &hello).seq(4000);
+    rows.push(
+        Fixture::new(
+            "drop: a new legacy connection on a dropped flow's four-tuple is counted again",
+        )
+        .policy(Version::Tls12, Mode::Drop, &[443])
+        .step(old.build(), XDP_DROP, None)
+        // The FIN after the hello wraps past zero in sequence space: still the old flow.
+        .step(
+            Packet::tcp4(sport, 443, &[])
+                .flags(FIN | ACK)
+                .seq((u32::MAX - 100).wrapping_add(hello.len() as u32))
+                .build(),
+            XDP_DROP,
+            None,
+        )
+        .step(new.build(), XDP_DROP, None)
+        .counts(Version::Tls10, Verdict::Drop, 2)
+        .outcome(Outcome::DecidedFirst, 2)
+        .outcome(Outcome::FlowRepeat, 1)
+        .outcome(Outcome::FlowReused, 1),
+    );
     let p = Packet::tcp4(port(), 443, &hello).flags(FIN | ACK | 0x08);
     rows.push(
         Fixture::new("reject: hello with FIN, reset acknowledges the FIN too")

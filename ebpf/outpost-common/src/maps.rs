@@ -92,10 +92,13 @@ pub enum Outcome {
     ResetClient = 17,
     /// Reject could not rewrite the packet (e.g. the tail could not be trimmed): dropped.
     RewriteFailed = 18,
+    /// A new connection on the four-tuple of a dropped or rejected flow (a reused source
+    /// port): the old flow is forgotten and the new hello judged on its own.
+    FlowReused = 19,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Packets,
         Outcome::NotIp,
         Outcome::NotTcp,
@@ -115,6 +118,7 @@ impl Outcome {
         Outcome::ResetServer,
         Outcome::ResetClient,
         Outcome::RewriteFailed,
+        Outcome::FlowReused,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -140,6 +144,7 @@ impl Outcome {
             Outcome::ResetServer => "reset_to_server",
             Outcome::ResetClient => "reset_to_client",
             Outcome::RewriteFailed => "rewrite_failed",
+            Outcome::FlowReused => "blocked_flow_reused",
         }
     }
 }
@@ -174,7 +179,8 @@ pub enum FlowPhase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowState {
     pub parser: HelloParser,
-    /// Sequence number the next segment must carry (host order).
+    /// Following: sequence number the next segment must carry. Dropped or rejected: the end
+    /// of the segment that decided (host order).
     pub next_seq: u32,
     /// Sequence number of the hello's first byte (host order): a retransmission of it passes.
     pub first_seq: u32,
@@ -183,6 +189,16 @@ pub struct FlowState {
     /// [`FlowPhase`].
     pub phase: u8,
     pub _pad: [u8; 6],
+}
+
+impl FlowState {
+    /// For a dropped or rejected flow: true when a segment at `seq` belongs to the blocked
+    /// connection (a retransmission of its hello, or what follows it such as a FIN). Any other
+    /// sequence number is a new connection on the same four-tuple, whose initial sequence
+    /// number is random. Wraps around like TCP sequence space.
+    pub fn covers(&self, seq: u32) -> bool {
+        seq.wrapping_sub(self.first_seq) <= self.next_seq.wrapping_sub(self.first_seq)
+    }
 }
 
 #[cfg(feature = "user")]
@@ -212,6 +228,29 @@ mod tests {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
         }
+    }
+
+    #[test]
+    fn blocked_flow_covers_its_hello_and_nothing_else() {
+        let flow = |first_seq: u32, next_seq: u32| FlowState {
+            parser: HelloParser::new(),
+            next_seq,
+            first_seq,
+            segments: 0,
+            phase: FlowPhase::Rejected as u8,
+            _pad: [0; 6],
+        };
+        let f = flow(1000, 1517);
+        for seq in [1000, 1200, 1517] {
+            assert!(f.covers(seq), "{seq}");
+        }
+        for seq in [999, 1518, 0, u32::MAX, 3_000_000_000] {
+            assert!(!f.covers(seq), "{seq}");
+        }
+        // Across the wrap of sequence space.
+        let f = flow(u32::MAX - 10, 500);
+        assert!(f.covers(u32::MAX) && f.covers(0) && f.covers(500));
+        assert!(!f.covers(501) && !f.covers(u32::MAX - 11));
     }
 
     #[test]

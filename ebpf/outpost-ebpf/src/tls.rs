@@ -20,10 +20,17 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     let has_payload = seg.payload_len > 0;
     // Every segment with payload (or closing the flow) looks for state of its flow first: a
     // continuation of a hello can start with any byte.
-    let known = FLOWS.get_ptr(seg.key).map(|p| unsafe { *p });
+    let mut known = FLOWS.get_ptr(seg.key).map(|p| unsafe { *p });
     if let Some(flow) = known {
         if flow.phase != FlowPhase::Following as u8 {
-            return blocked_flow(ctx, seg, &flow);
+            if flow.covers(seg.seq) {
+                return blocked_flow(ctx, seg, &flow);
+            }
+            // A new connection on the four-tuple of a blocked one (the client reused its
+            // source port): the old verdict is not this connection's.
+            let _ = FLOWS.remove(seg.key);
+            count(Outcome::FlowReused);
+            known = None;
         }
     }
     if !has_payload {
@@ -55,7 +62,8 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     match progress {
         Progress::Decided(version) => {
             count(if followed { Outcome::DecidedLater } else { Outcome::DecidedFirst });
-            decide(ctx, seg, version, followed)
+            let first_seq = known.map_or(seg.seq, |f| f.first_seq);
+            decide(ctx, seg, version, followed, first_seq)
         }
         Progress::NeedMore if payload.complete(seg) && segments + 1 < MAX_HELLO_SEGMENTS => {
             let state = FlowState {
@@ -175,9 +183,16 @@ extern "C" fn classify_step(_index: u64, data: *mut c_void) -> i64 {
     }
 }
 
-/// A hello's version is known: count it and apply the policy.
+/// A hello's version is known: count it and apply the policy. `first_seq` is where the hello
+/// began (an earlier segment when it was followed).
 #[inline(always)]
-fn decide(ctx: &XdpContext, seg: &Segment, version: Version, followed: bool) -> u32 {
+fn decide(
+    ctx: &XdpContext,
+    seg: &Segment,
+    version: Version,
+    followed: bool,
+    first_seq: u32,
+) -> u32 {
     let verdict = policy().verdict(version);
     bump(&VERSION_STATS, version_slot(version, verdict));
     let phase = match verdict {
@@ -192,8 +207,8 @@ fn decide(ctx: &XdpContext, seg: &Segment, version: Version, followed: bool) -> 
     };
     let state = FlowState {
         parser: HelloParser::new(),
-        next_seq: 0,
-        first_seq: seg.seq,
+        next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
+        first_seq,
         segments: 0,
         phase: phase as u8,
         _pad: [0; 6],
