@@ -1,19 +1,148 @@
-//! `outpost-demo`: outpost between real TLS clients and a real server, mode by mode.
+//! `outpost-demo`: the edge at work, on network namespaces. Needs root.
 //!
-//! Builds the test topology (a client and an edge namespace on a veth wire, outpost attached on
-//! the edge end), starts the TLS server, and for each mode (observe, drop, reject) runs every
-//! client over IPv4, one line each; then prints `outpost stats`. Everything is torn down at the
-//! end and on Ctrl-C. Needs root; takes about 5 s.
+//! By default it builds a client, an edge and an origin namespace (`outpost_tests::edge`), runs
+//! `outpost run --iface <edge veth>` in the edge namespace (the XDP floor: TLS 1.2, reject) in
+//! front of an origin that echoes each request, runs real clients of every TLS version against
+//! it (one line each), prints the kernel's per-version table (`outpost stats`), the userspace
+//! counters (`/metrics`) and what a modern curl gets back, then serves until Ctrl-C, printing
+//! commands to try from the client namespace. Everything is torn down on exit, on Ctrl-C and on
+//! SIGTERM. It exits non-zero if a client did not end as expected.
+//!
+//! - `--once` (or `OUTPOST_DEMO_ONCE=1`): exit after printing instead of serving; a test runs
+//!   this so the demo cannot rot.
+//! - `--floor-only`: the XDP floor alone in front of a TLS server that accepts every version,
+//!   mode by mode (observe, drop, reject).
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, thread, time::Duration};
 
-use outpost_tests::netns::{self, Client, Family, Topology, TLS_PORT};
+use outpost_tests::{
+    edge::{
+        Edge, Floor, ADMIN, CLIENT_V4, CLIENT_V6, EDGE_V4, EDGE_V6, HTTPS_PORT, ORIGINS, ORIGIN_V4,
+    },
+    netns::{self, Client, ClientOutcome, Family, Topology, TLS_PORT},
+};
 
 /// How long a client waits for an answer (a dropped hello never gets one).
 const WAIT: Duration = Duration::from_secs(3);
+/// /metrics series worth showing, when not zero.
+const SERIES: &[&str] = &[
+    "outpost_kernel_hellos_total",
+    "outpost_hellos_total",
+    "outpost_hellos_incomplete_total",
+    "outpost_tls_handshakes_total",
+    "outpost_requests_total",
+];
+const USAGE: &str = "usage: outpost-demo [--once] [--floor-only]";
 
 fn main() -> ExitCode {
+    let (mut once, mut floor_only) = (std::env::var_os("OUTPOST_DEMO_ONCE").is_some(), false);
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--once" => once = true,
+            "--floor-only" => floor_only = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("outpost-demo: unknown argument {arg:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     netns::stop_on_sigint();
+    if floor_only {
+        floor_demo()
+    } else {
+        edge_demo(once)
+    }
+}
+
+fn edge_demo(once: bool) -> ExitCode {
+    let mut edge = Edge::new(Floor::Xdp, "");
+    let (c, e, o) = (&edge.client_ns, &edge.edge_ns, &edge.origin_ns);
+    let origins: Vec<String> = ORIGINS.iter().map(|(n, p)| format!(":{p} ({n})")).collect();
+    println!("outpost demo: `outpost run` with the XDP floor, between three network namespaces\n");
+    println!("  client  {c:<16} {CLIENT_V4}, {CLIENT_V6}: openssl, curl, python");
+    println!(
+        "    | veth {} <-> {}, MTU 1500; XDP floor on {}: below TLS 1.2 is reset",
+        edge.client_if, edge.edge_if, edge.edge_if
+    );
+    println!(
+        "  edge    {e:<16} {EDGE_V4}:{HTTPS_PORT}, [{EDGE_V6}]:{HTTPS_PORT}: outpost run --iface {}; \
+         admin {ADMIN}",
+        edge.edge_if
+    );
+    println!("    | veth {} <-> {}", edge.edge_inner_if, edge.origin_if);
+    println!("  origin  {o:<16} {ORIGIN_V4}{}: HTTP, echoes each request\n", origins.join(", "));
+
+    let runs: Vec<(Client, Family)> = Client::ALL.iter().map(|&c| (c, Family::V4)).collect();
+    println!("== clients, each connecting once to https://{EDGE_V4}/ ==");
+    let mut all_as_expected = true;
+    for r in edge.run_clients(&runs, WAIT) {
+        let expected = match r.client.is_legacy() {
+            true => ClientOutcome::Refused,
+            false => ClientOutcome::Completed(r.client.negotiates().into()),
+        };
+        let mark = if r.outcome == expected { "" } else { "   <- UNEXPECTED" };
+        all_as_expected &= r.outcome == expected;
+        println!("{}{mark}", r.line());
+    }
+    if netns::interrupted() {
+        println!("interrupted: tearing down");
+        return ExitCode::from(130);
+    }
+
+    println!("\n== kernel: outpost stats (maps pinned under {}) ==", edge.pin_dir.display());
+    println!("{}", edge.outpost_cli(&["stats"]).stdout.trim_end());
+    println!("\n== userspace: /metrics on {ADMIN}, series above zero ==");
+    for line in edge.metrics().lines() {
+        let shown =
+            SERIES.iter().any(|s| line.starts_with(s) && line[s.len()..].starts_with(['{', ' ']));
+        if shown && !line.ends_with(" 0") {
+            println!("{line}");
+        }
+    }
+    let url = Edge::url(Family::V4, "/demo");
+    println!("\n== what a modern client gets: curl -sk -i {url} ==");
+    let out = edge.curl(&["-i", &url]);
+    all_as_expected &= out.success();
+    println!("{}", out.stdout.replace("\r\n", "\n").trim_end());
+    if !out.success() {
+        println!("{out}   <- UNEXPECTED");
+    }
+
+    let bin = edge.outpost_bin.canonicalize().unwrap_or_else(|_| edge.outpost_bin.clone());
+    let bin = bin.display();
+    println!("\n== {} ==", if once { "--once: not serving" } else { "serving until Ctrl-C" });
+    println!("URL, from the client namespace: https://{EDGE_V4}/ (and https://[{EDGE_V6}]/)");
+    println!("  ip netns exec {c} curl -k https://{EDGE_V4}/hello");
+    println!(
+        "  ip netns exec {c} openssl s_client -connect {EDGE_V4}:{HTTPS_PORT} -tls1 -cipher \
+         'DEFAULT:@SECLEVEL=0'"
+    );
+    println!("  ip netns exec {e} curl -s http://{ADMIN}/metrics");
+    println!("  {bin} --pin-dir {} stats", edge.pin_dir.display());
+    if !once {
+        println!("Ctrl-C stops outpost and removes the namespaces.");
+        while !netns::interrupted() {
+            if let Some(status) = edge.outpost_exited() {
+                eprintln!("outpost exited ({status}):\n{}", edge.log());
+                return ExitCode::FAILURE;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        println!("\ninterrupted: tearing down");
+    }
+    if all_as_expected {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The floor alone: a TLS server that accepts every version behind it, mode by mode.
+fn floor_demo() -> ExitCode {
     let mut topo = Topology::new();
     topo.start_tls_server(TLS_PORT);
     println!(

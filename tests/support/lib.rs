@@ -6,8 +6,11 @@
 //! - [`fixtures`]: the fixture table shared by the BPF test and the benchmark.
 //! - [`netns`]: a client and an edge namespace on a veth wire, outpost attached through its CLI,
 //!   a real TLS server and real TLS clients.
+//! - [`edge`]: client, edge and origin namespaces, `outpost run` proxying between them with or
+//!   without the XDP floor, echoing origins, real clients and a scanner.
 
 pub mod bpf;
+pub mod edge;
 pub mod fixtures;
 pub mod netns;
 pub mod packet;

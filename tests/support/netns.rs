@@ -44,7 +44,7 @@ pub const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// Longest any setup, teardown or CLI command may take.
-const COMMAND_LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const COMMAND_LIMIT: Duration = Duration::from_secs(15);
 /// How long the TLS server may take to generate its key and listen.
 const SERVER_START_LIMIT: Duration = Duration::from_secs(20);
 /// Extra time a client gets past its own timeout before it is killed from here.
@@ -57,8 +57,8 @@ const EDGE_NS_PREFIX: &str = "ote-";
 const PIN_DIR_PREFIX: &str = "outpost-test-";
 /// Output files of commands, in the temp directory.
 const SCRATCH_PREFIX: &str = "outpost-netns-";
-const BPFFS: &str = "/sys/fs/bpf";
-const NETNS_DIR: &str = "/run/netns";
+pub(crate) const BPFFS: &str = "/sys/fs/bpf";
+pub(crate) const NETNS_DIR: &str = "/run/netns";
 
 /// Topologies built by this process.
 static TOPOLOGIES: AtomicU32 = AtomicU32::new(0);
@@ -66,18 +66,21 @@ static TOPOLOGIES: AtomicU32 = AtomicU32::new(0);
 static SCRATCH_FILES: AtomicU32 = AtomicU32::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Makes Ctrl-C stop the running clients and return, so that destructors tear the topology
-/// down (children run in process groups of their own and do not see the terminal's SIGINT).
+/// Makes Ctrl-C (and SIGTERM) stop the running clients and return, so that destructors tear the
+/// topology down (children run in process groups of their own and do not see the terminal's
+/// SIGINT).
 pub fn stop_on_sigint() {
-    extern "C" fn on_sigint(_: libc::c_int) {
+    extern "C" fn on_signal(_: libc::c_int) {
         INTERRUPTED.store(true, Ordering::SeqCst);
     }
-    let handler: extern "C" fn(libc::c_int) = on_sigint;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
 }
 
-/// Whether Ctrl-C was pressed since [`stop_on_sigint`].
+/// Whether Ctrl-C (or SIGTERM) came since [`stop_on_sigint`].
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
@@ -104,6 +107,7 @@ pub fn server_script() -> PathBuf {
 /// Panics, naming what is missing, unless this runs as root with every tool at hand. The
 /// namespace tests fail rather than skip: CI runs them as root.
 pub fn check_prerequisites() {
+    check_tools(TOOLS);
     // SAFETY: no arguments, no memory.
     let euid = unsafe { libc::geteuid() };
     assert!(
@@ -111,12 +115,6 @@ pub fn check_prerequisites() {
         "the namespace tests need root (network namespaces, XDP, bpffs); euid is {euid}: run them \
          as root, e.g. `sudo -E cargo test -p outpost-tests --test netns`"
     );
-    let missing: Vec<String> = TOOLS
-        .iter()
-        .filter(|(tool, _)| find_on_path(tool).is_none())
-        .map(|(tool, package)| format!("`{tool}` (Debian package {package})"))
-        .collect();
-    assert!(missing.is_empty(), "the namespace tests need {} on PATH", missing.join(", "));
     assert!(Path::new(PYTHON).is_file(), "the namespace tests need {PYTHON} (Debian python3)");
     assert!(
         server_script().is_file(),
@@ -124,6 +122,16 @@ pub fn check_prerequisites() {
         server_script().display()
     );
     outpost_bin();
+}
+
+/// Panics, naming each missing tool and its Debian package, unless all are on PATH.
+pub fn check_tools(tools: &[(&str, &str)]) {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(tool, _)| find_on_path(tool).is_none())
+        .map(|(tool, package)| format!("`{tool}` (Debian package {package})"))
+        .collect();
+    assert!(missing.is_empty(), "the namespace tests need {} on PATH", missing.join(", "));
 }
 
 fn find_on_path(tool: &str) -> Option<PathBuf> {
@@ -172,13 +180,34 @@ impl fmt::Display for Output {
 }
 
 /// Runs `argv` in the host namespace; panics unless it succeeds.
-fn host(argv: &[&str]) -> Output {
+pub(crate) fn host(argv: &[&str]) -> Output {
     run(None, argv, COMMAND_LIMIT).ok()
 }
 
 /// Runs `argv` (in namespace `ns`, if given), killing it (and its children) at `limit`.
 pub fn run<S: AsRef<str>>(ns: Option<&str>, argv: &[S], limit: Duration) -> Output {
-    exec(ns, argv, limit, false)
+    exec(ns, argv, limit, false, None)
+}
+
+/// Same, with `input` on its standard input (the others get /dev/null).
+pub fn run_with_input<S: AsRef<str>>(
+    ns: Option<&str>,
+    argv: &[S],
+    input: &[u8],
+    limit: Duration,
+) -> Output {
+    exec(ns, argv, limit, false, Some(input))
+}
+
+/// `argv` as run in namespace `ns`: behind `nsenter --net=…`, which switches the network
+/// namespace only and keeps the host's /sys (and bpffs).
+fn in_namespace<'a, S: AsRef<str>>(ns: Option<&str>, argv: &'a [S]) -> Vec<String> {
+    let mut full: Vec<String> = Vec::new();
+    if let Some(ns) = ns {
+        full.extend(["nsenter".into(), format!("--net={NETNS_DIR}/{ns}"), "--".into()]);
+    }
+    full.extend(argv.iter().map(|a| a.as_ref().to_owned()));
+    full
 }
 
 fn exec<S: AsRef<str>>(
@@ -186,31 +215,41 @@ fn exec<S: AsRef<str>>(
     argv: &[S],
     limit: Duration,
     interruptible: bool,
+    input: Option<&[u8]>,
 ) -> Output {
-    let net;
-    let mut full: Vec<&str> = Vec::new();
-    if let Some(ns) = ns {
-        net = format!("--net={NETNS_DIR}/{ns}");
-        full.extend(["nsenter", net.as_str(), "--"]);
-    }
-    full.extend(argv.iter().map(AsRef::as_ref));
+    let full = in_namespace(ns, argv);
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
     let command = shell_line(&full);
     let (out_path, err_path) = (scratch_file("stdout"), scratch_file("stderr"));
+    let in_path = input.map(|bytes| {
+        let path = scratch_file("stdin");
+        fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    });
     let start = Instant::now();
-    let mut child = spawn(&full, &out_path, &err_path);
+    let mut child = spawn(&full, in_path.as_deref(), &out_path, &err_path);
     let status = wait_until(&mut child, start + limit, interruptible);
     let elapsed = start.elapsed();
+    if let Some(p) = in_path {
+        let _ = fs::remove_file(p);
+    }
     Output { command, status, stdout: take_file(&out_path), stderr: take_file(&err_path), elapsed }
 }
 
 /// Starts `argv` with its output going to files, in a process group of its own: killing the
 /// group reaches what `timeout` or a shell forked, and the terminal's Ctrl-C does not.
-fn spawn(argv: &[&str], stdout: &Path, stderr: &Path) -> Child {
+fn spawn(argv: &[&str], stdin: Option<&Path>, stdout: &Path, stderr: &Path) -> Child {
     let create =
         |p: &Path| fs::File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+    let stdin = match stdin {
+        Some(p) => Stdio::from(
+            fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display())),
+        ),
+        None => Stdio::null(),
+    };
     Command::new(argv[0])
         .args(&argv[1..])
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(create(stdout))
         .stderr(create(stderr))
         .process_group(0)
@@ -316,14 +355,7 @@ pub struct Topology {
     /// Maps and links of this topology's outpost, apart from every other.
     pub pin_dir: PathBuf,
     pub outpost: PathBuf,
-    servers: Vec<Server>,
-}
-
-struct Server {
-    pid: u32,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
+    servers: Vec<Daemon>,
 }
 
 impl Topology {
@@ -441,42 +473,19 @@ impl Topology {
     /// once it listens.
     pub fn start_tls_server(&mut self, port: u16) -> u32 {
         let script = server_script();
-        let (stdout, stderr) = (scratch_file("server-out"), scratch_file("server-err"));
-        let net = format!("--net={NETNS_DIR}/{}", self.edge_ns);
-        let port_arg = port.to_string();
         let argv = [
-            "nsenter",
-            &net,
-            "--",
             PYTHON,
             script.to_str().expect("UTF-8 path"),
             "--addr",
             "::",
             "--port",
-            &port_arg,
+            &port.to_string(),
         ];
-        let command = shell_line(&argv);
-        let child = spawn(&argv, &stdout, &stderr);
         // Kept before waiting, so that a panic below still stops it.
-        let pid = child.id();
-        self.servers.push(Server { pid, child, stdout: stdout.clone(), stderr: stderr.clone() });
-        let start = Instant::now();
-        loop {
-            if fs::read_to_string(&stdout).unwrap_or_default().contains("ready") {
-                return pid;
-            }
-            let server = self.servers.last_mut().expect("just pushed");
-            let exited = server.child.try_wait().ok().flatten();
-            if exited.is_some() || start.elapsed() > SERVER_START_LIMIT {
-                let err = fs::read_to_string(&stderr).unwrap_or_default();
-                let what = match exited {
-                    Some(s) => format!("exited ({s})"),
-                    None => format!("not ready after {SERVER_START_LIMIT:?}"),
-                };
-                panic!("TLS server {what}:\n$ {command}\n--- stderr ---\n{err}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.servers.push(Daemon::start("TLS server", Some(&self.edge_ns), &argv));
+        let server = self.servers.last_mut().expect("just pushed");
+        server.wait_ready(SERVER_START_LIMIT, |d| d.stdout().contains("ready"));
+        server.pid()
     }
 
     /// Stops a server started by [`Topology::start_tls_server`]; returns what it logged.
@@ -484,9 +493,11 @@ impl Topology {
         let i = self
             .servers
             .iter()
-            .position(|s| s.pid == pid)
+            .position(|s| s.pid() == pid)
             .unwrap_or_else(|| panic!("no server with pid {pid} was started here"));
-        self.servers.remove(i).stop()
+        let mut server = self.servers.remove(i);
+        server.stop(STOP_LIMIT);
+        server.stderr()
     }
 
     /// TCP sockets in one namespace with `port` at either end, LISTEN excluded: lines of
@@ -522,10 +533,7 @@ impl Topology {
         wait: Duration,
         extra: &[&str],
     ) -> ClientResult {
-        let argv = client.argv(family, port, wait, extra);
-        let output = exec(Some(&self.client_ns), &argv, wait + CLIENT_GRACE, true);
-        let outcome = client.judge(&output);
-        ClientResult { client, family, output, outcome }
+        run_client_in(&self.client_ns, family.edge_addr(), client, family, port, wait, extra)
     }
 
     /// Runs the clients all at once; results in the order given.
@@ -571,7 +579,7 @@ impl Topology {
         ];
         let (stdout, stderr) = (scratch_file("tcpdump-out"), scratch_file("tcpdump-err"));
         let command = shell_line(&argv);
-        let child = spawn(&argv, &stdout, &stderr);
+        let child = spawn(&argv, None, &stdout, &stderr);
         let mut cap = Capture { child: Some(child), command, stdout, stderr, port };
         let start = Instant::now();
         while !fs::read_to_string(&cap.stderr).unwrap_or_default().contains("listening on") {
@@ -588,36 +596,156 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for s in self.servers.drain(..) {
-            s.stop();
-        }
+        // Servers first: a process still inside keeps a namespace from going away.
+        self.servers.clear();
         teardown(&self.outpost, &self.pin_dir, &[&self.client_ns, &self.edge_ns]);
     }
 }
 
-impl Server {
-    fn stop(mut self) -> String {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: plain syscall on the pid of a child of ours that has not been reaped.
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while self.child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    kill_group(self.pid, libc::SIGKILL);
-                    let _ = self.child.wait();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
+/// Runs one client in namespace `ns` against `addr` (bare, IPv4 or IPv6) on `port`; it gives up
+/// after `wait`, and Ctrl-C stops it.
+pub fn run_client_in(
+    ns: &str,
+    addr: &str,
+    client: Client,
+    family: Family,
+    port: u16,
+    wait: Duration,
+    extra: &[&str],
+) -> ClientResult {
+    let argv = client.argv(addr, port, wait, extra);
+    let output = exec(Some(ns), &argv, wait + CLIENT_GRACE, true, None);
+    let outcome = client.judge(&output);
+    ClientResult { client, family, output, outcome }
+}
+
+/// How long a daemon gets to exit after SIGTERM before it is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(3);
+
+/// A long-running process (a server, `outpost run`) started in a namespace, in a process group
+/// of its own, its output in files that can be read while it runs. Stopped on drop: SIGTERM,
+/// then SIGKILL to its group if it does not exit in time.
+pub struct Daemon {
+    what: String,
+    command: String,
+    child: Child,
+    /// Set once reaped.
+    status: Option<ExitStatus>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `argv` in namespace `ns` (through `nsenter --net`, which execs: the pid is the
+    /// daemon's own). `what` names it in messages.
+    pub fn start<S: AsRef<str>>(what: &str, ns: Option<&str>, argv: &[S]) -> Daemon {
+        let full = in_namespace(ns, argv);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (stdout, stderr) = (scratch_file("daemon-out"), scratch_file("daemon-err"));
+        let child = spawn(&full, None, &stdout, &stderr);
+        Daemon {
+            what: what.into(),
+            command: shell_line(&full),
+            child,
+            status: None,
+            stdout,
+            stderr,
         }
-        let _ = take_file(&self.stdout);
-        take_file(&self.stderr)
     }
+
+    /// Waits until `ready` holds, polling; panics, with what the daemon printed, if it exits
+    /// first or `limit` passes.
+    #[track_caller]
+    pub fn wait_ready(&mut self, limit: Duration, ready: impl Fn(&Daemon) -> bool) {
+        let start = Instant::now();
+        loop {
+            if ready(self) {
+                return;
+            }
+            let exited = self.exited();
+            if exited.is_some() || start.elapsed() > limit {
+                let what = match exited {
+                    Some(s) => format!("exited ({s})"),
+                    None => format!("not ready after {limit:?}"),
+                };
+                panic!("{} {what}:\n{}", self.what, self.report());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// What it printed so far.
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.stdout)
+    }
+
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr)
+    }
+
+    /// The command line, its state and its output, for a failure message.
+    pub fn report(&self) -> String {
+        format!(
+            "$ {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command,
+            self.stdout().trim_end(),
+            self.stderr().trim_end()
+        )
+    }
+
+    /// Sends `signal` to the daemon itself (not its group).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if self.exited().is_none() {
+            // SAFETY: plain syscall on the pid of a child of ours that has not been reaped.
+            unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        }
+    }
+
+    /// SIGTERM, then SIGKILL to its group after `limit`; returns how it exited (`None`: killed).
+    pub fn stop(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while self.exited().is_none() {
+            if Instant::now() > deadline {
+                kill_group(self.pid(), libc::SIGKILL);
+                let _ = self.child.wait();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.stop(STOP_LIMIT);
+        }
+        let _ = fs::remove_file(&self.stdout);
+        let _ = fs::remove_file(&self.stderr);
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// Detaches and purges outpost under `pin_dir`, deletes the namespaces (their veth ends go with
 /// them). Never panics: it runs in `drop`.
-fn teardown(outpost: &Path, pin_dir: &Path, namespaces: &[&str]) {
+pub(crate) fn teardown(outpost: &Path, pin_dir: &Path, namespaces: &[&str]) {
     if pin_dir.exists() {
         let out = run(
             None,
@@ -659,13 +787,27 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes namespaces, pin directories and output files of runs whose process is gone (killed
-/// mid-test).
-fn remove_stale(outpost: &Path) {
+/// Namespaces, pin directories and temp directories named `PREFIX<pid>-<n>` by this crate's
+/// topologies (this one and [`crate::edge`]).
+const STALE_NS_PREFIXES: &[&str] = &[
+    CLIENT_NS_PREFIX,
+    EDGE_NS_PREFIX,
+    crate::edge::CLIENT_NS_PREFIX,
+    crate::edge::EDGE_NS_PREFIX,
+    crate::edge::ORIGIN_NS_PREFIX,
+];
+const STALE_PIN_PREFIXES: &[&str] = &[PIN_DIR_PREFIX, crate::edge::PIN_DIR_PREFIX];
+const STALE_DIR_PREFIXES: &[&str] = &[crate::edge::TEMP_DIR_PREFIX];
+
+/// Removes namespaces, pin directories, temp directories and output files of runs whose process
+/// is gone (killed mid-test).
+pub(crate) fn remove_stale(outpost: &Path) {
+    let stale = |name: &str, prefixes: &[&str]| {
+        prefixes.iter().find_map(|p| owner_pid(name, p)).is_some_and(|pid| !pid_alive(pid))
+    };
     for entry in fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let owner = owner_pid(&name, CLIENT_NS_PREFIX).or_else(|| owner_pid(&name, EDGE_NS_PREFIX));
-        if owner.is_none_or(pid_alive) {
+        if !stale(&name, STALE_NS_PREFIXES) {
             continue;
         }
         // A server of the dead run keeps the namespace alive: stop it.
@@ -678,15 +820,17 @@ fn remove_stale(outpost: &Path) {
     }
     for entry in fs::read_dir(BPFFS).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if owner_pid(&name, PIN_DIR_PREFIX).is_some_and(|p| !pid_alive(p)) {
+        if stale(&name, STALE_PIN_PREFIXES) {
             teardown(outpost, &entry.path(), &[]);
         }
     }
     for entry in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let stem = name.split('.').next().unwrap_or_default();
-        if owner_pid(stem, SCRATCH_PREFIX).is_some_and(|p| !pid_alive(p)) {
+        if stale(stem, &[SCRATCH_PREFIX]) {
             let _ = fs::remove_file(entry.path());
+        } else if stale(&name, STALE_DIR_PREFIXES) {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -816,12 +960,13 @@ impl Client {
     }
 
     /// The command, wrapped in `timeout` so that a silent drop cannot hang it.
-    fn argv(self, family: Family, port: u16, wait: Duration, extra: &[&str]) -> Vec<String> {
+    fn argv(self, addr: &str, port: u16, wait: Duration, extra: &[&str]) -> Vec<String> {
         assert!(extra.is_empty() || self.is_openssl(), "extra arguments are for openssl only");
         let secs = |d: Duration| format!("{}", d.as_secs_f64());
         // Curl and Python time out by themselves (exit 28 / 2); `timeout` is the backstop.
         let mut argv: Vec<String> = ["timeout", "-k", "1"].map(String::from).into();
-        let url = format!("https://{}:{port}/", family.edge_host());
+        let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_owned() };
+        let url = format!("https://{host}:{port}/");
         let own_timeout = |argv: &mut Vec<String>| argv.push(secs(wait + Duration::from_secs(2)));
         match self {
             Client::OpensslTls10
@@ -835,7 +980,7 @@ impl Client {
                     Client::OpensslTls12 => "-tls1_2",
                     _ => "-tls1_3",
                 };
-                let connect = format!("{}:{port}", family.edge_host());
+                let connect = format!("{host}:{port}");
                 argv.extend(
                     ["openssl", "s_client", "-brief", "-connect", &connect, flag].map(String::from),
                 );
@@ -859,7 +1004,7 @@ impl Client {
             }
             Client::PythonTls10 => {
                 own_timeout(&mut argv);
-                argv.extend([PYTHON, "-c", PYTHON_CLIENT, family.edge_addr()].map(String::from));
+                argv.extend([PYTHON, "-c", PYTHON_CLIENT, addr].map(String::from));
                 argv.extend([port.to_string(), secs(wait)]);
             }
         }
@@ -873,16 +1018,19 @@ impl Client {
         if matches!(code, Some(124) | Some(137)) {
             return ClientOutcome::TimedOut;
         }
-        let completed = |text: &str, marker: &str| match text.split_once(marker) {
-            Some((_, rest)) => ClientOutcome::Completed(
-                rest.split_whitespace().next().unwrap_or_default().to_owned(),
-            ),
-            None => ClientOutcome::Failed,
-        };
-        let body_marker = "hello from edge.test over ";
+        let completed =
+            |text: &str, markers: &[&str]| match markers.iter().find_map(|m| text.split_once(m)) {
+                Some((_, rest)) => ClientOutcome::Completed(
+                    rest.split_whitespace().next().unwrap_or_default().to_owned(),
+                ),
+                None => ClientOutcome::Failed,
+            };
+        // The TLS server's body names the version; behind the proxy, the origin echoes the
+        // version header the proxy added.
+        let body_marker: &[&str] = &["hello from edge.test over ", "X-Outpost-TLS-Version: "];
         match self {
             _ if self.is_openssl() => match code {
-                Some(0) => completed(&out.stderr, "Protocol version: "),
+                Some(0) => completed(&out.stderr, &["Protocol version: "]),
                 Some(1) if out.stderr.contains("connect:errno") => ClientOutcome::Failed,
                 Some(1) => ClientOutcome::Refused,
                 _ => ClientOutcome::Failed,

@@ -1,0 +1,372 @@
+//! `outpost run` end to end over network namespaces: real clients in a client namespace, outpost
+//! in an edge namespace, echoing HTTP origins in an origin namespace (see
+//! `outpost_tests::edge`). Every check runs twice: with the XDP floor attached by `outpost run
+//! --iface` (reject mode, TLS 1.2) and with `--no-xdp`, where the proxy's userspace floor does
+//! the refusing. Each test builds its own topology; the parts that are timed take turns, so that
+//! what is measured is outpost and not a crowded CPU. The last test runs `outpost-demo --once`.
+//!
+//! The tests need root and the tools in `support::netns::TOOLS` (and testssl), and fail, naming
+//! what is missing, without them.
+
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use outpost_tests::{
+    edge::{Edge, Floor, CLIENT_V4, EDGE_INNER_V4, EDGE_INNER_V6, EDGE_V4, EDGE_V6},
+    netns::{self, hellos, Client, ClientOutcome, ClientResult, Family},
+};
+
+/// A legacy client learns it is refused within this long, start-up of the client process
+/// included (with XDP: a reset answering its first retransmission of the hello, RTO ≥ 200 ms;
+/// without: a TLS alert at once).
+const REFUSED_WITHIN: Duration = Duration::from_secs(1);
+/// How long a legacy client waits before giving up (it should never need to).
+const CLIENT_WAIT: Duration = Duration::from_secs(3);
+/// An origin that refuses connections makes a 502 in well under a second.
+const BAD_GATEWAY_WITHIN: Duration = Duration::from_millis(500);
+
+/// Runs `$name(floor)` as `$name::xdp` and `$name::no_xdp`.
+macro_rules! both_floors {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn xdp() {
+                super::$name(outpost_tests::edge::Floor::Xdp)
+            }
+            #[test]
+            fn no_xdp() {
+                super::$name(outpost_tests::edge::Floor::Userspace)
+            }
+        }
+    )*};
+}
+
+both_floors!(
+    modern_clients_reach_the_origin_with_forwarding_headers,
+    legacy_clients_are_refused_within_a_second_and_counted,
+    origin_down_is_502_and_one_of_two_down_goes_unnoticed,
+    limits_answer_431_413_400,
+    testssl_finds_only_tls12_and_tls13,
+);
+
+/// The turn to run timed clients, held while they run.
+fn turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    // A test that failed holding the turn poisons it; the next one may still go.
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `outpost_hellos_total` (userspace) or `outpost_kernel_hellos_total` (XDP, through outpost's
+/// /metrics) for one version and verdict.
+fn hello_series(kernel: bool, version: &str, verdict: &str) -> String {
+    let name = if kernel { "outpost_kernel_hellos_total" } else { "outpost_hellos_total" };
+    format!("{name}{{version=\"{version}\",verdict=\"{verdict}\"}}")
+}
+
+const VERSIONS: [&str; 7] = ["SSLv2", "SSLv3", "TLS1.0", "TLS1.1", "TLS1.2", "TLS1.3", "unknown"];
+const VERDICTS: [&str; 3] = ["pass", "drop", "reject"];
+
+/// Asserts that the hello counters in `metrics` (kernel or userspace) are exactly `expected`
+/// (version, verdict, count), every other one zero.
+#[track_caller]
+fn assert_hellos(metrics: &str, kernel: bool, expected: &[(&str, &str, u64)]) {
+    let mut wrong = Vec::new();
+    for version in VERSIONS {
+        for verdict in VERDICTS {
+            let series = hello_series(kernel, version, verdict);
+            let got = Edge::metric_in(metrics, &series)
+                .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"));
+            let want = expected
+                .iter()
+                .find(|(v, d, _)| *v == version && *d == verdict)
+                .map_or(0, |(_, _, n)| *n);
+            if got != want {
+                wrong.push(format!("{series}: {got}, expected {want}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "hello counters:\n{}\n/metrics:\n{metrics}", wrong.join("\n"));
+}
+
+/// Asserts what the floor's presence shows on /metrics: kernel counters with XDP, none without.
+#[track_caller]
+fn assert_kernel_series(floor: Floor, metrics: &str) {
+    let has = metrics.contains("outpost_kernel_hellos_total{");
+    match floor {
+        Floor::Xdp => assert!(has, "no kernel counters on /metrics with XDP:\n{metrics}"),
+        Floor::Userspace => assert!(!has, "kernel counters on /metrics with --no-xdp:\n{metrics}"),
+    }
+}
+
+/// curl's `-w` line after the body: status and total time.
+fn status_and_time(out: &netns::Output) -> (u16, Duration) {
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let mut words = last.split_whitespace();
+    let status = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let secs: f64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(f64::MAX);
+    (status, Duration::from_secs_f64(secs.min(1e6)))
+}
+
+const STATUS_AND_TIME: &str = "\n%{http_code} %{time_total}\n";
+
+fn modern_clients_reach_the_origin_with_forwarding_headers(floor: Floor) {
+    let edge = Edge::new(floor, "");
+    let cases = [
+        (Family::V4, "--tlsv1.2", "1.2", "TLSv1.2", "/hello?x=1"),
+        (Family::V4, "--tlsv1.3", "1.3", "TLSv1.3", "/hello?x=1"),
+        (Family::V6, "--tlsv1.3", "1.3", "TLSv1.3", "/v6/hello?x=1"),
+    ];
+    for (family, flag, max, version, path) in cases {
+        // A client's own forwarding headers are replaced, never trusted.
+        let url = Edge::url(family, path);
+        let out = edge.curl(&[flag, "--tls-max", max, "-H", "X-Forwarded-For: 6.6.6.6", &url]);
+        assert!(out.success(), "curl {flag} over {}:\n{out}", family.name());
+        let host = match family {
+            Family::V4 => EDGE_V4.to_owned(),
+            Family::V6 => format!("[{EDGE_V6}]"),
+        };
+        // The origin sees the edge's inner address (IPv4 mapped: it listens dual stack).
+        let peer = match (family, path.starts_with("/v6")) {
+            (_, true) => EDGE_INNER_V6.to_owned(),
+            (_, false) => format!("::ffff:{EDGE_INNER_V4}"),
+        };
+        for want in [
+            "origin a\n".to_owned(),
+            format!("peer {peer}\n"),
+            format!("target {path}\n"),
+            format!("header X-Forwarded-For: {}\n", Edge::client_addr(family)),
+            "header X-Forwarded-Proto: https\n".to_owned(),
+            format!("header X-Forwarded-Host: {host}\n"),
+            format!("header X-Outpost-TLS-Version: {version}\n"),
+        ] {
+            assert!(out.stdout.contains(&want), "no {want:?} in the origin's echo:\n{out}");
+        }
+        assert!(!out.stdout.contains("6.6.6.6"), "a spoofed X-Forwarded-For got through:\n{out}");
+    }
+    assert_eq!(edge.origin_requests("a").len(), 3, "requests that reached origin a");
+
+    let metrics = edge.metrics();
+    let expected = [("TLS1.2", "pass", 1), ("TLS1.3", "pass", 2)];
+    assert_hellos(&metrics, false, &expected);
+    assert_kernel_series(floor, &metrics);
+    if floor == Floor::Xdp {
+        assert_hellos(&metrics, true, &expected);
+    }
+    for (version, n) in [("TLSv1.2", 1), ("TLSv1.3", 2)] {
+        let series = format!("outpost_tls_handshakes_total{{version=\"{version}\"}}");
+        assert_eq!(Edge::metric_in(&metrics, &series), Some(n), "{series}:\n{metrics}");
+    }
+    let ok = Edge::metric_in(&metrics, "outpost_requests_total{class=\"2xx\"}");
+    assert_eq!(ok, Some(3), "{metrics}");
+}
+
+/// Every legacy client, over IPv4, and openssl's TLS 1.0 over IPv6 too.
+const LEGACY: [(Client, Family); 5] = [
+    (Client::OpensslTls10, Family::V4),
+    (Client::OpensslTls11, Family::V4),
+    (Client::CurlTls10, Family::V4),
+    (Client::PythonTls10, Family::V4),
+    (Client::OpensslTls10, Family::V6),
+];
+
+fn legacy_clients_are_refused_within_a_second_and_counted(floor: Floor) {
+    let edge = Edge::new(floor, "");
+    let results: Vec<ClientResult> = {
+        let _turn = turn();
+        LEGACY.iter().map(|&(c, f)| edge.run_client(c, f, CLIENT_WAIT)).collect()
+    };
+    println!("--- legacy clients, {}", floor.name());
+    for r in &results {
+        println!("{}", r.line());
+    }
+    for r in &results {
+        assert_eq!(r.outcome, ClientOutcome::Refused, "expected a refusal:\n{r}");
+        assert!(r.elapsed() < REFUSED_WITHIN, "refused only after {:?}:\n{r}", r.elapsed());
+        // Who refused: the kernel resets the connection; the proxy sends a TLS alert.
+        if matches!(r.client, Client::OpensslTls10 | Client::OpensslTls11) {
+            let sign = match floor {
+                Floor::Xdp => "errno=104",
+                Floor::Userspace => "alert protocol version",
+            };
+            assert!(r.output.stderr.contains(sign), "no {sign:?} from openssl:\n{r}");
+        }
+    }
+    assert!(edge.origin_requests("a").is_empty(), "a legacy client reached the origin");
+
+    let expected = [("TLS1.0", "reject", 4), ("TLS1.1", "reject", 1)];
+    let metrics = edge.metrics();
+    assert_kernel_series(floor, &metrics);
+    match floor {
+        Floor::Xdp => {
+            assert_hellos(&metrics, true, &expected);
+            // The kernel's own readout agrees, and userspace never saw a legacy hello.
+            let stats = edge.kernel_stats();
+            for (version, verdict, n) in expected {
+                assert_eq!(hellos(&stats, version, verdict), n, "outpost stats --json: {stats}");
+            }
+            assert_hellos(&metrics, false, &[]);
+        }
+        Floor::Userspace => assert_hellos(&metrics, false, &expected),
+    }
+    let handshakes: u64 = ["TLSv1.2", "TLSv1.3"]
+        .iter()
+        .map(|v| edge.metric(&format!("outpost_tls_handshakes_total{{version=\"{v}\"}}")))
+        .sum();
+    assert_eq!(handshakes, 0, "a legacy client completed a handshake");
+}
+
+fn origin_down_is_502_and_one_of_two_down_goes_unnoticed(floor: Floor) {
+    let mut edge = Edge::new(floor, "");
+    let get =
+        |edge: &Edge, path: &str| edge.curl(&["-w", STATUS_AND_TIME, &Edge::url(Family::V4, path)]);
+    // Both up: round robin over the pair.
+    let answers: Vec<String> = (0..4).map(|i| get(&edge, &format!("/pair/up{i}")).stdout).collect();
+    for name in ["origin a\n", "origin b\n"] {
+        assert!(
+            answers.iter().any(|a| a.contains(name)),
+            "no answer from {name:?} with both up:\n{}",
+            answers.join("\n")
+        );
+    }
+
+    edge.stop_origin("b");
+    let _turn = turn();
+    for i in 0..20 {
+        let out = get(&edge, &format!("/pair/{i}"));
+        let (status, _) = status_and_time(&out);
+        assert!(status == 200 && out.stdout.contains("origin a\n"), "request {i}, b down:\n{out}");
+    }
+    for (path, why) in [("/dead", "nothing listens"), ("/", "origin a stopped")] {
+        if path == "/" {
+            edge.stop_origin("a");
+        }
+        for i in 0..2 {
+            let out = get(&edge, path);
+            let (status, took) = status_and_time(&out);
+            assert_eq!(status, 502, "{path} ({why}), try {i}:\n{out}");
+            assert!(out.stdout.starts_with("{\"error\": "), "not a JSON error:\n{out}");
+            assert!(took < BAD_GATEWAY_WITHIN, "{path} ({why}): 502 after {took:?}:\n{out}");
+        }
+    }
+    assert_eq!(edge.metric("outpost_requests_total{class=\"5xx\"}"), 4);
+    assert_eq!(edge.metric("outpost_requests_total{class=\"2xx\"}"), 24);
+}
+
+fn limits_answer_431_413_400(floor: Floor) {
+    let edge = Edge::new(floor, "[http]\nmax_body_bytes = 10000\nmax_head_bytes = 4096\n");
+    let url = Edge::url(Family::V4, "/limits");
+    let status = |out: &netns::Output| status_and_time(out).0;
+
+    let big = format!("X-Big: {}", "a".repeat(5000));
+    let out = edge.curl(&["-w", STATUS_AND_TIME, "-H", &big, &url]);
+    assert_eq!(status(&out), 431, "a 5 kB header field over a 4 kB head limit:\n{out}");
+    let body = "b".repeat(20_000);
+    let out = edge.curl(&["-w", STATUS_AND_TIME, "--data-binary", &body, &url]);
+    assert_eq!(status(&out), 413, "a 20 kB body over a 10 kB limit:\n{out}");
+    // A space in the target: the request line does not parse.
+    let out = edge.send_raw(b"GET /a b HTTP/1.1\r\nHost: edge\r\n\r\n");
+    assert!(
+        out.stdout.starts_with("HTTP/1.1 400 ") && out.stdout.contains("{\"error\": "),
+        "a malformed request line:\n{out}"
+    );
+    // The limits hold back nothing that fits.
+    let out = edge.curl(&["-w", STATUS_AND_TIME, "--data-binary", &body[..9000], &url]);
+    assert!(status(&out) == 200 && out.stdout.contains("body-length 9000\n"), "{out}");
+
+    let metrics = edge.metrics();
+    for (series, n) in [
+        ("outpost_requests_refused_total{status=\"431\"}", 1),
+        ("outpost_requests_refused_total{status=\"413\"}", 1),
+        ("outpost_requests_malformed_total", 1),
+    ] {
+        assert_eq!(Edge::metric_in(&metrics, series), Some(n), "{series}:\n{metrics}");
+    }
+    let reached = edge.origin_requests("a");
+    assert_eq!(reached, ["request POST /limits"], "only the request that fits reaches the origin");
+}
+
+fn testssl_finds_only_tls12_and_tls13(floor: Floor) {
+    let edge = Edge::new(floor, "");
+    let (out, findings) = edge.testssl();
+    let finding = |id: &str| {
+        findings.get(id).unwrap_or_else(|| panic!("no {id} in testssl's JSON; it printed:\n{out}"))
+    };
+    for id in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert_eq!(finding(id), "not offered", "{id}; testssl printed:\n{out}");
+    }
+    assert_eq!(finding("TLS1_2"), "offered", "testssl printed:\n{out}");
+    // "offered with final": TLS 1.3 as in RFC 8446, not a draft.
+    assert!(finding("TLS1_3").starts_with("offered"), "TLS1_3; testssl printed:\n{out}");
+    println!("testssl, {}: {findings:?} in {:?}", floor.name(), out.elapsed);
+
+    // The floor in front did the refusing: the kernel's counters with XDP (userspace saw no
+    // legacy hello), the proxy's without.
+    let metrics = edge.metrics();
+    let kernel = floor == Floor::Xdp;
+    for version in ["SSLv2", "SSLv3", "TLS1.0", "TLS1.1"] {
+        let rejected = Edge::metric_in(&metrics, &hello_series(kernel, version, "reject"));
+        assert!(rejected.is_some_and(|n| n >= 1), "no {version} reject counted:\n{metrics}");
+        if kernel {
+            let user: u64 = VERDICTS
+                .iter()
+                .filter_map(|d| Edge::metric_in(&metrics, &hello_series(false, version, d)))
+                .sum();
+            assert_eq!(user, 0, "a {version} hello reached userspace past XDP:\n{metrics}");
+        }
+    }
+}
+
+/// The demo's output, line by line: every client as expected, the kernel table, the userspace
+/// counters, a modern client's answer.
+#[test]
+fn demo_once_shows_the_edge_at_work() {
+    let demo = env!("CARGO_BIN_EXE_outpost-demo");
+    let out = netns::run(None, &[demo, "--once"], Duration::from_secs(120));
+    assert!(out.success(), "outpost-demo --once failed:\n{out}");
+    let text = &out.stdout;
+    let line_of = |client: Client| {
+        let name = format!("{:<30} offers", client.name());
+        text.lines()
+            .find(|l| l.starts_with(&name))
+            .unwrap_or_else(|| panic!("no line for {} in the demo's output:\n{out}", client.name()))
+    };
+    for client in Client::ALL {
+        let line = line_of(client);
+        let want = match client.is_legacy() {
+            true => "refused".to_owned(),
+            false => format!("completed ({})", client.negotiates()),
+        };
+        assert!(line.contains(&want), "{} should have {want}: {line:?}\n{out}", client.name());
+    }
+    // The kernel's table: every hello counted, the legacy ones rejected.
+    let row = |version: &str| -> Vec<u64> {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(version));
+        let line = line.unwrap_or_else(|| panic!("no {version} row in the stats table:\n{out}"));
+        line.split_whitespace().skip(1).map(|n| n.parse().expect("a count")).collect()
+    };
+    assert_eq!(row("TLS1.0"), [0, 0, 3], "TLS1.0 pass/drop/reject:\n{out}");
+    assert_eq!(row("TLS1.1"), [0, 0, 1], "TLS1.1 pass/drop/reject:\n{out}");
+    assert!(row("TLS1.3")[0] >= 2, "TLS1.3 passes:\n{out}");
+    for want in [
+        "outpost_hellos_total{version=\"TLS1.3\",verdict=\"pass\"}",
+        "outpost_tls_handshakes_total{version=\"TLSv1.3\"}",
+        &format!("header X-Forwarded-For: {CLIENT_V4}"),
+        "header X-Outpost-TLS-Version: TLSv1.3",
+        &format!("https://{EDGE_V4}/"),
+    ] {
+        assert!(text.contains(want), "no {want:?} in the demo's output:\n{out}");
+    }
+    // It tore its topology down: no namespace of this crate's edges but this process's own.
+    let ours = format!("-{}-", std::process::id());
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let left: Vec<&String> = left
+        .iter()
+        .filter(|n| ["opc-", "ope-", "opo-"].iter().any(|p| n.starts_with(p)))
+        .filter(|n| !n[3..].starts_with(&ours))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind by the demo: {left:?}");
+}

@@ -1,0 +1,464 @@
+//! The proxy's topology: a client, an edge and an origin namespace joined by two veth wires at
+//! MTU 1500, `outpost run` in the edge namespace between them, echoing HTTP origins
+//! (`tests/servers/origin.py`) in the origin namespace, real clients in the client namespace.
+//!
+//! ```text
+//!  client ns              edge ns                                  origin ns
+//!  198.18.10.1  --veth--  198.18.10.2:443  outpost run  198.18.11.1  --veth--  198.18.11.2
+//!  2001:2:0:10::1         2001:2:0:10::2   admin 127.0.0.1:9901      2001:2:0:11::2
+//!                                                                    :8080 "a", :8081 "b"
+//! ```
+//!
+//! With [`Floor::Xdp`], `outpost run --iface <edge's client-facing veth>` attaches the XDP floor
+//! itself (the config's policy: TLS 1.2, reject) with a pin directory of its own, and the client
+//! end of that wire gets the `pass` program, since XDP_TX resets reach a veth end only if it has
+//! an XDP program. With [`Floor::Userspace`], `outpost run --no-xdp`: the proxy's own floor
+//! refuses legacy hellos.
+//!
+//! Addresses and names differ from [`crate::netns`]'s (and from the proxy crate's `xdp` test), so
+//! all can run at once. Everything is torn down on drop, panics included; what a killed run left
+//! behind (names carry its pid) is removed by the next [`Edge::new`]. outpost runs through
+//! `nsenter --net`, not `ip netns exec`, which remounts /sys and would hide the bpffs it pins in;
+//! the admin listener is read with `ip netns exec`, as an operator would.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::netns::{
+    self, check_prerequisites, check_tools, host, outpost_bin, run, run_client_in, run_with_input,
+    Client, ClientResult, Daemon, Family, Output, BPFFS, COMMAND_LIMIT, MTU, PYTHON,
+};
+
+pub const CLIENT_V4: &str = "198.18.10.1";
+pub const EDGE_V4: &str = "198.18.10.2";
+/// The edge's end of the origin wire.
+pub const EDGE_INNER_V4: &str = "198.18.11.1";
+pub const ORIGIN_V4: &str = "198.18.11.2";
+pub const CLIENT_V6: &str = "2001:2:0:10::1";
+pub const EDGE_V6: &str = "2001:2:0:10::2";
+pub const EDGE_INNER_V6: &str = "2001:2:0:11::1";
+pub const ORIGIN_V6: &str = "2001:2:0:11::2";
+/// Where outpost listens (both addresses) and what the XDP floor protects.
+pub const HTTPS_PORT: u16 = 443;
+/// outpost's admin listener, on the edge namespace's loopback.
+pub const ADMIN: &str = "127.0.0.1:9901";
+/// The origins, by name, and their ports in the origin namespace.
+pub const ORIGINS: [(&str, u16); 2] = [("a", 8080), ("b", 8081)];
+/// A port nothing listens on in the origin namespace: connecting to it is refused at once.
+pub const UNUSED_PORT: u16 = 8089;
+
+/// Routes of every [`Edge`]:
+/// - `/` → origin a (over IPv4), with outpost's default active health checks;
+/// - `/v6` → origin a over IPv6;
+/// - `/pair` → origins b and a, round robin, active health checks off (a server that fails is
+///   noticed by the request that meets it);
+/// - `/dead` → the unused port.
+const ROUTES: &str = r#"
+[[routes]]
+path = "/"
+[routes.origin]
+servers = ["198.18.11.2:8080"]
+
+[[routes]]
+path = "/v6"
+[routes.origin]
+servers = ["[2001:2:0:11::2]:8080"]
+
+[[routes]]
+path = "/pair"
+[routes.origin]
+servers = ["198.18.11.2:8081", "198.18.11.2:8080"]
+health_check = { interval_ms = 0 }
+
+[[routes]]
+path = "/dead"
+[routes.origin]
+servers = ["198.18.11.2:8089"]
+health_check = { interval_ms = 0 }
+"#;
+
+pub(crate) const CLIENT_NS_PREFIX: &str = "opc-";
+pub(crate) const EDGE_NS_PREFIX: &str = "ope-";
+pub(crate) const ORIGIN_NS_PREFIX: &str = "opo-";
+pub(crate) const PIN_DIR_PREFIX: &str = "outpost-edge-";
+/// Config, data directory and scanner output, in the temp directory.
+pub(crate) const TEMP_DIR_PREFIX: &str = "outpost-edge-";
+
+/// How long outpost and the origins may take to listen.
+const START_LIMIT: Duration = Duration::from_secs(15);
+/// outpost's drain on SIGTERM (its `shutdown_grace_ms` is shorter).
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// testssl takes ~17 s here when the server answers (its start-up alone ~6 s).
+const TESTSSL_LIMIT: Duration = Duration::from_secs(120);
+/// Longest a curl may take (its own `--max-time` is 5 s).
+const CURL_LIMIT: Duration = Duration::from_secs(8);
+
+/// Edges built by this process.
+static EDGES: AtomicU32 = AtomicU32::new(0);
+/// testssl output files written by this process.
+static SCANS: AtomicU32 = AtomicU32::new(0);
+
+/// Which floor stands in front of the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// `outpost run --iface`: the XDP floor on the edge's client-facing veth, reject mode.
+    Xdp,
+    /// `outpost run --no-xdp`: the proxy's userspace floor alone.
+    Userspace,
+}
+
+impl Floor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Floor::Xdp => "XDP floor (--iface)",
+            Floor::Userspace => "userspace floor (--no-xdp)",
+        }
+    }
+}
+
+/// The three namespaces, the two wires, the origins and `outpost run`.
+pub struct Edge {
+    pub floor: Floor,
+    pub client_ns: String,
+    pub edge_ns: String,
+    pub origin_ns: String,
+    /// The client wire: the client's end and the edge's (where the XDP floor goes).
+    pub client_if: String,
+    pub edge_if: String,
+    /// The origin wire: the edge's end and the origin's.
+    pub edge_inner_if: String,
+    pub origin_if: String,
+    /// Maps and links of this edge's outpost ([`Floor::Xdp`] only).
+    pub pin_dir: PathBuf,
+    /// Config file, data directory, scanner output.
+    pub dir: PathBuf,
+    pub outpost_bin: PathBuf,
+    outpost: Option<Daemon>,
+    origins: Vec<(&'static str, Daemon)>,
+}
+
+impl Edge {
+    /// Builds the topology, starts origins a and b and then `outpost run` with the floor in
+    /// `floor`; `extra` is appended to outpost's config before the routes (tables only, e.g.
+    /// `[http]`). Returns once outpost answers on its admin listener.
+    pub fn new(floor: Floor, extra: &str) -> Edge {
+        check_prerequisites();
+        let script = origin_script();
+        assert!(script.is_file(), "the origin script {} is missing", script.display());
+        let outpost_bin = outpost_bin();
+        netns::remove_stale(&outpost_bin);
+        let (pid, n) = (std::process::id(), EDGES.fetch_add(1, Ordering::Relaxed));
+        // Interface names: at most 2 + 7 + 1 + 5 = 15 characters (IFNAMSIZ - 1).
+        let mut e = Edge {
+            floor,
+            client_ns: format!("{CLIENT_NS_PREFIX}{pid}-{n}"),
+            edge_ns: format!("{EDGE_NS_PREFIX}{pid}-{n}"),
+            origin_ns: format!("{ORIGIN_NS_PREFIX}{pid}-{n}"),
+            client_if: format!("pc{pid}x{n}"),
+            edge_if: format!("pe{pid}x{n}"),
+            edge_inner_if: format!("pf{pid}x{n}"),
+            origin_if: format!("po{pid}x{n}"),
+            pin_dir: Path::new(BPFFS).join(format!("{PIN_DIR_PREFIX}{pid}-{n}")),
+            dir: std::env::temp_dir().join(format!("{TEMP_DIR_PREFIX}{pid}-{n}")),
+            outpost_bin,
+            outpost: None,
+            origins: Vec::new(),
+        };
+        // From here on a panic drops `e`, which removes whatever was built.
+        fs::create_dir_all(e.dir.join("data"))
+            .unwrap_or_else(|err| panic!("creating {}: {err}", e.dir.display()));
+        e.build();
+        for (name, port) in ORIGINS {
+            e.start_origin(name, port);
+        }
+        e.start_outpost(extra);
+        e
+    }
+
+    fn build(&self) {
+        let (c, e, o) = (self.client_ns.as_str(), self.edge_ns.as_str(), self.origin_ns.as_str());
+        for ns in [c, e, o] {
+            host(&["ip", "netns", "add", ns]);
+            host(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let mtu = MTU.to_string();
+        for (ns_a, if_a, ns_b, if_b) in
+            [(e, &self.edge_if, c, &self.client_if), (e, &self.edge_inner_if, o, &self.origin_if)]
+        {
+            host(&[
+                "ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
+                "netns", ns_b,
+            ]);
+        }
+        for (ns, ifname, v4, v6) in [
+            (c, &self.client_if, CLIENT_V4, CLIENT_V6),
+            (e, &self.edge_if, EDGE_V4, EDGE_V6),
+            (e, &self.edge_inner_if, EDGE_INNER_V4, EDGE_INNER_V6),
+            (o, &self.origin_if, ORIGIN_V4, ORIGIN_V6),
+        ] {
+            host(&["ip", "-n", ns, "link", "set", ifname, "mtu", &mtu, "up"]);
+            host(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            // nodad: usable at once, not after duplicate address detection (~2 s).
+            host(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+        }
+    }
+
+    fn start_origin(&mut self, name: &'static str, port: u16) {
+        let script = origin_script();
+        let argv = [
+            PYTHON,
+            script.to_str().expect("UTF-8 path"),
+            "--port",
+            &port.to_string(),
+            "--name",
+            name,
+        ];
+        let what = format!("origin {name}");
+        self.origins.push((name, Daemon::start(&what, Some(&self.origin_ns), &argv)));
+        let (_, origin) = self.origins.last_mut().expect("just pushed");
+        origin.wait_ready(START_LIMIT, |d| d.stdout().starts_with("ready"));
+    }
+
+    fn start_outpost(&mut self, extra: &str) {
+        let config = self.dir.join("outpost.toml");
+        let text = format!(
+            "listen = [\"{EDGE_V4}:{HTTPS_PORT}\", \"[{EDGE_V6}]:{HTTPS_PORT}\"]\n\
+             admin = \"{ADMIN}\"\ndata_dir = \"{}\"\nworkers = 2\nshutdown_grace_ms = 2000\n\n\
+             [floor]\nmin_version = \"1.2\"\nmode = \"reject\"\n\n{extra}\n{ROUTES}",
+            self.dir.join("data").display()
+        );
+        fs::write(&config, text).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        let bin = self.outpost_bin.to_str().expect("UTF-8 path");
+        let pins = self.pin_dir.to_str().expect("UTF-8 path");
+        let config = config.to_str().expect("UTF-8 path");
+        let mut argv = vec![bin, "--pin-dir", pins, "run", "--config", config];
+        match self.floor {
+            Floor::Xdp => {
+                // Before the floor: its resets must reach the client from the first hello on.
+                run(
+                    Some(&self.client_ns),
+                    &[bin, "--pin-dir", pins, "attach", "--iface", &self.client_if]
+                        .into_iter()
+                        .chain(["--mode", "native", "--program", "pass"])
+                        .collect::<Vec<_>>(),
+                    COMMAND_LIMIT,
+                )
+                .ok();
+                argv.extend(["--iface", &self.edge_if]);
+            }
+            Floor::Userspace => argv.push("--no-xdp"),
+        }
+        self.outpost = Some(Daemon::start("outpost run", Some(&self.edge_ns), &argv));
+        let edge_ns = self.edge_ns.clone();
+        let outpost = self.outpost.as_mut().expect("just started");
+        outpost.wait_ready(START_LIMIT, |_| admin_get(&edge_ns, "/healthz").success());
+        if self.floor == Floor::Xdp {
+            let link = self.pin_dir.join(format!("link-{}", self.edge_if));
+            assert!(link.exists(), "no link pinned at {}:\n{}", link.display(), self.log());
+        }
+    }
+
+    /// The edge's client-facing address.
+    pub fn addr(family: Family) -> &'static str {
+        match family {
+            Family::V4 => EDGE_V4,
+            Family::V6 => EDGE_V6,
+        }
+    }
+
+    /// The client's address, as X-Forwarded-For carries it.
+    pub fn client_addr(family: Family) -> &'static str {
+        match family {
+            Family::V4 => CLIENT_V4,
+            Family::V6 => CLIENT_V6,
+        }
+    }
+
+    /// `https://<edge>/<path>` (IPv6 bracketed); port 443 goes without saying.
+    pub fn url(family: Family, path: &str) -> String {
+        match family {
+            Family::V4 => format!("https://{EDGE_V4}{path}"),
+            Family::V6 => format!("https://[{EDGE_V6}]{path}"),
+        }
+    }
+
+    /// curl in the client namespace: `curl -sSk -g --max-time 5 ARGS` (`-g`: brackets in URLs
+    /// are IPv6, not globs). The caller judges the result.
+    pub fn curl(&self, args: &[&str]) -> Output {
+        let mut argv = vec!["curl", "-sSk", "-g", "--max-time", "5"];
+        argv.extend(args);
+        run(Some(&self.client_ns), &argv, CURL_LIMIT)
+    }
+
+    /// Sends `request` as it is over TLS (`openssl s_client -quiet`, which waits for the server
+    /// to close) from the client namespace; stdout is what came back.
+    pub fn send_raw(&self, request: &[u8]) -> Output {
+        let connect = format!("{EDGE_V4}:{HTTPS_PORT}");
+        run_with_input(
+            Some(&self.client_ns),
+            &["timeout", "5", "openssl", "s_client", "-quiet", "-connect", &connect],
+            request,
+            CURL_LIMIT,
+        )
+    }
+
+    /// Runs one of the version clients from the client namespace.
+    pub fn run_client(&self, client: Client, family: Family, wait: Duration) -> ClientResult {
+        let addr = Edge::addr(family);
+        run_client_in(&self.client_ns, addr, client, family, HTTPS_PORT, wait, &[])
+    }
+
+    /// Runs the clients all at once; results in the order given.
+    pub fn run_clients(&self, runs: &[(Client, Family)], wait: Duration) -> Vec<ClientResult> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> =
+                runs.iter().map(|&(c, f)| s.spawn(move || self.run_client(c, f, wait))).collect();
+            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
+        })
+    }
+
+    /// GET on the admin listener; panics unless it answers.
+    #[track_caller]
+    pub fn admin(&self, path: &str) -> String {
+        admin_get(&self.edge_ns, path).ok().stdout
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.admin("/metrics")
+    }
+
+    /// The value of one series in `metrics` (e.g. `outpost_requests_total{class="2xx"}`), if
+    /// it is there.
+    pub fn metric_in(metrics: &str, series: &str) -> Option<u64> {
+        metrics.lines().find_map(|l| {
+            let value = l.strip_prefix(series)?.strip_prefix(' ')?;
+            Some(value.trim().parse().unwrap_or_else(|e| panic!("{series}: {value:?}: {e}")))
+        })
+    }
+
+    /// The value of one series on `/metrics` now; panics if it is missing.
+    #[track_caller]
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics();
+        Edge::metric_in(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+    }
+
+    /// `outpost --pin-dir <this edge's> ARGS`, in the edge namespace; panics on failure.
+    #[track_caller]
+    pub fn outpost_cli(&self, args: &[&str]) -> Output {
+        assert_eq!(self.floor, Floor::Xdp, "no pinned maps without XDP");
+        let mut argv = vec![
+            self.outpost_bin.to_str().expect("UTF-8 path"),
+            "--pin-dir",
+            self.pin_dir.to_str().expect("UTF-8 path"),
+        ];
+        argv.extend(args);
+        run(Some(&self.edge_ns), &argv, COMMAND_LIMIT).ok()
+    }
+
+    /// The kernel's counters: `outpost stats --json` on this edge's pins.
+    pub fn kernel_stats(&self) -> Value {
+        let out = self.outpost_cli(&["stats", "--json"]);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("`outpost stats --json` printed no JSON ({e}):\n{out}"))
+    }
+
+    /// Lines of "request METHOD TARGET" that origin `name` logged: requests that reached it,
+    /// health checks aside.
+    pub fn origin_requests(&self, name: &str) -> Vec<String> {
+        let (_, origin) = self.origin(name);
+        origin.stdout().lines().filter(|l| l.starts_with("request ")).map(str::to_owned).collect()
+    }
+
+    /// Stops origin `name` (its port then refuses connections).
+    pub fn stop_origin(&mut self, name: &str) {
+        let i = self.origins.iter().position(|(n, _)| *n == name);
+        let i = i.unwrap_or_else(|| panic!("no origin named {name}"));
+        let (_, mut origin) = self.origins.remove(i);
+        origin.stop(STOP_LIMIT);
+    }
+
+    fn origin(&self, name: &str) -> &(&'static str, Daemon) {
+        let found = self.origins.iter().find(|(n, _)| *n == name);
+        found.unwrap_or_else(|| panic!("no origin named {name} running"))
+    }
+
+    /// outpost's log so far.
+    pub fn log(&self) -> String {
+        self.outpost.as_ref().map(Daemon::stderr).unwrap_or_default()
+    }
+
+    /// Whether outpost exited, and how.
+    pub fn outpost_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.outpost.as_mut().and_then(Daemon::exited)
+    }
+
+    /// Runs testssl's protocol scan from the client namespace; returns its output and the
+    /// `finding` of each id in its JSON (`SSLv2`, …, `TLS1_3`).
+    pub fn testssl(&self) -> (Output, BTreeMap<String, String>) {
+        check_tools(&[("testssl", "testssl.sh")]);
+        let n = SCANS.fetch_add(1, Ordering::Relaxed);
+        let json = self.dir.join(format!("testssl-{n}.json"));
+        let target = format!("{EDGE_V4}:{HTTPS_PORT}");
+        let json_arg = json.to_str().expect("UTF-8 path");
+        // `--nodns none`: the namespace has no resolver to wait for.
+        let argv = ["testssl", "--quiet", "--color", "0", "-p", "--warnings", "off"]
+            .into_iter()
+            .chain(["--nodns", "none", "--jsonfile", json_arg, &target])
+            .collect::<Vec<_>>();
+        let out = run(Some(&self.client_ns), &argv, TESTSSL_LIMIT);
+        let text = fs::read_to_string(&json)
+            .unwrap_or_else(|e| panic!("testssl wrote no {} ({e}):\n{out}", json.display()));
+        let items: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("testssl's JSON does not parse ({e}):\n{text}"));
+        let findings = items
+            .as_array()
+            .unwrap_or_else(|| panic!("testssl's JSON is not an array:\n{text}"))
+            .iter()
+            .filter_map(|i| Some((i["id"].as_str()?.to_owned(), i["finding"].as_str()?.to_owned())))
+            .collect();
+        (out, findings)
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(mut outpost) = self.outpost.take() {
+            // SIGTERM: outpost drains and detaches the floor it attached.
+            let status = outpost.stop(STOP_LIMIT);
+            if std::thread::panicking() || !status.is_some_and(|s| s.success()) {
+                eprintln!("--- outpost ({}, exit {status:?}) ---\n{}", self.floor.name(), {
+                    outpost.report()
+                });
+            }
+        }
+        // Origins next: a process still inside keeps a namespace from going away.
+        self.origins.clear();
+        netns::teardown(
+            &self.outpost_bin,
+            &self.pin_dir,
+            &[&self.client_ns, &self.edge_ns, &self.origin_ns],
+        );
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// GET `http://ADMIN/path` from inside `edge_ns`, with `ip netns exec`.
+fn admin_get(edge_ns: &str, path: &str) -> Output {
+    let url = format!("http://{ADMIN}{path}");
+    let argv = ["ip", "netns", "exec", edge_ns, "curl", "-sSf", "--max-time", "3", &url];
+    run(None, &argv, COMMAND_LIMIT)
+}
+
+/// The origin server script.
+pub fn origin_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("servers/origin.py")
+}
