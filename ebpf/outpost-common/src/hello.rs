@@ -84,6 +84,14 @@ pub enum Malformed {
 const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
 /// TLS record content type of handshake messages.
 const RECORD_HANDSHAKE: u8 = 0x16;
+
+/// Whether a stream whose first byte is `first` can be a ClientHello: a TLS handshake record,
+/// or an SSLv2-format record header (high bit set). Anything else is not a hello, whatever
+/// follows; the parser's first step decides the same way.
+#[inline(always)]
+pub fn may_start_hello(first: u8) -> bool {
+    first == RECORD_HANDSHAKE || first & 0x80 != 0
+}
 /// Handshake message type of ClientHello (also the SSLv2 CLIENT-HELLO message type).
 const CLIENT_HELLO: u8 = 0x01;
 /// Largest TLSPlaintext fragment.
@@ -238,13 +246,10 @@ impl HelloParser {
         }
         if self.state == state::START {
             let b = input.byte(*pos);
-            self.state = if b == RECORD_HANDSHAKE {
-                state::HS_TYPE
-            } else if b & 0x80 != 0 {
-                state::SSL2_HEAD
-            } else {
+            if !may_start_hello(b) {
                 return Progress::NotHello;
-            };
+            }
+            self.state = if b == RECORD_HANDSHAKE { state::HS_TYPE } else { state::SSL2_HEAD };
             return Progress::NeedMore;
         }
         let framed = self.state >= state::HS_TYPE;

@@ -19,5 +19,5 @@ pub mod maps;
 pub mod testing;
 pub mod version;
 
-pub use hello::{HelloParser, Input, Malformed, Progress};
+pub use hello::{may_start_hello, HelloParser, Input, Malformed, Progress};
 pub use version::{Mode, Policy, Verdict, Version};

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_loop, programs::XdpContext};
 use outpost_common::{
     maps::{version_slot, FlowPhase, FlowState, Outcome, KERNEL_STEPS, MAX_HELLO_SEGMENTS},
-    HelloParser, Input, Malformed, Progress, Verdict, Version,
+    may_start_hello, HelloParser, Input, Malformed, Progress, Verdict, Version,
 };
 
 use crate::{
@@ -54,7 +54,14 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
             }
             (flow.parser, flow.segments as u32)
         }
-        None => (HelloParser::new(), 0),
+        None => {
+            // Application data and other protocols: no parser run for them.
+            if !may_start_hello(first_byte(ctx, seg)) {
+                count(Outcome::NotHello);
+                return xdp_action::XDP_PASS;
+            }
+            (HelloParser::new(), 0)
+        }
     };
     let payload = Payload::new(ctx, seg);
     let progress = classify(ctx, &mut parser, &payload);
@@ -92,6 +99,16 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
             }
             xdp_action::XDP_PASS
         }
+    }
+}
+
+/// The first payload byte, or 0x16 (go on to the parser) when it is not in linear data.
+#[inline(always)]
+fn first_byte(ctx: &XdpContext, seg: &Segment) -> u8 {
+    match crate::packet::ptr_at::<u8>(ctx, seg.payload & crate::packet::PAYLOAD_MASK) {
+        // SAFETY: ptr_at checked the byte is inside the packet.
+        Ok(p) => unsafe { *p },
+        Err(_) => 0x16,
     }
 }
 
