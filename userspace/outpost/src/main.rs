@@ -3,6 +3,7 @@
 
 use std::{
     io::IsTerminal as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
@@ -14,6 +15,9 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dataplane::{AttachMode, Dataplane, Mode, Policy, Version, PIN_DIR};
 use outpost_common::maps::{PROG_FLOOR, PROG_PASS};
+use userspace::UserStats;
+
+mod userspace;
 
 #[derive(Parser)]
 #[command(name = "outpost", version, about = "Edge data plane: an XDP TLS version floor")]
@@ -77,14 +81,19 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
-    /// Hellos by offered version × verdict, and parse outcomes.
+    /// Hellos by offered version × verdict and parse outcomes from the XDP program, beside the
+    /// userspace floor's counters of a running `outpost run` (read from its admin listener).
     Stats {
-        /// One JSON object instead of a table.
+        /// One JSON object instead of tables: the kernel's `versions` and `parse`, and
+        /// `userspace` (null when no `outpost run` answers at --admin).
         #[arg(long)]
         json: bool,
         /// Print again every SECS seconds, with the growth over the interval.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
+        /// Admin listener of the `outpost run` whose counters to show.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "OUTPOST_ADMIN")]
+        admin: SocketAddr,
     },
 }
 
@@ -250,32 +259,77 @@ fn run(cli: Cli) -> Result<()> {
                 println!("attached: {:?}", dataplane::attached_interfaces(&pin_dir)?);
             }
         }
-        Command::Stats { json, watch } => {
-            let maps = dataplane::PinnedMaps::open(&pin_dir)?;
-            let show = |s: &dataplane::Stats| {
-                if json {
-                    println!("{}", s.to_json());
-                } else {
-                    println!("{s}");
+        Command::Stats { json, watch, admin } => {
+            let snapshot = || -> Result<Snapshot> {
+                let kernel = dataplane::PinnedMaps::open(&pin_dir).and_then(|m| m.stats());
+                let user = UserStats::fetch(admin);
+                match (kernel, user) {
+                    (Err(e), Err(_)) => Err(e),
+                    (kernel, user) => Ok(Snapshot { kernel, user: user.ok() }),
                 }
             };
-            let mut last = maps.stats()?;
-            show(&last);
+            let mut last = snapshot()?;
+            last.show(json, admin);
             if let Some(secs) = watch {
                 let secs = secs.max(1);
                 loop {
                     thread::sleep(Duration::from_secs(secs));
-                    let now = maps.stats()?;
+                    let now = snapshot()?;
                     if !json {
                         println!("--- last {secs}s ---");
                     }
-                    show(&now.since(&last));
+                    now.since(&last).show(json, admin);
                     last = now;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// What `outpost stats` shows: the kernel's counters, or why there are none, and the
+/// userspace floor's when an `outpost run` answers.
+struct Snapshot {
+    kernel: Result<dataplane::Stats>,
+    user: Option<UserStats>,
+}
+
+impl Snapshot {
+    fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let kernel = match (&self.kernel, &earlier.kernel) {
+            (Ok(now), Ok(then)) => Ok(now.since(then)),
+            (Ok(now), Err(_)) => Ok(now.clone()),
+            (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+        };
+        let user = match (&self.user, &earlier.user) {
+            (Some(now), Some(then)) => Some(now.since(then)),
+            (now, _) => now.clone(),
+        };
+        Snapshot { kernel, user }
+    }
+
+    fn show(&self, json: bool, admin: SocketAddr) {
+        if json {
+            let mut out = match &self.kernel {
+                Ok(k) => k.to_json(),
+                Err(e) => {
+                    serde_json::json!({ "versions": null, "parse": null, "kernel_error": format!("{e:#}") })
+                }
+            };
+            out["userspace"] =
+                self.user.as_ref().map_or(serde_json::Value::Null, UserStats::to_json);
+            println!("{out}");
+            return;
+        }
+        match &self.kernel {
+            Ok(k) => println!("kernel (XDP)\n{k}"),
+            Err(e) => println!("kernel (XDP): no counters: {e:#}\n"),
+        }
+        match &self.user {
+            Some(u) => println!("userspace (outpost run, admin {admin})\n{u}"),
+            None => println!("userspace: no outpost run answers at {admin}"),
+        }
+    }
 }
 
 fn version_name(v: u8) -> &'static str {

@@ -1,0 +1,177 @@
+//! The proxy's own counters, read from a running `outpost run` through its admin listener,
+//! so that `outpost stats` shows the kernel and userspace floors side by side.
+
+use std::{
+    fmt::{self, Write as _},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use outpost_common::{Verdict, Version};
+use outpost_proxy::http::{self, Limits};
+use serde_json::{json, Map, Value};
+
+/// Negotiated versions the proxy reports (rustls offers only these).
+const NEGOTIATED: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
+/// An admin answer larger than this is not outpost's.
+const MAX_METRICS: u64 = 4 << 20;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Counters of the userspace floor and of rustls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserStats {
+    /// Hellos classified before rustls, by `[Version as usize][Verdict as usize]`.
+    pub versions: [[u64; Verdict::COUNT]; Version::COUNT],
+    /// Completed handshakes by negotiated version, in the order of [`NEGOTIATED`].
+    pub negotiated: [u64; NEGOTIATED.len()],
+}
+
+impl UserStats {
+    /// Fetches and parses `/metrics` from the admin listener at `admin`.
+    pub fn fetch(admin: SocketAddr) -> Result<UserStats> {
+        let text = get_metrics(admin)?;
+        let stats = UserStats::parse(&text);
+        if !text.contains("outpost_hellos_total") {
+            bail!("{admin} answered /metrics without outpost's counters");
+        }
+        Ok(stats)
+    }
+
+    /// Reads the counters out of Prometheus text; lines it does not know are skipped.
+    pub fn parse(text: &str) -> UserStats {
+        let mut s = UserStats::default();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<u64>() else { continue };
+            if let Some(labels) = labels_of(series, "outpost_hellos_total") {
+                let version =
+                    Version::ALL.into_iter().find(|v| label(labels, "version") == Some(v.name()));
+                let verdict =
+                    Verdict::ALL.into_iter().find(|d| label(labels, "verdict") == Some(d.name()));
+                if let (Some(v), Some(d)) = (version, verdict) {
+                    s.versions[v as usize][d as usize] = value;
+                }
+            } else if let Some(labels) = labels_of(series, "outpost_tls_handshakes_total") {
+                if let Some(i) = NEGOTIATED.iter().position(|n| label(labels, "version") == Some(n))
+                {
+                    s.negotiated[i] = value;
+                }
+            }
+        }
+        s
+    }
+
+    /// Counter growth since `earlier`.
+    pub fn since(&self, earlier: &UserStats) -> UserStats {
+        let mut d = self.clone();
+        for (row, old) in d.versions.iter_mut().zip(&earlier.versions) {
+            for (c, o) in row.iter_mut().zip(old) {
+                *c = c.saturating_sub(*o);
+            }
+        }
+        for (c, o) in d.negotiated.iter_mut().zip(&earlier.negotiated) {
+            *c = c.saturating_sub(*o);
+        }
+        d
+    }
+
+    /// `{"versions": {"TLS1.0": {"pass": n, …}, …}, "negotiated": {"TLSv1.3": n, …}}`
+    pub fn to_json(&self) -> Value {
+        let mut versions = Map::new();
+        for v in Version::ALL {
+            let row: Map<String, Value> = Verdict::ALL
+                .into_iter()
+                .map(|d| (d.name().to_owned(), json!(self.versions[v as usize][d as usize])))
+                .collect();
+            versions.insert(v.name().into(), Value::Object(row));
+        }
+        let negotiated: Map<String, Value> = NEGOTIATED
+            .iter()
+            .zip(self.negotiated)
+            .map(|(n, c)| ((*n).to_owned(), json!(c)))
+            .collect();
+        json!({ "versions": versions, "negotiated": negotiated })
+    }
+}
+
+impl fmt::Display for UserStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        writeln!(out, "{:<10} {:>12} {:>12} {:>12}", "version", "pass", "drop", "reject")?;
+        for v in Version::ALL {
+            let [p, d, r] = self.versions[v as usize];
+            writeln!(out, "{:<10} {p:>12} {d:>12} {r:>12}", v.name())?;
+        }
+        writeln!(out)?;
+        writeln!(out, "{:<28} {:>12}", "negotiated (rustls)", "handshakes")?;
+        for (n, c) in NEGOTIATED.iter().zip(self.negotiated) {
+            writeln!(out, "{n:<28} {c:>12}")?;
+        }
+        f.write_str(&out)
+    }
+}
+
+/// `name{labels}` → `labels`.
+fn labels_of<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    series.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')
+}
+
+/// The value of `key="value"` in a label list (outpost's values hold no commas or quotes).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// `GET /metrics` over plain HTTP/1.1, read to the close.
+fn get_metrics(admin: SocketAddr) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&admin, TIMEOUT)
+        .with_context(|| format!("no outpost admin listener at {admin}"))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.take(MAX_METRICS)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {admin}/metrics"))?;
+    let Some((resp, head)) = http::parse_response(&buf, &Limits::default())
+        .map_err(|e| anyhow::anyhow!("{admin}/metrics: {e}"))?
+    else {
+        bail!("{admin}/metrics: the answer ended inside its head");
+    };
+    if resp.status != 200 {
+        bail!("{admin}/metrics answered {}", resp.status);
+    }
+    Ok(String::from_utf8_lossy(&buf[head..]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_proxy_exposition() {
+        let text = "\
+# TYPE outpost_kernel_hellos_total counter
+outpost_kernel_hellos_total{version=\"TLS1.0\",verdict=\"reject\"} 9
+outpost_hellos_total{version=\"TLS1.0\",verdict=\"reject\"} 2
+outpost_hellos_total{version=\"TLS1.3\",verdict=\"pass\"} 7
+outpost_hellos_total{version=\"bogus\",verdict=\"pass\"} 5
+outpost_tls_handshakes_total{version=\"TLSv1.3\"} 6
+outpost_tls_handshakes_total{version=\"TLSv1.2\"} 1
+outpost_requests_total{class=\"2xx\"} 40
+";
+        let s = UserStats::parse(text);
+        assert_eq!(s.versions[Version::Tls10 as usize][Verdict::Reject as usize], 2);
+        assert_eq!(s.versions[Version::Tls13 as usize][Verdict::Pass as usize], 7);
+        assert_eq!(s.versions.iter().flatten().sum::<u64>(), 9, "kernel rows are not userspace");
+        assert_eq!(s.negotiated, [1, 6]);
+        let j = s.to_json();
+        assert_eq!(j["versions"]["TLS1.3"]["pass"], 7);
+        assert_eq!(j["negotiated"]["TLSv1.3"], 6);
+        assert_eq!(s.since(&s), UserStats::default());
+    }
+}
