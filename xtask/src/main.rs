@@ -32,6 +32,9 @@ enum Task {
         /// Skip the fuzz smoke run.
         #[arg(long)]
         no_fuzz: bool,
+        /// Skip the benchmark smoke run (every scenario once at a tiny size).
+        #[arg(long)]
+        no_bench: bool,
     },
     /// Benchmarks (they report, never assert). No subcommand: all of them.
     Bench {
@@ -105,7 +108,7 @@ fn main() -> Result<()> {
             run(Command::new(root.join("target/debug/outpost-demo"))
                 .env("OUTPOST_BIN", root.join("target/debug/outpost")))
         }
-        Task::Test { no_fuzz } => {
+        Task::Test { no_fuzz, no_bench } => {
             setup()?;
             let started = Instant::now();
             cargo(&["build", "-p", "outpost"])?;
@@ -117,50 +120,16 @@ fn main() -> Result<()> {
             if !no_fuzz {
                 fuzz(10)?;
             }
+            if !no_bench {
+                // Not a measurement: the benches run once at a tiny size so they do not rot.
+                bench(&root, Bench::All, true)?;
+            }
             println!("xtask test: all passed in {:.0?}", started.elapsed());
             Ok(())
         }
         Task::Bench { which, tiny } => {
             setup()?;
-            let which = which.unwrap_or(Bench::All);
-            // With `all`, a failing xdp bench does not keep the load scenarios from running;
-            // the command still fails at the end.
-            let mut xdp = Ok(());
-            if let Bench::Xdp { .. } | Bench::All = which {
-                let repeat = match which {
-                    Bench::Xdp { repeat: Some(r) } => r,
-                    _ if tiny => 10_000,
-                    _ => 1_000_000,
-                };
-                xdp = cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "xdp-bench"])
-                    .and_then(|()| {
-                        run(Command::new(root.join("target/release/xdp-bench"))
-                            .arg(repeat.to_string()))
-                    });
-            }
-            let scenario = match which {
-                Bench::Xdp { .. } => return xdp,
-                Bench::Proxy => "proxy",
-                Bench::Handshake => "handshake",
-                Bench::Flood => "flood",
-                Bench::Memory => "memory",
-                Bench::All => "all",
-            };
-            // `outpost run` is the system under test and `outpost attach` puts XDP in place;
-            // the load bench reports outpost as not available when it does not build.
-            let outpost_built = cargo(&["build", "--release", "-p", "outpost"]).is_ok();
-            cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "outpost-load"])?;
-            let mut load = Command::new(root.join("target/release/outpost-load"));
-            load.args(["bench", scenario, "--results"]).arg(root.join("results"));
-            if tiny {
-                load.arg("--tiny");
-            }
-            if outpost_built {
-                load.env("OUTPOST_BIN", root.join("target/release/outpost"));
-            } else {
-                load.env_remove("OUTPOST_BIN");
-            }
-            run(&mut load).and(xdp)
+            bench(&root, which.unwrap_or(Bench::All), tiny)
         }
         Task::Lint => {
             setup()?;
@@ -171,6 +140,52 @@ fn main() -> Result<()> {
             fuzz(seconds)
         }
     }
+}
+
+/// Runs one benchmark scenario (or all), at CI size with `tiny`.
+fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
+    // With `all`, a failing xdp bench does not keep the load scenarios from running; the
+    // command still fails at the end.
+    let mut xdp = Ok(());
+    if let Bench::Xdp { .. } | Bench::All = which {
+        let repeat = match which {
+            Bench::Xdp { repeat: Some(r) } => r,
+            _ if tiny => 10_000,
+            _ => 1_000_000,
+        };
+        xdp = cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "xdp-bench"])
+            .and_then(|()| {
+                run(Command::new(root.join("target/release/xdp-bench")).arg(repeat.to_string()))
+            });
+    }
+    let scenario = match which {
+        Bench::Xdp { .. } => return xdp,
+        Bench::Proxy => "proxy",
+        Bench::Handshake => "handshake",
+        Bench::Flood => "flood",
+        Bench::Memory => "memory",
+        Bench::All => "all",
+    };
+    // `outpost run` is the system under test and `outpost attach` puts XDP in place. A
+    // measurement run reports outpost as not available when it does not build; the CI smoke
+    // run (`tiny`) fails instead.
+    let built = cargo(&["build", "--release", "-p", "outpost"]);
+    if tiny {
+        built.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    }
+    let outpost_built = built.is_ok();
+    cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "outpost-load"])?;
+    let mut load = Command::new(root.join("target/release/outpost-load"));
+    load.args(["bench", scenario, "--results"]).arg(root.join("results"));
+    if tiny {
+        load.arg("--tiny");
+    }
+    if outpost_built {
+        load.env("OUTPOST_BIN", root.join("target/release/outpost"));
+    } else {
+        load.env_remove("OUTPOST_BIN");
+    }
+    run(&mut load).and(xdp)
 }
 
 fn workspace_root() -> PathBuf {
