@@ -93,7 +93,9 @@ fn edge_demo(once: bool) -> ExitCode {
         return ExitCode::from(130);
     }
 
-    println!("\n== kernel: outpost stats (maps pinned under {}) ==", edge.pin_dir.display());
+    // In the edge namespace, `outpost stats` also reaches the admin listener: the kernel's
+    // counters and the userspace floor's side by side.
+    println!("\n== outpost stats: the kernel's counters (XDP) and the proxy's ==");
     println!("{}", edge.outpost_cli(&["stats"]).stdout.trim_end());
     println!("\n== userspace: /metrics on {ADMIN}, series above zero ==");
     for line in edge.metrics().lines() {
@@ -122,7 +124,7 @@ fn edge_demo(once: bool) -> ExitCode {
          'DEFAULT:@SECLEVEL=0'"
     );
     println!("  ip netns exec {e} curl -s http://{ADMIN}/metrics");
-    println!("  {bin} --pin-dir {} stats", edge.pin_dir.display());
+    println!("  nsenter --net=/run/netns/{e} {bin} --pin-dir {} stats", edge.pin_dir.display());
     if !once {
         println!("Ctrl-C stops outpost and removes the namespaces.");
         while !netns::interrupted() {

@@ -128,9 +128,9 @@ fn modern_clients_reach_the_origin_with_forwarding_headers(floor: Floor) {
             Family::V6 => format!("[{EDGE_V6}]"),
         };
         // The origin sees the edge's inner address (IPv4 mapped: it listens dual stack).
-        let peer = match (family, path.starts_with("/v6")) {
-            (_, true) => EDGE_INNER_V6.to_owned(),
-            (_, false) => format!("::ffff:{EDGE_INNER_V4}"),
+        let peer = match path.starts_with("/v6") {
+            true => EDGE_INNER_V6.to_owned(),
+            false => format!("::ffff:{EDGE_INNER_V4}"),
         };
         for want in [
             "origin a\n".to_owned(),

@@ -242,15 +242,10 @@ impl Edge {
         match self.floor {
             Floor::Xdp => {
                 // Before the floor: its resets must reach the client from the first hello on.
-                run(
-                    Some(&self.client_ns),
-                    &[bin, "--pin-dir", pins, "attach", "--iface", &self.client_if]
-                        .into_iter()
-                        .chain(["--mode", "native", "--program", "pass"])
-                        .collect::<Vec<_>>(),
-                    COMMAND_LIMIT,
-                )
-                .ok();
+                let client_if = self.client_if.as_str();
+                let attach = [bin, "--pin-dir", pins, "attach", "--iface", client_if];
+                let pass = ["--mode", "native", "--program", "pass"];
+                run(Some(&self.client_ns), &[&attach[..], &pass[..]].concat(), COMMAND_LIMIT).ok();
                 argv.extend(["--iface", &self.edge_if]);
             }
             Floor::Userspace => argv.push("--no-xdp"),
@@ -410,10 +405,20 @@ impl Edge {
         let target = format!("{EDGE_V4}:{HTTPS_PORT}");
         let json_arg = json.to_str().expect("UTF-8 path");
         // `--nodns none`: the namespace has no resolver to wait for.
-        let argv = ["testssl", "--quiet", "--color", "0", "-p", "--warnings", "off"]
-            .into_iter()
-            .chain(["--nodns", "none", "--jsonfile", json_arg, &target])
-            .collect::<Vec<_>>();
+        let argv = [
+            "testssl",
+            "--quiet",
+            "--color",
+            "0",
+            "-p",
+            "--warnings",
+            "off",
+            "--nodns",
+            "none",
+            "--jsonfile",
+            json_arg,
+            &target,
+        ];
         let out = run(Some(&self.client_ns), &argv, TESTSSL_LIMIT);
         let text = fs::read_to_string(&json)
             .unwrap_or_else(|e| panic!("testssl wrote no {} ({e}):\n{out}", json.display()));
@@ -435,9 +440,8 @@ impl Drop for Edge {
             // SIGTERM: outpost drains and detaches the floor it attached.
             let status = outpost.stop(STOP_LIMIT);
             if std::thread::panicking() || !status.is_some_and(|s| s.success()) {
-                eprintln!("--- outpost ({}, exit {status:?}) ---\n{}", self.floor.name(), {
-                    outpost.report()
-                });
+                let floor = self.floor.name();
+                eprintln!("--- outpost, {floor}, exit {status:?} ---\n{}", outpost.report());
             }
         }
         // Origins next: a process still inside keeps a namespace from going away.

@@ -201,7 +201,7 @@ pub fn run_with_input<S: AsRef<str>>(
 
 /// `argv` as run in namespace `ns`: behind `nsenter --net=…`, which switches the network
 /// namespace only and keeps the host's /sys (and bpffs).
-fn in_namespace<'a, S: AsRef<str>>(ns: Option<&str>, argv: &'a [S]) -> Vec<String> {
+fn in_namespace<S: AsRef<str>>(ns: Option<&str>, argv: &[S]) -> Vec<String> {
     let mut full: Vec<String> = Vec::new();
     if let Some(ns) = ns {
         full.extend(["nsenter".into(), format!("--net={NETNS_DIR}/{ns}"), "--".into()]);
