@@ -358,15 +358,18 @@ fn demo_once_shows_the_edge_at_work() {
     ] {
         assert!(text.contains(want), "no {want:?} in the demo's output:\n{out}");
     }
-    // It tore its topology down: no namespace of this crate's edges but this process's own.
-    let ours = format!("-{}-", std::process::id());
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    let left: Vec<&String> = left
+    // It tore down what it printed it had built: its namespaces and its pin directory.
+    let mut built: Vec<String> = ["  client  ", "  edge    ", "  origin  "]
         .iter()
-        .filter(|n| ["opc-", "ope-", "opo-"].iter().any(|p| n.starts_with(p)))
-        .filter(|n| !n[3..].starts_with(&ours))
+        .map(|role| {
+            let line = text.lines().find(|l| l.starts_with(role));
+            let ns = line.and_then(|l| l.split_whitespace().nth(1));
+            let ns = ns.unwrap_or_else(|| panic!("no {role:?} namespace in the output:\n{out}"));
+            format!("/run/netns/{ns}")
+        })
         .collect();
-    assert!(left.is_empty(), "namespaces left behind by the demo: {left:?}");
+    let pins = text.split_whitespace().skip_while(|w| *w != "--pin-dir").nth(1);
+    built.push(pins.unwrap_or_else(|| panic!("no pin directory in the output:\n{out}")).into());
+    let left: Vec<&String> = built.iter().filter(|p| std::path::Path::new(p).exists()).collect();
+    assert!(left.is_empty(), "left behind by the demo: {left:?}");
 }
