@@ -95,7 +95,7 @@ pub(crate) const TEMP_DIR_PREFIX: &str = "outpost-edge-";
 const START_LIMIT: Duration = Duration::from_secs(15);
 /// outpost's drain on SIGTERM (its `shutdown_grace_ms` is shorter).
 const STOP_LIMIT: Duration = Duration::from_secs(5);
-/// testssl takes ~17 s here when the server answers (its start-up alone ~6 s).
+/// testssl takes 10-17 s here (its start-up alone ~6 s; longer with XDP resets to wait for).
 const TESTSSL_LIMIT: Duration = Duration::from_secs(120);
 /// Longest a curl may take (its own `--max-time` is 5 s).
 const CURL_LIMIT: Duration = Duration::from_secs(8);
