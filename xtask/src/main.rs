@@ -25,9 +25,15 @@ enum Task {
     /// Install and check what the build and the tests need (Debian packages, bpf-linker, the
     /// linked BPF toolchain, bpffs).
     Setup,
-    /// Build the namespaces, attach, run real clients of every TLS version, print the stats.
-    Demo,
-    /// Every test: unit, BPF fixture table, namespace end to end, fuzz smoke.
+    /// Run the edge: client/edge/origin namespaces, `outpost run` with XDP on the edge NIC,
+    /// real clients of every TLS version, the stats; serves until Ctrl-C.
+    Demo {
+        /// Passed to outpost-demo: `--once` (exit after printing), `--floor-only` (the XDP
+        /// floor alone, mode by mode).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Every test: unit, BPF fixture table, proxy end to end, namespaces, fuzz and bench smoke.
     Test {
         /// Skip the fuzz smoke run.
         #[arg(long)]
@@ -102,10 +108,11 @@ fn main() -> Result<()> {
     env::set_current_dir(&root)?;
     match cli.task {
         Task::Setup => setup(),
-        Task::Demo => {
+        Task::Demo { args } => {
             setup()?;
             cargo(&["build", "-p", "outpost", "-p", "outpost-tests", "--bins"])?;
             run(Command::new(root.join("target/debug/outpost-demo"))
+                .args(args)
                 .env("OUTPOST_BIN", root.join("target/debug/outpost")))
         }
         Task::Test { no_fuzz, no_bench } => {
