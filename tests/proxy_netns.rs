@@ -10,11 +10,14 @@
 
 use std::{
     sync::{Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use outpost_tests::{
-    edge::{Edge, Floor, CLIENT_V4, EDGE_INNER_V4, EDGE_INNER_V6, EDGE_V4, EDGE_V6},
+    edge::{
+        Edge, Floor, TlsSession, CLIENT_V4, EDGE_INNER_V4, EDGE_INNER_V6, EDGE_V4, EDGE_V6,
+        SHUTDOWN_GRACE_MS,
+    },
     netns::{self, hellos, Client, ClientOutcome, ClientResult, Family},
 };
 
@@ -26,6 +29,12 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(1);
 const CLIENT_WAIT: Duration = Duration::from_secs(3);
 /// An origin that refuses connections makes a 502 in well under a second.
 const BAD_GATEWAY_WITHIN: Duration = Duration::from_millis(500);
+/// outpost's `header_timeout_ms` in the slowloris test.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long a scripted TLS session may take to connect, or to finish once it should.
+const SESSION_LIMIT: Duration = Duration::from_secs(5);
+/// How long a SIGHUP may take to show in outpost's log.
+const RELOAD_LIMIT: Duration = Duration::from_secs(5);
 
 /// Runs `$name(floor)` as `$name::xdp` and `$name::no_xdp`.
 macro_rules! both_floors {
@@ -49,6 +58,9 @@ both_floors!(
     origin_down_is_502_and_one_of_two_down_goes_unnoticed,
     limits_answer_431_413_400,
     testssl_finds_only_tls12_and_tls13,
+    slowloris_is_cut_off,
+    sighup_reload_keeps_an_open_keepalive_connection,
+    sigterm_finishes_the_request_in_flight,
 );
 
 /// The turn to run timed clients, held while they run.
@@ -316,6 +328,143 @@ fn testssl_finds_only_tls12_and_tls13(floor: Floor) {
             assert_eq!(user, 0, "a {version} hello reached userspace past XDP:\n{metrics}");
         }
     }
+}
+
+fn slowloris_is_cut_off(floor: Floor) {
+    let extra = format!("[http]\nheader_timeout_ms = {}\n", HEADER_TIMEOUT.as_millis());
+    let edge = Edge::new(floor, &extra);
+    // 64 bytes, 100 ms apart: 6.4 s to send the whole head, were the edge to wait for it.
+    let head = r"GET /slow HTTP/1.1\r\nHost: edge\r\nX-Slow: yyyyyyyyyyyyyyyyyyyy\r\n\r\n";
+    let text = {
+        let _turn = turn();
+        let mut session = edge.tls_session(&[&format!("trickle:100:{head}"), "read"]);
+        session.wait_for(" connected ", SESSION_LIMIT);
+        // Meanwhile, a normal request goes through.
+        let out = edge.curl(&["-w", STATUS_AND_TIME, &Edge::url(Family::V4, "/normal")]);
+        let (status, _) = status_and_time(&out);
+        assert!(status == 200 && out.stdout.contains("target /normal\n"), "{out}");
+        session.finish(SESSION_LIMIT)
+    };
+    println!("--- slowloris, {}:\n{text}", floor.name());
+    let cut = TlsSession::time_of(&text, "cut-off");
+    let cut = cut.unwrap_or_else(|| panic!("the slow head was never cut off:\n{text}"));
+    // The timeout runs from the head's first byte, sent at once.
+    assert!(cut >= HEADER_TIMEOUT - Duration::from_millis(100), "cut off after {cut:?}: {text}");
+    assert!(cut < Duration::from_millis(2500), "cut off only after {cut:?}:\n{text}");
+    assert!(
+        text.contains("HTTP/1.1 408 ") && text.contains(" closed\n"),
+        "no 408 and close:\n{text}"
+    );
+    assert_eq!(edge.metric("outpost_requests_refused_total{status=\"408\"}"), 1);
+    assert_eq!(
+        edge.origin_requests("a"),
+        ["request GET /normal"],
+        "the slow head reached the origin"
+    );
+}
+
+/// Added by the SIGHUP test's new config: a longer prefix than `/`, to origin b.
+const FRESH_ROUTE: &str = r#"
+[[routes]]
+path = "/fresh"
+[routes.origin]
+servers = ["198.18.11.2:8081"]
+health_check = { interval_ms = 0 }
+"#;
+
+fn sighup_reload_keeps_an_open_keepalive_connection(floor: Floor) {
+    let mut edge = Edge::new(floor, "");
+    let wait = format!("wait:{}", edge.release_path("reloaded"));
+    let mut session = edge.tls_session(&[
+        r"send:GET /fresh/one HTTP/1.1\r\nHost: edge\r\n\r\n",
+        "read",
+        &wait,
+        r"send:GET /fresh/two HTTP/1.1\r\nHost: edge\r\n\r\n",
+        "read",
+    ]);
+    session.wait_for(" end\n", SESSION_LIMIT);
+    let first = session.stdout();
+    // No route for /fresh yet: `/` takes it, to origin a.
+    assert!(first.contains("origin a\n") && first.contains("target /fresh/one\n"), "{first}");
+
+    edge.rewrite_config("", FRESH_ROUTE);
+    edge.signal_outpost(libc::SIGHUP);
+    edge.wait_for_log("SIGHUP: reloaded", 1, RELOAD_LIMIT);
+    edge.release("reloaded");
+    let text = session.finish(SESSION_LIMIT);
+    // The same TLS connection, still open, and its next request follows the new routes.
+    let (_, second) = text.split_once(" released\n").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        second.contains("HTTP/1.1 200 ")
+            && second.contains("origin b\n")
+            && second.contains("target /fresh/two\n"),
+        "the second request, after the reload:\n{text}"
+    );
+    assert_eq!(text.matches(" response\n").count(), 2, "{text}");
+    assert_eq!(edge.metric("outpost_connections_total"), 1, "one connection for both requests");
+    // A new connection follows them too.
+    let out = edge.curl(&[&Edge::url(Family::V4, "/fresh/three")]);
+    assert!(out.success() && out.stdout.contains("origin b\n"), "{out}");
+    assert_eq!(edge.origin_requests("b"), ["request GET /fresh/two", "request GET /fresh/three"]);
+    assert_eq!(edge.origin_requests("a"), ["request GET /fresh/one"]);
+}
+
+fn sigterm_finishes_the_request_in_flight(floor: Floor) {
+    let mut edge = Edge::new(floor, "");
+    let url = Edge::url(Family::V4, "/delay/1500");
+    let argv: Vec<String> = ["curl", "-sSk", "--max-time", "5", "-w", STATUS_AND_TIME, &url]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let client_ns = edge.client_ns.clone();
+    let client =
+        std::thread::spawn(move || netns::run(Some(&client_ns), &argv, Duration::from_secs(8)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while edge.origin_requests("a").is_empty() {
+        assert!(Instant::now() < deadline, "the request never reached origin a:\n{}", edge.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if floor == Floor::Xdp {
+        assert!(xdp_attached(&edge), "no XDP program on {} while outpost runs", edge.edge_if);
+    }
+    edge.signal_outpost(libc::SIGTERM);
+    let signalled = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    // No new connections once draining.
+    let out = edge.curl(&["--connect-timeout", "2", &Edge::url(Family::V4, "/")]);
+    assert_eq!(out.code(), Some(7), "a new connection was accepted while draining:\n{out}");
+
+    let out = client.join().expect("client thread panicked");
+    let (status, took) = status_and_time(&out);
+    assert!(
+        status == 200
+            && out.stdout.contains("origin a\n")
+            && out.stdout.contains("target /delay/1500\n"),
+        "the request in flight did not get its whole answer:\n{out}\n{}",
+        edge.log()
+    );
+    assert!(took >= Duration::from_millis(1500), "answered before the origin did: {took:?}");
+    let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+    let exit = edge.wait_outpost_exit(grace + Duration::from_secs(1));
+    let exit = exit.unwrap_or_else(|| panic!("outpost still running:\n{}", edge.log()));
+    let after = signalled.elapsed();
+    assert!(exit.success(), "outpost exited with {exit}:\n{}", edge.log());
+    assert!(after < grace, "outpost exited {after:?} after SIGTERM, past its grace period");
+    if floor == Floor::Xdp {
+        // It detached the floor it attached: no link pinned for the edge's interface, no XDP
+        // program on it. (The client end's `pass` program, pinned in the same directory, is the
+        // test's own and stays.)
+        let link = edge.pin_dir.join(format!("link-{}", edge.edge_if));
+        assert!(!link.exists(), "{} still pinned after outpost exited", link.display());
+        assert!(!xdp_attached(&edge), "an XDP program is still on {}", edge.edge_if);
+    }
+}
+
+/// Whether the edge's client-facing interface has an XDP program (`ip -d link` shows its id).
+fn xdp_attached(edge: &Edge) -> bool {
+    let show = ["ip", "-d", "link", "show", "dev", &edge.edge_if];
+    let out = netns::run(Some(&edge.edge_ns), &show, Duration::from_secs(5)).ok();
+    out.stdout.contains("prog/xdp")
 }
 
 /// The demo's output, line by line: every client as expected, the kernel table, the userspace

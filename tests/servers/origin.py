@@ -6,18 +6,22 @@
 Binds ADDR (default "::", dual stack), prints "ready" once listening, then one line per request
 ("request METHOD TARGET", health checks excluded) so that a test can tell what reached it. Every
 response is 200 with a text body: the origin's name, the address the request came from, the
-method, the target, each request header as "header Name: value" and the body length.
-Keep-alive; one thread per connection; each response leaves in one write. Stops on
-SIGTERM/SIGINT.
+method, the target, each request header as "header Name: value" and the body length. A target
+under /delay/MS (e.g. /delay/1500) is answered so after a pause of MS milliseconds (its
+"request" line is printed before the pause). Keep-alive; one thread per connection; each
+response leaves in one write. Stops on SIGTERM/SIGINT.
 """
 
 import argparse
 import http.server
+import re
 import signal
 import socket
 import sys
+import time
 
 HEALTH_CHECK_AGENT = "outpost-health-check"
+DELAY = re.compile(r"/delay/(\d+)(?:[/?]|$)")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -33,6 +37,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = self.rfile.read(length) if length else b""
         if self.headers.get("User-Agent") != HEALTH_CHECK_AGENT:
             print(f"request {self.command} {self.path}", flush=True)
+        delay = DELAY.match(self.path)
+        if delay:
+            time.sleep(int(delay.group(1)) / 1000)
         lines = [
             f"origin {self.server.name}",
             f"peer {self.client_address[0]}",

@@ -26,7 +26,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -93,6 +93,8 @@ pub(crate) const TEMP_DIR_PREFIX: &str = "outpost-edge-";
 
 /// How long outpost and the origins may take to listen.
 const START_LIMIT: Duration = Duration::from_secs(15);
+/// outpost's `shutdown_grace_ms`: how long a drain may wait for requests in flight.
+pub const SHUTDOWN_GRACE_MS: u64 = 2000;
 /// outpost's drain on SIGTERM (its `shutdown_grace_ms` is shorter).
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 /// testssl takes 10-17 s here (its start-up alone ~6 s; longer with XDP resets to wait for).
@@ -226,15 +228,34 @@ impl Edge {
         origin.wait_ready(START_LIMIT, |d| d.stdout().starts_with("ready"));
     }
 
-    fn start_outpost(&mut self, extra: &str) {
-        let config = self.dir.join("outpost.toml");
+    /// outpost's config file.
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("outpost.toml")
+    }
+
+    /// Writes outpost's config: the listen and admin addresses, the floor's policy, `extra`, the
+    /// routes of every edge and then `routes`.
+    fn write_config(&self, extra: &str, routes: &str) {
+        let config = self.config_path();
         let text = format!(
             "listen = [\"{EDGE_V4}:{HTTPS_PORT}\", \"[{EDGE_V6}]:{HTTPS_PORT}\"]\n\
-             admin = \"{ADMIN}\"\ndata_dir = \"{}\"\nworkers = 2\nshutdown_grace_ms = 2000\n\n\
-             [floor]\nmin_version = \"1.2\"\nmode = \"reject\"\n\n{extra}\n{ROUTES}",
+             admin = \"{ADMIN}\"\ndata_dir = \"{}\"\nworkers = 2\n\
+             shutdown_grace_ms = {SHUTDOWN_GRACE_MS}\n\n\
+             [floor]\nmin_version = \"1.2\"\nmode = \"reject\"\n\n{extra}\n{ROUTES}\n{routes}",
             self.dir.join("data").display()
         );
         fs::write(&config, text).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+    }
+
+    /// Rewrites outpost's config (for a SIGHUP): `extra` as in [`Edge::new`], `routes` (tables
+    /// of `[[routes]]`) after the routes of every edge.
+    pub fn rewrite_config(&self, extra: &str, routes: &str) {
+        self.write_config(extra, routes);
+    }
+
+    fn start_outpost(&mut self, extra: &str) {
+        self.write_config(extra, "");
+        let config = self.config_path();
         let bin = self.outpost_bin.to_str().expect("UTF-8 path");
         let pins = self.pin_dir.to_str().expect("UTF-8 path");
         let config = config.to_str().expect("UTF-8 path");
@@ -396,6 +417,60 @@ impl Edge {
         self.outpost.as_mut().and_then(Daemon::exited)
     }
 
+    /// Sends `signal` to outpost (the process itself: `nsenter` exec'd it).
+    pub fn signal_outpost(&mut self, signal: libc::c_int) {
+        self.outpost.as_mut().expect("outpost is running").signal(signal);
+    }
+
+    /// Waits up to `limit` for outpost to exit; how it did (`None`: still running).
+    pub fn wait_outpost_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.outpost_exited();
+            if status.is_some() || Instant::now() >= deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `limit` until outpost's log holds `needle` `count` times; panics, showing the
+    /// log, if it does not.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} ×{count} in outpost's log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a scripted TLS client (Python `ssl`) in the client namespace, connected to the
+    /// edge's IPv4 address over one connection, running `steps` in order; see [`TlsSession`].
+    pub fn tls_session(&self, steps: &[&str]) -> TlsSession {
+        let port = HTTPS_PORT.to_string();
+        let mut argv = vec![PYTHON, "-c", TLS_SESSION_SCRIPT, EDGE_V4, &port];
+        argv.extend(steps);
+        let daemon = Daemon::start("TLS session", Some(&self.client_ns), &argv);
+        TlsSession { daemon }
+    }
+
+    /// Creates the file at [`Edge::release_path`]`(name)`, releasing a [`TlsSession`] waiting
+    /// on it (`wait:PATH`).
+    pub fn release(&self, name: &str) {
+        let path = self.dir.join(name);
+        fs::write(&path, b"").unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// A path, in this edge's directory, for a [`TlsSession`]'s `wait:PATH` step.
+    pub fn release_path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().expect("UTF-8 path").to_owned()
+    }
+
     /// Runs testssl's protocol scan from the client namespace; returns its output and the
     /// `finding` of each id in its JSON (`SSLv2`, …, `TLS1_3`).
     pub fn testssl(&self) -> (Output, BTreeMap<String, String>) {
@@ -454,6 +529,179 @@ impl Drop for Edge {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TLS client following a script of steps over one connection (so keep-alive and slow
+/// senders can be tested), printing on stdout a line per event, each starting with the seconds
+/// since the handshake completed. Steps (in TEXT, `\r`, `\n` and other Python escapes are
+/// decoded):
+/// - `send:TEXT`: sends TEXT;
+/// - `read`: reads one response (head and `Content-Length` body), prints `response` and the
+///   response itself, then `end`; prints `closed` instead if the connection closes first;
+/// - `wait:PATH`: waits (10 s at most) for the file PATH to exist, then prints `released`;
+/// - `trickle:MS:TEXT`: sends TEXT a byte at a time, MS milliseconds apart; if the edge answers
+///   or closes meanwhile, prints `cut-off after N bytes`, what came until the close (`closed`)
+///   and stops the script; else prints `trickled N bytes`.
+///
+/// It prints `connected TLSvX` first and `done` at the end of the script; the socket times out
+/// after 10 s.
+pub struct TlsSession {
+    daemon: Daemon,
+}
+
+impl TlsSession {
+    /// What it printed so far.
+    pub fn stdout(&self) -> String {
+        self.daemon.stdout()
+    }
+
+    /// Waits up to `limit` until its output contains `needle`; panics, with its output, if not.
+    #[track_caller]
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) {
+        self.daemon.wait_ready(limit, |d| d.stdout().contains(needle));
+    }
+
+    /// Waits up to `limit` for the script to end; its output. Panics unless it exited 0.
+    #[track_caller]
+    pub fn finish(&mut self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        while self.daemon.exited().is_none() {
+            assert!(Instant::now() < deadline, "TLS session still running:\n{}", self.report());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = self.daemon.exited();
+        assert!(status.is_some_and(|s| s.success()), "TLS session failed:\n{}", self.report());
+        self.daemon.stdout()
+    }
+
+    /// Its command line and output, for a failure message.
+    pub fn report(&self) -> String {
+        self.daemon.report()
+    }
+
+    /// The time stamp of the first line starting (after it) with `event`.
+    pub fn time_of(output: &str, event: &str) -> Option<Duration> {
+        output.lines().find_map(|l| {
+            let (time, rest) = l.split_once(' ')?;
+            match rest.starts_with(event) {
+                true => time.parse().ok().map(Duration::from_secs_f64),
+                false => None,
+            }
+        })
+    }
+}
+
+const TLS_SESSION_SCRIPT: &str = r#"
+import codecs, os, select, socket, ssl, sys, time
+
+host, port, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((host, port), timeout=10))
+start = time.monotonic()
+
+def say(*words):
+    print(f"{time.monotonic() - start:.3f}", *words, flush=True)
+
+def text(arg):
+    return codecs.decode(arg, "unicode_escape").encode("latin-1")
+
+say("connected", s.version())
+buf = b""
+
+def fill():
+    global buf
+    data = s.recv(65536)
+    buf += data
+    return bool(data)
+
+def read_response():
+    global buf
+    while b"\r\n\r\n" not in buf:
+        if not fill():
+            return None
+    head, _, _ = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    end = len(head) + 4 + length
+    while len(buf) < end:
+        if not fill():
+            return None
+    response, buf = buf[:end], buf[end:]
+    return response
+
+def answered():
+    """After select found the socket readable: whether the edge sent data or closed, rather than
+    TLS records of its own (TLS 1.3 session tickets)."""
+    global buf
+    s.settimeout(0.0)
+    try:
+        data = s.recv(65536)
+    except ssl.SSLWantReadError:
+        return False
+    except (OSError, ssl.SSLError) as e:
+        say("error", repr(e))
+        return True
+    finally:
+        s.settimeout(10)
+    buf += data
+    return True
+
+def until_closed():
+    try:
+        while fill():
+            pass
+    except (OSError, ssl.SSLError) as e:
+        say("error", repr(e))
+    print(buf.decode("latin-1"), flush=True)
+    say("closed")
+
+for step in steps:
+    op, _, arg = step.partition(":")
+    if op == "send":
+        s.sendall(text(arg))
+    elif op == "read":
+        response = read_response()
+        if response is None:
+            say("closed")
+            print(buf.decode("latin-1"), flush=True)
+            sys.exit(0)
+        say("response")
+        print(response.decode("latin-1"), flush=True)
+        say("end")
+    elif op == "wait":
+        deadline = time.monotonic() + 10
+        while not os.path.exists(arg):
+            if time.monotonic() > deadline:
+                say("never released")
+                sys.exit(1)
+            time.sleep(0.01)
+        say("released")
+    elif op == "trickle":
+        ms, _, data = arg.partition(":")
+        data = text(data)
+        for n in range(len(data)):
+            try:
+                s.sendall(data[n : n + 1])
+            except (OSError, ssl.SSLError) as e:
+                say(f"cut-off after {n} bytes", repr(e))
+                until_closed()
+                sys.exit(0)
+            deadline = time.monotonic() + int(ms) / 1000
+            while (left := deadline - time.monotonic()) > 0:
+                readable, _, _ = select.select([s], [], [], left)
+                if readable and answered():
+                    say(f"cut-off after {n + 1} bytes")
+                    until_closed()
+                    sys.exit(0)
+        say(f"trickled {len(data)} bytes")
+    else:
+        sys.exit(f"unknown step {step!r}")
+say("done")
+"#;
 
 /// GET `http://ADMIN/path` from inside `edge_ns`, with `ip netns exec`.
 fn admin_get(edge_ns: &str, path: &str) -> Output {
