@@ -31,8 +31,6 @@ use crate::{
 const LINGER: Duration = Duration::from_millis(500);
 /// Pause after a failed accept (out of file descriptors, typically) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// Plaintext read size.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// One worker thread's state.
 pub(crate) struct Worker {
@@ -160,7 +158,7 @@ async fn connection(
     let client = ClientInfo { addr: peer, local, tls: negotiated };
     let mut ds = Downstream {
         tls,
-        buf: Vec::with_capacity(READ_CHUNK),
+        buf: Vec::new(),
         body: BodyDecoder::new(http::Body::Empty, 0),
         body_untouched: true,
         continue_pending: false,
@@ -188,7 +186,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
             let got = tokio::select! {
                 biased;
                 _ = drained(&mut drain) => return,
-                r = io::timeout(wait, ds.tls.read(&mut ds.buf)) => r,
+                r = io::timeout(wait, ds.tls.read_idle(&mut ds.buf)) => r,
             };
             match got {
                 Ok(Ok(n)) if n > 0 => {}
@@ -240,6 +238,10 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
         let keep_alive = proxy::handle(worker, &live, ds, client, req).await;
         if !keep_alive || worker.shared.draining() {
             return;
+        }
+        if ds.buf.is_empty() {
+            // Idle until the next request: keep no capacity (it is allocated to fit, later).
+            ds.buf = Vec::new();
         }
         first = false;
     }

@@ -32,7 +32,7 @@ const ALPN_HTTP11: &[u8] = b"http/1.1";
 /// Names the self-signed certificate always carries.
 const SELF_SIGNED_BASE: [&str; 2] = ["localhost", "127.0.0.1"];
 /// Ciphertext read size: one full TLS record plus its header and tag.
-const READ_CHUNK: usize = 16 * 1024 + 512;
+const READ_CHUNK: usize = io::buf::SIZE;
 
 /// Builds the rustls server configuration from `[tls]`: TLS 1.3 and 1.2 only (ring provider),
 /// ALPN `http/1.1`, certificates by SNI.
@@ -184,13 +184,18 @@ impl Negotiated {
 }
 
 /// A server-side TLS connection over a seam [`io::Stream`].
+///
+/// Holds no buffer of its own between reads and writes: ciphertext goes through pooled buffers
+/// ([`io::buf`]) that are given back as soon as rustls has taken their bytes or the socket has
+/// sent them, so an idle connection costs rustls' state and the idle read (see
+/// [`io::Stream::read_idle`]).
 pub struct TlsConn {
     stream: io::Stream,
     conn: ServerConnection,
-    /// Ciphertext read from the socket, not yet taken by rustls.
+    /// Ciphertext read from the socket; rustls has taken `rbuf[..rpos]`. Empty (no capacity)
+    /// once all of it was taken.
     rbuf: Vec<u8>,
-    /// Ciphertext to send; lent to the socket while a write is in flight.
-    wbuf: Vec<u8>,
+    rpos: usize,
     /// The socket reached end of stream.
     eof: bool,
     write_timeout: Duration,
@@ -208,14 +213,7 @@ impl TlsConn {
         write_timeout: Duration,
     ) -> Result<TlsConn> {
         let conn = ServerConnection::new(config).context("creating a rustls connection")?;
-        Ok(TlsConn {
-            stream,
-            conn,
-            rbuf: first_flight,
-            wbuf: Vec::with_capacity(READ_CHUNK),
-            eof: false,
-            write_timeout,
-        })
+        Ok(TlsConn { stream, conn, rbuf: first_flight, rpos: 0, eof: false, write_timeout })
     }
 
     /// Completes the handshake by `deadline`.
@@ -226,7 +224,7 @@ impl TlsConn {
                 if !self.conn.is_handshaking() {
                     break;
                 }
-                if !self.fill().await? {
+                if !self.fill(false).await? {
                     return Err(stdio::Error::new(
                         stdio::ErrorKind::UnexpectedEof,
                         "client closed during the handshake",
@@ -249,6 +247,16 @@ impl TlsConn {
     /// Reads plaintext, appending to `out`. `Ok(0)` is end of stream (close_notify or a TCP
     /// close).
     pub async fn read(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
+        self.read_as(out, false).await
+    }
+
+    /// [`read`](Self::read) for a wait that may last (between requests): the socket read
+    /// holds no full-size buffer until bytes arrive.
+    pub async fn read_idle(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
+        self.read_as(out, true).await
+    }
+
+    async fn read_as(&mut self, out: &mut Vec<u8>, mut idle: bool) -> stdio::Result<usize> {
         loop {
             match self.take_plaintext(out)? {
                 Plaintext::Got(n) => return Ok(n),
@@ -259,7 +267,8 @@ impl TlsConn {
                 // Post-handshake messages (TLS 1.3 tickets, key updates) go out before we wait.
                 self.flush().await?;
             }
-            if !self.fill().await? {
+            // Only the first wait is idle: the rest of a record that has begun comes at once.
+            if !self.fill(std::mem::take(&mut idle)).await? {
                 // Whatever rustls still holds was delivered above; a TCP close without
                 // close_notify ends the stream too (HTTP framing tells truncation apart).
                 return Ok(0);
@@ -289,22 +298,42 @@ impl TlsConn {
         Ok(if got == 0 { Plaintext::None } else { Plaintext::Got(got) })
     }
 
-    /// Reads ciphertext from the socket into rustls; false at end of stream.
-    async fn fill(&mut self) -> stdio::Result<bool> {
-        if self.rbuf.is_empty() {
+    /// Reads ciphertext from the socket into rustls (`idle`: see [`io::Stream::read_idle`]);
+    /// false at end of stream.
+    async fn fill(&mut self, idle: bool) -> stdio::Result<bool> {
+        if self.rpos == self.rbuf.len() {
             if self.eof {
                 return Ok(false);
             }
-            let (res, buf) = self.stream.read(std::mem::take(&mut self.rbuf), READ_CHUNK).await;
+            let spent = std::mem::take(&mut self.rbuf);
+            self.rpos = 0;
+            let (res, buf) = if idle {
+                io::buf::give(spent);
+                self.stream.read_idle().await
+            } else {
+                // The floor's first-flight buffer and the idle one are too small for a record.
+                let mut b = spent;
+                if b.capacity() < READ_CHUNK {
+                    io::buf::give(b);
+                    b = io::buf::take();
+                }
+                b.clear();
+                self.stream.read(b, READ_CHUNK).await
+            };
             self.rbuf = buf;
             if res? == 0 {
+                io::buf::give(std::mem::take(&mut self.rbuf));
                 self.eof = true;
                 return Ok(false);
             }
         }
-        let mut input: &[u8] = &self.rbuf;
+        let mut input: &[u8] = &self.rbuf[self.rpos..];
         let n = self.conn.read_tls(&mut input)?;
-        self.rbuf.drain(..n);
+        self.rpos += n;
+        if self.rpos == self.rbuf.len() {
+            io::buf::give(std::mem::take(&mut self.rbuf));
+            self.rpos = 0;
+        }
         if let Err(e) = self.conn.process_new_packets() {
             // Send the alert rustls queued for the peer, then fail.
             let _ = self.flush().await;
@@ -328,13 +357,12 @@ impl TlsConn {
     /// Sends every TLS record rustls has queued.
     pub async fn flush(&mut self) -> stdio::Result<()> {
         while self.conn.wants_write() {
-            let mut out = std::mem::take(&mut self.wbuf);
-            out.clear();
+            let mut out = io::buf::take();
             while self.conn.wants_write() {
                 self.conn.write_tls(&mut out)?;
             }
             let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
-            self.wbuf = buf;
+            io::buf::give(buf);
             res?;
         }
         Ok(())
@@ -350,14 +378,16 @@ impl TlsConn {
         }
         self.stream.shutdown_write();
         let _ = io::timeout(linger, async {
+            let mut buf = io::buf::take();
             for _ in 0..64 {
-                let (res, buf) = self.stream.read(std::mem::take(&mut self.rbuf), READ_CHUNK).await;
-                self.rbuf = buf;
-                self.rbuf.clear();
+                let (res, b) = self.stream.read(buf, READ_CHUNK).await;
+                buf = b;
+                buf.clear();
                 if !matches!(res, Ok(n) if n > 0) {
                     break;
                 }
             }
+            io::buf::give(buf);
         })
         .await;
     }

@@ -56,6 +56,20 @@ impl Stream {
         (res, buf)
     }
 
+    /// Waits for readiness holding no buffer, then reads into a pooled one.
+    pub(super) async fn read_idle(&mut self) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            if let Err(e) = self.0.readable().await {
+                return (Err(e), Vec::new());
+            }
+            let mut buf = super::buf::take();
+            match self.0.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => super::buf::give(buf),
+                res => return (res, buf),
+            }
+        }
+    }
+
     pub(super) async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let res = self.0.write_all(&buf).await;
         (res, buf)

@@ -14,6 +14,7 @@
 //! file until it completes). The proxy only ever drops a read to close the connection, and
 //! [`Stream`] shuts the socket down when it is dropped, which completes such reads at once.
 
+pub mod buf;
 mod epoll;
 mod uring;
 
@@ -127,6 +128,10 @@ impl Listener {
     }
 }
 
+/// Buffer an idle io_uring read holds: a request that fits one small TLS record arrives in
+/// one read (nginx's `client_header_buffer_size` is 1 KiB for the same reason).
+pub const IDLE_READ: usize = 1024;
+
 /// A connected TCP socket. Dropping it shuts the socket down (see the module docs).
 pub enum Stream {
     Uring(uring::Stream),
@@ -151,6 +156,18 @@ impl Stream {
         match self {
             Stream::Uring(s) => s.read(buf).await,
             Stream::Epoll(s) => s.read(buf).await,
+        }
+    }
+
+    /// Reads once when the connection may stay idle for long (waiting for the next request):
+    /// no full-size buffer is held while nothing arrives. epoll waits for readiness with no
+    /// buffer, then reads into a pooled one; io_uring must lend the kernel a buffer for the
+    /// whole wait, so it lends a small one ([`IDLE_READ`] bytes) and the caller reads the rest
+    /// of a larger message with [`read`](Self::read). `Ok(0)` is end of stream.
+    pub async fn read_idle(&mut self) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Stream::Uring(s) => s.read(Vec::with_capacity(IDLE_READ)).await,
+            Stream::Epoll(s) => s.read_idle().await,
         }
     }
 
