@@ -25,7 +25,7 @@ pub use outpost_common::{
     maps::{Outcome, PIN_DIR},
     Mode, Policy, Verdict, Version,
 };
-pub use stats::Stats;
+pub use stats::{versions_json, versions_since, write_versions, Stats, VersionTable};
 
 /// The eBPF object, built by this crate's build script.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/outpost-ebpf"));

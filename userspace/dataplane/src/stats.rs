@@ -5,11 +5,49 @@ use std::fmt::{self, Write as _};
 use outpost_common::{maps::Outcome, Verdict, Version};
 use serde_json::{json, Map, Value};
 
+/// Hellos by `[Version as usize][Verdict as usize]`: the table the kernel and the userspace
+/// floor both keep.
+pub type VersionTable = [[u64; Verdict::COUNT]; Version::COUNT];
+
+/// Counter growth of a version table since `earlier`.
+pub fn versions_since(now: &VersionTable, earlier: &VersionTable) -> VersionTable {
+    let mut d = *now;
+    for (row, old) in d.iter_mut().zip(earlier) {
+        for (c, o) in row.iter_mut().zip(old) {
+            *c = c.saturating_sub(*o);
+        }
+    }
+    d
+}
+
+/// `{"TLS1.0": {"pass": n, "drop": n, "reject": n}, …}`
+pub fn versions_json(t: &VersionTable) -> Value {
+    let mut versions = Map::new();
+    for v in Version::ALL {
+        let mut row = Map::new();
+        for d in Verdict::ALL {
+            row.insert(d.name().into(), json!(t[v as usize][d as usize]));
+        }
+        versions.insert(v.name().into(), Value::Object(row));
+    }
+    Value::Object(versions)
+}
+
+/// The table as text, a row per version.
+pub fn write_versions(out: &mut String, t: &VersionTable) -> fmt::Result {
+    writeln!(out, "{:<10} {:>12} {:>12} {:>12}", "version", "pass", "drop", "reject")?;
+    for v in Version::ALL {
+        let [p, d, r] = t[v as usize];
+        writeln!(out, "{:<10} {p:>12} {d:>12} {r:>12}", v.name())?;
+    }
+    Ok(())
+}
+
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Hellos by `[Version as usize][Verdict as usize]`.
-    pub versions: [[u64; Verdict::COUNT]; Version::COUNT],
+    pub versions: VersionTable,
     /// By `Outcome as usize`.
     pub outcomes: [u64; Outcome::COUNT as usize],
 }
@@ -26,11 +64,7 @@ impl Stats {
     /// Counter growth since `earlier`.
     pub fn since(&self, earlier: &Stats) -> Stats {
         let mut d = self.clone();
-        for (row, old) in d.versions.iter_mut().zip(&earlier.versions) {
-            for (c, o) in row.iter_mut().zip(old) {
-                *c = c.saturating_sub(*o);
-            }
-        }
+        d.versions = versions_since(&self.versions, &earlier.versions);
         for (c, o) in d.outcomes.iter_mut().zip(&earlier.outcomes) {
             *c = c.saturating_sub(*o);
         }
@@ -39,30 +73,18 @@ impl Stats {
 
     /// `{"versions": {"TLS1.0": {"pass": n, "drop": n, "reject": n}, …}, "parse": {…}}`
     pub fn to_json(&self) -> Value {
-        let mut versions = Map::new();
-        for v in Version::ALL {
-            let mut row = Map::new();
-            for d in Verdict::ALL {
-                row.insert(d.name().into(), json!(self.hellos(v, d)));
-            }
-            versions.insert(v.name().into(), Value::Object(row));
-        }
         let mut parse = Map::new();
         for o in Outcome::ALL {
             parse.insert(o.name().into(), json!(self.outcome(o)));
         }
-        json!({ "versions": versions, "parse": parse })
+        json!({ "versions": versions_json(&self.versions), "parse": parse })
     }
 }
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = String::new();
-        writeln!(out, "{:<10} {:>12} {:>12} {:>12}", "version", "pass", "drop", "reject")?;
-        for v in Version::ALL {
-            let [p, d, r] = self.versions[v as usize];
-            writeln!(out, "{:<10} {p:>12} {d:>12} {r:>12}", v.name())?;
-        }
+        write_versions(&mut out, &self.versions)?;
         writeln!(out)?;
         writeln!(out, "{:<28} {:>12}", "parse outcome", "count")?;
         for o in Outcome::ALL {

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use dataplane::{versions_json, versions_since, write_versions, VersionTable};
 use outpost_common::{Verdict, Version};
 use outpost_proxy::http::{self, Limits};
 use serde_json::{json, Map, Value};
@@ -23,7 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserStats {
     /// Hellos classified before rustls, by `[Version as usize][Verdict as usize]`.
-    pub versions: [[u64; Verdict::COUNT]; Version::COUNT],
+    pub versions: VersionTable,
     /// Completed handshakes by negotiated version, in the order of [`NEGOTIATED`].
     pub negotiated: [u64; NEGOTIATED.len()],
 }
@@ -66,11 +67,7 @@ impl UserStats {
     /// Counter growth since `earlier`.
     pub fn since(&self, earlier: &UserStats) -> UserStats {
         let mut d = self.clone();
-        for (row, old) in d.versions.iter_mut().zip(&earlier.versions) {
-            for (c, o) in row.iter_mut().zip(old) {
-                *c = c.saturating_sub(*o);
-            }
-        }
+        d.versions = versions_since(&self.versions, &earlier.versions);
         for (c, o) in d.negotiated.iter_mut().zip(&earlier.negotiated) {
             *c = c.saturating_sub(*o);
         }
@@ -79,31 +76,19 @@ impl UserStats {
 
     /// `{"versions": {"TLS1.0": {"pass": n, …}, …}, "negotiated": {"TLSv1.3": n, …}}`
     pub fn to_json(&self) -> Value {
-        let mut versions = Map::new();
-        for v in Version::ALL {
-            let row: Map<String, Value> = Verdict::ALL
-                .into_iter()
-                .map(|d| (d.name().to_owned(), json!(self.versions[v as usize][d as usize])))
-                .collect();
-            versions.insert(v.name().into(), Value::Object(row));
-        }
         let negotiated: Map<String, Value> = NEGOTIATED
             .iter()
             .zip(self.negotiated)
             .map(|(n, c)| ((*n).to_owned(), json!(c)))
             .collect();
-        json!({ "versions": versions, "negotiated": negotiated })
+        json!({ "versions": versions_json(&self.versions), "negotiated": negotiated })
     }
 }
 
 impl fmt::Display for UserStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = String::new();
-        writeln!(out, "{:<10} {:>12} {:>12} {:>12}", "version", "pass", "drop", "reject")?;
-        for v in Version::ALL {
-            let [p, d, r] = self.versions[v as usize];
-            writeln!(out, "{:<10} {p:>12} {d:>12} {r:>12}", v.name())?;
-        }
+        write_versions(&mut out, &self.versions)?;
         writeln!(out)?;
         writeln!(out, "{:<28} {:>12}", "negotiated (rustls)", "handshakes")?;
         for (n, c) in NEGOTIATED.iter().zip(self.negotiated) {
