@@ -26,8 +26,8 @@ use crate::{
 
 /// Most connect attempts for one request (each to a different server, as the handler picks).
 const MAX_CONNECT_ATTEMPTS: usize = 8;
-/// Read size on origin connections.
-const UPSTREAM_READ: usize = 32 * 1024;
+/// Read size on origin connections (pooled buffers, see [`io::buf`]).
+const UPSTREAM_READ: usize = io::buf::SIZE;
 /// Limits on origins' responses: larger heads than clients may send, bodies unbounded (they
 /// stream).
 const UPSTREAM_LIMITS: http::Limits =
@@ -95,7 +95,11 @@ pub(crate) async fn handle(
     };
     let head_only = req.method == "HEAD";
     let route = {
-        let host = req.host().map(str::to_ascii_lowercase);
+        // Hosts are nearly always lowercase already: no allocation for those.
+        let host = req.host().map(|h| match h.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(h.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(h),
+        });
         live.router.route(host.as_deref(), crate::handler::path_of(&req.target))
     };
     let handler_name = route.map_or("none", |r| r.handler.name());
@@ -194,7 +198,7 @@ async fn phases(
     h.upstream_request_filter(s, &mut up_req, ctx).await?;
     let body = s.req.body().unwrap_or(Body::Empty);
     frame_request(&mut up_req.headers, body);
-    let mut head = Vec::with_capacity(1024);
+    let mut head = io::buf::take();
     http::write_request_head(&up_req.method, &up_req.target, &up_req.headers, &mut head);
 
     let mut attempts = 0;
@@ -226,7 +230,7 @@ async fn phases(
         }
     };
     p.upstream = Some(peer.addr);
-    let mut rbuf = Vec::with_capacity(UPSTREAM_READ);
+    let mut rbuf = io::buf::take();
     let exchanged = send_and_receive(&mut up, s, &head, body, &peer, &mut rbuf).await;
     let resp = match exchanged {
         // A pooled connection the origin closed just as we reused it, or one that carried
@@ -308,28 +312,34 @@ async fn phases(
     } else {
         resp.reason.clone()
     };
-    let mut wire = Vec::with_capacity(UPSTREAM_READ + 1024);
+    let mut wire = head;
+    wire.clear();
     http::write_response_head(resp.status, &reason, &resp.headers, &mut wire);
 
-    // Stream the response body.
+    // Stream the response body. Decoded straight into `wire` unless it must be re-chunked.
     let mut dec = BodyDecoder::new(resp_body, u64::MAX);
-    let mut plain = Vec::with_capacity(UPSTREAM_READ);
+    let mut plain = Vec::new();
     let body_timeout = s.downstream.body_timeout();
     loop {
         if !rbuf.is_empty() {
-            plain.clear();
-            let used = dec.decode(&rbuf, &mut plain).or_err(
+            let used = if chunked {
+                plain.clear();
+                let used = dec.decode(&rbuf, &mut plain);
+                http::encode_chunk(&plain, &mut wire);
+                p.body_bytes += plain.len() as u64;
+                used
+            } else {
+                let before = wire.len();
+                let used = dec.decode(&rbuf, &mut wire);
+                p.body_bytes += (wire.len() - before) as u64;
+                used
+            }
+            .or_err(
                 ErrorKind::InvalidResponse,
                 ErrorSource::Upstream,
                 "response body",
             )?;
             rbuf.drain(..used);
-            p.body_bytes += plain.len() as u64;
-            if chunked {
-                http::encode_chunk(&plain, &mut wire);
-            } else {
-                wire.extend_from_slice(&plain);
-            }
         }
         if dec.is_done() {
             break;
@@ -392,6 +402,8 @@ async fn phases(
     if origin_keep_alive && rbuf.is_empty() {
         worker.pool.borrow_mut().put(&peer, up);
     }
+    io::buf::give(rbuf);
+    io::buf::give(wire);
     Ok(())
 }
 
@@ -435,9 +447,9 @@ async fn send_and_receive(
     peer: &Peer,
     rbuf: &mut Vec<u8>,
 ) -> Result<Response> {
-    let mut out = Vec::with_capacity(head.len() + UPSTREAM_READ);
+    let mut out = io::buf::take();
     out.extend_from_slice(head);
-    let mut plain = Vec::with_capacity(UPSTREAM_READ);
+    let mut plain = Vec::new();
     let mut more = body != Body::Empty;
     while more {
         plain.clear();
@@ -455,7 +467,7 @@ async fn send_and_receive(
             out = write_upstream(up, out, peer.response_timeout).await?;
         }
     }
-    write_upstream(up, out, peer.response_timeout).await?;
+    io::buf::give(write_upstream(up, out, peer.response_timeout).await?);
 
     let deadline = Instant::now() + peer.response_timeout;
     loop {

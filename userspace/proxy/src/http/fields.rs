@@ -29,6 +29,11 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// Removes hop-by-hop fields and the fields named in `Connection` tokens (except `Host` and
 /// `Content-Length`, see above), keeping the order of the rest.
 pub fn remove_hop_by_hop(headers: &mut Vec<Header>) {
+    if !headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection")) {
+        // No tokens to look up: the common case, without the allocation below.
+        headers.retain(|h| !is_hop_by_hop(&h.name));
+        return;
+    }
     let drop: Vec<bool> = headers
         .iter()
         .map(|h| {

@@ -111,8 +111,16 @@ impl Response {
 /// the head limit.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Error> {
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let mut slots = vec![httparse::EMPTY_HEADER; header_slots(window, limits)];
-    let mut head = httparse::Request::new(&mut slots);
+    with_slots(window, limits, |slots| request_in(buf, window, limits, slots))
+}
+
+fn request_in<'b>(
+    buf: &[u8],
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &mut [httparse::Header<'b>],
+) -> Result<Option<(Request, usize)>, Error> {
+    let mut head = httparse::Request::new(slots);
     let len = match head.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return incomplete(buf, limits),
@@ -147,8 +155,16 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
 /// there is a body.
 pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, usize)>, Error> {
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let mut slots = vec![httparse::EMPTY_HEADER; header_slots(window, limits)];
-    let mut head = httparse::Response::new(&mut slots);
+    with_slots(window, limits, |slots| response_in(buf, window, limits, slots))
+}
+
+fn response_in<'b>(
+    buf: &[u8],
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &mut [httparse::Header<'b>],
+) -> Result<Option<(Response, usize)>, Error> {
+    let mut head = httparse::Response::new(slots);
     let len = match head.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return incomplete(buf, limits),
@@ -173,6 +189,26 @@ pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, u
 /// at least 3 bytes, `a:\n`), so a huge limit does not turn into a huge allocation.
 fn header_slots(window: &[u8], limits: &Limits) -> usize {
     limits.max_headers.min(window.len() / 3 + 1)
+}
+
+/// Slots on the stack up to this many (3.2 KiB, the default [`Limits::max_headers`]): heads
+/// then parse without an allocation (slots are counted from the window's length, so even a
+/// 300-byte head asks for 100).
+const STACK_SLOTS: usize = 100;
+
+/// Runs `f` with [`header_slots`] slots: on the stack when few, else on the heap.
+fn with_slots<'b, R>(
+    window: &'b [u8],
+    limits: &Limits,
+    f: impl FnOnce(&mut [httparse::Header<'b>]) -> R,
+) -> R {
+    let n = header_slots(window, limits);
+    if n <= STACK_SLOTS {
+        let mut slots = [httparse::EMPTY_HEADER; STACK_SLOTS];
+        f(&mut slots[..n])
+    } else {
+        f(&mut vec![httparse::EMPTY_HEADER; n])
+    }
 }
 
 fn incomplete<T>(buf: &[u8], limits: &Limits) -> Result<Option<T>, Error> {

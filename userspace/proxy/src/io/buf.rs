@@ -10,8 +10,10 @@ use std::cell::RefCell;
 
 /// Capacity of a pooled buffer: one TLS record with its header and tag.
 pub const SIZE: usize = 16 * 1024 + 512;
-/// Buffers kept per thread; more are freed, so a burst does not stay resident.
-const KEEP: usize = 64;
+/// Buffers kept per thread (4 MiB); more are freed, so a burst does not stay resident. A
+/// request waiting for its origin holds two (its head, the origin read), so this covers about
+/// a hundred requests in flight per worker before buffers go back to malloc.
+const KEEP: usize = 256;
 /// A returned buffer larger than this is freed rather than kept (it grew for a large head).
 const MAX_KEPT: usize = 4 * SIZE;
 

@@ -129,8 +129,10 @@ impl Listener {
 }
 
 /// Buffer an idle io_uring read holds: a request that fits one small TLS record arrives in
-/// one read (nginx's `client_header_buffer_size` is 1 KiB for the same reason).
-pub const IDLE_READ: usize = 1024;
+/// one read (nginx's `client_header_buffer_size` is 1 KiB for the same reason). Just under
+/// 1 KiB: glibc serves up to 1032 bytes from its per-thread cache; a larger request goes
+/// through its bins and can trigger a consolidation of the fast bins on every request.
+pub const IDLE_READ: usize = 1000;
 
 /// A connected TCP socket. Dropping it shuts the socket down (see the module docs).
 pub enum Stream {
