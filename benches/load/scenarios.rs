@@ -229,7 +229,30 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let panels: Vec<Panel> = reports.iter().flat_map(|r| r.panels.clone()).collect();
     fs::write(dir.join("latency.svg"), report::svg(&panels, &caption))?;
     println!("\nreport: {}/{{report.txt,report.json,latency.svg}}", dir.display());
-    procs::check_interrupted()
+    procs::check_interrupted()?;
+    // The tiny run is CI's smoke test of this code: a system or scenario that could not run
+    // fails it, where a measurement run reports it and goes on.
+    if ctx.tiny {
+        if let Err(why) = &ctx.outpost_run {
+            bail!("outpost was not available: {why}");
+        }
+        // A scenario that failed carries "error"; a system that could not start or answer
+        // shows as "not available" in its rows.
+        let failed: Vec<&str> = reports
+            .iter()
+            .filter(|r| {
+                r.json.get("error").is_some() || r.json.to_string().contains("not available")
+            })
+            .map(|r| r.name.as_str())
+            .collect();
+        if !failed.is_empty() {
+            bail!(
+                "tiny run: scenarios with a failure or a system not available: {}",
+                failed.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn nginx_version() -> String {
