@@ -8,6 +8,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Pending connections per socket.
 const BACKLOG: i32 = 1024;
+/// How long the kernel holds a connection that has sent nothing before handing it to
+/// accept() anyway (TCP_DEFER_ACCEPT, seconds).
+const DEFER_ACCEPT_SECS: libc::c_int = 5;
 
 /// `count` sockets bound to `addr` with SO_REUSEPORT. Port 0 picks one port for all of them.
 pub fn bind_reuseport(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>> {
@@ -30,9 +33,32 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
         s.set_only_v6(true)?;
     }
     s.set_tcp_nodelay(true)?;
+    // In TLS the client speaks first: a connection reaches accept() once its first bytes (the
+    // ClientHello) are in. One whose hello the XDP floor turns into a reset, or that gives up
+    // while its hello is being dropped, never costs the proxy an accept, a task or a buffer.
+    set_defer_accept(&s, DEFER_ACCEPT_SECS)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
     Ok(s.into())
+}
+
+fn set_defer_accept(s: &Socket, secs: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and a c_int option value that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A plain listener (admin, built-in page): no port sharing.
