@@ -20,6 +20,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
+/// /proc's CPU time unit (USER_HZ): one tick, in seconds.
+const TICK_S: f64 = 0.01;
+
 use crate::{
     gen::{GenArgs, Op, RunResult},
     netns::{self, EdgeXdp, Wire},
@@ -986,7 +989,8 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
     let mut panel =
         Panel { title: format!("flood: modern clients, edge {edge_name}"), series: vec![] };
     let mut cases_json = Vec::new();
-    let mut edge_per_1k: Vec<(&str, f64, f64)> = Vec::new();
+    // (case, edge CPU s, machine busy s, the edge's CPU resolution: one clock tick), per 1,000.
+    let mut edge_per_1k: Vec<(&str, f64, f64, f64)> = Vec::new();
     for &(case, xdp) in FLOOD_CASES {
         procs::check_interrupted()?;
         eprintln!("-- flood: {case}");
@@ -1084,7 +1088,7 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
             per_1k(only.run.client_cpu_s),
             verdicts.clone(),
         ]);
-        edge_per_1k.push((case, edge_cpu / hellos, busy / hellos));
+        edge_per_1k.push((case, edge_cpu / hellos, busy / hellos, TICK_S / hellos));
         cases_json.push(json!({
             "case": case,
             "modern_alone": alone.json(),
@@ -1098,13 +1102,20 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
             "xdp_stats_after": stats_after,
         }));
     }
-    let find = |c: &str| edge_per_1k.iter().find(|(n, _, _)| *n == c).map(|&(_, e, m)| (e, m));
+    let find = |c: &str| edge_per_1k.iter().find(|x| x.0 == c).map(|&(_, e, m, t)| (e, m, t));
     let userspace = find(FLOOD_CASES[0].0);
     for (case, _) in &FLOOD_CASES[1..] {
+        let this = find(case);
+        // The edge's CPU comes in clock ticks: none at all bounds the ratio from below.
+        let edge = match (userspace, this) {
+            (Some(u), Some((e, _, tick))) if e == 0.0 && u.0 > 0.0 => {
+                format!("> {:.0}x (no tick of edge CPU in the run)", u.0 / tick)
+            }
+            _ => ratio(userspace.map(|u| u.0), this.map(|x| x.0)),
+        };
         cost.notes.push(format!(
-            "CPU per legacy hello, userspace floor / {case}: edge {}, machine busy {}",
-            ratio(userspace.map(|u| u.0), find(case).map(|x| x.0)),
-            ratio(userspace.map(|u| u.1), find(case).map(|x| x.1)),
+            "CPU per legacy hello, userspace floor / {case}: edge {edge}, machine busy {}",
+            ratio(userspace.map(|u| u.1), this.map(|x| x.1)),
         ));
     }
     cost.notes.push(format!(
