@@ -51,7 +51,7 @@ fn set_defer_accept(s: &Socket, secs: libc::c_int) -> std::io::Result<()> {
             libc::IPPROTO_TCP,
             libc::TCP_DEFER_ACCEPT,
             (&secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if r == 0 {
