@@ -16,12 +16,33 @@ use tokio_uring::buf::BoundedBuf;
 const RING_ENTRIES: u32 = 1024;
 
 pub(super) fn probe() -> io::Result<()> {
-    tokio_uring::Runtime::new(tokio_uring::builder().entries(8)).map(drop)
+    runtime(8).map(drop)
 }
 
 pub(super) fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
-    let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES))?;
-    Ok(rt.block_on(fut))
+    Ok(runtime(RING_ENTRIES)?.block_on(fut))
+}
+
+/// A runtime whose ring runs completion work cooperatively (`IORING_SETUP_COOP_TASKRUN`,
+/// Linux 5.19) and is used by its creating thread only (`IORING_SETUP_SINGLE_ISSUER`, 6.0),
+/// or a plain ring on an older kernel.
+///
+/// Without cooperative task running, every socket wakeup that completes a read interrupts the
+/// worker with an IPI to run the read at once, while the sender still holds the socket lock
+/// (it is waking us from inside its receive path): the worker then spins on that lock. With
+/// it, a running worker does the work at its next system call, and a sleeping one is still
+/// woken at once, so nothing waits longer.
+fn runtime(entries: u32) -> io::Result<tokio_uring::Runtime> {
+    let tuned =
+        tokio_uring::Runtime::new(tokio_uring::builder().entries(entries).uring_builder(
+            tokio_uring::uring_builder().setup_coop_taskrun().setup_single_issuer(),
+        ));
+    match tuned {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tokio_uring::Runtime::new(tokio_uring::builder().entries(entries))
+        }
+        other => other,
+    }
 }
 
 pub struct Listener(tokio_uring::net::TcpListener);
