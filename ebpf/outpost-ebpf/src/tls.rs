@@ -40,6 +40,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
         count(Outcome::NoPayload);
         return xdp_action::XDP_PASS;
     }
+    let payload = Payload::new(ctx, seg);
     let (mut parser, segments) = match known {
         Some(flow) => {
             if seg.seq == flow.first_seq {
@@ -56,27 +57,27 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
         }
         None => {
             // Application data and other protocols: no parser run for them.
-            if !may_start_hello(first_byte(ctx, seg)) {
+            if payload.len() > 0 && !may_start_hello(payload.byte(0)) {
                 count(Outcome::NotHello);
                 return xdp_action::XDP_PASS;
             }
             (HelloParser::new(), 0)
         }
     };
-    let payload = Payload::new(ctx, seg);
     let progress = classify(ctx, &mut parser, &payload);
     let followed = segments > 0;
+    // Where the hello began: this segment, or the first one followed.
+    let first_seq = known.map_or(seg.seq, |f| f.first_seq);
     match progress {
         Progress::Decided(version) => {
             count(if followed { Outcome::DecidedLater } else { Outcome::DecidedFirst });
-            let first_seq = known.map_or(seg.seq, |f| f.first_seq);
             decide(ctx, seg, version, followed, first_seq)
         }
         Progress::NeedMore if payload.complete(seg) && segments + 1 < MAX_HELLO_SEGMENTS => {
             let state = FlowState {
                 parser,
                 next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
-                first_seq: if followed { known.map_or(seg.seq, |f| f.first_seq) } else { seg.seq },
+                first_seq,
                 segments: (segments + 1) as u8,
                 phase: FlowPhase::Following as u8,
                 _pad: [0; 6],
@@ -99,16 +100,6 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
             }
             xdp_action::XDP_PASS
         }
-    }
-}
-
-/// The first payload byte, or 0x16 (go on to the parser) when it is not in linear data.
-#[inline(always)]
-fn first_byte(ctx: &XdpContext, seg: &Segment) -> u8 {
-    match crate::packet::ptr_at::<u8>(ctx, seg.payload & crate::packet::PAYLOAD_MASK) {
-        // SAFETY: ptr_at checked the byte is inside the packet.
-        Ok(p) => unsafe { *p },
-        Err(_) => 0x16,
     }
 }
 
