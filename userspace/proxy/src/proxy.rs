@@ -346,16 +346,7 @@ async fn phases(
         }
         if !wire.is_empty() {
             p.started = true;
-            s.downstream.tls.write_all(&wire).await.or_err(
-                ErrorKind::DownstreamIo,
-                ErrorSource::Downstream,
-                "writing the response",
-            )?;
-            s.downstream.tls.flush().await.or_err(
-                ErrorKind::DownstreamIo,
-                ErrorSource::Downstream,
-                "writing the response",
-            )?;
+            send_response(s, &wire).await?;
             wire.clear();
         }
         let (res, b) = match io::timeout(
@@ -389,22 +380,22 @@ async fn phases(
         http::encode_last_chunk(&mut wire);
     }
     p.started = true;
-    s.downstream.tls.write_all(&wire).await.or_err(
-        ErrorKind::DownstreamIo,
-        ErrorSource::Downstream,
-        "writing the response",
-    )?;
-    s.downstream.tls.flush().await.or_err(
-        ErrorKind::DownstreamIo,
-        ErrorSource::Downstream,
-        "writing the response",
-    )?;
+    send_response(s, &wire).await?;
     if origin_keep_alive && rbuf.is_empty() {
         worker.pool.borrow_mut().put(&peer, up);
     }
     io::buf::give(rbuf);
     io::buf::give(wire);
     Ok(())
+}
+
+/// Sends (and flushes) part of the response to the client.
+async fn send_response(s: &mut Session<'_>, wire: &[u8]) -> Result<()> {
+    s.downstream.tls.send(wire).await.or_err(
+        ErrorKind::DownstreamIo,
+        ErrorSource::Downstream,
+        "writing the response",
+    )
 }
 
 /// Methods that may be sent twice with the effect of once (RFC 9110, 9.2.2).

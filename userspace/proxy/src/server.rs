@@ -298,15 +298,7 @@ impl Downstream {
             return Ok(false);
         }
         if std::mem::take(&mut self.continue_pending) {
-            self.tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|e| {
-                Error::because(
-                    ErrorKind::DownstreamIo,
-                    ErrorSource::Downstream,
-                    "writing 100 Continue",
-                    e,
-                )
-            })?;
-            self.tls.flush().await.map_err(|e| {
+            self.tls.send(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|e| {
                 Error::because(
                     ErrorKind::DownstreamIo,
                     ErrorSource::Downstream,
@@ -388,7 +380,6 @@ impl Downstream {
         if !head_only {
             out.extend_from_slice(&reply.body);
         }
-        self.tls.write_all(&out).await?;
-        self.tls.flush().await
+        self.tls.send(&out).await
     }
 }

@@ -354,6 +354,12 @@ impl TlsConn {
         Ok(())
     }
 
+    /// Encrypts and sends all of `data`, then flushes: one complete write to the client.
+    pub async fn send(&mut self, data: &[u8]) -> stdio::Result<()> {
+        self.write_all(data).await?;
+        self.flush().await
+    }
+
     /// Sends every TLS record rustls has queued.
     pub async fn flush(&mut self) -> stdio::Result<()> {
         while self.conn.wants_write() {
