@@ -44,10 +44,7 @@ pub struct Stream(tokio::net::TcpStream);
 
 impl Stream {
     pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Stream> {
-        tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
-            .map(Stream)
+        super::tokio_connect(addr, limit).await.map(Stream)
     }
 
     /// Reads into the spare capacity of `buf`.

@@ -235,6 +235,13 @@ impl Drop for Stream {
     }
 }
 
+/// Connects through the runtime's tokio reactor within `limit` (both backends start there).
+async fn tokio_connect(addr: SocketAddr, limit: Duration) -> io::Result<tokio::net::TcpStream> {
+    tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
 /// Runs `fut` for at most `limit`.
 pub async fn timeout<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
     tokio::time::timeout(limit, fut).await.map_err(|_| Elapsed)

@@ -79,10 +79,7 @@ impl Stream {
     /// until the kernel gives up (minutes, for an address that drops SYNs); a reactor connect
     /// closes the socket as soon as it is dropped.
     pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Stream> {
-        let s = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        let s = s.into_std()?;
+        let s = super::tokio_connect(addr, limit).await?.into_std()?;
         s.set_nonblocking(false)?;
         Ok(Stream(tokio_uring::net::TcpStream::from_std(s)))
     }
