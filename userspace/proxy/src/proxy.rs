@@ -307,14 +307,13 @@ async fn phases(
         set_header(&mut resp.headers, "Connection", "close");
     }
     p.status = resp.status;
-    let reason = if resp.reason.is_empty() {
-        http::reason(resp.status).to_owned()
-    } else {
-        resp.reason.clone()
+    let reason = match resp.reason.as_str() {
+        "" => http::reason(resp.status),
+        r => r,
     };
     let mut wire = head;
     wire.clear();
-    http::write_response_head(resp.status, &reason, &resp.headers, &mut wire);
+    http::write_response_head(resp.status, reason, &resp.headers, &mut wire);
 
     // Stream the response body. Decoded straight into `wire` unless it must be re-chunked.
     let mut dec = BodyDecoder::new(resp_body, u64::MAX);
