@@ -32,8 +32,9 @@ use std::{
 use serde_json::Value;
 
 use crate::netns::{
-    self, check_prerequisites, check_tools, host, outpost_bin, run, run_client_in, run_with_input,
-    Client, ClientResult, Daemon, Family, Output, BPFFS, COMMAND_LIMIT, MTU, PYTHON,
+    self, add_namespace, add_veth, check_prerequisites, check_tools, configure_if, in_parallel,
+    outpost_bin, run, run_client_in, run_with_input, Client, ClientResult, Daemon, Family, Output,
+    BPFFS, COMMAND_LIMIT, PYTHON,
 };
 
 pub const CLIENT_V4: &str = "198.18.10.1";
@@ -51,15 +52,13 @@ pub const HTTPS_PORT: u16 = 443;
 pub const ADMIN: &str = "127.0.0.1:9901";
 /// The origins, by name, and their ports in the origin namespace.
 pub const ORIGINS: [(&str, u16); 2] = [("a", 8080), ("b", 8081)];
-/// A port nothing listens on in the origin namespace: connecting to it is refused at once.
-pub const UNUSED_PORT: u16 = 8089;
 
 /// Routes of every [`Edge`]:
 /// - `/` → origin a (over IPv4), with outpost's default active health checks;
 /// - `/v6` → origin a over IPv6;
 /// - `/pair` → origins b and a, round robin, active health checks off (a server that fails is
 ///   noticed by the request that meets it);
-/// - `/dead` → the unused port.
+/// - `/dead` → port 8089, where nothing listens in the origin namespace (refused at once).
 const ROUTES: &str = r#"
 [[routes]]
 path = "/"
@@ -187,29 +186,14 @@ impl Edge {
     fn build(&self) {
         let (c, e, o) = (self.client_ns.as_str(), self.edge_ns.as_str(), self.origin_ns.as_str());
         for ns in [c, e, o] {
-            host(&["ip", "netns", "add", ns]);
-            host(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            add_namespace(ns);
         }
-        let mtu = MTU.to_string();
-        for (ns_a, if_a, ns_b, if_b) in
-            [(e, &self.edge_if, c, &self.client_if), (e, &self.edge_inner_if, o, &self.origin_if)]
-        {
-            host(&[
-                "ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
-                "netns", ns_b,
-            ]);
-        }
-        for (ns, ifname, v4, v6) in [
-            (c, &self.client_if, CLIENT_V4, CLIENT_V6),
-            (e, &self.edge_if, EDGE_V4, EDGE_V6),
-            (e, &self.edge_inner_if, EDGE_INNER_V4, EDGE_INNER_V6),
-            (o, &self.origin_if, ORIGIN_V4, ORIGIN_V6),
-        ] {
-            host(&["ip", "-n", ns, "link", "set", ifname, "mtu", &mtu, "up"]);
-            host(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
-            // nodad: usable at once, not after duplicate address detection (~2 s).
-            host(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
-        }
+        add_veth(e, &self.edge_if, c, &self.client_if);
+        add_veth(e, &self.edge_inner_if, o, &self.origin_if);
+        configure_if(c, &self.client_if, CLIENT_V4, CLIENT_V6);
+        configure_if(e, &self.edge_if, EDGE_V4, EDGE_V6);
+        configure_if(e, &self.edge_inner_if, EDGE_INNER_V4, EDGE_INNER_V6);
+        configure_if(o, &self.origin_if, ORIGIN_V4, ORIGIN_V6);
     }
 
     fn start_origin(&mut self, name: &'static str, port: u16) {
@@ -333,11 +317,7 @@ impl Edge {
 
     /// Runs the clients all at once; results in the order given.
     pub fn run_clients(&self, runs: &[(Client, Family)], wait: Duration) -> Vec<ClientResult> {
-        std::thread::scope(|s| {
-            let handles: Vec<_> =
-                runs.iter().map(|&(c, f)| s.spawn(move || self.run_client(c, f, wait))).collect();
-            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
-        })
+        in_parallel(runs, |&(c, f)| self.run_client(c, f, wait))
     }
 
     /// GET on the admin listener; panics unless it answers.
@@ -424,14 +404,7 @@ impl Edge {
 
     /// Waits up to `limit` for outpost to exit; how it did (`None`: still running).
     pub fn wait_outpost_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = self.outpost_exited();
-            if status.is_some() || Instant::now() >= deadline {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.outpost.as_mut().and_then(|o| o.wait_exit(limit))
     }
 
     /// Waits up to `limit` until outpost's log holds `needle` `count` times; panics, showing the
@@ -563,12 +536,8 @@ impl TlsSession {
     /// Waits up to `limit` for the script to end; its output. Panics unless it exited 0.
     #[track_caller]
     pub fn finish(&mut self, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        while self.daemon.exited().is_none() {
-            assert!(Instant::now() < deadline, "TLS session still running:\n{}", self.report());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let status = self.daemon.exited();
+        let status = self.daemon.wait_exit(limit);
+        assert!(status.is_some(), "TLS session still running:\n{}", self.report());
         assert!(status.is_some_and(|s| s.success()), "TLS session failed:\n{}", self.report());
         self.daemon.stdout()
     }

@@ -306,6 +306,37 @@ fn shell_line(argv: &[&str]) -> String {
     argv.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
+/// Creates network namespace `ns` with its loopback up; panics on failure.
+pub(crate) fn add_namespace(ns: &str) {
+    host(&["ip", "netns", "add", ns]);
+    host(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+}
+
+/// Creates a veth pair: `if_a` in namespace `ns_a`, its peer `if_b` in `ns_b`.
+pub(crate) fn add_veth(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) {
+    host(&[
+        "ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns",
+        ns_b,
+    ]);
+}
+
+/// Sets `ifname` in `ns` up at [`MTU`] with `v4`/24 and `v6`/64.
+pub(crate) fn configure_if(ns: &str, ifname: &str, v4: &str, v6: &str) {
+    host(&["ip", "-n", ns, "link", "set", ifname, "mtu", &MTU.to_string(), "up"]);
+    host(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+    // nodad: usable at once, not after duplicate address detection (~2 s).
+    host(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+}
+
+/// `f` on every item at once, one thread each; results in the order given.
+pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let f = &f;
+    thread::scope(|s| {
+        let handles: Vec<_> = items.iter().map(|item| s.spawn(move || f(item))).collect();
+        handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
+    })
+}
+
 /// One end of the veth pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -334,14 +365,6 @@ impl Family {
         match self {
             Family::V4 => EDGE_V4,
             Family::V6 => EDGE_V6,
-        }
-    }
-
-    /// The server's address as it goes before `:port` (bracketed for IPv6).
-    pub fn edge_host(self) -> String {
-        match self {
-            Family::V4 => EDGE_V4.to_owned(),
-            Family::V6 => format!("[{EDGE_V6}]"),
         }
     }
 }
@@ -386,32 +409,11 @@ impl Topology {
 
     fn build(&self) {
         let (c, e) = (self.client_ns.as_str(), self.edge_ns.as_str());
-        host(&["ip", "netns", "add", c]);
-        host(&["ip", "netns", "add", e]);
-        host(&[
-            "ip",
-            "link",
-            "add",
-            &self.edge_if,
-            "netns",
-            e,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.client_if,
-            "netns",
-            c,
-        ]);
-        let mtu = MTU.to_string();
-        for (ns, ifname, v4, v6) in
-            [(c, &self.client_if, CLIENT_V4, CLIENT_V6), (e, &self.edge_if, EDGE_V4, EDGE_V6)]
-        {
-            host(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            host(&["ip", "-n", ns, "link", "set", ifname, "mtu", &mtu, "up"]);
-            host(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
-            host(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
-        }
+        add_namespace(c);
+        add_namespace(e);
+        add_veth(e, &self.edge_if, c, &self.client_if);
+        configure_if(c, &self.client_if, CLIENT_V4, CLIENT_V6);
+        configure_if(e, &self.edge_if, EDGE_V4, EDGE_V6);
         self.outpost_in(Side::Edge, &["attach", "--iface", &self.edge_if, "--mode", "native"]);
         self.outpost_in(
             Side::Client,
@@ -544,13 +546,7 @@ impl Topology {
         wait: Duration,
         extra: &[&str],
     ) -> Vec<ClientResult> {
-        thread::scope(|s| {
-            let handles: Vec<_> = runs
-                .iter()
-                .map(|&(c, f)| s.spawn(move || self.run_client_with(c, f, port, wait, extra)))
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("client thread panicked")).collect()
-        })
+        in_parallel(runs, |&(c, f)| self.run_client_with(c, f, port, wait, extra))
     }
 
     /// Starts tcpdump on one end of the wire, for TCP segments to or from `port`; returns once
@@ -716,16 +712,24 @@ impl Daemon {
     /// SIGTERM, then SIGKILL to its group after `limit`; returns how it exited (`None`: killed).
     pub fn stop(&mut self, limit: Duration) -> Option<ExitStatus> {
         self.signal(libc::SIGTERM);
+        let status = self.wait_exit(limit);
+        if status.is_none() {
+            kill_group(self.pid(), libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+        status
+    }
+
+    /// Waits up to `limit` for it to exit; how it did (`None`: still running).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
-        while self.exited().is_none() {
-            if Instant::now() > deadline {
-                kill_group(self.pid(), libc::SIGKILL);
-                let _ = self.child.wait();
-                return None;
+        loop {
+            let status = self.exited();
+            if status.is_some() || Instant::now() >= deadline {
+                return status;
             }
             thread::sleep(Duration::from_millis(10));
         }
-        self.status
     }
 }
 

@@ -111,16 +111,7 @@ fn legacy_clients_are_refused_by_the_userspace_floor(io: &str) {
         code != Some(0) && text.contains("alert protocol version"),
         "openssl -tls1_1 saw:\n{text}"
     );
-    let out = curl(&[
-        "--tlsv1.0",
-        "--tls-max",
-        "1.0",
-        "--ciphers",
-        "DEFAULT@SECLEVEL=0",
-        "--connect-timeout",
-        "3",
-        &o.url("/"),
-    ]);
+    let out = curl(&[&CURL_TLS1_0[..], &["--connect-timeout", "3", &o.url("/")]].concat());
     assert_eq!(out.status.code(), Some(35), "curl TLS 1.0: {out:?}");
     assert_eq!(o.metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"reject\"}"), 2);
     assert_eq!(o.metric("outpost_hellos_total{version=\"TLS1.1\",verdict=\"reject\"}"), 1);

@@ -219,6 +219,12 @@ pub fn run_client(cmd: &mut Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    wait_or_kill(&mut child, limit);
+    child.wait_with_output().unwrap()
+}
+
+/// Waits up to `limit` for `child` to exit, killing it then if it has not.
+fn wait_or_kill(child: &mut Child, limit: Duration) {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -227,8 +233,11 @@ pub fn run_client(cmd: &mut Command, limit: Duration) -> Output {
         }
         thread::sleep(Duration::from_millis(10));
     }
-    child.wait_with_output().unwrap()
 }
+
+/// curl arguments for a TLS 1.0 hello only (legacy ciphers allowed, so curl offers it at all).
+pub const CURL_TLS1_0: [&str; 5] =
+    ["--tlsv1.0", "--tls-max", "1.0", "--ciphers", "DEFAULT@SECLEVEL=0"];
 
 /// curl with a 10 s bound, `-sk`, and the given arguments.
 pub fn curl(args: &[&str]) -> Output {
@@ -250,14 +259,7 @@ pub fn s_client(port: u16, args: &[&str], input: &[u8], limit: Duration) -> (Opt
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_or_kill(&mut child, limit);
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     let text =
