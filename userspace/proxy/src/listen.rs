@@ -32,6 +32,7 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
         // `[::]:443` and `0.0.0.0:443` can then both be configured.
         s.set_only_v6(true)?;
     }
+    // Inherited by every accepted socket (see `bind_plain`).
     s.set_tcp_nodelay(true)?;
     // In TLS the client speaks first: a connection reaches accept() once its first bytes (the
     // ClientHello) are in. One whose hello the XDP floor turns into a reset, or that gives up
@@ -68,6 +69,9 @@ pub fn bind_plain(addr: SocketAddr) -> Result<TcpListener> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
+    // Inherited by every accepted socket: responses go out in few writes, and waiting for
+    // ACKs (Nagle) would only add latency.
+    s.set_tcp_nodelay(true)?;
     s.bind(&addr.into()).with_context(|| format!("listening on {addr}"))?;
     s.listen(BACKLOG)?;
     Ok(s.into())

@@ -103,8 +103,8 @@ impl Listener {
             ListenerInner::Uring(l) => l.accept().await.map(|(s, a)| (Stream::Uring(s), a))?,
             ListenerInner::Epoll(l) => l.accept().await.map(|(s, a)| (Stream::Epoll(s), a))?,
         };
-        // Responses go out in few writes; waiting for ACKs (Nagle) would only add latency.
-        s.set_nodelay();
+        // No TCP_NODELAY call here: accepted sockets inherit it from the listener, which
+        // `listen` sets (one setsockopt per listener, not one per connection).
         Ok((s, a))
     }
 
