@@ -419,6 +419,23 @@ fn negotiated_note<'a>(runs: impl Iterator<Item = (&'a str, &'a RunResult)>) -> 
     format!("negotiated: {}", if parts.is_empty() { "-".into() } else { parts.join("; ") })
 }
 
+/// `127.0.0.1:<port>`.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// req/s, p50, p99, p99.9 and max latency, errors: the first cells of a latency row.
+fn latency_cells(r: &RunResult) -> [String; 6] {
+    [
+        format!("{:.0}", r.throughput),
+        ms(r.latency.p50_us),
+        ms(r.latency.p99_us),
+        ms(r.latency.p999_us),
+        ms(r.latency.max_us),
+        errors_cell(r),
+    ]
+}
+
 fn errors_cell(r: &RunResult) -> String {
     if r.errors == 0 {
         "0".into()
@@ -440,7 +457,17 @@ struct Sys {
 
 impl Sys {
     fn addr(&self) -> Option<SocketAddr> {
-        self.running.as_ref().ok().map(|r| SocketAddr::from(([127, 0, 0, 1], r.port)))
+        self.running.as_ref().ok().map(|r| loopback(r.port))
+    }
+
+    /// Where the generator goes and the edge whose CPU is counted (the origin itself, no edge,
+    /// for the plain-HTTP row), or why the system is not there.
+    fn target(&self, origin: SocketAddr) -> Result<(SocketAddr, Option<&Running>), &str> {
+        match (&self.running, self.tls) {
+            (_, false) => Ok((origin, None)),
+            (Ok(r), true) => Ok((loopback(r.port), Some(r))),
+            (Err(why), true) => Err(why),
+        }
     }
 }
 
@@ -509,7 +536,7 @@ fn warm_all(ctx: &Ctx, systems: &mut [Sys], base: &GenArgs) {
 fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     let z = ctx.sizes;
     let mut origin = systems::start_origin(&ctx.exe, &Place::Host, "127.0.0.1:0", &ctx.work)?;
-    let origin_addr = SocketAddr::from(([127, 0, 0, 1], origin.port));
+    let origin_addr = loopback(origin.port);
     let mut systems = start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"]);
     // The origin alone, plain HTTP, is the ceiling: no proxy, no TLS.
     systems.insert(
@@ -545,10 +572,9 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
         Panel { title: "proxy: closed loop (max throughput)".into(), series: vec![] };
     let mut results: Vec<(String, Option<Measured>)> = Vec::new();
     for s in &systems {
-        let (target, edge) = match (&s.running, s.tls) {
-            (_, false) => (origin_addr, None),
-            (Ok(r), true) => (SocketAddr::from(([127, 0, 0, 1], r.port)), Some(r)),
-            (Err(why), true) => {
+        let (target, edge) = match s.target(origin_addr) {
+            Ok(t) => t,
+            Err(why) => {
                 closed.unavailable(&s.name, why);
                 results.push((s.name.clone(), None));
                 continue;
@@ -569,37 +595,24 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
         };
         let r = &m.run;
         let cpu = if s.tls { m.edge_cpu_s } else { m.origin_cpu_s };
-        closed.row(vec![
-            s.name.clone(),
-            format!("{:.0}", r.throughput),
-            ms(r.latency.p50_us),
-            ms(r.latency.p99_us),
-            ms(r.latency.p999_us),
-            ms(r.latency.max_us),
-            errors_cell(r),
+        let mut row = vec![s.name.clone()];
+        row.extend(latency_cells(r));
+        row.extend([
             format!("{cpu:.2}"),
             format!("{:.1}", cpu * 1e6 / r.ok.max(1) as f64),
             format!("{:.2}", r.client_cpu_s),
             format!("{:.2}", m.others_cpu_s()),
         ]);
+        closed.row(row);
         closed_panel.series.push(series(&s.name, r, system_color(&s.name), false));
         results.push((s.name.clone(), Some(m)));
         origin.check_alive()?;
     }
-    let rps = |name: &str| {
-        results
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, m)| m.as_ref())
-            .map(|m| m.run.throughput)
+    let run = |name: &str| {
+        results.iter().find(|(n, _)| n == name).and_then(|(_, m)| m.as_ref()).map(|m| &m.run)
     };
-    let p99 = |name: &str| {
-        results
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, m)| m.as_ref())
-            .map(|m| m.run.latency.p99_us as f64)
-    };
+    let rps = |name: &str| run(name).map(|r| r.throughput);
+    let p99 = |name: &str| run(name).map(|r| r.latency.p99_us as f64);
     closed.notes.push(format!(
         "outpost uring / nginx: req/s {}, p99 {};  uring / epoll: req/s {};  nginx / origin alone: {}",
         ratio(rps("outpost uring"), rps("nginx")),
@@ -638,10 +651,9 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
         let mut open_panel =
             Panel { title: format!("proxy: open loop at {rate:.0} req/s"), series: vec![] };
         for s in &systems {
-            let (target, edge) = match (&s.running, s.tls) {
-                (_, false) => (origin_addr, None),
-                (Ok(r), true) => (SocketAddr::from(([127, 0, 0, 1], r.port)), Some(r)),
-                (Err(why), true) => {
+            let (target, edge) = match s.target(origin_addr) {
+                Ok(t) => t,
+                Err(why) => {
                     open.unavailable(&s.name, why);
                     continue;
                 }
@@ -655,16 +667,10 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
                 Ok(m) => {
                     let r = &m.run;
                     let cpu = if s.tls { m.edge_cpu_s } else { m.origin_cpu_s };
-                    open.row(vec![
-                        s.name.clone(),
-                        format!("{:.0}", r.throughput),
-                        ms(r.latency.p50_us),
-                        ms(r.latency.p99_us),
-                        ms(r.latency.p999_us),
-                        ms(r.latency.max_us),
-                        errors_cell(r),
-                        format!("{:.1}", cpu * 1e6 / r.ok.max(1) as f64),
-                    ]);
+                    let mut row = vec![s.name.clone()];
+                    row.extend(latency_cells(r));
+                    row.push(format!("{:.1}", cpu * 1e6 / r.ok.max(1) as f64));
+                    open.row(row);
                     open_panel.series.push(series(&s.name, r, system_color(&s.name), false));
                     open_json.push(json!({"system": s.name, "measured": m.json()}));
                 }
@@ -701,7 +707,7 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
     let z = ctx.sizes;
     let origin = systems::start_origin(&ctx.exe, &Place::Host, "127.0.0.1:0", &ctx.work)?;
     let mut systems = start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"]);
-    let mut base = GenArgs::new("handshake", SocketAddr::from(([127, 0, 0, 1], origin.port)));
+    let mut base = GenArgs::new("handshake", loopback(origin.port));
     base.tls = true;
     base.new_conn = true;
     base.connections = z.handshake_conns;
@@ -740,7 +746,7 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
         };
         let mut args = base.clone();
         args.label = format!("handshake {}", s.name);
-        args.target = SocketAddr::from(([127, 0, 0, 1], running.port));
+        args.target = loopback(running.port);
         match measure(Some(running), &origin, || ctx.gen(args, &Place::Host)) {
             Ok(m) => {
                 let r = &m.run;
@@ -802,7 +808,7 @@ fn memory(ctx: &Ctx) -> Result<ScenarioReport> {
     for name in ["nginx", "outpost uring", "outpost epoll"] {
         procs::check_interrupted()?;
         let mut sys = start_proxies(ctx, &origin, &[name]);
-        let mut base = GenArgs::new("memory", SocketAddr::from(([127, 0, 0, 1], origin.port)));
+        let mut base = GenArgs::new("memory", loopback(origin.port));
         base.tls = true;
         base.connections = 4;
         warm_all(ctx, &mut sys, &base);
@@ -855,10 +861,7 @@ fn hold_and_measure(ctx: &Ctx, edge: &Running) -> Result<Value> {
     let z = ctx.sizes;
     thread::sleep(Duration::from_millis(300));
     let before = edge.memory();
-    let mut args = GenArgs::new(
-        &format!("memory {}", edge.name),
-        SocketAddr::from(([127, 0, 0, 1], edge.port)),
-    );
+    let mut args = GenArgs::new(&format!("memory {}", edge.name), loopback(edge.port));
     args.op = Op::Hold;
     args.tls = true;
     args.connections = z.idle_conns;
@@ -868,8 +871,7 @@ fn hold_and_measure(ctx: &Ctx, edge: &Running) -> Result<Value> {
     args.hold = 60.0;
     args.timeout = 10.0;
     let mut g = ctx.start_gen(args, &Place::Host)?;
-    let limit = Duration::from_secs_f64(g.limit.as_secs_f64());
-    let ready = g.child.wait_for_line("ready", limit)?;
+    let ready = g.child.wait_for_line("ready", g.limit)?;
     // Let the edge settle (buffers shrink after the first response in some servers).
     thread::sleep(Duration::from_secs(2));
     let after = edge.memory();
@@ -1046,21 +1048,14 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
 
         for (phase, m) in [("alone", &alone), ("during flood", &during)] {
             let r = &m.run;
-            lat.row(vec![
-                case.into(),
-                phase.into(),
-                format!("{:.0}", r.throughput),
-                ms(r.latency.p50_us),
-                ms(r.latency.p99_us),
-                ms(r.latency.p999_us),
-                ms(r.latency.max_us),
-                errors_cell(r),
-                if phase == "alone" {
-                    "1.00x".into()
-                } else {
-                    ratio(Some(r.latency.p99_us as f64), Some(alone.run.latency.p99_us as f64))
-                },
-            ]);
+            let mut row = vec![case.into(), phase.into()];
+            row.extend(latency_cells(r));
+            row.push(if phase == "alone" {
+                "1.00x".into()
+            } else {
+                ratio(Some(r.latency.p99_us as f64), Some(alone.run.latency.p99_us as f64))
+            });
+            lat.row(row);
             let color = FLOOD_CASES.iter().position(|(c, _)| *c == case).unwrap_or(0);
             let name = format!("{case}, {phase}");
             panel.series.push(series(&name, r, color, phase != "alone"));
