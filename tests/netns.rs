@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use outpost_common::{Verdict, Version};
 use outpost_tests::netns::{
     hellos, parse_count, stats_delta, Client, ClientOutcome, ClientResult, Family, Flow, Side,
     Topology, TLS_PORT,
@@ -160,8 +161,24 @@ fn observe_lets_every_client_complete_and_counts_each_hello() {
     report("observe", &results);
     results.iter().for_each(assert_completed);
 
-    let delta = stats_delta(&before, &t.stats());
+    let after = t.stats();
+    let delta = stats_delta(&before, &after);
     assert_counted(&delta, &results.iter().collect::<Vec<_>>(), "observe");
+    // The pinned counters read the same without outpost.
+    let dumped = t.bpftool_version_stats();
+    assert!(dumped.iter().sum::<u64>() >= results.len() as u64, "bpftool shows {dumped:?}");
+    for v in Version::ALL {
+        for d in Verdict::ALL {
+            let slot = outpost_common::maps::version_slot(v, d) as usize;
+            assert_eq!(
+                Some(dumped[slot]),
+                after["versions"][v.name()][d.name()].as_u64(),
+                "bpftool and `outpost stats` disagree on {} {}",
+                v.name(),
+                d.name()
+            );
+        }
+    }
     for outcome in ["repeat_of_blocked_flow", "reset_to_server", "reset_to_client"] {
         assert_eq!(parse_count(&delta, outcome), 0, "{outcome} grew in observe mode: {delta}");
     }

@@ -466,6 +466,37 @@ impl Topology {
             .unwrap_or_else(|e| panic!("`outpost stats --json` printed no JSON ({e}):\n{out}"))
     }
 
+    /// The pinned per-version counters as `bpftool map dump pinned` shows them, without
+    /// outpost: each slot summed over CPUs (values are little-endian u64 bytes).
+    pub fn bpftool_version_stats(&self) -> Vec<u64> {
+        let path = self.pin_dir.join(outpost_common::maps::VERSION_STATS);
+        let path = path.to_str().expect("a UTF-8 pin path");
+        let out = host(&["bpftool", "-j", "map", "dump", "pinned", path]);
+        let dump: Value = serde_json::from_str(&out.stdout).expect("bpftool -j prints JSON");
+        let bytes = |v: &Value| -> Vec<u8> {
+            v.as_array()
+                .expect("a byte list")
+                .iter()
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                })
+                .collect()
+        };
+        let entries = dump.as_array().expect("a list of entries");
+        let mut slots = vec![0; entries.len()];
+        for e in entries {
+            let key = u32::from_le_bytes(bytes(&e["key"]).try_into().expect("a u32 key"));
+            let sum: u64 = e["values"]
+                .as_array()
+                .expect("per-CPU values")
+                .iter()
+                .map(|c| u64::from_le_bytes(bytes(&c["value"]).try_into().expect("a u64")))
+                .sum();
+            slots[key as usize] = sum;
+        }
+        slots
+    }
+
     /// `outpost stats`, the table.
     pub fn stats_table(&self) -> String {
         self.outpost(&["stats"]).stdout
