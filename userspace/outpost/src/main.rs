@@ -396,6 +396,9 @@ fn serve(
         }),
         kernel,
         on_config,
+        registry: registry(),
+        admin: Vec::new(),
+        metrics: Vec::new(),
     });
     if let Some(iface) = attached_here {
         if keep_attached {
@@ -408,6 +411,11 @@ fn serve(
         }
     }
     result
+}
+
+/// The handlers this binary ships.
+fn registry() -> outpost_proxy::Registry {
+    outpost_proxy::Registry::new().route(outpost_origin::OriginFactory::default())
 }
 
 /// The XDP program's per-version counters for /metrics, through its pinned maps (opened on

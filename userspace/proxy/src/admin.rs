@@ -1,8 +1,11 @@
-//! The admin listener: `/healthz` and Prometheus `/metrics`, plain HTTP.
+//! The admin listener: `/healthz`, Prometheus `/metrics`, and the endpoints the binary and
+//! applications add (`/audit`, ...), plain HTTP.
 
-use std::{rc::Rc, sync::Arc};
+use std::{collections::BTreeMap, rc::Rc, sync::Arc};
 
-use crate::{handler::Reply, http::Request, metrics::VersionCounts, plain, shared::Shared};
+use outpost_api::{AdminEndpoint, Reply};
+
+use crate::{http::Request, metrics::VersionCounts, plain, shared::Shared};
 
 /// Reads the XDP program's per-version counters; provided by the binary, which links the
 /// loader (the proxy crate knows nothing of BPF).
@@ -11,19 +14,33 @@ pub trait KernelStats: Send + Sync {
     fn hellos(&self) -> Option<VersionCounts>;
 }
 
-pub fn respond(shared: Arc<Shared>, kernel: Option<Arc<dyn KernelStats>>) -> plain::Respond {
-    Rc::new(move |req: &Request| {
-        if req.method != "GET" && req.method != "HEAD" {
-            return Reply::json_error(405, "use GET").header("Allow", "GET, HEAD");
+/// `extra`: endpoints of the binary, by exact path; applications' endpoints come with each
+/// configuration generation.
+pub fn respond(
+    shared: Arc<Shared>,
+    kernel: Option<Arc<dyn KernelStats>>,
+    extra: BTreeMap<String, AdminEndpoint>,
+) -> plain::Respond {
+    Rc::new(move |req: Request| {
+        let path = outpost_api::handler::path_of(&req.target).to_owned();
+        let endpoint =
+            extra.get(&path).cloned().or_else(|| shared.live().router.admin.get(&path).cloned());
+        if let Some(endpoint) = endpoint {
+            return endpoint(req);
         }
-        match crate::handler::path_of(&req.target) {
-            "/healthz" if shared.draining() => Reply::new(503, "text/plain", "draining\n"),
-            "/healthz" => Reply::new(200, "text/plain", "ok\n"),
-            "/metrics" => {
-                let k = kernel.as_ref().and_then(|k| k.hellos());
-                Reply::new(200, "text/plain; version=0.0.4", shared.metrics.render(k.as_ref()))
+        let reply = if req.method != "GET" && req.method != "HEAD" {
+            Reply::json_error(405, "use GET").header("Allow", "GET, HEAD")
+        } else {
+            match path.as_str() {
+                "/healthz" if shared.draining() => Reply::new(503, "text/plain", "draining\n"),
+                "/healthz" => Reply::new(200, "text/plain", "ok\n"),
+                "/metrics" => {
+                    let k = kernel.as_ref().and_then(|k| k.hellos());
+                    Reply::new(200, "text/plain; version=0.0.4", shared.metrics.render(k.as_ref()))
+                }
+                _ => Reply::json_error(404, "not found: try /healthz or /metrics"),
             }
-            _ => Reply::json_error(404, "not found: try /healthz or /metrics"),
-        }
+        };
+        Box::pin(async move { reply })
     })
 }

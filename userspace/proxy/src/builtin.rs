@@ -3,11 +3,20 @@
 
 use std::rc::Rc;
 
-use crate::{handler::Reply, http::Request, plain};
+use outpost_api::Reply;
+
+use crate::{http::Request, plain};
 
 /// The page; shows what the origin received from the edge.
 pub fn respond() -> plain::Respond {
-    Rc::new(|req: &Request| {
+    Rc::new(|req: Request| {
+        let reply = page(&req);
+        Box::pin(async move { reply })
+    })
+}
+
+fn page(req: &Request) -> Reply {
+    {
         let h = |name: &str| {
             req.header(name)
                 .map_or_else(|| "(none)".to_owned(), |v| escape(&String::from_utf8_lossy(v)))
@@ -30,7 +39,7 @@ pub fn respond() -> plain::Respond {
             escape(&req.target),
         );
         Reply::new(200, "text/html; charset=utf-8", body)
-    })
+    }
 }
 
 fn escape(s: &str) -> String {

@@ -1,8 +1,11 @@
 //! `outpost.toml`: every key, its meaning and its default.
 //!
-//! Every struct here is `#[serde(default, deny_unknown_fields)]`: an empty file (or none at
-//! all) is a working configuration (HTTPS on 127.0.0.1:8443 in front of the built-in page,
-//! admin on 127.0.0.1:9901), and a misspelt key is an error, not a silently ignored line.
+//! Every struct here is `#[serde(default)]`: an empty file (or none at all) is a working
+//! configuration (HTTPS on 127.0.0.1:8443 in front of the built-in page, admin on
+//! 127.0.0.1:9901). A misspelt key is an error, not a silently ignored line: the core's own
+//! tables deny unknown fields, and the tables it passes through unread (a route's handler
+//! settings, an application's top-level section) are checked by their owner, or refused when
+//! no registered handler owns the name.
 //!
 //! ```toml
 //! listen = ["127.0.0.1:8443", "[::1]:8443"]
@@ -26,6 +29,7 @@
 //! ```
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -39,7 +43,7 @@ use crate::{http::Limits, io::Backend};
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     /// Addresses the TLS proxy listens on; IPv6 addresses in brackets (`"[::1]:8443"`). Every
     /// worker binds each of them with SO_REUSEPORT. Not changed by a reload. Default
@@ -67,9 +71,18 @@ pub struct Config {
     pub tls: TlsConfig,
     /// HTTP limits and timeouts for client connections.
     pub http: HttpConfig,
+    /// This edge node's name, in logs, audit events and `/metrics`. Default: the hostname.
+    pub node: Option<String>,
+    /// Work after the response.
+    pub after_response: AfterResponseConfig,
     /// Routes, matched by host and then by the longest path prefix. Default: one route, any
-    /// host, path `/`, to the built-in page.
+    /// host, path `/`, to the built-in page through the `origin` handler.
     pub routes: Vec<RouteConfig>,
+    /// Top-level sections of applications and of the binary (`[store]`, `[access]`): kept
+    /// unread here and handed to whoever registered each name; a name nobody registered is an
+    /// error when the configuration is built.
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, toml::Value>,
 }
 
 impl Default for Config {
@@ -84,7 +97,10 @@ impl Default for Config {
             floor: FloorConfig::default(),
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
+            node: None,
+            after_response: AfterResponseConfig::default(),
             routes: vec![RouteConfig::default()],
+            sections: BTreeMap::new(),
         }
     }
 }
@@ -229,9 +245,10 @@ impl HttpConfig {
     }
 }
 
-/// `[[routes]]`.
+/// `[[routes]]`: a host pattern and path prefix, the handler that serves them, and that
+/// handler's own settings (`[routes.<handler>]`), which the core passes through unread.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RouteConfig {
     /// Host this route serves (from the Host header, port and case ignored): an exact name,
     /// `*.suffix` (any subdomain), or `*` (any host). Default `*`.
@@ -239,10 +256,13 @@ pub struct RouteConfig {
     /// Path prefix, matched on whole segments (`/api` matches `/api` and `/api/x`, not
     /// `/apix`); the longest matching prefix wins. Default `/`.
     pub path: String,
-    /// The handler serving the route. Default `"origin"` (the only one so far).
-    pub handler: HandlerKind,
-    /// Settings of the `origin` handler.
-    pub origin: OriginConfig,
+    /// The handler serving the route, by the name the binary registered it under. Default
+    /// `"origin"`.
+    pub handler: String,
+    /// The handler's settings: the table named after it (`[routes.origin]`). Any other key is
+    /// an error.
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, toml::Value>,
 }
 
 impl Default for RouteConfig {
@@ -250,77 +270,36 @@ impl Default for RouteConfig {
         RouteConfig {
             host: "*".into(),
             path: "/".into(),
-            handler: HandlerKind::Origin,
-            origin: OriginConfig::default(),
+            handler: "origin".into(),
+            settings: BTreeMap::new(),
         }
     }
 }
 
-/// Handlers a route can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HandlerKind {
-    /// Proxy to origin servers.
-    Origin,
-}
-
-/// `[routes.origin]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OriginConfig {
-    /// Origin servers (`"host:port"` addresses, or `"builtin"` for the page served in-process),
-    /// used round robin while healthy. Plain HTTP/1.1. Default `["builtin"]`.
-    pub servers: Vec<String>,
-    /// Connect timeout per attempt, in milliseconds. A refused or timed-out connection marks
-    /// the server down and the next healthy one is tried. Default 800: a route whose only
-    /// server is down answers 502 within a second.
-    pub connect_timeout_ms: u64,
-    /// Time for the origin's response head after the request was sent; past it the client gets
-    /// 504. Default 30000.
-    pub response_timeout_ms: u64,
-    /// How long a server marked down by a failed request stays out of rotation when no active
-    /// health check brings it back sooner, in milliseconds. Default 10000.
-    pub down_for_ms: u64,
-    /// Idle keep-alive connections kept per server and worker. Default 32.
-    pub pool_size: usize,
-    /// How long an idle pooled connection is kept, in milliseconds. Default 30000.
-    pub pool_idle_ms: u64,
-    /// Active health checks.
-    pub health_check: HealthCheckConfig,
-}
-
-impl Default for OriginConfig {
-    fn default() -> Self {
-        OriginConfig {
-            servers: vec![BUILTIN.into()],
-            connect_timeout_ms: 800,
-            response_timeout_ms: 30_000,
-            down_for_ms: 10_000,
-            pool_size: 32,
-            pool_idle_ms: 30_000,
-            health_check: HealthCheckConfig::default(),
-        }
+impl RouteConfig {
+    /// The handler's settings table (empty when the route has none).
+    pub fn handler_settings(&self) -> toml::Value {
+        self.settings
+            .get(&self.handler)
+            .cloned()
+            .unwrap_or_else(|| toml::Value::Table(toml::Table::new()))
     }
 }
 
-/// The origin name that stands for the built-in page.
-pub const BUILTIN: &str = "builtin";
-
-/// `health_check = { ... }`: `GET path` on every server; 2xx/3xx is healthy.
+/// `[after_response]`: work handlers hand the core to run once their response is out (audit
+/// events, mail).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct HealthCheckConfig {
-    /// Path requested. Default `/`.
-    pub path: String,
-    /// Milliseconds between checks; 0 turns active checks off. Default 5000.
-    pub interval_ms: u64,
-    /// Time for a check's connect and response head, in milliseconds. Default 1000.
-    pub timeout_ms: u64,
+pub struct AfterResponseConfig {
+    /// Most such tasks pending per worker; past it new work is dropped, counted in
+    /// `outpost_after_response_dropped_total` and logged, and the request is never held up.
+    /// Default 4096.
+    pub max_pending: usize,
 }
 
-impl Default for HealthCheckConfig {
+impl Default for AfterResponseConfig {
     fn default() -> Self {
-        HealthCheckConfig { path: "/".into(), interval_ms: 5000, timeout_ms: 1000 }
+        AfterResponseConfig { max_pending: 4096 }
     }
 }
 
@@ -343,6 +322,9 @@ impl Config {
     }
 
     fn check(&self) -> Result<()> {
+        if let Some((k, _)) = self.sections.iter().find(|(_, v)| !v.is_table()) {
+            bail!("unknown key `{k}`");
+        }
         if self.listen.is_empty() {
             bail!("`listen` is empty: give at least one address");
         }
@@ -353,15 +335,15 @@ impl Config {
             if !r.path.starts_with('/') {
                 bail!("route path {:?} must start with /", r.path);
             }
-            if r.origin.servers.is_empty() {
-                bail!("route {} {}: `origin.servers` is empty", r.host, r.path);
-            }
-            for s in &r.origin.servers {
-                if s != BUILTIN {
-                    crate::origin::resolve(s).with_context(|| {
-                        format!("route {} {}: origin server {s:?}", r.host, r.path)
-                    })?;
-                }
+            if let Some(k) = r.settings.keys().find(|k| **k != r.handler) {
+                bail!(
+                    "route {} {}: unknown key `{k}` (the handler is {:?}; its settings go in \
+                     [routes.{}])",
+                    r.host,
+                    r.path,
+                    r.handler,
+                    r.handler
+                );
             }
         }
         for c in &self.tls.certs {
@@ -380,9 +362,24 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("outpost-data"))
     }
 
-    /// Whether any route uses the built-in page.
-    pub fn uses_builtin(&self) -> bool {
-        self.routes.iter().any(|r| r.origin.servers.iter().any(|s| s == BUILTIN))
+    /// This node's name: the config's, else the hostname, else `outpost`.
+    pub fn node_name(&self) -> String {
+        if let Some(n) = self.node.as_ref().filter(|n| !n.is_empty()) {
+            return n.clone();
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(0);
+        match std::str::from_utf8(&buf[..end]) {
+            Ok(h) if rc == 0 && !h.is_empty() => h.to_owned(),
+            _ => "outpost".into(),
+        }
+    }
+
+    /// A top-level section by name, if the file has it.
+    pub fn section(&self, name: &str) -> Option<&toml::Value> {
+        self.sections.get(name)
     }
 }
 
@@ -395,7 +392,7 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.listen, Config::default().listen);
         assert_eq!(c.routes.len(), 1);
-        assert!(c.uses_builtin());
+        assert_eq!(c.routes[0].handler, "origin");
         assert_eq!(c.floor.policy(), outpost_common::Policy::DEFAULT);
     }
 
@@ -426,9 +423,8 @@ mod tests {
         assert_eq!(c.floor.mode.0, Mode::Observe);
         assert_eq!(c.http.header_timeout_ms, 500);
         assert_eq!(c.http.idle_timeout_ms, 60_000);
-        assert_eq!(c.routes[0].origin.health_check.path, "/h");
-        assert_eq!(c.routes[0].origin.health_check.timeout_ms, 1000);
-        assert!(!c.uses_builtin());
+        let origin = c.routes[0].handler_settings();
+        assert_eq!(origin["health_check"]["path"].as_str(), Some("/h"));
     }
 
     #[test]
@@ -438,8 +434,8 @@ mod tests {
             "[floor]\nmin_version = \"1.4\"",
             "[floor]\nmode = \"block\"",
             "[[routes]]\npath = \"api\"",
-            "[[routes]]\n[routes.origin]\nservers = [\"nohost\"]",
-            "[[routes]]\n[routes.origin]\nserver = [\"127.0.0.1:1\"]",
+            "[[routes]]\n[routes.orign]\nservers = [\"127.0.0.1:1\"]",
+            "[[routes]]\nhandler = \"access\"\n[routes.origin]\nservers = []",
         ] {
             assert!(Config::parse(bad).is_err(), "accepted {bad:?}");
         }

@@ -16,13 +16,16 @@
 //!   shared classifier); rejects legacy versions with a protocol_version alert.
 //! - [`tls`]: rustls configuration (SNI certificates, the self-signed fallback) and rustls
 //!   driven over the seam.
-//! - [`handler`]: the [`Handler`](handler::Handler) trait of request phases, pingora style.
-//! - [`router`]: host and path-prefix routing to handlers.
-//! - [`proxy`]: the core: phases, origin pools, body streaming, error responses.
-//! - [`origin`]: the origin handler: round robin, active and passive health.
-//! - [`http`]: a sans-IO HTTP/1.1 codec: request/response heads with limits, body framing
-//!   (length, chunked), hop-by-hop headers.
-//! - [`error`]: the request-path error type (kind, side, context).
+//! - [`registry`]: the handlers the binary registers (route factories and applications).
+//! - [`router`]: host and path-prefix routing to handlers, built from the registry; the
+//!   applications' filters and admin endpoints.
+//! - [`proxy`]: the core: runs a request through its filters and handler (the phases of
+//!   [`outpost_api::Handler`]), origin pools, body streaming, error responses, and the work
+//!   handlers leave for after the response.
+//! - [`http`], [`error`]: the codec and the error type, from [`outpost_api`].
+//!
+//! The core knows no application: handlers live in crates of their own, depend on
+//! [`outpost_api`] alone, and reach the core through [`registry::Registry`].
 //! - [`metrics`]: counters and latency, Prometheus text.
 //! - [`admin`], [`builtin`], [`plain`]: outpost's own plain-HTTP endpoints (`/healthz`,
 //!   `/metrics`; the built-in page) on a minimal server.
@@ -31,20 +34,19 @@
 pub mod admin;
 pub mod builtin;
 pub mod config;
-pub mod error;
 pub mod floor;
-pub mod handler;
-pub mod http;
 pub mod io;
 pub mod listen;
 pub mod metrics;
-pub mod origin;
 pub mod plain;
 pub mod proxy;
+pub mod registry;
 pub mod router;
 pub mod run;
 pub mod server;
 pub mod shared;
 pub mod tls;
 
-pub use run::{run, RunOptions};
+pub use outpost_api::{error, http};
+pub use registry::Registry;
+pub use run::{load_config, run, RunOptions};

@@ -77,7 +77,17 @@ pub struct Metrics {
     malformed: AtomicU64,
     upstream_failures: [AtomicU64; 5],
     histograms: Mutex<Vec<Hist>>,
+    after_started: AtomicU64,
+    after_finished: AtomicU64,
+    after_dropped: AtomicU64,
+    /// This node's name, for `outpost_node_info`.
+    node: Mutex<String>,
+    /// Series from outside the core (the store, applications), appended to every scrape.
+    sources: Mutex<Vec<MetricsSource>>,
 }
+
+/// Renders more series into a scrape (Prometheus text, with its own HELP and TYPE lines).
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -130,6 +140,27 @@ impl Metrics {
         if malformed {
             self.malformed.fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn after_response_started(&self) {
+        self.after_started.fetch_add(1, Relaxed);
+    }
+
+    pub fn after_response_finished(&self) {
+        self.after_finished.fetch_add(1, Relaxed);
+    }
+
+    pub fn after_response_dropped(&self) {
+        self.after_dropped.fetch_add(1, Relaxed);
+    }
+
+    pub fn set_node(&self, node: &str) {
+        *lock(&self.node) = node.to_owned();
+    }
+
+    /// Adds series rendered by someone else to every scrape.
+    pub fn add_source(&self, source: MetricsSource) {
+        lock(&self.sources).push(source);
     }
 
     pub fn upstream_failure(&self, f: UpstreamFailure) {
@@ -269,7 +300,42 @@ impl Metrics {
             let _ = writeln!(o, "outpost_upstream_failures_total{{kind=\"{name}\"}} {v}");
         }
         self.render_latency(&mut o);
+        self.render_after_response(&mut o);
+        header(&mut o, "outpost_node_info", "gauge", "This edge node's name.");
+        let node = lock(&self.node).replace(['"', '\\', '\n'], "_");
+        let _ = writeln!(o, "outpost_node_info{{node=\"{node}\"}} 1");
+        for source in lock(&self.sources).iter() {
+            source(&mut o);
+        }
         o
+    }
+
+    fn render_after_response(&self, o: &mut String) {
+        let started = self.after_started.load(Relaxed);
+        let finished = self.after_finished.load(Relaxed);
+        for (name, kind, help, v) in [
+            (
+                "outpost_after_response_total",
+                "counter",
+                "Work handlers left for after their response, started.",
+                started,
+            ),
+            (
+                "outpost_after_response_pending",
+                "gauge",
+                "Work left for after the response, not finished yet.",
+                started.saturating_sub(finished),
+            ),
+            (
+                "outpost_after_response_dropped_total",
+                "counter",
+                "Work left for after the response that was dropped: the queue was full.",
+                self.after_dropped.load(Relaxed),
+            ),
+        ] {
+            header(o, name, kind, help);
+            let _ = writeln!(o, "{name} {v}");
+        }
     }
 
     fn render_latency(&self, o: &mut String) {

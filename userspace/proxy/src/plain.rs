@@ -5,8 +5,9 @@ use std::{rc::Rc, time::Duration};
 
 use tokio::sync::watch;
 
+use outpost_api::{AdminFuture, Reply};
+
 use crate::{
-    handler::Reply,
     http::{self, BodyDecoder, Header, Request},
     io,
     shared::drained,
@@ -18,7 +19,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUESTS: usize = 100_000;
 const READ_CHUNK: usize = 8192;
 
-pub type Respond = Rc<dyn Fn(&Request) -> Reply>;
+/// Answers one request.
+pub type Respond = Rc<dyn Fn(Request) -> AdminFuture>;
 
 /// Serves `listener` until `stop` says so.
 pub async fn serve(listener: io::Listener, respond: Respond, mut stop: watch::Receiver<bool>) {
@@ -78,8 +80,9 @@ async fn connection(mut s: io::Stream, respond: Respond) {
                 }
             }
             let keep_alive = req.keep_alive() && count < MAX_REQUESTS;
-            let mut reply = respond(&req);
-            if req.method == "HEAD" {
+            let head = req.method == "HEAD";
+            let mut reply = respond(req).await;
+            if head {
                 reply.headers.push(Header::new("Content-Length", reply.body.len().to_string()));
                 reply.body.clear();
             }

@@ -8,15 +8,21 @@
 //! The exchange is sequential: the whole request body goes out before the response is read.
 
 use std::{
+    any::Any,
     collections::HashMap,
     net::SocketAddr,
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
+};
+
+use outpost_api::{
+    handler::set_header, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer, Reply, Session,
+    Summary,
 };
 
 use crate::{
     error::{Error, ErrorKind, ErrorSource, OrErr as _, Result},
-    handler::{set_header, ClientInfo, DynHandler, Flow, Peer, Reply, Session, Summary},
     http::{self, Body, BodyDecoder, Header, Request, Response},
     io,
     metrics::UpstreamFailure,
@@ -76,6 +82,42 @@ struct Progress {
     body_bytes: u64,
 }
 
+/// The handlers a request goes through: the filters, then the route's handler (last), each
+/// with its context.
+struct Chain {
+    links: Vec<(Arc<dyn ErasedHandler>, Box<dyn Any>)>,
+}
+
+impl Chain {
+    fn new(filters: &[Arc<dyn ErasedHandler>], handler: &Arc<dyn ErasedHandler>) -> Chain {
+        let mut links = Vec::with_capacity(filters.len() + 1);
+        for h in filters.iter().chain(std::iter::once(handler)) {
+            links.push((h.clone(), h.new_ctx()));
+        }
+        Chain { links }
+    }
+
+    /// The route's handler and its context.
+    fn handler(&mut self) -> (&dyn ErasedHandler, &mut dyn Any) {
+        let (h, ctx) = self.links.last_mut().expect("a chain always ends with the route's handler");
+        (&**h, &mut **ctx)
+    }
+}
+
+/// One request's parts that handlers see, lent to a [`Session`] for each phase.
+struct Exchange<'a> {
+    req: Request,
+    client: &'a ClientInfo,
+    ds: &'a mut Downstream,
+    after: AfterResponse,
+}
+
+impl Exchange<'_> {
+    fn session(&mut self) -> Session<'_> {
+        Session::new(&mut self.req, self.client, &mut *self.ds, &mut self.after)
+    }
+}
+
 /// Serves one request; returns whether the connection stays open.
 pub(crate) async fn handle(
     worker: &Rc<Worker>,
@@ -100,20 +142,17 @@ pub(crate) async fn handle(
             true => std::borrow::Cow::Owned(h.to_ascii_lowercase()),
             false => std::borrow::Cow::Borrowed(h),
         });
-        live.router.route(host.as_deref(), crate::handler::path_of(&req.target))
+        live.router.route(host.as_deref(), outpost_api::handler::path_of(&req.target))
     };
     let handler_name = route.map_or("none", |r| r.handler.name());
-    let mut session = Session { req, client, downstream: ds };
-    let (result, handler, mut ctx) = match route {
+    let mut x = Exchange { req, client, ds, after: AfterResponse::default() };
+    let (result, mut chain) = match route {
         Some(route) => {
-            let handler = route.handler.clone();
-            let mut ctx = handler.new_ctx();
-            let r = phases(worker, &*handler, &mut session, &mut *ctx, &mut p).await;
-            (r, Some(handler), Some(ctx))
+            let mut chain = Chain::new(&live.router.filters, &route.handler);
+            let r = phases(worker, &mut chain, &mut x, &mut p).await;
+            (r, Some(chain))
         }
-        None => {
-            (Err(Error::new(ErrorKind::NoRoute, ErrorSource::Downstream, "routing")), None, None)
-        }
+        None => (Err(Error::new(ErrorKind::NoRoute, ErrorSource::Downstream, "routing")), None),
     };
     if let Err(e) = &result {
         match e.source {
@@ -127,10 +166,10 @@ pub(crate) async fn handle(
         } else {
             p.status = e.status();
             // A body left unread (or half read) cannot be skipped reliably: close after.
-            p.keep_alive &= session.downstream.body_done() && e.kind != ErrorKind::DownstreamIo;
+            p.keep_alive &= x.ds.body_done() && e.kind != ErrorKind::DownstreamIo;
             if e.kind != ErrorKind::DownstreamIo {
                 let reply = Reply::json_error(p.status, &e.public_message());
-                if session.downstream.write_reply(reply, p.keep_alive, head_only).await.is_err() {
+                if x.ds.write_reply(reply, p.keep_alive, head_only).await.is_err() {
                     p.keep_alive = false;
                 }
             } else {
@@ -147,63 +186,74 @@ pub(crate) async fn handle(
         worker.shared.metrics.request(p.status, malformed);
         worker.latency.record(elapsed);
     }
-    if let (Some(h), Some(ctx)) = (handler, ctx.as_mut()) {
+    if let Some(chain) = chain.as_mut() {
         let summary = Summary {
             status: p.status,
             upstream: p.upstream,
             body_bytes: p.body_bytes,
             duration: elapsed,
         };
-        h.logging(&session, &summary, result.as_ref().err().map(|e| &**e), &mut **ctx);
+        let err = result.as_ref().err().map(|e| &**e);
+        for (h, ctx) in chain.links.iter_mut() {
+            h.logging(&x.session(), &summary, err, &mut **ctx);
+        }
     }
     tracing::debug!(
-        handler = handler_name, method = %session.req.method, target = %session.req.target,
+        handler = handler_name, method = %x.req.method, target = %x.req.target,
         status = p.status, upstream = ?p.upstream, us = elapsed.as_micros() as u64, "request"
     );
-    p.keep_alive && session.downstream.body_done()
+    // The response is out: now the work that could wait.
+    for task in x.after.0.drain(..) {
+        worker.run_after_response(task, live.after_max_pending);
+    }
+    p.keep_alive && x.ds.body_done()
 }
 
 async fn phases(
     worker: &Rc<Worker>,
-    h: &dyn DynHandler,
-    s: &mut Session<'_>,
-    ctx: &mut dyn std::any::Any,
+    chain: &mut Chain,
+    x: &mut Exchange<'_>,
     p: &mut Progress,
 ) -> Result<()> {
-    let head_only = s.req.method == "HEAD";
-    if let Flow::Respond(reply) = h.request_filter(s, ctx).await? {
-        p.status = reply.status;
-        p.body_bytes = reply.body.len() as u64;
-        p.keep_alive &= s.downstream.body_done();
-        s.downstream.write_reply(reply, p.keep_alive, head_only).await.or_err(
-            ErrorKind::DownstreamIo,
-            ErrorSource::Downstream,
-            "writing a reply",
-        )?;
-        p.started = true;
-        return Ok(());
+    let head_only = x.req.method == "HEAD";
+    for (h, ctx) in chain.links.iter_mut() {
+        if let Flow::Respond(reply) = h.request_filter(&mut x.session(), &mut **ctx).await? {
+            p.status = reply.status;
+            p.body_bytes = reply.body.len() as u64;
+            p.keep_alive &= x.ds.body_done();
+            x.ds.write_reply(reply, p.keep_alive, head_only).await.or_err(
+                ErrorKind::DownstreamIo,
+                ErrorSource::Downstream,
+                "writing a reply",
+            )?;
+            p.started = true;
+            return Ok(());
+        }
     }
-    if !s.downstream.body_untouched() {
+    if !x.ds.body_untouched() {
         return Err(Error::new(
             ErrorKind::Internal,
             ErrorSource::Internal,
             "handler read the body and did not respond",
         ));
     }
-    let mut up_req = s.req.clone();
+    let mut up_req = x.req.clone();
     // Origins get origin-form targets; absolute-form is for proxies.
     up_req.target = origin_form(&up_req.target);
     http::remove_hop_by_hop(&mut up_req.headers);
     up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
-    h.upstream_request_filter(s, &mut up_req, ctx).await?;
-    let body = s.req.body().unwrap_or(Body::Empty);
+    for (h, ctx) in chain.links.iter_mut() {
+        h.upstream_request_filter(&mut x.session(), &mut up_req, &mut **ctx).await?;
+    }
+    let body = x.req.body().unwrap_or(Body::Empty);
     frame_request(&mut up_req.headers, body);
     let mut head = io::buf::take();
     http::write_request_head(&up_req.method, &up_req.target, &up_req.headers, &mut head);
 
+    let (h, ctx) = chain.handler();
     let mut attempts = 0;
     let (peer, mut up, reused) = loop {
-        let peer = h.upstream_peer(s, ctx).await.inspect_err(|e| {
+        let peer = h.upstream_peer(&mut x.session(), ctx).await.inspect_err(|e| {
             if e.kind == ErrorKind::NoUpstream {
                 worker.shared.metrics.upstream_failure(UpstreamFailure::NoHealthy);
             }
@@ -223,7 +273,9 @@ async fn phases(
                     e,
                 );
                 attempts += 1;
-                if !h.fail_to_connect(s, &peer, ctx, &e) || attempts >= MAX_CONNECT_ATTEMPTS {
+                if !h.fail_to_connect(&x.session(), &peer, ctx, &e)
+                    || attempts >= MAX_CONNECT_ATTEMPTS
+                {
                     return Err(e);
                 }
             }
@@ -231,7 +283,7 @@ async fn phases(
     };
     p.upstream = Some(peer.addr);
     let mut rbuf = io::buf::take();
-    let exchanged = send_and_receive(&mut up, s, &head, body, &peer, &mut rbuf).await;
+    let exchanged = send_and_receive(&mut up, x.ds, &head, body, &peer, &mut rbuf).await;
     let resp = match exchanged {
         // A pooled connection the origin closed just as we reused it, or one that carried
         // stray bytes (an origin that sent a body after a HEAD or 304 response, seen only
@@ -251,7 +303,7 @@ async fn phases(
                 ErrorSource::Upstream,
                 "reconnecting to the origin",
             )?;
-            send_and_receive(&mut up, s, &head, body, &peer, &mut rbuf).await
+            send_and_receive(&mut up, x.ds, &head, body, &peer, &mut rbuf).await
         }
         other => other,
     };
@@ -269,7 +321,7 @@ async fn phases(
             return Err(e);
         }
     };
-    let resp_body = resp.body(&s.req.method).or_err(
+    let resp_body = resp.body(&x.req.method).or_err(
         ErrorKind::InvalidResponse,
         ErrorSource::Upstream,
         "response framing",
@@ -277,9 +329,12 @@ async fn phases(
     let origin_keep_alive = resp.keep_alive() && resp_body != Body::UntilClose;
     let content_length = resp.header("content-length").map(<[u8]>::to_vec);
     http::remove_hop_by_hop(&mut resp.headers);
-    h.response_filter(s, &mut resp, ctx).await?;
+    // The route's handler first, then the filters outside it.
+    for (h, ctx) in chain.links.iter_mut().rev() {
+        h.response_filter(&mut x.session(), &mut resp, &mut **ctx).await?;
+    }
     // Re-frame for the client.
-    let chunked_ok = s.req.minor_version >= 1;
+    let chunked_ok = x.req.minor_version >= 1;
     resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
     let chunked = match resp_body {
         Body::Empty => {
@@ -302,7 +357,7 @@ async fn phases(
             false
         }
     };
-    if !p.keep_alive || !s.downstream.body_done() {
+    if !p.keep_alive || !x.ds.body_done() {
         p.keep_alive = false;
         set_header(&mut resp.headers, "Connection", "close");
     }
@@ -318,7 +373,7 @@ async fn phases(
     // Stream the response body. Decoded straight into `wire` unless it must be re-chunked.
     let mut dec = BodyDecoder::new(resp_body, u64::MAX);
     let mut plain = Vec::new();
-    let body_timeout = s.downstream.body_timeout();
+    let body_timeout = x.ds.body_timeout();
     loop {
         if !rbuf.is_empty() {
             let used = if chunked {
@@ -345,7 +400,7 @@ async fn phases(
         }
         if !wire.is_empty() {
             p.started = true;
-            send_response(s, &wire).await?;
+            send_response(x.ds, &wire).await?;
             wire.clear();
         }
         let (res, b) = match io::timeout(
@@ -379,7 +434,7 @@ async fn phases(
         http::encode_last_chunk(&mut wire);
     }
     p.started = true;
-    send_response(s, &wire).await?;
+    send_response(x.ds, &wire).await?;
     if origin_keep_alive && rbuf.is_empty() {
         worker.pool.borrow_mut().put(&peer, up);
     }
@@ -389,8 +444,8 @@ async fn phases(
 }
 
 /// Sends (and flushes) part of the response to the client.
-async fn send_response(s: &mut Session<'_>, wire: &[u8]) -> Result<()> {
-    s.downstream.tls.send(wire).await.or_err(
+async fn send_response(ds: &mut Downstream, wire: &[u8]) -> Result<()> {
+    ds.tls.send(wire).await.or_err(
         ErrorKind::DownstreamIo,
         ErrorSource::Downstream,
         "writing the response",
@@ -431,7 +486,7 @@ fn frame_request(headers: &mut Vec<Header>, body: Body) {
 /// the bytes after the head in `rbuf`.
 async fn send_and_receive(
     up: &mut io::Stream,
-    s: &mut Session<'_>,
+    ds: &mut Downstream,
     head: &[u8],
     body: Body,
     peer: &Peer,
@@ -443,7 +498,7 @@ async fn send_and_receive(
     let mut more = body != Body::Empty;
     while more {
         plain.clear();
-        more = s.downstream.read_body(&mut plain).await?;
+        more = ds.read_body(&mut plain).await?;
         match body {
             Body::Chunked => {
                 http::encode_chunk(&plain, &mut out);

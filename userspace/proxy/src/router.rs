@@ -4,15 +4,12 @@
 //! `*.suffix`, then `*`), then the longest path prefix matching on whole segments. Only
 //! routes matching both the host and the path compete.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
-use anyhow::Result;
+use anyhow::{bail, Context as _, Result};
+use outpost_api::{AdminEndpoint, Background, BuildEnv, ErasedHandler, RouteSpec};
 
-use crate::{
-    config::{Config, HandlerKind},
-    handler::{DynHandler, Named},
-    origin::{OriginHandler, Servers},
-};
+use crate::{config::Config, registry::Registry};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum HostMatch {
@@ -52,7 +49,7 @@ impl HostMatch {
 pub struct Route {
     host: HostMatch,
     path: String,
-    pub(crate) handler: Arc<dyn DynHandler>,
+    pub(crate) handler: Arc<dyn ErasedHandler>,
 }
 
 impl Route {
@@ -67,44 +64,59 @@ impl Route {
     }
 }
 
-/// The routes of one configuration generation.
+/// The routes of one configuration generation, the filters in front of them, and the admin
+/// endpoints applications added.
 pub struct Router {
     routes: Vec<Route>,
-    /// Every origin set, for the health checker.
-    origins: Vec<Arc<Servers>>,
+    pub(crate) filters: Vec<Arc<dyn ErasedHandler>>,
+    pub(crate) admin: BTreeMap<String, AdminEndpoint>,
 }
 
 impl Router {
-    /// Builds the routes of `config`. `builtin` is the address of the built-in page;
-    /// `previous` lends its origins' health state to origins that stay.
+    /// Builds the routes of `config` with the handlers in `registry`. Returns the background
+    /// work the handlers asked for, for the control thread.
     pub fn build(
         config: &Config,
-        builtin: Option<SocketAddr>,
-        previous: Option<&Router>,
-    ) -> Result<Router> {
-        let mut routes = Vec::new();
-        let mut origins = Vec::new();
-        for r in &config.routes {
-            let handler: Arc<dyn DynHandler> = match r.handler {
-                HandlerKind::Origin => {
-                    let servers = Servers::new(&r.origin, builtin)?;
-                    if let Some(prev) = previous {
-                        for old in &prev.origins {
-                            servers.inherit_health(old);
-                        }
-                    }
-                    let servers = Arc::new(servers);
-                    origins.push(servers.clone());
-                    Arc::new(Named("origin", OriginHandler::new(servers)))
-                }
-            };
-            routes.push(Route {
-                host: HostMatch::parse(&r.host),
-                path: normalize_prefix(&r.path),
-                handler,
-            });
+        registry: &Registry,
+        env: &BuildEnv,
+    ) -> Result<(Router, Vec<Background>)> {
+        if let Some(name) = config.sections.keys().find(|k| !registry.owns_section(k)) {
+            bail!("unknown section [{name}]: no handler of this build reads it");
         }
-        Ok(Router { routes, origins })
+        let mut routes = Vec::new();
+        let mut background = Vec::new();
+        for r in &config.routes {
+            let Some(factory) = registry.routes.get(r.handler.as_str()) else {
+                bail!(
+                    "route {} {}: unknown handler {:?} (this build has: {})",
+                    r.host,
+                    r.path,
+                    r.handler,
+                    registry.route_names()
+                );
+            };
+            let settings = r.handler_settings();
+            let spec = RouteSpec { host: &r.host, path: &r.path, settings: &settings };
+            let built = factory
+                .build(&spec, env)
+                .with_context(|| format!("route {} {} ({})", r.host, r.path, r.handler))?;
+            background.extend(built.background);
+            routes.push(Route::new(&r.host, &r.path, built.handler));
+        }
+        let mut filters = Vec::new();
+        let mut admin = BTreeMap::new();
+        for app in &registry.apps {
+            let parts = app
+                .build(config.section(app.section()), env)
+                .with_context(|| format!("[{}]", app.section()))?;
+            for r in parts.routes {
+                routes.push(Route::new(&r.host, &r.path, r.handler));
+            }
+            filters.extend(parts.filters);
+            admin.extend(parts.admin);
+            background.extend(parts.background);
+        }
+        Ok((Router { routes, filters, admin }, background))
     }
 
     /// The route for a request, if any.
@@ -119,8 +131,15 @@ impl Router {
             .map(|(_, r)| r)
     }
 
-    pub fn origins(&self) -> &[Arc<Servers>] {
-        &self.origins
+    /// Every route, for logs.
+    pub fn describe(&self) -> Vec<String> {
+        self.routes.iter().map(|r| format!("{} -> {}", r.describe(), r.handler.name())).collect()
+    }
+}
+
+impl Route {
+    fn new(host: &str, path: &str, handler: Arc<dyn ErasedHandler>) -> Route {
+        Route { host: HostMatch::parse(host), path: normalize_prefix(path), handler }
     }
 }
 
@@ -146,11 +165,39 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use outpost_api::{erase, Built, Handler, RouteFactory};
+
     use super::*;
 
-    fn router(routes: &str) -> Router {
-        let c = Config::parse(routes).unwrap();
-        Router::build(&c, None, None).unwrap()
+    /// A handler named after its settings' `tag`, to see which route was picked.
+    struct Tagged;
+    struct Nothing;
+
+    #[async_trait::async_trait(?Send)]
+    impl Handler for Nothing {
+        type Ctx = ();
+        fn new_ctx(&self) {}
+    }
+
+    impl RouteFactory for Tagged {
+        fn name(&self) -> &'static str {
+            "tagged"
+        }
+        fn build(&self, r: &RouteSpec<'_>, _env: &BuildEnv) -> Result<Built> {
+            if r.settings.get("fail").is_some() {
+                bail!("asked to fail");
+            }
+            Ok(Built { handler: erase("tagged", Nothing), background: Vec::new() })
+        }
+    }
+
+    fn env() -> BuildEnv {
+        BuildEnv { node: "test".into(), builtin: None, data_dir: ".".into() }
+    }
+
+    fn router(routes: &str) -> Result<Router> {
+        let c = Config::parse(routes)?;
+        Router::build(&c, &Registry::new().route(Tagged), &env()).map(|(r, _)| r)
     }
 
     #[test]
@@ -159,24 +206,21 @@ mod tests {
             r#"
             [[routes]]
             host = "*"
-            [routes.origin]
-            servers = ["127.0.0.1:1"]
+            handler = "tagged"
             [[routes]]
             host = "*"
             path = "/api/"
-            [routes.origin]
-            servers = ["127.0.0.1:2"]
+            handler = "tagged"
             [[routes]]
             host = "*.example.com"
-            [routes.origin]
-            servers = ["127.0.0.1:3"]
+            handler = "tagged"
             [[routes]]
             host = "app.example.com"
             path = "/app"
-            [routes.origin]
-            servers = ["127.0.0.1:4"]
+            handler = "tagged"
             "#,
-        );
+        )
+        .unwrap();
         let pick = |h: Option<&str>, p: &str| r.route(h, p).map(|r| r.describe());
         assert_eq!(pick(Some("other.org"), "/"), Some("*/".into()));
         assert_eq!(pick(Some("other.org"), "/api"), Some("*/api".into()));
@@ -191,15 +235,20 @@ mod tests {
 
     #[test]
     fn no_match() {
-        let r = router(
-            r#"
-            [[routes]]
-            host = "a.test"
-            [routes.origin]
-            servers = ["127.0.0.1:1"]
-            "#,
-        );
+        let r = router("[[routes]]\nhost = \"a.test\"\nhandler = \"tagged\"").unwrap();
         assert!(r.route(Some("b.test"), "/").is_none());
         assert!(r.route(Some("a.test"), "/x").is_some());
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        for (bad, says) in [
+            ("[[routes]]\nhandler = \"nope\"", "unknown handler \"nope\""),
+            ("[[routes]]\nhandler = \"tagged\"\n[routes.tagged]\nfail = 1", "asked to fail"),
+            ("[nope]\nx = 1", "unknown section [nope]"),
+        ] {
+            let e = format!("{:#}", router(bad).err().unwrap_or_else(|| panic!("accepted {bad}")));
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! policy and HTTP limits; open connections keep going.
 
 use std::{
+    collections::BTreeMap,
     net::TcpListener,
     path::{Path, PathBuf},
     sync::{mpsc, Arc},
@@ -22,14 +23,17 @@ use tokio::{
     sync::watch,
 };
 
+use outpost_api::{AdminEndpoint, Background, BuildEnv};
+
 use crate::{
     admin::{self, KernelStats},
     builtin,
     config::{ms, Config},
     io::{self, Backend},
     listen,
-    metrics::Metrics,
-    origin, plain,
+    metrics::{Metrics, MetricsSource},
+    plain,
+    registry::Registry,
     shared::{drained, Live, Shared},
 };
 
@@ -46,15 +50,28 @@ pub struct RunOptions {
     /// The XDP program's counters, for `/metrics`.
     pub kernel: Option<Arc<dyn KernelStats>>,
     pub on_config: Option<OnConfig>,
+    /// The handlers this build ships.
+    pub registry: Registry,
+    /// Admin endpoints of the binary (`/audit`), by exact path.
+    pub admin: Vec<(String, AdminEndpoint)>,
+    /// More series for `/metrics` (the store's).
+    pub metrics: Vec<MetricsSource>,
+}
+
+/// Reads the configuration `outpost run` would use: `path`, else `./outpost.toml` when it
+/// exists, else the defaults. The binary reads its own sections (`[store]`) from it first.
+pub fn load_config(path: Option<&Path>) -> Result<(Option<PathBuf>, Config)> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from("outpost.toml")).filter(|p| p.is_file()),
+    };
+    let config = load(path.as_deref())?;
+    Ok((path, config))
 }
 
 /// Serves until SIGTERM/SIGINT and the drain are done.
 pub fn run(opts: RunOptions) -> Result<()> {
-    let path = match opts.config {
-        Some(p) => Some(p),
-        None => Some(PathBuf::from("outpost.toml")).filter(|p| p.is_file()),
-    };
-    let config = load(path.as_deref())?;
+    let (path, config) = load_config(opts.config.as_deref())?;
     let mut backend = opts.io.unwrap_or(config.io);
     if let Err(e) = backend.probe() {
         tracing::warn!(error = %e, "io_uring is not available; falling back to epoll");
@@ -67,11 +84,18 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // Always running, so a reload can route to it even if the first config did not.
     let builtin = listen::bind_plain(([127, 0, 0, 1], 0).into())?;
     let builtin_addr = builtin.local_addr()?;
-    let live = Live::build(&config, Some(builtin_addr), None)?;
+    let node = config.node_name();
+    let env = BuildEnv { node: node.clone(), builtin: Some(builtin_addr), data_dir: data_dir.clone() };
+    let (live, background) = Live::build(&config, &opts.registry, &env)?;
     if let Some(f) = &opts.on_config {
         f(&config);
     }
-    let shared = Shared::new(live, Metrics::new());
+    let metrics = Metrics::new();
+    metrics.set_node(&node);
+    for source in opts.metrics {
+        metrics.add_source(source);
+    }
+    let shared = Shared::new(live, metrics);
 
     let workers = match config.workers {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
@@ -94,11 +118,18 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let control = {
         let shared = shared.clone();
-        let ctl =
-            Control { shared, path, builtin_addr, kernel: opts.kernel, on_config: opts.on_config };
-        thread::Builder::new()
-            .name("outpost-control".into())
-            .spawn(move || Backend::Epoll.block_on(ctl.run(admin, builtin, stop_rx, ready_tx)))?
+        let ctl = Control {
+            shared,
+            path,
+            env,
+            registry: opts.registry,
+            kernel: opts.kernel,
+            on_config: opts.on_config,
+            admin: opts.admin.into_iter().collect(),
+        };
+        thread::Builder::new().name("outpost-control".into()).spawn(move || {
+            Backend::Epoll.block_on(ctl.run(admin, builtin, background, stop_rx, ready_tx))
+        })?
     };
     // Signal handlers are installed before any client connection is accepted.
     ready_rx
@@ -109,13 +140,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut threads = Vec::new();
     for (i, listeners) in per_worker.into_iter().enumerate() {
         let shared = shared.clone();
+        let node = node.clone();
         threads.push(thread::Builder::new().name(format!("outpost-w{i}")).spawn(move || {
+            let _span = tracing::info_span!("outpost", %node).entered();
             backend.block_on(crate::server::worker_main(shared, listeners, grace))
         })?);
     }
     tracing::info!(
-        https = ?bound, admin = %admin_addr, builtin = %builtin_addr, io = backend.name(), workers,
-        data_dir = %data_dir.display(), "outpost is serving"
+        %node, https = ?bound, admin = %admin_addr, builtin = %builtin_addr, io = backend.name(),
+        workers, data_dir = %data_dir.display(), "outpost is serving"
     );
     let mut failure = None;
     for t in threads {
@@ -151,9 +184,11 @@ fn load(path: Option<&Path>) -> Result<Config> {
 struct Control {
     shared: Arc<Shared>,
     path: Option<PathBuf>,
-    builtin_addr: std::net::SocketAddr,
+    env: BuildEnv,
+    registry: Registry,
     kernel: Option<Arc<dyn KernelStats>>,
     on_config: Option<OnConfig>,
+    admin: BTreeMap<String, AdminEndpoint>,
 }
 
 impl Control {
@@ -161,6 +196,7 @@ impl Control {
         self,
         admin: TcpListener,
         builtin: TcpListener,
+        background: Vec<Background>,
         mut stop: watch::Receiver<bool>,
         ready: mpsc::Sender<std::io::Result<()>>,
     ) {
@@ -183,13 +219,14 @@ impl Control {
                 return;
             }
         };
+        let _span = tracing::info_span!("outpost", node = %self.env.node).entered();
         io::spawn(plain::serve(
             admin,
-            admin::respond(self.shared.clone(), self.kernel.clone()),
+            admin::respond(self.shared.clone(), self.kernel.clone(), self.admin.clone()),
             stop.clone(),
         ));
         io::spawn(plain::serve(builtin, builtin::respond(), stop.clone()));
-        self.start_health_checks();
+        spawn_background(background);
         loop {
             tokio::select! {
                 _ = drained(&mut stop) => break,
@@ -210,13 +247,13 @@ impl Control {
     }
 
     fn reload(&self) {
-        let old = self.shared.live();
-        let result = load(self.path.as_deref())
-            .and_then(|c| Live::build(&c, Some(self.builtin_addr), Some(&old)).map(|l| (c, l)));
+        let result = load(self.path.as_deref()).and_then(|c| {
+            Live::build(&c, &self.registry, &self.env).map(|built| (c, built))
+        });
         match result {
-            Ok((config, live)) => {
+            Ok((config, (live, background))) => {
                 self.shared.replace(live);
-                self.start_health_checks();
+                spawn_background(background);
                 if let Some(f) = &self.on_config {
                     f(&config);
                 }
@@ -232,12 +269,11 @@ impl Control {
             ),
         }
     }
+}
 
-    /// One health loop per origin set of the current generation; loops of replaced sets end by
-    /// themselves once nothing uses them.
-    fn start_health_checks(&self) {
-        for set in self.shared.live().router.origins() {
-            io::spawn(origin::health_loop(Arc::downgrade(set)));
-        }
+/// Background work of a new generation, on the control thread (its runtime is tokio's).
+fn spawn_background(tasks: Vec<Background>) {
+    for t in tasks {
+        io::spawn(t);
     }
 }

@@ -15,10 +15,12 @@ use std::{
 
 use tokio::sync::Notify;
 
+use async_trait::async_trait;
+use outpost_api::{ClientInfo, Reply, RequestBody, TlsInfo};
+
 use crate::{
     error::{Error, ErrorKind, ErrorSource, Result},
     floor,
-    handler::{ClientInfo, Reply},
     http::{self, BodyDecoder, Header},
     io,
     metrics::Latency,
@@ -38,7 +40,34 @@ pub(crate) struct Worker {
     pub pool: RefCell<Pool>,
     pub latency: Latency,
     active: Cell<usize>,
+    /// After-response tasks not finished yet.
+    after_pending: Cell<usize>,
     idle: Notify,
+}
+
+impl Worker {
+    /// Runs `task` (work a handler left for after its response) on this worker, unless
+    /// `max` of them are already pending: then it is dropped, counted and logged.
+    pub(crate) fn run_after_response(self: &Rc<Self>, task: outpost_api::handler::Task, max: usize) {
+        if self.after_pending.get() >= max {
+            self.shared.metrics.after_response_dropped();
+            tracing::warn!(pending = max, "after-response queue full; work dropped");
+            return;
+        }
+        self.after_pending.set(self.after_pending.get() + 1);
+        self.shared.metrics.after_response_started();
+        let worker = self.clone();
+        io::spawn(async move {
+            task.await;
+            worker.after_pending.set(worker.after_pending.get() - 1);
+            worker.shared.metrics.after_response_finished();
+            worker.idle.notify_waiters();
+        });
+    }
+
+    fn busy(&self) -> bool {
+        self.active.get() > 0 || self.after_pending.get() > 0
+    }
 }
 
 /// Runs one worker until the drain finished or `grace` after it started.
@@ -53,6 +82,7 @@ pub(crate) async fn worker_main(
         pool: RefCell::new(Pool::default()),
         latency,
         active: Cell::new(0),
+        after_pending: Cell::new(0),
         idle: Notify::new(),
     });
     let mut accepting = Vec::new();
@@ -66,9 +96,18 @@ pub(crate) async fn worker_main(
     for a in accepting {
         let _ = a.await;
     }
-    while worker.active.get() > 0 {
-        if io::timeout_at(deadline, worker.idle.notified()).await.is_err() {
-            tracing::warn!(open = worker.active.get(), "grace period over; closing connections");
+    // Connections finish their requests; work left for after the responses finishes too.
+    while worker.busy() {
+        let idle = worker.idle.notified();
+        if !worker.busy() {
+            break;
+        }
+        if io::timeout_at(deadline, idle).await.is_err() {
+            tracing::warn!(
+                open = worker.active.get(),
+                after_response = worker.after_pending.get(),
+                "grace period over; closing connections and dropping pending work"
+            );
             break;
         }
     }
@@ -155,7 +194,8 @@ async fn connection(
         %peer, version = negotiated.version_name(), cipher = ?negotiated.cipher,
         sni = ?negotiated.sni, "TLS established"
     );
-    let client = ClientInfo { addr: peer, local, tls: negotiated };
+    let info = TlsInfo { version: negotiated.version_name(), sni: negotiated.sni };
+    let client = ClientInfo { addr: peer, local, tls: info };
     let mut ds = Downstream {
         tls,
         buf: Vec::new(),
@@ -254,6 +294,13 @@ async fn refuse(worker: &Worker, ds: &mut Downstream, e: &Error) {
     worker.shared.metrics.request(status, status == 400);
     let reply = Reply::json_error(status, &e.public_message());
     let _ = ds.write_reply(reply, false, false).await;
+}
+
+#[async_trait(?Send)]
+impl RequestBody for Downstream {
+    async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+        Downstream::read_body(self, out).await
+    }
 }
 
 /// The client side of a connection, between requests and within one.

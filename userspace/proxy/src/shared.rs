@@ -2,16 +2,19 @@
 //! whole by a reload), the metrics, and the drain signal.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, RwLock},
     time::Duration,
 };
 
 use anyhow::Result;
+use outpost_api::{Background, BuildEnv};
 use outpost_common::Policy;
 use tokio::sync::watch;
 
-use crate::{config::ms, config::Config, http::Limits, metrics::Metrics, router::Router};
+use crate::{
+    config::ms, config::Config, http::Limits, metrics::Metrics, registry::Registry,
+    router::Router,
+};
 
 /// Everything a reload can change. Connections take the current one when they start (TLS
 /// configuration, floor) and again for each request (routes), so a reload never touches an
@@ -26,18 +29,21 @@ pub struct Live {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    /// Most after-response tasks pending per worker.
+    pub after_max_pending: usize,
 }
 
 impl Live {
+    /// Builds a generation, and the background work its handlers asked for.
     pub fn build(
         config: &Config,
-        builtin: Option<SocketAddr>,
-        previous: Option<&Live>,
-    ) -> Result<Live> {
+        registry: &Registry,
+        env: &BuildEnv,
+    ) -> Result<(Live, Vec<Background>)> {
         let tls = crate::tls::server_config(&config.tls, &config.data_dir())?;
-        let router = Router::build(config, builtin, previous.map(|p| &p.router))?;
+        let (router, background) = Router::build(config, registry, env)?;
         let h = &config.http;
-        Ok(Live {
+        let live = Live {
             tls,
             router,
             policy: config.floor.policy(),
@@ -47,7 +53,9 @@ impl Live {
             header_timeout: ms(h.header_timeout_ms),
             idle_timeout: ms(h.idle_timeout_ms),
             body_timeout: ms(h.body_timeout_ms),
-        })
+            after_max_pending: config.after_response.max_pending,
+        };
+        Ok((live, background))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use outpost_proxy::http::{
+use outpost_api::http::{
     encode_chunk, encode_last_chunk, is_hop_by_hop, parse_request, parse_response, reason,
     remove_hop_by_hop, write_request_head, write_response_head, Body, BodyDecoder, Error, Header,
     Limits, Request, Response,

@@ -39,6 +39,8 @@ pub enum ErrorKind {
     UpstreamIo,
     /// The origin's response broke the codec's rules. 502.
     InvalidResponse,
+    /// A service the handler needs (the store, an identity provider) cannot answer now. 503.
+    Unavailable,
     /// A bug or an unexpected state. 500.
     Internal,
 }
@@ -76,6 +78,7 @@ impl Error {
             ErrorKind::NoUpstream | ErrorKind::ConnectFailed => 502,
             ErrorKind::UpstreamIo | ErrorKind::InvalidResponse => 502,
             ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -93,6 +96,7 @@ impl Error {
             ErrorKind::UpstreamTimeout => "origin server did not answer in time".into(),
             ErrorKind::UpstreamIo => "origin server connection failed".into(),
             ErrorKind::InvalidResponse => "invalid response from origin server".into(),
+            ErrorKind::Unavailable => "service temporarily unavailable; try again".into(),
             ErrorKind::Internal => "internal error".into(),
         }
     }

@@ -1,7 +1,7 @@
 //! The handler API: the phases of one request, modelled on pingora's `ProxyHttp`.
 //!
 //! A handler implements [`Handler`]; every phase has a default, so a handler writes only what
-//! it needs. The proxy core ([`crate::proxy`]) calls the phases in order:
+//! it needs. The proxy core calls the phases in order:
 //!
 //! 1. [`Handler::new_ctx`]: per-request state, owned by the core for the request's lifetime.
 //! 2. [`Handler::request_filter`]: [`Flow::Respond`] answers the request and stops (a login
@@ -12,16 +12,16 @@
 //! 5. [`Handler::response_filter`]: edit the response head sent to the client.
 //! 6. [`Handler::logging`]: after the response is done, with its summary and error if any.
 //!
-//! Handlers know nothing of each other; the [`Router`](crate::router::Router) picks one per
-//! request. Connection pools, body streaming and error responses belong to the core. A new
-//! handler is a module implementing [`Handler`], a [`HandlerKind`](crate::config::HandlerKind)
-//! variant with its settings, and one arm in `Router::build`.
+//! Filters (handlers an [`App`](crate::App) puts in front of every route, such as an access
+//! check) run the same phases before the route's handler: the first filter that responds ends
+//! the request, and every filter edits the upstream head before the route's handler does.
+//!
+//! Handlers know nothing of each other, and nothing of sockets, TLS or pools: those belong to
+//! the core. Work that may wait (an audit event, a mail) goes to
+//! [`Session::after_response`] and never delays the response.
 //!
 //! ```
-//! use outpost_proxy::{
-//!     error::Result,
-//!     handler::{Flow, Handler, Reply, Session},
-//! };
+//! use outpost_api::{Flow, Handler, Reply, Result, Session};
 //!
 //! /// Answers every request itself.
 //! struct Hello;
@@ -33,26 +33,24 @@
 //!     fn new_ctx(&self) {}
 //!
 //!     async fn request_filter(&self, s: &mut Session<'_>, _ctx: &mut ()) -> Result<Flow> {
-//!         let body = format!("hello from {} over {}\n", s.path(), s.client.tls.version_name());
+//!         let body = format!("hello from {} over {}\n", s.path(), s.client.tls.version);
 //!         Ok(Flow::Respond(Reply::new(200, "text/plain", body)))
 //!     }
 //! }
 //! ```
 
-use std::{any::Any, net::SocketAddr, time::Duration};
+use std::{any::Any, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
 use crate::{
     error::{Error, ErrorKind, ErrorSource, Result},
     http::{Header, Request, Response},
-    server::Downstream,
-    tls::Negotiated,
 };
 
 /// What [`Handler::request_filter`] decided.
 pub enum Flow {
-    /// Go on: forward the request upstream.
+    /// Go on: to the next filter, the route's handler, then upstream.
     Continue,
     /// The handler answered; the core writes this response and stops.
     Respond(Reply),
@@ -78,21 +76,39 @@ impl Reply {
     /// `{"error": "<message>"}` with `status`.
     pub fn json_error(status: u16, message: &str) -> Reply {
         let mut body = String::from("{\"error\": \"");
-        for c in message.chars() {
-            match c {
-                '"' => body.push_str("\\\""),
-                '\\' => body.push_str("\\\\"),
-                c if (c as u32) < 0x20 => body.push(' '),
-                c => body.push(c),
-            }
-        }
+        json_escape_into(message, &mut body);
         body.push_str("\"}\n");
         Reply::new(status, "application/json", body)
+    }
+
+    /// An HTML page (`text/html; charset=utf-8`).
+    pub fn html(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply::new(status, "text/html; charset=utf-8", body)
+    }
+
+    /// A redirect: `status` (302, 303) with `Location`.
+    pub fn redirect(status: u16, location: &str) -> Reply {
+        Reply::new(status, "text/plain; charset=utf-8", format!("see {location}\n"))
+            .header("Location", location)
     }
 
     pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Reply {
         self.headers.push(Header::new(name, value));
         self
+    }
+}
+
+/// Appends `s` as the inside of a JSON string: quotes, backslashes and control characters
+/// escaped.
+pub fn json_escape_into(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push(' '),
+            c => out.push(c),
+        }
     }
 }
 
@@ -110,27 +126,94 @@ pub struct Peer {
     pub pool_idle: Duration,
 }
 
+/// The TLS session of the client connection.
+#[derive(Clone, Debug)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`: what rustls negotiated.
+    pub version: &'static str,
+    /// The server name the client asked for, if any.
+    pub sni: Option<String>,
+}
+
 /// Facts about the client connection, fixed for its lifetime.
 #[derive(Clone, Debug)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub local: SocketAddr,
-    pub tls: Negotiated,
+    pub tls: TlsInfo,
 }
 
-/// One request as a handler sees it: the head (mutable), the client, and the body on demand.
+/// The request body as the core reads it for a handler: dechunked, within the body limit and
+/// timeouts.
+#[async_trait(?Send)]
+pub trait RequestBody {
+    /// Reads more of the body, appending to `out`. Returns whether more is to come.
+    async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool>;
+}
+
+/// A future the core runs after the response was written (see [`Session::after_response`]).
+pub type Task = Pin<Box<dyn Future<Output = ()> + 'static>>;
+
+/// Work handed over by the handlers of one request, run once its response is out.
+#[derive(Default)]
+pub struct AfterResponse(pub Vec<Task>);
+
+/// One request as a handler sees it: the head (mutable), the client, the body on demand, and
+/// where to put work for after the response.
 pub struct Session<'a> {
-    pub req: Request,
+    pub req: &'a mut Request,
     pub client: &'a ClientInfo,
-    pub(crate) downstream: &'a mut Downstream,
+    body: &'a mut dyn RequestBody,
+    after: &'a mut AfterResponse,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    /// For the core (and handler tests): a view of one request.
+    pub fn new(
+        req: &'a mut Request,
+        client: &'a ClientInfo,
+        body: &'a mut dyn RequestBody,
+        after: &'a mut AfterResponse,
+    ) -> Session<'a> {
+        Session { req, client, body, after }
+    }
+
     /// Reads more of the request body (dechunked), appending to `out`. Returns whether more is
     /// to come. A handler that reads the body must answer with [`Flow::Respond`]: the core
     /// forwards only a body it has not started.
     pub async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {
-        self.downstream.read_body(out).await
+        self.body.read_body(out).await
+    }
+
+    /// Reads the whole body, refusing more than `max` bytes with 413.
+    pub async fn read_body_to_end(&mut self, max: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while self.read_body(&mut out).await? {
+            if out.len() > max {
+                return Err(Error::new(
+                    ErrorKind::BadRequest(crate::http::Error::BodyTooLarge),
+                    ErrorSource::Downstream,
+                    "request body over the handler's limit",
+                ));
+            }
+        }
+        if out.len() > max {
+            return Err(Error::new(
+                ErrorKind::BadRequest(crate::http::Error::BodyTooLarge),
+                ErrorSource::Downstream,
+                "request body over the handler's limit",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Runs `work` after this request's response has been written, on the same worker: the
+    /// response never waits for it. The core bounds how much such work may be pending; past
+    /// the bound the work is dropped, counted (`outpost_after_response_dropped_total`) and
+    /// logged, and the request still succeeds. A drain (SIGTERM) waits for pending work within
+    /// the grace period.
+    pub fn after_response(&mut self, work: impl Future<Output = ()> + 'static) {
+        self.after.0.push(Box::pin(work));
     }
 
     /// The request's host, lowercase, without port.
@@ -141,6 +224,13 @@ impl Session<'_> {
     /// The request path, without the query.
     pub fn path(&self) -> &str {
         path_of(&self.req.target)
+    }
+
+    /// The query string (after `?`, before `#`), if any.
+    pub fn query(&self) -> Option<&str> {
+        let t = &self.req.target;
+        let q = &t[t.find('?')? + 1..];
+        Some(q.split('#').next().unwrap_or(""))
     }
 }
 
@@ -228,9 +318,11 @@ pub trait Handler: Send + Sync + 'static {
     fn logging(&self, _s: &Session<'_>, _sum: &Summary, _e: Option<&Error>, _ctx: &mut Self::Ctx) {}
 }
 
-/// [`Handler`] with its context erased, so the router can hold handlers of any type.
+/// [`Handler`] with its context erased, so the core can hold handlers of any type. Made by
+/// [`erase`].
 #[async_trait(?Send)]
-pub(crate) trait DynHandler: Send + Sync {
+pub trait ErasedHandler: Send + Sync {
+    /// The name logs and metrics know this handler by.
     fn name(&self) -> &'static str;
     fn new_ctx(&self) -> Box<dyn Any>;
     async fn request_filter(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Flow>;
@@ -252,15 +344,19 @@ pub(crate) trait DynHandler: Send + Sync {
     fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any);
 }
 
-/// A handler and the name logs and metrics know it by.
-pub(crate) struct Named<H>(pub &'static str, pub H);
+/// `handler` under `name`, ready for a route or a filter list.
+pub fn erase<H: Handler>(name: &'static str, handler: H) -> Arc<dyn ErasedHandler> {
+    Arc::new(Named(name, handler))
+}
+
+struct Named<H>(&'static str, H);
 
 fn ctx_of<C: 'static>(ctx: &mut dyn Any) -> &mut C {
     ctx.downcast_mut::<C>().expect("the core passes each handler the context it created")
 }
 
 #[async_trait(?Send)]
-impl<H: Handler> DynHandler for Named<H> {
+impl<H: Handler> ErasedHandler for Named<H> {
     fn name(&self) -> &'static str {
         self.0
     }
@@ -321,6 +417,6 @@ mod tests {
     #[test]
     fn json_errors_are_escaped() {
         let r = Reply::json_error(400, "bad \"x\"\n");
-        assert_eq!(r.body, b"{\"error\": \"bad \\\"x\\\" \"}\n");
+        assert_eq!(r.body, b"{\"error\": \"bad \\\"x\\\"\\n\"}\n");
     }
 }
