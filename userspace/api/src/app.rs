@@ -14,7 +14,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc};
 
-use crate::{handler::ErasedHandler, http::Request, handler::Reply};
+use crate::{handler::ErasedHandler, handler::Reply, http::Request};
 
 /// A future for the control thread: health checks, senders, sweepers. Spawned after every
 /// build; one that belongs to a replaced generation should end by itself (hold a `Weak` to

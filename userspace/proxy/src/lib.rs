@@ -11,7 +11,8 @@
 //!   module that names a runtime.
 //! - [`listen`]: SO_REUSEPORT listening sockets, one per worker and address.
 //! - [`server`]: a worker: accept loop, per-connection floor → TLS → HTTP keep-alive loop,
-//!   head limits and timeouts.
+//!   head limits and timeouts; `worker` holds a worker's state (pool, what is still running)
+//!   and `downstream` the client side of a connection.
 //! - [`floor`]: reads the first flight and classifies the ClientHello before rustls (the
 //!   shared classifier); rejects legacy versions with a protocol_version alert.
 //! - [`tls`]: rustls configuration (SNI certificates, the self-signed fallback) and rustls
@@ -34,6 +35,7 @@
 pub mod admin;
 pub mod builtin;
 pub mod config;
+mod downstream;
 pub mod floor;
 pub mod io;
 pub mod listen;
@@ -46,6 +48,7 @@ pub mod run;
 pub mod server;
 pub mod shared;
 pub mod tls;
+mod worker;
 
 pub use outpost_api::{error, http};
 pub use registry::Registry;

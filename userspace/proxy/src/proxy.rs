@@ -9,7 +9,6 @@
 
 use std::{
     any::Any,
-    collections::HashMap,
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
@@ -22,12 +21,13 @@ use outpost_api::{
 };
 
 use crate::{
+    downstream::Downstream,
     error::{Error, ErrorKind, ErrorSource, OrErr as _, Result},
     http::{self, Body, BodyDecoder, Header, Request, Response},
     io,
     metrics::UpstreamFailure,
-    server::{Downstream, Worker},
     shared::Live,
+    worker::Worker,
 };
 
 /// Most connect attempts for one request (each to a different server, as the handler picks).
@@ -38,37 +38,6 @@ const UPSTREAM_READ: usize = io::buf::SIZE;
 /// stream).
 const UPSTREAM_LIMITS: http::Limits =
     http::Limits { max_head_bytes: 64 * 1024, max_headers: 256, max_body_bytes: u64::MAX };
-
-/// Idle origin connections of one worker, by address.
-#[derive(Default)]
-pub(crate) struct Pool {
-    idle: HashMap<SocketAddr, Vec<(io::Stream, Instant)>>,
-}
-
-impl Pool {
-    /// The most recently used live connection to `peer`, if any.
-    fn take(&mut self, peer: &Peer) -> Option<io::Stream> {
-        let list = self.idle.get_mut(&peer.addr)?;
-        while let Some((s, since)) = list.pop() {
-            if since.elapsed() < peer.pool_idle && s.idle_and_open() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put(&mut self, peer: &Peer, s: io::Stream) {
-        if peer.pool_size == 0 {
-            return;
-        }
-        let list = self.idle.entry(peer.addr).or_default();
-        if list.len() >= peer.pool_size {
-            // The oldest goes: it is the likeliest to be closed by the origin soon.
-            list.remove(0);
-        }
-        list.push((s, Instant::now()));
-    }
-}
 
 /// What the core knows about the response while it runs.
 #[derive(Default)]

@@ -85,7 +85,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let builtin = listen::bind_plain(([127, 0, 0, 1], 0).into())?;
     let builtin_addr = builtin.local_addr()?;
     let node = config.node_name();
-    let env = BuildEnv { node: node.clone(), builtin: Some(builtin_addr), data_dir: data_dir.clone() };
+    let env =
+        BuildEnv { node: node.clone(), builtin: Some(builtin_addr), data_dir: data_dir.clone() };
     let (live, background) = Live::build(&config, &opts.registry, &env)?;
     if let Some(f) = &opts.on_config {
         f(&config);
@@ -247,9 +248,8 @@ impl Control {
     }
 
     fn reload(&self) {
-        let result = load(self.path.as_deref()).and_then(|c| {
-            Live::build(&c, &self.registry, &self.env).map(|built| (c, built))
-        });
+        let result = load(self.path.as_deref())
+            .and_then(|c| Live::build(&c, &self.registry, &self.env).map(|built| (c, built)));
         match result {
             Ok((config, (live, background))) => {
                 self.shared.replace(live);

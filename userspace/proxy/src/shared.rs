@@ -12,8 +12,7 @@ use outpost_common::Policy;
 use tokio::sync::watch;
 
 use crate::{
-    config::ms, config::Config, http::Limits, metrics::Metrics, registry::Registry,
-    router::Router,
+    config::ms, config::Config, http::Limits, metrics::Metrics, registry::Registry, router::Router,
 };
 
 /// Everything a reload can change. Connections take the current one when they start (TLS

@@ -436,7 +436,8 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        let parse = |t: &str| OriginConfig::from_settings(&toml::from_str::<toml::Value>(t).unwrap());
+        let parse =
+            |t: &str| OriginConfig::from_settings(&toml::from_str::<toml::Value>(t).unwrap());
         assert_eq!(parse("").unwrap(), OriginConfig::default());
         assert_eq!(parse("servers = [\"127.0.0.1:9\"]").unwrap().servers, ["127.0.0.1:9"]);
         for bad in ["servers = []", "servers = [\"nohost\"]", "server = [\"127.0.0.1:1\"]"] {
