@@ -14,7 +14,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc};
 
-use crate::{handler::ErasedHandler, handler::Reply, http::Request};
+use crate::{audit::Audit, handler::ErasedHandler, handler::Reply, http::Request};
 
 /// A future for the control thread: health checks, senders, sweepers. Spawned after every
 /// build; one that belongs to a replaced generation should end by itself (hold a `Weak` to
@@ -28,10 +28,12 @@ pub type AdminFuture = Pin<Box<dyn Future<Output = Reply> + 'static>>;
 pub type AdminEndpoint = Arc<dyn Fn(Request) -> AdminFuture + Send + Sync>;
 
 /// Facts the core gives every factory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BuildEnv {
     /// This edge node's name (config `node`, default the hostname).
     pub node: String,
+    /// The audit log.
+    pub audit: Audit,
     /// The in-process built-in page, when running.
     pub builtin: Option<SocketAddr>,
     /// The data directory.

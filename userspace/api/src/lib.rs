@@ -10,10 +10,12 @@
 //! - [`app`]: how handlers are built from configuration: [`RouteFactory`] (a handler a
 //!   `[[routes]]` entry names) and [`App`] (an application with its own top-level section,
 //!   contributing routes, filters that run before any route's handler, and background tasks).
+//! - [`audit`]: typed audit events and the [`Audit`] handle that writes them after the response.
 //! - [`http`]: the sans-IO HTTP/1.1 codec: heads with limits, body framing, hop-by-hop fields.
 //! - [`error`]: the request-path error type (kind, side, context).
 
 pub mod app;
+pub mod audit;
 pub mod error;
 pub mod handler;
 pub mod http;
@@ -22,6 +24,7 @@ pub use app::{
     AdminEndpoint, AdminFuture, App, AppParts, AppRoute, Background, BuildEnv, Built, RouteFactory,
     RouteSpec,
 };
+pub use audit::{Audit, AuditEvent, AuditSink};
 pub use error::{Error, ErrorKind, ErrorSource, OrErr, Result};
 pub use handler::{
     erase, AfterResponse, ClientInfo, ErasedHandler, Flow, Handler, Peer, Reply, RequestBody,

@@ -399,6 +399,7 @@ fn serve(
         registry: registry(),
         admin: Vec::new(),
         metrics: Vec::new(),
+        audit: None,
     });
     if let Some(iface) = attached_here {
         if keep_attached {

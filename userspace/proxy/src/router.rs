@@ -192,7 +192,12 @@ mod tests {
     }
 
     fn env() -> BuildEnv {
-        BuildEnv { node: "test".into(), builtin: None, data_dir: ".".into() }
+        BuildEnv {
+            node: "test".into(),
+            audit: outpost_api::Audit::new("test", None),
+            builtin: None,
+            data_dir: ".".into(),
+        }
     }
 
     fn router(routes: &str) -> Result<Router> {

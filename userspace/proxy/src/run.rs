@@ -23,7 +23,7 @@ use tokio::{
     sync::watch,
 };
 
-use outpost_api::{AdminEndpoint, Background, BuildEnv};
+use outpost_api::{AdminEndpoint, Audit, AuditSink, Background, BuildEnv};
 
 use crate::{
     admin::{self, KernelStats},
@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub admin: Vec<(String, AdminEndpoint)>,
     /// More series for `/metrics` (the store's).
     pub metrics: Vec<MetricsSource>,
+    /// Where handlers' audit events go; none: they are not kept.
+    pub audit: Option<Arc<dyn AuditSink>>,
 }
 
 /// Reads the configuration `outpost run` would use: `path`, else `./outpost.toml` when it
