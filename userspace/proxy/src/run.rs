@@ -87,8 +87,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let builtin = listen::bind_plain(([127, 0, 0, 1], 0).into())?;
     let builtin_addr = builtin.local_addr()?;
     let node = config.node_name();
-    let env =
-        BuildEnv { node: node.clone(), builtin: Some(builtin_addr), data_dir: data_dir.clone() };
+    let env = BuildEnv {
+        node: node.clone(),
+        audit: Audit::new(node.clone(), opts.audit),
+        builtin: Some(builtin_addr),
+        data_dir: data_dir.clone(),
+    };
     let (live, background) = Live::build(&config, &opts.registry, &env)?;
     if let Some(f) = &opts.on_config {
         f(&config);
