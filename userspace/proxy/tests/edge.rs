@@ -1,7 +1,6 @@
 //! End to end on loopback: the real `outpost run` binary between real clients (curl, openssl
 //! s_client) and a small origin started by each test. Every test runs once per I/O backend.
 
-mod support;
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::*;
+use outpost_testkit::*;
 
 /// Runs `$name(io)` as `$name::uring` and `$name::epoll`.
 macro_rules! both_backends {

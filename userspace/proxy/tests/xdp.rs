@@ -4,7 +4,6 @@
 //! listens on the host end and attaches the floor to it (native XDP), with a private pin
 //! directory. Needs root (CAP_BPF, CAP_NET_ADMIN) and fails without it.
 
-mod support;
 
 use std::{
     process::Command,
@@ -12,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::*;
+use outpost_testkit::*;
 
 /// The topology, torn down on drop (panics included).
 struct Wire {

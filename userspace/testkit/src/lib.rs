@@ -1,6 +1,6 @@
-//! Test support: the real `outpost run` binary, a small origin server, and real clients
-//! (curl, openssl s_client), each started by the test and killed by a Drop guard.
-#![allow(dead_code)]
+//! Test support for outpost's end-to-end tests, shared by the core's and the handlers' test
+//! suites: the real `outpost run` binary, a small echo origin, and real clients (curl, openssl
+//! s_client), each started by the test and killed by a Drop guard.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
