@@ -1,0 +1,239 @@
+//! The outbox: messages (mail) written in the same store as the state they belong to, handed
+//! to a sender at least once.
+//!
+//! A row is due when not done, `next_at` has passed and no lease is held (or the lease
+//! expired). [`Store::claim`] leases due rows to an owner; the owner delivers, then
+//! [`Store::complete`]s the row, or [`Store::retry`]s it later. A worker that dies leaves its
+//! lease to expire and the row to be claimed again, so delivery is at least once.
+
+use std::{
+    future::Future,
+    hash::{BuildHasher, Hasher},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{sync::watch, task::JoinSet};
+
+use crate::{
+    ops::{millis, Reply, Request},
+    unexpected, Store, StoreError,
+};
+
+/// A claimed outbox row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// Failed deliveries so far.
+    pub attempts: u32,
+    pub created_at: SystemTime,
+}
+
+/// What the outbox holds that is not delivered yet.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    pub pending: u64,
+    /// Age of the oldest row not delivered yet.
+    pub oldest_age: Option<Duration>,
+}
+
+/// Lease a worker takes on each row it claims: longer than any sane delivery. A delivery still
+/// running past it may be repeated by another worker (at least once).
+pub const WORKER_LEASE: Duration = Duration::from_secs(60);
+/// Rows a worker claims at once; their deliveries run concurrently.
+pub const WORKER_BATCH: usize = 16;
+/// How long an idle worker waits before looking again (a local enqueue wakes it at once).
+pub const WORKER_POLL: Duration = Duration::from_millis(500);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+impl Store {
+    /// Adds a row for `topic`; returns its id.
+    pub async fn enqueue(&self, topic: &str, payload: &[u8]) -> Result<i64, StoreError> {
+        let req = Request::Enqueue { topic: topic.into(), payload: payload.to_vec() };
+        match self.call(req).await? {
+            Reply::Id(id) => Ok(id),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Leases up to `limit` due rows of `topic` to `owner` for `lease`, oldest due first.
+    /// Concurrent claimers (other workers, other nodes) never get the same row while a lease
+    /// holds.
+    pub async fn claim(
+        &self,
+        topic: &str,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let req = Request::Claim {
+            topic: topic.into(),
+            owner: owner.into(),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            lease_ms: millis(lease),
+        };
+        match self.call(req).await? {
+            Reply::Claimed(items) => Ok(items),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Marks row `id` delivered, if `owner` still holds it: true then. False when the row was
+    /// claimed by someone else since (the lease expired), retried, or already done.
+    pub async fn complete(&self, id: i64, owner: &str) -> Result<bool, StoreError> {
+        match self.call(Request::Complete { id, owner: owner.into() }).await? {
+            Reply::Flag(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Gives row `id` back after a failed delivery: one more attempt counted, due again after
+    /// `delay`, lease released, `error` kept on the row. Same ownership rule as `complete`.
+    pub async fn retry(
+        &self,
+        id: i64,
+        owner: &str,
+        delay: Duration,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let req =
+            Request::Retry { id, owner: owner.into(), delay_ms: millis(delay), error: error.into() };
+        match self.call(req).await? {
+            Reply::Flag(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Rows not delivered yet and the age of the oldest. Also refreshes the outbox gauges.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        match self.call(Request::OutboxStats).await? {
+            Reply::Stats(s) => {
+                self.metrics().set_outbox(s.pending, s.oldest_age);
+                Ok(s)
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+/// Starts a background sender for `topic` on the store's runtime and returns its tokio
+/// JoinHandle (awaitable from any runtime).
+///
+/// It claims up to [`WORKER_BATCH`] due rows under a [`WORKER_LEASE`] as `owner`, runs
+/// `deliver` on each (concurrently), completes the row on `Ok`, and on `Err` retries it after
+/// an exponential backoff: 1 s doubling per attempt up to 5 min, each delay jittered down to
+/// half so failing rows of many nodes do not retry in step. Idle, it waits [`WORKER_POLL`] or
+/// until this node enqueues. It stops when `stop` becomes true or its sender is dropped,
+/// after finishing the deliveries in hand. Several workers, on one node or many, can serve
+/// one topic: a row is never leased to two at once. Give each a distinct `owner`.
+pub fn spawn_outbox_worker<F, Fut>(
+    store: &Store,
+    topic: &str,
+    owner: String,
+    deliver: F,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(OutboxItem) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let store = store.clone();
+    let topic = topic.to_owned();
+    let deliver = Arc::new(deliver);
+    store.handle().clone().spawn(async move {
+        let mut store_errors = 0u32;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            // Registered before the claim, so an enqueue committed after the claim looked is
+            // not missed.
+            let wake = store.outbox_wake().notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let items = match store.claim(&topic, &owner, WORKER_BATCH, WORKER_LEASE).await {
+                Ok(items) => {
+                    store_errors = 0;
+                    items
+                }
+                Err(_) => {
+                    // The store is down or slow: back off like a failing delivery.
+                    store_errors = store_errors.saturating_add(1);
+                    if wait(&mut stop, backoff(store_errors - 1), None).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if items.is_empty() {
+                if wait(&mut stop, WORKER_POLL, Some(wake)).await {
+                    return;
+                }
+                continue;
+            }
+            let mut running = JoinSet::new();
+            for item in items {
+                let (id, attempts) = (item.id, item.attempts);
+                let fut = deliver(item);
+                running.spawn(async move { (id, attempts, fut.await) });
+            }
+            while let Some(done) = running.join_next().await {
+                // A delivery that panicked is retried like one that failed; its row's lease
+                // otherwise runs out and it is claimed again anyway.
+                let Ok((id, attempts, result)) = done else { continue };
+                let _ = match result {
+                    Ok(()) => store.complete(id, &owner).await,
+                    Err(e) => store.retry(id, &owner, backoff(attempts), &e).await,
+                };
+            }
+        }
+    })
+}
+
+/// Sleeps `d`, or until woken or told to stop; true when told to stop.
+async fn wait(
+    stop: &mut watch::Receiver<bool>,
+    d: Duration,
+    wake: Option<std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>>,
+) -> bool {
+    let woken = async {
+        match wake {
+            Some(w) => w.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = woken => false,
+        changed = stop.changed() => changed.is_err() || *stop.borrow(),
+    }
+}
+
+/// 1 s × 2^attempts, capped at 5 min, jittered uniformly into its upper half.
+pub fn backoff(attempts: u32) -> Duration {
+    let full = BACKOFF_FIRST.saturating_mul(1u32 << attempts.min(16)).min(BACKOFF_MAX);
+    // RandomState is seeded per instance: a cheap random source without a dependency.
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let frac = 0.5 + (r % 1_000_000) as f64 / 2_000_000.0;
+    full.mul_f64(frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_with_jitter() {
+        for (attempts, full) in [(0, 1), (1, 2), (2, 4), (8, 256), (9, 300), (40, 300)] {
+            let d = backoff(attempts);
+            let full = Duration::from_secs(full);
+            assert!(d >= full / 2 && d <= full, "attempts {attempts}: {d:?} not in [{:?}, {full:?}]", full / 2);
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! Embedded SQLite: `<data_dir>/outpost.db`, WAL, `synchronous=FULL`.
+//!
+//! One writer thread owns the read-write connection and commits in groups: it takes a request,
+//! drains whatever else is queued (up to [`MAX_BATCH`]), runs them all in one `BEGIN IMMEDIATE`
+//! transaction with each request inside its own SAVEPOINT, and commits once, so one fsync
+//! covers the batch. A request that aborts or fails rolls back to its savepoint and leaves the
+//! others alone; callers are answered only after COMMIT returned, so an acknowledged write is
+//! on disk. Every decision (take, unique insert, compare-and-set, claim) is made inside that
+//! single writer, so check-then-write within a request is atomic by construction.
+//!
+//! Reads go to [`READERS`] reader threads with read-only connections: WAL lets them run beside
+//! the writer and see every commit that has been acknowledged.
+//!
+//! The directory is held with an exclusive `flock` on `outpost.db.lock` for the life of the
+//! store: two processes writing one file would each believe they are the only writer.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Mutex, RwLock},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::{
+    audit::{AuditEvent, AuditQuery},
+    metrics::StoreMetrics,
+    ops::{
+        from_unix_ms, now_ms, Abort, Inserted, Op, Record, Reply, Request, TxnOutcome,
+        OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
+    },
+    outbox::{OutboxItem, OutboxStats},
+    schema, StoreError,
+};
+
+/// Requests per group commit at most: bounds the time one batch holds callers.
+pub(crate) const MAX_BATCH: usize = 512;
+/// Reader threads (read-only connections).
+const READERS: usize = 2;
+
+pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, StoreError>>;
+
+struct Job {
+    req: Request,
+    reply: ReplyTx,
+}
+
+pub(crate) struct Sqlite {
+    path: PathBuf,
+    writer: RwLock<Option<mpsc::Sender<Job>>>,
+    readers: RwLock<Option<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    metrics: Arc<StoreMetrics>,
+    /// Holds the flock until the store is dropped.
+    _lock: File,
+}
+
+impl Sqlite {
+    pub(crate) fn open(
+        data_dir: &Path,
+        busy: Duration,
+        metrics: Arc<StoreMetrics>,
+    ) -> Result<Sqlite, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create the store directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let dir = data_dir.canonicalize().map_err(|e| {
+            StoreError::Unavailable(format!("cannot resolve {}: {e}", data_dir.display()))
+        })?;
+        let path = dir.join("outpost.db");
+        let lock = lock_dir(&dir, &path)?;
+
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|e| classify(e, &path))?;
+        conn.busy_timeout(busy).map_err(|e| classify(e, &path))?;
+        // The version is read before any PRAGMA that writes (journal_mode changes the header):
+        // a database from a newer outpost is refused untouched.
+        let found = schema_version(&conn).map_err(|e| classify(e, &path))?;
+        let pending: Vec<_> = schema::pending(schema::SQLITE, found)?.collect();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| classify(e, &path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "{}: the filesystem does not support WAL (journal_mode stayed {mode})",
+                path.display()
+            )));
+        }
+        // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
+        // loss, not only a crash of this process.
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
+            .map_err(|e| classify(e, &path))?;
+        migrate(&conn, &pending).map_err(|e| classify(e, &path))?;
+
+        let (wtx, wrx) = mpsc::channel::<Job>();
+        let (rtx, rrx) = mpsc::channel::<Job>();
+        let rrx = Arc::new(Mutex::new(rrx));
+        let mut threads = Vec::with_capacity(1 + READERS);
+        for i in 0..READERS {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let rconn =
+                Connection::open_with_flags(&path, flags).map_err(|e| classify(e, &path))?;
+            rconn.busy_timeout(busy).map_err(|e| classify(e, &path))?;
+            let (rrx, metrics, path) = (rrx.clone(), metrics.clone(), path.clone());
+            threads.push(spawn(&format!("outpost-store-r{i}"), move || {
+                reader_loop(rconn, &rrx, &metrics, &path)
+            })?);
+        }
+        let (wmetrics, wpath) = (metrics.clone(), path.clone());
+        threads.push(spawn("outpost-store-w", move || writer_loop(conn, wrx, &wmetrics, &wpath))?);
+        metrics.set_sqlite_connections(1 + READERS as i64);
+        Ok(Sqlite {
+            path,
+            writer: RwLock::new(Some(wtx)),
+            readers: RwLock::new(Some(rtx)),
+            threads: Mutex::new(threads),
+            metrics,
+            _lock: lock,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues `req` for the writer (or a reader); the answer comes on the returned channel.
+    pub(crate) fn submit(
+        &self,
+        req: Request,
+    ) -> Result<oneshot::Receiver<Result<Reply, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let queue = if req.is_read() { &self.readers } else { &self.writer };
+        let guard = queue.read().map_err(|_| shut())?;
+        let sender = guard.as_ref().ok_or_else(shut)?;
+        self.metrics.in_flight(1);
+        if sender.send(Job { req, reply }).is_err() {
+            self.metrics.in_flight(-1);
+            return Err(shut());
+        }
+        Ok(rx)
+    }
+
+    /// Closes the queues; the writer commits what was queued before it stops. Joins the
+    /// threads (each finishes within one batch).
+    pub(crate) fn shutdown(&self) {
+        for q in [&self.writer, &self.readers] {
+            if let Ok(mut q) = q.write() {
+                q.take();
+            }
+        }
+        let threads = match self.threads.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => return,
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn shut() -> StoreError {
+    StoreError::Unavailable("the store is shut down".into())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| StoreError::Other(format!("cannot start the store's {name} thread: {e}")))
+}
+
+/// Takes the directory's exclusive lock, without waiting.
+fn lock_dir(dir: &Path, db: &Path) -> Result<File, StoreError> {
+    let lock_path = dir.join("outpost.db.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+    // SAFETY: flock on a file descriptor we own for as long as `file` lives.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Locked(format!(
+                "the store {} is in use by another outpost process",
+                db.display()
+            )));
+        }
+        return Err(StoreError::Unavailable(format!("cannot lock {}: {err}", lock_path.display())));
+    }
+    Ok(file)
+}
+
+/// Turns a SQLite error into the store's, naming the file.
+fn classify(e: rusqlite::Error, path: &Path) -> StoreError {
+    let p = path.display();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            StoreError::Corrupt(format!("{p} is not an SQLite database: {e}"))
+        }
+        Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt(format!("{p}: {e}")),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Timeout,
+        Some(
+            ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::PermissionDenied
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::NoLargeFileSupport,
+        ) => StoreError::Unavailable(format!("{p}: {e}")),
+        _ => StoreError::Other(format!("{p}: {e}")),
+    }
+}
+
+/// 0 for a new (empty) database.
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(0);
+    }
+    conn.query_row("SELECT coalesce(max(version), 0) FROM schema_version", [], |r| r.get(0))
+}
+
+fn migrate(conn: &Connection, pending: &[&(i64, &str)]) -> rusqlite::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS schema_version (
+             version INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         );",
+    )?;
+    let run = || -> rusqlite::Result<()> {
+        for (version, sql) in pending {
+            conn.execute_batch(sql)?;
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+                params![version, now_ms()],
+            )?;
+        }
+        conn.execute_batch("COMMIT")
+    };
+    run().inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, metrics: &StoreMetrics, path: &Path) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(job) = rx.recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, &mut batch, metrics, path);
+    }
+    // Every sender is gone: queued work was drained above. Closing checkpoints the WAL.
+    let _ = conn.close();
+}
+
+/// Runs `batch` in one transaction, one savepoint per request, one COMMIT; then answers.
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, metrics: &StoreMetrics, path: &Path) {
+    // A caller that gave up (timed out) would never learn the outcome, and a `take` done for
+    // it would lose the value: such requests are dropped unexecuted.
+    let before = batch.len();
+    batch.retain(|j| !j.reply.is_closed());
+    metrics.in_flight(-((before - batch.len()) as i64));
+    if batch.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    let mut results = Vec::with_capacity(batch.len());
+    let outcome = (|| -> Result<(), StoreError> {
+        exec(conn, "BEGIN IMMEDIATE").map_err(|e| classify(e, path))?;
+        for job in batch.iter() {
+            exec(conn, "SAVEPOINT req").map_err(|e| classify(e, path))?;
+            let r = apply_write(conn, &job.req, now).map_err(|e| match e {
+                Failure::Sql(e) => classify(e, path),
+                Failure::Store(e) => e,
+            });
+            let keep = matches!(&r, Ok(reply) if !is_abort(reply));
+            if !conn.is_autocommit() {
+                if !keep {
+                    exec(conn, "ROLLBACK TO req").map_err(|e| classify(e, path))?;
+                }
+                exec(conn, "RELEASE req").map_err(|e| classify(e, path))?;
+            }
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (I/O error, disk full): what the
+                // batch applied so far is gone, so nobody in it may be told "done".
+                return Err(r.err().unwrap_or_else(|| {
+                    StoreError::Unavailable(format!("{}: transaction lost", path.display()))
+                }));
+            }
+            results.push(r);
+        }
+        exec(conn, "COMMIT").map_err(|e| classify(e, path))
+    })();
+    metrics.record_batch(batch.len());
+    metrics.in_flight(-(batch.len() as i64));
+    match outcome {
+        Ok(()) => {
+            for (job, r) in batch.drain(..).zip(results) {
+                let _ = job.reply.send(r);
+            }
+        }
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn reader_loop(conn: Connection, rx: &Mutex<mpsc::Receiver<Job>>, m: &StoreMetrics, p: &Path) {
+    loop {
+        // The lock is held only while waiting: whichever reader is idle takes the next job.
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        m.in_flight(-1);
+        if job.reply.is_closed() {
+            continue;
+        }
+        let r = apply_read(&conn, &job.req, now_ms()).map_err(|e| match e {
+            Failure::Sql(e) => classify(e, p),
+            Failure::Store(e) => e,
+        });
+        let _ = job.reply.send(r);
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn is_abort(reply: &Reply) -> bool {
+    matches!(reply, Reply::Txn(TxnOutcome::Aborted { .. }))
+}
+
+/// A request failed: SQLite said so, or what it returned made no sense.
+enum Failure {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Failure {
+        Failure::Sql(e)
+    }
+}
+
+type Res<T> = Result<T, Failure>;
+
+fn expiry(now: i64, ttl_ms: Option<i64>) -> Option<i64> {
+    ttl_ms.map(|t| now.saturating_add(t))
+}
+
+fn live(expires_at: Option<i64>, now: i64) -> bool {
+    expires_at.is_none_or(|e| e > now)
+}
+
+fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
+    Ok(match req {
+        Request::Put { ns, key, value, ttl_ms } => {
+            put(conn, ns, key, value, expiry(now, *ttl_ms))?;
+            Reply::Done
+        }
+        Request::Take { ns, key } => Reply::Value(take(conn, ns, key, now)?),
+        Request::Delete { ns, key } => Reply::Flag(delete(conn, ns, key, now)?),
+        Request::Insert { ns, key, value, ttl_ms } => {
+            Reply::Inserted(match insert(conn, ns, key, value, expiry(now, *ttl_ms), now)? {
+                None => Inserted::Done,
+                Some(existing) => Inserted::Conflict { existing },
+            })
+        }
+        Request::Txn(ops) => Reply::Txn(txn(conn, ops, now)?),
+        Request::Enqueue { topic, payload } => Reply::Id(enqueue(conn, topic, payload, now)?),
+        Request::Claim { topic, owner, limit, lease_ms } => {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE outbox SET lease_until = ?1, owner = ?2
+                 WHERE id IN (
+                     SELECT id FROM outbox
+                     WHERE topic = ?3 AND done_at IS NULL AND next_at <= ?4
+                       AND (lease_until IS NULL OR lease_until <= ?4)
+                     ORDER BY next_at, id LIMIT ?5)
+                 RETURNING id, topic, payload, attempts, created_at",
+            )?;
+            let rows = stmt.query_map(
+                params![now.saturating_add(*lease_ms), owner, topic, now, limit],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?)),
+            )?;
+            let mut items = Vec::new();
+            for row in rows {
+                let (id, topic, payload, attempts, created): (i64, String, Vec<u8>, i64, i64) =
+                    row?;
+                items.push(OutboxItem {
+                    id,
+                    topic,
+                    payload,
+                    attempts: u32::try_from(attempts).map_err(|_| {
+                        Failure::Store(StoreError::Other(format!(
+                            "outbox row {id}: bad attempts {attempts}"
+                        )))
+                    })?,
+                    created_at: from_unix_ms(created),
+                });
+            }
+            items.sort_by_key(|i| i.id);
+            Reply::Claimed(items)
+        }
+        Request::Complete { id, owner } => Reply::Flag(
+            conn.prepare_cached(
+                "UPDATE outbox SET done_at = ?3, lease_until = NULL
+                 WHERE id = ?1 AND owner = ?2 AND done_at IS NULL",
+            )?
+            .execute(params![id, owner, now])?
+                == 1,
+        ),
+        Request::Retry { id, owner, delay_ms, error } => Reply::Flag(
+            conn.prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = ?3, lease_until = NULL,
+                     owner = NULL, last_error = ?4
+                 WHERE id = ?1 AND owner = ?2 AND done_at IS NULL",
+            )?
+            .execute(params![id, owner, now.saturating_add(*delay_ms), error])?
+                == 1,
+        ),
+        Request::AppendAudit(events) => {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO audit (time_ms, node, client, host, path, user_name, kind, outcome,
+                     reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for e in events {
+                stmt.execute(params![
+                    crate::ops::unix_ms(e.time),
+                    e.node,
+                    e.client,
+                    e.host,
+                    e.path,
+                    e.user,
+                    e.kind,
+                    e.outcome,
+                    e.reason
+                ])?;
+            }
+            Reply::Done
+        }
+        Request::Sweep => {
+            let values = conn
+                .prepare_cached(
+                    "DELETE FROM kv WHERE (ns, key) IN (
+                         SELECT ns, key FROM kv WHERE expires_at <= ?1 LIMIT ?2)",
+                )?
+                .execute(params![now, SWEEP_CHUNK])?;
+            let outbox = conn
+                .prepare_cached(
+                    "DELETE FROM outbox WHERE id IN (
+                         SELECT id FROM outbox WHERE done_at <= ?1 LIMIT ?2)",
+                )?
+                .execute(params![now - OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK])?;
+            Reply::Swept { values: values as u64, outbox: outbox as u64 }
+        }
+        Request::Get { .. }
+        | Request::Scan { .. }
+        | Request::OutboxStats
+        | Request::QueryAudit(_) => apply_read(conn, req, now)?,
+    })
+}
+
+fn apply_read(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
+    Ok(match req {
+        Request::Get { ns, key } => Reply::Value(
+            conn.prepare_cached(
+                "SELECT value FROM kv
+                 WHERE ns = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+            )?
+            .query_row(params![ns, key, now], |r| r.get(0))
+            .optional()?,
+        ),
+        Request::Scan { ns, after, limit } => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, value, expires_at FROM kv
+                 WHERE ns = ?1 AND (?2 IS NULL OR key > ?2)
+                   AND (expires_at IS NULL OR expires_at > ?3)
+                 ORDER BY key LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![ns, after, now, limit], |r| {
+                Ok(Record {
+                    key: r.get(0)?,
+                    value: r.get(1)?,
+                    expires_at: r.get::<_, Option<i64>>(2)?.map(from_unix_ms),
+                })
+            })?;
+            Reply::Records(rows.collect::<rusqlite::Result<_>>()?)
+        }
+        Request::OutboxStats => {
+            let (pending, oldest): (i64, Option<i64>) = conn
+                .prepare_cached("SELECT count(*), min(created_at) FROM outbox WHERE done_at IS NULL")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Reply::Stats(OutboxStats {
+                pending: pending.max(0) as u64,
+                oldest_age: oldest.map(|c| Duration::from_millis(now.saturating_sub(c).max(0) as u64)),
+            })
+        }
+        Request::QueryAudit(q) => Reply::Audit(query_audit(conn, q)?),
+        _ => {
+            return Err(Failure::Store(StoreError::Other(
+                "a write reached a read-only connection".into(),
+            )))
+        }
+    })
+}
+
+fn query_audit(conn: &Connection, q: &AuditQuery) -> Res<Vec<AuditEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT time_ms, node, client, host, path, user_name, kind, outcome, reason FROM audit
+         WHERE (?1 IS NULL OR time_ms >= ?1) AND (?2 IS NULL OR user_name = ?2)
+           AND (?3 IS NULL OR kind = ?3)
+         ORDER BY time_ms DESC, id DESC LIMIT ?4",
+    )?;
+    let since = q.since.map(crate::ops::unix_ms);
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![since, q.user, q.kind, limit], |r| {
+        Ok(AuditEvent {
+            time: from_unix_ms(r.get(0)?),
+            node: r.get(1)?,
+            client: r.get(2)?,
+            host: r.get(3)?,
+            path: r.get(4)?,
+            user: r.get(5)?,
+            kind: r.get(6)?,
+            outcome: r.get(7)?,
+            reason: r.get(8)?,
+        })
+    })?;
+    let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    events.reverse();
+    Ok(events)
+}
+
+fn put(conn: &Connection, ns: &str, key: &str, value: &[u8], exp: Option<i64>) -> Res<()> {
+    conn.prepare_cached(
+        "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+    )?
+    .execute(params![ns, key, value, exp])?;
+    Ok(())
+}
+
+/// The live value and its expiry, if any.
+fn current(conn: &Connection, ns: &str, key: &str, now: i64) -> Res<Option<Vec<u8>>> {
+    let row: Option<(Vec<u8>, Option<i64>)> = conn
+        .prepare_cached("SELECT value, expires_at FROM kv WHERE ns = ?1 AND key = ?2")?
+        .query_row(params![ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.filter(|(_, exp)| live(*exp, now)).map(|(v, _)| v))
+}
+
+fn take(conn: &Connection, ns: &str, key: &str, now: i64) -> Res<Option<Vec<u8>>> {
+    let row: Option<(Vec<u8>, Option<i64>)> = conn
+        .prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2 RETURNING value, expires_at")?
+        .query_row(params![ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.filter(|(_, exp)| live(*exp, now)).map(|(v, _)| v))
+}
+
+fn delete(conn: &Connection, ns: &str, key: &str, now: i64) -> Res<bool> {
+    Ok(take(conn, ns, key, now)?.is_some())
+}
+
+/// None: inserted. Some(existing): a live row holds the key.
+fn insert(
+    conn: &Connection,
+    ns: &str,
+    key: &str,
+    value: &[u8],
+    exp: Option<i64>,
+    now: i64,
+) -> Res<Option<Vec<u8>>> {
+    // One writer thread: nothing can slip between this read and the write below.
+    if let Some(existing) = current(conn, ns, key, now)? {
+        return Ok(Some(existing));
+    }
+    put(conn, ns, key, value, exp)?;
+    Ok(None)
+}
+
+fn enqueue(conn: &Connection, topic: &str, payload: &[u8], now: i64) -> Res<i64> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO outbox (topic, payload, attempts, created_at, next_at)
+             VALUES (?1, ?2, 0, ?3, ?3) RETURNING id",
+        )?
+        .query_row(params![topic, payload, now], |r| r.get(0))?)
+}
+
+/// Applies `ops` in order; the caller rolls the savepoint back when this returns Aborted.
+fn txn(conn: &Connection, ops: &[Op], now: i64) -> Res<TxnOutcome> {
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let abort = |why| Ok(TxnOutcome::Aborted { op: i, why });
+        match op {
+            Op::Insert { ns, key, value, ttl } => {
+                let exp = expiry(now, ttl.map(crate::ops::millis));
+                if let Some(existing) = insert(conn, ns, key, value, exp, now)? {
+                    return abort(Abort::Conflict(existing));
+                }
+                out.push(None);
+            }
+            Op::Put { ns, key, value, ttl } => {
+                put(conn, ns, key, value, expiry(now, ttl.map(crate::ops::millis)))?;
+                out.push(None);
+            }
+            Op::Take { ns, key } => match take(conn, ns, key, now)? {
+                Some(v) => out.push(Some(v)),
+                None => return abort(Abort::Missing),
+            },
+            Op::Swap { ns, key, expect, new, ttl } => {
+                let cur = current(conn, ns, key, now)?;
+                if cur.as_ref() != Some(expect) {
+                    return abort(Abort::Mismatch(cur));
+                }
+                match new {
+                    Some(v) => put(conn, ns, key, v, expiry(now, ttl.map(crate::ops::millis)))?,
+                    None => {
+                        take(conn, ns, key, now)?;
+                    }
+                }
+                out.push(None);
+            }
+            Op::Delete { ns, key } => {
+                delete(conn, ns, key, now)?;
+                out.push(None);
+            }
+            Op::Enqueue { topic, payload } => {
+                out.push(Some(enqueue(conn, topic, payload, now)?.to_le_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(TxnOutcome::Committed(out))
+}

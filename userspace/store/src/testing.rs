@@ -1,0 +1,374 @@
+//! Test support (feature `testing`): a real PostgreSQL started by the test itself, and
+//! temporary directories. Nothing needs to run beforehand: the binaries come from Debian's
+//! `postgresql` package (`cargo xtask setup` installs it), the cluster lives in a fresh
+//! directory, listens on 127.0.0.1 on a free port, and is stopped by PID and removed on drop.
+//!
+//! Works as root (CI): initdb and postgres refuse to run as root, so they run as the
+//! `postgres` system user (the directory is chowned to it); as any other user they run as
+//! that user.
+
+use std::{
+    fs::File,
+    io::Read as _,
+    net::TcpListener,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+/// A directory under the system temp dir, removed (with its contents) on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}-{nanos:x}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Who runs initdb and postgres: the `postgres` user when we are root, else ourselves.
+#[derive(Clone, Copy, Debug)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+/// A PostgreSQL server of the test's own. See the module docs.
+#[derive(Debug)]
+pub struct TestPostgres {
+    bin: PathBuf,
+    /// Holds `data/` (the cluster), `sock/` (its Unix socket) and `log`.
+    dir: TempDir,
+    port: u16,
+    password: String,
+    run_as: Option<RunAs>,
+    child: Mutex<Option<Child>>,
+}
+
+/// How long a starting server may take to accept connections.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+impl TestPostgres {
+    /// initdb, start, wait until it accepts connections, create role and database `outpost`
+    /// (the role with a random password). Panics with what went wrong.
+    pub fn start() -> TestPostgres {
+        let bin = find_bin();
+        let run_as = run_as();
+        let dir = TempDir::new("outpost-pg");
+        for sub in ["data", "sock"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("create cluster dirs");
+        }
+        if let Some(u) = run_as {
+            chown_tree(dir.path(), u);
+        }
+        std::fs::set_permissions(dir.path().join("data"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod data dir");
+        let password = random_hex(16);
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "postgres", "-E", "UTF8", "--no-locale", "--auth=trust", "--no-sync"])
+            .current_dir(dir.path());
+        let out = as_user(&mut initdb, run_as)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.join("initdb").display()));
+        assert!(
+            out.status.success(),
+            "initdb failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // TCP connections need the password (scram); the Unix socket, for setup, is trusted.
+        std::fs::write(
+            dir.path().join("data/pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        if let Some(u) = run_as {
+            chown_tree(&dir.path().join("data/pg_hba.conf"), u);
+        }
+        let pg = TestPostgres {
+            bin,
+            port: free_port(),
+            dir,
+            password,
+            run_as,
+            child: Mutex::new(None),
+        };
+        pg.spawn_server();
+        pg.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE outpost LOGIN PASSWORD '{}'; CREATE DATABASE outpost OWNER outpost;",
+                pg.password
+            ),
+        );
+        pg
+    }
+
+    /// `postgres://outpost:<password>@127.0.0.1:<port>/outpost`.
+    pub fn url(&self) -> String {
+        self.url_for("outpost")
+    }
+
+    /// The URL of database `db` (as the `outpost` role).
+    pub fn url_for(&self, db: &str) -> String {
+        format!("postgres://outpost:{}@127.0.0.1:{}/{db}", self.password, self.port)
+    }
+
+    /// Creates database `db` owned by `outpost` and returns its URL: tests sharing one server
+    /// each get a database of their own.
+    pub fn create_database(&self, db: &str) -> String {
+        self.psql("postgres", &format!("CREATE DATABASE \"{db}\" OWNER outpost;"));
+        self.url_for(db)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The directory of the PostgreSQL binaries (pgbench, psql).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The server's Unix socket directory (superuser `postgres` connects there, trusted).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// Runs `sql` as superuser in database `db` through psql; returns its unaligned output.
+    /// Panics with psql's error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t", "-c", sql])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Fast shutdown (SIGINT to the postmaster) and wait for it to exit.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = child.take() {
+            stop_child(c, libc::SIGINT);
+        }
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash would (its backends notice and exit).
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = child.take() {
+            stop_child(c, libc::SIGKILL);
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn start_again(&self) {
+        self.spawn_server();
+    }
+
+    fn spawn_server(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(child.is_none(), "TestPostgres: the server is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("log"))
+            .expect("open postgres log");
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(self.socket_dir())
+            // Room for two stores' pools, pgbench at 256 clients and the tests' psql.
+            .args(["-c", "max_connections=400", "-c", "shared_buffers=128MB"])
+            .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let mut c = as_user(&mut cmd, self.run_as)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.join("postgres").display()));
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("postgres exited at start ({status}); log:\n{}", self.log_tail());
+            }
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .arg("-h")
+                .arg(self.socket_dir())
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            if started.elapsed() > START_LIMIT {
+                stop_child(c, libc::SIGKILL);
+                panic!("postgres did not accept connections within {START_LIMIT:?}; log:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *child = Some(c);
+    }
+
+    /// The last lines of the server's log, for panic messages.
+    pub fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(self.dir.path().join("log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        // Immediate shutdown: nothing here needs a checkpoint, and a test should not wait.
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = child.take() {
+            stop_child(c, libc::SIGQUIT);
+        }
+    }
+}
+
+/// Signals `c` by PID and waits for it (SIGKILL after 30 s).
+fn stop_child(mut c: Child, sig: i32) {
+    let pid = c.id() as libc::pid_t;
+    // SAFETY: kill(2) on the PID of a child we have not reaped yet, so it cannot be reused.
+    unsafe { libc::kill(pid, sig) };
+    let started = Instant::now();
+    loop {
+        match c.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if started.elapsed() > Duration::from_secs(30) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<major>/bin` that has initdb and postgres.
+fn find_bin() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").exists() && bin.join("postgres").exists()).then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "no PostgreSQL server under /usr/lib/postgresql/*/bin: install Debian's postgresql \
+             (cargo xtask setup does)"
+        ),
+    }
+}
+
+fn run_as() -> Option<RunAs> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = c"postgres";
+    // SAFETY: getpwnam with a NUL-terminated name; the result is read at once, before any
+    // other getpw* call on this thread could overwrite it.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "running as root, PostgreSQL must run as the `postgres` user, which does not exist: \
+         install Debian's postgresql (cargo xtask setup does)"
+    );
+    // SAFETY: non-null pointer from getpwnam, see above.
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Some(RunAs { uid, gid })
+}
+
+fn as_user(cmd: &mut Command, run_as: Option<RunAs>) -> &mut Command {
+    match run_as {
+        // std drops supplementary groups (setgroups(0)) when a root parent sets the uid.
+        Some(u) => cmd.uid(u.uid).gid(u.gid).env("HOME", "/var/lib/postgresql"),
+        None => cmd,
+    }
+}
+
+fn chown_tree(path: &Path, u: RunAs) {
+    std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            chown_tree(&entry.path(), u);
+        }
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (the kernel's choice).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
+}
+
+/// `bytes` random bytes from the kernel, as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .unwrap_or_else(|e| panic!("cannot read /dev/urandom: {e}"));
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
