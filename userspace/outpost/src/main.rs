@@ -17,6 +17,8 @@ use dataplane::{AttachMode, Dataplane, Mode, Policy, Version, PIN_DIR};
 use outpost_common::maps::{PROG_FLOOR, PROG_PASS};
 use userspace::UserStats;
 
+mod audit;
+mod edge;
 mod userspace;
 
 #[derive(Parser)]
@@ -83,6 +85,31 @@ enum Command {
     },
     /// Hellos by offered version × verdict and parse outcomes from the XDP program, beside the
     /// userspace floor's counters of a running `outpost run` (read from its admin listener).
+    /// The audit log: who used what, when, and how it ended, from every node sharing the store.
+    /// Asks the running edge at --admin; with none answering, reads the store of --config.
+    Audit {
+        /// Events of the last DURATION only (e.g. 30m, 1h, 2d).
+        #[arg(long, value_name = "DURATION", value_parser = edge::parse_age)]
+        since: Option<Duration>,
+        /// Events of this user only (email).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Events of this kind only (e.g. access.login).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// At most this many, the newest.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Admin listener of the running edge.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "OUTPOST_ADMIN")]
+        admin: SocketAddr,
+        /// Config file whose store to read when no edge answers (default ./outpost.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     Stats {
         /// One JSON object instead of tables: the kernel's `versions` and `parse`, and
         /// `userspace` (null when no `outpost run` answers at --admin).
@@ -154,6 +181,10 @@ fn parse_version(s: &str) -> Result<Version, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // What outpost writes (the store with its signing keys, certificates, keys, the audit file)
+    // is readable by the outpost user only.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     if matches!(cli.command, Command::Run { .. }) {
         // The proxy logs through tracing; `log` records (the loader's) are bridged into it.
         tracing_subscriber::fmt()
@@ -181,6 +212,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config, io, no_xdp, iface, keep_attached } => {
             serve(&pin_dir, config, io, no_xdp, iface, keep_attached)?;
+        }
+        Command::Audit { since, user, kind, limit, json, admin, config } => {
+            let params = edge::AuditParams { since, user, kind, limit: Some(limit) };
+            audit::show(&params, admin, config.as_deref(), json)?;
         }
         Command::Attach { iface, mode, program } => {
             // Before loading: a typo must not leave maps pinned behind.
@@ -388,6 +423,19 @@ fn serve(
             }
         }) as outpost_proxy::run::OnConfig
     });
+    // The store first: a database that cannot be reached is a clear error before anything
+    // listens.
+    let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
+    let store = edge::open_store(&cfg)?;
+    tracing::info!(store = %store.describe(), "store open");
+    let audit_config: edge::AuditConfig = edge::section(&cfg, "audit")?;
+    let sink = Arc::new(edge::StoreAudit::new(store.clone(), &audit_config)?);
+    let audit = outpost_api::Audit::new(cfg.node_name(), Some(sink.clone() as _));
+    let store_metrics: outpost_proxy::metrics::MetricsSource = {
+        let store = store.clone();
+        Arc::new(move |o: &mut String| store.metrics().render(o))
+    };
+    edge::node_event(&audit, "node.start", None);
     let result = outpost_proxy::run(outpost_proxy::RunOptions {
         config,
         io: io.map(|i| match i {
@@ -396,11 +444,13 @@ fn serve(
         }),
         kernel,
         on_config,
-        registry: registry(),
-        admin: Vec::new(),
-        metrics: Vec::new(),
-        audit: None,
+        registry: edge::registry(&store),
+        admin: edge::admin(&store),
+        metrics: vec![store_metrics, sink.metrics()],
+        audit: Some(sink.clone()),
     });
+    edge::node_event(&audit, "node.stop", result.as_ref().err().map(|e| format!("{e:#}")));
+    store.shutdown();
     if let Some(iface) = attached_here {
         if keep_attached {
             tracing::info!(iface, "leaving the XDP floor attached (--keep-attached)");
@@ -412,11 +462,6 @@ fn serve(
         }
     }
     result
-}
-
-/// The handlers this binary ships.
-fn registry() -> outpost_proxy::Registry {
-    outpost_proxy::Registry::new().route(outpost_origin::OriginFactory::default())
 }
 
 /// The XDP program's per-version counters for /metrics, through its pinned maps (opened on

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 /// Negotiated versions the proxy reports (rustls offers only these).
 const NEGOTIATED: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
 /// An admin answer larger than this is not outpost's.
-const MAX_METRICS: u64 = 4 << 20;
+const MAX_ANSWER: u64 = 16 << 20;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Counters of the userspace floor and of rustls.
@@ -32,7 +32,10 @@ pub struct UserStats {
 impl UserStats {
     /// Fetches and parses `/metrics` from the admin listener at `admin`.
     pub fn fetch(admin: SocketAddr) -> Result<UserStats> {
-        let text = get_metrics(admin)?;
+        let (status, text) = admin_get(admin, "/metrics")?;
+        if status != 200 {
+            bail!("{admin}/metrics answered {status}");
+        }
         let stats = UserStats::parse(&text);
         if !text.contains("outpost_hellos_total") {
             bail!("{admin} answered /metrics without outpost's counters");
@@ -111,26 +114,22 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-/// `GET /metrics` over plain HTTP/1.1, read to the close.
-fn get_metrics(admin: SocketAddr) -> Result<String> {
+/// `GET target` on the admin listener over plain HTTP/1.1, read to the close: the status and
+/// the body.
+pub fn admin_get(admin: SocketAddr, target: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&admin, TIMEOUT)
         .with_context(|| format!("no outpost admin listener at {admin}"))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "GET {target} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
-    s.take(MAX_METRICS)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("reading {admin}/metrics"))?;
+    s.take(MAX_ANSWER).read_to_end(&mut buf).with_context(|| format!("reading {admin}{target}"))?;
     let Some((resp, head)) = http::parse_response(&buf, &Limits::default())
-        .map_err(|e| anyhow::anyhow!("{admin}/metrics: {e}"))?
+        .map_err(|e| anyhow::anyhow!("{admin}{target}: {e}"))?
     else {
-        bail!("{admin}/metrics: the answer ended inside its head");
+        bail!("{admin}{target}: the answer ended inside its head");
     };
-    if resp.status != 200 {
-        bail!("{admin}/metrics answered {}", resp.status);
-    }
-    Ok(String::from_utf8_lossy(&buf[head..]).into_owned())
+    Ok((resp.status, String::from_utf8_lossy(&buf[head..]).into_owned()))
 }
 
 #[cfg(test)]
