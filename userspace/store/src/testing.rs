@@ -127,13 +127,8 @@ impl TestPostgres {
             child: Mutex::new(None),
         };
         pg.spawn_server();
-        pg.psql(
-            "postgres",
-            &format!(
-                "CREATE ROLE outpost LOGIN PASSWORD '{}'; CREATE DATABASE outpost OWNER outpost;",
-                pg.password
-            ),
-        );
+        pg.psql("postgres", &format!("CREATE ROLE outpost LOGIN PASSWORD '{}'", pg.password));
+        pg.psql("postgres", "CREATE DATABASE outpost OWNER outpost");
         pg
     }
 
@@ -150,7 +145,7 @@ impl TestPostgres {
     /// Creates database `db` owned by `outpost` and returns its URL: tests sharing one server
     /// each get a database of their own.
     pub fn create_database(&self, db: &str) -> String {
-        self.psql("postgres", &format!("CREATE DATABASE \"{db}\" OWNER outpost;"));
+        self.psql("postgres", &format!("CREATE DATABASE \"{db}\" OWNER outpost"));
         self.url_for(db)
     }
 
@@ -172,8 +167,8 @@ impl TestPostgres {
         self.dir.path().join("sock")
     }
 
-    /// Runs `sql` as superuser in database `db` through psql; returns its unaligned output.
-    /// Panics with psql's error.
+    /// Runs `sql` as superuser in database `db` through psql (several statements run as one
+    /// transaction); returns its unaligned output. Panics with psql's error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
             .arg("-h")
