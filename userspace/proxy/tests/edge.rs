@@ -1,7 +1,6 @@
 //! End to end on loopback: the real `outpost run` binary between real clients (curl, openssl
 //! s_client) and a small origin started by each test. Every test runs once per I/O backend.
 
-
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,

@@ -4,7 +4,6 @@
 //! listens on the host end and attaches the floor to it (native XDP), with a private pin
 //! directory. Needs root (CAP_BPF, CAP_NET_ADMIN) and fails without it.
 
-
 use std::{
     process::Command,
     thread,

@@ -1,0 +1,116 @@
+//! Work after the response (`Session::after_response`), in-process: `outpost_proxy::run` with
+//! a handler of the test's own that answers at once and leaves slow work behind. The response
+//! never waits for that work; a full queue drops work and counts it; SIGTERM's drain waits for
+//! what was accepted. One test in this file: it sends SIGTERM to its own process.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Reply, RouteFactory, RouteSpec, Session};
+use outpost_proxy::{Registry, RunOptions};
+use outpost_testkit::{curl, free_port, http_get, stdout, TempDir};
+
+/// How long each piece of left-behind work takes.
+const WORK: Duration = Duration::from_secs(5);
+
+/// Answers `done <id>` at once; after the response, waits [`WORK`] and appends `<id>` to a
+/// file.
+struct Slow {
+    log: PathBuf,
+}
+
+#[async_trait::async_trait(?Send)]
+impl Handler for Slow {
+    type Ctx = ();
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, s: &mut Session<'_>, _: &mut ()) -> outpost_api::Result<Flow> {
+        let id = s.query().unwrap_or("none").to_owned();
+        let log = self.log.clone();
+        let line = format!("{id}\n");
+        s.after_response(async move {
+            tokio::time::sleep(WORK).await;
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        });
+        Ok(Flow::Respond(Reply::new(200, "text/plain", format!("done {id}\n"))))
+    }
+}
+
+struct SlowFactory(PathBuf);
+
+impl RouteFactory for SlowFactory {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn build(&self, _: &RouteSpec<'_>, _: &BuildEnv) -> Result<Built> {
+        Ok(Built { handler: erase("slow", Slow { log: self.0.clone() }), background: Vec::new() })
+    }
+}
+
+fn finished(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+fn metric(admin: u16, series: &str) -> u64 {
+    let (_, text) = http_get(admin, "/metrics").expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+#[test]
+fn work_after_the_response_never_delays_it_is_bounded_and_survives_sigterm() {
+    let dir = TempDir::new("after");
+    let log = dir.0.join("finished.log");
+    let (https, admin) = (free_port(), free_port());
+    let config = dir.0.join("outpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
+             data_dir = \"{}\"\nworkers = 1\nshutdown_grace_ms = 10000\n\
+             [after_response]\nmax_pending = 2\n[[routes]]\nhandler = \"slow\"\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .unwrap();
+    let registry = Registry::new().route(SlowFactory(log.clone()));
+    let server = thread::spawn(move || {
+        outpost_proxy::run(RunOptions { config: Some(config), registry, ..RunOptions::default() })
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(admin, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "outpost did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Five requests in a row, each answered before its work could have finished; the queue
+    // holds two, so three pieces of work are dropped and counted.
+    let url = |id: u32| format!("https://127.0.0.1:{https}/work?{id}");
+    for id in 1..=5 {
+        let out = curl(&[&url(id)]);
+        assert_eq!(stdout(&out), format!("done {id}\n"), "request {id}");
+        assert!(
+            finished(&log).is_empty(),
+            "request {id} was answered after left-behind work had finished: {:?}",
+            finished(&log)
+        );
+    }
+    assert_eq!(metric(admin, "outpost_after_response_total"), 2);
+    assert_eq!(metric(admin, "outpost_after_response_dropped_total"), 3);
+    assert_eq!(metric(admin, "outpost_after_response_pending"), 2);
+
+    // SIGTERM now: the drain waits for the accepted work.
+    // SAFETY: a signal to this process; outpost's control thread handles it.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
+    let result = server.join().expect("run panicked");
+    assert!(result.is_ok(), "run failed: {result:?}");
+    assert_eq!(finished(&log), ["1", "2"], "the accepted work must finish during the drain");
+}
