@@ -5,6 +5,7 @@
 
 use outpost_origin::OriginConfig;
 use outpost_proxy::config::Config;
+use outpost_store::StoreConfig;
 
 #[test]
 fn example_config_is_the_default() {
@@ -18,14 +19,27 @@ fn example_config_is_the_default() {
         assert_eq!(origin, OriginConfig::default(), "{path}: [routes.origin] is not the default");
         route.settings.clear();
     }
+    let store: StoreConfig = parsed.sections.remove("store").expect("[store]").try_into().unwrap();
+    assert_eq!(store, StoreConfig::default(), "{path}: [store] is not the default");
+    let audit = parsed.sections.remove("audit").expect("[audit]");
+    assert!(audit.as_table().is_some_and(|t| t.is_empty()), "{path}: [audit] sets a key");
     assert_eq!(format!("{parsed:#?}"), format!("{:#?}", Config::default()));
 }
 
 #[test]
 fn example_config_names_every_section() {
     let text = include_str!("../outpost.example.toml");
-    for section in ["[floor]", "[tls]", "[http]", "[[routes]]", "[routes.origin]", "health_check]"]
-    {
+    for section in [
+        "[floor]",
+        "[tls]",
+        "[http]",
+        "[store]",
+        "[audit]",
+        "[after_response]",
+        "[[routes]]",
+        "[routes.origin]",
+        "health_check]",
+    ] {
         assert!(text.contains(section), "no {section} in outpost.example.toml");
     }
 }
