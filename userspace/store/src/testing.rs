@@ -109,10 +109,13 @@ impl TestPostgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // TCP connections need the password (scram); the Unix socket, for setup, is trusted.
+        // TCP connections need the password; the Unix socket, for setup, is trusted. md5, not
+        // scram-sha-256: SCRAM's 4096 PBKDF2 rounds take ~100 ms per connection in an
+        // unoptimized (test) build of the client, on the store's runtime threads, and a burst
+        // on a cold pool then times out for reasons production (release) never sees.
         std::fs::write(
             dir.path().join("data/pg_hba.conf"),
-            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+            "local all all trust\nhost all all 127.0.0.1/32 md5\n",
         )
         .expect("write pg_hba.conf");
         if let Some(u) = run_as {
@@ -127,7 +130,13 @@ impl TestPostgres {
             child: Mutex::new(None),
         };
         pg.spawn_server();
-        pg.psql("postgres", &format!("CREATE ROLE outpost LOGIN PASSWORD '{}'", pg.password));
+        pg.psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'md5'; CREATE ROLE outpost LOGIN PASSWORD '{}'",
+                pg.password
+            ),
+        );
         pg.psql("postgres", "CREATE DATABASE outpost OWNER outpost");
         pg
     }
