@@ -12,6 +12,9 @@
 //!   this so the demo cannot rot.
 //! - `--floor-only`: the XDP floor alone in front of a TLS server that accepts every version,
 //!   mode by mode (observe, drop, reject).
+//! - `--nodes N` (2 to 9): a fleet instead (`outpost_tests::fleet`): N edge nodes, each in a
+//!   namespace of its own, sharing one PostgreSQL; a request to each, and the audit log every
+//!   node writes into the shared store, read from the first node.
 
 use std::{process::ExitCode, thread, time::Duration};
 
@@ -19,6 +22,7 @@ use outpost_tests::{
     edge::{
         Edge, Floor, ADMIN, CLIENT_V4, CLIENT_V6, EDGE_V4, EDGE_V6, HTTPS_PORT, ORIGINS, ORIGIN_V4,
     },
+    fleet::{self, Fleet},
     netns::{self, Client, ClientOutcome, Family, Topology, TLS_PORT},
 };
 
@@ -32,14 +36,23 @@ const SERIES: &[&str] = &[
     "outpost_tls_handshakes_total",
     "outpost_requests_total",
 ];
-const USAGE: &str = "usage: outpost-demo [--once] [--floor-only]";
+const USAGE: &str = "usage: outpost-demo [--once] [--floor-only | --nodes N]";
 
 fn main() -> ExitCode {
     let (mut once, mut floor_only) = (std::env::var_os("OUTPOST_DEMO_ONCE").is_some(), false);
-    for arg in std::env::args().skip(1) {
+    let mut nodes = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--once" => once = true,
             "--floor-only" => floor_only = true,
+            "--nodes" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if (2..=9).contains(&n) => nodes = Some(n),
+                _ => {
+                    eprintln!("outpost-demo: --nodes takes a number from 2 to 9\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -51,10 +64,79 @@ fn main() -> ExitCode {
         }
     }
     netns::stop_on_sigint();
-    if floor_only {
-        floor_demo()
+    match (floor_only, nodes) {
+        (true, _) => floor_demo(),
+        (false, Some(n)) => fleet_demo(n, once),
+        (false, None) => edge_demo(once),
+    }
+}
+
+/// N edge nodes sharing one PostgreSQL.
+fn fleet_demo(nodes: usize, once: bool) -> ExitCode {
+    let mut f = Fleet::new(nodes, "");
+    println!("outpost demo: {nodes} edge nodes sharing one PostgreSQL, on one bridged LAN\n");
+    println!(
+        "  hub     {:<16} {}: bridge, PostgreSQL :5432, origin :{} (echoes each request)",
+        f.hub_ns,
+        fleet::HUB_V4,
+        fleet::ORIGIN_PORT
+    );
+    println!("  client  {:<16} {}: curl", f.client_ns, fleet::CLIENT_V4);
+    for n in &f.nodes {
+        println!(
+            "  {:<7} {:<16} {}:443: outpost run --no-xdp, node = {:?}, admin {}",
+            n.name,
+            n.ns,
+            n.addr,
+            n.name,
+            fleet::ADMIN
+        );
+    }
+    let mut all_as_expected = true;
+    println!("\n== a request to each node ==");
+    for i in 0..nodes {
+        let url = f.url(i, "/demo");
+        let out = f.curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]);
+        let ok = out.success() && out.stdout.starts_with("200");
+        all_as_expected &= ok;
+        let mark = if ok { "" } else { "   <- UNEXPECTED" };
+        println!("{url:<32} {}{mark}", out.stdout.trim());
+    }
+    println!(
+        "\n== outpost audit on {}: the events of every node, from the shared store ==",
+        f.nodes[0].name
+    );
+    let audit = f.outpost_cli(0, &["audit"]);
+    println!("{}", audit.stdout.trim_end());
+    let seen_all = f.nodes.iter().all(|n| audit.stdout.contains(&n.name));
+    all_as_expected &= audit.success() && seen_all;
+    if !seen_all {
+        println!("not every node's events are there   <- UNEXPECTED\n{audit}");
+    }
+    println!("\n== {} ==", if once { "--once: not serving" } else { "serving until Ctrl-C" });
+    let bin = f.outpost_bin.canonicalize().unwrap_or_else(|_| f.outpost_bin.clone());
+    println!("  ip netns exec {} curl -k {}", f.client_ns, f.url(1, "/hello"));
+    println!(
+        "  ip netns exec {} {} audit --config {}",
+        f.nodes[0].ns,
+        bin.display(),
+        f.nodes[0].config.display()
+    );
+    println!("  ip netns exec {} curl -s http://{}/metrics", f.nodes[1].ns, fleet::ADMIN);
+    if !once {
+        println!("Ctrl-C stops every node and removes the namespaces.");
+        while !netns::interrupted() {
+            thread::sleep(Duration::from_millis(200));
+        }
+        println!("\ninterrupted: tearing down");
+    }
+    for i in 0..nodes {
+        all_as_expected &= f.stop_node(i).is_some_and(|s| s.success());
+    }
+    if all_as_expected {
+        ExitCode::SUCCESS
     } else {
-        edge_demo(once)
+        ExitCode::FAILURE
     }
 }
 

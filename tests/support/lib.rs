@@ -8,9 +8,12 @@
 //!   a real TLS server and real TLS clients.
 //! - [`edge`]: client, edge and origin namespaces, `outpost run` proxying between them with or
 //!   without the XDP floor, echoing origins, real clients and a scanner.
+//! - [`fleet`]: several edge nodes in namespaces of their own sharing one PostgreSQL on a
+//!   bridged LAN, with an echoing origin and a client.
 
 pub mod bpf;
 pub mod edge;
 pub mod fixtures;
+pub mod fleet;
 pub mod netns;
 pub mod packet;

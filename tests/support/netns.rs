@@ -830,9 +830,12 @@ const STALE_NS_PREFIXES: &[&str] = &[
     crate::edge::CLIENT_NS_PREFIX,
     crate::edge::EDGE_NS_PREFIX,
     crate::edge::ORIGIN_NS_PREFIX,
+    crate::fleet::HUB_NS_PREFIX,
+    crate::fleet::CLIENT_NS_PREFIX,
+    crate::fleet::EDGE_NS_PREFIX,
 ];
 const STALE_PIN_PREFIXES: &[&str] = &[PIN_DIR_PREFIX, crate::edge::PIN_DIR_PREFIX];
-const STALE_DIR_PREFIXES: &[&str] = &[crate::edge::TEMP_DIR_PREFIX];
+const STALE_DIR_PREFIXES: &[&str] = &[crate::edge::TEMP_DIR_PREFIX, crate::fleet::TEMP_DIR_PREFIX];
 
 /// Removes namespaces, pin directories, temp directories and output files of runs whose process
 /// is gone (killed mid-test).

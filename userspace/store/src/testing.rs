@@ -71,6 +71,10 @@ pub struct TestPostgres {
     port: u16,
     password: String,
     run_as: Option<RunAs>,
+    /// The network namespace the server runs in (`None`: the test's own) and the address it
+    /// listens on there.
+    netns: Option<String>,
+    listen: String,
     child: Mutex<Option<Child>>,
 }
 
@@ -81,6 +85,17 @@ impl TestPostgres {
     /// initdb, start, wait until it accepts connections, create role and database `outpost`
     /// (the role with a random password). Panics with what went wrong.
     pub fn start() -> TestPostgres {
+        TestPostgres::start_on(None, "127.0.0.1")
+    }
+
+    /// As [`start`](Self::start), but inside network namespace `netns` (through `nsenter`),
+    /// listening on `addr` there, for clients in other namespaces (a fleet of edge nodes).
+    /// Setup still goes through the Unix socket, which the file system shares.
+    pub fn start_in_namespace(netns: &str, addr: &str) -> TestPostgres {
+        TestPostgres::start_on(Some(netns.to_owned()), addr)
+    }
+
+    fn start_on(netns: Option<String>, listen: &str) -> TestPostgres {
         let bin = find_bin();
         let run_as = run_as();
         let dir = TempDir::new("outpost-pg");
@@ -115,7 +130,7 @@ impl TestPostgres {
         // on a cold pool then times out for reasons production (release) never sees.
         std::fs::write(
             dir.path().join("data/pg_hba.conf"),
-            "local all all trust\nhost all all 127.0.0.1/32 md5\n",
+            format!("local all all trust\nhost all all 127.0.0.1/32 md5\nhost all all {listen}/24 md5\n"),
         )
         .expect("write pg_hba.conf");
         if let Some(u) = run_as {
@@ -127,6 +142,8 @@ impl TestPostgres {
             dir,
             password,
             run_as,
+            netns,
+            listen: listen.to_owned(),
             child: Mutex::new(None),
         };
         pg.spawn_server();
@@ -141,14 +158,15 @@ impl TestPostgres {
         pg
     }
 
-    /// `postgres://outpost:<password>@127.0.0.1:<port>/outpost`.
+    /// `postgres://outpost:<password>@<address>:<port>/outpost` (127.0.0.1 unless started in a
+    /// namespace).
     pub fn url(&self) -> String {
         self.url_for("outpost")
     }
 
     /// The URL of database `db` (as the `outpost` role).
     pub fn url_for(&self, db: &str) -> String {
-        format!("postgres://outpost:{}@127.0.0.1:{}/{db}", self.password, self.port)
+        format!("postgres://outpost:{}@{}:{}/{db}", self.password, self.listen, self.port)
     }
 
     /// Creates database `db` owned by `outpost` and returns its URL: tests sharing one server
@@ -223,10 +241,28 @@ impl TestPostgres {
             .append(true)
             .open(self.dir.path().join("log"))
             .expect("open postgres log");
-        let mut cmd = Command::new(self.bin.join("postgres"));
+        let postgres = self.bin.join("postgres");
+        let mut cmd = match (&self.netns, self.run_as) {
+            // nsenter needs root to enter the namespace; setpriv drops to postgres after it.
+            // Both exec: the child's PID is the postmaster's, so signals reach it.
+            (Some(ns), run_as) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"));
+                if let Some(u) = run_as {
+                    c.arg("setpriv")
+                        .arg(format!("--reuid={}", u.uid))
+                        .arg(format!("--regid={}", u.gid))
+                        .args(["--clear-groups", "--"])
+                        .env("HOME", "/var/lib/postgresql");
+                }
+                c.arg(&postgres);
+                c
+            }
+            (None, _) => Command::new(&postgres),
+        };
         cmd.arg("-D")
             .arg(self.dir.path().join("data"))
-            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+            .args(["-p", &self.port.to_string(), "-h", &self.listen, "-k"])
             .arg(self.socket_dir())
             // Room for two stores' pools, pgbench at 256 clients and the tests' psql.
             .args(["-c", "max_connections=400", "-c", "shared_buffers=128MB"])
@@ -235,9 +271,10 @@ impl TestPostgres {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        let mut c = as_user(&mut cmd, self.run_as)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.join("postgres").display()));
+        let run_as = if self.netns.is_some() { None } else { self.run_as };
+        let mut c = as_user(&mut cmd, run_as).spawn().unwrap_or_else(|e| {
+            panic!("cannot start {}: {e}", self.bin.join("postgres").display())
+        });
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -254,7 +291,10 @@ impl TestPostgres {
             }
             if started.elapsed() > START_LIMIT {
                 stop_child(c, libc::SIGKILL);
-                panic!("postgres did not accept connections within {START_LIMIT:?}; log:\n{}", self.log_tail());
+                panic!(
+                    "postgres did not accept connections within {START_LIMIT:?}; log:\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
