@@ -10,7 +10,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc, Arc,
+        mpsc, Arc, Mutex,
     },
     thread,
     time::{Duration, SystemTime},
@@ -61,8 +61,14 @@ pub fn registry(_store: &Store) -> Registry {
 /// optionally, a JSON-lines file written by a thread of its own.
 pub struct StoreAudit {
     store: Store,
-    file: Option<mpsc::SyncSender<AuditEvent>>,
+    file: Mutex<Option<FileWriter>>,
     failed: Arc<AtomicU64>,
+}
+
+/// The JSON-lines file's writer thread and the queue to it.
+struct FileWriter {
+    queue: mpsc::SyncSender<AuditEvent>,
+    thread: thread::JoinHandle<()>,
 }
 
 /// Events waiting for the file writer; past this they are dropped and counted.
@@ -75,7 +81,17 @@ impl StoreAudit {
             Some(path) => Some(file_writer(path, failed.clone())?),
             None => None,
         };
-        Ok(StoreAudit { store, file, failed })
+        Ok(StoreAudit { store, file: Mutex::new(file), failed })
+    }
+
+    /// Writes what the file's queue still holds, syncs the file and stops its thread. Events
+    /// after this go to the store only.
+    pub fn close(&self) {
+        let writer = self.file.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(FileWriter { queue, thread }) = writer {
+            drop(queue);
+            let _ = thread.join();
+        }
     }
 
     /// `outpost_audit_write_failures_total`.
@@ -94,7 +110,7 @@ impl StoreAudit {
     }
 }
 
-fn file_writer(path: &Path, failed: Arc<AtomicU64>) -> Result<mpsc::SyncSender<AuditEvent>> {
+fn file_writer(path: &Path, failed: Arc<AtomicU64>) -> Result<FileWriter> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f: File = OpenOptions::new()
         .create(true)
@@ -104,7 +120,7 @@ fn file_writer(path: &Path, failed: Arc<AtomicU64>) -> Result<mpsc::SyncSender<A
         .with_context(|| format!("opening the audit file {}", path.display()))?;
     let (tx, rx) = mpsc::sync_channel::<AuditEvent>(FILE_QUEUE);
     let shown = path.display().to_string();
-    thread::Builder::new().name("outpost-audit-file".into()).spawn(move || {
+    let thread = thread::Builder::new().name("outpost-audit-file".into()).spawn(move || {
         for e in rx {
             let mut line = serde_json::to_vec(&e).unwrap_or_default();
             line.push(b'\n');
@@ -115,13 +131,13 @@ fn file_writer(path: &Path, failed: Arc<AtomicU64>) -> Result<mpsc::SyncSender<A
         }
         let _ = f.sync_all();
     })?;
-    Ok(tx)
+    Ok(FileWriter { queue: tx, thread })
 }
 
 impl AuditSink for StoreAudit {
     fn write(&self, event: AuditEvent) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        if let Some(tx) = &self.file {
-            if tx.try_send(event.clone()).is_err() {
+        if let Some(w) = self.file.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if w.queue.try_send(event.clone()).is_err() {
                 self.failed.fetch_add(1, Relaxed);
                 tracing::warn!("audit file queue full; event not written to the file");
             }

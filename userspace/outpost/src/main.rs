@@ -450,6 +450,7 @@ fn serve(
         audit: Some(sink.clone()),
     });
     edge::node_event(&audit, "node.stop", result.as_ref().err().map(|e| format!("{e:#}")));
+    sink.close();
     store.shutdown();
     if let Some(iface) = attached_here {
         if keep_attached {

@@ -216,3 +216,32 @@ fn sqlite_locked_or_corrupt_at_start_is_a_clear_error() {
     let err = start_fails(&dir.0.join("file/data"));
     assert!(err.contains("file/data"), "{err}");
 }
+
+#[test]
+fn audit_events_also_go_to_a_json_lines_file_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("audit-file");
+    let file = dir.0.join("audit.jsonl");
+    let mut o = Outpost::start(
+        "uring",
+        &format!("node = \"edge-f\"\n[audit]\nfile = \"{}\"\n", file.display()),
+    );
+    o.signal(libc::SIGTERM);
+    assert!(o.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()), "{}", o.log());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(e["node"], "edge-f", "{l}");
+            e["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["node.start", "node.stop"], "{text}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "audit file mode {mode:o}");
+    let db = o.dir.0.join("data/outpost.db");
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} mode {mode:o}", db.display());
+}
