@@ -1,0 +1,110 @@
+//! HTML pages and mail bodies: askama templates (compiled and type-checked with the crate;
+//! `.html` templates escape every value), and the headers every page carries.
+
+use askama::Template;
+use outpost_api::Reply;
+
+/// The reservation form.
+#[derive(Template)]
+#[template(path = "page.html")]
+pub struct FormPage<'a> {
+    pub zone: &'a str,
+    pub hold_hours: u64,
+    pub csrf: &'a str,
+    /// Values to show again (after an error).
+    pub name: &'a str,
+    pub email: &'a str,
+}
+
+/// A result: reserved, taken, confirmed, expired...
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage<'a> {
+    pub title: &'a str,
+    /// `ok` or `bad` (styling).
+    pub class: &'a str,
+    pub fqdn: Option<&'a str>,
+    pub message: &'a str,
+}
+
+/// The confirmation mail, plain text.
+#[derive(Template)]
+#[template(path = "mail.txt")]
+pub struct MailText<'a> {
+    pub fqdn: &'a str,
+    pub link: &'a str,
+    pub until: &'a str,
+}
+
+/// The confirmation mail, HTML.
+#[derive(Template)]
+#[template(path = "mail.html")]
+pub struct MailHtml<'a> {
+    pub fqdn: &'a str,
+    pub link: &'a str,
+    pub until: &'a str,
+}
+
+/// The availability script.
+pub const APP_JS: &str = include_str!("../templates/app.js");
+
+/// A page with the headers all of them carry: no caching (results are personal), no framing
+/// (clickjacking), no referrer (the confirm URL carries a token), scripts from here only.
+pub fn html(status: u16, t: &impl Template) -> Reply {
+    let body = t.render().unwrap_or_else(|e| format!("<p>page error: {e}</p>"));
+    secure(Reply::html(status, body))
+}
+
+pub fn secure(r: Reply) -> Reply {
+    r.header("Cache-Control", "no-store")
+        .header("X-Frame-Options", "DENY")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Referrer-Policy", "no-referrer")
+        .header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        )
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of unix milliseconds.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00");
+        assert_eq!(utc(1_798_761_599_000), "2026-12-31 23:59");
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let p = MessagePage {
+            title: "t",
+            class: "ok",
+            fqdn: Some("<b>x</b>"),
+            message: "a \"quote\" & <script>",
+        };
+        let s = p.render().unwrap();
+        assert!(!s.contains("<script>") && !s.contains("<b>x"), "{s}");
+        assert!(s.contains("&#60;script&#62;"), "{s}");
+    }
+}
