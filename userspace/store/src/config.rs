@@ -152,7 +152,10 @@ mod tests {
                 "postgres://outpost:***@127.0.0.1:5433/outpost",
             ),
             ("postgres://outpost@h/db", "postgres://outpost@h/db"),
-            ("postgresql://h:5432/db?password=x&user=u", "postgresql://h:5432/db?password=***&user=u"),
+            (
+                "postgresql://h:5432/db?password=x&user=u",
+                "postgresql://h:5432/db?password=***&user=u",
+            ),
             ("host=h password=x user=u", "host=h password=*** user=u"),
             ("postgres://u:p@h/db?sslmode=disable", "postgres://u:***@h/db?sslmode=disable"),
         ] {

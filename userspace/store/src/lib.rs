@@ -152,8 +152,7 @@ impl Store {
                 // The connect itself is bounded by connect_timeout inside; the margin covers
                 // migrations waiting on another node's migration lock.
                 let limit = cfg.connect_timeout() + cfg.timeout() + Duration::from_secs(30);
-                let pg = match rt.block_on(limit, async move { Pg::open(&url, &task_cfg).await })
-                {
+                let pg = match rt.block_on(limit, async move { Pg::open(&url, &task_cfg).await }) {
                     Ok(pg) => pg,
                     Err(e) => {
                         rt.stop();
@@ -388,7 +387,9 @@ impl Inner {
         match &self.backend {
             BackendImpl::Sqlite(s) => {
                 let reply = s.submit(req)?;
-                let timer = self.rt.handle().spawn(tokio::time::sleep(timeout));
+                // The Sleep is made inside the task: the caller's thread may have no timer.
+                let timer =
+                    self.rt.handle().spawn(async move { tokio::time::sleep(timeout).await });
                 Ok(Pending::Sqlite(Bounded { reply, timer }))
             }
             BackendImpl::Postgres(pg) => {

@@ -143,7 +143,10 @@ impl StoreMetrics {
             for (outcome, n) in OUTCOMES.iter().zip(row) {
                 let n = n.load(Relaxed);
                 if n > 0 {
-                    writeln!(out, "outpost_store_ops_total{{op=\"{op}\",outcome=\"{outcome}\"}} {n}")?;
+                    writeln!(
+                        out,
+                        "outpost_store_ops_total{{op=\"{op}\",outcome=\"{outcome}\"}} {n}"
+                    )?;
                 }
             }
         }
@@ -154,10 +157,9 @@ impl StoreMetrics {
         )?;
         writeln!(out, "# TYPE outpost_store_op_duration_seconds summary")?;
         let (qs, count) = match self.latency.lock() {
-            Ok(h) => (
-                [0.5, 0.99, 0.999].map(|q| (q, h.value_at_quantile(q) as f64 / 1e6)),
-                h.len(),
-            ),
+            Ok(h) => {
+                ([0.5, 0.99, 0.999].map(|q| (q, h.value_at_quantile(q) as f64 / 1e6)), h.len())
+            }
             Err(_) => ([(0.5, 0.0), (0.99, 0.0), (0.999, 0.0)], 0),
         };
         for (q, v) in qs {
@@ -172,9 +174,7 @@ impl StoreMetrics {
                 let s = pool.status();
                 (s.size.saturating_sub(s.available) as i64, s.max_size as i64)
             }
-            None => {
-                (self.in_flight.load(Relaxed).max(0), self.sqlite_connections.load(Relaxed))
-            }
+            None => (self.in_flight.load(Relaxed).max(0), self.sqlite_connections.load(Relaxed)),
         };
         writeln!(
             out,

@@ -73,17 +73,56 @@ pub struct Record {
 /// backend's own clock (the database's, on PostgreSQL).
 #[derive(Debug)]
 pub(crate) enum Request {
-    Put { ns: String, key: String, value: Vec<u8>, ttl_ms: Option<i64> },
-    Get { ns: String, key: String },
-    Take { ns: String, key: String },
-    Delete { ns: String, key: String },
-    Insert { ns: String, key: String, value: Vec<u8>, ttl_ms: Option<i64> },
-    Scan { ns: String, after: Option<String>, limit: i64 },
+    Put {
+        ns: String,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<i64>,
+    },
+    Get {
+        ns: String,
+        key: String,
+    },
+    Take {
+        ns: String,
+        key: String,
+    },
+    Delete {
+        ns: String,
+        key: String,
+    },
+    Insert {
+        ns: String,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<i64>,
+    },
+    Scan {
+        ns: String,
+        after: Option<String>,
+        limit: i64,
+    },
     Txn(Vec<Op>),
-    Enqueue { topic: String, payload: Vec<u8> },
-    Claim { topic: String, owner: String, limit: i64, lease_ms: i64 },
-    Complete { id: i64, owner: String },
-    Retry { id: i64, owner: String, delay_ms: i64, error: String },
+    Enqueue {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    Claim {
+        topic: String,
+        owner: String,
+        limit: i64,
+        lease_ms: i64,
+    },
+    Complete {
+        id: i64,
+        owner: String,
+    },
+    Retry {
+        id: i64,
+        owner: String,
+        delay_ms: i64,
+        error: String,
+    },
     OutboxStats,
     AppendAudit(Vec<AuditEvent>),
     QueryAudit(AuditQuery),
@@ -141,7 +180,10 @@ impl Request {
     pub(crate) fn is_read(&self) -> bool {
         matches!(
             self,
-            Request::Get { .. } | Request::Scan { .. } | Request::OutboxStats | Request::QueryAudit(_)
+            Request::Get { .. }
+                | Request::Scan { .. }
+                | Request::OutboxStats
+                | Request::QueryAudit(_)
         )
     }
 
@@ -169,7 +211,10 @@ pub(crate) enum Reply {
     Stats(OutboxStats),
     Audit(Vec<AuditEvent>),
     /// Rows deleted by one sweep round: expired values, old finished outbox rows.
-    Swept { values: u64, outbox: u64 },
+    Swept {
+        values: u64,
+        outbox: u64,
+    },
 }
 
 /// A duration as whole milliseconds for the database, saturating (a TTL of years is fine).

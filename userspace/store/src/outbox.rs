@@ -102,8 +102,12 @@ impl Store {
         delay: Duration,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let req =
-            Request::Retry { id, owner: owner.into(), delay_ms: millis(delay), error: error.into() };
+        let req = Request::Retry {
+            id,
+            owner: owner.into(),
+            delay_ms: millis(delay),
+            error: error.into(),
+        };
         match self.call(req).await? {
             Reply::Flag(b) => Ok(b),
             r => Err(unexpected(r)),
@@ -233,7 +237,11 @@ mod tests {
         for (attempts, full) in [(0, 1), (1, 2), (2, 4), (8, 256), (9, 300), (40, 300)] {
             let d = backoff(attempts);
             let full = Duration::from_secs(full);
-            assert!(d >= full / 2 && d <= full, "attempts {attempts}: {d:?} not in [{:?}, {full:?}]", full / 2);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempts {attempts}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
         }
     }
 }

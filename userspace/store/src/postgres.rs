@@ -19,7 +19,7 @@
 //! it may still be in the middle of a transaction. A connection broken by a restart reports
 //! closed and the pool discards it; the next checkout connects afresh.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
@@ -58,8 +58,7 @@ const PUT: &str = concat!(
      SET value = excluded.value, expires_at = excluded.expires_at"
 );
 const GET: &str = concat!("SELECT value FROM kv WHERE ns = $1 AND key = $2 AND ", live!());
-const TAKE: &str =
-    concat!("DELETE FROM kv WHERE ns = $1 AND key = $2 RETURNING value, ", live!());
+const TAKE: &str = concat!("DELETE FROM kv WHERE ns = $1 AND key = $2 RETURNING value, ", live!());
 /// Inserts, or replaces an expired row; returns a row only when it wrote.
 const INSERT: &str = concat!(
     "INSERT INTO kv (ns, key, value, expires_at) VALUES ($1, $2, $3, ",
@@ -119,11 +118,8 @@ const RETRY: &str = concat!(
     " + $3::int8, lease_until = NULL, owner = NULL, last_error = $4
      WHERE id = $1 AND owner = $2 AND done_at IS NULL"
 );
-const STATS: &str = concat!(
-    "SELECT count(*), ",
-    now!(),
-    " - min(created_at) FROM outbox WHERE done_at IS NULL"
-);
+const STATS: &str =
+    concat!("SELECT count(*), ", now!(), " - min(created_at) FROM outbox WHERE done_at IS NULL");
 /// All events in one statement (one round trip, atomic).
 const AUDIT_APPEND: &str =
     "INSERT INTO audit (time_ms, node, client, host, path, user_name, kind, outcome, reason)
@@ -149,7 +145,7 @@ const SWEEP_OUTBOX: &str = concat!(
     " - $2::int8 LIMIT $1)"
 );
 /// Serializes migrations of every node starting at once ("outpost" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6f75_7470_6f73_74;
+const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
 /// Attempts of a transaction that PostgreSQL aborted as a deadlock or serialization failure.
 const TXN_ATTEMPTS: usize = 5;
 /// Rounds of "insert wrote nothing, but the live row vanished before we read it".
@@ -205,7 +201,7 @@ impl Pg {
             Ok(Ok(obj)) => obj,
             Ok(Err(e)) => {
                 let why = match e {
-                    PoolError::Backend(e) => pg.scrub(&e.to_string()),
+                    PoolError::Backend(e) => pg.message(&e),
                     PoolError::Timeout(_) => format!("no answer within {connect_timeout:?}"),
                     other => pg.scrub(&other.to_string()),
                 };
@@ -274,7 +270,11 @@ impl Pg {
         for (version, sql) in pending {
             tx.batch_execute(sql).await.map_err(|e| self.err(e))?;
             tx.execute(
-                concat!("INSERT INTO schema_version (version, applied_at) VALUES ($1, ", now!(), ")"),
+                concat!(
+                    "INSERT INTO schema_version (version, applied_at) VALUES ($1, ",
+                    now!(),
+                    ")"
+                ),
                 &[version],
             )
             .await
@@ -301,12 +301,12 @@ impl Pg {
                 exec(c, PUT, &[&ns, &key, &value, &ttl_ms]).await.map_err(e)?;
                 Reply::Done
             }
-            Request::Get { ns, key } => Reply::Value(
-                match query_opt(c, GET, &[&ns, &key]).await.map_err(e)? {
+            Request::Get { ns, key } => {
+                Reply::Value(match query_opt(c, GET, &[&ns, &key]).await.map_err(e)? {
                     Some(row) => Some(row.try_get(0).map_err(e)?),
                     None => None,
-                },
-            ),
+                })
+            }
             Request::Take { ns, key } => Reply::Value(take(c, &ns, &key).await.map_err(e)?),
             Request::Delete { ns, key } => {
                 Reply::Flag(take(c, &ns, &key).await.map_err(e)?.is_some())
@@ -382,8 +382,9 @@ impl Pg {
             Request::QueryAudit(q) => Reply::Audit(query_audit(c, &q).await.map_err(e)?),
             Request::Sweep => {
                 let values = exec(c, SWEEP_VALUES, &[&SWEEP_CHUNK]).await.map_err(e)?;
-                let outbox =
-                    exec(c, SWEEP_OUTBOX, &[&SWEEP_CHUNK, &OUTBOX_KEEP_DONE_MS]).await.map_err(e)?;
+                let outbox = exec(c, SWEEP_OUTBOX, &[&SWEEP_CHUNK, &OUTBOX_KEEP_DONE_MS])
+                    .await
+                    .map_err(e)?;
                 Reply::Swept { values, outbox }
             }
         })
@@ -434,13 +435,25 @@ impl Pg {
         }
     }
 
+    /// What the driver says, causes included ("error connecting to server: Connection
+    /// refused"), without the password.
+    fn message(&self, e: &tokio_postgres::Error) -> String {
+        if let Some(db) = e.as_db_error() {
+            return self.scrub(&format!("{}: {}", db.severity(), db.message()));
+        }
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        self.scrub(&msg)
+    }
+
     /// A driver error as the store's; the password never survives into the message.
     fn err(&self, e: tokio_postgres::Error) -> StoreError {
-        let msg = match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.severity(), db.message()),
-            None => e.to_string(),
-        };
-        let msg = self.scrub(&msg);
+        let msg = self.message(&e);
         if e.is_closed() {
             return StoreError::Unavailable(format!("connection to PostgreSQL lost ({msg})"));
         }
@@ -557,29 +570,28 @@ fn is_io(e: &tokio_postgres::Error) -> bool {
 
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
-fn exec<'a, C: GenericClient>(
-    c: &'a C,
+async fn exec<C: GenericClient>(
+    c: &C,
     sql: &'static str,
-    params: Params<'a>,
-) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
-    async move { c.execute(&c.prepare_cached(sql).await?, params).await }
+    params: Params<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    c.execute(&c.prepare_cached(sql).await?, params).await
 }
 
-fn query_opt<'a, C: GenericClient>(
-    c: &'a C,
+async fn query_opt<C: GenericClient>(
+    c: &C,
     sql: &'static str,
-    params: Params<'a>,
-) -> impl Future<Output = Result<Option<tokio_postgres::Row>, tokio_postgres::Error>> + Send + 'a
-{
-    async move { c.query_opt(&c.prepare_cached(sql).await?, params).await }
+    params: Params<'_>,
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    c.query_opt(&c.prepare_cached(sql).await?, params).await
 }
 
-fn query<'a, C: GenericClient>(
-    c: &'a C,
+async fn query<C: GenericClient>(
+    c: &C,
     sql: &'static str,
-    params: Params<'a>,
-) -> impl Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>> + Send + 'a {
-    async move { c.query(&c.prepare_cached(sql).await?, params).await }
+    params: Params<'_>,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    c.query(&c.prepare_cached(sql).await?, params).await
 }
 
 /// The live value deleted, if there was one (an expired row is deleted too).
@@ -671,13 +683,9 @@ async fn append_audit<C: GenericClient>(
     let kind = col(|e| Some(&e.kind));
     let outcome = col(|e| Some(&e.outcome));
     let reason = col(|e| e.reason.as_deref());
-    exec(
-        c,
-        AUDIT_APPEND,
-        &[&times, &node, &client, &host, &path, &user, &kind, &outcome, &reason],
-    )
-    .await
-    .map(|_| ())
+    exec(c, AUDIT_APPEND, &[&times, &node, &client, &host, &path, &user, &kind, &outcome, &reason])
+        .await
+        .map(|_| ())
 }
 
 async fn query_audit<C: GenericClient>(

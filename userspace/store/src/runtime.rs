@@ -3,13 +3,7 @@
 //! here and the caller awaits the JoinHandle, which works from any runtime or none. Timers,
 //! the PostgreSQL pool and its connection tasks, the sweeper and outbox workers all run here.
 
-use std::{
-    cell::Cell,
-    future::Future,
-    sync::Mutex,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{cell::Cell, future::Future, sync::Mutex, thread::JoinHandle, time::Duration};
 
 use tokio::{runtime::Handle, sync::oneshot};
 

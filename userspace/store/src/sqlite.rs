@@ -524,11 +524,14 @@ fn apply_read(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
         }
         Request::OutboxStats => {
             let (pending, oldest): (i64, Option<i64>) = conn
-                .prepare_cached("SELECT count(*), min(created_at) FROM outbox WHERE done_at IS NULL")?
+                .prepare_cached(
+                    "SELECT count(*), min(created_at) FROM outbox WHERE done_at IS NULL",
+                )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Reply::Stats(OutboxStats {
                 pending: pending.max(0) as u64,
-                oldest_age: oldest.map(|c| Duration::from_millis(now.saturating_sub(c).max(0) as u64)),
+                oldest_age: oldest
+                    .map(|c| Duration::from_millis(now.saturating_sub(c).max(0) as u64)),
             })
         }
         Request::QueryAudit(q) => Reply::Audit(query_audit(conn, q)?),

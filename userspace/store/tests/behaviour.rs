@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use common::{ms, Harness};
 use outpost_store::{
-    audit::to_ms, Abort, AuditEvent, AuditQuery, Inserted, Op, StoreConfig, StoreError,
-    TxnOutcome, SCHEMA_VERSION,
+    audit::to_ms, Abort, AuditEvent, AuditQuery, Inserted, Op, StoreConfig, StoreError, TxnOutcome,
+    SCHEMA_VERSION,
 };
 
 both!(
@@ -60,10 +60,7 @@ async fn expired_values_are_never_returned(h: Harness) {
     s.put("n", "short", b"v", Some(ms(200))).await.expect("put ttl");
     tokio::time::sleep(ms(400)).await;
     assert_eq!(s.delete("n", "short").await, Ok(false), "deleting an expired value");
-    let out = s
-        .txn(vec![Op::Take { ns: "n".into(), key: "short".into() }])
-        .await
-        .expect("txn");
+    let out = s.txn(vec![Op::Take { ns: "n".into(), key: "short".into() }]).await.expect("txn");
     assert_eq!(out, TxnOutcome::Aborted { op: 0, why: Abort::Missing });
     assert_eq!(s.get("n", "long").await, Ok(Some(b"w".to_vec())));
 }
@@ -98,7 +95,10 @@ async fn insert_conflicts_are_typed(h: Harness) {
     s.put("r", "lapsed", b"old", Some(ms(200))).await.expect("put");
     assert!(matches!(s.insert("r", "lapsed", b"x", None).await, Ok(Inserted::Conflict { .. })));
     tokio::time::sleep(ms(400)).await;
-    assert_eq!(s.insert("r", "lapsed", b"new", Some(Duration::from_secs(60))).await, Ok(Inserted::Done));
+    assert_eq!(
+        s.insert("r", "lapsed", b"new", Some(Duration::from_secs(60))).await,
+        Ok(Inserted::Done)
+    );
     assert_eq!(s.get("r", "lapsed").await, Ok(Some(b"new".to_vec())));
     let rec = s.scan("r", Some("l"), 1).await.expect("scan");
     assert_eq!(rec[0].key, "lapsed");
@@ -163,14 +163,22 @@ async fn txn_is_all_or_nothing(h: Harness) {
             Op::Insert { ns: ns.clone(), key: "new".into(), value: b"1".to_vec(), ttl: None },
             Op::Take { ns: ns.clone(), key: "new".into() },
             swap("held", b"h"),
-            Op::Swap { ns: ns.clone(), key: "held".into(), expect: b"n".to_vec(), new: None, ttl: None },
+            Op::Swap {
+                ns: ns.clone(),
+                key: "held".into(),
+                expect: b"n".to_vec(),
+                new: None,
+                ttl: None,
+            },
             Op::Enqueue { topic: "mail".into(), payload: b"m".to_vec() },
             Op::Put { ns: ns.clone(), key: "p".into(), value: b"2".to_vec(), ttl: None },
             Op::Delete { ns: ns.clone(), key: "absent".into() },
         ])
         .await
         .expect("txn");
-    let TxnOutcome::Committed(results) = out else { panic!("{}: not committed: {out:?}", h.name()) };
+    let TxnOutcome::Committed(results) = out else {
+        panic!("{}: not committed: {out:?}", h.name())
+    };
     assert_eq!(results.len(), 7);
     assert_eq!(results[1], Some(b"1".to_vec()), "take returns the value");
     let id = results[4].as_ref().expect("enqueue returns the id");
@@ -194,7 +202,10 @@ async fn scan_orders_pages_and_filters(h: Harness) {
     s.put("other", "a", b"x", None).await.expect("put");
     tokio::time::sleep(ms(50)).await;
     let keys = |r: Vec<outpost_store::Record>| r.into_iter().map(|r| r.key).collect::<Vec<_>>();
-    assert_eq!(keys(s.scan("scan", None, 100).await.expect("scan")), ["B", "a", "a-", "ab", "b", "c"]);
+    assert_eq!(
+        keys(s.scan("scan", None, 100).await.expect("scan")),
+        ["B", "a", "a-", "ab", "b", "c"]
+    );
     assert_eq!(keys(s.scan("scan", None, 2).await.expect("scan")), ["B", "a"]);
     assert_eq!(keys(s.scan("scan", Some("a"), 2).await.expect("scan")), ["a-", "ab"]);
     assert_eq!(keys(s.scan("scan", Some("c"), 2).await.expect("scan")), Vec::<String>::new());
@@ -221,7 +232,10 @@ async fn outbox_claim_complete_retry(h: Harness) {
 
     let a = s.claim("mail", "A", 2, lease).await.expect("claim");
     assert_eq!(a.iter().map(|i| i.id).collect::<Vec<_>>(), ids[..2], "oldest first");
-    assert_eq!((a[0].payload.as_slice(), a[0].attempts, a[0].topic.as_str()), (&b"1"[..], 0, "mail"));
+    assert_eq!(
+        (a[0].payload.as_slice(), a[0].attempts, a[0].topic.as_str()),
+        (&b"1"[..], 0, "mail")
+    );
     let b = s.claim("mail", "B", 10, lease).await.expect("claim");
     assert_eq!(b.iter().map(|i| i.id).collect::<Vec<_>>(), ids[2..], "leased rows are skipped");
     assert!(s.claim("mail", "B", 10, lease).await.expect("claim").is_empty());
@@ -229,7 +243,11 @@ async fn outbox_claim_complete_retry(h: Harness) {
     assert_eq!(s.complete(ids[0], "B").await, Ok(false), "not B's row");
     assert_eq!(s.complete(ids[0], "A").await, Ok(true));
     assert_eq!(s.complete(ids[0], "A").await, Ok(false), "already done");
-    assert_eq!(s.retry(ids[0], "A", Duration::ZERO, "late").await, Ok(false), "done rows stay done");
+    assert_eq!(
+        s.retry(ids[0], "A", Duration::ZERO, "late").await,
+        Ok(false),
+        "done rows stay done"
+    );
 
     // Retry now: due again at once, attempts counted.
     assert_eq!(s.retry(ids[1], "A", Duration::ZERO, "smtp 451").await, Ok(true));
@@ -240,9 +258,16 @@ async fn outbox_claim_complete_retry(h: Harness) {
     assert_eq!(s.retry(ids[1], "C", Duration::from_secs(3600), "again").await, Ok(true));
     assert!(s.claim("mail", "C", 10, lease).await.expect("claim").is_empty(), "not due yet");
     assert_eq!(s.outbox_stats().await.expect("stats").pending, 3);
-    let last_error = h.scalar(&format!("SELECT count(*) FROM outbox WHERE last_error = 'again' AND id = {}", ids[1]));
+    let last_error = h.scalar(&format!(
+        "SELECT count(*) FROM outbox WHERE last_error = 'again' AND id = {}",
+        ids[1]
+    ));
     assert_eq!(last_error, 1, "the error is kept on the row");
-    assert_eq!(s.claim("sms", "A", 10, lease).await.expect("claim").len(), 1, "topics are separate");
+    assert_eq!(
+        s.claim("sms", "A", 10, lease).await.expect("claim").len(),
+        1,
+        "topics are separate"
+    );
 }
 
 async fn outbox_lease_expires(h: Harness) {
@@ -282,7 +307,11 @@ async fn audit_filters_newest_last(h: Harness) {
         event(at(1), Some("alice"), "login"),
         event(at(2), Some("bob"), "login"),
         event(at(3), None, "reserve"),
-        AuditEvent { reason: Some("taken".into()), outcome: "denied".into(), ..event(at(4), Some("alice"), "reserve") },
+        AuditEvent {
+            reason: Some("taken".into()),
+            outcome: "denied".into(),
+            ..event(at(4), Some("alice"), "reserve")
+        },
         event(at(5), Some("alice"), "login"),
     ];
     s.append_audit(events.clone()).await.expect("append");
@@ -294,8 +323,16 @@ async fn audit_filters_newest_last(h: Harness) {
         limit,
     };
     assert_eq!(s.query_audit(&q(None, None, None, 100)).await, Ok(events.clone()), "all, in order");
-    assert_eq!(s.query_audit(&q(None, None, None, 2)).await, Ok(events[3..].to_vec()), "newest 2, newest last");
-    assert_eq!(s.query_audit(&q(Some(3), None, None, 100)).await, Ok(events[2..].to_vec()), "since is inclusive");
+    assert_eq!(
+        s.query_audit(&q(None, None, None, 2)).await,
+        Ok(events[3..].to_vec()),
+        "newest 2, newest last"
+    );
+    assert_eq!(
+        s.query_audit(&q(Some(3), None, None, 100)).await,
+        Ok(events[2..].to_vec()),
+        "since is inclusive"
+    );
     let alice = s.query_audit(&q(None, Some("alice"), None, 100)).await.expect("query");
     assert_eq!(alice, vec![events[0].clone(), events[3].clone(), events[4].clone()]);
     let alice_logins = s.query_audit(&q(Some(2), Some("alice"), Some("login"), 100)).await;
@@ -338,7 +375,10 @@ async fn reopen_keeps_data(h: Harness) {
     let id = s.enqueue("mail", b"m").await.expect("enqueue");
     s.append_audit(vec![event(SystemTime::now(), Some("alice"), "login")]).await.expect("audit");
     s.shutdown();
-    assert!(matches!(s.get("n", "k").await, Err(StoreError::Unavailable(_))), "used after shutdown");
+    assert!(
+        matches!(s.get("n", "k").await, Err(StoreError::Unavailable(_))),
+        "used after shutdown"
+    );
     drop(s);
     let s = h.open();
     assert_eq!(s.get("n", "k").await, Ok(Some(b"v".to_vec())));
@@ -381,6 +421,9 @@ async fn metrics_render_prometheus(h: Harness) {
         assert!(!format!("{s:?}").contains(pg.password()), "password in Debug");
         assert!(s.describe().starts_with("postgres://outpost:***@127.0.0.1:"), "{}", s.describe());
     } else {
-        assert_eq!(s.describe(), format!("sqlite {}", h.db_path().canonicalize().unwrap().display()));
+        assert_eq!(
+            s.describe(),
+            format!("sqlite {}", h.db_path().canonicalize().unwrap().display())
+        );
     }
 }

@@ -52,7 +52,12 @@ async fn takes_exactly_once(stores: &[Store], per_store: usize, what: &str) {
         let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         assert!(errors.is_empty(), "{what}: takes failed: {errors:?}");
         let winners = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
-        assert_eq!(winners, 1, "{what} round {round}: {winners} of {} takes got the value", results.len());
+        assert_eq!(
+            winners,
+            1,
+            "{what} round {round}: {winners} of {} takes got the value",
+            results.len()
+        );
     }
 }
 
@@ -69,7 +74,11 @@ async fn inserts_exactly_once(stores: &[Store], per_store: usize, what: &str) {
         match r {
             Ok(Inserted::Done) => {}
             Ok(Inserted::Conflict { existing }) => {
-                assert_eq!(existing, winners[0].as_bytes(), "{what}: {v} saw a conflict with a loser")
+                assert_eq!(
+                    existing,
+                    winners[0].as_bytes(),
+                    "{what}: {v} saw a conflict with a loser"
+                )
             }
             Err(e) => panic!("{what}: insert by {v} failed: {e}"),
         }
@@ -114,7 +123,10 @@ struct Holders {
 /// two at once, and every row is delivered and done.
 async fn workers_share_an_outbox(stores: &[Store], workers: usize, rows: usize, what: &str) {
     for i in 0..rows {
-        stores[i % stores.len()].enqueue("mail", format!("m{i}").as_bytes()).await.expect("enqueue");
+        stores[i % stores.len()]
+            .enqueue("mail", format!("m{i}").as_bytes())
+            .await
+            .expect("enqueue");
     }
     let holders = Arc::new(Mutex::new(Holders::default()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -144,7 +156,13 @@ async fn workers_share_an_outbox(stores: &[Store], workers: usize, rows: usize, 
                 Ok(())
             }
         };
-        handles.push(spawn_outbox_worker(&stores[w % stores.len()], "mail", owner, deliver, stopped.clone()));
+        handles.push(spawn_outbox_worker(
+            &stores[w % stores.len()],
+            "mail",
+            owner,
+            deliver,
+            stopped.clone(),
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -152,7 +170,11 @@ async fn workers_share_an_outbox(stores: &[Store], workers: usize, rows: usize, 
         if stats.pending == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{what}: {} rows still pending after 60 s", stats.pending);
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} rows still pending after 60 s",
+            stats.pending
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.send(true).expect("stop workers");
