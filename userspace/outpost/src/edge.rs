@@ -49,8 +49,10 @@ pub fn open_store(config: &Config) -> Result<Store> {
 }
 
 /// The handlers this binary ships, and the sections it reads itself.
-pub fn registry(_store: &Store) -> Registry {
-    let mut r = Registry::new().route(outpost_origin::OriginFactory::default());
+pub fn registry(store: &Store) -> Registry {
+    let mut r = Registry::new()
+        .route(outpost_origin::OriginFactory::default())
+        .app(outpost_reserve::ReserveApp::new(store.clone()));
     for s in SECTIONS {
         r = r.section(s);
     }
