@@ -84,8 +84,14 @@ impl Outpost {
 
     /// As [`start`](Self::start), with arguments before `run` (global ones) and after it.
     pub fn start_with(io: &str, extra: &str, global: &[&str], run: &[&str]) -> Outpost {
+        Self::start_at(free_port(), io, extra, global, run)
+    }
+
+    /// As [`start_with`](Self::start_with), listening on `https` (chosen by the caller, who
+    /// may need it in the config: a public URL), unless `extra` sets its own `listen`.
+    pub fn start_at(https: u16, io: &str, extra: &str, global: &[&str], run: &[&str]) -> Outpost {
         let dir = TempDir::new(io);
-        let (https, admin) = (free_port(), free_port());
+        let admin = free_port();
         let config = dir.0.join("outpost.toml");
         std::fs::write(&config, Self::config_text(https, admin, &dir.0, extra)).unwrap();
         let log = std::fs::File::create(dir.0.join("outpost.log")).unwrap();
