@@ -122,6 +122,48 @@ impl Outpost {
         o
     }
 
+    /// Starts the process again after it exited (or was killed), with the same config file,
+    /// data directory and ports, `run` after `run --io IO`; the log is appended to. Waits
+    /// until `/healthz` answers.
+    pub fn restart(&mut self, run: &[&str]) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.0.join("outpost.log"))
+            .unwrap();
+        let child = Command::new(outpost_bin())
+            .args(["run", "--io", &self.io])
+            .args(run)
+            .arg("--config")
+            .arg(self.dir.0.join("outpost.toml"))
+            .env("RUST_LOG", "info,outpost_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting outpost again");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some((200, _)) = http_get(self.admin, "/healthz") {
+                break;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("outpost exited with {status} on restart; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outpost did not become ready; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `extra` may start with its own `listen = [...]` line, which then replaces the default.
     fn config_text(https: u16, admin: u16, dir: &Path, extra: &str) -> String {
         let listen = if extra.starts_with("listen") {

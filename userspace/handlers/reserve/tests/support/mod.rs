@@ -338,6 +338,16 @@ impl Smtp {
         out
     }
 
+    /// The `To:` address of every delivered mail.
+    pub fn recipients(&self) -> std::collections::BTreeSet<String> {
+        self.mails()
+            .iter()
+            .filter_map(|m| {
+                m.lines().find_map(|l| l.strip_prefix("To: ")).map(str::trim).map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// Mails to `to`.
     pub fn mails_to(&self, to: &str) -> Vec<String> {
         self.mails()
