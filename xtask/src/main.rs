@@ -77,6 +77,9 @@ enum Bench {
     Flood,
     /// RSS of the edge with 10,000 idle keep-alive TLS connections.
     Memory,
+    /// Durable unique inserts per second through the store (embedded SQLite, PostgreSQL)
+    /// beside pgbench on the same PostgreSQL, at 1, 16 and 256 callers.
+    Store,
     /// Every scenario above, xdp first. Reports under results/<timestamp>/.
     All,
 }
@@ -96,6 +99,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "bpftool",
     "testssl.sh",
+    // The store's tests and bench start their own PostgreSQL (initdb, postgres, pgbench).
+    "postgresql",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
@@ -165,8 +170,21 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
                 run(Command::new(root.join("target/release/xdp-bench")).arg(repeat.to_string()))
             });
     }
+    let mut store = Ok(());
+    if let Bench::Store | Bench::All = which {
+        store = cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "store-bench"])
+            .and_then(|()| {
+                let mut cmd = Command::new(root.join("target/release/store-bench"));
+                cmd.arg("--results").arg(root.join("results"));
+                if tiny {
+                    cmd.arg("--tiny");
+                }
+                run(&mut cmd)
+            });
+    }
     let scenario = match which {
         Bench::Xdp { .. } => return xdp,
+        Bench::Store => return store,
         Bench::Proxy => "proxy",
         Bench::Handshake => "handshake",
         Bench::Flood => "flood",
@@ -188,7 +206,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     } else {
         load.env_remove("OUTPOST_BIN");
     }
-    run(&mut load).and(xdp)
+    run(&mut load).and(xdp).and(store)
 }
 
 fn workspace_root() -> PathBuf {

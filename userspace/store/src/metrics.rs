@@ -123,6 +123,13 @@ impl StoreMetrics {
         self.ops.iter().map(|row| row[i].load(Relaxed)).sum()
     }
 
+    /// Requests per SQLite group commit, on average (None before the first commit, and on
+    /// PostgreSQL).
+    pub fn commit_batch_mean(&self) -> Option<f64> {
+        let count = self.batch.lock().ok()?.len();
+        (count > 0).then(|| self.batch_sum.load(Relaxed) as f64 / count as f64)
+    }
+
     /// Appends every series in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let _ = self.render_inner(out);
