@@ -1,0 +1,108 @@
+//! `/logout`, on the auth host and as `<reserved prefix>/logout` on every app host.
+//!
+//! Both clear their cookie and revoke the auth-host session in the store, so an app token
+//! can no longer be renewed from it and the next visit goes to the identity provider again.
+//! The app host's logout then sends the browser on to the auth host's, which clears the
+//! session cookie there and shows a signed-out page.
+
+use std::{sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use outpost_api::{Flow, Handler, Reply, Result as PResult, Session};
+
+use crate::{
+    cookies,
+    flow::Gen,
+    metrics::{Endpoint, Outcome},
+    pages,
+    state::{self, SessionRecord, NS_SESSION},
+    token::Checked,
+};
+
+pub struct Logout {
+    pub gen: Arc<Gen>,
+}
+
+#[async_trait(?Send)]
+impl Handler for Logout {
+    type Ctx = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, s: &mut Session<'_>, _ctx: &mut ()) -> PResult<Flow> {
+        Ok(Flow::Respond(self.serve(s).await))
+    }
+}
+
+impl Logout {
+    pub async fn serve(&self, s: &mut Session<'_>) -> Reply {
+        let started = Instant::now();
+        let reply = if !matches!(s.req.method.as_str(), "GET" | "HEAD" | "POST") {
+            Reply::json_error(405, "use GET or POST").header("Allow", "GET, HEAD, POST")
+        } else if s.host().as_deref() == Some(self.gen.s.auth_host.as_str()) {
+            self.auth_host(s).await
+        } else {
+            self.app_host(s).await
+        };
+        self.gen.time(Endpoint::Logout, started, std::time::Duration::ZERO);
+        reply
+    }
+
+    async fn auth_host(&self, s: &mut Session<'_>) -> Reply {
+        let g = &self.gen;
+        let cookie = cookies::find(s.req.header_values("cookie"), cookies::SESSION);
+        let mut user = None;
+        if let Some(c) = cookie.filter(|c| !c.is_empty() && c.len() <= 128) {
+            match g.shared.store.take(NS_SESSION, &state::digest(&c)).await {
+                Ok(v) => user = v.and_then(|b| state::decode::<SessionRecord>(&b)).map(|r| r.email),
+                Err(e) => {
+                    g.count(Endpoint::Logout, Outcome::Unavailable);
+                    return g.unavailable(&e);
+                }
+            }
+        }
+        g.count(Endpoint::Logout, Outcome::Success);
+        let mut e = g.event(s, "access.logout", "success").reason("auth host");
+        if let Some(u) = &user {
+            e = e.user(u);
+        }
+        g.record(s, e);
+        pages::message(
+            200,
+            "You are signed out",
+            "Your session at this edge has ended.",
+            user.as_deref(),
+            Vec::new(),
+        )
+        .header("Set-Cookie", cookies::clear(cookies::SESSION))
+    }
+
+    async fn app_host(&self, s: &mut Session<'_>) -> Reply {
+        let g = &self.gen;
+        let host = s.host().unwrap_or_default();
+        let token = cookies::find(s.req.header_values("cookie"), cookies::TOKEN);
+        let mut user = None;
+        if let Some(t) = token {
+            let claims = match g.shared.keys.check(&t, &g.s.auth_host, &host).await {
+                Checked::Valid(c) | Checked::Expired(c) => Some(c),
+                Checked::Refused(_) => None,
+            };
+            if let Some(c) = claims {
+                if let Err(e) = g.shared.store.delete(NS_SESSION, &c.sid).await {
+                    g.count(Endpoint::Logout, Outcome::Unavailable);
+                    return g.unavailable(&e);
+                }
+                user = Some(c.email);
+            }
+        }
+        g.count(Endpoint::Logout, Outcome::Success);
+        let mut e = g.event(s, "access.logout", "success").reason(format!("app {host}"));
+        if let Some(u) = &user {
+            e = e.user(u);
+        }
+        g.record(s, e);
+        let next = format!("{}/logout", g.base_url(&g.s.auth_host));
+        pages::secure(Reply::redirect(302, &next))
+            .header("Set-Cookie", cookies::clear(cookies::TOKEN))
+    }
+}
