@@ -52,6 +52,7 @@ pub fn open_store(config: &Config) -> Result<Store> {
 pub fn registry(store: &Store) -> Registry {
     let mut r = Registry::new()
         .route(outpost_origin::OriginFactory::default())
+        .app(outpost_access::AccessApp::new(store.clone()))
         .app(outpost_reserve::ReserveApp::new(store.clone()));
     for s in SECTIONS {
         r = r.section(s);
