@@ -411,7 +411,14 @@ impl Reserve {
                 ));
             };
             let cookie_ok = cookie(s, CSRF_COOKIE).is_some_and(|c| sh.secret.csrf_ok(&c, &f.csrf));
-            if !cookie_ok || !sh.same_site(s) {
+            let same_site = sh.same_site(s);
+            if !cookie_ok || !same_site {
+                tracing::debug!(
+                    cookie = cookie_ok,
+                    same_site,
+                    origin = ?s.req.header("origin").map(String::from_utf8_lossy),
+                    "reserve: form refused (CSRF)"
+                );
                 let a = Answer::error(
                     403,
                     "csrf",

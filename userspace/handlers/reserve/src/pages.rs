@@ -49,7 +49,9 @@ pub struct MailHtml<'a> {
 pub const APP_JS: &str = include_str!("../templates/app.js");
 
 /// A page with the headers all of them carry: no caching (results are personal), no framing
-/// (clickjacking), no referrer (the confirm URL carries a token), scripts from here only.
+/// (clickjacking), scripts from here only, and the referrer only to this site (the confirm URL
+/// carries a token). Not `no-referrer`: with it, browsers send `Origin: null` on the form's
+/// own POST, and the CSRF check could no longer tell this site from any other.
 pub fn html(status: u16, t: &impl Template) -> Reply {
     let body = t.render().unwrap_or_else(|e| format!("<p>page error: {e}</p>"));
     secure(Reply::html(status, body))
@@ -59,7 +61,7 @@ pub fn secure(r: Reply) -> Reply {
     r.header("Cache-Control", "no-store")
         .header("X-Frame-Options", "DENY")
         .header("X-Content-Type-Options", "nosniff")
-        .header("Referrer-Policy", "no-referrer")
+        .header("Referrer-Policy", "same-origin")
         .header(
             "Content-Security-Policy",
             "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \

@@ -63,7 +63,7 @@ fn the_link_in_the_mail_confirms_once() {
         "{}",
         r.body
     );
-    assert_eq!(r.header("Referrer-Policy"), Some("no-referrer"));
+    assert_eq!(r.header("Referrer-Policy"), Some("same-origin"));
     let (_, show) = http_get(edge.admin, "/reservations/show?name=alice").unwrap();
     assert!(
         show.contains("\"state\": \"confirmed\"") && show.contains("\"expires\": null"),
