@@ -83,8 +83,33 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
-    /// Hellos by offered version × verdict and parse outcomes from the XDP program, beside the
-    /// userspace floor's counters of a running `outpost run` (read from its admin listener).
+    /// Access: the edge's signing keys. Goes through the running edge at --admin when one
+    /// answers; otherwise straight to the store of --config.
+    Access {
+        #[command(subcommand)]
+        cmd: outpost_access::cli::Command,
+        /// Admin listener of the running edge.
+        #[arg(
+            long,
+            global = true,
+            value_name = "ADDR",
+            default_value = "127.0.0.1:9901",
+            env = "OUTPOST_ADMIN"
+        )]
+        admin: SocketAddr,
+        /// Config file whose store to use (default ./outpost.toml).
+        #[arg(long, global = true, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Reservations: list, show, release, export, straight on the store of --config (with
+    /// PostgreSQL, any node's config will do).
+    Reservations {
+        #[command(subcommand)]
+        cmd: outpost_reserve::cli::Command,
+        /// Config file whose store to use (default ./outpost.toml).
+        #[arg(long, global = true, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// The audit log: who used what, when, and how it ended, from every node sharing the store.
     /// Asks the running edge at --admin; with none answering, reads the store of --config.
     Audit {
@@ -110,6 +135,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Hellos by offered version × verdict and parse outcomes from the XDP program, beside the
+    /// userspace floor's counters of a running `outpost run` (read from its admin listener).
     Stats {
         /// One JSON object instead of tables: the kernel's `versions` and `parse`, and
         /// `userspace` (null when no `outpost run` answers at --admin).
@@ -212,6 +239,22 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config, io, no_xdp, iface, keep_attached } => {
             serve(&pin_dir, config, io, no_xdp, iface, keep_attached)?;
+        }
+        Command::Access { cmd, admin, config } => {
+            if !outpost_access::cli::try_admin(&cmd, admin)? {
+                let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
+                let store = edge::open_store(&cfg)?;
+                let result = outpost_access::cli::run(cmd, &store);
+                store.shutdown();
+                result?;
+            }
+        }
+        Command::Reservations { cmd, config } => {
+            let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
+            let store = edge::open_store(&cfg)?;
+            let result = outpost_reserve::cli::run(cmd, &store);
+            store.shutdown();
+            result?;
         }
         Command::Audit { since, user, kind, limit, json, admin, config } => {
             let params = edge::AuditParams { since, user, kind, limit: Some(limit) };
