@@ -341,7 +341,7 @@ impl ProviderConfig {
         Ok(ProviderSettings {
             name: self.name.clone(),
             display_name: self.display_name.clone().unwrap_or_else(|| self.name.clone()),
-            issuer: self.issuer.trim_end_matches('/').to_owned(),
+            issuer: self.issuer.clone(),
             client_id: self.client_id.clone(),
             client_secret: Secret::new(secret),
             scopes,

@@ -83,15 +83,21 @@ impl Handler for AccessCheck {
 
     async fn upstream_request_filter(
         &self,
-        _s: &mut Session<'_>,
+        s: &mut Session<'_>,
         up: &mut Request,
         ctx: &mut CheckCtx,
     ) -> PResult<()> {
         let g = &self.gen;
+        let before = up.headers.len();
         up.headers.retain(|h| {
             !h.name.eq_ignore_ascii_case(&g.s.assertion_header)
                 && !h.name.eq_ignore_ascii_case(&g.s.email_header)
         });
+        if up.headers.len() != before {
+            // Only a client trying to pass as someone sends these.
+            let e = g.event(s, "access.request", "stripped").reason("client sent identity headers");
+            g.record(s, e);
+        }
         if let Some((token, email)) = ctx.identity.take() {
             // The origin gets the assertion header; the token cookie stays with the edge.
             let cookie_values: Vec<Vec<u8>> =

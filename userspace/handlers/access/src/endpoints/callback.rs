@@ -39,6 +39,8 @@ struct CallbackParams {
     code: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+    /// RFC 9207: the issuer of the answer, when the provider sends it.
+    iss: Option<String>,
 }
 
 /// Longest `state` or `code` looked at.
@@ -97,6 +99,21 @@ impl Callback {
             );
         }
         let clear_binding = cookies::clear(&cookies::login_cookie(&state_value));
+        // A provider that names its issuer must name the one this login went to (mix-up).
+        if let (Some(iss), Some(p)) = (p.iss.as_deref(), g.provider(&login.provider)) {
+            if iss != p.settings.issuer {
+                g.count(Endpoint::Callback, Outcome::ProviderError);
+                let e = g
+                    .event(s, "access.login", "error")
+                    .reason(format!("answer from issuer {iss}, not {}", p.settings.issuer));
+                g.record(s, e);
+                return g.start_again(
+                    "The identity provider's answer could not be verified",
+                    "The answer came from another identity provider than the one this sign-in went to.",
+                    Some((&login.app, &login.rd)),
+                ).header("Set-Cookie", clear_binding);
+            }
+        }
 
         if let Some(err) = p.error.as_deref() {
             let desc = p.error_description.as_deref().unwrap_or("");

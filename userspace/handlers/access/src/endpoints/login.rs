@@ -63,15 +63,21 @@ impl Handler for Login {
 }
 
 impl Login {
-    /// Checks `app` and `rd`: a protected host and a path on it.
-    fn target(&self, p: &LoginParams) -> Result<(String, String), Reply> {
+    /// Checks `app` and `rd`: a protected host and a path on it. A refusal is audited: a
+    /// return path elsewhere is what an open-redirect attempt looks like.
+    fn target(&self, s: &mut Session<'_>, p: &LoginParams) -> Result<(String, String), Reply> {
         let g = &self.gen;
         let app = p.app.as_deref().unwrap_or("").trim().to_ascii_lowercase();
         if !is_hostname(&app) || app == g.s.auth_host || !policy::protects_host(&g.s.apps, &app) {
+            let e = g.event(s, "access.login", "denied").reason("unknown application");
+            g.record(s, e);
             return Err(g.bad_request("This sign-in link names no application protected here."));
         }
         let rd = p.rd.clone().unwrap_or_else(|| "/".into());
-        if check_return_path(&rd).is_err() {
+        if let Err(why) = check_return_path(&rd) {
+            let e =
+                g.event(s, "access.login", "denied").reason(format!("return path refused: {why}"));
+            g.record(s, e);
             return Err(g.bad_request(
                 "This sign-in link would return to a place outside the application.",
             ));
@@ -88,7 +94,7 @@ impl Login {
                 return g.bad_request("The sign-in link is malformed.");
             }
         };
-        let (app, rd) = match self.target(&p) {
+        let (app, rd) = match self.target(s, &p) {
             Ok(t) => t,
             Err(r) => {
                 g.count(Endpoint::Login, Outcome::BadRequest);
@@ -176,7 +182,7 @@ impl Login {
                 return Ok(g.bad_request("The sign-in form is malformed."));
             }
         };
-        let (app, rd) = match self.target(&p) {
+        let (app, rd) = match self.target(s, &p) {
             Ok(t) => t,
             Err(r) => {
                 g.count(Endpoint::Login, Outcome::BadRequest);

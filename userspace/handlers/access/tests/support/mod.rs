@@ -248,17 +248,22 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// On the embedded store.
     pub fn start(extra_access: &str) -> Setup {
+        Setup::start_with(extra_access, None)
+    }
+
+    /// On the PostgreSQL at `store_url` (the test can then read and write what the edge
+    /// keeps, its keys included).
+    pub fn start_with(extra_access: &str, store_url: Option<&str>) -> Setup {
         let port = free_port();
         let idp = Idp::start(&[callback(port)]);
         let origin = Origin::start("app");
-        let edge = Outpost::start_at(
-            port,
-            "uring",
-            &edge_config(port, &idp, &origin, extra_access),
-            &[],
-            &["--no-xdp"],
-        );
+        let mut config = edge_config(port, &idp, &origin, extra_access);
+        if let Some(url) = store_url {
+            config = format!("[store]\nurl = \"{url}\"\n{config}");
+        }
+        let edge = Outpost::start_at(port, "uring", &config, &[], &["--no-xdp"]);
         Setup { idp, origin, edge, port }
     }
 
@@ -275,6 +280,11 @@ impl Setup {
     pub fn audit(&self, kind: &str, min: usize) -> Vec<serde_json::Value> {
         audit_at(self.edge.admin, kind, min)
     }
+
+    /// See [`wait_event`].
+    pub fn expect_event(&self, kind: &str, outcome: &str, reason: &str) -> Vec<serde_json::Value> {
+        wait_event(self.edge.admin, kind, outcome, reason)
+    }
 }
 
 pub fn audit_at(admin: u16, kind: &str, min: usize) -> Vec<serde_json::Value> {
@@ -287,6 +297,23 @@ pub fn audit_at(admin: u16, kind: &str, min: usize) -> Vec<serde_json::Value> {
         if events.len() >= min || Instant::now() > deadline {
             return events;
         }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits up to 5 s for an event of `kind` with `outcome` and a reason containing `reason`
+/// (events are written after the response); returns all events of `kind`.
+pub fn wait_event(admin: u16, kind: &str, outcome: &str, reason: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = audit_at(admin, kind, 0);
+        if has_event(&events, outcome, reason) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} event {outcome} with reason {reason:?}; the events:\n{events:#?}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -562,4 +589,26 @@ pub fn assert_cookie_flags(url: &str, c: &str) {
     }
     assert!(!c.to_ascii_lowercase().contains("domain="), "a Domain (not host-only) on {url}: {c}");
     assert!(c.starts_with("__Host-"), "no __Host- prefix on {url}: {c}");
+}
+
+/// A store client of the test's own on the PostgreSQL at `url`.
+pub fn store(url: &str) -> (outpost_store::Store, TempDir) {
+    let dir = TempDir::new("store-client");
+    let cfg = outpost_store::StoreConfig { url: Some(url.to_owned()), ..Default::default() };
+    (outpost_store::Store::open(&cfg, &dir.0).expect("opening the test's store client"), dir)
+}
+
+/// Runs `f` to completion on a runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// The claims of `token`, unverified.
+pub fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+    )
+    .unwrap()
 }
