@@ -509,6 +509,19 @@ impl Browser {
             .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
     }
 
+    /// Every cookie the jar would send to `url`, as (name, value).
+    pub fn jar_cookies(&self, url: &str) -> Vec<(String, String)> {
+        use reqwest::cookie::CookieStore as _;
+        let Some(v) = self.jar.cookies(&reqwest::Url::parse(url).unwrap()) else {
+            return Vec::new();
+        };
+        v.to_str()
+            .unwrap()
+            .split("; ")
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect()
+    }
+
     /// Every Set-Cookie seen so far.
     pub fn all_set_cookies(&self) -> Vec<(String, String)> {
         self.seen
