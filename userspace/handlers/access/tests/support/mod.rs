@@ -509,6 +509,15 @@ impl Browser {
             .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
     }
 
+    /// Puts cookie `name=value` in the jar for `url`'s host (a manual Cookie header would be
+    /// replaced by the jar's).
+    pub fn set_cookie(&self, url: &str, name: &str, value: &str) {
+        self.jar.add_cookie_str(
+            &format!("{name}={value}; Secure; HttpOnly; Path=/"),
+            &reqwest::Url::parse(url).unwrap(),
+        );
+    }
+
     /// Every cookie the jar would send to `url`, as (name, value).
     pub fn jar_cookies(&self, url: &str) -> Vec<(String, String)> {
         use reqwest::cookie::CookieStore as _;
