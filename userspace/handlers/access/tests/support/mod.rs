@@ -372,14 +372,19 @@ impl Browser {
 
     /// Several edges: the hosts resolve to the first port; URLs carry their own port anyway.
     pub fn with_ports(ports: &[u16]) -> Browser {
-        let jar = Arc::new(Jar::default());
+        Browser::at([127, 0, 0, 1], ports[0], Arc::new(Jar::default()))
+    }
+
+    /// The test hosts resolved to `ip` (the port comes from the URLs), with cookie jar `jar`:
+    /// two of these sharing a jar are one browser whose requests reach different edge nodes.
+    pub fn at(ip: [u8; 4], port: u16, jar: Arc<Jar>) -> Browser {
         let mut b = Client::builder()
             .cookie_provider(jar.clone())
             .redirect(Policy::none())
             .danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(20));
         for h in [AUTH, WIKI, DASH] {
-            b = b.resolve(h, SocketAddr::from(([127, 0, 0, 1], ports[0])));
+            b = b.resolve(h, SocketAddr::from((ip, port)));
         }
         Browser { client: b.build().unwrap(), jar, seen: Mutex::new(Vec::new()) }
     }
