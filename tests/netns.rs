@@ -94,7 +94,7 @@ fn assert_counted(delta: &Value, results: &[&ClientResult], mode: &str) {
     let versions = delta["versions"].as_object().expect("stats --json has versions");
     let mut wrong = Vec::new();
     for (version, row) in versions {
-        for verdict in ["pass", "drop", "reject"] {
+        for verdict in ["pass", "drop", "reject", "redirect"] {
             let want = expected.remove(&(version.clone(), verdict.into())).unwrap_or(0);
             let got = row[verdict].as_u64().expect("counters are numbers");
             if got != want {

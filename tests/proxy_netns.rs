@@ -78,7 +78,7 @@ fn hello_series(kernel: bool, version: &str, verdict: &str) -> String {
 }
 
 const VERSIONS: [&str; 7] = ["SSLv2", "SSLv3", "TLS1.0", "TLS1.1", "TLS1.2", "TLS1.3", "unknown"];
-const VERDICTS: [&str; 3] = ["pass", "drop", "reject"];
+const VERDICTS: [&str; 4] = ["pass", "drop", "reject", "redirect"];
 
 /// Asserts that the hello counters in `metrics` (kernel or userspace) are exactly `expected`
 /// (version, verdict, count), every other one zero.
@@ -495,8 +495,8 @@ fn demo_once_shows_the_edge_at_work() {
         let line = line.unwrap_or_else(|| panic!("no {version} row in the stats table:\n{out}"));
         line.split_whitespace().skip(1).map(|n| n.parse().expect("a count")).collect()
     };
-    assert_eq!(row("TLS1.0"), [0, 0, 3], "TLS1.0 pass/drop/reject:\n{out}");
-    assert_eq!(row("TLS1.1"), [0, 0, 1], "TLS1.1 pass/drop/reject:\n{out}");
+    assert_eq!(row("TLS1.0"), [0, 0, 3, 0], "TLS1.0 pass/drop/reject/redirect:\n{out}");
+    assert_eq!(row("TLS1.1"), [0, 0, 1, 0], "TLS1.1 pass/drop/reject/redirect:\n{out}");
     assert!(row("TLS1.3")[0] >= 2, "TLS1.3 passes:\n{out}");
     for want in [
         "outpost_hellos_total{version=\"TLS1.3\",verdict=\"pass\"}",

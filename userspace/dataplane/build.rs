@@ -10,6 +10,12 @@ fn main() -> anyhow::Result<()> {
         root_dir: ebpf.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {ebpf:?}"))?,
         ..Default::default()
     };
+    // The eBPF crate uses `asm!` for one atomic add (BPF's core has no atomic read-modify-write),
+    // an unstable feature on this architecture: allow it for that crate too, beside aya-ebpf.
+    // A list of crates, never "1", which would make aya-build ask for -Z build-std.
+    // The cargo that aya-build starts inherits it; config [env] values do not override it.
+    std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf,outpost_ebpf");
+    println!("cargo:rerun-if-env-changed=RUSTC_BOOTSTRAP");
     // Leaked: the toolchain name must outlive the call and this process ends right after.
     let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());
     aya_build::build_ebpf([package], Toolchain::Custom(toolchain))

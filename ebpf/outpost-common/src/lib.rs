@@ -1,6 +1,7 @@
 //! Shared between the outpost XDP program and userspace.
 //!
 //! # Layout
+//! - [`budget`]: the redirect budget (token buckets per source network and in all).
 //! - [`hello`]: the ClientHello classifier, a resumable parser over a bounded byte cursor. The
 //!   kernel feeds it TCP segments one at a time; userspace feeds it whatever it has read.
 //! - [`version`]: protocol versions, policy modes and verdicts, and how a policy maps one to
@@ -13,6 +14,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod budget;
 pub mod hello;
 pub mod maps;
 #[cfg(feature = "std")]

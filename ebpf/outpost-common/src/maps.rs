@@ -22,6 +22,18 @@ pub const PARSE_STATS: &str = "parse_stats";
 pub const FLOWS: &str = "flows";
 /// Per-CPU counter of the baseline program used by the benchmark.
 pub const BASELINE_STATS: &str = "baseline_stats";
+/// Hash port (host order, u16) → [`crate::Mode`] (u8): ports whose mode is not the policy's.
+pub const PORT_MODES: &str = "port_modes";
+/// LRU hash [`crate::budget::SourceKey`] → [`crate::budget::Bucket`]: the redirect budget of
+/// each source network.
+pub const REDIRECT_SOURCES: &str = "redirect_sources";
+/// One [`crate::budget::Bucket`] (array): the redirect budget of the whole data plane.
+pub const REDIRECT_GLOBAL: &str = "redirect_global";
+/// LRU hash [`FlowKey`] → u64 (monotonic ns): connections whose legacy hello the program
+/// passed on to the legacy responder within the budget. The userspace floor takes its entry
+/// when the hello reaches it, and serves such a connection without taking from a budget of its
+/// own; a legacy hello without an entry (the kernel left it to userspace) is budgeted there.
+pub const REDIRECTS: &str = "redirects";
 
 /// Names of the XDP programs in the object.
 pub const PROG_FLOOR: &str = "outpost_xdp";
@@ -35,6 +47,14 @@ pub const PROG_PASS: &str = "outpost_pass";
 pub const PORT_WORDS: u32 = 65536 / 64;
 /// Entries of the [`FLOWS`] map.
 pub const FLOW_CAPACITY: u32 = 65536;
+/// Entries of the [`PORT_MODES`] map.
+pub const PORT_MODE_CAPACITY: u32 = 256;
+/// Source networks the [`REDIRECT_SOURCES`] map keeps a budget for (the least recently seen
+/// go first: a network that went quiet gets a full bucket back anyway).
+pub const REDIRECT_SOURCE_CAPACITY: u32 = 65536;
+/// Entries of the [`REDIRECTS`] map: redirected connections not yet taken by userspace (it
+/// takes each within a round trip; the budget bounds how many arrive per second).
+pub const REDIRECT_CAPACITY: u32 = 16384;
 /// Segments a hello is followed across before it is left to userspace.
 pub const MAX_HELLO_SEGMENTS: u32 = 4;
 /// Parser steps the kernel takes per segment (a step reads a field or skips a span). A
@@ -191,6 +211,41 @@ pub struct FlowState {
     pub _pad: [u8; 6],
 }
 
+#[cfg(feature = "std")]
+impl FlowKey {
+    /// The key the XDP program gives the connection from `client` to `server` (IPv4-mapped
+    /// IPv6 addresses, as a dual-stack socket reports IPv4 peers, count as IPv4).
+    pub fn of_connection(client: std::net::SocketAddr, server: std::net::SocketAddr) -> FlowKey {
+        let mut key = FlowKey {
+            sport: client.port().to_be(),
+            dport: server.port().to_be(),
+            ..FlowKey::default()
+        };
+        let (src, family) = words(client.ip());
+        key.src = src;
+        key.dst = words(server.ip()).0;
+        key.family = family;
+        key
+    }
+}
+
+/// An address as the XDP program stores it, and its family (4 or 6).
+#[cfg(feature = "std")]
+pub fn words(ip: std::net::IpAddr) -> ([u32; 4], u8) {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        std::net::IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], 4),
+        std::net::IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], 6)
+        }
+    }
+}
+
 impl FlowState {
     /// For a dropped or rejected flow: true when a segment at `seq` belongs to the blocked
     /// connection (a retransmission of its hello, or what follows it such as a FIN). Any other
@@ -208,6 +263,8 @@ mod pod {
     unsafe impl aya::Pod for Policy {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for crate::budget::SourceKey {}
+    unsafe impl aya::Pod for crate::budget::Bucket {}
 }
 
 #[cfg(test)]
@@ -228,6 +285,24 @@ mod tests {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
         }
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn connection_keys_match_the_wire() {
+        let client: std::net::SocketAddr = "198.18.10.1:40000".parse().unwrap();
+        let server: std::net::SocketAddr = "198.18.10.2:443".parse().unwrap();
+        let k = FlowKey::of_connection(client, server);
+        // As the program reads them: address bytes in wire order, ports as on the wire.
+        assert_eq!(k.src[0].to_ne_bytes(), [198, 18, 10, 1]);
+        assert_eq!(k.dport.to_ne_bytes(), [0x01, 0xbb]);
+        assert_eq!(k.family, 4);
+        let mapped: std::net::SocketAddr = "[::ffff:198.18.10.1]:40000".parse().unwrap();
+        assert_eq!(FlowKey::of_connection(mapped, server), k);
+        let v6: std::net::SocketAddr = "[2001:2:0:10::1]:40000".parse().unwrap();
+        let k6 = FlowKey::of_connection(v6, "[2001:2:0:10::2]:443".parse().unwrap());
+        assert_eq!((k6.family, k6.src[0].to_ne_bytes()), (6, [0x20, 0x01, 0, 2]));
+        assert_eq!(k6.src[3].to_ne_bytes(), [0, 0, 0, 1]);
     }
 
     #[test]
@@ -258,6 +333,8 @@ mod tests {
         assert_eq!(size_of::<HelloParser>(), 32);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowState>(), 48);
-        assert_eq!(size_of::<crate::Policy>(), 8);
+        assert_eq!(size_of::<crate::Policy>(), 12);
+        assert_eq!(size_of::<crate::budget::SourceKey>(), 20);
+        assert_eq!(size_of::<crate::budget::Bucket>(), 16);
     }
 }

@@ -82,6 +82,10 @@ pub enum Mode {
     Drop = 1,
     /// Reset the connection on both sides: the client learns at once, the server keeps nothing.
     Reject = 2,
+    /// Within the redirect budget, pass TLS 1.0/1.1 (and, under a 1.3 floor, 1.2) hellos on to
+    /// the legacy responder, which completes the old handshake and answers a 403 page that says
+    /// why; over budget, and for SSLv2/SSLv3 (which the responder cannot complete), reject.
+    Redirect = 3,
 }
 
 impl Mode {
@@ -91,6 +95,7 @@ impl Mode {
             0 => Some(Mode::Observe),
             1 => Some(Mode::Drop),
             2 => Some(Mode::Reject),
+            3 => Some(Mode::Redirect),
             _ => None,
         }
     }
@@ -100,6 +105,18 @@ impl Mode {
             Mode::Observe => "observe",
             Mode::Drop => "drop",
             Mode::Reject => "reject",
+            Mode::Redirect => "redirect",
+        }
+    }
+
+    /// The mode a config file or the command line names.
+    pub fn from_name(name: &str) -> Option<Mode> {
+        match name {
+            "observe" => Some(Mode::Observe),
+            "drop" => Some(Mode::Drop),
+            "reject" => Some(Mode::Reject),
+            "redirect" => Some(Mode::Redirect),
+            _ => None,
         }
     }
 }
@@ -111,10 +128,13 @@ pub enum Verdict {
     Pass = 0,
     Drop = 1,
     Reject = 2,
+    /// Passed on to the legacy responder, within the redirect budget.
+    Redirect = 3,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Drop, Verdict::Reject];
+    pub const ALL: [Verdict; 4] =
+        [Verdict::Pass, Verdict::Drop, Verdict::Reject, Verdict::Redirect];
     pub const COUNT: usize = Self::ALL.len();
 
     pub const fn name(self) -> &'static str {
@@ -122,6 +142,7 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
             Verdict::Reject => "reject",
+            Verdict::Redirect => "redirect",
         }
     }
 }
@@ -132,32 +153,59 @@ impl Verdict {
 pub struct Policy {
     /// Lowest [`Version`] let through, as its discriminant.
     pub min_version: u8,
-    /// [`Mode`] for hellos below `min_version`, as its discriminant.
+    /// [`Mode`] for hellos below `min_version`, as its discriminant; a port may have a mode of
+    /// its own (the `port_modes` map).
     pub mode: u8,
     /// Non-zero once userspace wrote the policy; a zeroed map entry means [`Policy::DEFAULT`].
     pub configured: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Redirect budget of the whole data plane: hellos passed on to the legacy responder per
+    /// second (see [`crate::budget`]); over it, `redirect` rejects. 0: none are.
+    pub redirect_rate: u32,
+    /// The same per source network (IPv4 /24, IPv6 /48).
+    pub redirect_per_source: u32,
 }
+
+/// Redirect budget by default: per second, in all and per source network.
+pub const DEFAULT_REDIRECT_RATE: u32 = 200;
+pub const DEFAULT_REDIRECT_PER_SOURCE: u32 = 5;
 
 impl Policy {
     /// TLS 1.2 and up, in reject mode.
     pub const DEFAULT: Policy = Policy::new(Version::Tls12, Mode::Reject);
 
     pub const fn new(min_version: Version, mode: Mode) -> Policy {
-        Policy { min_version: min_version as u8, mode: mode as u8, configured: 1, _pad: [0; 5] }
+        Policy {
+            min_version: min_version as u8,
+            mode: mode as u8,
+            configured: 1,
+            _pad: 0,
+            redirect_rate: DEFAULT_REDIRECT_RATE,
+            redirect_per_source: DEFAULT_REDIRECT_PER_SOURCE,
+        }
     }
 
-    /// The verdict for a hello offering `offered`. Unknown versions pass: a version this code
-    /// does not know is a newer one, not a legacy one. A policy with fields out of range (a
-    /// map written by something else) fails open.
+    /// The verdict for a hello offering `offered` in this policy's own mode.
     #[inline(always)]
     pub fn verdict(&self, offered: Version) -> Verdict {
+        self.verdict_in(self.mode, offered)
+    }
+
+    /// The verdict for a hello offering `offered` under `mode` (the policy's, or its port's).
+    /// Unknown versions pass: a version this code does not know is a newer one, not a legacy
+    /// one. A mode out of range (a map written by something else) fails open. `Redirect` is
+    /// what the budget is then asked about: over it the hello is rejected after all. SSLv2 and
+    /// SSLv3 are rejected outright in redirect mode: the responder cannot complete them.
+    #[inline(always)]
+    pub fn verdict_in(&self, mode: u8, offered: Version) -> Verdict {
         if offered == Version::Unknown || (offered as u8) >= self.min_version {
             return Verdict::Pass;
         }
-        match Mode::from_u8(self.mode) {
+        match Mode::from_u8(mode) {
             Some(Mode::Drop) => Verdict::Drop,
             Some(Mode::Reject) => Verdict::Reject,
+            Some(Mode::Redirect) if offered <= Version::Sslv3 => Verdict::Reject,
+            Some(Mode::Redirect) => Verdict::Redirect,
             Some(Mode::Observe) | None => Verdict::Pass,
         }
     }
@@ -185,8 +233,26 @@ mod tests {
         assert_eq!(p.verdict(Version::Tls12), Verdict::Drop);
         let p = Policy::new(Version::Tls13, Mode::Observe);
         assert_eq!(p.verdict(Version::Sslv3), Verdict::Pass);
-        let garbage = Policy { min_version: 4, mode: 9, configured: 1, _pad: [0; 5] };
+        let garbage = Policy { mode: 9, ..Policy::new(Version::Tls12, Mode::Reject) };
         assert_eq!(garbage.verdict(Version::Tls10), Verdict::Pass);
+    }
+
+    #[test]
+    fn redirect_is_for_what_the_responder_can_complete() {
+        let p = Policy::new(Version::Tls12, Mode::Redirect);
+        assert_eq!(p.verdict(Version::Tls10), Verdict::Redirect);
+        assert_eq!(p.verdict(Version::Tls11), Verdict::Redirect);
+        assert_eq!(p.verdict(Version::Sslv3), Verdict::Reject);
+        assert_eq!(p.verdict(Version::Sslv2), Verdict::Reject);
+        assert_eq!(p.verdict(Version::Tls12), Verdict::Pass);
+        assert_eq!(p.verdict(Version::Unknown), Verdict::Pass);
+        let p = Policy::new(Version::Tls13, Mode::Reject);
+        assert_eq!(p.verdict_in(Mode::Redirect as u8, Version::Tls12), Verdict::Redirect);
+        assert_eq!(p.verdict_in(Mode::Observe as u8, Version::Tls12), Verdict::Pass);
+        for m in [Mode::Observe, Mode::Drop, Mode::Reject, Mode::Redirect] {
+            assert_eq!(Mode::from_u8(m as u8), Some(m));
+            assert_eq!(Mode::from_name(m.name()), Some(m));
+        }
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //!
 //! - `outpost_xdp`: the TLS version floor. Walks to TCP ([`packet`]), and for segments to a
 //!   protected port classifies the ClientHello and applies the policy ([`tls`]), rewriting the
-//!   packet into resets for `reject` ([`reset`]). Counters and policy live in [`maps`].
+//!   packet into resets for `reject` ([`reset`]), and the redirect budget for `redirect`.
+//!   Counters, policy and budgets live in [`maps`].
 //! - `outpost_baseline`: counts and passes; the benchmark's baseline.
 //! - `outpost_pass`: passes; for the client end of a veth pair in test topologies.
 #![no_std]
 #![no_main]
+// `asm!` for the one atomic add of the redirect budget (`tls::atomic_add`); allowed for this
+// crate by RUSTC_BOOTSTRAP, which dataplane's build script sets.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod maps;
 mod packet;

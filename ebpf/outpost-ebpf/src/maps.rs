@@ -4,10 +4,14 @@
 use crate::packet::Segment;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use outpost_common::{
-    maps::{FlowKey, FlowState, Outcome, FLOW_CAPACITY, PORT_WORDS, VERSION_SLOTS},
+    budget::{Bucket, SourceKey},
+    maps::{
+        FlowKey, FlowState, Outcome, FLOW_CAPACITY, PORT_MODE_CAPACITY, PORT_WORDS,
+        REDIRECT_CAPACITY, REDIRECT_SOURCE_CAPACITY, VERSION_SLOTS,
+    },
     HelloParser, Policy,
 };
 
@@ -18,6 +22,26 @@ pub static POLICY: Array<Policy> = Array::pinned(1, 0);
 /// Protected TCP ports, one bit each.
 #[map(name = "ports")]
 pub static PORTS: Array<u64> = Array::pinned(PORT_WORDS, 0);
+
+/// Ports whose mode is not the policy's (e.g. one listener in redirect mode beside others in
+/// reject). Consulted once per decided hello.
+#[map(name = "port_modes")]
+pub static PORT_MODES: HashMap<u16, u8> = HashMap::pinned(PORT_MODE_CAPACITY, 0);
+
+/// The redirect budget per source network. Pinned, like the global one, so every attachment
+/// of the program on this host shares one budget.
+#[map(name = "redirect_sources")]
+pub static REDIRECT_SOURCES: LruHashMap<SourceKey, Bucket> =
+    LruHashMap::pinned(REDIRECT_SOURCE_CAPACITY, 0);
+
+/// The redirect budget of the whole data plane.
+#[map(name = "redirect_global")]
+pub static REDIRECT_GLOBAL: Array<Bucket> = Array::pinned(1, 0);
+
+/// Connections whose legacy hello went on to the legacy responder within the budget, for the
+/// userspace floor to recognise (it takes the entry).
+#[map(name = "redirects")]
+pub static REDIRECTS: LruHashMap<FlowKey, u64> = LruHashMap::pinned(REDIRECT_CAPACITY, 0);
 
 /// Hellos by offered version × verdict.
 #[map(name = "version_stats")]
@@ -75,6 +99,16 @@ pub fn port_protected(port: u16) -> bool {
     match PORTS.get(port as u32 >> 6) {
         Some(word) => word & (1u64 << (port & 63)) != 0,
         None => false,
+    }
+}
+
+/// The mode for hellos to `port` (host order): its own, else the policy's.
+#[inline(always)]
+pub fn mode_for(policy: &Policy, port: u16) -> u8 {
+    // SAFETY: a plain value copied out of the map.
+    match unsafe { PORT_MODES.get(&port) } {
+        Some(m) => *m,
+        None => policy.mode,
     }
 }
 

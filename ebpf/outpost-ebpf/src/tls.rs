@@ -1,16 +1,27 @@
 //! What to do with a TCP segment to a protected port: classify a new hello, follow one across
 //! segments, or handle a later segment of a flow already dropped or rejected.
 
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_loop, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    helpers::{bpf_ktime_get_ns, bpf_loop},
+    programs::XdpContext,
+};
 use outpost_common::{
+    budget::{Bucket, SourceKey},
     maps::{version_slot, FlowPhase, FlowState, Outcome, KERNEL_STEPS, MAX_HELLO_SEGMENTS},
-    may_start_hello, HelloParser, Input, Malformed, Progress, Verdict, Version,
+    may_start_hello, HelloParser, Input, Malformed, Policy, Progress, Verdict, Version,
 };
 
 use crate::{
-    maps::{bump, count, policy, Scratch, FLOWS, SCRATCH, VERSION_STATS},
+    maps::{
+        bump, count, mode_for, policy, Scratch, FLOWS, REDIRECTS, REDIRECT_GLOBAL,
+        REDIRECT_SOURCES, SCRATCH, VERSION_STATS,
+    },
     packet::{Payload, Segment, TCP_RST},
     reset,
 };
@@ -201,12 +212,22 @@ fn decide(
     followed: bool,
     first_seq: u32,
 ) -> u32 {
-    let verdict = policy().verdict(version);
+    let policy = policy();
+    let mut verdict = policy.verdict_in(mode_for(&policy, u16::from_be(seg.key.dport)), version);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if verdict == Verdict::Redirect && !within_budget(seg, &policy, now) {
+        verdict = Verdict::Reject;
+    }
     bump(&VERSION_STATS, version_slot(version, verdict));
     let phase = match verdict {
-        Verdict::Pass => {
+        Verdict::Pass | Verdict::Redirect => {
             if followed {
                 let _ = FLOWS.remove(seg.key);
+            }
+            if verdict == Verdict::Redirect {
+                // If the table refuses, userspace budgets the hello itself: never more pages.
+                let _ = REDIRECTS.insert(seg.key, now, 0);
             }
             return xdp_action::XDP_PASS;
         }
@@ -236,6 +257,68 @@ fn decide(
             count(Outcome::RewriteFailed);
             xdp_action::XDP_DROP
         }
+    }
+}
+
+/// Takes a redirect token from the hello's source network, then from the whole data plane:
+/// whether both had one left.
+#[inline(always)]
+fn within_budget(seg: &Segment, policy: &Policy, now: u64) -> bool {
+    let source = SourceKey::of(&seg.key.src, seg.key.family);
+    let bucket = match REDIRECT_SOURCES.get_ptr_mut(source) {
+        Some(b) => b,
+        None => {
+            // NOEXIST: a bucket another CPU created meanwhile is kept, not reset.
+            let _ = REDIRECT_SOURCES.insert(source, Bucket::new(now), BPF_NOEXIST as u64);
+            match REDIRECT_SOURCES.get_ptr_mut(source) {
+                Some(b) => b,
+                None => return false,
+            }
+        }
+    };
+    if !take(bucket, now, policy.redirect_per_source) {
+        return false;
+    }
+    match REDIRECT_GLOBAL.get_ptr_mut(0) {
+        Some(b) => take(b, now, policy.redirect_rate),
+        None => false,
+    }
+}
+
+/// Takes a token from `bucket` (`rate` per period). The count goes up with an atomic add and
+/// is read back: of hellos racing on two CPUs, each sees the other's token taken, so the last
+/// one is never given twice (at worst both are refused). Only the refill at the start of a
+/// period is a plain write, which a racing CPU may overwrite with the same values.
+#[inline(always)]
+fn take(bucket: *mut Bucket, now: u64, rate: u32) -> bool {
+    if rate == 0 {
+        return false;
+    }
+    // SAFETY: a value in a map, valid while the program runs; other CPUs touch it only as here.
+    unsafe {
+        if Bucket::expired(read_volatile(&(*bucket).refilled_ns), now) {
+            write_volatile(bucket, Bucket::new(now));
+        }
+        atomic_add(&raw mut (*bucket).taken, 1);
+        read_volatile(&(*bucket).taken) <= rate as u64
+    }
+}
+
+/// `*p += v` as one atomic instruction (BPF_ATOMIC | BPF_ADD, "xadd", in every BPF ISA
+/// version). Rust's atomics cannot express it: the BPF target has no compare-and-swap, so
+/// `core` offers atomic loads and stores only.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's `p` is valid for writes; other CPUs change it only atomically.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v);
+    }
+    // Host builds (clippy) only: the program never runs there.
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above.
+    unsafe {
+        *p += v;
     }
 }
 

@@ -2,25 +2,31 @@
 //!
 //! # Layout
 //! - [`Dataplane`]: the loaded object; attach/detach with pinned links so the program stays
-//!   attached after the loader exits.
-//! - [`PinnedMaps`]: the policy, port and counter maps, opened from their pins; what `outpost
-//!   policy` and `outpost stats` use, with or without a loaded object.
+//!   attached after the loader exits. A pinned link can outlive its interface (the interface
+//!   or its namespace deleted): [`links`] tells such stale pins apart, and `attach` replaces
+//!   them.
+//! - [`PinnedMaps`]: the policy, port, port mode, counter and redirect maps, opened from their
+//!   pins; what `outpost policy`, `outpost stats` and `outpost run` use, with or without a
+//!   loaded object.
 //! - [`Stats`]: a summed snapshot of the per-CPU counters, as a table or JSON.
 
 mod stats;
 
 use std::{
+    collections::BTreeMap,
     fs,
+    os::fd::{FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use outpost_common::maps::{self as names, PORT_WORDS};
+use outpost_common::maps::{self as names, FlowKey, PORT_WORDS, VERSION_SLOTS};
 pub use outpost_common::{
     maps::{Outcome, PIN_DIR},
     Mode, Policy, Verdict, Version,
@@ -97,15 +103,27 @@ impl Dataplane {
         Ok(prog)
     }
 
-    /// Attaches `program` to `iface` and pins the link, so it stays attached after exit.
-    pub fn attach(&mut self, program: &str, iface: &str, mode: AttachMode) -> Result<()> {
+    /// Attaches `program` to `iface` and pins the link, so it stays attached after exit. A
+    /// link pinned for `iface` whose interface is gone is replaced (the report says so); a live
+    /// one is an error.
+    pub fn attach(&mut self, program: &str, iface: &str, mode: AttachMode) -> Result<Attached> {
         let link_pin = link_path(&self.pin_dir, iface);
+        let mut report = Attached { replaced_stale: false };
         if link_pin.exists() {
-            bail!(
-                "outpost is already attached to {iface} (pinned at {}); run `outpost detach \
-                 --iface {iface}` first",
-                link_pin.display()
-            );
+            match link_state(&link_pin)? {
+                LinkState::Live { .. } => bail!(
+                    "outpost is already attached to {iface} (pinned at {}); run `outpost detach \
+                     --iface {iface}` first",
+                    link_pin.display()
+                ),
+                LinkState::Stale => {
+                    // The kernel detached it when the interface went away; the pin only keeps
+                    // a dead link object alive.
+                    fs::remove_file(&link_pin)
+                        .with_context(|| format!("removing {}", link_pin.display()))?;
+                    report.replaced_stale = true;
+                }
+            }
         }
         interface_index(iface)?;
         let prog = self.program(program)?;
@@ -127,8 +145,98 @@ impl Dataplane {
         fd_link
             .pin(&link_pin)
             .with_context(|| format!("pinning the link at {}", link_pin.display()))?;
-        Ok(())
+        Ok(report)
     }
+}
+
+/// What [`Dataplane::attach`] did besides attaching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// A pinned link for the interface was stale (its interface had gone) and was replaced.
+    pub replaced_stale: bool,
+}
+
+/// What a pinned link is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Attached to the interface with this index (in the namespace it was attached in).
+    Live { ifindex: u32 },
+    /// Attached to nothing: its interface was removed, or its namespace deleted. The kernel
+    /// detached the program then; only the pin is left.
+    Stale,
+}
+
+/// The state of the link pinned at `pin`: the kernel reports an XDP link whose device went
+/// away with interface index 0.
+pub fn link_state(pin: &Path) -> Result<LinkState> {
+    let fd =
+        bpf_obj_get(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    let ifindex = xdp_link_ifindex(&fd)
+        .with_context(|| format!("reading the pinned link {}", pin.display()))?;
+    Ok(if ifindex == 0 { LinkState::Stale } else { LinkState::Live { ifindex } })
+}
+
+/// Every link pinned under `pin_dir`, by interface name, with its state.
+pub fn links(pin_dir: &Path) -> Result<Vec<(String, LinkState)>> {
+    attached_interfaces(pin_dir)?
+        .into_iter()
+        .map(|iface| {
+            let state = link_state(&link_path(pin_dir, &iface))?;
+            Ok((iface, state))
+        })
+        .collect()
+}
+
+/// Interfaces with a live pinned outpost link (stale pins left out).
+pub fn live_interfaces(pin_dir: &Path) -> Result<Vec<String>> {
+    Ok(links(pin_dir)?
+        .into_iter()
+        .filter(|(_, s)| matches!(s, LinkState::Live { .. }))
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// bpf(2) commands (uapi `enum bpf_cmd`).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// Offset of the per-type union in `struct bpf_link_info` (after type, id, prog_id; 8-aligned);
+/// for an XDP link its first field is the interface index.
+const LINK_INFO_UNION: usize = 16;
+
+/// BPF_OBJ_GET: a new descriptor for the object pinned at `path`.
+fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("a NUL in the pin path"))?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: a bpf(2) call with an attr buffer larger than the command reads, zeroed past it.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), size_of_val(&attr)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD on a link: its XDP interface index (0 once the device is gone).
+fn xdp_link_ifindex(fd: &OwnedFd) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let mut info = [0u8; 128];
+    // union bpf_attr for OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: as above; the kernel writes at most `info.len()` bytes into `info`.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), size_of_val(&attr))
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let word = &info[LINK_INFO_UNION..LINK_INFO_UNION + 4];
+    Ok(u32::from_ne_bytes(word.try_into().expect("four bytes")))
 }
 
 /// Detaches whatever outpost attached to `iface`.
@@ -145,7 +253,7 @@ pub fn detach(pin_dir: &Path, iface: &str) -> Result<()> {
     Ok(())
 }
 
-/// Interfaces with a pinned outpost link.
+/// Interfaces with a pinned outpost link, live or stale.
 pub fn attached_interfaces(pin_dir: &Path) -> Result<Vec<String>> {
     let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
@@ -194,6 +302,14 @@ fn ensure_privileges() -> Result<()> {
     Ok(())
 }
 
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// BPF_FS_MAGIC from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -230,9 +346,16 @@ fn statfs_type(path: &Path) -> Option<i64> {
 pub struct PinnedMaps {
     policy: Array<MapData, Policy>,
     ports: Array<MapData, u64>,
+    port_modes: HashMap<MapData, u16, u8>,
     version_stats: PerCpuArray<MapData, u64>,
     parse_stats: PerCpuArray<MapData, u64>,
+    redirects: HashMap<MapData, FlowKey, u64>,
 }
+
+/// A redirect recorded by the kernel longer ago than this belongs to an earlier connection on
+/// the same four-tuple, not to the one asking (a legacy hello reaches userspace within a round
+/// trip of the kernel's decision; the handshake timeout bounds it anyway).
+pub const REDIRECT_MAX_AGE: Duration = Duration::from_secs(10);
 
 impl PinnedMaps {
     pub fn open(pin_dir: &Path) -> Result<PinnedMaps> {
@@ -251,12 +374,28 @@ impl PinnedMaps {
                 }
             })
         };
-        Ok(PinnedMaps {
-            policy: Array::try_from(Map::Array(open(names::POLICY)?))?,
-            ports: Array::try_from(Map::Array(open(names::PORTS)?))?,
-            version_stats: PerCpuArray::try_from(Map::PerCpuArray(open(names::VERSION_STATS)?))?,
-            parse_stats: PerCpuArray::try_from(Map::PerCpuArray(open(names::PARSE_STATS)?))?,
-        })
+        let stale = || {
+            format!(
+                "the maps pinned under {} come from another version of outpost (`outpost \
+                 detach --all --purge` removes them; counters and policy start afresh)",
+                pin_dir.display()
+            )
+        };
+        let version_stats = open(names::VERSION_STATS)?;
+        if version_stats.info()?.max_entries() != VERSION_SLOTS {
+            bail!("{}", stale());
+        }
+        let maps = (|| -> Result<PinnedMaps> {
+            Ok(PinnedMaps {
+                policy: Array::try_from(Map::Array(open(names::POLICY)?))?,
+                ports: Array::try_from(Map::Array(open(names::PORTS)?))?,
+                port_modes: HashMap::try_from(Map::HashMap(open(names::PORT_MODES)?))?,
+                version_stats: PerCpuArray::try_from(Map::PerCpuArray(version_stats))?,
+                parse_stats: PerCpuArray::try_from(Map::PerCpuArray(open(names::PARSE_STATS)?))?,
+                redirects: HashMap::try_from(Map::LruHashMap(open(names::REDIRECTS)?))?,
+            })
+        })();
+        maps.with_context(stale)
     }
 
     pub fn policy(&self) -> Result<Policy> {
@@ -295,6 +434,41 @@ impl PinnedMaps {
             }
         }
         Ok(())
+    }
+
+    /// Ports with a mode of their own.
+    pub fn port_modes(&self) -> Result<BTreeMap<u16, Mode>> {
+        let mut out = BTreeMap::new();
+        for entry in self.port_modes.iter() {
+            let (port, mode) = entry?;
+            if let Some(m) = Mode::from_u8(mode) {
+                out.insert(port, m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the ports with a mode of their own.
+    pub fn set_port_modes(&mut self, modes: &BTreeMap<u16, Mode>) -> Result<()> {
+        for (port, mode) in modes {
+            self.port_modes.insert(port, *mode as u8, 0)?;
+        }
+        let gone: Vec<u16> = self
+            .port_modes()
+            .map(|m| m.into_keys().filter(|p| !modes.contains_key(p)).collect())?;
+        for port in gone {
+            self.port_modes.remove(&port)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel passed the legacy hello of the connection `key` on to the legacy
+    /// responder within its budget (within [`REDIRECT_MAX_AGE`]); the record is taken, so it
+    /// answers yes once.
+    pub fn take_redirect(&mut self, key: &FlowKey) -> bool {
+        let Ok(at) = self.redirects.get(key, 0) else { return false };
+        let _ = self.redirects.remove(key);
+        monotonic_ns().saturating_sub(at) <= REDIRECT_MAX_AGE.as_nanos() as u64
     }
 
     /// Sums the per-CPU counters.

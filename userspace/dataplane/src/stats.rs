@@ -20,7 +20,7 @@ pub fn versions_since(now: &VersionTable, earlier: &VersionTable) -> VersionTabl
     d
 }
 
-/// `{"TLS1.0": {"pass": n, "drop": n, "reject": n}, …}`
+/// `{"TLS1.0": {"pass": n, "drop": n, "reject": n, "redirect": n}, …}`
 pub fn versions_json(t: &VersionTable) -> Value {
     let mut versions = Map::new();
     for v in Version::ALL {
@@ -35,10 +35,17 @@ pub fn versions_json(t: &VersionTable) -> Value {
 
 /// The table as text, a row per version.
 pub fn write_versions(out: &mut String, t: &VersionTable) -> fmt::Result {
-    writeln!(out, "{:<10} {:>12} {:>12} {:>12}", "version", "pass", "drop", "reject")?;
+    write!(out, "{:<10}", "version")?;
+    for d in Verdict::ALL {
+        write!(out, " {:>12}", d.name())?;
+    }
+    writeln!(out)?;
     for v in Version::ALL {
-        let [p, d, r] = t[v as usize];
-        writeln!(out, "{:<10} {p:>12} {d:>12} {r:>12}", v.name())?;
+        write!(out, "{:<10}", v.name())?;
+        for n in t[v as usize] {
+            write!(out, " {n:>12}")?;
+        }
+        writeln!(out)?;
     }
     Ok(())
 }
@@ -71,7 +78,8 @@ impl Stats {
         d
     }
 
-    /// `{"versions": {"TLS1.0": {"pass": n, "drop": n, "reject": n}, …}, "parse": {…}}`
+    /// `{"versions": {"TLS1.0": {"pass": n, "drop": n, "reject": n, "redirect": n}, …},
+    /// "parse": {…}}`
     pub fn to_json(&self) -> Value {
         let mut parse = Map::new();
         for o in Outcome::ALL {

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use dataplane::{AttachMode, Dataplane, Mode, Policy, Version, PIN_DIR};
+use dataplane::{AttachMode, Dataplane, LinkState, Mode, Policy, Version, PIN_DIR};
 use outpost_common::maps::{PROG_FLOOR, PROG_PASS};
 use userspace::UserStats;
 
@@ -153,16 +153,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyAction {
-    /// Change the floor, the mode or the protected ports; what is not given stays.
+    /// Change the floor, the mode, the redirect budget or the protected ports; what is not
+    /// given stays.
     Set {
         /// Lowest version let through: 1.0, 1.1, 1.2, 1.3 (or ssl3).
         #[arg(long, value_parser = parse_version)]
         min_version: Option<Version>,
+        /// What hellos below the floor get. `redirect`: within the redirect budget, the legacy
+        /// responder of `outpost run` completes the old handshake and answers a 403 page saying
+        /// why (so scanners see TLS 1.0/1.1 as offered on such ports); over it, reject.
         #[arg(long, value_enum)]
         mode: Option<CliMode>,
+        /// Redirect budget of the whole data plane, e.g. `200/s`.
+        #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+        redirect_rate: Option<u32>,
+        /// Redirect budget per source network (IPv4 /24, IPv6 /48), e.g. `5/s`.
+        #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+        redirect_per_source: Option<u32>,
         /// Protected TCP ports, comma separated.
         #[arg(long, value_delimiter = ',', num_args = 1..)]
         ports: Option<Vec<u16>>,
+        /// A mode for one port instead of --mode, e.g. `8443=redirect` (comma separated;
+        /// `8443=default` goes back to --mode).
+        #[arg(long, value_name = "PORT=MODE", value_delimiter = ',', value_parser = parse_port_mode)]
+        port_mode: Vec<(u16, Option<Mode>)>,
     },
     Show {
         #[arg(long)]
@@ -193,6 +207,23 @@ enum CliMode {
     Observe,
     Drop,
     Reject,
+    Redirect,
+}
+
+fn parse_rate(s: &str) -> Result<u32, String> {
+    outpost_proxy::config::Rate::parse(s).map(|r| r.0)
+}
+
+fn parse_port_mode(s: &str) -> Result<(u16, Option<Mode>), String> {
+    let (port, mode) = s.split_once('=').ok_or_else(|| format!("{s:?}: use PORT=MODE"))?;
+    let port: u16 = port.trim().parse().map_err(|_| format!("{port:?} is not a port"))?;
+    let mode = match mode.trim() {
+        "default" => None,
+        m => Some(Mode::from_name(m).ok_or_else(|| {
+            format!("unknown mode {m:?}: use observe, drop, reject, redirect or default")
+        })?),
+    };
+    Ok((port, mode))
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {
@@ -272,11 +303,17 @@ fn run(cli: Cli) -> Result<()> {
                 Program::Floor => PROG_FLOOR,
                 Program::Pass => PROG_PASS,
             };
-            dp.attach(name, &iface, mode)?;
+            let attached = dp.attach(name, &iface, mode)?;
+            if attached.replaced_stale {
+                println!(
+                    "replaced a stale link for {iface}: its interface had gone (deleted, or its \
+                     namespace removed) and nothing was attached"
+                );
+            }
             let maps = dp.maps()?;
             println!(
                 "attached {name} to {iface}; {}; maps pinned under {}",
-                describe(&maps.policy()?, &maps.ports()?),
+                describe(&maps)?,
                 pin_dir.display()
             );
         }
@@ -294,9 +331,28 @@ fn run(cli: Cli) -> Result<()> {
                 println!("removed {}", pin_dir.display());
             }
         }
-        Command::Policy { action: PolicyAction::Set { min_version, mode, ports } } => {
-            if min_version.is_none() && mode.is_none() && ports.is_none() {
-                bail!("nothing to set: give --min-version, --mode or --ports");
+        Command::Policy {
+            action:
+                PolicyAction::Set {
+                    min_version,
+                    mode,
+                    redirect_rate,
+                    redirect_per_source,
+                    ports,
+                    port_mode,
+                },
+        } => {
+            if min_version.is_none()
+                && mode.is_none()
+                && redirect_rate.is_none()
+                && redirect_per_source.is_none()
+                && ports.is_none()
+                && port_mode.is_empty()
+            {
+                bail!(
+                    "nothing to set: give --min-version, --mode, --redirect-rate, \
+                     --redirect-per-source, --ports or --port-mode"
+                );
             }
             let mut maps = dataplane::PinnedMaps::open(&pin_dir)?;
             let mut policy = maps.policy()?;
@@ -311,30 +367,59 @@ fn run(cli: Cli) -> Result<()> {
                     CliMode::Observe => Mode::Observe,
                     CliMode::Drop => Mode::Drop,
                     CliMode::Reject => Mode::Reject,
+                    CliMode::Redirect => Mode::Redirect,
                 } as u8;
+            }
+            if let Some(r) = redirect_rate {
+                policy.redirect_rate = r;
+            }
+            if let Some(r) = redirect_per_source {
+                policy.redirect_per_source = r;
             }
             maps.set_policy(policy)?;
             if let Some(ports) = ports {
                 maps.set_ports(&ports)?;
             }
-            println!("{}", describe(&maps.policy()?, &maps.ports()?));
+            if !port_mode.is_empty() {
+                let mut modes = maps.port_modes()?;
+                for (port, mode) in port_mode {
+                    match mode {
+                        Some(m) => modes.insert(port, m),
+                        None => modes.remove(&port),
+                    };
+                }
+                maps.set_port_modes(&modes)?;
+            }
+            println!("{}", describe(&maps)?);
         }
         Command::Policy { action: PolicyAction::Show { json } } => {
             let maps = dataplane::PinnedMaps::open(&pin_dir)?;
             let (policy, ports) = (maps.policy()?, maps.ports()?);
+            let attached = dataplane::live_interfaces(&pin_dir)?;
             if json {
+                let port_modes: serde_json::Map<String, serde_json::Value> = maps
+                    .port_modes()?
+                    .into_iter()
+                    .map(|(p, m)| (p.to_string(), m.name().into()))
+                    .collect();
                 println!(
                     "{}",
                     serde_json::json!({
                         "min_version": version_name(policy.min_version),
                         "mode": mode_name(policy.mode),
+                        "redirect_rate": policy.redirect_rate,
+                        "redirect_per_source": policy.redirect_per_source,
                         "ports": ports,
-                        "attached": dataplane::attached_interfaces(&pin_dir)?,
+                        "port_modes": port_modes,
+                        "attached": attached,
                     })
                 );
             } else {
-                println!("{}", describe(&policy, &ports));
-                println!("attached: {:?}", dataplane::attached_interfaces(&pin_dir)?);
+                println!("{}", describe(&maps)?);
+                println!("attached: {attached:?}");
+            }
+            if let Some(w) = attachment_warning(&pin_dir) {
+                eprintln!("warning: {w}");
             }
         }
         Command::Stats { json, watch, admin } => {
@@ -343,10 +428,16 @@ fn run(cli: Cli) -> Result<()> {
                 let user = UserStats::fetch(admin);
                 match (kernel, user) {
                     (Err(e), Err(_)) => Err(e),
-                    (kernel, user) => Ok(Snapshot { kernel, user: user.ok() }),
+                    (kernel, user) => Ok(Snapshot { kernel, user: user.ok(), warning: None }),
                 }
             };
             let mut last = snapshot()?;
+            // Counters that cannot grow: the program is attached nowhere.
+            let warning = last.kernel.is_ok().then(|| attachment_warning(&pin_dir)).flatten();
+            if let Some(w) = &warning {
+                eprintln!("warning: {w}");
+            }
+            last.warning = warning;
             last.show(json, admin);
             if let Some(secs) = watch {
                 let secs = secs.max(1);
@@ -370,6 +461,8 @@ fn run(cli: Cli) -> Result<()> {
 struct Snapshot {
     kernel: Result<dataplane::Stats>,
     user: Option<UserStats>,
+    /// Why the kernel's counters may be standing still (`--json` carries it as `warning`).
+    warning: Option<String>,
 }
 
 impl Snapshot {
@@ -383,7 +476,7 @@ impl Snapshot {
             (Some(now), Some(then)) => Some(now.since(then)),
             (now, _) => now.clone(),
         };
-        Snapshot { kernel, user }
+        Snapshot { kernel, user, warning: self.warning.clone() }
     }
 
     fn show(&self, json: bool, admin: SocketAddr) {
@@ -396,6 +489,9 @@ impl Snapshot {
             };
             out["userspace"] =
                 self.user.as_ref().map_or(serde_json::Value::Null, UserStats::to_json);
+            if let Some(w) = &self.warning {
+                out["warning"] = w.as_str().into();
+            }
             println!("{out}");
             return;
         }
@@ -418,13 +514,53 @@ fn mode_name(m: u8) -> &'static str {
     Mode::from_u8(m).map_or("invalid", Mode::name)
 }
 
-fn describe(policy: &Policy, ports: &[u16]) -> String {
-    format!(
-        "policy: min-version {}, mode {}, ports {:?}",
+/// The pinned policy, ports and port modes, in one line.
+fn describe(maps: &dataplane::PinnedMaps) -> Result<String> {
+    Ok(describe_policy(&maps.policy()?, &maps.ports()?, &maps.port_modes()?))
+}
+
+fn describe_policy(
+    policy: &Policy,
+    ports: &[u16],
+    port_modes: &std::collections::BTreeMap<u16, Mode>,
+) -> String {
+    let mut s = format!(
+        "policy: min-version {}, mode {}, redirect budget {}/s ({}/s per source network), \
+         ports {:?}",
         version_name(policy.min_version),
         mode_name(policy.mode),
+        policy.redirect_rate,
+        policy.redirect_per_source,
         ports
-    )
+    );
+    for (port, mode) in port_modes {
+        s += &format!(", port {port} {}", mode.name());
+    }
+    s
+}
+
+/// Why the program's counters cannot grow, if they cannot: maps are pinned but no pinned link
+/// is live (its interface was removed or its namespace deleted, or none was ever attached).
+fn attachment_warning(pin_dir: &Path) -> Option<String> {
+    let links = dataplane::links(pin_dir).ok()?;
+    if links.iter().any(|(_, s)| matches!(s, LinkState::Live { .. })) {
+        return None;
+    }
+    let stale: Vec<&str> = links.iter().map(|(i, _)| i.as_str()).collect();
+    Some(if stale.is_empty() {
+        format!(
+            "the XDP program is attached to no interface (no link pinned under {}): its \
+             counters do not grow; `outpost attach --iface IF` attaches it",
+            pin_dir.display()
+        )
+    } else {
+        format!(
+            "the XDP program is attached to nothing: the interface of the pinned link for {} is \
+             gone (removed, or its namespace deleted), so its counters do not grow; `outpost \
+             attach --iface IF` attaches it again and replaces the stale pin",
+            stale.join(", ")
+        )
+    })
 }
 
 /// `outpost run`.
@@ -438,11 +574,13 @@ fn serve(
 ) -> Result<()> {
     let mut attached_here = None;
     if let Some(iface) = &iface {
-        if dataplane::attached_interfaces(pin_dir)?.contains(iface) {
+        if dataplane::live_interfaces(pin_dir)?.contains(iface) {
             tracing::info!(iface, "the XDP floor is already attached; leaving it as it is on exit");
         } else {
             let mut dp = Dataplane::load(pin_dir)?;
-            dp.attach(PROG_FLOOR, iface, AttachMode::Native)?;
+            if dp.attach(PROG_FLOOR, iface, AttachMode::Native)?.replaced_stale {
+                tracing::warn!(iface, "replaced a stale pinned link whose interface had gone");
+            }
             tracing::info!(iface, pins = %pin_dir.display(), "XDP floor attached");
             attached_here = Some(iface.clone());
         }
@@ -456,10 +594,14 @@ fn serve(
             let ports: Vec<u16> = c.listen.iter().map(|a| a.port()).collect();
             let pushed = dataplane::PinnedMaps::open(&pin_dir).and_then(|mut m| {
                 m.set_policy(c.floor.policy())?;
+                m.set_port_modes(&c.floor.port_modes())?;
                 m.set_ports(&ports)
             });
             match pushed {
-                Ok(()) => tracing::info!("XDP policy: {}", describe(&c.floor.policy(), &ports)),
+                Ok(()) => tracing::info!(
+                    "XDP policy: {}",
+                    describe_policy(&c.floor.policy(), &ports, &c.floor.port_modes())
+                ),
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "setting the XDP policy failed")
                 }
@@ -534,5 +676,14 @@ impl outpost_proxy::admin::KernelStats for KernelCounters {
                 None
             }
         }
+    }
+
+    fn take_redirect(&self, client: SocketAddr, server: SocketAddr) -> bool {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if maps.is_none() {
+            *maps = dataplane::PinnedMaps::open(&self.pin_dir).ok();
+        }
+        let key = outpost_common::maps::FlowKey::of_connection(client, server);
+        maps.as_mut().is_some_and(|m| m.take_redirect(&key))
     }
 }

@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz`, Prometheus `/metrics`, and the endpoints the binary and
 //! applications add (`/audit`, ...), plain HTTP.
 
-use std::{collections::BTreeMap, rc::Rc, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, rc::Rc, sync::Arc};
 
 use outpost_api::{AdminEndpoint, Reply};
 
@@ -12,6 +12,13 @@ use crate::{http::Request, metrics::VersionCounts, plain, shared::Shared};
 pub trait KernelStats: Send + Sync {
     /// `None` when the maps are not pinned or not readable.
     fn hellos(&self) -> Option<VersionCounts>;
+
+    /// Whether the XDP program passed the legacy hello of the connection from `client` to
+    /// `server` on to the legacy responder within its redirect budget. The record is taken:
+    /// it answers yes once per connection.
+    fn take_redirect(&self, _client: SocketAddr, _server: SocketAddr) -> bool {
+        false
+    }
 }
 
 /// `extra`: endpoints of the binary, by exact path; applications' endpoints come with each

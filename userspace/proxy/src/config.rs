@@ -14,6 +14,11 @@
 //! [floor]
 //! min_version = "1.2"
 //! mode = "reject"
+//! redirect_rate = "200/s"
+//! redirect_per_source = "5/s"
+//! help_url = "https://example.com/tls-help"
+//! [floor.port_modes]
+//! 8443 = "redirect"
 //!
 //! [[tls.certs]]
 //! names = ["example.com", "*.example.com"]
@@ -112,9 +117,24 @@ pub struct FloorConfig {
     /// Lowest TLS version let through: `"1.0"`, `"1.1"`, `"1.2"`, `"1.3"`. Default `"1.2"`.
     pub min_version: MinVersion,
     /// What happens to a hello below the floor: `"observe"` (count it and let rustls answer),
-    /// `"drop"` (close without a word) or `"reject"` (a TLS protocol_version alert, then close).
-    /// Default `"reject"`.
+    /// `"drop"` (close without a word), `"reject"` (a TLS protocol_version alert, then close)
+    /// or `"redirect"` (within the redirect budget, the legacy responder completes the old
+    /// handshake and answers a 403 page saying why; over it, and for SSLv2/SSLv3, reject).
+    /// In redirect mode the edge completes TLS 1.0/1.1 handshakes, so a scanner reports those
+    /// versions as offered on that port: keep `reject` where a PCI scan looks. Default
+    /// `"reject"`.
     pub mode: FloorMode,
+    /// Listen ports whose mode is not `mode`, e.g. `{ 8443 = "redirect" }`. With XDP attached
+    /// by `outpost run --iface`, the kernel gets the same. Default none.
+    pub port_modes: BTreeMap<String, FloorMode>,
+    /// Redirect budget of the whole edge: legacy hellos a second passed on to the legacy
+    /// responder (`"200/s"`); over it they are rejected. `"0/s"`: none are. The XDP program
+    /// applies it in the kernel; without XDP the userspace floor does. Default `"200/s"`.
+    pub redirect_rate: Rate,
+    /// The same per source network (IPv4 /24, IPv6 /48). Default `"5/s"`.
+    pub redirect_per_source: Rate,
+    /// A page the legacy responder's 403 links to, to tell people how to upgrade. Default none.
+    pub help_url: Option<String>,
     /// How many bytes of a first flight are read while looking for a conclusive ClientHello;
     /// past this the connection goes on to rustls unclassified. Default 16384.
     pub max_hello_bytes: usize,
@@ -125,6 +145,10 @@ impl Default for FloorConfig {
         FloorConfig {
             min_version: MinVersion(Version::Tls12),
             mode: FloorMode(Mode::Reject),
+            port_modes: BTreeMap::new(),
+            redirect_rate: Rate(outpost_common::version::DEFAULT_REDIRECT_RATE),
+            redirect_per_source: Rate(outpost_common::version::DEFAULT_REDIRECT_PER_SOURCE),
+            help_url: None,
             max_hello_bytes: 16 * 1024,
         }
     }
@@ -132,7 +156,50 @@ impl Default for FloorConfig {
 
 impl FloorConfig {
     pub fn policy(&self) -> outpost_common::Policy {
-        outpost_common::Policy::new(self.min_version.0, self.mode.0)
+        let mut p = outpost_common::Policy::new(self.min_version.0, self.mode.0);
+        p.redirect_rate = self.redirect_rate.0;
+        p.redirect_per_source = self.redirect_per_source.0;
+        p
+    }
+
+    /// `port_modes` by port number (checked by [`Config::parse`]).
+    pub fn port_modes(&self) -> BTreeMap<u16, Mode> {
+        self.port_modes.iter().filter_map(|(p, m)| Some((p.parse().ok()?, m.0))).collect()
+    }
+}
+
+/// A budget in config form: `"200/s"` (a bare number means per second too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub struct Rate(pub u32);
+
+impl Rate {
+    /// Parses `"N/s"` or `"N"`.
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let n = s.trim().strip_suffix("/s").unwrap_or(s.trim());
+        n.trim()
+            .parse::<u32>()
+            .map(Rate)
+            .map_err(|_| format!("bad rate {s:?}: use a whole number per second, e.g. \"200/s\""))
+    }
+}
+
+impl TryFrom<toml::Value> for Rate {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::String(s) => Rate::parse(&s),
+            toml::Value::Integer(n) => {
+                u32::try_from(n).map(Rate).map_err(|_| format!("bad rate {n}"))
+            }
+            other => Err(format!("bad rate {other}: use e.g. \"200/s\"")),
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/s", self.0)
     }
 }
 
@@ -164,12 +231,9 @@ pub struct FloorMode(pub Mode);
 impl TryFrom<String> for FloorMode {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        Ok(FloorMode(match s.as_str() {
-            "observe" => Mode::Observe,
-            "drop" => Mode::Drop,
-            "reject" => Mode::Reject,
-            _ => return Err(format!("unknown floor mode {s:?}: use observe, drop or reject")),
-        }))
+        Mode::from_name(&s).map(FloorMode).ok_or_else(|| {
+            format!("unknown floor mode {s:?}: use observe, drop, reject or redirect")
+        })
     }
 }
 
@@ -346,6 +410,16 @@ impl Config {
                 );
             }
         }
+        for port in self.floor.port_modes.keys() {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                bail!("[floor.port_modes]: {port:?} is not a port number");
+            }
+        }
+        if let Some(url) = &self.floor.help_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                bail!("[floor] help_url {url:?} must be an http:// or https:// URL");
+            }
+        }
         for c in &self.tls.certs {
             if c.names.is_empty() {
                 bail!("certificate {}: `names` is empty", c.cert.display());
@@ -428,11 +502,39 @@ mod tests {
     }
 
     #[test]
+    fn redirect_keys() {
+        let c = Config::parse(
+            r#"
+            [floor]
+            mode = "reject"
+            redirect_rate = "300/s"
+            redirect_per_source = 2
+            help_url = "https://help.example/tls"
+            [floor.port_modes]
+            8443 = "redirect"
+            "#,
+        )
+        .unwrap();
+        let p = c.floor.policy();
+        assert_eq!((p.redirect_rate, p.redirect_per_source), (300, 2));
+        assert_eq!(c.floor.port_modes(), BTreeMap::from([(8443, Mode::Redirect)]));
+        assert_eq!(c.floor.help_url.as_deref(), Some("https://help.example/tls"));
+        let d = Config::parse("").unwrap().floor.policy();
+        assert_eq!((d.redirect_rate, d.redirect_per_source), (200, 5));
+        assert_eq!(Rate::parse("0/s"), Ok(Rate(0)));
+    }
+
+    #[test]
     fn mistakes_are_errors() {
         for bad in [
             "listn = []",
             "[floor]\nmin_version = \"1.4\"",
             "[floor]\nmode = \"block\"",
+            "[floor]\nredirect_rate = \"fast\"",
+            "[floor]\nredirect_per_source = -1",
+            "[floor.port_modes]\nhttps = \"redirect\"",
+            "[floor.port_modes]\n8443 = \"bounce\"",
+            "[floor]\nhelp_url = \"javascript:alert(1)\"",
             "[[routes]]\npath = \"api\"",
             "[[routes]]\n[routes.orign]\nservers = [\"127.0.0.1:1\"]",
             "[[routes]]\nhandler = \"access\"\n[routes.origin]\nservers = []",

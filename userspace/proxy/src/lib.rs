@@ -14,7 +14,10 @@
 //!   head limits and timeouts; `worker` holds a worker's state (pool, what is still running)
 //!   and `downstream` the client side of a connection.
 //! - [`floor`]: reads the first flight and classifies the ClientHello before rustls (the
-//!   shared classifier); rejects legacy versions with a protocol_version alert.
+//!   shared classifier); rejects legacy versions with a protocol_version alert, or in redirect
+//!   mode hands them, within the redirect budget, to the legacy responder.
+//! - [`legacy`]: the legacy responder: OpenSSL completes a TLS 1.0/1.1 handshake and one
+//!   request is answered with a 403 page saying why; beside the floor, never behind the router.
 //! - [`tls`]: rustls configuration (SNI certificates, the self-signed fallback) and rustls
 //!   driven over the seam.
 //! - [`registry`]: the handlers the binary registers (route factories and applications).
@@ -38,6 +41,7 @@ pub mod config;
 mod downstream;
 pub mod floor;
 pub mod io;
+pub mod legacy;
 pub mod listen;
 pub mod metrics;
 pub mod plain;

@@ -42,6 +42,30 @@ impl Unclassified {
     }
 }
 
+/// Which 403 page the legacy responder served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageKind {
+    /// HTML, for browsers.
+    Html = 0,
+    /// `text/plain`, for other clients.
+    Text = 1,
+}
+
+const PAGE_KINDS: [&str; 2] = ["html", "text"];
+
+/// How a legacy connection ended without its page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LegacyEnd {
+    /// OpenSSL refused the handshake (or the client's records).
+    HandshakeFailed = 0,
+    /// The client closed or reset the connection before its answer.
+    Closed = 1,
+    /// The time limit (2 s from the hand-over) ran out.
+    TimedOut = 2,
+}
+
+const LEGACY_ENDS: [&str; 3] = ["handshake_failed", "closed", "timed_out"];
+
 /// Statuses the proxy itself answers a broken request with.
 const REFUSED: [u16; 5] = [400, 408, 413, 431, 501];
 /// Negotiated versions, in counter order.
@@ -80,6 +104,10 @@ pub struct Metrics {
     after_started: AtomicU64,
     after_finished: AtomicU64,
     after_dropped: AtomicU64,
+    /// Legacy responder: pages by `[Version][PageKind]`, early ends, time per page (µs).
+    legacy_pages: [[AtomicU64; PAGE_KINDS.len()]; Version::COUNT],
+    legacy_ends: [AtomicU64; LEGACY_ENDS.len()],
+    legacy_time: Mutex<Option<Histogram<u64>>>,
     /// This node's name, for `outpost_node_info`.
     node: Mutex<String>,
     /// Series from outside the core (the store, applications), appended to every scrape.
@@ -115,6 +143,22 @@ impl Metrics {
         self.handshakes[i].fetch_add(1, Relaxed);
         let cipher = cipher.as_str().unwrap_or("other");
         *lock(&self.ciphers).entry((name, cipher)).or_default() += 1;
+    }
+
+    /// The legacy responder answered a client offering `v` with its page, `took` after the
+    /// hand-over.
+    pub fn legacy_page(&self, v: Version, kind: PageKind, took: Duration) {
+        self.legacy_pages[v as usize][kind as usize].fetch_add(1, Relaxed);
+        let mut h = lock(&self.legacy_time);
+        let h = h.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
+        });
+        let _ = h.record((took.as_micros() as u64).clamp(1, 60_000_000));
+    }
+
+    /// A legacy connection ended without its page.
+    pub fn legacy_end(&self, end: LegacyEnd) {
+        self.legacy_ends[end as usize].fetch_add(1, Relaxed);
     }
 
     pub fn handshake_failed(&self) {
@@ -300,6 +344,7 @@ impl Metrics {
             let _ = writeln!(o, "outpost_upstream_failures_total{{kind=\"{name}\"}} {v}");
         }
         self.render_latency(&mut o);
+        self.render_legacy(&mut o);
         self.render_after_response(&mut o);
         header(&mut o, "outpost_node_info", "gauge", "This edge node's name.");
         let node = lock(&self.node).replace(['"', '\\', '\n'], "_");
@@ -308,6 +353,60 @@ impl Metrics {
             source(&mut o);
         }
         o
+    }
+
+    fn render_legacy(&self, o: &mut String) {
+        header(
+            o,
+            "outpost_legacy_pages_total",
+            "counter",
+            "403 pages the legacy responder served, by the version the client offered and the \
+             page's type (html for browsers, text for other clients).",
+        );
+        for v in Version::ALL {
+            for (i, kind) in PAGE_KINDS.iter().enumerate() {
+                let n = self.legacy_pages[v as usize][i].load(Relaxed);
+                let _ = writeln!(
+                    o,
+                    "outpost_legacy_pages_total{{version=\"{}\",type=\"{kind}\"}} {n}",
+                    v.name()
+                );
+            }
+        }
+        header(
+            o,
+            "outpost_legacy_unanswered_total",
+            "counter",
+            "Legacy connections that ended without their page: the handshake failed, the client \
+             closed, or the 2 s limit ran out.",
+        );
+        for (i, reason) in LEGACY_ENDS.iter().enumerate() {
+            let n = self.legacy_ends[i].load(Relaxed);
+            let _ = writeln!(o, "outpost_legacy_unanswered_total{{reason=\"{reason}\"}} {n}");
+        }
+        header(
+            o,
+            "outpost_legacy_page_seconds",
+            "summary",
+            "Time the legacy responder took per page: handshake, request and answer.",
+        );
+        let h = lock(&self.legacy_time);
+        let (count, sum) = match h.as_ref() {
+            Some(h) => {
+                for q in [0.5, 0.9, 0.99] {
+                    let secs = h.value_at_quantile(q) as f64 / 1e6;
+                    let _ = writeln!(o, "outpost_legacy_page_seconds{{quantile=\"{q}\"}} {secs}");
+                }
+                let sum: f64 = h
+                    .iter_recorded()
+                    .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+                    .sum();
+                (h.len(), sum / 1e6)
+            }
+            None => (0, 0.0),
+        };
+        let _ = writeln!(o, "outpost_legacy_page_seconds_sum {sum}");
+        let _ = writeln!(o, "outpost_legacy_page_seconds_count {count}");
     }
 
     fn render_after_response(&self, o: &mut String) {
@@ -406,7 +505,10 @@ mod tests {
         m.request(200, false);
         let l = m.latency_recorder();
         l.record(Duration::from_millis(2));
-        let mut k = [[0; 3]; 7];
+        m.hello(Version::Tls11, Verdict::Redirect);
+        m.legacy_page(Version::Tls11, PageKind::Html, Duration::from_millis(3));
+        m.legacy_end(LegacyEnd::TimedOut);
+        let mut k = [[0; Verdict::COUNT]; Version::COUNT];
         k[Version::Tls13 as usize][0] = 7;
         let text = m.render(Some(&k));
         for line in [
@@ -417,6 +519,12 @@ mod tests {
             "outpost_requests_refused_total{status=\"431\"} 1",
             "outpost_requests_malformed_total 1",
             "outpost_request_duration_seconds_count 1",
+            "outpost_hellos_total{version=\"TLS1.1\",verdict=\"redirect\"} 1",
+            "outpost_kernel_hellos_total{version=\"TLS1.0\",verdict=\"redirect\"} 0",
+            "outpost_legacy_pages_total{version=\"TLS1.1\",type=\"html\"} 1",
+            "outpost_legacy_pages_total{version=\"TLS1.0\",type=\"text\"} 0",
+            "outpost_legacy_unanswered_total{reason=\"timed_out\"} 1",
+            "outpost_legacy_page_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -102,7 +102,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     for source in opts.metrics {
         metrics.add_source(source);
     }
-    let shared = Shared::new(live, metrics);
+    let shared = Shared::new(live, metrics, opts.kernel.clone());
 
     let workers = match config.workers {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),

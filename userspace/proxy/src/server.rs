@@ -1,6 +1,7 @@
 //! A worker thread: its listeners, its connections, and the HTTP/1.1 loop on each of them.
 //!
-//! Per connection: the floor reads and classifies the first flight, rustls completes the
+//! Per connection: the floor reads and classifies the first flight (a legacy hello it redirects
+//! goes to the legacy responder instead, and ends there), rustls completes the
 //! handshake, then requests are read one at a time (keep-alive) and handed to
 //! `proxy::handle`. Timeouts: handshake (from accept), request head (from its first byte,
 //! and for the first request from the handshake), idle keep-alive wait, body pauses.
@@ -20,7 +21,7 @@ use outpost_api::{ClientInfo, Reply, TlsInfo};
 use crate::{
     downstream::Downstream,
     error::{Error, ErrorKind, ErrorSource},
-    floor, http, io, proxy,
+    floor, http, io, legacy, proxy,
     shared::{drained, Shared},
     tls::TlsConn,
     worker::{Pool, Worker},
@@ -129,12 +130,18 @@ async fn connection(
     let live = worker.shared.live();
     let metrics = &worker.shared.metrics;
     let deadline = Instant::now() + live.handshake_timeout;
-    let first =
-        match floor::check(&mut stream, live.policy, live.max_hello_bytes, deadline, metrics).await
-        {
-            floor::Outcome::Continue(bytes) => bytes,
-            floor::Outcome::Refused | floor::Outcome::Gone => return,
-        };
+    let shared = &worker.shared;
+    let first = match floor::check(&mut stream, &live.floor, peer, local, deadline, shared).await {
+        floor::Outcome::Continue(bytes) => bytes,
+        floor::Outcome::Legacy(bytes, version) => {
+            // Beside the floor, not behind the router: no handler ever sees this connection.
+            let responder = live.legacy.clone();
+            drop(live);
+            legacy::respond(stream, bytes, version, &responder, metrics).await;
+            return;
+        }
+        floor::Outcome::Refused | floor::Outcome::Gone => return,
+    };
     let mut tls = match TlsConn::new(stream, live.tls.clone(), first, live.body_timeout) {
         Ok(t) => t,
         Err(e) => {

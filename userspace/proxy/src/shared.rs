@@ -8,11 +8,18 @@ use std::{
 
 use anyhow::Result;
 use outpost_api::{Background, BuildEnv};
-use outpost_common::Policy;
 use tokio::sync::watch;
 
 use crate::{
-    config::ms, config::Config, http::Limits, metrics::Metrics, registry::Registry, router::Router,
+    admin::KernelStats,
+    config::ms,
+    config::Config,
+    floor::{Budget, Rules},
+    http::Limits,
+    legacy::Responder,
+    metrics::Metrics,
+    registry::Registry,
+    router::Router,
 };
 
 /// Everything a reload can change. Connections take the current one when they start (TLS
@@ -21,8 +28,9 @@ use crate::{
 pub struct Live {
     pub tls: Arc<rustls::ServerConfig>,
     pub router: Router,
-    pub policy: Policy,
-    pub max_hello_bytes: usize,
+    pub floor: Rules,
+    /// The legacy responder, with the same certificates as `tls`.
+    pub legacy: Arc<Responder>,
     pub limits: Limits,
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
@@ -40,13 +48,18 @@ impl Live {
         env: &BuildEnv,
     ) -> Result<(Live, Vec<Background>)> {
         let tls = crate::tls::server_config(&config.tls, &config.data_dir())?;
+        let legacy = Arc::new(Responder::new(config)?);
         let (router, background) = Router::build(config, registry, env)?;
         let h = &config.http;
         let live = Live {
             tls,
             router,
-            policy: config.floor.policy(),
-            max_hello_bytes: config.floor.max_hello_bytes.max(1),
+            floor: Rules {
+                policy: config.floor.policy(),
+                port_modes: config.floor.port_modes(),
+                max_hello_bytes: config.floor.max_hello_bytes.max(1),
+            },
+            legacy,
             limits: h.limits(),
             handshake_timeout: ms(h.handshake_timeout_ms),
             header_timeout: ms(h.header_timeout_ms),
@@ -61,14 +74,26 @@ impl Live {
 pub struct Shared {
     live: RwLock<Arc<Live>>,
     pub metrics: Arc<Metrics>,
+    /// The XDP program in front, when there is one: its counters, and which connections it
+    /// passed on to the legacy responder.
+    pub kernel: Option<Arc<dyn KernelStats>>,
+    /// The userspace floor's redirect budget (kept across reloads; the rates are the live
+    /// policy's).
+    pub budget: Budget,
     drain: watch::Sender<bool>,
 }
 
 impl Shared {
-    pub fn new(live: Live, metrics: Arc<Metrics>) -> Arc<Shared> {
+    pub fn new(
+        live: Live,
+        metrics: Arc<Metrics>,
+        kernel: Option<Arc<dyn KernelStats>>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             live: RwLock::new(Arc::new(live)),
             metrics,
+            kernel,
+            budget: Budget::default(),
             drain: watch::Sender::new(false),
         })
     }

@@ -38,20 +38,9 @@ const READ_CHUNK: usize = io::buf::SIZE;
 /// ALPN `http/1.1`, certificates by SNI.
 pub fn server_config(tls: &TlsConfig, data_dir: &Path) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = if tls.certs.is_empty() {
-        let (cert, key) = self_signed(data_dir, &tls.self_signed_names)?;
-        SniResolver::single(load_key(&cert, &key, &provider)?)
-    } else {
-        let mut r: Option<SniResolver> = None;
-        for c in &tls.certs {
-            let ck = load_key(&c.cert, &c.key, &provider)?;
-            let r = r.get_or_insert_with(|| SniResolver::single(ck.clone()));
-            for name in &c.names {
-                r.add(name, ck.clone());
-            }
-        }
-        r.expect("certs is not empty")
-    };
+    let resolver = SniResolver::build(&cert_files(tls, data_dir)?, |cert, key| {
+        load_key(cert, key, &provider)
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("rustls refused TLS 1.2/1.3 with the ring provider")?
@@ -59,6 +48,27 @@ pub fn server_config(tls: &TlsConfig, data_dir: &Path) -> Result<Arc<ServerConfi
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// One certificate as configured: the SNI names it serves, its chain and its key (PEM files).
+pub struct CertFiles {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The certificates of `[tls]`, in order (the first is the default), or the self-signed one
+/// (generated into `data_dir` when missing). rustls and the legacy responder serve the same.
+pub fn cert_files(tls: &TlsConfig, data_dir: &Path) -> Result<Vec<CertFiles>> {
+    if tls.certs.is_empty() {
+        let (cert, key) = self_signed(data_dir, &tls.self_signed_names)?;
+        return Ok(vec![CertFiles { names: Vec::new(), cert, key }]);
+    }
+    Ok(tls
+        .certs
+        .iter()
+        .map(|c| CertFiles { names: c.names.clone(), cert: c.cert.clone(), key: c.key.clone() })
+        .collect())
 }
 
 fn load_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>> {
@@ -117,21 +127,38 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Certificates by SNI: exact names, then `*.suffix` wildcards (one label deep), then the
-/// default (the first certificate configured).
+/// default (the first certificate configured). `T` is what a TLS library wants for one
+/// certificate: rustls' `CertifiedKey`, or an OpenSSL context for the legacy responder.
 #[derive(Debug)]
-struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+pub struct SniResolver<T = Arc<CertifiedKey>> {
+    exact: HashMap<String, T>,
     /// `(".example.com", key)` for `*.example.com`.
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
-    default: Arc<CertifiedKey>,
+    wildcard: Vec<(String, T)>,
+    default: T,
 }
 
-impl SniResolver {
-    fn single(default: Arc<CertifiedKey>) -> SniResolver {
+impl<T: Clone> SniResolver<T> {
+    /// Loads each certificate with `load` and files it under its names.
+    pub fn build(
+        certs: &[CertFiles],
+        mut load: impl FnMut(&Path, &Path) -> Result<T>,
+    ) -> Result<SniResolver<T>> {
+        let mut r: Option<SniResolver<T>> = None;
+        for c in certs {
+            let loaded = load(&c.cert, &c.key)?;
+            let r = r.get_or_insert_with(|| SniResolver::single(loaded.clone()));
+            for name in &c.names {
+                r.add(name, loaded.clone());
+            }
+        }
+        r.ok_or_else(|| anyhow::anyhow!("no certificate configured"))
+    }
+
+    fn single(default: T) -> SniResolver<T> {
         SniResolver { exact: HashMap::new(), wildcard: Vec::new(), default }
     }
 
-    fn add(&mut self, name: &str, key: Arc<CertifiedKey>) {
+    fn add(&mut self, name: &str, key: T) {
         let name = name.to_ascii_lowercase();
         match name.strip_prefix('*') {
             Some(suffix) => self.wildcard.push((suffix.to_owned(), key)),
@@ -141,26 +168,32 @@ impl SniResolver {
         }
     }
 
-    fn lookup(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(sni) = sni else { return self.default.clone() };
+    /// The certificate for `sni`.
+    pub fn lookup(&self, sni: Option<&str>) -> &T {
+        let Some(sni) = sni else { return &self.default };
         let sni = sni.to_ascii_lowercase();
         if let Some(k) = self.exact.get(&sni) {
-            return k.clone();
+            return k;
         }
         for (suffix, k) in &self.wildcard {
             if let Some(label) = sni.strip_suffix(suffix.as_str()) {
                 if !label.is_empty() && !label.contains('.') {
-                    return k.clone();
+                    return k;
                 }
             }
         }
-        self.default.clone()
+        &self.default
+    }
+
+    /// The certificate for clients without SNI or whose SNI matches none.
+    pub fn default(&self) -> &T {
+        &self.default
     }
 }
 
-impl ResolvesServerCert for SniResolver {
+impl ResolvesServerCert for SniResolver<Arc<CertifiedKey>> {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.lookup(hello.server_name()))
+        Some(self.lookup(hello.server_name()).clone())
     }
 }
 

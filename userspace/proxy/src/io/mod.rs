@@ -191,6 +191,17 @@ impl Stream {
         }
     }
 
+    /// This end's address (for an accepted socket, where the client reached us, even when the
+    /// listener is bound to a wildcard address).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        // SAFETY: a socket this stream owns, borrowed for the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
+        socket2::SockRef::from(&fd)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
     /// Sends FIN; reads still work (lingering close).
     pub fn shutdown_write(&self) {
         // SAFETY: a socket this stream owns.
