@@ -118,6 +118,14 @@ fn edge_key_rotation_while_users_are_logged_in() {
     );
     assert_eq!(hops.last().unwrap().status, 200);
 
+    // Private keys never reach the log.
+    for k in block_on(store.scan("access.keys", None, 100)).unwrap() {
+        let v: serde_json::Value = serde_json::from_slice(&k.value).unwrap();
+        let private = v["private_pkcs8"].as_str().unwrap();
+        assert!(private.len() > 100);
+        assert!(!s.edge.log().contains(&private[..40]), "a private key is in the log");
+    }
+
     let rotations = s.audit("access.keys.rotate", 1);
     assert!(has_event(&rotations, "success", &new), "{rotations:#?}");
 }
@@ -144,6 +152,14 @@ fn rotation_through_the_admin_listener_of_an_embedded_store_edge() {
     assert_eq!(status, 200);
     assert!(!body.contains("private"), "{body}");
     s.expect_event("access.keys.rotate", "success", &keys[0]);
+    // At rest, the keys (in the embedded store) are readable by the outpost user only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = s.edge.dir.0.join("data");
+    for f in ["outpost.db", "outpost.db-wal"] {
+        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
+    }
+    assert!(!s.edge.log().contains("private_pkcs8"), "a key record is in the log");
 }
 
 /// A store of the test's own with one given key record in it (to sign with a key as it was).
