@@ -2,11 +2,15 @@
 //! fixtures, each run against the real maps (policy written through the real control API) with
 //! its counter changes checked.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, ensure, Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{TestRun, TestRunOptions},
+};
 use dataplane::{Dataplane, Mode, Outcome, PinnedMaps, Stats, Verdict, Version};
+use outpost_common::{budget::Bucket, maps::FlowKey};
 
 use crate::packet::{hex, Packet};
 
@@ -58,6 +62,34 @@ impl Harness {
         self.maps.set_ports(ports)
     }
 
+    /// Sets a whole policy, the protected ports and the ports with a mode of their own.
+    pub fn set_full_policy(
+        &mut self,
+        policy: dataplane::Policy,
+        ports: &[u16],
+        port_modes: &BTreeMap<u16, Mode>,
+    ) -> Result<()> {
+        self.maps.set_policy(policy)?;
+        self.maps.set_ports(ports)?;
+        self.maps.set_port_modes(port_modes)
+    }
+
+    /// Starts the global redirect budget afresh (its period ends at once). Rows take tokens
+    /// from it within the same second; per-source budgets need no reset, as each row uses
+    /// source networks of its own.
+    pub fn reset_global_budget(&mut self) -> Result<()> {
+        let path = self.pin_dir.join(outpost_common::maps::REDIRECT_GLOBAL);
+        let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+        let mut global: Array<MapData, Bucket> = Array::try_from(Map::Array(data))?;
+        Ok(global.set(0, Bucket::default(), 0)?)
+    }
+
+    /// Whether the program recorded the connection `key` as passed on to the legacy responder
+    /// (taking the record, as userspace does).
+    pub fn take_redirect(&mut self, key: &FlowKey) -> bool {
+        self.maps.take_redirect(key)
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         self.maps.stats()
     }
@@ -100,6 +132,12 @@ pub struct Step {
 pub struct Fixture {
     pub name: String,
     pub policy: (Version, Mode, Vec<u16>),
+    /// Redirect budget (per second: in all, per source network) and ports with their own mode.
+    pub budget: (u32, u32),
+    pub port_modes: BTreeMap<u16, Mode>,
+    /// Connections the program must have recorded as redirected (client, server), and those
+    /// it must not have.
+    pub redirected: Vec<(Packet, bool)>,
     pub steps: Vec<Step>,
     /// Expected growth of version × verdict counters; every other one must stay.
     pub versions: Vec<(Version, Verdict, u64)>,
@@ -113,6 +151,12 @@ impl Fixture {
         Fixture {
             name: name.into(),
             policy: (Version::Tls12, Mode::Reject, vec![443]),
+            budget: (
+                outpost_common::version::DEFAULT_REDIRECT_RATE,
+                outpost_common::version::DEFAULT_REDIRECT_PER_SOURCE,
+            ),
+            port_modes: BTreeMap::new(),
+            redirected: Vec::new(),
             steps: Vec::new(),
             versions: Vec::new(),
             outcomes: Vec::new(),
@@ -122,6 +166,33 @@ impl Fixture {
     pub fn policy(mut self, min: Version, mode: Mode, ports: &[u16]) -> Fixture {
         self.policy = (min, mode, ports.to_vec());
         self
+    }
+
+    /// The redirect budget: `rate` a second in all, `per_source` per source network.
+    pub fn budget(mut self, rate: u32, per_source: u32) -> Fixture {
+        self.budget = (rate, per_source);
+        self
+    }
+
+    pub fn port_mode(mut self, port: u16, mode: Mode) -> Fixture {
+        self.port_modes.insert(port, mode);
+        self
+    }
+
+    /// A legacy hello passed on to the legacy responder within the budget: passed untouched,
+    /// counted as redirected, and its connection recorded for userspace.
+    pub fn redirected(mut self, hello: &Packet, version: Version) -> Fixture {
+        self.redirected.push((hello.clone(), true));
+        self.step(hello.build(), XDP_PASS, None)
+            .counts(version, Verdict::Redirect, 1)
+            .outcome(Outcome::DecidedFirst, 1)
+    }
+
+    /// A legacy hello over the redirect budget (or one the responder cannot complete):
+    /// rejected, and not recorded as redirected.
+    pub fn rejected_not_redirected(mut self, hello: &Packet, version: Version) -> Fixture {
+        self.redirected.push((hello.clone(), false));
+        self.rejected_first(hello, version)
     }
 
     pub fn step(mut self, packet: Vec<u8>, action: u32, output: Option<Vec<u8>>) -> Fixture {
@@ -158,7 +229,10 @@ impl Fixture {
     /// Runs the row once and checks actions, output bytes and counters.
     pub fn check(&self, h: &mut Harness) -> Result<()> {
         let (min, mode, ports) = &self.policy;
-        h.set_policy(*min, *mode, ports)?;
+        let mut policy = dataplane::Policy::new(*min, *mode);
+        (policy.redirect_rate, policy.redirect_per_source) = self.budget;
+        h.set_full_policy(policy, ports, &self.port_modes)?;
+        h.reset_global_budget()?;
         let before = h.stats()?;
         for (i, step) in self.steps.iter().enumerate() {
             let run = h.run(outpost_common::maps::PROG_FLOOR, &step.packet, 1)?;
@@ -189,6 +263,14 @@ impl Fixture {
             want.to_json(),
             delta.to_json()
         );
+        for (packet, expected) in &self.redirected {
+            let (client, server) = packet.sockets();
+            let recorded = h.take_redirect(&FlowKey::of_connection(client, server));
+            ensure!(
+                recorded == *expected,
+                "{client} -> {server}: recorded as redirected: {recorded}, expected {expected}"
+            );
+        }
         Ok(())
     }
 }

@@ -1,7 +1,10 @@
 //! The fixture table: every case of the packet walk, the classifier, hellos over several
 //! segments, the policy modes and the counters. Shared by the BPF test and the benchmark.
 
-use std::cell::Cell;
+use std::{
+    cell::Cell,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use dataplane::{Mode, Outcome, Verdict, Version};
 use outpost_common::testing::{sslv2, ClientHello};
@@ -79,6 +82,7 @@ pub fn table() -> Vec<Fixture> {
     crafted_rows(&mut rows);
     segment_rows(&mut rows);
     policy_rows(&mut rows);
+    redirect_rows(&mut rows);
     rows
 }
 
@@ -459,4 +463,96 @@ fn policy_rows(rows: &mut Vec<Fixture>) {
             .step(Packet::tcp4(port(), 443, &hello).build(), XDP_PASS, None)
             .outcome(Outcome::OtherPort, 1),
     );
+}
+
+/// A client address in a /24 of its own per `net` (198.18.100+net.0/24), host `host`.
+fn v4(net: u8, host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 100 + net, host))
+}
+
+/// Point 6: redirect mode and its budget. Each row uses source networks of its own (per-source
+/// buckets outlive a row); the global bucket starts afresh with each row.
+fn redirect_rows(rows: &mut Vec<Fixture>) {
+    let tls10 = capture("curl-tls1_0");
+    let tls11 = capture("openssl-tls1_1");
+    let tls13 = capture("openssl-tls1_3");
+    let redirect = |name: &str| Fixture::new(name).policy(Version::Tls12, Mode::Redirect, &[443]);
+    let hello =
+        |net: u8, host: u8, bytes: &[u8]| Packet::tcp4(port(), 443, bytes).from(v4(net, host));
+
+    rows.push(
+        redirect("redirect: TLS 1.0 and 1.1 within the budget pass on to the responder")
+            .redirected(&hello(0, 1, &tls10), Version::Tls10)
+            .redirected(&hello(0, 2, &tls11), Version::Tls11),
+    );
+    let over = hello(1, 3, &tls10);
+    rows.push(
+        redirect("redirect: per-source budget 2: the third hello of a /24 is rejected")
+            .budget(100, 2)
+            .redirected(&hello(1, 1, &tls10), Version::Tls10)
+            .redirected(&hello(1, 2, &tls10), Version::Tls10)
+            .rejected_not_redirected(&over, Version::Tls10)
+            // The retransmission of the rejected hello draws a reset, as in reject mode.
+            .client_reset(&over)
+            // Another /24 has a budget of its own.
+            .redirected(&hello(2, 1, &tls10), Version::Tls10),
+    );
+    let v6 =
+        |a: [u16; 8]| IpAddr::V6(Ipv6Addr::new(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]));
+    let hello6 = |addr: IpAddr| Packet::tcp6(port(), 443, &tls10).from(addr);
+    rows.push(
+        redirect("redirect: per-source budget over IPv6 is per /48")
+            .budget(100, 1)
+            .redirected(&hello6(v6([0x2001, 0x2, 0x77, 0, 0, 0, 0, 1])), Version::Tls10)
+            // Another /64 of the same /48: the same budget.
+            .rejected_not_redirected(
+                &hello6(v6([0x2001, 0x2, 0x77, 9, 0, 0, 0, 1])),
+                Version::Tls10,
+            )
+            .redirected(&hello6(v6([0x2001, 0x2, 0x78, 0, 0, 0, 0, 1])), Version::Tls10),
+    );
+    rows.push(
+        redirect("redirect: the global budget caps every source together")
+            .budget(2, 5)
+            .redirected(&hello(3, 1, &tls10), Version::Tls10)
+            .redirected(&hello(4, 1, &tls10), Version::Tls10)
+            .rejected_not_redirected(&hello(5, 1, &tls10), Version::Tls10),
+    );
+    rows.push(
+        redirect("redirect: a budget of 0 rejects every legacy hello")
+            .budget(0, 0)
+            .rejected_not_redirected(&hello(6, 1, &tls10), Version::Tls10),
+    );
+    rows.push(
+        redirect("redirect: SSLv3 and SSLv2-format hellos are rejected, whatever the budget")
+            .rejected_not_redirected(&hello(7, 1, &sslv3_hello()), Version::Sslv3)
+            .rejected_not_redirected(&hello(7, 2, &sslv2_hello()), Version::Sslv2),
+    );
+    let modern = hello(8, 1, &tls13);
+    rows.push(
+        redirect("redirect: TLS 1.3 passes, not redirected")
+            .step(modern.build(), XDP_PASS, None)
+            .counts(Version::Tls13, Verdict::Pass, 1)
+            .outcome(Outcome::DecidedFirst, 1),
+    );
+    rows.push(
+        Fixture::new("port modes: 8443 redirects while 443 rejects")
+            .policy(Version::Tls12, Mode::Reject, &[443, 8443])
+            .port_mode(8443, Mode::Redirect)
+            .redirected(&Packet::tcp4(port(), 8443, &tls10).from(v4(9, 1)), Version::Tls10)
+            .rejected_not_redirected(&hello(9, 2, &tls10), Version::Tls10),
+    );
+    // A legacy hello too big for one segment is decided, and redirected, from its second.
+    let big10 = big_hello(0x0301, &[], 2000);
+    let sport = port();
+    let first = Packet::tcp4(sport, 443, &big10[..MSS]).seq(1000).from(v4(10, 1));
+    let second = Packet::tcp4(sport, 443, &big10[MSS..]).seq(1000 + MSS as u32).from(v4(10, 1));
+    let mut row = redirect("redirect: a hello over two segments is redirected from the second")
+        .step(first.build(), XDP_PASS, None)
+        .step(second.build(), XDP_PASS, None)
+        .counts(Version::Tls10, Verdict::Redirect, 1)
+        .outcome(Outcome::FollowNext, 1)
+        .outcome(Outcome::DecidedLater, 1);
+    row.redirected.push((first, true));
+    rows.push(row);
 }

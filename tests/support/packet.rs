@@ -100,6 +100,28 @@ impl Packet {
         p
     }
 
+    /// From another client address (of the packet's family).
+    pub fn from(mut self, addr: std::net::IpAddr) -> Packet {
+        match (&mut self.net, addr) {
+            (Net::V4 { src, .. }, std::net::IpAddr::V4(a)) => *src = a,
+            (Net::V6 { src, .. }, std::net::IpAddr::V6(a)) => *src = a,
+            _ => panic!("{addr} is not of the packet's address family"),
+        }
+        self
+    }
+
+    /// Client and server socket addresses of a TCP segment.
+    pub fn sockets(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        let (sport, dport) = match self.transport {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => (sport, dport),
+        };
+        let (src, dst): (std::net::IpAddr, std::net::IpAddr) = match self.net {
+            Net::V4 { src, dst, .. } => (src.into(), dst.into()),
+            Net::V6 { src, dst, .. } => (src.into(), dst.into()),
+        };
+        ((src, sport).into(), (dst, dport).into())
+    }
+
     pub fn vlan(mut self, tpid: u16, id: u16) -> Packet {
         self.vlans.push((tpid, id));
         self
