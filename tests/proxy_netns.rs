@@ -16,8 +16,9 @@ use std::{
 use outpost_tests::{
     edge::{
         Edge, Floor, TlsSession, CLIENT_V4, EDGE_INNER_V4, EDGE_INNER_V6, EDGE_V4, EDGE_V6,
-        SHUTDOWN_GRACE_MS,
+        HTTPS_PORT, SHUTDOWN_GRACE_MS,
     },
+    fixtures::{sslv2_hello, sslv3_hello},
     netns::{self, hellos, Client, ClientOutcome, ClientResult, Family},
 };
 
@@ -61,6 +62,9 @@ both_floors!(
     slowloris_is_cut_off,
     sighup_reload_keeps_an_open_keepalive_connection,
     sigterm_finishes_the_request_in_flight,
+    redirect_old_clients_get_the_403_page_within_a_second,
+    redirect_budget_holds_a_flood_from_one_source,
+    testssl_main_listener_in_reject_with_redirect_on_another_port,
 );
 
 /// The turn to run timed clients, held while they run.
@@ -521,4 +525,288 @@ fn demo_once_shows_the_edge_at_work() {
     built.push(pins.unwrap_or_else(|| panic!("no pin directory in the output:\n{out}")).into());
     let left: Vec<&String> = built.iter().filter(|p| std::path::Path::new(p).exists()).collect();
     assert!(left.is_empty(), "left behind by the demo: {left:?}");
+}
+
+/// The help link every redirect test configures.
+const HELP_URL: &str = "https://help.example/tls";
+/// An old client gets its page within this long, its own start-up included.
+const PAGE_WITHIN: Duration = Duration::from_secs(1);
+/// What every 403 page of the legacy responder says (text and HTML alike).
+const REQUIRED: &str = "TLS 1.2 or newer is required";
+/// Internet Explorer 8 on Windows XP: TLS 1.0 at most, and no text/html in its Accept.
+const IE8_GET: &str = "GET / HTTP/1.1\r\nHost: edge.test\r\nAccept: image/gif, image/jpeg, */*\r\n\
+    User-Agent: Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 5.1; Trident/4.0)\r\n\r\n";
+const PLAIN_GET: &str = "GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n";
+/// A port of its own for redirect mode, beside 443 in reject.
+const REDIRECT_PORT: u16 = 8443;
+
+/// Old clients, each sending one GET.
+#[derive(Clone, Copy, Debug)]
+enum OldClient {
+    /// `curl --tlsv1.0 --tls-max 1.0`.
+    Curl10,
+    /// `openssl s_client -tls1`, sending Internet Explorer 8's request (it gets the HTML page).
+    Openssl10,
+    /// `openssl s_client -tls1_1`.
+    Openssl11,
+    /// Python `ssl` pinned to TLS 1.0.
+    Python10,
+}
+
+impl OldClient {
+    const ALL: [OldClient; 4] =
+        [OldClient::Curl10, OldClient::Openssl10, OldClient::Openssl11, OldClient::Python10];
+
+    /// As `outpost stats` and the page name it.
+    fn offered(self) -> (&'static str, &'static str) {
+        match self {
+            OldClient::Openssl11 => ("TLS1.1", "TLS 1.1"),
+            _ => ("TLS1.0", "TLS 1.0"),
+        }
+    }
+
+    /// Runs it against the edge on `port`: its output, with what the edge answered on stdout.
+    fn get(self, edge: &Edge, family: Family, port: u16) -> netns::Output {
+        let connect = match family {
+            Family::V4 => format!("{EDGE_V4}:{port}"),
+            Family::V6 => format!("[{EDGE_V6}]:{port}"),
+        };
+        let seclevel0 = "DEFAULT@SECLEVEL=0";
+        match self {
+            OldClient::Curl10 => edge.curl(&[
+                "--tlsv1.0",
+                "--tls-max",
+                "1.0",
+                "--ciphers",
+                seclevel0,
+                &format!("https://{connect}/"),
+            ]),
+            OldClient::Openssl10 | OldClient::Openssl11 => {
+                let (flag, request) = match self {
+                    OldClient::Openssl10 => ("-tls1", IE8_GET),
+                    _ => ("-tls1_1", PLAIN_GET),
+                };
+                let argv = ["timeout", "5", "openssl", "s_client", "-quiet", flag, "-cipher"];
+                let argv = [&argv[..], &[seclevel0, "-connect", &connect]].concat();
+                netns::run_with_input(
+                    Some(&edge.client_ns),
+                    &argv,
+                    request.as_bytes(),
+                    Duration::from_secs(8),
+                )
+            }
+            OldClient::Python10 => {
+                let addr = Edge::addr(family);
+                let wait = Duration::from_secs(3);
+                let ns = &edge.client_ns;
+                netns::run_client_in(ns, addr, Client::PythonTls10, family, port, wait, &[]).output
+            }
+        }
+    }
+}
+
+/// Asserts that `out` is the legacy responder's answer to a client offering `offered`.
+#[track_caller]
+fn assert_page(what: &str, out: &netns::Output, offered: &str, html: bool) {
+    let text = &out.stdout;
+    assert!(text.contains("HTTP/1.1 403 Forbidden") || text.contains(REQUIRED), "{what}:\n{out}");
+    assert!(text.contains(REQUIRED), "{what}: no {REQUIRED:?}:\n{out}");
+    let said = match html {
+        true => format!("connected with {offered}"),
+        false => format!("Your client offered {offered}"),
+    };
+    assert!(text.contains(&said), "{what}: no {said:?}:\n{out}");
+    assert!(text.contains(HELP_URL), "{what}: no help link {HELP_URL}:\n{out}");
+    assert_eq!(text.contains("<!DOCTYPE html>"), html, "{what}: HTML is for browsers:\n{out}");
+    assert!(out.elapsed < PAGE_WITHIN, "{what}: the page came after {:?}:\n{out}", out.elapsed);
+}
+
+fn redirect_old_clients_get_the_403_page_within_a_second(floor: Floor) {
+    // A per-source budget above what this test sends within a second.
+    let extra = format!("redirect_per_source = \"50/s\"\nhelp_url = \"{HELP_URL}\"\n");
+    let edge = Edge::with(floor, "redirect", &[HTTPS_PORT], &extra);
+    let mut legacy_counts = std::collections::BTreeMap::new();
+    {
+        let _turn = turn();
+        println!("--- old clients in redirect mode, {}", floor.name());
+        let runs = OldClient::ALL.iter().map(|&c| (c, Family::V4));
+        for (client, family) in runs.chain([(OldClient::Openssl10, Family::V6)]) {
+            let out = client.get(&edge, family, HTTPS_PORT);
+            let what = format!("{client:?} over {}", family.name());
+            println!("{what}: {} ms", out.elapsed.as_millis());
+            let (series, page) = client.offered();
+            assert_page(&what, &out, page, matches!(client, OldClient::Openssl10));
+            *legacy_counts.entry(series).or_insert(0u64) += 1;
+        }
+    }
+    // The answer is a 403 with Connection: close, read raw.
+    let out = OldClient::Openssl11.get(&edge, Family::V4, HTTPS_PORT);
+    for want in ["HTTP/1.1 403 Forbidden\r\n", "Connection: close\r\n", "text/plain"] {
+        assert!(out.stdout.contains(want), "no {want:?} in the answer:\n{out}");
+    }
+    *legacy_counts.entry("TLS1.1").or_insert(0) += 1;
+
+    // Modern clients are unaffected: the origin answers them.
+    for (flag, max, version) in [("--tlsv1.2", "1.2", "TLSv1.2"), ("--tlsv1.3", "1.3", "TLSv1.3")] {
+        let out = edge.curl(&[flag, "--tls-max", max, &Edge::url(Family::V4, "/modern")]);
+        let want = format!("header X-Outpost-TLS-Version: {version}\n");
+        assert!(out.success() && out.stdout.contains(&want), "{flag} in redirect mode:\n{out}");
+    }
+    // SSLv3 and SSLv2-format hellos: the responder cannot complete them; rejected.
+    for (name, hello) in [("SSLv3", sslv3_hello()), ("SSLv2", sslv2_hello())] {
+        let out = edge.send_hello(&hello, HTTPS_PORT);
+        let want = match floor {
+            Floor::Xdp => "reset",
+            Floor::Userspace => "alert 15030100020246",
+        };
+        assert_eq!(out.stdout.trim(), want, "{name} hello in redirect mode:\n{out}");
+    }
+
+    let metrics = edge.metrics();
+    let mut expected: Vec<(&str, &str, u64)> =
+        legacy_counts.iter().map(|(v, n)| (*v, "redirect", *n)).collect();
+    expected.extend([("TLS1.2", "pass", 1), ("TLS1.3", "pass", 1)]);
+    let refused = [("SSLv3", "reject", 1), ("SSLv2", "reject", 1)];
+    match floor {
+        Floor::Xdp => {
+            let kernel: Vec<_> = expected.iter().chain(&refused).copied().collect();
+            assert_hellos(&metrics, true, &kernel);
+            // Userspace saw what the kernel passed: the redirected and the modern hellos.
+            assert_hellos(&metrics, false, &expected);
+            let stats = edge.kernel_stats();
+            for (version, n) in &legacy_counts {
+                assert_eq!(hellos(&stats, version, "redirect"), *n, "stats --json: {stats}");
+            }
+        }
+        Floor::Userspace => {
+            let all: Vec<_> = expected.iter().chain(&refused).copied().collect();
+            assert_hellos(&metrics, false, &all);
+        }
+    }
+    for (version, kind, n) in
+        [("TLS1.0", "text", 2), ("TLS1.0", "html", 2), ("TLS1.1", "text", 2), ("TLS1.1", "html", 0)]
+    {
+        let series = format!("outpost_legacy_pages_total{{version=\"{version}\",type=\"{kind}\"}}");
+        assert_eq!(Edge::metric_in(&metrics, &series), Some(n), "{series}:\n{metrics}");
+    }
+    let answered = Edge::metric_in(&metrics, "outpost_legacy_page_seconds_count");
+    assert_eq!(answered, Some(6), "time per page counted for each:\n{metrics}");
+    // Never proxied, never through the handler API: only the modern requests were.
+    assert_eq!(edge.origin_requests("a"), ["request GET /modern", "request GET /modern"]);
+    assert_eq!(Edge::metric_in(&metrics, "outpost_requests_total{class=\"2xx\"}"), Some(2));
+    assert_eq!(Edge::metric_in(&metrics, "outpost_requests_total{class=\"4xx\"}"), Some(0));
+    let handshakes: u64 = ["TLSv1.2", "TLSv1.3"]
+        .iter()
+        .map(|v| {
+            Edge::metric_in(&metrics, &format!("outpost_tls_handshakes_total{{version=\"{v}\"}}"))
+        })
+        .map(|n| n.unwrap_or(0))
+        .sum();
+    assert_eq!(handshakes, 2, "rustls completed only the modern handshakes:\n{metrics}");
+}
+
+/// Legacy hellos in the flood, and the span they start over: "in one second".
+const FLOOD: usize = 1000;
+const FLOOD_SPREAD: Duration = Duration::from_millis(600);
+/// The per-source budget the flood meets (the default).
+const PER_SOURCE: u64 = 5;
+
+fn redirect_budget_holds_a_flood_from_one_source(floor: Floor) {
+    let extra = format!("help_url = \"{HELP_URL}\"\n");
+    let edge = Edge::with(floor, "redirect", &[HTTPS_PORT], &extra);
+    let flood = {
+        let _turn = turn();
+        edge.legacy_flood(FLOOD, FLOOD_SPREAD, HTTPS_PORT)
+    };
+    println!(
+        "--- flood of {FLOOD} TLS 1.0 clients from one source, {}: {} pages, {} refused, {} \
+         timed out, {} other, started over {:?}",
+        floor.name(),
+        flood.pages,
+        flood.refused,
+        flood.timed_out,
+        flood.other,
+        flood.span
+    );
+    // Started within one second (on a crowded machine, a little later): each second the flood
+    // lasted may take one per-source budget.
+    let budget = PER_SOURCE * flood.span.as_secs_f64().ceil().max(1.0) as u64;
+    assert!(
+        (1..=budget).contains(&flood.pages),
+        "{} pages for a per-source budget of {PER_SOURCE}/s over {:?}:\n{}",
+        flood.pages,
+        flood.span,
+        flood.output
+    );
+    assert_eq!(
+        (flood.pages + flood.refused, flood.timed_out, flood.other),
+        (FLOOD as u64, 0, 0),
+        "every other client is refused at once:\n{}",
+        flood.output
+    );
+    let metrics = edge.metrics();
+    let (pages, refused) = (flood.pages, flood.refused);
+    match floor {
+        Floor::Xdp => {
+            // Refused in the kernel: userspace saw only the hellos it served.
+            assert_hellos(
+                &metrics,
+                true,
+                &[("TLS1.0", "redirect", pages), ("TLS1.0", "reject", refused)],
+            );
+            assert_hellos(&metrics, false, &[("TLS1.0", "redirect", pages)]);
+            let stats = edge.kernel_stats();
+            assert_eq!(hellos(&stats, "TLS1.0", "reject"), refused, "stats --json: {stats}");
+            assert_eq!(hellos(&stats, "TLS1.0", "redirect"), pages, "stats --json: {stats}");
+        }
+        Floor::Userspace => assert_hellos(
+            &metrics,
+            false,
+            &[("TLS1.0", "redirect", pages), ("TLS1.0", "reject", refused)],
+        ),
+    }
+    let served =
+        Edge::metric_in(&metrics, "outpost_legacy_pages_total{version=\"TLS1.0\",type=\"text\"}");
+    assert_eq!(served, Some(pages), "{metrics}");
+}
+
+fn testssl_main_listener_in_reject_with_redirect_on_another_port(floor: Floor) {
+    // The scanner opens many connections a second: a budget it does not exhaust on 8443.
+    let extra = "redirect_per_source = \"1000/s\"\nredirect_rate = \"1000/s\"\n\
+                 [floor.port_modes]\n8443 = \"redirect\"\n";
+    let edge = Edge::with(floor, "reject", &[HTTPS_PORT, REDIRECT_PORT], extra);
+    let (out, findings) = edge.testssl_port(HTTPS_PORT);
+    let finding = |id: &str| {
+        findings.get(id).unwrap_or_else(|| panic!("no {id} in testssl's JSON; it printed:\n{out}"))
+    };
+    println!("testssl on {HTTPS_PORT} (reject), {}: {findings:?}", floor.name());
+    for id in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert_eq!(
+            finding(id),
+            "not offered",
+            "{id} on the main listener; testssl printed:\n{out}"
+        );
+    }
+    assert_eq!(finding("TLS1_2"), "offered", "testssl printed:\n{out}");
+    assert!(finding("TLS1_3").starts_with("offered"), "TLS1_3; testssl printed:\n{out}");
+    // On the redirect port the edge completes TLS 1.0 and 1.1 handshakes, and a scanner says
+    // so (what the README tells operators: keep reject where PCI scans look).
+    let (out, findings) = edge.testssl_port(REDIRECT_PORT);
+    println!("testssl on {REDIRECT_PORT} (redirect), {}: {findings:?}", floor.name());
+    let finding = |id: &str| {
+        findings.get(id).unwrap_or_else(|| panic!("no {id} in testssl's JSON; it printed:\n{out}"))
+    };
+    for id in ["TLS1", "TLS1_1"] {
+        assert!(
+            finding(id).starts_with("offered"),
+            "{id} on the redirect port; testssl printed:\n{out}"
+        );
+    }
+    for id in ["SSLv2", "SSLv3"] {
+        assert_eq!(
+            finding(id),
+            "not offered",
+            "{id} on the redirect port; testssl printed:\n{out}"
+        );
+    }
 }

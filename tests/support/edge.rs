@@ -127,6 +127,10 @@ impl Floor {
 /// The three namespaces, the two wires, the origins and `outpost run`.
 pub struct Edge {
     pub floor: Floor,
+    /// The config's `[floor] mode`.
+    pub mode: &'static str,
+    /// Ports outpost listens on (both addresses), the XDP floor's protected ports.
+    pub ports: Vec<u16>,
     pub client_ns: String,
     pub edge_ns: String,
     pub origin_ns: String,
@@ -150,6 +154,12 @@ impl Edge {
     /// `floor`; `extra` is appended to outpost's config before the routes (tables only, e.g.
     /// `[http]`). Returns once outpost answers on its admin listener.
     pub fn new(floor: Floor, extra: &str) -> Edge {
+        Edge::with(floor, "reject", &[HTTPS_PORT], extra)
+    }
+
+    /// [`Edge::new`] with the floor in `mode` and outpost listening on `ports`. `extra` goes
+    /// right after the floor's keys, so it may add keys to `[floor]` before its own tables.
+    pub fn with(floor: Floor, mode: &'static str, ports: &[u16], extra: &str) -> Edge {
         check_prerequisites();
         let script = origin_script();
         assert!(script.is_file(), "the origin script {} is missing", script.display());
@@ -159,6 +169,8 @@ impl Edge {
         // Interface names: at most 2 + 7 + 1 + 5 = 15 characters (IFNAMSIZ - 1).
         let mut e = Edge {
             floor,
+            mode,
+            ports: ports.to_vec(),
             client_ns: format!("{CLIENT_NS_PREFIX}{pid}-{n}"),
             edge_ns: format!("{EDGE_NS_PREFIX}{pid}-{n}"),
             origin_ns: format!("{ORIGIN_NS_PREFIX}{pid}-{n}"),
@@ -221,12 +233,19 @@ impl Edge {
     /// routes of every edge and then `routes`.
     fn write_config(&self, extra: &str, routes: &str) {
         let config = self.config_path();
+        let listen: Vec<String> = self
+            .ports
+            .iter()
+            .flat_map(|p| [format!("\"{EDGE_V4}:{p}\""), format!("\"[{EDGE_V6}]:{p}\"")])
+            .collect();
         let text = format!(
-            "listen = [\"{EDGE_V4}:{HTTPS_PORT}\", \"[{EDGE_V6}]:{HTTPS_PORT}\"]\n\
+            "listen = [{}]\n\
              admin = \"{ADMIN}\"\ndata_dir = \"{}\"\nworkers = 2\n\
              shutdown_grace_ms = {SHUTDOWN_GRACE_MS}\n\n\
-             [floor]\nmin_version = \"1.2\"\nmode = \"reject\"\n\n{extra}\n{ROUTES}\n{routes}",
-            self.dir.join("data").display()
+             [floor]\nmin_version = \"1.2\"\nmode = \"{}\"\n{extra}\n{ROUTES}\n{routes}",
+            listen.join(", "),
+            self.dir.join("data").display(),
+            self.mode,
         );
         fs::write(&config, text).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
     }
@@ -447,10 +466,15 @@ impl Edge {
     /// Runs testssl's protocol scan from the client namespace; returns its output and the
     /// `finding` of each id in its JSON (`SSLv2`, …, `TLS1_3`).
     pub fn testssl(&self) -> (Output, BTreeMap<String, String>) {
+        self.testssl_port(HTTPS_PORT)
+    }
+
+    /// [`Edge::testssl`] against `port`.
+    pub fn testssl_port(&self, port: u16) -> (Output, BTreeMap<String, String>) {
         check_tools(&[("testssl", "testssl.sh")]);
         let n = SCANS.fetch_add(1, Ordering::Relaxed);
         let json = self.dir.join(format!("testssl-{n}.json"));
-        let target = format!("{EDGE_V4}:{HTTPS_PORT}");
+        let target = format!("{EDGE_V4}:{port}");
         let json_arg = json.to_str().expect("UTF-8 path");
         // `--nodns none`: the namespace has no resolver to wait for.
         let argv = [
@@ -502,6 +526,127 @@ impl Drop for Edge {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+impl Edge {
+    /// Sends `hello` (raw bytes, e.g. a crafted SSLv3 or SSLv2-format hello) to the edge on
+    /// `port` over IPv4 from the client namespace, and reads what comes back for up to 3 s.
+    /// stdout is one line: `alert HEX` (a TLS alert record), `data HEX` (anything else), `reset`,
+    /// `closed` (a close without a byte) or `timeout`.
+    pub fn send_hello(&self, hello: &[u8], port: u16) -> Output {
+        let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
+        let argv = [PYTHON, "-c", RAW_HELLO_SCRIPT, EDGE_V4, &port.to_string(), &hex];
+        run(Some(&self.client_ns), &argv, CURL_LIMIT)
+    }
+
+    /// `count` legacy clients (Python `ssl`, TLS 1.0, security level 0, each sending one GET),
+    /// started evenly over `spread` from the client namespace's one IPv4 address to `port`: a
+    /// flood from one source network. Each waits up to 5 s for its answer.
+    pub fn legacy_flood(&self, count: usize, spread: Duration, port: u16) -> Flood {
+        let argv = [
+            PYTHON,
+            "-c",
+            FLOOD_SCRIPT,
+            EDGE_V4,
+            &port.to_string(),
+            &count.to_string(),
+            &spread.as_secs_f64().to_string(),
+        ];
+        let out = run(Some(&self.client_ns), &argv, Duration::from_secs(60));
+        let v: Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("the flood printed no JSON ({e}):\n{out}"));
+        let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+        Flood {
+            pages: n("page"),
+            refused: n("refused"),
+            timed_out: n("timeout"),
+            other: n("other"),
+            span: Duration::from_secs_f64(v["span_s"].as_f64().expect("span_s")),
+            output: out,
+        }
+    }
+}
+
+/// What [`Edge::legacy_flood`] saw.
+pub struct Flood {
+    /// Clients that got the 403 page.
+    pub pages: u64,
+    /// Clients reset or refused with an alert.
+    pub refused: u64,
+    pub timed_out: u64,
+    /// Anything else (with the first such answer in `output`'s stderr).
+    pub other: u64,
+    /// From the first client's start to the last one's.
+    pub span: Duration,
+    pub output: Output,
+}
+
+const RAW_HELLO_SCRIPT: &str = r#"
+import socket, sys
+host, port, hello = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+s = socket.create_connection((host, port), timeout=3)
+s.sendall(hello)
+try:
+    data = s.recv(4096)
+except ConnectionResetError:
+    print("reset")
+except socket.timeout:
+    print("timeout")
+else:
+    if not data:
+        print("closed")
+    elif data[0] == 0x15:
+        print("alert", data.hex())
+    else:
+        print("data", data.hex())
+"#;
+
+const FLOOD_SCRIPT: &str = r#"
+import asyncio, json, resource, ssl, sys, time, warnings
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+host, port, count, spread = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 256)), hard))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+res = {"page": 0, "refused": 0, "timeout": 0, "other": 0}
+starts = []
+
+async def one(i, t0):
+    await asyncio.sleep(max(0.0, t0 + i * spread / count - time.monotonic()))
+    starts.append(time.monotonic())
+    w = None
+    try:
+        r, w = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ctx, server_hostname="edge.test"), 5)
+        w.write(b"GET / HTTP/1.0\r\nHost: edge.test\r\n\r\n")
+        body = await asyncio.wait_for(r.read(), 5)
+        if b"or newer is required" in body:
+            res["page"] += 1
+        else:
+            res["other"] += 1
+            print("other:", body[:200], file=sys.stderr)
+    except asyncio.TimeoutError:
+        res["timeout"] += 1
+    except (ConnectionError, ssl.SSLError) as e:
+        res["refused"] += 1
+    except OSError as e:
+        res["other"] += 1
+        print("other:", repr(e), file=sys.stderr)
+    finally:
+        if w is not None:
+            w.close()
+
+async def main():
+    t0 = time.monotonic() + 0.05
+    await asyncio.gather(*(one(i, t0) for i in range(count)))
+
+asyncio.run(main())
+res["span_s"] = max(starts) - min(starts)
+print(json.dumps(res))
+"#;
 
 /// A TLS client following a script of steps over one connection (so keep-alive and slow
 /// senders can be tested), printing on stdout a line per event, each starting with the seconds
