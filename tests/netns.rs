@@ -19,7 +19,7 @@ use std::{
 
 use outpost_common::{Verdict, Version};
 use outpost_tests::netns::{
-    hellos, parse_count, stats_delta, Client, ClientOutcome, ClientResult, Family, Flow, Side,
+    hellos, parse_count, run, stats_delta, Client, ClientOutcome, ClientResult, Family, Flow, Side,
     Topology, TLS_PORT,
 };
 use serde_json::Value;
@@ -305,4 +305,133 @@ fn hello_over_one_segment_is_decided_from_its_second_segment() {
     let legacy = results.iter().filter(|r| r.client.is_legacy()).count() as u64;
     assert_eq!(parse_count(&delta, "reset_to_server"), legacy, "{delta}");
     assert_eq!(hellos(&delta, "TLS1.0", "reject"), legacy, "{delta}");
+}
+
+#[test]
+fn policy_set_redirect_budgets_legacy_hellos_at_once_without_a_detach() {
+    let (t, _, _turn) = topology("reject");
+    // Behind the floor is a TLS server that completes every version: a legacy hello the floor
+    // passes on (as it would to outpost's legacy responder) completes its handshake.
+    let set = t.outpost(&[
+        "policy",
+        "set",
+        "--mode",
+        "redirect",
+        "--redirect-rate",
+        "200/s",
+        "--redirect-per-source",
+        "2/s",
+    ]);
+    assert!(set.stdout.contains("mode redirect"), "{set}");
+    let shown = t.outpost(&["policy", "show", "--json"]);
+    let policy: Value = serde_json::from_str(&shown.stdout).expect("policy show --json");
+    assert_eq!(
+        (&policy["mode"], &policy["redirect_rate"], &policy["redirect_per_source"]),
+        (&Value::from("redirect"), &Value::from(200), &Value::from(2)),
+        "{policy}"
+    );
+    let before = t.stats();
+    // Four legacy clients from one address at once: two within the per-source budget.
+    let legacy =
+        [Client::OpensslTls10, Client::CurlTls10, Client::PythonTls10, Client::OpensslTls11];
+    let runs: Vec<(Client, Family)> = legacy.iter().map(|&c| (c, Family::V4)).collect();
+    let results = t.run_clients(&runs, TLS_PORT, WAIT, &[]);
+    report("redirect, per-source budget 2/s", &results);
+    let completed = results.iter().filter(|r| matches!(r.outcome, ClientOutcome::Completed(_)));
+    let refused = results.iter().filter(|r| r.outcome == ClientOutcome::Refused).count();
+    assert_eq!((completed.count(), refused), (2, 2), "two passed on, two rejected");
+    let delta = stats_delta(&before, &t.stats());
+    let redirected: u64 = ["TLS1.0", "TLS1.1"].iter().map(|v| hellos(&delta, v, "redirect")).sum();
+    let rejected: u64 = ["TLS1.0", "TLS1.1"].iter().map(|v| hellos(&delta, v, "reject")).sum();
+    assert_eq!((redirected, rejected), (2, 2), "counted: {delta}");
+    // Modern clients are not budgeted.
+    let modern = t.run_clients(&[(Client::OpensslTls13, Family::V4)], TLS_PORT, WAIT, &[]);
+    modern.iter().for_each(assert_completed);
+
+    // A port's own mode takes precedence, at once too.
+    t.outpost(&["policy", "set", "--port-mode", "443=reject"]);
+    let shown = t.outpost(&["policy", "show", "--json"]);
+    assert!(shown.stdout.contains(r#""port_modes":{"443":"reject"}"#), "{shown}");
+    std::thread::sleep(Duration::from_millis(1100)); // a fresh budget: it is not what refuses
+    let r = t.run_client(Client::OpensslTls10, Family::V4, TLS_PORT, WAIT);
+    assert_eq!(r.outcome, ClientOutcome::Refused, "443 in reject mode:\n{r}");
+    t.outpost(&["policy", "set", "--port-mode", "443=default"]);
+    let r = t.run_client(Client::OpensslTls10, Family::V4, TLS_PORT, WAIT);
+    assert!(matches!(r.outcome, ClientOutcome::Completed(_)), "443 back to redirect:\n{r}");
+}
+
+#[test]
+fn attach_replaces_a_stale_pin_and_stats_warns_while_nothing_is_attached() {
+    let outpost = outpost_tests::netns::outpost_bin();
+    outpost_tests::netns::check_prerequisites();
+    let pid = std::process::id();
+    // Names in the shape the other tests' leftover cleanup knows (`<prefix><pid>-<n>`).
+    let (old_ns, new_ns) = (format!("ote-{pid}-900"), format!("ote-{pid}-901"));
+    let pin_dir = format!("/sys/fs/bpf/outpost-test-{pid}-900");
+    let (ifname, peer) = (format!("os{pid}"), format!("op{pid}"));
+    let bin = outpost.to_str().expect("UTF-8 path");
+    let limit = Duration::from_secs(15);
+    let sh = |ns: Option<&str>, argv: &[&str]| run(ns, argv, limit);
+    let cli = |ns: Option<&str>, args: &[&str]| {
+        sh(ns, &[&[bin, "--pin-dir", &pin_dir][..], args].concat())
+    };
+    struct Cleanup<'a>(&'a dyn Fn());
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let cleanup = || {
+        cli(None, &["detach", "--all", "--purge"]);
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        for ns in [&old_ns, &new_ns] {
+            sh(None, &["ip", "netns", "del", ns]);
+        }
+    };
+    let _cleanup = Cleanup(&cleanup);
+    let wire = |ns: &str| {
+        sh(None, &["ip", "netns", "add", ns]).ok();
+        let add = ["ip", "-n", ns, "link", "add", &ifname, "type", "veth", "peer", "name", &peer];
+        sh(None, &add).ok();
+        sh(None, &["ip", "-n", ns, "link", "set", &ifname, "up"]).ok();
+        sh(None, &["ip", "-n", ns, "link", "set", &peer, "up"]).ok();
+    };
+
+    wire(&old_ns);
+    cli(Some(&old_ns), &["attach", "--iface", &ifname]).ok();
+    let stats = cli(None, &["stats"]).ok();
+    assert!(!stats.stderr.contains("warning"), "attached, yet: {stats}");
+    // The interface goes away with its namespace; the pinned link stays behind.
+    sh(None, &["ip", "netns", "del", &old_ns]).ok();
+    let link = std::path::Path::new(&pin_dir).join(format!("link-{ifname}"));
+    assert!(link.exists(), "the pin went with the namespace");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let warned = loop {
+        let stats = cli(None, &["stats"]).ok();
+        if stats.stderr.contains("attached to nothing") || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        warned.stderr.contains("warning: the XDP program is attached to nothing")
+            && warned.stderr.contains(&ifname),
+        "no warning from outpost stats with the interface gone:\n{warned}"
+    );
+    let json = cli(None, &["stats", "--json"]).ok();
+    let v: Value = serde_json::from_str(&json.stdout).expect("stats --json");
+    assert!(v["warning"].as_str().is_some_and(|w| w.contains("attached to nothing")), "{v}");
+
+    // Tried as a new user would: the same interface name again, in a new namespace.
+    wire(&new_ns);
+    let attach = cli(Some(&new_ns), &["attach", "--iface", &ifname]);
+    assert!(attach.success(), "attach refused over a stale pin:\n{attach}");
+    assert!(attach.stdout.contains("replaced a stale link"), "it did not say so:\n{attach}");
+    let shown = sh(None, &["ip", "-n", &new_ns, "-d", "link", "show", &ifname]).ok();
+    assert!(shown.stdout.contains("prog/xdp"), "nothing attached:\n{shown}");
+    let stats = cli(None, &["stats"]).ok();
+    assert!(!stats.stderr.contains("warning"), "attached again, yet: {stats}");
+    // A live link is still refused.
+    let again = cli(Some(&new_ns), &["attach", "--iface", &ifname]);
+    assert!(!again.success() && again.stderr.contains("already attached"), "{again}");
 }
