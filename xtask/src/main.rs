@@ -84,9 +84,17 @@ enum Bench {
     All,
 }
 
-/// Debian packages for the eBPF build (see the README's toolchain notes).
-const BUILD_PACKAGES: &[&str] =
-    &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "build-essential"];
+/// Debian packages for the build: the eBPF toolchain (see the README's toolchain notes), and
+/// libssl for the legacy responder (the `openssl` crate).
+const BUILD_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "build-essential",
+    "libssl-dev",
+    "pkg-config",
+];
 /// Debian packages the tests use: namespaces, real TLS clients, a TLS server, a TLS
 /// scanner, inspection.
 const TEST_PACKAGES: &[&str] = &[
@@ -101,10 +109,18 @@ const TEST_PACKAGES: &[&str] = &[
     "testssl.sh",
     // The store's tests and bench start their own PostgreSQL (initdb, postgres, pgbench).
     "postgresql",
+    // The applications' peers: an OpenID provider on Node.js, Chromium driven by
+    // playwright-core for the two web pages, an SMTP server that keeps what it receives.
+    "nodejs",
+    "chromium",
+    "python3-aiosmtpd",
 ];
+/// npm projects of the tests (each with a package-lock.json): `npm ci` installs them.
+const NPM_PROJECTS: &[&str] =
+    &["userspace/handlers/access/tests/idp", "userspace/handlers/reserve/tests/browser"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
-const FUZZ_TARGETS: &[&str] = &["classify", "http_request"];
+const FUZZ_TARGETS: &[&str] = &["classify", "http_request", "access_token"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn main() -> Result<()> {
@@ -243,6 +259,15 @@ fn setup() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("debian-rust")) {
         run(Command::new("rustup").args(["toolchain", "link", "debian-rust", "/usr"]))?;
+    }
+    for project in NPM_PROJECTS {
+        // npm ci is quick when node_modules matches the lock file already.
+        if !Path::new(project).join("node_modules/.package-lock.json").is_file() {
+            println!("xtask setup: npm ci in {project}");
+            run(Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(project))?;
+        }
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf")) {
