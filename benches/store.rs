@@ -3,15 +3,18 @@
 //!
 //! At 1, 16 and 256 concurrent callers, each caller inserting fresh keys as fast as it can:
 //! - `sqlite (store)`: embedded SQLite, WAL, `synchronous=FULL`, group commit;
-//! - `postgres (store)`: a PostgreSQL the bench starts itself (fsync on), through the store's
-//!   pool (default size, 16);
+//! - `postgres (store, pool 16)`: a PostgreSQL the bench starts itself (fsync on), through
+//!   the store with its default pool; with more callers than that, also
+//!   `postgres (store, pool N)` with as many connections as callers, as pgbench has;
 //! - `pgbench`: the same `INSERT ... ON CONFLICT` the store sends, straight to that PostgreSQL
 //!   with `pgbench -n -M prepared -f insert.sql -c N -j 2 -T secs`, random unique keys: the
 //!   engine's own ceiling at that concurrency.
 //!
-//! Every insert is acknowledged only once durable. Reports inserts/s, p99 and the ratio to
-//! pgbench as a markdown table on stdout and JSON under `<results>/<UTC stamp>/store.json`.
-//! It reports; it never asserts a number.
+//! Every insert is acknowledged only once durable. The systems take turns in rounds (5 of
+//! 2 s per cell), so interference from elsewhere on the machine falls on all of them alike, and
+//! each row says how much CPU other processes took meanwhile. Reports inserts/s, p50, p99 and
+//! the ratio to pgbench as a markdown table on stdout and in `<results>/<UTC stamp>/store.txt`,
+//! everything as JSON in `store.json`. It reports; it never asserts a number.
 
 use std::{
     fmt::Write as _,
@@ -39,30 +42,63 @@ struct Args {
     /// Seconds per cell (default 10, 1 with --tiny).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Concurrent callers, one group of rows each.
+    #[arg(long, value_delimiter = ',', default_values_t = CALLERS)]
+    callers: Vec<usize>,
+    /// PostgreSQL connections of the store (its `pool_size`; default: the store's default).
+    #[arg(long)]
+    pool: Option<usize>,
     /// Reports go to `<results>/<UTC timestamp>/`.
     #[arg(long, default_value = "results")]
     results: PathBuf,
 }
 
 const CALLERS: [usize; 3] = [1, 16, 256];
+/// Rounds each cell is split into (full size).
+const ROUNDS: usize = 5;
 /// Bytes per value: an OIDC nonce record or a reservation is of this order.
 const VALUE_LEN: usize = 64;
 
-/// One cell of the table.
+/// One cell of the table, accumulated over the rounds.
 struct Cell {
     callers: usize,
-    system: &'static str,
-    inserts: u64,
+    system: String,
     seconds: f64,
-    p50_us: u64,
-    p99_us: u64,
+    hist: Histogram<u64>,
     errors: u64,
+    /// CPU that processes outside this bench took while the cell ran, in cores.
+    foreign_cores: f64,
 }
 
 impl Cell {
-    fn rate(&self) -> f64 {
-        self.inserts as f64 / self.seconds.max(1e-9)
+    fn new(callers: usize, system: String) -> Cell {
+        Cell { callers, system, seconds: 0.0, hist: new_hist(), errors: 0, foreign_cores: 0.0 }
     }
+
+    fn add(&mut self, run: Run, cpu: f64) {
+        // Weighted by time, so foreign_cores stays an average over the cell.
+        let total = self.seconds + run.seconds;
+        self.foreign_cores =
+            (self.foreign_cores * self.seconds + cpu * run.seconds) / total.max(1e-9);
+        self.seconds = total;
+        let _ = self.hist.add(&run.hist);
+        self.errors += run.errors;
+    }
+
+    fn inserts(&self) -> u64 {
+        self.hist.len()
+    }
+
+    fn rate(&self) -> f64 {
+        self.inserts() as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// One timed run of one system.
+struct Run {
+    seconds: f64,
+    hist: Histogram<u64>,
+    errors: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,34 +118,68 @@ fn run(args: Args) -> Result<()> {
     let work = TempDir::new("outpost-store-bench");
     eprintln!("store-bench: starting PostgreSQL");
     let pg = TestPostgres::start();
-    let pg_store =
-        Store::open(&StoreConfig { url: Some(pg.url()), ..StoreConfig::default() }, work.path())?;
+    let pool_size = args.pool.unwrap_or(StoreConfig::default().pool_size);
+    let pg_cfg = StoreConfig { url: Some(pg.url()), pool_size, ..StoreConfig::default() };
+    let pg_store = Store::open(&pg_cfg, work.path())?;
     let script = work.path().join("insert.sql");
     std::fs::write(&script, pgbench_script())?;
 
+    // Systems take turns in short rounds, so that whatever else the machine does (a build,
+    // a checkpoint) falls on all of them alike.
+    let rounds = if args.tiny { 1 } else { ROUNDS };
+    let slice = Duration::from_secs_f64(secs as f64 / rounds as f64);
     let mut cells = Vec::new();
     let mut batch_means = Vec::new();
-    for &callers in &CALLERS {
-        // Each cell starts from an empty table, so no system inherits the others' index.
+    for &callers in &args.callers {
+        // Every PostgreSQL run starts from an empty table and SQLite from a new file per
+        // caller count, so no system inherits a larger index from another.
         let dir = TempDir::new("outpost-store-bench-sqlite");
         let sqlite = Store::open(&StoreConfig::default(), dir.path())?;
-        eprintln!("store-bench: {callers} callers: sqlite (store)");
-        cells.push(measure(&rt, &sqlite, "sqlite (store)", callers, secs, warmup));
+        // With more callers than connections, also a store whose pool matches pgbench's
+        // connection count: PostgreSQL's own group commit grows with backends waiting on a
+        // WAL flush, so connections, not the store, can be what limits.
+        let wide = if callers > pool_size {
+            let cfg = StoreConfig { pool_size: callers, ..pg_cfg.clone() };
+            Some(Store::open(&cfg, work.path())?)
+        } else {
+            None
+        };
+        let mut row = vec![
+            Cell::new(callers, "sqlite (store)".into()),
+            Cell::new(callers, format!("postgres (store, pool {pool_size})")),
+        ];
+        if wide.is_some() {
+            row.push(Cell::new(callers, format!("postgres (store, pool {callers})")));
+        }
+        row.push(Cell::new(callers, "pgbench".into()));
+        for round in 0..rounds {
+            eprintln!("store-bench: {callers} callers, round {}/{rounds}", round + 1);
+            let mut stores = vec![&sqlite, &pg_store];
+            stores.extend(wide.as_ref());
+            for (cell, store) in row.iter_mut().zip(stores) {
+                if !std::ptr::eq(store, &sqlite) {
+                    pg.psql("outpost", "TRUNCATE kv");
+                }
+                let cpu = CpuProbe::now();
+                let run = measure(&rt, store, callers, slice, warmup, round);
+                cell.add(run, cpu.foreign_cores());
+            }
+            pg.psql("outpost", "TRUNCATE kv");
+            let cpu = CpuProbe::now();
+            let run = pgbench(&pg, &script, work.path(), callers, slice)?;
+            if let Some(cell) = row.last_mut() {
+                cell.add(run, cpu.foreign_cores());
+            }
+        }
+        drop(wide);
         batch_means.push((callers, sqlite.metrics().commit_batch_mean()));
         drop(sqlite);
-
-        pg.psql("outpost", "TRUNCATE kv");
-        eprintln!("store-bench: {callers} callers: postgres (store)");
-        cells.push(measure(&rt, &pg_store, "postgres (store)", callers, secs, warmup));
-
-        pg.psql("outpost", "TRUNCATE kv");
-        eprintln!("store-bench: {callers} callers: pgbench");
-        cells.push(pgbench(&pg, &script, work.path(), callers, secs)?);
+        cells.extend(row);
     }
     drop(pg_store);
 
     let stamp = utc_stamp();
-    let report = render(&cells, &batch_means, secs, args.tiny, &stamp);
+    let report = render(&cells, &batch_means, secs, rounds, args.tiny, &stamp);
     print!("{report}");
     let dir = args.results.join(&stamp);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -118,19 +188,24 @@ fn run(args: Args) -> Result<()> {
         "timestamp": stamp,
         "tiny": args.tiny,
         "seconds_per_cell": secs,
+        "rounds": rounds,
         "value_bytes": VALUE_LEN,
-        "store_pool_size": StoreConfig::default().pool_size,
-        "pgbench": format!("pgbench -n -M prepared -f insert.sql -c N -j 2 -T {secs}"),
+        "store_pool_size": pool_size,
+        "pgbench": format!(
+            "pgbench -n -M prepared -f insert.sql -c N -j 2 -T {}",
+            slice.as_secs_f64()
+        ),
         "insert_sql": pgbench_script(),
         "cells": cells.iter().map(|c| json!({
             "callers": c.callers,
             "system": c.system,
-            "inserts": c.inserts,
+            "inserts": c.inserts(),
             "seconds": c.seconds,
             "inserts_per_s": c.rate(),
-            "p50_ms": c.p50_us as f64 / 1e3,
-            "p99_ms": c.p99_us as f64 / 1e3,
+            "p50_ms": c.hist.value_at_quantile(0.5) as f64 / 1e3,
+            "p99_ms": c.hist.value_at_quantile(0.99) as f64 / 1e3,
             "errors": c.errors,
+            "foreign_cpu_cores": c.foreign_cores,
             "ratio_to_pgbench": ratio(&cells, c),
         })).collect::<Vec<_>>(),
         "sqlite_commit_batch_mean": batch_means.iter()
@@ -141,39 +216,30 @@ fn run(args: Args) -> Result<()> {
     eprintln!("store-bench: wrote {}", dir.join("store.json").display());
     if args.tiny {
         // The smoke run fails when a system could not run at all, so the bench cannot rot.
-        if let Some(c) = cells.iter().find(|c| c.inserts == 0) {
+        if let Some(c) = cells.iter().find(|c| c.inserts() == 0) {
             bail!("{} at {} callers inserted nothing", c.system, c.callers);
         }
     }
     Ok(())
 }
 
-/// `callers` tasks inserting fresh keys for `secs` after a warm-up (the pool fills, SQLite's
-/// caches warm), each insert timed from call to acknowledgement.
+/// `callers` tasks inserting fresh keys for `length` after a warm-up (the pool fills,
+/// SQLite's caches warm), each insert timed from call to acknowledgement.
 fn measure(
     rt: &tokio::runtime::Runtime,
     store: &Store,
-    system: &'static str,
     callers: usize,
-    secs: u64,
+    length: Duration,
     warmup: Duration,
-) -> Cell {
+    round: usize,
+) -> Run {
     let value = Arc::new([0x5au8; VALUE_LEN]);
     rt.block_on(async {
-        let _ = run_callers(store, &value, callers, warmup, "w").await;
+        let _ = run_callers(store, &value, callers, warmup, &format!("w{round}")).await;
         let started = Instant::now();
         let (hist, errors) =
-            run_callers(store, &value, callers, Duration::from_secs(secs), "m").await;
-        let seconds = started.elapsed().as_secs_f64();
-        Cell {
-            callers,
-            system,
-            inserts: hist.len(),
-            seconds,
-            p50_us: hist.value_at_quantile(0.5),
-            p99_us: hist.value_at_quantile(0.99),
-            errors,
-        }
+            run_callers(store, &value, callers, length, &format!("m{round}")).await;
+        Run { seconds: started.elapsed().as_secs_f64(), hist, errors }
     })
 }
 
@@ -235,9 +301,15 @@ fn pgbench(
     script: &Path,
     work: &Path,
     callers: usize,
-    secs: u64,
-) -> Result<Cell> {
+    length: Duration,
+) -> Result<Run> {
+    // pgbench's clock starts before its connections are up, and 256 of them take a while on
+    // a busy machine: at least 3 s, or a short run measures nothing. Its rate excludes the
+    // connection time either way.
+    let secs = length.as_secs().max(3);
     let logs = work.join(format!("pgbench-{callers}"));
+    // Fresh per run: pgbench names its logs by PID and thread, and we read them all.
+    let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs)?;
     let out = Command::new(pg.bin_dir().join("pgbench"))
         .args(["-n", "-M", "prepared", "-f"])
@@ -279,20 +351,11 @@ fn pgbench(
         .find_map(|l| l.trim().strip_prefix("number of failed transactions: "))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    let inserts = hist.len();
     let seconds = match tps {
-        Some(tps) if tps > 0.0 => inserts as f64 / tps,
+        Some(tps) if tps > 0.0 => hist.len() as f64 / tps,
         _ => secs as f64,
     };
-    Ok(Cell {
-        callers,
-        system: "pgbench",
-        inserts,
-        seconds,
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        errors: failed,
-    })
+    Ok(Run { seconds, hist, errors: failed })
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -313,6 +376,7 @@ fn render(
     cells: &[Cell],
     batch_means: &[(usize, Option<f64>)],
     secs: u64,
+    rounds: usize,
     tiny: bool,
     stamp: &str,
 ) -> String {
@@ -320,22 +384,26 @@ fn render(
     let size = if tiny { " (tiny: numbers mean little)" } else { "" };
     let _ = writeln!(
         s,
-        "\nstore-bench {stamp}{size}: durable unique inserts, {secs} s per cell, {VALUE_LEN}-byte \
-         values; 2-core machine, PostgreSQL, pgbench and the store on the same cores\n"
+        "\nstore-bench {stamp}{size}: durable unique inserts, {secs} s per cell in {rounds} \
+         interleaved rounds, {VALUE_LEN}-byte values; {} cores shared by PostgreSQL, pgbench and \
+         the store\n",
+        cores()
     );
-    let _ = writeln!(s, "| callers | system | inserts/s | p50 | p99 | ratio to pgbench |");
-    let _ = writeln!(s, "| ---: | --- | ---: | ---: | ---: | ---: |");
+    let _ =
+        writeln!(s, "| callers | system | inserts/s | p50 | p99 | ratio to pgbench | other CPU |");
+    let _ = writeln!(s, "| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for c in cells {
         let errors = if c.errors > 0 { format!(" ({} errors)", c.errors) } else { String::new() };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0}{errors} | {} | {} | {} |",
+            "| {} | {} | {:.0}{errors} | {} | {} | {} | {:.2} cores |",
             c.callers,
             c.system,
             c.rate(),
-            ms(c.p50_us),
-            ms(c.p99_us),
+            ms(c.hist.value_at_quantile(0.5)),
+            ms(c.hist.value_at_quantile(0.99)),
             ratio(cells, c).map_or("-".to_owned(), |r| format!("{r:.2}x")),
+            c.foreign_cores,
         );
     }
     let _ = writeln!(s);
@@ -347,6 +415,11 @@ fn render(
     }
     let _ = writeln!(
         s,
+        "other CPU: what processes outside this bench used meanwhile (a build, say); near 0 for \
+         numbers to trust"
+    );
+    let _ = writeln!(
+        s,
         "targets: embedded >= 5,000 inserts/s at 256 callers; postgres (store) >= 0.8x pgbench"
     );
     s
@@ -354,6 +427,75 @@ fn render(
 
 fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1e3)
+}
+
+/// Busy CPU of the whole machine and of this bench's process tree (itself, PostgreSQL and its
+/// backends, pgbench; children that exited count through their parent's cumulative times).
+struct CpuProbe {
+    at: Instant,
+    machine: u64,
+    ours: u64,
+}
+
+impl CpuProbe {
+    fn now() -> CpuProbe {
+        CpuProbe { at: Instant::now(), machine: machine_ticks(), ours: tree_ticks() }
+    }
+
+    /// Cores' worth of CPU used by other processes since `self`.
+    fn foreign_cores(&self) -> f64 {
+        let secs = self.at.elapsed().as_secs_f64().max(1e-9);
+        let machine = machine_ticks().saturating_sub(self.machine);
+        let ours = tree_ticks().saturating_sub(self.ours);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        machine.saturating_sub(ours) as f64 / hz / secs
+    }
+}
+
+fn machine_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else { return 0 };
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let f: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
+}
+
+fn tree_ticks() -> u64 {
+    let me = std::process::id();
+    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The command may hold spaces and parentheses: fields start after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // After the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+        procs.push((pid, num(1) as u32, num(11) + num(12) + num(13) + num(14)));
+    }
+    let mut tree = vec![me];
+    let mut total = 0;
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        for &(pid, ppid, ticks) in &procs {
+            if pid == parent {
+                total += ticks;
+            }
+            if ppid == parent && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+        i += 1;
+    }
+    total
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `YYYYMMDD-HHMMSS`, UTC (as outpost-load names its reports).

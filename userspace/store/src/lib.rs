@@ -146,7 +146,10 @@ impl Store {
                 Inner::new(BackendImpl::Sqlite(sqlite), metrics, cfg, describe, rt)
             }
             Some(url) => {
-                let rt = StoreRuntime::start(2)?;
+                // One worker: an operation's task and its connection's task share a thread,
+                // so a query costs no cross-thread wakeup; the database is the limit, and on a
+                // small edge the proxy's workers need the other cores.
+                let rt = StoreRuntime::start(1)?;
                 let redacted = config::redact_url(&url);
                 let task_cfg = cfg.clone();
                 // The connect itself is bounded by connect_timeout inside; the margin covers

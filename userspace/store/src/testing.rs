@@ -264,8 +264,9 @@ impl TestPostgres {
             .arg(self.dir.path().join("data"))
             .args(["-p", &self.port.to_string(), "-h", &self.listen, "-k"])
             .arg(self.socket_dir())
-            // Room for two stores' pools, pgbench at 256 clients and the tests' psql.
-            .args(["-c", "max_connections=400", "-c", "shared_buffers=128MB"])
+            // Room for two stores' pools, pgbench at 256 clients beside a store holding as
+            // many connections, and the tests' psql.
+            .args(["-c", "max_connections=600", "-c", "shared_buffers=128MB"])
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
