@@ -16,7 +16,7 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{mpsc, Arc, Mutex, RwLock},
     thread::JoinHandle,
@@ -76,6 +76,9 @@ impl Sqlite {
         })?;
         let path = dir.join("outpost.db");
         let lock = lock_dir(&dir, &path)?;
+        // Created owner-only before SQLite sees it: SQLite gives its -wal and -shm files the
+        // database file's mode, so they follow.
+        private_file(&path)?;
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -186,6 +189,7 @@ fn lock_dir(dir: &Path, db: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(|e| {
             StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
@@ -203,6 +207,15 @@ fn lock_dir(dir: &Path, db: &Path) -> Result<File, StoreError> {
         return Err(StoreError::Unavailable(format!("cannot lock {}: {err}", lock_path.display())));
     }
     Ok(file)
+}
+
+/// Creates `path` readable and writable by its owner only, if it does not exist yet.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))),
+    }
 }
 
 /// Turns a SQLite error into the store's, naming the file.

@@ -425,5 +425,11 @@ async fn metrics_render_prometheus(h: Harness) {
             s.describe(),
             format!("sqlite {}", h.db_path().canonicalize().unwrap().display())
         );
+        // The database (and the WAL beside it) is for outpost's user only.
+        use std::os::unix::fs::PermissionsExt as _;
+        for file in ["outpost.db", "outpost.db-wal", "outpost.db-shm", "outpost.db.lock"] {
+            let mode = std::fs::metadata(h.dir.path().join(file)).expect(file).permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file} mode {mode:o}");
+        }
     }
 }
