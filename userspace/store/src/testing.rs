@@ -63,7 +63,6 @@ struct RunAs {
 }
 
 /// A PostgreSQL server of the test's own. See the module docs.
-#[derive(Debug)]
 pub struct TestPostgres {
     bin: PathBuf,
     /// Holds `data/` (the cluster), `sock/` (its Unix socket) and `log`.
@@ -76,6 +75,17 @@ pub struct TestPostgres {
     netns: Option<String>,
     listen: String,
     child: Mutex<Option<Child>>,
+}
+
+/// Debug leaves the password out, as everything else does.
+impl std::fmt::Debug for TestPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPostgres")
+            .field("bin", &self.bin)
+            .field("dir", &self.dir.path())
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a starting server may take to accept connections.

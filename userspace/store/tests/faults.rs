@@ -252,3 +252,42 @@ fn postgres_restart_under_load() {
     );
     drop(store);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_operation_stuck_behind_a_lock_times_out() {
+    let h = Harness::postgres("stuck");
+    let cfg = StoreConfig { timeout_ms: 500, ..h.cfg() };
+    let store = h.open_with(cfg);
+    store.put("n", "k", b"v", None).await.expect("put");
+    let (pg, db, _) = h.pg.as_ref().expect("postgres");
+    // Another session holds the table for 3 s.
+    let mut locker = Command::new(pg.bin_dir().join("psql"))
+        .arg("-h")
+        .arg(pg.socket_dir())
+        .args(["-p", &pg.port().to_string(), "-U", "postgres", "-d", db, "-X", "-q"])
+        .args(["-c", "BEGIN; LOCK TABLE kv; SELECT pg_sleep(3); COMMIT;"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start psql");
+    let held = Instant::now();
+    loop {
+        let waiting = h.scalar(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'kv'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+        );
+        if waiting == 1 {
+            break;
+        }
+        assert!(held.elapsed() < Duration::from_secs(5), "psql never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let r = store.get("n", "k").await;
+    let took = started.elapsed();
+    assert_eq!(r, Err(StoreError::Timeout), "a read behind the lock");
+    assert!(took < Duration::from_millis(900), "timed out after {took:?} (timeout 500 ms)");
+    locker.wait().expect("psql");
+    // The connection cut off mid-query was dropped, not reused: everything works.
+    for _ in 0..20 {
+        assert_eq!(store.get("n", "k").await, Ok(Some(b"v".to_vec())));
+    }
+}

@@ -202,3 +202,28 @@ async fn sqlite_outbox_workers_never_share_a_row() {
     let h = Harness::sqlite();
     workers_share_an_outbox(&[h.open()], 3, 300, "sqlite, 3 workers").await;
 }
+
+#[test]
+fn postgres_nodes_starting_at_once_migrate_once() {
+    let h = Harness::postgres("migrate");
+    // Eight nodes open a fresh database at the same moment: the migration lock lets one
+    // create the schema; the others wait, then find it current.
+    let barrier = std::sync::Barrier::new(8);
+    std::thread::scope(|scope| {
+        let opened: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    Store::open(&h.cfg(), h.dir.path())
+                })
+            })
+            .collect();
+        for t in opened {
+            if let Err(e) = t.join().expect("open thread") {
+                panic!("a node starting beside others failed: {e}");
+            }
+        }
+    });
+    let applied = h.scalar("SELECT count(*) FROM schema_version");
+    assert_eq!(applied, outpost_store::SCHEMA_VERSION, "each migration recorded once");
+}
