@@ -230,11 +230,23 @@ impl TestPostgres {
         }
     }
 
-    /// Kills the postmaster with SIGKILL, as a crash would (its backends notice and exit).
+    /// SIGKILL to the whole server, postmaster and backends at once, as a power cut would;
+    /// returns once every one of them is gone, so [`TestPostgres::start_again`] finds no
+    /// leftover holding the old shared memory.
     pub fn kill(&self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = child.take() {
-            stop_child(c, libc::SIGKILL);
+        let Some(c) = child.take() else { return };
+        let backends = children_of(c.id());
+        stop_child(c, libc::SIGKILL);
+        for pid in &backends {
+            // SAFETY: kill(2); a backend that already exited may have had its PID reused only
+            // in theory (we signal within milliseconds of listing it).
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let started = Instant::now();
+        while backends.iter().any(|pid| alive(*pid)) && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -350,6 +362,31 @@ fn stop_child(mut c: Child, sig: i32) {
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
+}
+
+/// PIDs whose parent is `ppid` (from /proc).
+fn children_of(ppid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the command (which may hold spaces): state, then ppid.
+            let parent: u32 =
+                stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()?;
+            (parent == ppid).then_some(pid)
+        })
+        .collect()
+}
+
+/// Running (not gone, not a zombie waiting for whoever adopted it to reap it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+        !matches!(state, Some("Z" | "X"))
+    })
 }
 
 /// The newest `/usr/lib/postgresql/<major>/bin` that has initdb and postgres.
