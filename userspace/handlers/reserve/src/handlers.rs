@@ -529,8 +529,9 @@ impl Handler for Confirm {
         if s.path() != "/confirm" {
             return Ok(Flow::Respond(not_found()));
         }
-        if s.req.method != "GET" && s.req.method != "HEAD" {
-            return Ok(Flow::Respond(method_not_allowed("GET, HEAD")));
+        // Only GET confirms: a HEAD (a link checker's probe) must not use up the token.
+        if s.req.method != "GET" {
+            return Ok(Flow::Respond(method_not_allowed("GET")));
         }
         let sh = &self.0;
         let format = if wants_json(s) { Format::Json } else { Format::Html };

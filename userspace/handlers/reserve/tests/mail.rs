@@ -56,6 +56,9 @@ fn the_link_in_the_mail_confirms_once() {
     let (_, show) = http_get(edge.admin, "/reservations/show?name=alice").unwrap();
     assert!(show.contains("\"state\": \"pending\""), "{show}");
 
+    // A link checker's HEAD does not use the token up.
+    let r = rt.block_on(c.request("HEAD", &path, &[], b"")).unwrap();
+    assert_eq!(r.status, 405, "{}", r.body);
     let r = rt.block_on(c.get(&path)).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(

@@ -1,0 +1,762 @@
+//! `reserve-bench`: a launch spike on the reservation page, through the real edge over TLS
+//! (`cargo xtask bench reserve`). It reports; it never asserts a number.
+//!
+//! For each store (embedded SQLite, then a PostgreSQL the bench starts itself), an edge
+//! (`outpost run`, `[reserve]`, mail to an aiosmtpd the bench starts) takes an open-loop load
+//! of `POST /reserve` (JSON) over keep-alive TLS connections: requests are sent at their
+//! scheduled times whatever the answers, and latency runs from the scheduled time (no
+//! coordinated omission). The rate starts at 100/s and grows by half each step until p99
+//! passes 100 ms, errors pass 1 %, or the edge falls behind the schedule: the last step
+//! before that is the knee. Then a run at 80 % of the knee.
+//!
+//! Traffic: mostly distinct names and emails; 2 % go to a hot set of 20 names, contended
+//! from distinct emails. Reported per store: durable reservations/s (201s) at the knee, p50
+//! and p99, p99 at 80 % of the knee, and names held twice: a hot name answered 201 for two
+//! emails, or a 201 the store does not hold afterwards (must be 0). For PostgreSQL, pgbench
+//! runs the reservation's own transaction (the statements the store sends for it: two unique
+//! inserts, two upserts, the outbox row) straight against the same database, and the ratio
+//! is reported. Markdown on stdout, JSON under `<results>/<UTC stamp>/reserve.json`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Read as _,
+    net::TcpStream as StdTcp,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use outpost_store::testing::{TempDir, TestPostgres};
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+    DigitallySignedStruct, SignatureScheme,
+};
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::{mpsc, Mutex},
+};
+
+#[derive(Parser)]
+#[command(name = "reserve-bench", about = "A launch spike on the reservation page")]
+struct Args {
+    /// CI size: one second per step, at most 4 steps (the numbers mean little).
+    #[arg(long)]
+    tiny: bool,
+    /// Seconds per step (default 5; 1 with --tiny).
+    #[arg(long)]
+    step_secs: Option<u64>,
+    /// Stop growing past this rate.
+    #[arg(long, default_value_t = 40_000)]
+    max_rate: u64,
+    /// Keep-alive TLS connections of the load generator.
+    #[arg(long, default_value_t = 128)]
+    connections: usize,
+    /// `embedded`, `postgres` or both (comma separated).
+    #[arg(long, default_value = "embedded,postgres")]
+    stores: String,
+    /// The outpost binary (default $OUTPOST_BIN, else target/release/outpost).
+    #[arg(long)]
+    outpost: Option<PathBuf>,
+    /// Reports go to `<results>/<UTC timestamp>/`.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+const HOST: &str = "reserve.example.test";
+const HOT_NAMES: usize = 20;
+const P99_KNEE: Duration = Duration::from_millis(100);
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let step = Duration::from_secs(args.step_secs.unwrap_or(if args.tiny { 1 } else { 5 }));
+    let outpost = args
+        .outpost
+        .clone()
+        .or_else(|| std::env::var_os("OUTPOST_BIN").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target/release/outpost"));
+    if !outpost.is_file() {
+        bail!("no outpost binary at {} (cargo build --release -p outpost)", outpost.display());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut reports = Vec::new();
+    for store in args.stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        eprintln!("reserve-bench: {store}");
+        reports.push(run_store(&rt, &args, &outpost, store, step)?);
+    }
+    let stamp = stamp();
+    let text = render(&reports, step, args.tiny, &stamp);
+    println!("{text}");
+    let dir = args.results.join(&stamp);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("reserve.txt"), &text)?;
+    std::fs::write(
+        dir.join("reserve.json"),
+        serde_json::to_string_pretty(&json!({
+            "stamp": stamp,
+            "step_secs": step.as_secs(),
+            "tiny": args.tiny,
+            "stores": reports.iter().map(Report::json).collect::<Vec<_>>(),
+        }))?,
+    )?;
+    eprintln!("reserve-bench: wrote {}", dir.join("reserve.json").display());
+    if args.tiny {
+        if let Some(r) = reports.iter().find(|r| r.steps.iter().all(|s| s.created == 0)) {
+            bail!("{}: no reservation succeeded", r.store);
+        }
+    }
+    Ok(())
+}
+
+/// One step of the ramp (or the 80 % run).
+#[derive(Clone, Debug)]
+struct Step {
+    rate: u64,
+    secs: f64,
+    sent: u64,
+    answered: u64,
+    created: u64,
+    conflicts: u64,
+    errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl Step {
+    fn created_per_sec(&self) -> f64 {
+        self.created as f64 / self.secs
+    }
+    fn over_knee(&self) -> bool {
+        self.p99_us > P99_KNEE.as_micros() as u64
+            || self.errors * 100 > self.sent.max(1)
+            || (self.answered as f64) < 0.9 * self.sent as f64
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "rate": self.rate, "secs": self.secs, "sent": self.sent, "answered": self.answered,
+            "created": self.created, "conflicts": self.conflicts, "errors": self.errors,
+            "created_per_sec": self.created_per_sec(), "p50_us": self.p50_us, "p99_us": self.p99_us,
+        })
+    }
+}
+
+struct Report {
+    store: String,
+    steps: Vec<Step>,
+    knee: Option<Step>,
+    at_80: Option<Step>,
+    held_twice: u64,
+    missing_201: u64,
+    pgbench_tps: Option<f64>,
+}
+
+impl Report {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "store": self.store,
+            "steps": self.steps.iter().map(Step::json).collect::<Vec<_>>(),
+            "knee": self.knee.as_ref().map(Step::json),
+            "at_80_percent": self.at_80.as_ref().map(Step::json),
+            "names_held_twice": self.held_twice,
+            "acknowledged_but_missing": self.missing_201,
+            "pgbench_reservation_txn_tps": self.pgbench_tps,
+            "ratio_to_pgbench": self.ratio(),
+        })
+    }
+    fn ratio(&self) -> Option<f64> {
+        Some(self.knee.as_ref()?.created_per_sec() / self.pgbench_tps.filter(|t| *t > 0.0)?)
+    }
+}
+
+fn run_store(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    outpost: &Path,
+    store: &str,
+    step: Duration,
+) -> Result<Report> {
+    let work = TempDir::new("reserve-bench");
+    let pg = match store {
+        "embedded" => None,
+        "postgres" => Some(TestPostgres::start()),
+        other => bail!("unknown store {other:?}: embedded or postgres"),
+    };
+    let smtp = Smtp::start(work.path())?;
+    let edge = Edge::start(outpost, work.path(), smtp.port, pg.as_ref().map(|p| p.url()))?;
+    let client = Arc::new(Client::new(edge.https));
+    let mut seq = 0u64;
+    let mut steps = Vec::new();
+    let mut hot: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut rate = 100u64;
+    let max_steps = if args.tiny { 4 } else { 40 };
+    // Warm-up: connections, the pool, the caches.
+    rt.block_on(run_step(&client, args.connections, 100, Duration::from_secs(1), &mut seq, store));
+    for _ in 0..max_steps {
+        let (s, h, a) =
+            rt.block_on(run_step(&client, args.connections, rate, step, &mut seq, store));
+        eprintln!(
+            "  {rate:>6}/s: {} created/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+            s.created_per_sec() as u64,
+            s.p50_us as f64 / 1000.0,
+            s.p99_us as f64 / 1000.0,
+            s.errors
+        );
+        merge(&mut hot, h);
+        acked.extend(a);
+        let over = s.over_knee();
+        steps.push(s);
+        if over || rate >= args.max_rate {
+            break;
+        }
+        rate = (rate * 3 / 2).min(args.max_rate);
+    }
+    let knee = steps.iter().rev().find(|s| !s.over_knee()).cloned();
+    let at_80 = match &knee {
+        Some(k) => {
+            let r = (k.rate * 4 / 5).max(1);
+            let (s, h, a) =
+                rt.block_on(run_step(&client, args.connections, r, step * 2, &mut seq, store));
+            eprintln!("  80 % of the knee ({r}/s): p99 {:.1} ms", s.p99_us as f64 / 1000.0);
+            merge(&mut hot, h);
+            acked.extend(a);
+            Some(s)
+        }
+        None => None,
+    };
+    // Names held twice: a hot name acknowledged for two emails, or an acknowledged
+    // reservation the store does not hold.
+    let held_twice = hot.values().filter(|emails| emails.len() > 1).count() as u64;
+    let held = edge.export()?;
+    let missing_201 =
+        acked.iter().filter(|(n, e)| held.get(n).map(String::as_str) != Some(e.as_str())).count()
+            as u64;
+    let pgbench_tps = match &pg {
+        Some(pg) => Some(pgbench(pg, work.path(), step)?),
+        None => None,
+    };
+    drop(edge);
+    Ok(Report { store: store.into(), steps, knee, at_80, held_twice, missing_201, pgbench_tps })
+}
+
+fn merge(into: &mut BTreeMap<String, BTreeSet<String>>, from: BTreeMap<String, BTreeSet<String>>) {
+    for (k, v) in from {
+        into.entry(k).or_default().extend(v);
+    }
+}
+
+struct Job {
+    at: Instant,
+    name: String,
+    email: String,
+}
+
+/// One open-loop step at `rate` for `len`: (summary, hot names' 201 emails, every 201).
+async fn run_step(
+    client: &Arc<Client>,
+    conns: usize,
+    rate: u64,
+    len: Duration,
+    seq: &mut u64,
+    store: &str,
+) -> (Step, BTreeMap<String, BTreeSet<String>>, Vec<(String, String)>) {
+    let (tx, rx) = mpsc::channel::<Job>(1 << 16);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let (client, rx) = (client.clone(), rx.clone());
+        workers.spawn(async move {
+            let mut out = Outcome::default();
+            let mut conn: Option<Conn> = None;
+            loop {
+                let job = { rx.lock().await.recv().await };
+                let Some(job) = job else { break };
+                if conn.is_none() {
+                    conn = client.connect().await.ok();
+                }
+                let status = match conn.as_mut() {
+                    Some(c) => c.reserve(&job.name, &job.email).await.ok(),
+                    None => None,
+                };
+                let us = job.at.elapsed().as_micros().max(1) as u64;
+                out.hist.saturating_record(us);
+                match status {
+                    Some(201) => {
+                        out.created += 1;
+                        if job.name.starts_with("hot-") {
+                            out.hot.entry(job.name.clone()).or_default().insert(job.email.clone());
+                        }
+                        out.acked.push((job.name, job.email));
+                    }
+                    Some(409) => out.conflicts += 1,
+                    Some(_) => out.errors += 1,
+                    None => {
+                        out.errors += 1;
+                        conn = None;
+                    }
+                }
+                out.answered += u64::from(status.is_some());
+            }
+            out
+        });
+    }
+    let started = Instant::now();
+    let total = (rate as f64 * len.as_secs_f64()) as u64;
+    let tag = &store[..1];
+    for i in 0..total {
+        let at = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let n = *seq;
+        *seq += 1;
+        let name = if n % 50 == 0 {
+            format!("hot-{}", (n / 50) % HOT_NAMES as u64)
+        } else {
+            format!("{tag}{n}")
+        };
+        let _ = tx.send(Job { at, name, email: format!("b{n}@bench.example") }).await;
+    }
+    drop(tx);
+    let mut all = Outcome::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(Some(Ok(o))) = tokio::time::timeout_at(deadline.into(), workers.join_next()).await
+    {
+        all.add(o);
+    }
+    workers.abort_all();
+    let secs = started.elapsed().as_secs_f64().max(len.as_secs_f64());
+    let step = Step {
+        rate,
+        secs,
+        sent: total,
+        answered: all.answered,
+        created: all.created,
+        conflicts: all.conflicts,
+        errors: all.errors + total.saturating_sub(all.answered + all.errors),
+        p50_us: all.hist.value_at_quantile(0.5),
+        p99_us: all.hist.value_at_quantile(0.99),
+    };
+    (step, all.hot, all.acked)
+}
+
+struct Outcome {
+    hist: Histogram<u64>,
+    answered: u64,
+    created: u64,
+    conflicts: u64,
+    errors: u64,
+    hot: BTreeMap<String, BTreeSet<String>>,
+    acked: Vec<(String, String)>,
+}
+
+impl Default for Outcome {
+    fn default() -> Outcome {
+        Outcome {
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("static bounds"),
+            answered: 0,
+            created: 0,
+            conflicts: 0,
+            errors: 0,
+            hot: BTreeMap::new(),
+            acked: Vec::new(),
+        }
+    }
+}
+
+impl Outcome {
+    fn add(&mut self, o: Outcome) {
+        let _ = self.hist.add(&o.hist);
+        self.answered += o.answered;
+        self.created += o.created;
+        self.conflicts += o.conflicts;
+        self.errors += o.errors;
+        merge(&mut self.hot, o.hot);
+        self.acked.extend(o.acked);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The edge, the SMTP sink, pgbench.
+
+struct Edge {
+    child: Child,
+    https: u16,
+    admin: u16,
+}
+
+impl Edge {
+    fn start(bin: &Path, dir: &Path, smtp: u16, pg: Option<String>) -> Result<Edge> {
+        let (https, admin) = (free_port()?, free_port()?);
+        let secret = dir.join("reserve.secret");
+        std::fs::write(&secret, b"reserve-bench secret, one node")?;
+        let store = match pg {
+            Some(url) => format!("[store]\nurl = \"{url}\"\n"),
+            None => "[store]\n".into(),
+        };
+        let config = format!(
+            "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
+             data_dir = \"{}\"\nworkers = 2\n{store}\
+             [reserve]\nhost = \"{HOST}\"\nzone = \"workers.example.test\"\n\
+             public_url = \"https://{HOST}:{https}\"\nsecret_file = \"{}\"\n\
+             [reserve.smtp]\nhost = \"127.0.0.1\"\nport = {smtp}\n\
+             [reserve.limits]\nreserve_per_ip_per_minute = 100000000\n\
+             reserve_per_email_per_hour = 100000000\n",
+            dir.join("data").display(),
+            secret.display()
+        );
+        let path = dir.join("outpost.toml");
+        std::fs::write(&path, config)?;
+        let log = std::fs::File::create(dir.join("outpost.log"))?;
+        let child = Command::new(bin)
+            .args(["run", "--no-xdp", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut edge = Edge { child, https, admin };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while admin_get(admin, "/healthz").map(|(s, _)| s) != Some(200) {
+            if let Some(st) = edge.child.try_wait()? {
+                bail!(
+                    "outpost exited with {st}: {}",
+                    std::fs::read_to_string(dir.join("outpost.log"))?
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("outpost did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = &mut edge;
+        Ok(edge)
+    }
+
+    /// name → email of every reservation held.
+    fn export(&self) -> Result<BTreeMap<String, String>> {
+        let (status, csv) = admin_get(self.admin, "/reservations/export").context("export")?;
+        if status != 200 {
+            bail!("export answered {status}: {csv}");
+        }
+        let mut out = BTreeMap::new();
+        for line in csv.lines().skip(1) {
+            let mut c = line.split(',');
+            if let (Some(n), Some(e)) = (c.next(), c.next()) {
+                out.insert(n.to_owned(), e.to_owned());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write as _;
+    let mut s = StdTcp::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Debian's aiosmtpd on a free port, writing a Maildir; killed on drop.
+struct Smtp {
+    child: Child,
+    port: u16,
+}
+
+impl Smtp {
+    fn start(dir: &Path) -> Result<Smtp> {
+        let port = free_port()?;
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.join("Maildir"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting aiosmtpd (apt-get install python3-aiosmtpd)")?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while StdTcp::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("aiosmtpd did not listen (apt-get install python3-aiosmtpd)");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Smtp { child, port })
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reservation's transaction as the store sends it to PostgreSQL (postgres.rs: INSERT
+/// twice, PUT twice, ENQUEUE), fresh names and emails, 16 clients (the store's pool size).
+fn pgbench(pg: &TestPostgres, dir: &Path, step: Duration) -> Result<f64> {
+    let now = "(extract(epoch from statement_timestamp()) * 1000)::int8";
+    let insert = |ns: &str, key: &str| {
+        format!(
+            "INSERT INTO kv (ns, key, value, expires_at) VALUES ('{ns}', {key}, \
+             '\\x7b7d'::bytea, {now} + 86400000) ON CONFLICT (ns, key) DO UPDATE \
+             SET value = excluded.value, expires_at = excluded.expires_at \
+             WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= {now} RETURNING 1;\n"
+        )
+    };
+    let put = |ns: &str, key: &str| {
+        format!(
+            "INSERT INTO kv (ns, key, value, expires_at) VALUES ('{ns}', {key}, \
+             '\\x7b7d'::bytea, {now} + 86400000) ON CONFLICT (ns, key) DO UPDATE \
+             SET value = excluded.value, expires_at = excluded.expires_at;\n"
+        )
+    };
+    let key = ":client_id || '-' || :r || '-' || md5(random()::text)";
+    let script = format!(
+        "\\set r random(1, 1000000000000)\nBEGIN;\n{}{}{}{}\
+         INSERT INTO outbox (topic, payload, attempts, created_at, next_at) VALUES \
+         ('pgbench', '\\x7b7d'::bytea, 0, {now}, {now}) RETURNING id;\nCOMMIT;\n",
+        insert("pgbench.name", key),
+        insert("pgbench.email", key),
+        put("pgbench.token", key),
+        put("pgbench.expiry", key),
+    );
+    let path = dir.join("reservation.sql");
+    std::fs::write(&path, script)?;
+    let out = Command::new(pg.bin_dir().join("pgbench"))
+        .args(["-n", "-M", "prepared", "-f"])
+        .arg(&path)
+        .args(["-c", "16", "-j", "2", "-T", &step.as_secs().max(1).to_string()])
+        .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "outpost", "outpost"])
+        .env("PGPASSWORD", pg.password())
+        .output()
+        .context("running pgbench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("pgbench failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no tps in pgbench's output")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keep-alive TLS client.
+
+#[derive(Debug)]
+struct AnyCert;
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+struct Client {
+    port: u16,
+    tls: tokio_rustls::TlsConnector,
+}
+
+struct Conn {
+    s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn new(port: u16) -> Client {
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
+        Client { port, tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)) }
+    }
+
+    async fn connect(&self) -> std::io::Result<Conn> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let s = self.tls.connect(ServerName::try_from(HOST).expect("valid name"), tcp).await?;
+        Ok(Conn { s, buf: Vec::with_capacity(4096) })
+    }
+}
+
+impl Conn {
+    /// One `POST /reserve` on this keep-alive connection; its status.
+    async fn reserve(&mut self, name: &str, email: &str) -> std::io::Result<u16> {
+        let body = format!("{{\"name\":\"{name}\",\"email\":\"{email}\"}}");
+        let req = format!(
+            "POST /reserve HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.s.write_all(req.as_bytes()).await?;
+        self.s.flush().await?;
+        self.buf.clear();
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let status: u16 =
+            head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status"))?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| bad("no content-length"))?;
+        while self.buf.len() < head_end + len {
+            let n = self.s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("closed mid-body"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        if head.contains("connection: close") {
+            return Err(bad("server closed the connection"));
+        }
+        Ok(status)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+
+fn stamp() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("reserve-{secs}")
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+fn render(reports: &[Report], step: Duration, tiny: bool, stamp: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let size = if tiny { " (tiny: numbers mean little)" } else { "" };
+    let _ = writeln!(
+        s,
+        "\nreserve-bench {stamp}{size}: open-loop POST /reserve over keep-alive TLS, {} s steps \
+         from 100/s (x1.5) until p99 > 100 ms; 2 % of requests on {HOT_NAMES} hot names. \
+         Load generator, edge, database and SMTP sink share the machine's cores.\n",
+        step.as_secs()
+    );
+    let _ = writeln!(
+        s,
+        "| store | knee (offered/s) | durable reservations/s | p50 | p99 | p99 at 80 % | names held twice | pgbench (same txn) | ratio |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in reports {
+        let k = r.knee.as_ref();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.store,
+            k.map_or("-".into(), |k| k.rate.to_string()),
+            k.map_or("-".into(), |k| format!("{:.0}", k.created_per_sec())),
+            k.map_or("-".into(), |k| ms(k.p50_us)),
+            k.map_or("-".into(), |k| ms(k.p99_us)),
+            r.at_80.as_ref().map_or("-".into(), |a| ms(a.p99_us)),
+            r.held_twice + r.missing_201,
+            r.pgbench_tps.map_or("-".into(), |t| format!("{t:.0} tps")),
+            r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+        );
+    }
+    let _ = writeln!(s, "\nTargets:");
+    for r in reports {
+        let k = r.knee.as_ref();
+        let rate = k.map_or(0.0, Step::created_per_sec);
+        if r.store == "embedded" {
+            let _ = writeln!(
+                s,
+                "- embedded >= 5,000 reservations/s: {} ({rate:.0}/s)",
+                if rate >= 5000.0 { "met" } else { "not met" }
+            );
+        }
+        if let Some(x) = r.ratio() {
+            let _ = writeln!(
+                s,
+                "- postgres >= 0.8x pgbench: {} ({x:.2}x)",
+                if x >= 0.8 { "met" } else { "not met" }
+            );
+        }
+        if let Some(a) = &r.at_80 {
+            let _ = writeln!(
+                s,
+                "- {} p99 <= 50 ms at 80 % of the knee: {} ({})",
+                r.store,
+                if a.p99_us <= 50_000 { "met" } else { "not met" },
+                ms(a.p99_us)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "- {} names held twice = 0: {}",
+            r.store,
+            if r.held_twice + r.missing_201 == 0 { "met" } else { "NOT MET" }
+        );
+    }
+    s
+}
