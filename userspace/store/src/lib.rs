@@ -170,7 +170,9 @@ impl Store {
                 let metrics = Arc::new(StoreMetrics::new(Backend::Postgres));
                 metrics.set_pool(pg.pool().clone());
                 let describe = pg.describe().to_owned();
-                Inner::new(BackendImpl::Postgres(Arc::new(pg)), metrics, cfg, describe, rt)
+                let pg = Arc::new(pg);
+                pg.start_group_commit(rt.handle(), cfg.pool_size, metrics.clone());
+                Inner::new(BackendImpl::Postgres(pg), metrics, cfg, describe, rt)
             }
         };
         let store = Store { inner: Arc::new(inner) };

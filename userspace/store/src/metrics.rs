@@ -44,7 +44,7 @@ pub struct StoreMetrics {
     /// Microseconds per operation, as the caller saw it (queueing included).
     latency: Mutex<Histogram<u64>>,
     latency_sum_us: AtomicU64,
-    /// Requests per SQLite group commit.
+    /// Requests per group commit (SQLite's writer, PostgreSQL's batches).
     batch: Mutex<Histogram<u64>>,
     batch_sum: AtomicU64,
     /// SQLite: requests handed to the writer or a reader and not answered yet.
@@ -123,8 +123,7 @@ impl StoreMetrics {
         self.ops.iter().map(|row| row[i].load(Relaxed)).sum()
     }
 
-    /// Requests per SQLite group commit, on average (None before the first commit, and on
-    /// PostgreSQL).
+    /// Requests per group commit, on average (None before the first).
     pub fn commit_batch_mean(&self) -> Option<f64> {
         let count = self.batch.lock().ok()?.len();
         (count > 0).then(|| self.batch_sum.load(Relaxed) as f64 / count as f64)
@@ -212,7 +211,7 @@ impl StoreMetrics {
 
         writeln!(
             out,
-            "# HELP outpost_store_commit_batch_size Requests per SQLite group commit (one fsync)."
+            "# HELP outpost_store_commit_batch_size Requests per group commit (one transaction)."
         )?;
         writeln!(out, "# TYPE outpost_store_commit_batch_size summary")?;
         let (qs, count) = match self.batch.lock() {

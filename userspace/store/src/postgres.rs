@@ -15,11 +15,16 @@
 //! Expiry uses the database's clock (`statement_timestamp()`), never a node's: nodes' clocks
 //! may differ, the database has one. Keys are `COLLATE "C"` (bytewise, as on SQLite).
 //!
+//! Concurrent single-key writes are committed in groups, one transaction per connection, when
+//! they queue up behind busy connections (`batch`).
+//!
 //! A connection whose operation was cut short (timeout) is dropped, not returned to the pool:
 //! it may still be in the middle of a transaction. A connection broken by a restart reports
 //! closed and the pool discards it; the next checkout connects afresh.
 
-use std::time::Duration;
+mod batch;
+
+use std::{sync::OnceLock, time::Duration};
 
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
@@ -153,6 +158,8 @@ const INSERT_ROUNDS: usize = 16;
 
 pub(crate) struct Pg {
     pool: Pool,
+    /// Single-key writes go here to be committed in groups (batch.rs), once started.
+    writes: OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Job>>,
     /// The password, scrubbed from any driver message before it becomes an error.
     secret: Option<String>,
     describe: String,
@@ -192,7 +199,7 @@ impl Pg {
             .recycle_timeout(Some(cfg.timeout()))
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the PostgreSQL pool: {e}")))?;
-        let pg = Pg { pool, secret, describe };
+        let pg = Pg { pool, writes: OnceLock::new(), secret, describe };
 
         // The first connection names the server and what failed; an unreachable or silent
         // server fails within connect_timeout (the create timeout covers the TCP connect and
@@ -286,6 +293,21 @@ impl Pg {
     /// Runs one request on a pooled connection. Dropping the future (a timeout) drops the
     /// connection with it.
     pub(crate) async fn exec(&self, req: Request) -> Result<Reply, StoreError> {
+        let req = match (self.writes.get(), batch::Write::from_request(req)) {
+            (Some(queue), Ok(write)) => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                match queue.send(batch::Job { write, reply }) {
+                    Ok(()) => {
+                        return rx.await.unwrap_or_else(|_| {
+                            Err(StoreError::Unavailable("the store is shut down".into()))
+                        })
+                    }
+                    Err(back) => back.0.write.into_request(),
+                }
+            }
+            (None, Ok(write)) => write.into_request(),
+            (_, Err(req)) => req,
+        };
         let obj = self.pool.get().await.map_err(|e| self.pool_err(e))?;
         let mut conn = Conn { obj: Some(obj) };
         let r = self.run(&mut conn, req).await;

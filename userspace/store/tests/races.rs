@@ -227,3 +227,61 @@ fn postgres_nodes_starting_at_once_migrate_once() {
     let applied = h.scalar("SELECT count(*) FROM schema_version");
     assert_eq!(applied, outpost_store::SCHEMA_VERSION, "each migration recorded once");
 }
+
+/// Hot keys in mixed batches: each caller inserts its own value under one of a few keys and,
+/// when that insert is Done, takes the key back. Nobody else takes a key they did not win, so
+/// the take must return exactly the caller's own value; an insert that conflicts must report
+/// a value some other caller inserted. Many callers at once put inserts and takes of the same
+/// key into one batch (PostgreSQL) or one group commit (SQLite).
+async fn hot_keys_insert_then_take(store: Store, what: &str) {
+    let results = race(std::slice::from_ref(&store), 200, |s, i| async move {
+        let mut wins = 0;
+        for n in 0..20 {
+            let key = format!("hot-{}", (i + n) % 16);
+            let me = format!("caller-{i}-{n}");
+            match s.insert("hot", &key, me.as_bytes(), None).await {
+                Ok(Inserted::Done) => {
+                    wins += 1;
+                    let got = s.take("hot", &key).await;
+                    if got != Ok(Some(me.clone().into_bytes())) {
+                        return Err(format!("{me} won {key} but took back {got:?}"));
+                    }
+                }
+                Ok(Inserted::Conflict { existing }) => {
+                    if !existing.starts_with(b"caller-") || existing == me.as_bytes() {
+                        return Err(format!("{me}: conflict with {existing:?}"));
+                    }
+                }
+                Err(e) => return Err(format!("{me}: {e}")),
+            }
+        }
+        Ok(wins)
+    })
+    .await;
+    let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: {} failures, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    let wins: usize = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+    assert!(wins > 0, "{what}: nobody ever won a key");
+    let mean = store.metrics().commit_batch_mean().unwrap_or(0.0);
+    eprintln!("{what}: {wins} wins of 4000 inserts, {mean:.1} requests per commit");
+    assert!(mean > 1.5, "{what}: writes were not grouped ({mean:.1} per commit)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hot_keys_insert_then_take() {
+    let h = Harness::sqlite();
+    hot_keys_insert_then_take(h.open(), "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hot_keys_insert_then_take() {
+    let h = Harness::postgres("hot");
+    // A small pool, so writes queue and batches form.
+    let store = h.open_with(outpost_store::StoreConfig { pool_size: 4, ..h.cfg() });
+    hot_keys_insert_then_take(store, "postgres").await;
+}
