@@ -120,7 +120,6 @@ fn run(args: Args) -> Result<()> {
     let pg = TestPostgres::start();
     let pool_size = args.pool.unwrap_or(StoreConfig::default().pool_size);
     let pg_cfg = StoreConfig { url: Some(pg.url()), pool_size, ..StoreConfig::default() };
-    let pg_store = Store::open(&pg_cfg, work.path())?;
     let script = work.path().join("insert.sql");
     std::fs::write(&script, pgbench_script())?;
 
@@ -135,9 +134,11 @@ fn run(args: Args) -> Result<()> {
         // caller count, so no system inherits a larger index from another.
         let dir = TempDir::new("outpost-store-bench-sqlite");
         let sqlite = Store::open(&StoreConfig::default(), dir.path())?;
-        // With more callers than connections, also a store whose pool matches pgbench's
-        // connection count: PostgreSQL's own group commit grows with backends waiting on a
-        // WAL flush, so connections, not the store, can be what limits.
+        // A store per caller count, so its group-commit mean is this row's.
+        let pg_store = Store::open(&pg_cfg, work.path())?;
+        // With more callers than connections, also a store with a connection per caller, as
+        // pgbench has: its batches stay small, which shows what the store's group commit
+        // brings beside what more connections bring.
         let wide = if callers > pool_size {
             let cfg = StoreConfig { pool_size: callers, ..pg_cfg.clone() };
             Some(Store::open(&cfg, work.path())?)
@@ -172,11 +173,14 @@ fn run(args: Args) -> Result<()> {
             }
         }
         drop(wide);
-        batch_means.push((callers, sqlite.metrics().commit_batch_mean()));
+        batch_means.push((
+            callers,
+            sqlite.metrics().commit_batch_mean(),
+            pg_store.metrics().commit_batch_mean(),
+        ));
         drop(sqlite);
         cells.extend(row);
     }
-    drop(pg_store);
 
     let stamp = utc_stamp();
     let report = render(&cells, &batch_means, secs, rounds, args.tiny, &stamp);
@@ -208,8 +212,9 @@ fn run(args: Args) -> Result<()> {
             "foreign_cpu_cores": c.foreign_cores,
             "ratio_to_pgbench": ratio(&cells, c),
         })).collect::<Vec<_>>(),
-        "sqlite_commit_batch_mean": batch_means.iter()
-            .map(|(c, m)| json!({"callers": c, "mean": m})).collect::<Vec<_>>(),
+        "commit_batch_mean": batch_means.iter()
+            .map(|(c, sq, pg)| json!({"callers": c, "sqlite": sq, "postgres": pg}))
+            .collect::<Vec<_>>(),
     });
     std::fs::write(dir.join("store.json"), serde_json::to_string_pretty(&json)?)?;
     std::fs::write(dir.join("store.txt"), &report)?;
@@ -374,7 +379,7 @@ fn ratio(cells: &[Cell], c: &Cell) -> Option<f64> {
 
 fn render(
     cells: &[Cell],
-    batch_means: &[(usize, Option<f64>)],
+    batch_means: &[(usize, Option<f64>, Option<f64>)],
     secs: u64,
     rounds: usize,
     tiny: bool,
@@ -407,11 +412,15 @@ fn render(
         );
     }
     let _ = writeln!(s);
-    for (callers, mean) in batch_means {
-        if let Some(m) = mean {
-            let _ =
-                writeln!(s, "sqlite group commit at {callers} callers: {m:.1} inserts per fsync");
-        }
+    for (callers, sqlite, pg) in batch_means {
+        let mean = |m: &Option<f64>| m.map_or("-".to_owned(), |m| format!("{m:.1}"));
+        let _ = writeln!(
+            s,
+            "group commit at {callers} callers, inserts per commit: sqlite {}, postgres (store, \
+             default pool) {}",
+            mean(sqlite),
+            mean(pg)
+        );
     }
     let _ = writeln!(
         s,
