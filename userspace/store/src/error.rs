@@ -10,8 +10,9 @@ use std::fmt;
 pub enum StoreError {
     /// The backend cannot be reached or stopped answering: PostgreSQL down or restarting, a
     /// connection lost mid-operation, a data directory that cannot be created, or the store
-    /// already shut down. Nothing is known to have been written; retrying later is safe for
-    /// operations that are safe to repeat.
+    /// already shut down. Usually nothing was written; a connection lost while a write was
+    /// being committed leaves its outcome unknown (the message says so). Retry later what is
+    /// safe to repeat.
     Unavailable(String),
     /// The operation did not finish within `timeout_ms`. Its outcome is unknown: it may have
     /// been applied.
