@@ -88,6 +88,13 @@ impl std::fmt::Debug for TestPostgres {
     }
 }
 
+/// Why a server did not start.
+struct StartError {
+    /// Its port was taken meanwhile: another port may do.
+    port_taken: bool,
+    message: String,
+}
+
 /// How long a starting server may take to accept connections.
 const START_LIMIT: Duration = Duration::from_secs(60);
 
@@ -146,7 +153,7 @@ impl TestPostgres {
         if let Some(u) = run_as {
             chown_tree(&dir.path().join("data/pg_hba.conf"), u);
         }
-        let pg = TestPostgres {
+        let mut pg = TestPostgres {
             bin,
             port: free_port(),
             dir,
@@ -156,7 +163,15 @@ impl TestPostgres {
             listen: listen.to_owned(),
             child: Mutex::new(None),
         };
-        pg.spawn_server();
+        // The port was free when the kernel named it; another test starting a server at the
+        // same moment may take it first. Then try another.
+        for attempt in 1.. {
+            match pg.try_spawn_server() {
+                Ok(()) => break,
+                Err(e) if e.port_taken && attempt < 5 => pg.port = free_port(),
+                Err(e) => panic!("{}", e.message),
+            }
+        }
         pg.psql(
             "postgres",
             &format!(
@@ -252,10 +267,12 @@ impl TestPostgres {
 
     /// Starts the server again on the same data directory and port.
     pub fn start_again(&self) {
-        self.spawn_server();
+        if let Err(e) = self.try_spawn_server() {
+            panic!("{}", e.message);
+        }
     }
 
-    fn spawn_server(&self) {
+    fn try_spawn_server(&self) -> Result<(), StartError> {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         assert!(child.is_none(), "TestPostgres: the server is already running");
         let log = File::options()
@@ -301,7 +318,12 @@ impl TestPostgres {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = c.try_wait() {
-                panic!("postgres exited at start ({status}); log:\n{}", self.log_tail());
+                let log = self.log_tail();
+                let port_taken = ["could not bind", "already in use", "another postmaster"]
+                    .iter()
+                    .any(|m| log.lines().rev().take(10).any(|l| l.contains(m)));
+                let message = format!("postgres exited at start ({status}); log:\n{log}");
+                return Err(StartError { port_taken, message });
             }
             let ready = Command::new(self.bin.join("pg_isready"))
                 .arg("-h")
@@ -314,14 +336,16 @@ impl TestPostgres {
             }
             if started.elapsed() > START_LIMIT {
                 stop_child(c, libc::SIGKILL);
-                panic!(
+                let message = format!(
                     "postgres did not accept connections within {START_LIMIT:?}; log:\n{}",
                     self.log_tail()
                 );
+                return Err(StartError { port_taken: false, message });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         *child = Some(c);
+        Ok(())
     }
 
     /// The last lines of the server's log, for panic messages.
