@@ -266,29 +266,42 @@ impl Handler for Page {
 
 impl Page {
     fn form(&self, s: &Session<'_>) -> Reply {
-        let sh = &self.0;
-        // A cookie we set earlier is kept (several open tabs all stay valid).
-        let existing =
-            cookie(s, CSRF_COOKIE).filter(|c| c.len() == 32 && secret::unhex(c).is_some());
-        let value = existing.clone().unwrap_or_else(secret::new_cookie_value);
-        let csrf = sh.secret.csrf_for(&value);
         let name = query_param(s, "name").unwrap_or_default();
-        let page = FormPage {
-            zone: &sh.cfg.zone,
-            hold_hours: sh.cfg.hold_secs.div_ceil(3600),
-            csrf: &csrf,
-            name: &name,
-            email: "",
-        };
-        let mut r = pages::html(200, &page);
-        if existing.is_none() {
-            r = r.header(
-                "Set-Cookie",
-                format!("{CSRF_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=86400"),
-            );
-        }
-        r
+        form_page(&self.0, s, 200, &name, "", None)
     }
+}
+
+/// The form, with `name` and `email` filled in and `error` above them; sets the CSRF cookie
+/// unless the browser has ours already (several open tabs all stay valid).
+fn form_page(
+    sh: &Shared,
+    s: &Session<'_>,
+    status: u16,
+    name: &str,
+    email: &str,
+    error: Option<&str>,
+) -> Reply {
+    let existing = cookie(s, CSRF_COOKIE).filter(|c| c.len() == 32 && secret::unhex(c).is_some());
+    let value = existing.clone().unwrap_or_else(secret::new_cookie_value);
+    let csrf = sh.secret.csrf_for(&value);
+    let page = FormPage {
+        zone: &sh.cfg.zone,
+        hold_hours: sh.cfg.hold_secs.div_ceil(3600),
+        csrf: &csrf,
+        name,
+        email,
+        error: error.unwrap_or(""),
+    };
+    let mut r = pages::html(status, &page);
+    if existing.is_none() {
+        r = r.header(
+            "Set-Cookie",
+            format!(
+                "{CSRF_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=86400"
+            ),
+        );
+    }
+    r
 }
 
 /// `POST /reserve`.
@@ -323,7 +336,8 @@ impl Handler for Reserve {
         if s.req.method != "POST" {
             return Ok(Flow::Respond(method_not_allowed("POST")));
         }
-        let (format, answer, email) = self.handle(s).await?;
+        let mut typed = None;
+        let (format, answer, email) = self.handle(s, &mut typed).await?;
         let sh = &self.0;
         let outcome = match answer.status {
             201 => "success",
@@ -341,13 +355,30 @@ impl Handler for Reserve {
             ev = ev.reason(answer.code);
         }
         sh.audit.record(s, ev);
+        // A person at the form gets it back, filled in as typed, with what to change.
+        if let (Format::Html, Some((name, email))) = (format, &typed) {
+            if matches!(answer.status, 400 | 403 | 409) && answer.code != "csrf" {
+                return Ok(Flow::Respond(form_page(
+                    sh,
+                    s,
+                    answer.status,
+                    name,
+                    email,
+                    Some(&answer.message),
+                )));
+            }
+        }
         Ok(Flow::Respond(answer.reply(format)))
     }
 }
 
 impl Reserve {
     /// The answer, its format, and the email when one was given.
-    async fn handle(&self, s: &mut Session<'_>) -> PResult<(Format, Answer, Option<String>)> {
+    async fn handle(
+        &self,
+        s: &mut Session<'_>,
+        typed: &mut Option<(String, String)>,
+    ) -> PResult<(Format, Answer, Option<String>)> {
         let sh = &self.0;
         let ctype = s
             .req
@@ -447,6 +478,7 @@ impl Reserve {
                 }
             }
         };
+        *typed = Some((name.clone(), email.clone()));
         let name = match Name::parse(&name, &sh.cfg.zone) {
             Ok(n) => n,
             Err(e) => return Ok((format, Answer::error(400, e.code(), e.to_string()), None)),

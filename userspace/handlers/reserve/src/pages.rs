@@ -14,6 +14,8 @@ pub struct FormPage<'a> {
     /// Values to show again (after an error).
     pub name: &'a str,
     pub email: &'a str,
+    /// Why the last submission was refused (empty: none).
+    pub error: &'a str,
 }
 
 /// A result: reserved, taken, confirmed, expired...

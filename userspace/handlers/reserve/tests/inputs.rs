@@ -275,7 +275,16 @@ fn the_form_needs_its_cookie_token_pair_and_this_site() {
     let other = format!("name=f1&email=someone-else%40example.com&csrf={csrf}");
     let r = post(other, vec![("Cookie", &cookie), ("Origin", &origin)]);
     assert_eq!(r.status, 409, "{}", r.body);
-    assert!(r.body.contains("already"), "{}", r.body);
+    // The form comes back as typed, with what to change.
+    assert!(r.body.contains("id=\"error\"") && r.body.contains("already taken"), "{}", r.body);
+    assert!(r.body.contains("value=\"someone-else@example.com\""), "{}", r.body);
+    let r = post(form("-bad", &csrf), vec![("Cookie", &cookie), ("Origin", &origin)]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("cannot start or end with a hyphen") && r.body.contains("value=\"-bad\""),
+        "{}",
+        r.body
+    );
     // Every page forbids framing and caching.
     assert_eq!(r.header("X-Frame-Options"), Some("DENY"));
     assert_eq!(r.header("Cache-Control"), Some("no-store"));
