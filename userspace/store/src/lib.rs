@@ -11,7 +11,9 @@
 //! - `sqlite`: the embedded backend: one writer thread with group commit (one fsync per batch),
 //!   reader threads, the data directory's lock.
 //! - `postgres`: the shared backend: a connection pool on the store's runtime, the database's
-//!   clock, `SKIP LOCKED` claims, advisory-locked migrations.
+//!   clock, `SKIP LOCKED` claims, advisory-locked migrations; `postgres/batch.rs` commits
+//!   single-key writes that queue behind busy connections in groups, one pipelined
+//!   transaction each.
 //! - `schema`: versioned migrations; a database newer than the binary is refused untouched.
 //! - [`outbox`]: at-least-once delivery ([`OutboxItem`], [`spawn_outbox_worker`]).
 //! - [`audit`]: the append-only audit log ([`AuditEvent`], [`AuditQuery`]).
