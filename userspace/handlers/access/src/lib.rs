@@ -347,8 +347,8 @@ fn admin(
     ]
 }
 
-/// Routes an endpoint that the access check also serves (on protected hosts) to the same
-/// object.
+/// An endpoint that the access check also serves (on protected hosts, whatever the routes):
+/// the route and the check share one object.
 struct Shim<T>(Arc<T>);
 
 #[async_trait(?Send)]

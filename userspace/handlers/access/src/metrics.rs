@@ -1,12 +1,18 @@
 //! Counters per endpoint and outcome, and time spent per endpoint, as Prometheus text
-//! (`outpost_access_requests_total{endpoint,outcome}`, `outpost_access_seconds_{sum,count}`).
-//! Kept across reloads; atomics only, so the access check on every request costs no lock.
+//! (`outpost_access_requests_total{endpoint,outcome}`, `outpost_access_seconds` as a summary:
+//! p50, p99, sum and count). Kept across reloads. The access check on every request touches
+//! atomics only; the login endpoints (a few requests per login) also fill a histogram.
 
 use std::{
     fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex,
+    },
     time::Duration,
 };
+
+use hdrhistogram::Histogram;
 
 /// The endpoints, each with its own series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,11 +88,27 @@ const OUTCOMES: [(Outcome, &str); 15] = [
     (Outcome::Served, "served"),
 ];
 
-#[derive(Default)]
 pub struct Metrics {
     counts: [[AtomicU64; OUTCOMES.len()]; ENDPOINTS.len()],
     micros: [AtomicU64; ENDPOINTS.len()],
     timed: [AtomicU64; ENDPOINTS.len()],
+    /// Microseconds, 1 µs to 1 min, 3 significant digits; none for the check (hot path).
+    histograms: [Mutex<Option<Histogram<u64>>>; ENDPOINTS.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            counts: Default::default(),
+            micros: Default::default(),
+            timed: Default::default(),
+            histograms: std::array::from_fn(|i| {
+                Mutex::new((ENDPOINTS[i].0 != Endpoint::Check).then(|| {
+                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+                }))
+            }),
+        }
+    }
 }
 
 fn index<T: PartialEq + Copy>(table: &[(T, &str)], v: T) -> usize {
@@ -101,8 +123,14 @@ impl Metrics {
     /// Server-side time of one request of `e` (the provider's own time excluded by callers).
     pub fn time(&self, e: Endpoint, d: Duration) {
         let i = index(&ENDPOINTS, e);
-        self.micros[i].fetch_add(d.as_micros() as u64, Relaxed);
+        let us = d.as_micros() as u64;
+        self.micros[i].fetch_add(us, Relaxed);
         self.timed[i].fetch_add(1, Relaxed);
+        if e != Endpoint::Check {
+            if let Some(h) = self.histograms[i].lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                h.saturating_record(us.max(1));
+            }
+        }
     }
 
     pub fn get(&self, e: Endpoint, o: Outcome) -> u64 {
@@ -130,6 +158,17 @@ impl Metrics {
              # TYPE outpost_access_seconds summary\n",
         );
         for (i, (_, en)) in ENDPOINTS.iter().enumerate() {
+            if let Some(h) = self.histograms[i].lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                if !h.is_empty() {
+                    for q in [0.5, 0.99] {
+                        let v = h.value_at_quantile(q) as f64 / 1e6;
+                        let _ = writeln!(
+                            out,
+                            "outpost_access_seconds{{endpoint=\"{en}\",quantile=\"{q}\"}} {v}"
+                        );
+                    }
+                }
+            }
             let sum = self.micros[i].load(Relaxed) as f64 / 1e6;
             let n = self.timed[i].load(Relaxed);
             let _ = writeln!(out, "outpost_access_seconds_sum{{endpoint=\"{en}\"}} {sum}");

@@ -147,6 +147,23 @@ fn login_flow_end_to_end_to_the_origin_with_identity_headers() {
         Some("alice@example.test")
     );
 
+    // Each endpoint has its own series.
+    let (status, metrics) = http_get(s.edge.admin, "/access/metrics").unwrap();
+    assert_eq!(status, 200);
+    for series in [
+        r#"outpost_access_requests_total{endpoint="check",outcome="redirect"}"#,
+        r#"outpost_access_requests_total{endpoint="check",outcome="pass"}"#,
+        r#"outpost_access_requests_total{endpoint="login",outcome="page"}"#,
+        r#"outpost_access_requests_total{endpoint="login",outcome="to_provider"}"#,
+        r#"outpost_access_requests_total{endpoint="login",outcome="session"}"#,
+        r#"outpost_access_requests_total{endpoint="callback",outcome="success"} 1"#,
+        r#"outpost_access_requests_total{endpoint="authorized",outcome="success"} 2"#,
+        r#"outpost_access_requests_total{endpoint="keys",outcome="served"} 1"#,
+        r#"outpost_access_seconds{endpoint="callback",quantile="0.99"}"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+
     let logins = s.audit("access.login", 2);
     assert!(
         logins

@@ -8,8 +8,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use async_trait::async_trait;
-use outpost_api::{Flow, Handler, Reply, Result as PResult, Session};
+use outpost_api::{Reply, Session};
 use serde::Deserialize;
 
 use crate::{
@@ -28,17 +27,6 @@ pub struct Authorized {
 #[derive(Deserialize, Default)]
 struct Params {
     code: Option<String>,
-}
-
-#[async_trait(?Send)]
-impl Handler for Authorized {
-    type Ctx = ();
-
-    fn new_ctx(&self) {}
-
-    async fn request_filter(&self, s: &mut Session<'_>, _ctx: &mut ()) -> PResult<Flow> {
-        Ok(Flow::Respond(self.serve(s).await))
-    }
 }
 
 impl Authorized {

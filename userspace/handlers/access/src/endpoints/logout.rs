@@ -7,8 +7,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use async_trait::async_trait;
-use outpost_api::{Flow, Handler, Reply, Result as PResult, Session};
+use outpost_api::{Reply, Session};
 
 use crate::{
     cookies,
@@ -21,17 +20,6 @@ use crate::{
 
 pub struct Logout {
     pub gen: Arc<Gen>,
-}
-
-#[async_trait(?Send)]
-impl Handler for Logout {
-    type Ctx = ();
-
-    fn new_ctx(&self) {}
-
-    async fn request_filter(&self, s: &mut Session<'_>, _ctx: &mut ()) -> PResult<Flow> {
-        Ok(Flow::Respond(self.serve(s).await))
-    }
 }
 
 impl Logout {
