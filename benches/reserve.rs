@@ -321,7 +321,7 @@ async fn run_step(
         tokio::time::sleep_until(at.into()).await;
         let n = *seq;
         *seq += 1;
-        let name = if n % 50 == 0 {
+        let name = if n.is_multiple_of(50) {
             format!("hot-{}", (n / 50) % HOT_NAMES as u64)
         } else {
             format!("{tag}{n}")

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Result;
 use outpost_api::{erase, App, AppParts, AppRoute, Audit, BuildEnv};
-use outpost_store::{spawn_outbox_worker, Store};
+use outpost_store::{spawn_outbox_worker, Backend, Store};
 use tokio::sync::watch;
 
 use crate::{
@@ -76,6 +76,13 @@ impl App for ReserveApp {
     fn build(&self, section: Option<&toml::Value>, env: &BuildEnv) -> Result<AppParts> {
         let Some(section) = section else { return Ok(AppParts::default()) };
         let cfg = ReserveConfig::from_section(Some(section))?;
+        if self.store.backend() == Backend::Postgres && cfg.secret_file.is_none() {
+            // A node-local secret would seal mail tokens that other nodes' senders cannot open.
+            anyhow::bail!(
+                "[reserve] secret_file is required with a shared (PostgreSQL) store: every node \
+                 needs the same secret to send the mails another node queued"
+            );
+        }
         let secret = Arc::new(Secret::load(cfg.secret_file.as_deref(), &env.data_dir)?);
         let mailer = Arc::new(Mailer::new(&cfg, secret.clone())?);
         self.start_sender(&env.node, mailer);

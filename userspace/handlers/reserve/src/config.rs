@@ -46,9 +46,10 @@ pub struct ReserveConfig {
     pub default_blocklist: bool,
     /// Largest request body accepted by `POST /reserve`, in bytes. Default 4096.
     pub max_body_bytes: usize,
-    /// A file whose contents key the sealing of confirm tokens in the outbox and the CSRF
-    /// tokens. Every node sharing one PostgreSQL needs the same file. Default: none, and
-    /// `<data_dir>/reserve.secret` is created with 32 random bytes (fine for one node).
+    /// A file (at least 16 bytes, e.g. `head -c 32 /dev/urandom`) whose contents key the
+    /// sealing of confirm tokens in the outbox and the CSRF tokens. Required with a PostgreSQL
+    /// store, and every node sharing it needs the same file. Default: none, and
+    /// `<data_dir>/reserve.secret` is created with 32 random bytes (embedded store, one node).
     pub secret_file: Option<PathBuf>,
     /// Mails a pending reservation may get per hour, the first one included; repeating the
     /// same reservation sends the mail again within this bound. Default 4 (the first and three

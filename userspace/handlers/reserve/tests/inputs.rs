@@ -333,6 +333,29 @@ fn store_down_answers_503_and_writes_nothing() {
     let rows =
         pg.psql("outpost", "SELECT count(*) FROM kv WHERE ns = 'reserve.name' AND key = 'during'");
     assert_eq!(rows, "0");
+
+    // A shared store without a shared secret is refused at start, with the reason.
+    let cfg = dir.0.join("no-secret.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n\
+             [store]\nurl = \"{}\"\n[reserve]\nhost = \"{HOST}\"\n",
+            free_port(),
+            free_port(),
+            dir.0.join("data2").display(),
+            pg.url()
+        ),
+    )
+    .unwrap();
+    let out = outpost_testkit::run_client(
+        std::process::Command::new(outpost_testkit::outpost_bin())
+            .args(["run", "--no-xdp", "--config"])
+            .arg(&cfg),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("secret_file is required"), "{err}");
 }
 
 #[test]
