@@ -160,6 +160,8 @@ pub(crate) struct Pg {
     pool: Pool,
     /// Single-key writes go here to be committed in groups (batch.rs), once started.
     writes: OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Job>>,
+    /// `timeout_ms`: bounds a batch of writes as it bounds any single operation.
+    timeout: Duration,
     /// The password, scrubbed from any driver message before it becomes an error.
     secret: Option<String>,
     describe: String,
@@ -199,7 +201,7 @@ impl Pg {
             .recycle_timeout(Some(cfg.timeout()))
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the PostgreSQL pool: {e}")))?;
-        let pg = Pg { pool, writes: OnceLock::new(), secret, describe };
+        let pg = Pg { pool, writes: OnceLock::new(), timeout: cfg.timeout(), secret, describe };
 
         // The first connection names the server and what failed; an unreachable or silent
         // server fails within connect_timeout (the create timeout covers the TCP connect and

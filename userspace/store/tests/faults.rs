@@ -225,11 +225,10 @@ fn postgres_restart_under_load() {
         slowest <= timeout + Duration::from_millis(500),
         "an operation took {slowest:?}, beyond the {timeout:?} timeout"
     );
-    let before = all.iter().filter(|(t, _, _)| *t < stopped_at).collect::<Vec<_>>();
-    assert!(
-        !before.is_empty() && before.iter().all(|(_, _, k)| *k == "ok"),
-        "before the stop: {before:?}"
-    );
+    // Finished before the stop began (one in flight at that moment may fail, rightly).
+    let before: Vec<_> = all.iter().filter(|(t, d, _)| *t + *d < stopped_at).collect();
+    let failed: Vec<_> = before.iter().filter(|(_, _, k)| *k != "ok").collect();
+    assert!(!before.is_empty() && failed.is_empty(), "before the stop: {failed:?}");
     let down: Vec<_> = all.iter().filter(|(t, d, _)| *t > down_from && *t + *d < up_at).collect();
     assert!(down.len() > 20, "too few operations while down: {}", down.len());
     let ok_while_down = down.iter().filter(|(_, _, k)| *k == "ok").count();
@@ -256,7 +255,8 @@ fn postgres_restart_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_operation_stuck_behind_a_lock_times_out() {
     let h = Harness::postgres("stuck");
-    let cfg = StoreConfig { timeout_ms: 500, ..h.cfg() };
+    // A small pool, so that the concurrent writes below queue and go out in batches.
+    let cfg = StoreConfig { timeout_ms: 500, pool_size: 2, ..h.cfg() };
     let store = h.open_with(cfg);
     store.put("n", "k", b"v", None).await.expect("put");
     let (pg, db, _) = h.pg.as_ref().expect("postgres");
@@ -285,9 +285,28 @@ async fn postgres_operation_stuck_behind_a_lock_times_out() {
     let took = started.elapsed();
     assert_eq!(r, Err(StoreError::Timeout), "a read behind the lock");
     assert!(took < Duration::from_millis(900), "timed out after {took:?} (timeout 500 ms)");
-    locker.wait().expect("psql");
-    // The connection cut off mid-query was dropped, not reused: everything works.
-    for _ in 0..20 {
-        assert_eq!(store.get("n", "k").await, Ok(Some(b"v".to_vec())));
+    // Writes behind the lock, many at once: batched, and bounded all the same.
+    let started = Instant::now();
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let s = store.clone();
+        writes.spawn(async move { s.put("n", &format!("w{i}"), b"v", None).await });
     }
+    while let Some(r) = writes.join_next().await {
+        assert_eq!(r.expect("task"), Err(StoreError::Timeout), "a write behind the lock");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "writes timed out after {took:?}");
+    // The lock is still held, yet the batches stuck behind it gave their connections up: the
+    // outbox (another table) is served from the pool of two.
+    store.enqueue("mail", b"m").await.expect("enqueue while kv is locked");
+    assert!(held.elapsed() < Duration::from_secs(3), "the lock was gone before the checks ended");
+    locker.wait().expect("psql");
+    // Connections cut off mid-query were dropped, not reused: everything works.
+    for i in 0..30 {
+        assert_eq!(store.get("n", "k").await, Ok(Some(b"v".to_vec())));
+        store.put("n", &format!("w{i}"), b"v", None).await.expect("put after the lock");
+    }
+    let batches = store.metrics().commit_batch_mean().unwrap_or(0.0);
+    assert!(batches > 1.0, "the writes were not batched ({batches:.1} per commit)");
 }

@@ -115,52 +115,59 @@ impl Pg {
     async fn run_batch(&self, mut batch: Vec<Job>) {
         // A caller that gave up would never learn the outcome (and a take would lose its value).
         batch.retain(|j| !j.reply.is_closed());
-        if batch.is_empty() {
+        // Locks in key order: two batches never wait on each other in a cycle.
+        batch.sort_by(|a, b| a.write.key().cmp(&b.write.key()));
+        let (writes, replies): (Vec<Write>, Vec<_>) =
+            batch.into_iter().map(|j| (j.write, j.reply)).unzip();
+        if writes.is_empty() {
             return;
         }
+        // Bounded like any operation: a batch stuck behind a lock is dropped with its
+        // connection (closed, see Conn), instead of holding both until the lock is freed.
+        let results = match tokio::time::timeout(self.timeout, self.batch(writes)).await {
+            Ok(results) => results,
+            Err(_) => replies.iter().map(|_| Err(StoreError::Timeout)).collect(),
+        };
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
+        }
+    }
+
+    /// One result per write, in order.
+    async fn batch(&self, writes: Vec<Write>) -> Vec<Result<Reply, StoreError>> {
         let obj = match self.pool.get().await {
             Ok(obj) => obj,
             Err(e) => {
                 let e = self.pool_err(e);
-                for job in batch {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-                return;
+                return writes.iter().map(|_| Err(e.clone())).collect();
             }
         };
         let mut conn = Conn { obj: Some(obj) };
-        if batch.len() == 1 {
-            for job in batch {
-                let r = self.run(&mut conn, job.write.into_request()).await;
-                let _ = job.reply.send(r);
+        let results = if writes.len() == 1 {
+            let mut results = Vec::with_capacity(1);
+            for w in writes {
+                results.push(self.run(&mut conn, w.into_request()).await);
             }
-            conn.finish();
-            return;
-        }
-        batch.sort_by(|a, b| a.write.key().cmp(&b.write.key()));
-        match self.in_one_txn(&mut conn, &batch).await {
-            Ok(replies) => {
-                for (job, r) in batch.into_iter().zip(replies) {
-                    let _ = job.reply.send(Ok(r));
+            results
+        } else {
+            match self.in_one_txn(&mut conn, &writes).await {
+                Ok(replies) => replies.into_iter().map(Ok).collect(),
+                Err(Failed::RolledBack) => {
+                    let mut results = Vec::with_capacity(writes.len());
+                    for w in writes {
+                        results.push(self.run(&mut conn, w.into_request()).await);
+                    }
+                    results
                 }
+                Err(Failed::Unknown(e)) => writes.iter().map(|_| Err(e.clone())).collect(),
             }
-            Err(Failed::RolledBack) => {
-                for job in batch {
-                    let r = self.run(&mut conn, job.write.into_request()).await;
-                    let _ = job.reply.send(r);
-                }
-            }
-            Err(Failed::Unknown(e)) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-            }
-        }
+        };
         conn.finish();
+        results
     }
 
-    /// The whole batch in one transaction; one reply per job, in order.
-    async fn in_one_txn(&self, conn: &mut Conn, batch: &[Job]) -> Result<Vec<Reply>, Failed> {
+    /// The whole batch in one transaction; one reply per write, in order.
+    async fn in_one_txn(&self, conn: &mut Conn, batch: &[Write]) -> Result<Vec<Reply>, Failed> {
         let tx = conn.client().transaction().await.map_err(|_| Failed::RolledBack)?;
         // Prepared up front, so that the pipelined statements go out in key order.
         for sql in [PUT, TAKE, INSERT, LOCKED] {
@@ -171,7 +178,7 @@ impl Pg {
         let round_of: Vec<usize> = batch
             .iter()
             .map(|j| {
-                let n = seen.entry(j.write.key()).or_insert(0);
+                let n = seen.entry(j.key()).or_insert(0);
                 *n += 1;
                 *n - 1
             })
@@ -180,7 +187,7 @@ impl Pg {
         let mut replies: Vec<Option<Reply>> = batch.iter().map(|_| None).collect();
         for round in 0..rounds {
             let idx: Vec<usize> = (0..batch.len()).filter(|&i| round_of[i] == round).collect();
-            let steps = join_all(idx.iter().map(|&i| first_statement(&tx, &batch[i].write))).await;
+            let steps = join_all(idx.iter().map(|&i| first_statement(&tx, &batch[i]))).await;
             let mut read = Vec::new();
             for (&i, step) in idx.iter().zip(steps) {
                 match step {
@@ -193,7 +200,7 @@ impl Pg {
             // round touches its key, so it is still there to read.
             let txr = &tx;
             let values = join_all(read.iter().map(|&i| {
-                let (ns, key) = batch[i].write.key();
+                let (ns, key) = batch[i].key();
                 let fut: BoxFut<'_, _> =
                     Box::pin(async move { query_opt(txr, LOCKED, &[&ns, &key]).await });
                 fut
