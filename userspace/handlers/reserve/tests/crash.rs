@@ -1,6 +1,7 @@
 //! SIGKILL the edge during a reservation load, start it again on the same data directory:
 //! every 201 given is in the store, no name or email is held twice, and every queued mail is
-//! delivered (the outbox survives; at least once).
+//! delivered (the outbox survives; at least once). Mail rows the killed sender had claimed go
+//! out once their lease (the store's WORKER_LEASE, 60 s) runs out: the test takes that long.
 
 mod support;
 
