@@ -139,6 +139,11 @@ impl Wire {
         Ok(())
     }
 
+    /// Where outpost's maps and links for this wire are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
     /// `outpost stats --json` (counters since the maps were created).
     pub fn stats(&self) -> Result<Value> {
         let out = self.outpost_in(&self.edge_ns.clone(), &["stats", "--json"])?;

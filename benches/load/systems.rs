@@ -293,6 +293,7 @@ pub fn start_outpost(
     cert: &Cert,
     timeouts: EdgeTimeouts,
     scratch: &Path,
+    xdp_pins: Option<&Path>,
 ) -> Result<Running> {
     let name = format!("outpost-{}", io.name());
     let dir = scratch.join(format!("{name}-{}", listen.replace([':', '.', '[', ']'], "_")));
@@ -336,19 +337,20 @@ health_check = {{ path = "/", interval_ms = 0 }}
     let conf_path = dir.join("outpost.toml");
     fs::write(&conf_path, conf)?;
     // `env` execs too: the PID stays outpost's. Per-connection logging would cost disk writes.
-    let argv = place.argv(&[
-        "env".into(),
-        "RUST_LOG=warn".into(),
-        bin.display().to_string(),
-        "run".into(),
-        "--config".into(),
-        conf_path.display().to_string(),
-        "--io".into(),
-        io.name().into(),
-        // XDP, where a scenario wants it, is attached by the scenario with a pin directory of
-        // its own; the proxy leaves BPF alone.
-        "--no-xdp".into(),
-    ]);
+    let mut args: Vec<String> =
+        vec!["env".into(), "RUST_LOG=warn".into(), bin.display().to_string()];
+    // XDP, where a scenario wants it, is attached by the scenario with a pin directory of its
+    // own. Given its pins, the proxy reads them (the legacy hellos the kernel passed on to the
+    // legacy responder in redirect mode); without, it leaves BPF alone.
+    if let Some(pins) = xdp_pins {
+        args.extend(["--pin-dir".into(), pins.display().to_string()]);
+    }
+    args.extend(["run".into(), "--config".into(), conf_path.display().to_string()]);
+    args.extend(["--io".into(), io.name().into()]);
+    if xdp_pins.is_none() {
+        args.push("--no-xdp".into());
+    }
+    let argv = place.argv(&args);
     let mut child = Child::spawn(&name, &argv, scratch, Stderr::File)?;
     let port = port_of(listen)?;
     procs::wait_listening(port, START_LIMIT, &mut child)?;

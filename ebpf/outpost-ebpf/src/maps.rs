@@ -106,7 +106,7 @@ pub fn port_protected(port: u16) -> bool {
 #[inline(always)]
 pub fn mode_for(policy: &Policy, port: u16) -> u8 {
     // SAFETY: a plain value copied out of the map.
-    match unsafe { PORT_MODES.get(&port) } {
+    match unsafe { PORT_MODES.get(port) } {
         Some(m) => *m,
         None => policy.mode,
     }

@@ -393,8 +393,7 @@ mod tests {
 
     fn responder(help: Option<&str>) -> Responder {
         let dir = std::env::temp_dir().join(format!("outpost-legacy-test-{}", std::process::id()));
-        let mut config = Config::default();
-        config.data_dir = Some(dir);
+        let mut config = Config { data_dir: Some(dir), ..Config::default() };
         config.floor.help_url = help.map(str::to_owned);
         Responder::new(&config).unwrap()
     }
