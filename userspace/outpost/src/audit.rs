@@ -56,5 +56,5 @@ fn from_store(params: &AuditParams, config: Option<&Path>) -> Result<Vec<AuditEv
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let events = rt.block_on(store.query_audit(&params.query()))?;
     store.shutdown();
-    Ok(events.into_iter().map(edge::from_store).collect())
+    Ok(events)
 }

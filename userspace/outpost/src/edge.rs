@@ -149,26 +149,11 @@ impl AuditSink for StoreAudit {
         let failed = self.failed.clone();
         Box::pin(async move {
             let kind = event.kind.clone();
-            if let Err(e) = store.append_audit(vec![to_store(event)]).await {
+            if let Err(e) = store.append_audit(vec![event]).await {
                 failed.fetch_add(1, Relaxed);
                 tracing::warn!(%kind, error = %e, "audit event not written to the store");
             }
         })
-    }
-}
-
-/// The store keeps the same fields.
-pub fn to_store(e: AuditEvent) -> outpost_store::AuditEvent {
-    outpost_store::AuditEvent {
-        time: e.time,
-        node: e.node,
-        client: e.client,
-        host: e.host,
-        path: e.path,
-        user: e.user,
-        kind: e.kind,
-        outcome: e.outcome,
-        reason: e.reason,
     }
 }
 
@@ -193,7 +178,6 @@ async fn audit_endpoint(store: &Store, req: &Request) -> Reply {
     };
     match store.query_audit(&q.query()).await {
         Ok(events) => {
-            let events: Vec<_> = events.into_iter().map(from_store).collect();
             let body = serde_json::to_vec(&events).unwrap_or_default();
             Reply::new(200, "application/json", body)
         }
@@ -208,20 +192,6 @@ pub fn store_error_reply(e: &StoreError) -> Reply {
             Reply::json_error(503, "the store is unavailable; try again").header("Retry-After", "1")
         }
         _ => Reply::json_error(500, "store error"),
-    }
-}
-
-pub fn from_store(e: outpost_store::AuditEvent) -> AuditEvent {
-    AuditEvent {
-        time: e.time,
-        node: e.node,
-        client: e.client,
-        host: e.host,
-        path: e.path,
-        user: e.user,
-        kind: e.kind,
-        outcome: e.outcome,
-        reason: e.reason,
     }
 }
 

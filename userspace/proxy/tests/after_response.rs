@@ -5,7 +5,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
     thread,
     time::{Duration, Instant},
 };

@@ -2,36 +2,14 @@
 
 use std::time::SystemTime;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::{
     ops::{Reply, Request},
     unexpected, Store, StoreError,
 };
 
-/// One audit event. Serialized with `time` as Unix milliseconds (an integer, UTC by
-/// definition), which is also how the store keeps it: events order and filter exactly as
-/// written, to the millisecond.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    /// When it happened (the caller's clock), kept to the millisecond.
-    #[serde(serialize_with = "ser_ms", deserialize_with = "de_ms")]
-    pub time: SystemTime,
-    /// The edge node that recorded it.
-    pub node: String,
-    /// The client's address.
-    pub client: Option<String>,
-    pub host: Option<String>,
-    pub path: Option<String>,
-    /// The user it concerns, once known.
-    pub user: Option<String>,
-    /// What happened, e.g. `login`, `reserve`.
-    pub kind: String,
-    /// e.g. `ok`, `denied`.
-    pub outcome: String,
-    /// Why, for a refusal.
-    pub reason: Option<String>,
-}
+/// One audit event: the handler API's type (handlers emit it, the store keeps it), with
+/// `time` kept to the millisecond, so events order and filter exactly as written.
+pub use outpost_api::AuditEvent;
 
 /// A filter on the audit log. Every set field must match.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,14 +26,6 @@ impl Default for AuditQuery {
     fn default() -> AuditQuery {
         AuditQuery { since: None, user: None, kind: None, limit: 100 }
     }
-}
-
-fn ser_ms<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_i64(crate::ops::unix_ms(*t))
-}
-
-fn de_ms<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-    Ok(crate::ops::from_unix_ms(i64::deserialize(d)?))
 }
 
 impl Store {
