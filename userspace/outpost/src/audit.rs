@@ -52,7 +52,7 @@ pub fn show(
 
 fn from_store(params: &AuditParams, config: Option<&Path>) -> Result<Vec<AuditEvent>> {
     let (_, cfg) = outpost_proxy::load_config(config)?;
-    let store = edge::open_store(&cfg)?;
+    let store = edge::open_tool_store(&cfg)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let events = rt.block_on(store.query_audit(&params.query()))?;
     store.shutdown();

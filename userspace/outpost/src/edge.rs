@@ -41,11 +41,17 @@ pub fn section<T: serde::de::DeserializeOwned + Default>(config: &Config, name: 
     }
 }
 
-/// Opens the store the configuration names (SQLite in the data directory by default).
+/// Opens the store the configuration names (SQLite in the data directory by default), for
+/// `outpost run`.
 pub fn open_store(config: &Config) -> Result<Store> {
     let store_config: StoreConfig = section(config, "store")?;
-    let store = Store::open(&store_config, &config.data_dir())?;
-    Ok(store)
+    Ok(Store::open(&store_config, &config.data_dir())?)
+}
+
+/// The same store for an operator's command, which may run beside the edge.
+pub fn open_tool_store(config: &Config) -> Result<Store> {
+    let store_config: StoreConfig = section(config, "store")?;
+    Ok(Store::open_tool(&store_config, &config.data_dir())?)
 }
 
 /// The handlers this binary ships, and the sections it reads itself.

@@ -274,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Access { cmd, admin, config } => {
             if !outpost_access::cli::try_admin(&cmd, admin)? {
                 let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
-                let store = edge::open_store(&cfg)?;
+                let store = edge::open_tool_store(&cfg)?;
                 let result = outpost_access::cli::run(cmd, &store);
                 store.shutdown();
                 result?;
@@ -282,7 +282,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Reservations { cmd, config } => {
             let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
-            let store = edge::open_store(&cfg)?;
+            let store = edge::open_tool_store(&cfg)?;
             let result = outpost_reserve::cli::run(cmd, &store);
             store.shutdown();
             result?;

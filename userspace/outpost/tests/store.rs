@@ -245,3 +245,21 @@ fn audit_events_also_go_to_a_json_lines_file_readable_by_the_owner_only() {
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{} mode {mode:o}", db.display());
 }
+
+#[test]
+fn operator_commands_read_the_embedded_store_beside_a_running_edge() {
+    let o = Outpost::start("uring", "node = \"edge-t\"\n");
+    let config = o.dir.0.join("outpost.toml");
+    // No admin listener to ask (a port nothing listens on): the command opens the store
+    // itself, while the edge holds it.
+    let dead_admin = format!("127.0.0.1:{}", free_port());
+    let out = run_to_exit(
+        &["audit", "--json", "--admin", &dead_admin, "--config", config.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "outpost audit beside the edge failed: {}", stderr(&out));
+    let events: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(nodes_of(&events, "node.start"), ["edge-t"], "{events}");
+    // The edge still serves its store.
+    assert_eq!(audit(o.admin, "").0, 200);
+}

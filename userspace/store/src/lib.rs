@@ -138,10 +138,21 @@ impl Store {
     /// outpost ([`StoreError::SchemaTooNew`]), PostgreSQL unreachable
     /// ([`StoreError::Unavailable`]).
     pub fn open(cfg: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_as(cfg, data_dir, true)
+    }
+
+    /// As [`open`](Self::open), for an operator's command (`outpost reservations list`) that
+    /// may run beside an edge: the embedded store is shared through SQLite's own locking
+    /// instead of the directory lock that keeps a second edge out.
+    pub fn open_tool(cfg: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_as(cfg, data_dir, false)
+    }
+
+    fn open_as(cfg: &StoreConfig, data_dir: &Path, edge: bool) -> Result<Store, StoreError> {
         let inner = match cfg.resolve_url()? {
             None => {
                 let metrics = Arc::new(StoreMetrics::new(Backend::Sqlite));
-                let sqlite = Sqlite::open(data_dir, cfg.timeout(), metrics.clone())?;
+                let sqlite = Sqlite::open(data_dir, cfg.timeout(), metrics.clone(), edge)?;
                 let describe = format!("sqlite {}", sqlite.path().display());
                 // The runtime only runs timers, the sweeper and outbox workers here.
                 let rt = StoreRuntime::start(1)?;

@@ -55,15 +55,18 @@ pub(crate) struct Sqlite {
     readers: RwLock<Option<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<StoreMetrics>,
-    /// Holds the flock until the store is dropped.
-    _lock: File,
+    /// Holds the flock until the store is dropped (`None` for an operator tool's store).
+    _lock: Option<File>,
 }
 
 impl Sqlite {
+    /// `exclusive`: take the directory's lock (an edge). An operator tool beside a running edge
+    /// does not: SQLite's own file locking keeps the two processes' transactions apart.
     pub(crate) fn open(
         data_dir: &Path,
         busy: Duration,
         metrics: Arc<StoreMetrics>,
+        exclusive: bool,
     ) -> Result<Sqlite, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Unavailable(format!(
@@ -75,7 +78,7 @@ impl Sqlite {
             StoreError::Unavailable(format!("cannot resolve {}: {e}", data_dir.display()))
         })?;
         let path = dir.join("outpost.db");
-        let lock = lock_dir(&dir, &path)?;
+        let lock = if exclusive { Some(lock_dir(&dir, &path)?) } else { None };
         // Created owner-only before SQLite sees it: SQLite gives its -wal and -shm files the
         // database file's mode, so they follow.
         private_file(&path)?;
