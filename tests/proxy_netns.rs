@@ -18,7 +18,7 @@ use outpost_tests::{
         Edge, Floor, TlsSession, CLIENT_V4, EDGE_INNER_V4, EDGE_INNER_V6, EDGE_V4, EDGE_V6,
         HTTPS_PORT, SHUTDOWN_GRACE_MS,
     },
-    fixtures::{sslv2_hello, sslv3_hello},
+    fixtures::{capture, sslv2_hello, sslv3_hello},
     netns::{self, hellos, Client, ClientOutcome, ClientResult, Family},
 };
 
@@ -65,6 +65,7 @@ both_floors!(
     redirect_old_clients_get_the_403_page_within_a_second,
     redirect_budget_holds_a_flood_from_one_source,
     testssl_main_listener_in_reject_with_redirect_on_another_port,
+    redirect_responder_limits_hold,
 );
 
 /// The turn to run timed clients, held while they run.
@@ -809,4 +810,87 @@ fn testssl_main_listener_in_reject_with_redirect_on_another_port(floor: Floor) {
             "{id} on the redirect port; testssl printed:\n{out}"
         );
     }
+}
+
+/// A TLS 1.0 client that misbehaves toward the legacy responder (`silent`: says nothing after
+/// the handshake; `big-head`: sends a 9,000-byte head without its end; `garbage HEX`: sends
+/// the raw bytes, a hello and a broken record). Prints the seconds from the handshake (or the
+/// first byte) to the close, then what came back.
+const MISBEHAVING_SCRIPT: &str = r#"
+import socket, ssl, sys, time, warnings
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+host, port, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+raw = socket.create_connection((host, port), timeout=6)
+data = b""
+if case == "garbage":
+    start = time.monotonic()
+    raw.sendall(bytes.fromhex(sys.argv[4]))
+    try:
+        while chunk := raw.recv(65536):
+            data += chunk
+    except OSError as e:
+        pass
+else:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    t = ctx.wrap_socket(raw, server_hostname="edge.test")
+    start = time.monotonic()
+    if case == "big-head":
+        t.sendall(b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 9000)
+    try:
+        while chunk := t.recv(65536):
+            data += chunk
+    except (OSError, ssl.SSLError) as e:
+        pass
+print(f"{time.monotonic() - start:.3f}")
+print(data.decode("latin-1"))
+"#;
+
+fn misbehave(edge: &Edge, args: &[&str]) -> (Duration, netns::Output) {
+    let port = HTTPS_PORT.to_string();
+    let argv = [&[netns::PYTHON, "-c", MISBEHAVING_SCRIPT, EDGE_V4, &port][..], args].concat();
+    let out = netns::run(Some(&edge.client_ns), &argv, Duration::from_secs(10));
+    assert!(out.success(), "{out}");
+    let secs: f64 = out.stdout.lines().next().and_then(|l| l.parse().ok()).expect("seconds");
+    (Duration::from_secs_f64(secs), out)
+}
+
+fn redirect_responder_limits_hold(floor: Floor) {
+    let extra = format!("redirect_per_source = \"50/s\"\nhelp_url = \"{HELP_URL}\"\n");
+    let edge = Edge::with(floor, "redirect", &[HTTPS_PORT], &extra);
+    let _turn = turn();
+    // 2 s in all from the hand-over: a client that says nothing after its handshake is closed.
+    let (took, out) = misbehave(&edge, &["silent"]);
+    assert!(
+        took > Duration::from_millis(1500) && took < Duration::from_millis(2500),
+        "a silent client was closed after {took:?} (limit: 2 s from the hand-over):\n{out}"
+    );
+    assert!(!out.stdout.contains("403"), "answered without a request:\n{out}");
+    // 8 KiB of head: past it, the plain-text answer at once, not a wait for the rest.
+    let (took, out) = misbehave(&edge, &["big-head"]);
+    assert!(
+        out.stdout.contains("HTTP/1.1 403 Forbidden") && out.stdout.contains(REQUIRED),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(1), "a 9,000-byte head answered after {took:?}:\n{out}");
+    // A hello and then a broken handshake message: OpenSSL refuses it (an alert), counted.
+    let mut bytes = capture("openssl-tls1_0");
+    bytes.extend([0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0x00, 0x00, 0x00]);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let (_, out) = misbehave(&edge, &["garbage", &hex]);
+    assert!(!out.stdout.contains("403"), "{out}");
+
+    let metrics = edge.metrics();
+    for (series, n) in [
+        ("outpost_legacy_unanswered_total{reason=\"timed_out\"}", 1),
+        ("outpost_legacy_unanswered_total{reason=\"handshake_failed\"}", 1),
+        ("outpost_legacy_pages_total{version=\"TLS1.0\",type=\"text\"}", 1),
+        ("outpost_legacy_page_seconds_count", 1),
+    ] {
+        assert_eq!(Edge::metric_in(&metrics, series), Some(n), "{series}:\n{metrics}");
+    }
+    assert!(edge.origin_requests("a").is_empty(), "a legacy connection reached the origin");
 }

@@ -398,6 +398,61 @@ mod tests {
         Responder::new(&config).unwrap()
     }
 
+    /// A TLS 1.0 client handshake against the responder's contexts, in memory; the names of
+    /// the certificate the responder chose.
+    fn handshake_names(r: &Responder, sni: Option<&str>) -> Vec<String> {
+        let mut c = SslContextBuilder::new(SslMethod::tls_client()).unwrap();
+        c.set_max_proto_version(Some(SslVersion::TLS1)).unwrap();
+        c.set_cipher_list(LEGACY_CIPHERS).unwrap();
+        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let mut ssl = Ssl::new(&c.build()).unwrap();
+        if let Some(name) = sni {
+            ssl.set_hostname(name).unwrap();
+        }
+        ssl.set_connect_state();
+        let mut client = SslStream::new(ssl, MemIo::default()).unwrap();
+        let mut server = SslStream::new(r.ssl().unwrap(), MemIo::default()).unwrap();
+        let (mut client_done, mut server_done) = (false, false);
+        for _ in 0..20 {
+            client_done = client_done || client.do_handshake().is_ok();
+            server.get_mut().rx.append(&mut client.get_mut().tx);
+            server_done = server_done || server.accept().is_ok();
+            client.get_mut().rx.append(&mut server.get_mut().tx);
+            if client_done && server_done {
+                break;
+            }
+        }
+        assert!(client_done && server_done, "the in-memory handshake did not finish");
+        assert_eq!(client.ssl().version_str(), "TLSv1");
+        let cert = client.ssl().peer_certificate().expect("a server certificate");
+        let names = cert.subject_alt_names().expect("names");
+        names.iter().filter_map(|n| n.dnsname().map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn same_certificates_chosen_by_sni() {
+        let dir = std::env::temp_dir().join(format!("outpost-legacy-sni-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut certs = Vec::new();
+        for name in ["a.test", "b.test"] {
+            let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+            let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+            std::fs::write(&cert, ck.cert.pem()).unwrap();
+            std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+            let names = vec![name.to_owned(), format!("*.{name}")];
+            certs.push(crate::config::CertConfig { names, cert, key });
+        }
+        let mut config = Config { data_dir: Some(dir.clone()), ..Config::default() };
+        config.tls.certs = certs;
+        let r = Responder::new(&config).unwrap();
+        assert_eq!(handshake_names(&r, Some("b.test")), ["b.test"]);
+        assert_eq!(handshake_names(&r, Some("www.b.test")), ["b.test"], "wildcard");
+        assert_eq!(handshake_names(&r, Some("a.test")), ["a.test"]);
+        assert_eq!(handshake_names(&r, Some("other.test")), ["a.test"], "the default: the first");
+        assert_eq!(handshake_names(&r, None), ["a.test"], "no SNI: the default");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn pages_for_browsers_and_for_the_rest() {
         let r = responder(Some("https://help.example/tls?a=1&b=2"));
