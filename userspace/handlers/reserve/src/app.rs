@@ -27,8 +27,9 @@ pub struct ReserveApp {
     sender: Mutex<Option<Sender>>,
 }
 
-/// The outbox worker, started with the first generation that has `[reserve]` and kept across
-/// reloads; each generation swaps in its own mailer (SMTP settings may change on reload).
+/// The outbox workers, started with the first generation that has `[reserve]` and kept across
+/// reloads (their number too); each generation swaps in its own mailer (SMTP settings may
+/// change on reload).
 struct Sender {
     mailer: Arc<RwLock<Option<Arc<Mailer>>>>,
     _stop: watch::Sender<bool>,
@@ -39,7 +40,7 @@ impl ReserveApp {
         ReserveApp { store, sender: Mutex::new(None) }
     }
 
-    fn start_sender(&self, node: &str, mailer: Arc<Mailer>) {
+    fn start_sender(&self, node: &str, mailer: Arc<Mailer>, senders: usize) {
         let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = sender.as_ref() {
             *s.mailer.write().unwrap_or_else(|e| e.into_inner()) = Some(mailer);
@@ -47,23 +48,25 @@ impl ReserveApp {
         }
         let slot = Arc::new(RwLock::new(Some(mailer)));
         let (stop, stopped) = watch::channel(false);
-        let deliver_slot = slot.clone();
-        let owner = format!("{node}/reserve-mail/{}", std::process::id());
-        spawn_outbox_worker(
-            &self.store,
-            MAIL_TOPIC,
-            owner,
-            move |item| {
-                let mailer = deliver_slot.read().unwrap_or_else(|e| e.into_inner()).clone();
-                async move {
-                    match mailer {
-                        Some(m) => m.deliver(&item).await,
-                        None => Err("no mailer configured".into()),
+        for i in 0..senders.max(1) {
+            let deliver_slot = slot.clone();
+            let owner = format!("{node}/reserve-mail/{}/{i}", std::process::id());
+            spawn_outbox_worker(
+                &self.store,
+                MAIL_TOPIC,
+                owner,
+                move |item| {
+                    let mailer = deliver_slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    async move {
+                        match mailer {
+                            Some(m) => m.deliver(&item).await,
+                            None => Err("no mailer configured".into()),
+                        }
                     }
-                }
-            },
-            stopped,
-        );
+                },
+                stopped.clone(),
+            );
+        }
         *sender = Some(Sender { mailer: slot, _stop: stop });
     }
 }
@@ -85,7 +88,7 @@ impl App for ReserveApp {
         }
         let secret = Arc::new(Secret::load(cfg.secret_file.as_deref(), &env.data_dir)?);
         let mailer = Arc::new(Mailer::new(&cfg, secret.clone())?);
-        self.start_sender(&env.node, mailer);
+        self.start_sender(&env.node, mailer, cfg.smtp.senders);
         let res = Reservations {
             store: self.store.clone(),
             hold: cfg.hold(),

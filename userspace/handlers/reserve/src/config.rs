@@ -105,8 +105,10 @@ pub struct SmtpConfig {
     pub password_env: Option<String>,
     /// Bound on one delivery (connect, dialogue, data), in milliseconds. Default 10000.
     pub timeout_ms: u64,
-    /// Mails sent at once by this node's outbox worker. Default 8.
+    /// SMTP connections this node keeps open at most (reused from mail to mail). Default 16.
     pub concurrency: usize,
+    /// Outbox senders on this node, each delivering up to 16 mails at once. Default 2.
+    pub senders: usize,
 }
 
 impl Default for SmtpConfig {
@@ -120,7 +122,8 @@ impl Default for SmtpConfig {
             password_file: None,
             password_env: None,
             timeout_ms: 10_000,
-            concurrency: 8,
+            concurrency: 16,
+            senders: 2,
         }
     }
 }

@@ -8,7 +8,10 @@
 //! `Message-ID` derived from the outbox row, so a mail delivered twice (a lease that ran out
 //! mid-send) is recognisably the same mail.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use askama::Template as _;
@@ -17,6 +20,7 @@ use lettre::{
     transport::smtp::{
         authentication::Credentials,
         client::{Tls, TlsParameters},
+        AsyncSmtpTransportBuilder, PoolConfig,
     },
     AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
 };
@@ -30,8 +34,13 @@ use crate::{
 };
 
 /// Sends the mails of one configuration.
+///
+/// SMTP connections are pooled and reused (lettre's pool, at most `[reserve.smtp]
+/// concurrency`). The pool spawns its own tasks when built and when dropped, so it is built on
+/// first use, on the runtime of the sender that uses it (the store's), and dropped there too.
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    builder: AsyncSmtpTransportBuilder,
+    transport: OnceLock<(AsyncSmtpTransport<Tokio1Executor>, tokio::runtime::Handle)>,
     from: Mailbox,
     public_url: String,
     zone: String,
@@ -52,15 +61,20 @@ impl Mailer {
             StartTls::Required => Tls::Required(tls()?),
             StartTls::Tls => Tls::Wrapper(tls()?),
         };
+        let pool = PoolConfig::new()
+            .max_size(u32::try_from(s.concurrency.max(1)).unwrap_or(u32::MAX))
+            .idle_timeout(Duration::from_secs(30));
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.as_str())
             .port(s.port)
             .tls(tls)
-            .timeout(Some(Duration::from_millis(s.timeout_ms)));
+            .timeout(Some(Duration::from_millis(s.timeout_ms)))
+            .pool_config(pool);
         if let Some(user) = &s.username {
             b = b.credentials(Credentials::new(user.clone(), smtp_password(cfg)?));
         }
         Ok(Mailer {
-            transport: b.build(),
+            builder: b,
+            transport: OnceLock::new(),
             from,
             public_url: cfg.public_url(),
             zone: cfg.zone.clone(),
@@ -82,7 +96,10 @@ impl Mailer {
             return Ok(());
         }
         let msg = self.render(&job, item.id)?;
-        match self.transport.send(msg).await {
+        let (transport, _) = self
+            .transport
+            .get_or_init(|| (self.builder.clone().build(), tokio::runtime::Handle::current()));
+        match transport.send(msg).await {
             Ok(_) => {
                 tracing::info!(id = item.id, name = %job.name, attempts = item.attempts, "reserve: confirmation mail sent");
                 Ok(())
@@ -121,6 +138,16 @@ impl Mailer {
             .message_id(Some(format!("<reserve-{id}@{}>", self.zone)))
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| format!("building the mail: {e}"))
+    }
+}
+
+impl Drop for Mailer {
+    fn drop(&mut self) {
+        // The pool's drop spawns a task that closes its connections: on the runtime it runs on.
+        if let Some((transport, rt)) = self.transport.take() {
+            let _inside = rt.enter();
+            drop(transport);
+        }
     }
 }
 
