@@ -83,6 +83,8 @@ pub fn table() -> Vec<Fixture> {
     segment_rows(&mut rows);
     policy_rows(&mut rows);
     redirect_rows(&mut rows);
+    // Last: the eviction row leaves the flow table full.
+    filter_rows(&mut rows);
     rows
 }
 
@@ -555,4 +557,82 @@ fn redirect_rows(rows: &mut Vec<Fixture>) {
         .outcome(Outcome::DecidedLater, 1);
     row.redirected.push((first, true));
     rows.push(row);
+}
+
+/// The filter in front of the flow table may never hide a tracked flow: with thousands of
+/// flows at once (so that many share a filter slot) and flows forgotten beside them, and once
+/// the table has evicted flows. Each flow here is a 2000-byte TLS 1.0 hello split after 300
+/// bytes under `drop`: a continuation the program fails to find passes as "not a hello"
+/// instead of being dropped.
+fn filter_rows(rows: &mut Vec<Fixture>) {
+    const SPLIT: usize = 300;
+    let hello = big_hello(0x0301, &[], 2000);
+    // Flow `i` comes from its own address from 198.18.128.0 on (no other row uses them).
+    let flow = |i: u32, bytes: &[u8]| {
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 0)) + i);
+        Packet::tcp4(50000 + (i % 1000) as u16, 443, bytes).from(IpAddr::V4(addr))
+    };
+    let first = |i: u32| flow(i, &hello[..SPLIT]).seq(1000);
+    let second = |i: u32| flow(i, &hello[SPLIT..]).seq(1000 + SPLIT as u32);
+    let reset = |i: u32| flow(i, &[]).flags(RST | ACK).seq(1000 + SPLIT as u32);
+
+    // Every flow is followed, then every other one is reset by its client (forgotten) while
+    // the rest go on: flows forgotten beside flows kept, in the same filter slots.
+    let many: u32 = 4000;
+    let mut row = Fixture::new(format!(
+        "filter: {many} hellos followed at once, every other one reset; the rest all found"
+    ))
+    .policy(Version::Tls12, Mode::Drop, &[443]);
+    for i in 0..many {
+        row = row.step(first(i).build(), XDP_PASS, None);
+    }
+    for i in (0..many).step_by(2) {
+        row = row.step(reset(i).build(), XDP_PASS, None);
+    }
+    for i in 0..many {
+        let kept = i % 2 == 1;
+        row = row.step(second(i).build(), if kept { XDP_DROP } else { XDP_PASS }, None);
+    }
+    // The dropped flows' retransmissions: found as blocked flows.
+    for i in (1..many).step_by(2) {
+        row = row.step(second(i).build(), XDP_DROP, None);
+    }
+    rows.push(
+        row.counts(Version::Tls10, Verdict::Drop, (many / 2) as u64)
+            .outcome(Outcome::FollowNext, many as u64)
+            .outcome(Outcome::NoPayload, (many / 2) as u64)
+            .outcome(Outcome::NotHello, (many / 2) as u64)
+            .outcome(Outcome::DecidedLater, (many / 2) as u64)
+            .outcome(Outcome::FlowRepeat, (many / 2) as u64),
+    );
+
+    // More hellos than the table holds (its LRU evicts), then flows tracked in the full table:
+    // each is found, and one forgotten beside them is not.
+    let flood = outpost_common::maps::FLOW_CAPACITY + 4096;
+    let fresh: u32 = 512;
+    let mut row = Fixture::new(format!(
+        "filter: after {flood} hellos evicted flows, {fresh} new flows all found"
+    ))
+    .policy(Version::Tls12, Mode::Drop, &[443]);
+    for i in many..many + flood {
+        row = row.step(first(i).build(), XDP_PASS, None);
+    }
+    let base = many + flood;
+    for i in base..base + fresh {
+        row = row.step(first(i).build(), XDP_PASS, None);
+    }
+    row = row.step(reset(base).build(), XDP_PASS, None);
+    row = row.step(second(base).build(), XDP_PASS, None);
+    for i in base + 1..base + fresh {
+        row = row.step(second(i).build(), XDP_DROP, None);
+        row = row.step(second(i).build(), XDP_DROP, None);
+    }
+    rows.push(
+        row.counts(Version::Tls10, Verdict::Drop, (fresh - 1) as u64)
+            .outcome(Outcome::FollowNext, (flood + fresh) as u64)
+            .outcome(Outcome::NoPayload, 1)
+            .outcome(Outcome::NotHello, 1)
+            .outcome(Outcome::DecidedLater, (fresh - 1) as u64)
+            .outcome(Outcome::FlowRepeat, (fresh - 1) as u64),
+    );
 }

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use outpost_common::{
     budget::{Bucket, SourceKey},
     maps::{
-        FlowKey, FlowState, Outcome, FLOW_CAPACITY, PORT_MODE_CAPACITY, PORT_WORDS,
-        REDIRECT_CAPACITY, REDIRECT_SOURCE_CAPACITY, VERSION_SLOTS,
+        FlowKey, FlowState, Outcome, FLOW_CAPACITY, FLOW_FILTER_SLOTS, PORT_MODE_CAPACITY,
+        PORT_WORDS, REDIRECT_CAPACITY, REDIRECT_SOURCE_CAPACITY, VERSION_SLOTS,
     },
     HelloParser, Policy,
 };
@@ -55,6 +55,12 @@ pub static PARSE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(Outcome::COUNT, 0
 /// reload starts with an empty table, which only costs following a few hellos again.
 #[map(name = "flows")]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_CAPACITY, 0);
+
+/// The counting filter in front of [`FLOWS`] (`outpost_common::maps::FLOW_FILTER`): a segment
+/// whose slot is zero belongs to no tracked flow, and skips the hash lookup. Only the helpers in
+/// `tls` (`flow_insert`, `flow_remove`) change [`FLOWS`], and they keep the filter in step.
+#[map(name = "flow_filter")]
+pub static FLOW_FILTER: Array<u64> = Array::with_max_entries(FLOW_FILTER_SLOTS, 0);
 
 /// Per-packet working state, kept in a map rather than on the stack so the verifier sees its
 /// fields as unknown values. The segment found by the walk goes through here, so that the

@@ -7,19 +7,22 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_EXIST, BPF_NOEXIST},
     helpers::{bpf_ktime_get_ns, bpf_loop},
     programs::XdpContext,
 };
 use outpost_common::{
     budget::{Bucket, SourceKey},
-    maps::{version_slot, FlowPhase, FlowState, Outcome, KERNEL_STEPS, MAX_HELLO_SEGMENTS},
+    maps::{
+        flow_slot, version_slot, FlowKey, FlowPhase, FlowState, Outcome, KERNEL_STEPS,
+        MAX_HELLO_SEGMENTS,
+    },
     may_start_hello, HelloParser, Input, Malformed, Policy, Progress, Verdict, Version,
 };
 
 use crate::{
     maps::{
-        bump, count, mode_for, policy, Scratch, FLOWS, REDIRECTS, REDIRECT_GLOBAL,
+        bump, count, mode_for, policy, Scratch, FLOWS, FLOW_FILTER, REDIRECTS, REDIRECT_GLOBAL,
         REDIRECT_SOURCES, SCRATCH, VERSION_STATS,
     },
     packet::{Payload, Segment, TCP_RST},
@@ -30,8 +33,14 @@ use crate::{
 pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     let has_payload = seg.payload_len > 0;
     // Every segment with payload (or closing the flow) looks for state of its flow first: a
-    // continuation of a hello can start with any byte.
-    let mut known = FLOWS.get_ptr(seg.key).map(|p| unsafe { *p });
+    // continuation of a hello can start with any byte. The filter answers for most of them
+    // (application data of flows never tracked) without the hash lookup.
+    let mut known = if flow_may_exist(&seg.key) {
+        // SAFETY: a plain value copied out of the map.
+        FLOWS.get_ptr(seg.key).map(|p| unsafe { *p })
+    } else {
+        None
+    };
     if let Some(flow) = known {
         if flow.phase != FlowPhase::Following as u8 {
             if flow.covers(seg.seq) {
@@ -39,14 +48,14 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
             }
             // A new connection on the four-tuple of a blocked one (the client reused its
             // source port): the old verdict is not this connection's.
-            let _ = FLOWS.remove(seg.key);
+            flow_remove(&seg.key);
             count(Outcome::FlowReused);
             known = None;
         }
     }
     if !has_payload {
         if seg.flags & TCP_RST != 0 && known.is_some() {
-            let _ = FLOWS.remove(seg.key);
+            flow_remove(&seg.key);
         }
         count(Outcome::NoPayload);
         return xdp_action::XDP_PASS;
@@ -60,7 +69,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
             }
             if seg.seq != flow.next_seq {
                 // Out of order: the stream cannot be followed here.
-                let _ = FLOWS.remove(seg.key);
+                flow_remove(&seg.key);
                 count(Outcome::ToUserspace);
                 return xdp_action::XDP_PASS;
             }
@@ -93,7 +102,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
                 phase: FlowPhase::Following as u8,
                 _pad: [0; 6],
             };
-            if FLOWS.insert(seg.key, state, 0).is_err() {
+            if !flow_insert(&seg.key, &state, known.is_some()) {
                 count(Outcome::FlowTableFull);
             } else {
                 count(Outcome::FollowNext);
@@ -107,9 +116,48 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
                 _ => Outcome::ToUserspace,
             });
             if followed {
-                let _ = FLOWS.remove(seg.key);
+                flow_remove(&seg.key);
             }
             xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// Whether a flow keyed `key` may be in [`FLOWS`]; false only when none can be.
+#[inline(always)]
+fn flow_may_exist(key: &FlowKey) -> bool {
+    match FLOW_FILTER.get(flow_slot(key)) {
+        Some(n) => *n != 0,
+        // Unreachable (the slot is masked), but an unknown answer must mean "look".
+        None => true,
+    }
+}
+
+/// Inserts or replaces the state of `key`; false if the table refused. `known`: the flow was
+/// found in the table by this segment. The filter slot is raised before any insert that may
+/// create the entry (a replacement that finds the entry gone, evicted or removed meanwhile,
+/// is one), never after: a slot never reads lower than the entries of its flows.
+#[inline(always)]
+fn flow_insert(key: &FlowKey, state: &FlowState, known: bool) -> bool {
+    if known && FLOWS.insert(key, state, BPF_EXIST as u64).is_ok() {
+        return true;
+    }
+    let Some(slot) = FLOW_FILTER.get_ptr_mut(flow_slot(key)) else {
+        return false;
+    };
+    // SAFETY: a slot of an array map; other CPUs change it only atomically.
+    unsafe { atomic_add(slot, 1) };
+    FLOWS.insert(key, state, 0).is_ok()
+}
+
+/// Forgets `key`. The slot is lowered only when this call removed the entry, so it pairs with
+/// the raise that created it (two CPUs cannot both remove it).
+#[inline(always)]
+fn flow_remove(key: &FlowKey) {
+    if FLOWS.remove(key).is_ok() {
+        if let Some(slot) = FLOW_FILTER.get_ptr_mut(flow_slot(key)) {
+            // SAFETY: as in `flow_insert`; adding 2^64 - 1 subtracts one.
+            unsafe { atomic_add(slot, u64::MAX) };
         }
     }
 }
@@ -223,7 +271,7 @@ fn decide(
     let phase = match verdict {
         Verdict::Pass | Verdict::Redirect => {
             if followed {
-                let _ = FLOWS.remove(seg.key);
+                flow_remove(&seg.key);
             }
             if verdict == Verdict::Redirect {
                 // If the table refuses, userspace budgets the hello itself: never more pages.
@@ -244,7 +292,7 @@ fn decide(
     };
     // Remembered so that retransmissions are handled without being counted again; if the
     // table refuses, a retransmission is classified (and counted) afresh, which still blocks it.
-    let _ = FLOWS.insert(seg.key, state, 0);
+    let _ = flow_insert(&seg.key, &state, followed);
     if verdict == Verdict::Drop {
         return xdp_action::XDP_DROP;
     }
@@ -327,7 +375,7 @@ unsafe fn atomic_add(p: *mut u64, v: u64) {
 fn blocked_flow(ctx: &XdpContext, seg: &Segment, flow: &FlowState) -> u32 {
     if seg.flags & TCP_RST != 0 {
         // The client gave up: let the server clean up too, and forget the flow.
-        let _ = FLOWS.remove(seg.key);
+        flow_remove(&seg.key);
         return xdp_action::XDP_PASS;
     }
     count(Outcome::FlowRepeat);
