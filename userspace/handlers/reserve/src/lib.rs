@@ -48,6 +48,19 @@
 //! - `ring`: SHA-256, the CSPRNG, HMAC and ChaCha20-Poly1305 for tokens; already in the tree
 //!   as rustls' crypto provider, so no second crypto library.
 
+//!
+//! # Tests and what they need
+//! `cargo test -p outpost-reserve` starts everything itself and stops it by PID: the real
+//! `outpost` binary (`$OUTPOST_BIN`, else `target/debug/outpost`), PostgreSQL
+//! (`outpost_store::testing::TestPostgres`, Debian `postgresql`), an SMTP server (Debian
+//! `python3-aiosmtpd`), and Chromium (Debian `chromium`, driven by npm `playwright-core`:
+//! `npm ci` in `tests/browser`). A missing tool fails the test with the command that installs
+//! it. Chromium's screenshots stay under `target/tmp/reserve-browser/`.
+//!
+//! # Benchmark
+//! `benches/reserve.rs` (`reserve-bench`): a launch spike through the edge over TLS, embedded
+//! and PostgreSQL, against pgbench running the reservation's own transaction.
+
 pub mod admin;
 pub mod app;
 pub mod cli;
