@@ -413,7 +413,43 @@ fn operator_tools_list_show_release_export() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // The CLI, on the store of the stopped edge.
+    // The real command, beside the running edge (it shares the embedded store).
+    let config = edge.dir.0.join("outpost.toml");
+    let cmd = |args: &[&str]| {
+        let out = outpost_testkit::run_client(
+            std::process::Command::new(outpost_testkit::outpost_bin())
+                .arg("reservations")
+                .args(args)
+                .arg("--config")
+                .arg(&config),
+            Duration::from_secs(30),
+        );
+        let text =
+            format!("{}{}", outpost_testkit::stdout(&out), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = cmd(&["list"]);
+    assert!(
+        ok && text.contains("alpha") && text.contains("gamma") && text.contains("pending"),
+        "{text}"
+    );
+    let (ok, text) = cmd(&["show", "gamma"]);
+    assert!(ok && text.contains("g@example.com"), "{text}");
+    let (ok, text) = cmd(&["export", "--csv"]);
+    assert!(ok && text.starts_with("name,email,state,"), "{text}");
+    let (ok, text) = cmd(&["release", "gamma"]);
+    assert!(ok && text.contains("released gamma"), "{text}");
+    let (ok, text) = cmd(&["show", "gamma"]);
+    assert!(!ok && text.contains("gamma is not reserved"), "{text}");
+    let r = rt.block_on(c.get("/api/availability?name=gamma")).unwrap();
+    assert_eq!(
+        r.json()["available"],
+        true,
+        "released by the command, seen by the edge: {}",
+        r.body
+    );
+
+    // The library's commands, on the store of the stopped edge.
     edge.signal(libc::SIGTERM);
     assert!(edge.wait_exit(Duration::from_secs(15)).is_some(), "edge did not stop");
     let store = Store::open(&StoreConfig::default(), &edge.dir.0.join("data")).unwrap();
@@ -430,7 +466,7 @@ fn operator_tools_list_show_release_export() {
         Reservations { store: store.clone(), hold: Duration::from_secs(60), mails_per_hour: 1 };
     let check = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     assert!(check.block_on(res.holder("alpha")).unwrap().is_none(), "released by the CLI");
-    assert!(check.block_on(res.holder("gamma")).unwrap().is_some());
+    assert!(check.block_on(res.holder("beta")).unwrap().is_some());
     let events = check
         .block_on(store.query_audit(&outpost_store::AuditQuery {
             kind: Some("reserve.release".into()),
