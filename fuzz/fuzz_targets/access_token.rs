@@ -5,7 +5,7 @@
 //! host.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use outpost_access::{
@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
     let (sub, email, sid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let claims = Claims::new(ISS, AUD, sub, email, sid, std::time::Duration::from_secs(900));
     let signed = k.sign(&claims).expect("signing never fails on valid claims");
-    assert_eq!(token::check(&signed, &k.decoding_key(), ISS, AUD), Checked::Valid(claims.clone()));
+    assert_eq!(token::check(&signed, &k.decoding_key(), ISS, AUD), Checked::Valid(Arc::new(claims.clone())));
     let header = format!("a=b; {}={signed}; c", cookies::TOKEN);
     assert_eq!(cookies::find([header.as_bytes()], cookies::TOKEN).as_deref(), Some(signed.as_str()));
 });

@@ -90,6 +90,19 @@ impl Outpost {
     /// As [`start_with`](Self::start_with), listening on `https` (chosen by the caller, who
     /// may need it in the config: a public URL), unless `extra` sets its own `listen`.
     pub fn start_at(https: u16, io: &str, extra: &str, global: &[&str], run: &[&str]) -> Outpost {
+        Self::start_at_env(https, io, extra, global, run, &[])
+    }
+
+    /// As [`start_at`](Self::start_at), with environment variables for the process (they
+    /// override the default `RUST_LOG`: a benchmark wants `info`, not per-request debug).
+    pub fn start_at_env(
+        https: u16,
+        io: &str,
+        extra: &str,
+        global: &[&str],
+        run: &[&str],
+        env: &[(&str, &str)],
+    ) -> Outpost {
         let dir = TempDir::new(io);
         let admin = free_port();
         let config = dir.0.join("outpost.toml");
@@ -102,6 +115,7 @@ impl Outpost {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info,outpost_proxy=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

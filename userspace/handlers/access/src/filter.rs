@@ -19,7 +19,6 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use outpost_api::{
-    handler::{path_of, set_header},
     http::{Header, Request, Response},
     Flow, Handler, Reply, Result as PResult, Session,
 };
@@ -99,19 +98,9 @@ impl Handler for AccessCheck {
             g.record(s, e);
         }
         if let Some((token, email)) = ctx.identity.take() {
-            // The origin gets the assertion header; the token cookie stays with the edge.
-            let cookie_values: Vec<Vec<u8>> =
-                up.header_values("cookie").map(<[u8]>::to_vec).collect();
-            if !cookie_values.is_empty() {
-                let refs: Vec<&[u8]> = cookie_values.iter().map(Vec::as_slice).collect();
-                let kept = cookies::without(&refs, cookies::TOKEN);
-                up.headers.retain(|h| !h.name.eq_ignore_ascii_case("cookie"));
-                if let Some(k) = kept {
-                    up.headers.push(Header::new("Cookie", k));
-                }
-            }
-            set_header(&mut up.headers, &g.s.assertion_header, token);
-            set_header(&mut up.headers, &g.s.email_header, email);
+            // Client copies are gone (above): pushing is setting.
+            up.headers.push(Header::new(g.s.assertion_header.as_str(), token));
+            up.headers.push(Header::new(g.s.email_header.as_str(), email));
         }
         Ok(())
     }
@@ -178,7 +167,7 @@ impl AccessCheck {
         app: &AppPolicy,
         host: &str,
         token: String,
-        c: Claims,
+        c: Arc<Claims>,
         renewed: bool,
     ) -> Flow {
         let g = &self.gen;
@@ -207,7 +196,7 @@ impl AccessCheck {
         if !renewed {
             g.count(Endpoint::Check, Outcome::Pass);
         }
-        ctx.identity = Some((token, c.email));
+        ctx.identity = Some((token, c.email.clone()));
         Flow::Continue
     }
 
@@ -216,7 +205,7 @@ impl AccessCheck {
         &self,
         expired: &Claims,
         host: &str,
-    ) -> Result<Option<(String, Claims)>, outpost_store::StoreError> {
+    ) -> Result<Option<(String, Arc<Claims>)>, outpost_store::StoreError> {
         let g = &self.gen;
         if expired.sid.is_empty() {
             return Ok(None);
@@ -232,7 +221,7 @@ impl AccessCheck {
         let mut c = expired.clone();
         c.email = session.email;
         c.email_verified = session.email_verified;
-        Ok(Some((token, c)))
+        Ok(Some((token, Arc::new(c))))
     }
 
     /// Step 1 again: 302 to the login page for a navigation, 401 JSON otherwise.
@@ -299,6 +288,6 @@ pub fn return_path(req: &Request) -> String {
     if check_return_path(local).is_ok() {
         local.to_owned()
     } else {
-        path_of("/").to_owned()
+        "/".to_owned()
     }
 }

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Instant};
 
 use outpost_api::{Audit, AuditEvent, Reply, Session};
-use outpost_store::{Inserted, Op, Store, StoreError, TxnOutcome};
+use outpost_store::{Op, Store, StoreError, TxnOutcome};
 
 use crate::{
     config::Settings,
@@ -114,8 +114,9 @@ impl Gen {
         });
         match self.shared.store.txn(ops).await? {
             TxnOutcome::Committed(_) => {}
+            // 256-bit random keys: a collision means something else is wrong.
             TxnOutcome::Aborted { .. } => {
-                return Err(StoreError::Other("one-time code collided; try again".into()))
+                return Err(StoreError::Other("session or code key collided; try again".into()))
             }
         }
         let q = serde_urlencoded::to_string([("code", code.as_str())]).unwrap_or_default();
@@ -154,26 +155,18 @@ impl Gen {
         Ok(rec.and_then(|b| state::decode::<SessionRecord>(&b)).map(|r| (sid, r)))
     }
 
-    /// Creates a session; returns (cookie value, store key). With `extra` ops in the same
-    /// transaction.
-    pub async fn create_session(
-        &self,
-        rec: &SessionRecord,
-    ) -> Result<(String, String), StoreError> {
-        for _ in 0..3 {
-            let cookie = crate::random_token(32);
-            let sid = state::digest(&cookie);
-            match self
-                .shared
-                .store
-                .insert(NS_SESSION, &sid, &state::encode(rec), Some(self.s.session_lifetime))
-                .await?
-            {
-                Inserted::Done => return Ok((cookie, sid)),
-                Inserted::Conflict { .. } => continue,
-            }
-        }
-        Err(StoreError::Other("session id collided three times".into()))
+    /// A new session: (cookie value, store key, the op that stores it). The cookie is 32
+    /// random bytes; the store keeps only its SHA-256, so a store reader cannot use it.
+    pub fn new_session(&self, rec: &SessionRecord) -> (String, String, Op) {
+        let cookie = crate::random_token(32);
+        let sid = state::digest(&cookie);
+        let op = Op::Insert {
+            ns: NS_SESSION.into(),
+            key: sid.clone(),
+            value: state::encode(rec),
+            ttl: Some(self.s.session_lifetime),
+        };
+        (cookie, sid, op)
     }
 
     /// Deletes the login's intent (its state is already taken).

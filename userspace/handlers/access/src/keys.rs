@@ -194,7 +194,9 @@ struct KeySet {
 
 /// A token that verified, remembered until it expires.
 struct Verified {
-    claims: Claims,
+    /// The whole token: a hit must match it exactly, not just its signature.
+    token: Box<str>,
+    claims: Arc<Claims>,
 }
 
 /// This node's view of the edge keys, kept across reloads.
@@ -205,7 +207,8 @@ pub struct KeyRing {
     /// Seconds a retired key keeps verifying: the longest app-token lifetime configured, plus
     /// the leeway. Updated by every (re)load.
     verify_grace_secs: AtomicU64,
-    verified: Mutex<HashMap<String, Verified>>,
+    /// By the token's signature part (short to hash, unique per token).
+    verified: RwLock<HashMap<Box<str>, Verified>>,
 }
 
 /// What [`KeyRing::rotate`] did.
@@ -222,7 +225,7 @@ impl KeyRing {
             set: RwLock::new(Arc::new(KeySet::default())),
             last_refresh: Mutex::new(None),
             verify_grace_secs: AtomicU64::new(15 * 60 + LEEWAY_SECS),
-            verified: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
@@ -289,7 +292,7 @@ impl KeyRing {
                 "edge keys loaded"
             );
             // A dropped key must stop verifying at once, cached or not.
-            self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.verified.write().unwrap_or_else(|e| e.into_inner()).clear();
         }
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         Ok(())
@@ -331,9 +334,10 @@ impl KeyRing {
     /// (a key another node just started signing with), at most once a second.
     pub async fn check(&self, token: &str, iss: &str, aud: &str) -> Checked {
         let now = token::unix_now();
+        let sig = token.rsplit('.').next().unwrap_or("");
         {
-            let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = cache.get(token) {
+            let cache = self.verified.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = cache.get(sig).filter(|v| &*v.token == token) {
                 if v.claims.aud == aud && v.claims.iss == iss {
                     return if v.claims.exp + LEEWAY_SECS < now {
                         Checked::Expired(v.claims.clone())
@@ -354,14 +358,14 @@ impl KeyRing {
         let Some(key) = key else { return Checked::Refused(Refusal::UnknownKey) };
         let checked = token::check(token, &key.dec, iss, aud);
         if let Checked::Valid(c) = &checked {
-            let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.verified.write().unwrap_or_else(|e| e.into_inner());
             if cache.len() >= VERIFIED_CACHE {
                 cache.retain(|_, v| v.claims.exp + LEEWAY_SECS >= now);
                 if cache.len() >= VERIFIED_CACHE {
                     cache.clear();
                 }
             }
-            cache.insert(token.to_owned(), Verified { claims: c.clone() });
+            cache.insert(sig.into(), Verified { token: token.into(), claims: c.clone() });
         }
         checked
     }

@@ -6,7 +6,10 @@
 //! only fault is its age comes back as [`Checked::Expired`], so the caller can renew it from a
 //! live session.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use jsonwebtoken::{
     decode, decode_header, errors::ErrorKind as JwtError, Algorithm, DecodingKey, Header,
@@ -107,9 +110,10 @@ impl Refusal {
 /// The outcome of [`check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Checked {
-    Valid(Claims),
+    /// Shared, so the per-request check hands out the cached claims without copying them.
+    Valid(Arc<Claims>),
     /// Genuine and for this host, but past `exp` (beyond the leeway).
-    Expired(Claims),
+    Expired(Arc<Claims>),
     Refused(Refusal),
 }
 
@@ -154,14 +158,14 @@ pub fn check(token: &str, key: &DecodingKey, iss: &str, aud: &str) -> Checked {
     v.set_issuer(&[iss]);
     v.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub"]);
     match decode::<Claims>(token, key, &v) {
-        Ok(d) => Checked::Valid(d.claims),
+        Ok(d) => Checked::Valid(Arc::new(d.claims)),
         Err(e) => match e.kind() {
             JwtError::ExpiredSignature => {
                 // Genuine (the signature is checked before the times) but old: read it again
                 // without the expiry check, for renewal.
                 v.validate_exp = false;
                 match decode::<Claims>(token, key, &v) {
-                    Ok(d) => Checked::Expired(d.claims),
+                    Ok(d) => Checked::Expired(Arc::new(d.claims)),
                     Err(e) => Checked::Refused(refusal(e.kind())),
                 }
             }

@@ -231,15 +231,16 @@ impl Callback {
             provider: login.provider.clone(),
             created_ms: crate::token::unix_now() * 1000,
         };
-        let (cookie, sid) = match g.create_session(&session).await {
-            Ok(v) => v,
-            Err(e) => {
-                g.count(Endpoint::Callback, Outcome::Unavailable);
-                return g.unavailable(&e);
-            }
-        };
+        // The session, the code and the intent's removal: one write.
+        let (cookie, sid, session_op) = g.new_session(&session);
         let url = match g
-            .mint_code(&sid, &session, &login.app, &login.rd, vec![g.drop_intent(&state_value)])
+            .mint_code(
+                &sid,
+                &session,
+                &login.app,
+                &login.rd,
+                vec![session_op, g.drop_intent(&state_value)],
+            )
             .await
         {
             Ok(u) => u,

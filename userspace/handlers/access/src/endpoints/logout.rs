@@ -80,7 +80,7 @@ impl Logout {
                     g.count(Endpoint::Logout, Outcome::Unavailable);
                     return g.unavailable(&e);
                 }
-                user = Some(c.email);
+                user = Some(c.email.clone());
             }
         }
         g.count(Endpoint::Logout, Outcome::Success);
