@@ -100,7 +100,11 @@ impl Handler for AccessCheck {
         if let Some((token, email)) = ctx.identity.take() {
             // Client copies are gone (above): pushing is setting.
             up.headers.push(Header::new(g.s.assertion_header.as_str(), token));
-            up.headers.push(Header::new(g.s.email_header.as_str(), email));
+            // A user the provider gave no email (let in by `allow_any_authenticated`) has
+            // none to send; the assertion names them (`sub`).
+            if !email.is_empty() {
+                up.headers.push(Header::new(g.s.email_header.as_str(), email));
+            }
         }
         Ok(())
     }
@@ -175,14 +179,14 @@ impl AccessCheck {
         // request, not when the token expires.
         if let Err(d) = app.admits(Some(&c.email), c.email_verified) {
             g.count(Endpoint::Check, Outcome::Denied);
-            let e = g.event(s, "access.request", "denied").user(&c.email).reason(d.reason());
+            let e = g.event(s, "access.request", "denied").user(c.who()).reason(d.reason());
             g.record(s, e);
             let reply = if navigation(s.req) {
                 pages::message(
                     403,
                     "You do not have access",
                     &format!("Your account may not use {host}."),
-                    Some(&c.email),
+                    Some(c.who()),
                     vec![pages::link(
                         format!("{}&switch=1", g.login_url(host, &return_path(s.req))),
                         "Sign in as someone else",

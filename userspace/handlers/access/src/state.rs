@@ -59,6 +59,17 @@ pub struct SessionRecord {
     pub created_ms: u64,
 }
 
+impl SessionRecord {
+    /// Who this is, for audit events and pages: the email, else the subject.
+    pub fn who(&self) -> &str {
+        if self.email.is_empty() {
+            &self.sub
+        } else {
+            &self.email
+        }
+    }
+}
+
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }

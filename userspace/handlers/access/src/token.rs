@@ -71,6 +71,17 @@ impl Claims {
     }
 }
 
+impl Claims {
+    /// Who this is, for audit events and pages: the email, else the subject.
+    pub fn who(&self) -> &str {
+        if self.email.is_empty() {
+            &self.sub
+        } else {
+            &self.email
+        }
+    }
+}
+
 /// Why a token was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -242,6 +242,11 @@ fn a_denied_user_gets_a_403_page_naming_the_account() {
     assert_eq!(last.status, 403, "{}", last.body);
     let events = s.audit("access.login", 3);
     assert!(has_event(&events, "denied", "email not verified"), "{events:?}");
+    // No email at all (the provider knows only a subject): named by it, let in nowhere here.
+    let b4 = s.browser();
+    let last = b4.login(&s.url(WIKI, "/"), "robot").pop().unwrap();
+    assert_eq!(last.status, 403, "{}", last.body);
+    assert!(last.body.contains("robot"), "{}", last.body);
     // "Sign in as someone else" asks the provider to authenticate again.
     let switch = b3.nav(&format!("{}&switch=1", s.url(AUTH, &format!("/login?app={WIKI}&rd=%2F"))));
     assert_eq!(switch.status, 200);

@@ -226,7 +226,8 @@ impl Callback {
         }
         let session = SessionRecord {
             sub: format!("{}:{}", login.provider, identity.subject),
-            email: who.clone(),
+            // Empty when the provider gave none (a policy by email then admits nobody).
+            email: email.clone(),
             email_verified: identity.email_verified,
             provider: login.provider.clone(),
             created_ms: crate::token::unix_now() * 1000,
@@ -294,10 +295,10 @@ impl Callback {
                         g.count(Endpoint::Callback, Outcome::Denied);
                         let e = g
                             .event(s, "access.login", "denied")
-                            .user(&session.email)
+                            .user(session.who())
                             .reason(d.reason());
                         g.record(s, e);
-                        return denied_page(g, &session.email, &intent.app, &intent.rd)
+                        return denied_page(g, session.who(), &intent.app, &intent.rd)
                             .header("Set-Cookie", clear_binding);
                     }
                     return match g
@@ -308,7 +309,7 @@ impl Callback {
                             g.count(Endpoint::Callback, Outcome::Session);
                             let e = g
                                 .event(s, "access.login", "success")
-                                .user(&session.email)
+                                .user(session.who())
                                 .reason("login state expired; existing session");
                             g.record(s, e);
                             pages::secure(Reply::redirect(302, &url))

@@ -146,20 +146,20 @@ impl Login {
         let Some(policy) = g.app_for(app, rd) else { return g.bad_request("Unknown application.") };
         if let Err(d) = policy.admits(Some(&session.email), session.email_verified) {
             g.count(Endpoint::Login, Outcome::Denied);
-            let e = g.event(s, "access.login", "denied").user(&session.email).reason(format!(
+            let e = g.event(s, "access.login", "denied").user(session.who()).reason(format!(
                 "{} ({})",
                 d.reason(),
                 policy.name
             ));
             g.record(s, e);
-            return denied_page(g, &session.email, app, rd);
+            return denied_page(g, session.who(), app, rd);
         }
         match g.mint_code(sid, session, app, rd, Vec::new()).await {
             Ok(url) => {
                 g.count(Endpoint::Login, Outcome::Session);
                 let e = g
                     .event(s, "access.login", "success")
-                    .user(&session.email)
+                    .user(session.who())
                     .reason(format!("existing session ({})", policy.name));
                 g.record(s, e);
                 pages::secure(Reply::redirect(302, &url))

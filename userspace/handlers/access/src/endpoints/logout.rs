@@ -42,7 +42,11 @@ impl Logout {
         let mut user = None;
         if let Some(c) = cookie.filter(|c| !c.is_empty() && c.len() <= 128) {
             match g.shared.store.take(NS_SESSION, &state::digest(&c)).await {
-                Ok(v) => user = v.and_then(|b| state::decode::<SessionRecord>(&b)).map(|r| r.email),
+                Ok(v) => {
+                    user = v
+                        .and_then(|b| state::decode::<SessionRecord>(&b))
+                        .map(|r| r.who().to_owned())
+                }
                 Err(e) => {
                     g.count(Endpoint::Logout, Outcome::Unavailable);
                     return g.unavailable(&e);
@@ -80,7 +84,7 @@ impl Logout {
                     g.count(Endpoint::Logout, Outcome::Unavailable);
                     return g.unavailable(&e);
                 }
-                user = Some(c.email.clone());
+                user = Some(c.who().to_owned());
             }
         }
         g.count(Endpoint::Logout, Outcome::Success);
