@@ -187,6 +187,23 @@ fn login_flow_end_to_end_to_the_origin_with_identity_headers() {
     );
     assert!(last.body.contains("Sign in with Test IdP"));
     drop(relogin);
+    // `outpost audit --user` shows who used which app, and when.
+    let o = std::process::Command::new(outpost_testkit::outpost_bin())
+        .args([
+            "audit",
+            "--user",
+            "alice@example.test",
+            "--json",
+            "--admin",
+            &format!("127.0.0.1:{}", s.edge.admin),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    for want in ["access.login", "access.logout", "wiki.example.test", "auth.example.test"] {
+        assert!(shown.contains(want), "{want} not in `outpost audit --user`: {shown}");
+    }
     let logouts = s.audit("access.logout", 2);
     assert!(logouts.iter().any(|e| e["user"] == "alice@example.test"), "{logouts:?}");
 }

@@ -137,9 +137,24 @@ fn rotation_through_the_admin_listener_of_an_embedded_store_edge() {
     assert_eq!(b.login(&s.url(WIKI, "/"), "alice@example.test").pop().unwrap().status, 200);
     let token = b.cookie(&s.url(WIKI, "/"), "__Host-outpost-token").unwrap();
     let old = kid_of(&token);
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], s.edge.admin));
-    assert!(outpost_access::cli::try_admin(&Command::Keys { action: KeysAction::Rotate }, admin)
-        .unwrap());
+    // `outpost access keys rotate`, the real command, through the running edge.
+    let admin = format!("127.0.0.1:{}", s.edge.admin);
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(outpost_testkit::outpost_bin())
+            .args(["access", "keys"])
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "outpost access keys {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let said = cli(&["rotate"]);
+    assert!(said.contains("new signing key") && said.contains(&format!("retired {old}")), "{said}");
     // The rotating node signs with the new key at once.
     let keys = published(&s);
     assert_eq!(keys.len(), 2);
@@ -148,6 +163,12 @@ fn rotation_through_the_admin_listener_of_an_embedded_store_edge() {
     assert_eq!(dash.last().unwrap().status, 200);
     assert_eq!(kid_of(&b.cookie(&s.url(DASH, "/"), "__Host-outpost-token").unwrap()), keys[0]);
     assert_eq!(b.nav(&s.url(WIKI, "/")).status, 200, "the old token still passes");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&cli(&["list", "--json"])).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.iter().any(|k| k["kid"] == old.as_str() && k["retired_ms"].is_u64()),
+        "{listed:?}"
+    );
     let (status, body) = http_get(s.edge.admin, "/access/keys").unwrap();
     assert_eq!(status, 200);
     assert!(!body.contains("private"), "{body}");
