@@ -27,6 +27,23 @@
 //! bypass = ["/healthz"]
 //! ```
 //!
+//! # What lives where
+//! - **Browser**: `__Host-outpost-token` on each app host (the app token; `Max-Age` is the
+//!   session lifetime so an expired token can be renewed), `__Host-outpost-session` on the
+//!   auth host (32 random bytes), and one `__Host-outpost-login-<state prefix>` per login in
+//!   flight, binding it to this browser. All `Secure; HttpOnly; SameSite=Lax; Path=/`, no
+//!   `Domain`.
+//! - **Store** (see [`state`]): the single-use login state and the one-time code, taken once on
+//!   any node; sessions under the SHA-256 of their cookie, so reading the store does not hand
+//!   out sessions; the edge signing keys ([`keys`]).
+//! - **Origin**: the app token as the assertion header and the email header; client copies of
+//!   both are removed from every request, protected or not. The token carries `sid`, the
+//!   session's store key (not its cookie): enough to renew it while the session lives, nothing
+//!   an origin could log in with.
+//! - **Per node, in memory**: the keys that verify, and tokens already verified (until they
+//!   expire), so the check on every request costs no store read and, after a token's first
+//!   request, no signature check.
+//!
 //! # Layout
 //! - [`config`]: `[access]` ([`config::AccessConfig`]), checked and resolved into
 //!   [`config::Settings`]; secrets read from a file or the environment, never shown.
