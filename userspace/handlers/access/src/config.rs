@@ -80,7 +80,8 @@ pub struct ProviderConfig {
     /// Shown on the login page. Default: the name.
     #[serde(default)]
     pub display_name: Option<String>,
-    /// Issuer URL; its `/.well-known/openid-configuration` is read on first use. Required.
+    /// Issuer URL (`https://` only: the code is exchanged over TLS); its
+    /// `/.well-known/openid-configuration` is read on first use. Required.
     pub issuer: String,
     /// The client id registered at the provider. Required.
     pub client_id: String,
@@ -304,7 +305,7 @@ impl ProviderConfig {
         {
             bail!("name must be non-empty [a-z0-9_-]");
         }
-        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
+        if !self.issuer.starts_with("https://") {
             bail!("issuer {:?} must be an https:// URL", self.issuer);
         }
         if self.client_id.is_empty() {
@@ -466,6 +467,7 @@ mod tests {
                 "not set",
             ),
             (("bypass = [\"/healthz/\"]", "bypass = [\"healthz\"]"), "must start with /"),
+            (("https://idp.example.test", "http://idp.example.test"), "must be an https:// URL"),
             (("allow_domains = [\"example.test\"]", "allow_domains = [\"@x\"]"), "not a domain"),
         ] {
             let text = base().replace(edit.0, edit.1);
