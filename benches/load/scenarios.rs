@@ -994,13 +994,25 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
              edge closed them); ms of CPU per 1,000 hellos",
             z.flood_rate, z.run
         ),
-        &["case", "hellos", "outcomes", "edge", "machine busy", "softirq", "generator", "XDP TLS1.0 verdicts"],
+        &[
+            "case",
+            "hellos",
+            "outcomes",
+            "edge",
+            "edge (schedstat)",
+            "machine busy",
+            "softirq",
+            "generator",
+            "XDP TLS1.0 verdicts",
+        ],
     );
     let mut panel =
         Panel { title: format!("flood: modern clients, edge {edge_name}"), series: vec![] };
     let mut cases_json = Vec::new();
     // (case, edge CPU s, machine busy s, the edge's CPU resolution: one clock tick), per 1,000.
     let mut edge_per_1k: Vec<(&str, f64, f64, f64)> = Vec::new();
+    // (case, the edge's CPU per 1,000 hellos from schedstat).
+    let mut edge_fine_per_1k: Vec<(&str, f64)> = Vec::new();
     // (case, modern p99 during the flood / alone).
     let mut p99_vs_alone: Vec<(&str, f64)> = Vec::new();
     for &(case, xdp) in FLOOD_CASES {
@@ -1034,6 +1046,7 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
         let mut c = legacy.clone();
         c.label = format!("{case}: flood alone");
         let stats_before = wire.stats().ok();
+        let (fine0, wall0) = (edge.cpu_seconds_fine(), Instant::now());
         let only = measure(Some(&edge), &origin, || {
             let r = ctx.gen(c, &client);
             // The edge's work on a hello may end after the client gave up (a dropped hello
@@ -1041,6 +1054,8 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
             drain(&edge, z);
             r
         })?;
+        let fine = edge.cpu_seconds_fine() - fine0;
+        let fine = (fine - idle.edge_fine * wall0.elapsed().as_secs_f64()).max(0.0);
         let stats_after = wire.stats().ok();
         let verdicts = match (&stats_before, &stats_after) {
             (Some(b), Some(a)) => ["pass", "drop", "reject", "redirect"]
@@ -1092,19 +1107,22 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
             only.run.ok.to_string(),
             outcomes,
             per_1k(edge_cpu),
+            format!("{:.2}", fine * 1000.0 / hellos),
             per_1k(busy),
             per_1k(softirq),
             per_1k(only.run.client_cpu_s),
             verdicts.clone(),
         ]);
         edge_per_1k.push((case, edge_cpu / hellos, busy / hellos, TICK_S / hellos));
+        edge_fine_per_1k.push((case, fine / hellos));
         cases_json.push(json!({
             "case": case,
             "modern_alone": alone.json(),
             "modern_during_flood": during.json(),
             "flood_alone": only.json(),
             "flood_alone_above_idle": {
-                "edge_cpu_s": edge_cpu, "machine_busy_s": busy, "machine_softirq_s": softirq,
+                "edge_cpu_s": edge_cpu, "edge_cpu_schedstat_s": fine,
+                "machine_busy_s": busy, "machine_softirq_s": softirq,
             },
             "xdp_tls1_0_verdicts": verdicts,
             "xdp_stats_before": stats_before,
@@ -1133,6 +1151,8 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
         let (pr, pd) = (p99_ratio(REJECT_CASE), p99_ratio(REDIRECT_CASE));
         let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
         // The edge's CPU comes in clock ticks: none at all in the reject run bounds it by one.
+        let fine = |case: &str| edge_fine_per_1k.iter().find(|x| x.0 == case).map(|x| x.1);
+        let (fine_red, fine_rej) = (fine(REDIRECT_CASE), fine(REJECT_CASE));
         let cpu = match (red.0, rej.0) {
             (0.0, 0.0) => format!(
                 "< {:.1} ms in both (no tick of edge CPU in either run)",
@@ -1150,18 +1170,24 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
         };
         cost.notes.push(format!(
             "redirect vs reject (target: within 1.2x on both): modern p99 during flood / alone \
-             {} vs {} ({}); edge CPU per 1,000 hellos {cpu}; machine busy per 1,000 hellos {}. \
+             {} vs {} ({}); edge CPU per 1,000 hellos {cpu}, from schedstat {:.2} vs {:.2} ms \
+             ({}); machine busy per 1,000 hellos {}. \
              The redirect row's edge CPU includes the legacy responder's ServerHellos for the \
              hellos within the budget (the flood comes from one address: 5 a second; it then \
              aborts each).",
             fmt(pd),
             fmt(pr),
             ratio(pd, pr),
+            fine_red.unwrap_or(0.0) * 1000.0,
+            fine_rej.unwrap_or(0.0) * 1000.0,
+            ratio(fine_red, fine_rej),
             ratio(Some(red.1), Some(rej.1)),
         ));
     }
     cost.notes.push(format!(
-        "edge: utime+stime of the edge's processes (/proc/<pid>/stat). machine busy: wall time \
+        "edge: utime+stime of the edge's processes (/proc/<pid>/stat), in clock ticks; edge \
+         (schedstat): the on-CPU nanoseconds of its threads (/proc/<pid>/task/*/schedstat). \
+         machine busy: wall time \
          x CPUs - idle, from /proc/stat (everything, wherever it ran: the generator, the kernel, \
          other work on the machine); softirq: /proc/stat's tick samples. XDP runs in softirq, \
          which this kernel (no IRQ time accounting) charges to whatever task it interrupted, \
@@ -1188,17 +1214,26 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
 /// CPU per second of wall time with nothing to do.
 struct Idle {
     edge: f64,
+    /// The same from schedstat.
+    edge_fine: f64,
     busy: f64,
     softirq: f64,
 }
 
 impl Idle {
     fn sample(edge: &Running, seconds: f64) -> Idle {
-        let (e0, m0, t0) = (edge.cpu_seconds(), MachineCpu::now(), Instant::now());
+        let (e0, f0) = (edge.cpu_seconds(), edge.cpu_seconds_fine());
+        let (m0, t0) = (MachineCpu::now(), Instant::now());
         thread::sleep(Duration::from_secs_f64(seconds));
-        let (e1, m1, w) = (edge.cpu_seconds(), MachineCpu::now(), t0.elapsed().as_secs_f64());
+        let (e1, f1) = (edge.cpu_seconds(), edge.cpu_seconds_fine());
+        let (m1, w) = (MachineCpu::now(), t0.elapsed().as_secs_f64());
         let m = m1.since(m0);
-        Idle { edge: (e1 - e0) / w, busy: m.busy() / w, softirq: m.softirq / w }
+        Idle {
+            edge: (e1 - e0) / w,
+            edge_fine: (f1 - f0) / w,
+            busy: m.busy() / w,
+            softirq: m.softirq / w,
+        }
     }
 }
 

@@ -78,6 +78,12 @@ impl Running {
         procs::tree_cpu_seconds(self.pid())
     }
 
+    /// [`cpu_seconds`](Self::cpu_seconds) to the nanosecond (see
+    /// [`procs::tree_cpu_seconds_fine`]).
+    pub fn cpu_seconds_fine(&self) -> f64 {
+        procs::tree_cpu_seconds_fine(self.pid())
+    }
+
     pub fn memory(&self) -> procs::Memory {
         procs::tree_memory(self.pid())
     }
