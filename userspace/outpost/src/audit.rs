@@ -28,9 +28,10 @@ pub fn show(
         println!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(());
     }
+    let header = ["time (UTC)", "node", "kind", "outcome", "user", "client", "host/path reason"];
     println!(
         "{:<24} {:<12} {:<20} {:<8} {:<28} {:<16} {}",
-        "time (UTC)", "node", "kind", "outcome", "user", "client", "host/path reason"
+        header[0], header[1], header[2], header[3], header[4], header[5], header[6]
     );
     for e in &events {
         println!(
