@@ -80,6 +80,10 @@ enum Bench {
     /// Durable unique inserts per second through the store (embedded SQLite, PostgreSQL)
     /// beside pgbench on the same PostgreSQL, at 1, 16 and 256 callers.
     Store,
+    /// A launch spike on the reservation page: open loop over TLS through a real edge,
+    /// ramping until p99 passes 100 ms, embedded and PostgreSQL, beside pgbench running the
+    /// reservation's own transaction.
+    Reserve,
     /// Every scenario above, xdp first. Reports under results/<timestamp>/.
     All,
 }
@@ -188,19 +192,17 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     }
     let mut store = Ok(());
     if let Bench::Store | Bench::All = which {
-        store = cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "store-bench"])
-            .and_then(|()| {
-                let mut cmd = Command::new(root.join("target/release/store-bench"));
-                cmd.arg("--results").arg(root.join("results"));
-                if tiny {
-                    cmd.arg("--tiny");
-                }
-                run(&mut cmd)
-            });
+        store = results_bench(root, "store-bench", tiny);
+    }
+    let mut reserve = Ok(());
+    if let Bench::Reserve | Bench::All = which {
+        reserve = cargo(&["build", "--release", "-p", "outpost"])
+            .and_then(|()| results_bench(root, "reserve-bench", tiny));
     }
     let scenario = match which {
         Bench::Xdp { .. } => return xdp,
         Bench::Store => return store,
+        Bench::Reserve => return reserve,
         Bench::Proxy => "proxy",
         Bench::Handshake => "handshake",
         Bench::Flood => "flood",
@@ -222,7 +224,20 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     } else {
         load.env_remove("OUTPOST_BIN");
     }
-    run(&mut load).and(xdp).and(store)
+    run(&mut load).and(xdp).and(store).and(reserve)
+}
+
+/// Builds and runs the bench binary `bin` of outpost-benches, which writes under results/ and
+/// takes `--tiny`; the release `outpost` is the edge it measures, when it needs one.
+fn results_bench(root: &Path, bin: &str, tiny: bool) -> Result<()> {
+    cargo(&["build", "--release", "-p", "outpost-benches", "--bin", bin])?;
+    let mut cmd = Command::new(root.join("target/release").join(bin));
+    cmd.arg("--results").arg(root.join("results"));
+    cmd.env("OUTPOST_BIN", root.join("target/release/outpost"));
+    if tiny {
+        cmd.arg("--tiny");
+    }
+    run(&mut cmd)
 }
 
 fn workspace_root() -> PathBuf {
