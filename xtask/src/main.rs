@@ -84,6 +84,10 @@ enum Bench {
     /// ramping until p99 passes 100 ms, embedded and PostgreSQL, beside pgbench running the
     /// reservation's own transaction.
     Reserve,
+    /// Access: keep-alive req/s of a protected route against the same route unprotected,
+    /// server-side time of /login, /callback and the code redemption, logins per second with a
+    /// real identity provider in the loop.
+    Access,
     /// Every scenario above, xdp first. Reports under results/<timestamp>/.
     All,
 }
@@ -199,10 +203,24 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
         reserve = cargo(&["build", "--release", "-p", "outpost"])
             .and_then(|()| results_bench(root, "reserve-bench", tiny));
     }
+    let mut access = Ok(());
+    if let Bench::Access | Bench::All = which {
+        access = cargo(&["build", "--release", "-p", "outpost"]).and_then(|()| {
+            let mut cmd = Command::new("cargo");
+            cmd.args(["bench", "-p", "outpost-access", "--bench", "access", "--", "--results"])
+                .arg(root.join("results"))
+                .env("OUTPOST_BIN", root.join("target/release/outpost"));
+            if tiny {
+                cmd.arg("--tiny");
+            }
+            run(&mut cmd)
+        });
+    }
     let scenario = match which {
         Bench::Xdp { .. } => return xdp,
         Bench::Store => return store,
         Bench::Reserve => return reserve,
+        Bench::Access => return access,
         Bench::Proxy => "proxy",
         Bench::Handshake => "handshake",
         Bench::Flood => "flood",
@@ -224,7 +242,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     } else {
         load.env_remove("OUTPOST_BIN");
     }
-    run(&mut load).and(xdp).and(store).and(reserve)
+    run(&mut load).and(xdp).and(store).and(reserve).and(access)
 }
 
 /// Builds and runs the bench binary `bin` of outpost-benches, which writes under results/ and
