@@ -61,7 +61,7 @@ fn ten_tabs_logging_in_at_once_all_end_on_the_app() {
 
 #[test]
 fn a_tab_whose_state_expired_passes_on_the_live_session() {
-    let s = Setup::start("state_lifetime_secs = 2");
+    let s = Setup::start("state_lifetime_secs = 5");
     let b = s.browser();
     // Two tabs start logins and both reach the provider's form.
     let at_idp = |path: &str| {
@@ -78,7 +78,7 @@ fn a_tab_whose_state_expired_passes_on_the_live_session() {
     assert!(end1.body.contains("target /one\n"));
     // Tab 2's state expires; then it goes on (its provider form is submitted and the provider
     // sends it back): the edge passes it on the session tab 1 opened.
-    thread::sleep(Duration::from_millis(2500));
+    thread::sleep(Duration::from_millis(5500));
     let end2 = b.follow(b.sign_in_at_idp(tab2, "alice@example.test")).pop().unwrap();
     assert_eq!(end2.status, 200, "tab 2 after its state expired: {} {}", end2.url, end2.body);
     assert!(end2.body.contains("target /two\n"), "{}", end2.body);
@@ -88,7 +88,7 @@ fn a_tab_whose_state_expired_passes_on_the_live_session() {
     let other = s.browser();
     let page = other.follow(other.nav(&s.url(WIKI, "/three"))).pop().unwrap();
     let to_idp = other.choose_provider(&page);
-    thread::sleep(Duration::from_millis(2500));
+    thread::sleep(Duration::from_millis(5500));
     let back = other.sign_in_at_idp(to_idp, "bob@example.test");
     let end = other.follow(back).pop().unwrap();
     assert_eq!(end.status, 400, "{}", end.body);
