@@ -351,7 +351,7 @@ impl Provider {
                         }
                     }
                 }
-                Err(e) => return Err(IdpError::InvalidToken(e.to_string())),
+                Err(e) => return Err(IdpError::InvalidToken(error_chain(&e))),
             }
         }
     }

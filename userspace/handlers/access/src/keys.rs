@@ -146,7 +146,9 @@ impl EdgeKey {
         }
     }
 
-    pub fn sign(&self, claims: &Claims) -> Result<String, KeyError> {
+    /// Signs `claims` (the edge's [`Claims`], or anything serializable: tests sign provider
+    /// tokens with it).
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
         let header = Header { kid: Some(self.kid.clone()), ..Header::new(Algorithm::ES256) };
         jsonwebtoken::encode(&header, claims, &self.enc)
             .map_err(|e| KeyError(format!("signing with key {}: {e}", self.kid)))
