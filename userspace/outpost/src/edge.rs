@@ -55,15 +55,18 @@ pub fn open_tool_store(config: &Config) -> Result<Store> {
 }
 
 /// The handlers this binary ships, and the sections it reads itself.
-pub fn registry(store: &Store) -> Registry {
+/// Also the series the applications render into `/metrics`.
+pub fn registry(store: &Store) -> (Registry, Vec<MetricsSource>) {
+    let access = outpost_access::AccessApp::new(store.clone());
+    let metrics = vec![access.metrics_source()];
     let mut r = Registry::new()
         .route(outpost_origin::OriginFactory::default())
-        .app(outpost_access::AccessApp::new(store.clone()))
+        .app(access)
         .app(outpost_reserve::ReserveApp::new(store.clone()));
     for s in SECTIONS {
         r = r.section(s);
     }
-    r
+    (r, metrics)
 }
 
 /// Audit events into the store (so every node sharing PostgreSQL writes one log) and,

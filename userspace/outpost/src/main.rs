@@ -620,6 +620,8 @@ fn serve(
         let store = store.clone();
         Arc::new(move |o: &mut String| store.metrics().render(o))
     };
+    let (registry, mut metrics) = edge::registry(&store);
+    metrics.extend([store_metrics, sink.metrics()]);
     edge::node_event(&audit, "node.start", None);
     let result = outpost_proxy::run(outpost_proxy::RunOptions {
         config,
@@ -629,9 +631,9 @@ fn serve(
         }),
         kernel,
         on_config,
-        registry: edge::registry(&store),
+        registry,
         admin: edge::admin(&store),
-        metrics: vec![store_metrics, sink.metrics()],
+        metrics,
         audit: Some(sink.clone()),
     });
     edge::node_event(&audit, "node.stop", result.as_ref().err().map(|e| format!("{e:#}")));
