@@ -16,15 +16,7 @@ use std::{
     time::Duration,
 };
 
-use rustls::{
-    client::{
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        Resumption,
-    },
-    crypto::WebPkiSupportedAlgorithms,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-    ClientConfig, DigitallySignedStruct, SignatureScheme,
-};
+use rustls::{client::Resumption, pki_types::ServerName, ClientConfig};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
@@ -81,7 +73,7 @@ fn io_kind(e: &std::io::Error) -> String {
 /// A TLS 1.3-only client config: no resumption, no verification of the chain.
 pub fn tls_config() -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(AnyCert { algs: provider.signature_verification_algorithms });
+    let verifier = outpost_testkit::tls::AnyCert::new();
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
@@ -92,47 +84,6 @@ pub fn tls_config() -> Arc<ClientConfig> {
     cfg.enable_early_data = false;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(cfg)
-}
-
-/// Accepts any certificate (the edge's is self-signed) but checks handshake signatures.
-#[derive(Debug)]
-struct AnyCert {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }
 
 /// Where and how to connect.

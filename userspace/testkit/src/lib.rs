@@ -2,6 +2,8 @@
 //! suites: the real `outpost run` binary, a small echo origin, and real clients (curl, openssl
 //! s_client), each started by the test and killed by a Drop guard.
 
+pub mod tls;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
