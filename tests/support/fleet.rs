@@ -37,6 +37,8 @@ use crate::{
 /// The hub's address on the bridge: database and origin.
 pub const HUB_V4: &str = "198.18.20.1";
 pub const CLIENT_V4: &str = "198.18.20.2";
+/// The bridge's own MAC, fixed (see [`Fleet::new`]).
+const HUB_MAC: &str = "02:00:c6:12:14:01";
 /// The origin's port in the hub namespace.
 pub const ORIGIN_PORT: u16 = 8080;
 /// Each edge's admin listener, on its own namespace's loopback.
@@ -91,7 +93,11 @@ impl Fleet {
         let dir = std::env::temp_dir().join(format!("{TEMP_DIR_PREFIX}{pid}-{n}"));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         add_namespace(&hub_ns);
-        host(&["ip", "-n", &hub_ns, "link", "add", "br0", "type", "bridge"]);
+        // A bridge takes the lowest MAC among its ports unless given one: each edge added
+        // later could then change the hub's MAC under the feet of the edges that already
+        // resolved it (their database connections and origin connects stall until the
+        // neighbour entry expires). A fixed, locally administered address keeps it still.
+        host(&["ip", "-n", &hub_ns, "link", "add", "br0", "address", HUB_MAC, "type", "bridge"]);
         host(&["ip", "-n", &hub_ns, "link", "set", "br0", "up"]);
         host(&["ip", "-n", &hub_ns, "addr", "add", &format!("{HUB_V4}/24"), "dev", "br0"]);
         // The database first: a fleet is nothing without it. From here on a panic drops the
