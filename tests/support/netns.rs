@@ -649,6 +649,24 @@ pub fn run_client_in(
 /// How long a daemon gets to exit after SIGTERM before it is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(3);
 
+/// Runs `f` on a thread of its own that has first entered network namespace `ns`, and returns
+/// what it returns. Sockets that thread opens live in `ns`, and so do threads it starts (a new
+/// thread inherits its creator's namespace): a client built there (a blocking HTTP client
+/// with its own runtime thread) stays in `ns` for its whole life, wherever it is called from.
+pub fn on_thread_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd as _;
+    let path = format!("{NETNS_DIR}/{ns}");
+    let file = fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    thread::spawn(move || {
+        // SAFETY: plain syscall on a descriptor we own; it changes this thread only.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// A long-running process (a server, `outpost run`) started in a namespace, in a process group
 /// of its own, its output in files that can be read while it runs. Stopped on drop: SIGTERM,
 /// then SIGKILL to its group if it does not exit in time.

@@ -1,57 +1,88 @@
-//! Two edge nodes sharing one PostgreSQL: a login started on node 1 finishes on node 2, the
-//! one-time code minted on node 2 is redeemed on node 1, and the app token node 2 signed is
-//! accepted by node 1. The nodes listen on the same port of two loopback addresses (127.0.0.1
-//! and 127.0.0.2), as two nodes behind one name would; the browser is one cookie jar whose
-//! requests are sent to one node or the other.
+//! Two edge nodes, each in a network namespace of its own, sharing one PostgreSQL over the
+//! network (root: namespaces): a login started on node 1 finishes on node 2, the one-time code
+//! minted on node 2 is redeemed on node 1, and the app token node 2 signed is accepted by
+//! node 1.
+//!
+//! The topology is the fleet's ([`outpost_tests::fleet`]): a hub namespace with the LAN's
+//! bridge, the database, an echo origin and here the OpenID provider; the edges at
+//! 198.18.20.11 and .12; a client namespace where the browser (one cookie jar, sending each
+//! request to the node the test picks, as two nodes behind one name would get them) lives.
 
 mod support;
 
 use std::sync::Arc;
 
-use outpost_store::testing::TestPostgres;
+use outpost_tests::{
+    fleet::{Fleet, CLIENT_V4, HUB_V4, ORIGIN_PORT},
+    netns,
+};
 use support::*;
+
+/// The edges serve the standard port, as deployed.
+const PORT: u16 = 443;
+
+/// `GET /audit` of `kind` on node `i`'s admin listener, waiting up to 5 s for an event with
+/// `outcome` and a reason containing `reason` (events are written after the response).
+fn wait_event_on(
+    fleet: &Fleet,
+    i: usize,
+    kind: &str,
+    outcome: &str,
+    reason: &str,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let body = fleet.admin(i, &format!("/audit?kind={kind}&limit=1000"));
+        let events: Vec<serde_json::Value> = serde_json::from_str(&body).expect("/audit is JSON");
+        if has_event(&events, outcome, reason) {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} event {outcome} with reason {reason:?} on node {i}; the events:\n{events:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
 
 #[test]
 fn login_on_node_1_callback_on_node_2_token_accepted_on_node_1() {
-    let pg = TestPostgres::start();
-    let port = free_port();
-    let idp = Idp::start(&[callback(port)]);
-    let origin = Origin::start("app");
-    let node = |ip: &str, name: &str| {
-        let config = format!(
-            "listen = [\"{ip}:{port}\"]\nnode = \"{name}\"\n[store]\nurl = \"{}\"\n{}",
-            pg.url(),
-            edge_config(port, &idp, &origin, "")
-        );
-        Outpost::start_at(port, "uring", &config, &[], &["--no-xdp"])
-    };
-    let node1 = node("127.0.0.1", "edge-1");
-    let node2 = node("127.0.0.2", "edge-2");
+    let mut idp = Idp::configured(HUB_V4, &[callback(PORT)]);
+    let access = edge_config_to(PORT, &idp, &format!("{HUB_V4}:{ORIGIN_PORT}"), "");
+    let fleet = Fleet::new(2, &access);
+    idp.spawn_in(&fleet.hub_ns);
     let jar = Arc::new(reqwest::cookie::Jar::default());
-    let on1 = Browser::at([127, 0, 0, 1], port, jar.clone());
-    let on2 = Browser::at([127, 0, 0, 2], port, jar);
-    let app = format!("https://{WIKI}:{port}/travel");
+    let browser = |i: usize| {
+        let ip: std::net::Ipv4Addr = fleet.nodes[i].addr.parse().unwrap();
+        let jar = jar.clone();
+        netns::on_thread_in(&fleet.client_ns, move || Browser::at(ip.octets(), PORT, jar))
+    };
+    let (on1, on2) = (browser(0), browser(1));
+    let app = format!("https://{WIKI}/travel");
 
-    // /login on node 1, off to the provider.
+    // /login on node 1, off to the provider (in the hub, across the LAN).
     let page = on1.follow(on1.nav(&app)).pop().unwrap();
-    assert_eq!(page.status, 200);
+    assert_eq!(page.status, 200, "{}", page.body);
     let to_idp = on1.choose_provider(&page);
     assert_eq!(to_idp.status, 302, "{}", to_idp.body);
     let back = on1.sign_in_at_idp(to_idp, "alice@example.test");
     let cb = reqwest::Url::parse(&back.url).unwrap().join(&back.location().unwrap()).unwrap();
-    // /callback on node 2: it takes the state node 1 stored, and mints the session, the token
-    // and the one-time code.
+    // /callback on node 2: it takes the state node 1 stored, exchanges the code with the
+    // provider, and mints the session, the token and the one-time code.
     let minted = on2.nav(cb.as_str());
-    assert_eq!(minted.status, 302, "callback on node 2: {}", minted.body);
+    assert_eq!(minted.status, 302, "callback on node 2: {}\n{}", minted.body, fleet.log(1));
     let code_url = minted.location().unwrap();
     assert!(code_url.contains("/.outpost/authorized?code="), "{code_url}");
     // The replay on node 1 finds the state gone.
     assert_eq!(on1.nav(cb.as_str()).status, 400, "the state was taken on node 2");
-    // Node 1 redeems node 2's code and accepts the token node 2 signed.
+    // Node 1 redeems node 2's code and accepts the token node 2 signed; the request reaches
+    // the origin from node 1's address with the identity node 1 vouches for.
     let hops = on1.follow(on1.nav(&code_url));
     let end = hops.last().unwrap();
     assert_eq!(end.status, 200, "{}", end.body);
     assert!(end.body.contains("target /travel\n"), "{}", end.body);
+    let peer = end.body.lines().find_map(|l| l.strip_prefix("peer ")).unwrap_or_default();
+    assert!(peer.ends_with(&fleet.nodes[0].addr), "the origin saw {peer:?}:\n{}", end.body);
     assert_eq!(
         end.echoed("Outpost-Access-Authenticated-User-Email").as_deref(),
         Some("alice@example.test")
@@ -60,18 +91,18 @@ fn login_on_node_1_callback_on_node_2_token_accepted_on_node_1() {
     let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
     // Both nodes publish the key node 2 signed with.
     for (b, name) in [(&on1, "node 1"), (&on2, "node 2")] {
-        let keys = b.api(&format!("https://{AUTH}:{port}/keys")).body;
+        let keys = b.api(&format!("https://{AUTH}/keys")).body;
         assert!(keys.contains(&kid), "{name} does not publish {kid}: {keys}");
     }
     // Node 2 accepts it too, and node 2's session serves node 1's next app without the
     // provider.
     assert_eq!(on2.nav(&app).status, 200);
-    let dash = on1.follow(on1.nav(&format!("https://{DASH}:{port}/")));
-    assert!(dash.iter().all(|h| h.url.contains(".example.test")));
+    let dash = on1.follow(on1.nav(&format!("https://{DASH}/")));
+    assert!(dash.iter().all(|h| h.url.contains(".example.test")), "{dash:#?}");
     assert_eq!(dash.last().unwrap().status, 200);
 
     // Logout on node 2 revokes the session for node 1 as well.
-    let out = on2.follow(on2.nav(&format!("https://{WIKI}:{port}/.outpost/logout")));
+    let out = on2.follow(on2.nav(&format!("https://{WIKI}/.outpost/logout")));
     assert_eq!(out.last().unwrap().status, 200);
     let again = on1.follow(on1.nav(&app));
     assert!(
@@ -80,13 +111,15 @@ fn login_on_node_1_callback_on_node_2_token_accepted_on_node_1() {
         again.last().unwrap().body
     );
 
-    // One audit log: the login on node 2, the logout on node 2, seen from node 1's admin.
-    let logins = wait_event(node1.admin, "access.login", "success", "provider testidp");
+    // One audit log: the login on node 2, the logout on node 2, seen from node 1's admin,
+    // with the client's address as the network saw it.
+    let logins = wait_event_on(&fleet, 0, "access.login", "success", "provider testidp");
     assert!(
         logins.iter().any(|e| e["node"] == "edge-2" && e["user"] == "alice@example.test"),
         "{logins:#?}"
     );
     assert!(logins.iter().any(|e| e["node"] == "edge-1"), "node 1's session login: {logins:#?}");
-    let replays = wait_event(node2.admin, "access.login", "denied", "state replayed");
+    assert!(logins.iter().any(|e| e["client"] == CLIENT_V4), "{logins:#?}");
+    let replays = wait_event_on(&fleet, 1, "access.login", "denied", "state replayed");
     assert!(replays.iter().any(|e| e["node"] == "edge-1"), "{replays:#?}");
 }

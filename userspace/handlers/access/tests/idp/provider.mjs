@@ -3,7 +3,7 @@
 //
 //   node provider.mjs CONFIG.json
 //
-// CONFIG: { port, cert, key, issuer, kid, clients: [{ client_id, client_secret, redirect_uris }] }
+// CONFIG: { host (default 127.0.0.1), port, cert, key, issuer, kid, clients: [{ client_id, client_secret, redirect_uris }] }
 // Prints "READY <port>" once listening.
 //
 // Accounts: the login typed in the form is the subject. A login with an "@" is also the email;
@@ -103,7 +103,7 @@ const server = https.createServer(
     callback(req, res);
   },
 );
-server.listen(cfg.port, '127.0.0.1', () => {
+server.listen(cfg.port, cfg.host ?? '127.0.0.1', () => {
   console.log(`READY ${cfg.port}`);
 });
 for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => process.exit(0));

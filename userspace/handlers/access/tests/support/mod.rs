@@ -49,13 +49,18 @@ pub fn require_node() {
 
 /// A CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`: (ca, cert, key).
 pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    tls_files_for(dir, "127.0.0.1")
+}
+
+/// A CA and a certificate for `host` (and localhost) it signed, as PEM files in `dir`.
+pub fn tls_files_for(dir: &Path, host: &str) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "outpost access test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+    let leaf = CertificateParams::new(vec![host.to_owned(), "localhost".to_owned()])
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
@@ -70,6 +75,9 @@ pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// node-oidc-provider, started by the test, killed on drop.
 pub struct Idp {
     child: Option<Child>,
+    /// The address it listens on, and its namespace (`None`: this one).
+    host: String,
+    ns: Option<String>,
     pub port: u16,
     pub dir: TempDir,
     pub ca: PathBuf,
@@ -78,18 +86,28 @@ pub struct Idp {
 }
 
 impl Idp {
-    /// A provider with one client whose redirect URIs are the given ones.
+    /// A provider on loopback with one client whose redirect URIs are the given ones.
     pub fn start(redirect_uris: &[String]) -> Idp {
+        let mut idp = Idp::configured("127.0.0.1", redirect_uris);
+        idp.spawn();
+        idp
+    }
+
+    /// A provider for `host`, its files written but not started: its issuer, CA and secret
+    /// can go into an edge's config before the namespace it will run in exists
+    /// ([`Idp::spawn_in`]).
+    pub fn configured(host: &str, redirect_uris: &[String]) -> Idp {
         require_node();
         let dir = TempDir::new("idp");
-        let (ca, cert, key) = tls_files(&dir.0);
+        let (ca, cert, key) = tls_files_for(&dir.0, host);
         let port = free_port();
         let cfg = dir.0.join("provider.json");
         let config = serde_json::json!({
+            "host": host,
             "port": port,
             "cert": cert,
             "key": key,
-            "issuer": format!("https://127.0.0.1:{port}"),
+            "issuer": format!("https://{host}:{port}"),
             "kid": "idp-key-1",
             "clients": [{
                 "client_id": CLIENT_ID,
@@ -98,14 +116,35 @@ impl Idp {
             }],
         });
         std::fs::write(&cfg, config.to_string()).unwrap();
-        let mut idp =
-            Idp { child: None, port, dir, ca, cfg, log: Arc::new(Mutex::new(String::new())) };
-        idp.spawn();
-        idp
+        Idp {
+            child: None,
+            host: host.to_owned(),
+            ns: None,
+            port,
+            dir,
+            ca,
+            cfg,
+            log: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
+    /// Starts a [`Idp::configured`] provider in network namespace `ns`.
+    pub fn spawn_in(&mut self, ns: &str) {
+        self.ns = Some(ns.to_owned());
+        self.spawn();
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new("node")
+        // In a namespace through nsenter, which execs: the pid is still node's own.
+        let mut command = match &self.ns {
+            None => Command::new("node"),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).args(["--", "node"]);
+                c
+            }
+        };
+        let mut child = command
             .arg(idp_dir().join("provider.mjs"))
             .arg(&self.cfg)
             .current_dir(idp_dir())
@@ -138,7 +177,7 @@ impl Idp {
     }
 
     pub fn issuer(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.host, self.port)
     }
 
     pub fn log(&self) -> String {
@@ -183,6 +222,11 @@ impl Drop for Idp {
 
 /// `[access]` (and routes to `origin` for the wiki and the dashboard) for an edge on `port`.
 pub fn edge_config(port: u16, idp: &Idp, origin: &Origin, extra_access: &str) -> String {
+    edge_config_to(port, idp, &origin.addr(), extra_access)
+}
+
+/// The same, with the wiki and the dashboard proxied to the origin at `origin`.
+pub fn edge_config_to(port: u16, idp: &Idp, origin: &str, extra_access: &str) -> String {
     let secret = idp.dir.0.join("client-secret");
     std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
     format!(
@@ -227,7 +271,6 @@ name = "dashboard"
 host = "{DASH}"
 allow_emails = ["alice@example.test"]
 "#,
-        origin = origin.addr(),
         issuer = idp.issuer(),
         secret = secret.display(),
         ca = idp.ca.display(),
@@ -236,7 +279,10 @@ allow_emails = ["alice@example.test"]
 
 /// The callback URL the provider must accept for an edge on `port`.
 pub fn callback(port: u16) -> String {
-    format!("https://{AUTH}:{port}/callback")
+    match port {
+        443 => format!("https://{AUTH}/callback"),
+        port => format!("https://{AUTH}:{port}/callback"),
+    }
 }
 
 /// A provider and an edge in front of an echo origin.
