@@ -9,17 +9,23 @@
 //! - [`systems`]: starting the systems under test (origin, nginx, outpost) and the certificate.
 //! - [`netns`]: the client/edge namespaces on a veth wire, XDP attached through outpost's CLI.
 //! - [`scenarios`]: proxy, handshake, flood, memory; each compares systems in one run.
+//! - [`wrk`]: wrk as the proxy scenario's second client, its summary read through a Lua hook.
+//! - [`cpus`]: the proxy scenario's CPU split (`taskset`): the edge's CPUs, the client's.
+//! - [`profile`]: the edge's flame graph (perf, inferno) at maximum load.
 //! - [`report`]: the table on stdout, the JSON file and the SVG plot.
 //! - [`procs`]: child process guards and what /proc says about CPU, memory and sockets.
 
 mod client;
+mod cpus;
 mod gen;
 mod netns;
 mod origin;
 mod procs;
+mod profile;
 mod report;
 mod scenarios;
 mod systems;
+mod wrk;
 
 use std::process::ExitCode;
 

@@ -179,6 +179,18 @@ impl Child {
         }
     }
 
+    /// Stdout lines not yet taken by [`wait_for_line`](Self::wait_for_line): after it exited,
+    /// all of them (waiting at most `limit` for the reader to reach the end).
+    pub fn take_stdout(&mut self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut lines = Vec::new();
+        let Some(rx) = self.stdout_lines.as_ref() else { return lines };
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            lines.push(line);
+        }
+        lines
+    }
+
     /// Waits for it to exit by itself, at most `limit`; kills it past that. `None`: killed.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;

@@ -24,11 +24,14 @@ use serde_json::{json, Value};
 const TICK_S: f64 = 0.01;
 
 use crate::{
+    cpus::{Pin, Split},
     gen::{GenArgs, Op, RunResult},
     netns::{self, EdgeXdp, Wire},
     procs::{self, Child, MachineCpu, Stderr},
+    profile,
     report::{self, ms, ratio, Panel, ScenarioReport, Series, Table},
     systems::{self, Cert, EdgeTimeouts, Io, Place, Running},
+    wrk::{self, WrkRun},
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +134,8 @@ struct Ctx {
     outpost: Option<PathBuf>,
     /// `Err(why)` when `outpost run` cannot serve in this build.
     outpost_run: Result<(), String>,
+    /// `<results>/<stamp>`: the report, the flame graph.
+    dir: PathBuf,
     /// Configs, certificate, logs of the systems.
     work: PathBuf,
     /// Every generator run's JSON.
@@ -166,6 +171,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         cert: Cert::generate(&work)?,
         work,
         runs,
+        dir: dir.clone(),
         seq: AtomicU32::new(0),
         flood_edge: args.flood_edge,
     };
@@ -214,8 +220,11 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "nginx": procs::run(&["/usr/sbin/nginx", "-v"], Duration::from_secs(5)).is_ok().then(nginx_version),
     });
     let caption = format!(
-        "outpost-load {stamp} ({}); 2-core machine, all systems, origin and client on the same cores",
-        if ctx.tiny { "tiny: CI size, numbers mean little" } else { "full size" }
+        "outpost-load {stamp} ({}); {} CPUs; proxy: {}; other scenarios: all systems, origin and \
+         client on the same CPUs",
+        if ctx.tiny { "tiny: CI size, numbers mean little" } else { "full size" },
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        Split::plan().describe(),
     );
     let full = json!({
         "timestamp": stamp,
@@ -232,7 +241,18 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let panels: Vec<Panel> = reports.iter().flat_map(|r| r.panels.clone()).collect();
     fs::write(dir.join("latency.svg"), report::svg(&panels, &caption))?;
     println!("\nreport: {}/{{report.txt,report.json,latency.svg}}", dir.display());
+    let flame = |key: &str| {
+        reports.iter().find_map(|r| r.json.pointer(&format!("/flame_graph/{key}")).cloned())
+    };
+    if let Some(svg) = flame("flame/svg") {
+        println!("flame graph: {}", svg.as_str().unwrap_or_default());
+    }
     procs::check_interrupted()?;
+    // A flame graph that a full run should have made and could not is an error, reported after
+    // the measurements were written.
+    if let Some(why) = flame("error") {
+        bail!("proxy: the flame graph failed: {}", why.as_str().unwrap_or_default());
+    }
     // The tiny run is CI's smoke test of this code: a system or scenario that could not run
     // fails it, where a measurement run reports it and goes on.
     if ctx.tiny {
@@ -295,14 +315,20 @@ struct GenChild {
 }
 
 impl Ctx {
-    fn start_gen(&self, mut args: GenArgs, place: &Place) -> Result<GenChild> {
+    fn start_gen(&self, args: GenArgs, place: &Place) -> Result<GenChild> {
+        self.start_gen_on(args, place, &Pin::none())
+    }
+
+    /// [`start_gen`](Self::start_gen) confined to `pin`'s CPUs.
+    fn start_gen_on(&self, mut args: GenArgs, place: &Place, pin: &Pin) -> Result<GenChild> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let json = self.runs.join(format!("{n:03}-{}.json", sanitize(&args.label)));
         args.json = Some(json.clone());
         let _ = fs::remove_file(&json);
         let mut argv = vec![self.exe.display().to_string(), "gen".into()];
         argv.extend(args.to_argv());
-        let child = Child::spawn(&args.label, &place.argv(&argv), &self.work, Stderr::Inherit)?;
+        let argv = place.argv(&pin.wrap(&argv));
+        let child = Child::spawn(&args.label, &argv, &self.work, Stderr::Inherit)?;
         // Its own bounds are duration + timeout; past a generous margin it is killed.
         let limit = Duration::from_secs_f64(args.duration + args.timeout + args.hold + 30.0);
         Ok(GenChild { child, json, limit, label: args.label })
@@ -312,17 +338,21 @@ impl Ctx {
         self.start_gen(args, place)?.finish()
     }
 
+    fn gen_on(&self, args: GenArgs, place: &Place, pin: &Pin) -> Result<RunResult> {
+        self.start_gen_on(args, place, pin)?.finish()
+    }
+
     fn outpost_bin(&self) -> Result<&Path> {
         self.outpost.as_deref().context("no outpost binary (set OUTPOST_BIN)")
     }
 
     /// A short closed-loop run that must complete at least one request, else the system is
     /// reported unavailable with the first error.
-    fn warm_up(&self, label: &str, mut args: GenArgs, place: &Place) -> Result<()> {
+    fn warm_up(&self, label: &str, mut args: GenArgs, place: &Place, pin: &Pin) -> Result<()> {
         args.label = format!("{label} warm-up");
         args.rate = None;
         args.duration = self.sizes.warmup;
-        let r = self.gen(args, place)?;
+        let r = self.gen_on(args, place, pin)?;
         if r.ok == 0 {
             bail!(
                 "no request succeeded in the warm-up: {}",
@@ -471,7 +501,8 @@ impl Sys {
     }
 }
 
-fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str]) -> Vec<Sys> {
+/// Starts the proxies in `which` on loopback, each confined to `pin`'s CPUs.
+fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str], pin: &Pin) -> Vec<Sys> {
     let origin_addr = format!("127.0.0.1:{}", origin.port);
     let mut out = Vec::new();
     for &name in which {
@@ -480,6 +511,7 @@ fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str]) -> Vec<Sys> {
             match name {
                 "nginx" => systems::start_nginx(
                     &Place::Host,
+                    pin,
                     &listen,
                     &origin_addr,
                     &ctx.cert,
@@ -496,6 +528,7 @@ fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str]) -> Vec<Sys> {
                         ctx.outpost_bin()?,
                         io,
                         &Place::Host,
+                        pin,
                         &listen,
                         &admin,
                         &origin_addr,
@@ -518,13 +551,13 @@ fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str]) -> Vec<Sys> {
 }
 
 /// Warms each system up; a system with no successful request becomes unavailable.
-fn warm_all(ctx: &Ctx, systems: &mut [Sys], base: &GenArgs) {
+fn warm_all(ctx: &Ctx, systems: &mut [Sys], base: &GenArgs, pin: &Pin) {
     for s in systems.iter_mut() {
         let Some(addr) = s.addr() else { continue };
         let mut args = base.clone();
         args.target = addr;
         args.tls = s.tls;
-        if let Err(e) = ctx.warm_up(&s.name, args, &Place::Host) {
+        if let Err(e) = ctx.warm_up(&s.name, args, &Place::Host, pin) {
             eprintln!("outpost-load: {}: not available: {e:#}", s.name);
             s.running = Err(format!("{e:#}"));
         }
@@ -534,11 +567,21 @@ fn warm_all(ctx: &Ctx, systems: &mut [Sys], base: &GenArgs) {
 // ---------------------------------------------------------------------------------------------
 // proxy
 
+/// The proxy scenario's two clients.
+const CLIENTS: [&str; 2] = ["outpost-load", "wrk"];
+/// The system whose flame graph a full run saves.
+const FLAME_SYSTEM: &str = "outpost uring";
+
 fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     let z = ctx.sizes;
-    let mut origin = systems::start_origin(&ctx.exe, &Place::Host, "127.0.0.1:0", &ctx.work)?;
+    // The edge gets CPUs of its own; the client (either generator) and the origin the rest.
+    let split = Split::plan();
+    eprintln!("outpost-load: {}", split.describe());
+    let mut origin =
+        systems::start_origin(&ctx.exe, &Place::Host, &split.client, "127.0.0.1:0", &ctx.work)?;
     let origin_addr = loopback(origin.port);
-    let mut systems = start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"]);
+    let mut systems =
+        start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"], &split.edge);
     // The origin alone, plain HTTP, is the ceiling: no proxy, no TLS.
     systems.insert(
         0,
@@ -548,15 +591,21 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     base.connections = z.proxy_conns;
     base.duration = z.run;
     base.timeout = 5.0;
-    warm_all(ctx, &mut systems[1..], &base);
+    base.threads = split.client.threads_or(base.threads);
+    warm_all(ctx, &mut systems[1..], &base, &split.client);
+    // wrk's -d is whole seconds; in the CI run, one.
+    let wrk_seconds = if ctx.tiny { 1 } else { z.run.round().max(1.0) as u64 };
+    let wrk_ready = wrk::available().map_err(|e| format!("{e:#}"));
 
     let mut closed = Table::new(
         format!(
-            "proxy: keep-alive HTTPS GET, TLS 1.3, closed loop, {} connections, {} s per system",
+            "proxy: keep-alive HTTPS GET, TLS 1.3, closed loop, {} connections, per system: \
+             outpost-load gen {} s, then wrk {wrk_seconds} s",
             z.proxy_conns, z.run
         ),
         &[
             "system",
+            "client",
             "req/s",
             "p50 ms",
             "p99 ms",
@@ -570,81 +619,196 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
         ],
     );
     let mut closed_panel =
-        Panel { title: "proxy: closed loop (max throughput)".into(), series: vec![] };
-    let mut results: Vec<(String, Option<Measured>)> = Vec::new();
+        Panel { title: "proxy: closed loop (max throughput); dashed: wrk".into(), series: vec![] };
+    // Per client, per system: the measured run, or why there is none.
+    let mut results: [Vec<(String, Result<Measured, String>)>; 2] = [Vec::new(), Vec::new()];
     for s in &systems {
         let (target, edge) = match s.target(origin_addr) {
             Ok(t) => t,
             Err(why) => {
                 closed.unavailable(&s.name, why);
-                results.push((s.name.clone(), None));
+                for r in &mut results {
+                    r.push((s.name.clone(), Err(format!("not available: {why}"))));
+                }
                 continue;
             }
         };
-        let mut args = base.clone();
-        args.label = format!("proxy closed {}", s.name);
-        args.target = target;
-        args.tls = s.tls;
-        let m = match measure(edge, &origin, || ctx.gen(args, &Place::Host)) {
-            Ok(m) => m,
-            Err(e) => {
-                procs::check_interrupted()?;
-                closed.unavailable(&s.name, &format!("{e:#}"));
-                results.push((s.name.clone(), None));
-                continue;
-            }
-        };
-        let r = &m.run;
-        let cpu = if s.tls { m.edge_cpu_s } else { m.origin_cpu_s };
-        let mut row = vec![s.name.clone()];
-        row.extend(latency_cells(r));
-        row.extend([
-            format!("{cpu:.2}"),
-            format!("{:.1}", cpu * 1e6 / r.ok.max(1) as f64),
-            format!("{:.2}", r.client_cpu_s),
-            format!("{:.2}", m.others_cpu_s()),
-        ]);
-        closed.row(row);
-        closed_panel.series.push(series(&s.name, r, system_color(&s.name), false));
-        results.push((s.name.clone(), Some(m)));
-        origin.check_alive()?;
+        for (c, client) in CLIENTS.iter().enumerate() {
+            let label = format!("proxy closed {} {client}", s.name);
+            let measured = match (c, &wrk_ready) {
+                (0, _) => {
+                    let mut args = base.clone();
+                    args.label = label;
+                    args.target = target;
+                    args.tls = s.tls;
+                    measure(edge, &origin, || ctx.gen_on(args, &Place::Host, &split.client))
+                }
+                (_, Err(why)) => Err(anyhow::anyhow!("{why}")),
+                (_, Ok(())) => {
+                    let stem = format!(
+                        "{:03}-{}",
+                        ctx.seq.fetch_add(1, Ordering::Relaxed),
+                        sanitize(&label)
+                    );
+                    let run = WrkRun {
+                        label,
+                        target,
+                        tls: s.tls,
+                        host: base.host.clone(),
+                        connections: z.proxy_conns,
+                        threads: split.client.threads_or(2),
+                        seconds: wrk_seconds,
+                        timeout_s: base.timeout as u64,
+                        pin: &split.client,
+                    };
+                    measure(edge, &origin, || run.run(&ctx.work, &ctx.runs, &stem))
+                }
+            };
+            let m = match measured {
+                Ok(m) => m,
+                Err(e) => {
+                    procs::check_interrupted()?;
+                    closed.unavailable(&format!("{} ({client})", s.name), &format!("{e:#}"));
+                    results[c].push((s.name.clone(), Err(format!("not available: {e:#}"))));
+                    continue;
+                }
+            };
+            let r = &m.run;
+            let cpu = if s.tls { m.edge_cpu_s } else { m.origin_cpu_s };
+            let mut row = vec![s.name.clone(), (*client).to_owned()];
+            row.extend(latency_cells(r));
+            row.extend([
+                format!("{cpu:.2}"),
+                format!("{:.1}", cpu * 1e6 / r.ok.max(1) as f64),
+                format!("{:.2}", r.client_cpu_s),
+                format!("{:.2}", m.others_cpu_s()),
+            ]);
+            closed.row(row);
+            let name = if c == 0 { s.name.clone() } else { format!("{} ({client})", s.name) };
+            closed_panel.series.push(series(&name, r, system_color(&s.name), c == 1));
+            results[c].push((s.name.clone(), Ok(m)));
+            origin.check_alive()?;
+        }
     }
-    let run = |name: &str| {
-        results.iter().find(|(n, _)| n == name).and_then(|(_, m)| m.as_ref()).map(|m| &m.run)
+    let run = |c: usize, name: &str| {
+        results[c]
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, m)| m.as_ref().ok())
+            .map(|m| &m.run)
     };
-    let rps = |name: &str| run(name).map(|r| r.throughput);
-    let p99 = |name: &str| run(name).map(|r| r.latency.p99_us as f64);
-    closed.notes.push(format!(
-        "outpost uring / nginx: req/s {}, p99 {};  uring / epoll: req/s {};  nginx / origin alone: {}",
-        ratio(rps("outpost uring"), rps("nginx")),
-        ratio(p99("outpost uring"), p99("nginx")),
-        ratio(rps("outpost uring"), rps("outpost epoll")),
-        ratio(rps("nginx"), rps("origin alone (plain HTTP)")),
-    ));
+    let rps = |c: usize, name: &str| run(c, name).map(|r| r.throughput);
+    let p99 = |c: usize, name: &str| run(c, name).map(|r| r.latency.p99_us as f64);
+    closed.notes.push(split.describe());
     closed.notes.push(negotiated_note(
-        results.iter().filter_map(|(n, m)| m.as_ref().map(|m| (n.as_str(), &m.run))),
+        results[0].iter().filter_map(|(n, m)| m.as_ref().ok().map(|m| (n.as_str(), &m.run))),
     ));
     closed.notes.push(
-        "edge CPU: the proxy's processes (the origin's for the origin row); client: the generator; \
-         others: the rest of the machine during the run (other work on a shared machine)."
+        "edge CPU: the proxy's processes (the origin's for the origin row); client: the generator \
+         (outpost-load gen or wrk); others: the rest of the machine during the run (other work \
+         on a shared machine). wrk (OpenSSL) opens its connections inside its run and times each \
+         request from its write; outpost-load opens them before the clock."
             .into(),
     );
 
+    // Both clients side by side, and the ratios each of them sees.
+    let mut both = Table::new(
+        format!(
+            "proxy: the same runs, both clients side by side (closed loop, {} connections)",
+            z.proxy_conns
+        ),
+        &["system", "outpost-load req/s", "p99 ms", "wrk req/s", "p99 ms"],
+    );
+    let cell_rps = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    let cell_p99 = |c: usize, name: &str| run(c, name).map_or("-".into(), |r| ms(r.latency.p99_us));
+    for s in &systems {
+        both.row(vec![
+            s.name.clone(),
+            cell_rps(rps(0, &s.name)),
+            cell_p99(0, &s.name),
+            cell_rps(rps(1, &s.name)),
+            cell_p99(1, &s.name),
+        ]);
+    }
+    let mut ratios_json = serde_json::Map::new();
+    for (label, a, b) in [
+        ("outpost uring / nginx", "outpost uring", "nginx"),
+        ("outpost uring / outpost epoll", "outpost uring", "outpost epoll"),
+        ("nginx / origin alone", "nginx", "origin alone (plain HTTP)"),
+    ] {
+        both.row(vec![
+            label.into(),
+            ratio(rps(0, a), rps(0, b)),
+            ratio(p99(0, a), p99(0, b)),
+            ratio(rps(1, a), rps(1, b)),
+            ratio(p99(1, a), p99(1, b)),
+        ]);
+        let r = |v: Option<f64>, w: Option<f64>| match (v, w) {
+            (Some(v), Some(w)) if w > 0.0 => json!(v / w),
+            _ => Value::Null,
+        };
+        ratios_json.insert(
+            label.into(),
+            json!({
+                "outpost-load": {"req_s": r(rps(0, a), rps(0, b)), "p99": r(p99(0, a), p99(0, b))},
+                "wrk": {"req_s": r(rps(1, a), rps(1, b)), "p99": r(p99(1, a), p99(1, b))},
+            }),
+        );
+    }
+    both.notes.push(split.describe());
+    both.notes.push(
+        "ratio rows: req/s and p99 of the first system over the second's, each client on its own."
+            .into(),
+    );
+
+    // The edge's flame graph at maximum load: a run of its own, so that perf's cost is in no
+    // measured row.
+    let flame_json = if ctx.tiny {
+        both.notes.push("flame graph: skipped (--tiny)".into());
+        json!({"skipped": "--tiny"})
+    } else {
+        match flame_graph(ctx, &systems, &base, &split) {
+            Ok(None) => {
+                both.notes.push(format!("flame graph: not made: {FLAME_SYSTEM} is not available"));
+                json!({"skipped": format!("{FLAME_SYSTEM} not available")})
+            }
+            Ok(Some((flame, run))) => {
+                both.notes.push(format!(
+                    "flame graph of {FLAME_SYSTEM}: {} ({:.0} s of outpost-load gen at {:.0} req/s \
+                     under perf; {} samples; {})",
+                    flame.svg.display(),
+                    flame.seconds,
+                    run.throughput,
+                    flame.samples,
+                    flame.event_note
+                ));
+                json!({"flame": flame, "run": run})
+            }
+            Err(e) => {
+                procs::check_interrupted()?;
+                eprintln!("outpost-load: proxy: flame graph failed: {e:#}");
+                both.notes.push(format!("flame graph: FAILED: {e:#}"));
+                json!({"error": format!("{e:#}")})
+            }
+        }
+    };
+    origin.check_alive()?;
+
     // Latency at the same offered load for every system: half the slowest TLS system's max.
-    let slowest = results
+    let slowest = results[0]
         .iter()
         .filter(|(n, _)| !n.starts_with("origin"))
-        .filter_map(|(_, m)| m.as_ref().map(|m| m.run.throughput))
+        .filter_map(|(_, m)| m.as_ref().ok().map(|m| m.run.throughput))
         .fold(f64::INFINITY, f64::min);
-    let mut tables = vec![closed];
+    let mut tables = vec![closed, both];
     let mut panels = vec![closed_panel];
     let mut open_json = Vec::new();
     if slowest.is_finite() && slowest > 0.0 {
         let rate = ((slowest * 0.5 / 100.0).floor() * 100.0).max(50.0);
         let mut open = Table::new(
             format!(
-                "proxy: the same at a fixed {rate:.0} req/s (open loop, half the slowest proxy's max; \
-                 latency from the intended send time), {} connections, {} s",
+                "proxy: the same at a fixed {rate:.0} req/s (open loop, outpost-load gen, half the \
+                 slowest proxy's max; latency from the intended send time), {} connections, {} s",
                 z.proxy_conns, z.run
             ),
             &["system", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "edge µs/req"],
@@ -664,7 +828,7 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
             args.target = target;
             args.tls = s.tls;
             args.rate = Some(rate);
-            match measure(edge, &origin, || ctx.gen(args, &Place::Host)) {
+            match measure(edge, &origin, || ctx.gen_on(args, &Place::Host, &split.client)) {
                 Ok(m) => {
                     let r = &m.run;
                     let cpu = if s.tls { m.edge_cpu_s } else { m.origin_cpu_s };
@@ -681,15 +845,77 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
                 }
             }
         }
+        open.notes.push(split.describe());
         tables.push(open);
         panels.push(open_panel);
     }
+    let closed_json = |c: usize| {
+        results[c]
+            .iter()
+            .map(|(n, m)| match m {
+                Ok(m) => json!({"system": n, "measured": m.json()}),
+                Err(why) => json!({"system": n, "measured": null, "why": why}),
+            })
+            .collect::<Vec<_>>()
+    };
     let json = json!({
-        "closed": results.iter().map(|(n, m)| json!({"system": n, "measured": m.as_ref().map(Measured::json)})).collect::<Vec<_>>(),
+        "cpu_split": split.json(),
+        "closed": closed_json(0),
+        "closed_wrk": closed_json(1),
+        "wrk_unavailable": wrk_ready.err(),
+        "ratios": ratios_json,
         "open": open_json,
+        "flame_graph": flame_json,
         "unavailable": unavailable_json(&systems),
     });
     Ok(ScenarioReport { name: "proxy".into(), tables, json, panels })
+}
+
+/// The flame graph of [`FLAME_SYSTEM`] under a closed-loop run of outpost-load gen (the same
+/// load as its measured row); `None` when that system is not running. perf and the generator
+/// share the client's CPUs.
+fn flame_graph(
+    ctx: &Ctx,
+    systems: &[Sys],
+    base: &GenArgs,
+    split: &Split,
+) -> Result<Option<(profile::Flame, RunResult)>> {
+    let Some((sys, edge)) = systems
+        .iter()
+        .find(|s| s.name == FLAME_SYSTEM)
+        .and_then(|s| s.running.as_ref().ok().map(|r| (s, r)))
+    else {
+        return Ok(None);
+    };
+    // Before a load run is spent: perf and inferno must be there.
+    profile::tools()?;
+    let mut args = base.clone();
+    args.label = format!("proxy flame {}", sys.name);
+    args.target = loopback(edge.port);
+    args.tls = true;
+    let gen = ctx.start_gen_on(args, &Place::Host, &split.client)?;
+    // The generator opens its connections before its clock starts; sample the steady state.
+    let lead = 1.0;
+    thread::sleep(Duration::from_secs_f64(lead));
+    let seconds = (ctx.sizes.run - 2.0 * lead).max(1.0);
+    let title = format!(
+        "{} ({} worker{} on {}), keep-alive TLS 1.3 GETs, {} connections, closed loop",
+        sys.name,
+        split.edge.workers(),
+        if split.edge.workers() == 1 { "" } else { "s" },
+        split.edge,
+        base.connections
+    );
+    let flame = profile::record(
+        edge.pid(),
+        seconds,
+        &split.client,
+        &ctx.dir,
+        "flame-outpost-uring",
+        &title,
+    );
+    let run = gen.finish();
+    Ok(Some((flame?, run?)))
 }
 
 fn unavailable_json(systems: &[Sys]) -> Value {
@@ -706,15 +932,17 @@ fn unavailable_json(systems: &[Sys]) -> Value {
 
 fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
     let z = ctx.sizes;
-    let origin = systems::start_origin(&ctx.exe, &Place::Host, "127.0.0.1:0", &ctx.work)?;
-    let mut systems = start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"]);
+    let origin =
+        systems::start_origin(&ctx.exe, &Place::Host, &Pin::none(), "127.0.0.1:0", &ctx.work)?;
+    let mut systems =
+        start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"], &Pin::none());
     let mut base = GenArgs::new("handshake", loopback(origin.port));
     base.tls = true;
     base.new_conn = true;
     base.connections = z.handshake_conns;
     base.duration = z.run;
     base.timeout = 5.0;
-    warm_all(ctx, &mut systems, &base);
+    warm_all(ctx, &mut systems, &base, &Pin::none());
     let mut t = Table::new(
         format!(
             "handshake: a new connection per request, full TLS 1.3 handshake (no resumption, \
@@ -796,7 +1024,8 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
 
 fn memory(ctx: &Ctx) -> Result<ScenarioReport> {
     let z = ctx.sizes;
-    let origin = systems::start_origin(&ctx.exe, &Place::Host, "127.0.0.1:0", &ctx.work)?;
+    let origin =
+        systems::start_origin(&ctx.exe, &Place::Host, &Pin::none(), "127.0.0.1:0", &ctx.work)?;
     let mut t = Table::new(
         format!(
             "memory: the edge with {} idle keep-alive TLS 1.3 connections (one GET each, then idle)",
@@ -808,11 +1037,11 @@ fn memory(ctx: &Ctx) -> Result<ScenarioReport> {
     // One system at a time, each fresh, so that none holds the others' memory.
     for name in ["nginx", "outpost uring", "outpost epoll"] {
         procs::check_interrupted()?;
-        let mut sys = start_proxies(ctx, &origin, &[name]);
+        let mut sys = start_proxies(ctx, &origin, &[name], &Pin::none());
         let mut base = GenArgs::new("memory", loopback(origin.port));
         base.tls = true;
         base.connections = 4;
-        warm_all(ctx, &mut sys, &base);
+        warm_all(ctx, &mut sys, &base, &Pin::none());
         let s = sys.pop().expect("one system");
         let running = match &s.running {
             Ok(r) => r,
@@ -931,16 +1160,23 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
     let mut wire = Wire::new(outpost)?;
     let place = Place::Netns(wire.edge_ns.clone());
     let client = Place::Netns(wire.client_ns.clone());
-    let origin = systems::start_origin(&ctx.exe, &place, ORIGIN_NS_ADDR, &ctx.work)?;
+    let origin = systems::start_origin(&ctx.exe, &place, &Pin::none(), ORIGIN_NS_ADDR, &ctx.work)?;
     let listen = format!("{}:{EDGE_PORT}", netns::EDGE_V4);
     let mut edge = match edge_kind {
-        EdgeKind::Nginx => {
-            systems::start_nginx(&place, &listen, ORIGIN_NS_ADDR, &ctx.cert, z.timeouts, &ctx.work)?
-        }
+        EdgeKind::Nginx => systems::start_nginx(
+            &place,
+            &Pin::none(),
+            &listen,
+            ORIGIN_NS_ADDR,
+            &ctx.cert,
+            z.timeouts,
+            &ctx.work,
+        )?,
         EdgeKind::Outpost => systems::start_outpost(
             outpost,
             Io::Uring,
             &place,
+            &Pin::none(),
             &listen,
             "127.0.0.1:9901",
             ORIGIN_NS_ADDR,
@@ -1020,7 +1256,7 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
         eprintln!("-- flood: {case}");
         wire.set_edge_xdp(xdp, EDGE_PORT)?;
         edge.check_alive()?;
-        ctx.warm_up(&format!("{case} modern"), modern.clone(), &client)?;
+        ctx.warm_up(&format!("{case} modern"), modern.clone(), &client, &Pin::none())?;
 
         let mut a = modern.clone();
         a.label = format!("{case}: modern alone");

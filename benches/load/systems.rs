@@ -11,9 +11,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::procs::{self, Child, Stderr};
+use crate::{
+    cpus::Pin,
+    procs::{self, Child, Stderr},
+};
 
-/// Worker processes/threads of every proxy: one per core of this 2-core machine.
+/// Worker processes/threads of every proxy that is not pinned (see [`Pin::workers`]): one per
+/// core of this 2-core machine.
 pub const PROXY_WORKERS: usize = 2;
 /// Names in the certificate; the generator sends `edge.test` as SNI and Host.
 pub const CERT_NAMES: &[&str] = &["edge.test", "localhost", "127.0.0.1", "198.18.2.2"];
@@ -97,16 +101,23 @@ impl Running {
     }
 }
 
-/// Starts the origin on `listen` (e.g. `127.0.0.1:0`); returns once it listens.
-pub fn start_origin(exe: &Path, place: &Place, listen: &str, scratch: &Path) -> Result<Running> {
-    let argv = place.argv(&[
+/// Starts the origin on `listen` (e.g. `127.0.0.1:0`), a thread per CPU of `pin`; returns once
+/// it listens.
+pub fn start_origin(
+    exe: &Path,
+    place: &Place,
+    pin: &Pin,
+    listen: &str,
+    scratch: &Path,
+) -> Result<Running> {
+    let argv = place.argv(&pin.wrap(&[
         exe.display().to_string(),
         "origin".into(),
         "--listen".into(),
         listen.into(),
         "--threads".into(),
-        PROXY_WORKERS.to_string(),
-    ]);
+        pin.workers().to_string(),
+    ]));
     let mut child = Child::spawn("origin", &argv, scratch, Stderr::File)?;
     let line = child.wait_for_line("listening", START_LIMIT)?;
     let port = line
@@ -157,9 +168,11 @@ pub struct EdgeTimeouts {
     pub idle: Duration,
 }
 
-/// Starts nginx as the TLS edge on `listen` in front of `origin` (both `ip:port`).
+/// Starts nginx as the TLS edge on `listen` in front of `origin` (both `ip:port`), a worker
+/// process per CPU of `pin`.
 pub fn start_nginx(
     place: &Place,
+    pin: &Pin,
     listen: &str,
     origin: &str,
     cert: &Cert,
@@ -178,7 +191,7 @@ pub fn start_nginx(
     // inherited from the bench (raised as far as allowed).
     let _ = write!(
         conf,
-        r#"worker_processes {PROXY_WORKERS};
+        r#"worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{
@@ -220,6 +233,7 @@ http {{
     }}
 }}
 "#,
+        workers = pin.workers(),
         idle = timeouts.idle.as_secs().max(1),
         handshake = timeouts.handshake.as_secs().max(1),
         cert = cert.cert.display(),
@@ -227,7 +241,7 @@ http {{
     );
     let conf_path = dir.join("nginx.conf");
     fs::write(&conf_path, conf)?;
-    let argv = place.argv(&[
+    let argv = place.argv(&pin.wrap(&[
         bin.display().to_string(),
         "-p".into(),
         dir.display().to_string(),
@@ -237,7 +251,7 @@ http {{
         conf_path.display().to_string(),
         "-g".into(),
         "daemon off;".into(),
-    ]);
+    ]));
     let mut child = Child::spawn("nginx", &argv, scratch, Stderr::File)?;
     let port = port_of(listen)?;
     procs::wait_listening(port, START_LIMIT, &mut child).map_err(|e| {
@@ -287,12 +301,14 @@ pub fn outpost_available(bin: Option<&Path>) -> Result<()> {
     }
 }
 
-/// Starts `outpost run` as the TLS edge on `listen` in front of `origin`.
+/// Starts `outpost run` as the TLS edge on `listen` in front of `origin`, a worker per CPU of
+/// `pin`.
 #[allow(clippy::too_many_arguments)]
 pub fn start_outpost(
     bin: &Path,
     io: Io,
     place: &Place,
+    pin: &Pin,
     listen: &str,
     admin: &str,
     origin: &str,
@@ -308,7 +324,7 @@ pub fn start_outpost(
         r#"listen = ["{listen}"]
 admin = "{admin}"
 data_dir = "{data}"
-workers = {PROXY_WORKERS}
+workers = {workers}
 io = "{io}"
 
 [floor]
@@ -334,6 +350,7 @@ pool_idle_ms = 600000
 health_check = {{ path = "/", interval_ms = 0 }}
 "#,
         data = dir.join("data").display(),
+        workers = pin.workers(),
         io = io.name(),
         cert = cert.cert.display(),
         key = cert.key.display(),
@@ -356,7 +373,7 @@ health_check = {{ path = "/", interval_ms = 0 }}
     if xdp_pins.is_none() {
         args.push("--no-xdp".into());
     }
-    let argv = place.argv(&args);
+    let argv = place.argv(&pin.wrap(&args));
     let mut child = Child::spawn(&name, &argv, scratch, Stderr::File)?;
     let port = port_of(listen)?;
     procs::wait_listening(port, START_LIMIT, &mut child)?;

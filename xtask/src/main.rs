@@ -123,6 +123,9 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "python3-aiosmtpd",
 ];
+/// Debian packages of the benchmarks: wrk, the second client of the proxy bench; perf, for the
+/// edge's flame graph (taskset, which pins the proxy bench's processes, is util-linux's).
+const BENCH_PACKAGES: &[&str] = &["wrk", "linux-perf"];
 /// npm projects of the tests (each with a package-lock.json): `npm ci` installs them.
 const NPM_PROJECTS: &[&str] =
     &["userspace/handlers/access/tests/idp", "userspace/handlers/reserve/tests/browser"];
@@ -130,6 +133,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
 const FUZZ_TARGETS: &[&str] = &["classify", "http_request", "access_token"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// inferno (`inferno-collapse-perf`, `inferno-flamegraph`) folds the proxy bench's perf samples
+/// into the edge's flame graph; Debian packages no flame graph tool.
+const INFERNO_VERSION: &str = "0.12.8";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -191,7 +197,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
         };
         xdp = cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "xdp-bench"])
             .and_then(|()| {
-                run(Command::new(root.join("target/release/xdp-bench")).arg(repeat.to_string()))
+                run(Command::new(release_bin(root, "xdp-bench")).arg(repeat.to_string()))
             });
     }
     let mut store = Ok(());
@@ -209,7 +215,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
             let mut cmd = Command::new("cargo");
             cmd.args(["bench", "-p", "outpost-access", "--bench", "access", "--", "--results"])
                 .arg(root.join("results"))
-                .env("OUTPOST_BIN", root.join("target/release/outpost"));
+                .env("OUTPOST_BIN", release_bin(root, "outpost"));
             if tiny {
                 cmd.arg("--tiny");
             }
@@ -232,13 +238,13 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     // (`--tiny`) fails: outpost-load decides, from OUTPOST_BIN.
     let outpost_built = cargo(&["build", "--release", "-p", "outpost"]).is_ok();
     cargo(&["build", "--release", "-p", "outpost-benches", "--bin", "outpost-load"])?;
-    let mut load = Command::new(root.join("target/release/outpost-load"));
+    let mut load = Command::new(release_bin(root, "outpost-load"));
     load.args(["bench", scenario, "--results"]).arg(root.join("results"));
     if tiny {
         load.arg("--tiny");
     }
     if outpost_built {
-        load.env("OUTPOST_BIN", root.join("target/release/outpost"));
+        load.env("OUTPOST_BIN", release_bin(root, "outpost"));
     } else {
         load.env_remove("OUTPOST_BIN");
     }
@@ -249,13 +255,21 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
 /// takes `--tiny`; the release `outpost` is the edge it measures, when it needs one.
 fn results_bench(root: &Path, bin: &str, tiny: bool) -> Result<()> {
     cargo(&["build", "--release", "-p", "outpost-benches", "--bin", bin])?;
-    let mut cmd = Command::new(root.join("target/release").join(bin));
+    let mut cmd = Command::new(release_bin(root, bin));
     cmd.arg("--results").arg(root.join("results"));
-    cmd.env("OUTPOST_BIN", root.join("target/release/outpost"));
+    cmd.env("OUTPOST_BIN", release_bin(root, "outpost"));
     if tiny {
         cmd.arg("--tiny");
     }
     run(&mut cmd)
+}
+
+/// A binary of `cargo build --release`: under `CARGO_TARGET_DIR` when it is set (relative to the
+/// workspace, as cargo takes it), else under target/.
+fn release_bin(root: &Path, name: &str) -> PathBuf {
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    target.join("release").join(name)
 }
 
 fn workspace_root() -> PathBuf {
@@ -264,8 +278,13 @@ fn workspace_root() -> PathBuf {
 
 fn setup() -> Result<()> {
     let started = Instant::now();
-    let mut missing: Vec<&str> =
-        BUILD_PACKAGES.iter().chain(TEST_PACKAGES).copied().filter(|p| !installed(p)).collect();
+    let mut missing: Vec<&str> = BUILD_PACKAGES
+        .iter()
+        .chain(TEST_PACKAGES)
+        .chain(BENCH_PACKAGES)
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if !missing.is_empty() {
         missing.sort();
         println!("xtask setup: installing {}", missing.join(" "));
@@ -288,6 +307,15 @@ fn setup() -> Result<()> {
             .env("PATH", path)
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    // inferno's binaries have no --version; cargo's list of installed packages has it.
+    let inferno_ok = output(Command::new("cargo").args(["install", "--list"]))
+        .is_ok_and(|list| list.contains(&format!("inferno v{INFERNO_VERSION}:")));
+    if !inferno_ok {
+        println!("xtask setup: installing inferno {INFERNO_VERSION} (flame graphs)");
+        run(Command::new("cargo")
+            .args(["install", "inferno", "--version", INFERNO_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", "cli"]))?;
     }
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("debian-rust")) {
