@@ -187,6 +187,13 @@ impl Request {
         )
     }
 
+    /// Writes no request waits on: audit events (written after the response) and sweeps.
+    /// SQLite commits a batch of only these without syncing on its writer and syncs it on
+    /// another thread, so they never hold up a request's write.
+    pub(crate) fn is_background(&self) -> bool {
+        matches!(self, Request::AppendAudit(_) | Request::Sweep)
+    }
+
     /// Whether it may add outbox rows (local outbox workers are woken after it).
     pub(crate) fn enqueues(&self) -> bool {
         match self {

@@ -8,6 +8,13 @@
 //! on disk. Every decision (take, unique insert, compare-and-set, claim) is made inside that
 //! single writer, so check-then-write within a request is atomic by construction.
 //!
+//! The writer's thread waits on nothing but requests' own fsyncs. A batch of background
+//! writes only (audit events, written after the response, and sweeps) commits with
+//! `synchronous=NORMAL` and its callers are answered by the syncer thread once it has synced
+//! the WAL: still on disk when acknowledged, but the fsync no longer sits in front of the next
+//! login's write. The syncer also runs the WAL checkpoints (`PASSIVE`, which never blocks the
+//! writer), so no commit carries one.
+//!
 //! Reads go to [`READERS`] reader threads with read-only connections: WAL lets them run beside
 //! the writer and see every commit that has been acknowledged.
 //!
@@ -41,12 +48,32 @@ use crate::{
 pub(crate) const MAX_BATCH: usize = 512;
 /// Reader threads (read-only connections).
 const READERS: usize = 2;
+/// Writer commits between two checkpoints. A login is about seven commits of a few pages, so
+/// the WAL stays around SQLite's own 1000-page default.
+const CHECKPOINT_EVERY: u32 = 256;
 
 pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, StoreError>>;
 
 struct Job {
     req: Request,
     reply: ReplyTx,
+}
+
+/// Work the writer hands to the syncer thread.
+enum SyncJob {
+    /// Answers of a batch committed without a sync: sent once the WAL is on disk.
+    Answer(Vec<(ReplyTx, Result<Reply, StoreError>)>),
+    /// [`CHECKPOINT_EVERY`] commits since the last checkpoint.
+    Checkpoint,
+}
+
+/// Where a batch's commit is made durable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncAt {
+    /// `synchronous=FULL`: the writer fsyncs the WAL before COMMIT returns.
+    Commit,
+    /// `synchronous=NORMAL`: COMMIT returns once the WAL is written; the syncer fsyncs it.
+    Syncer,
 }
 
 pub(crate) struct Sqlite {
@@ -102,15 +129,19 @@ impl Sqlite {
             )));
         }
         // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
-        // loss, not only a crash of this process.
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
-            .map_err(|e| classify(e, &path))?;
+        // loss, not only a crash of this process. No automatic checkpoint: it would run inside
+        // a COMMIT, with that batch's callers waiting; the syncer runs them instead.
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0;",
+        )
+        .map_err(|e| classify(e, &path))?;
         migrate(&conn, &pending).map_err(|e| classify(e, &path))?;
 
         let (wtx, wrx) = mpsc::channel::<Job>();
         let (rtx, rrx) = mpsc::channel::<Job>();
+        let (stx, srx) = mpsc::channel::<SyncJob>();
         let rrx = Arc::new(Mutex::new(rrx));
-        let mut threads = Vec::with_capacity(1 + READERS);
+        let mut threads = Vec::with_capacity(2 + READERS);
         for i in 0..READERS {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let rconn =
@@ -121,9 +152,19 @@ impl Sqlite {
                 reader_loop(rconn, &rrx, &metrics, &path)
             })?);
         }
+        // Read-write, for checkpoints only.
+        let wal = wal_path(&path);
+        let sconn = Connection::open_with_flags(&path, flags).map_err(|e| classify(e, &path))?;
+        sconn.busy_timeout(busy).map_err(|e| classify(e, &path))?;
+        let (smetrics, spath) = (metrics.clone(), path.clone());
+        threads.push(spawn("outpost-store-sync", move || {
+            syncer_loop(sconn, &wal, srx, &smetrics, &spath)
+        })?);
         let (wmetrics, wpath) = (metrics.clone(), path.clone());
-        threads.push(spawn("outpost-store-w", move || writer_loop(conn, wrx, &wmetrics, &wpath))?);
-        metrics.set_sqlite_connections(1 + READERS as i64);
+        threads.push(spawn("outpost-store-w", move || {
+            writer_loop(conn, wrx, &stx, &wmetrics, &wpath)
+        })?);
+        metrics.set_sqlite_connections(2 + READERS as i64);
         Ok(Sqlite {
             path,
             writer: RwLock::new(Some(wtx)),
@@ -155,8 +196,9 @@ impl Sqlite {
         Ok(rx)
     }
 
-    /// Closes the queues; the writer commits what was queued before it stops. Joins the
-    /// threads (each finishes within one batch).
+    /// Closes the queues; the writer commits what was queued before it stops, and the syncer
+    /// answers what it holds once the writer is gone. Joins the threads (each finishes within
+    /// one batch).
     pub(crate) fn shutdown(&self) {
         for q in [&self.writer, &self.readers] {
             if let Ok(mut q) = q.write() {
@@ -210,6 +252,13 @@ fn lock_dir(dir: &Path, db: &Path) -> Result<File, StoreError> {
         return Err(StoreError::Unavailable(format!("cannot lock {}: {err}", lock_path.display())));
     }
     Ok(file)
+}
+
+/// SQLite's name for the WAL of the database `db`.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
 }
 
 /// Creates `path` readable and writable by its owner only, if it does not exist yet.
@@ -281,8 +330,17 @@ fn migrate(conn: &Connection, pending: &[&(i64, &str)]) -> rusqlite::Result<()> 
     })
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, metrics: &StoreMetrics, path: &Path) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    syncer: &mpsc::Sender<SyncJob>,
+    metrics: &StoreMetrics,
+    path: &Path,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // What the connection is set to; None after a failed change, so the next batch sets it.
+    let mut mode = Some(SyncAt::Commit);
+    let mut since_checkpoint = 0u32;
     while let Ok(job) = rx.recv() {
         batch.push(job);
         while batch.len() < MAX_BATCH {
@@ -291,14 +349,47 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, metrics: &StoreMetrics
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, &mut batch, metrics, path);
+        let want = if batch.iter().all(|j| j.req.is_background()) {
+            SyncAt::Syncer
+        } else {
+            SyncAt::Commit
+        };
+        if mode != Some(want) {
+            let pragma = match want {
+                SyncAt::Commit => "PRAGMA synchronous=FULL",
+                SyncAt::Syncer => "PRAGMA synchronous=NORMAL",
+            };
+            mode = conn.execute_batch(pragma).ok().map(|()| want);
+        }
+        if mode != Some(want) {
+            // Never commit a request's write with less than FULL.
+            let e = StoreError::Other(format!("{}: cannot set the sync mode", path.display()));
+            metrics.in_flight(-(batch.len() as i64));
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            continue;
+        }
+        commit_batch(&conn, &mut batch, want, syncer, metrics, path);
+        since_checkpoint += 1;
+        if since_checkpoint >= CHECKPOINT_EVERY && syncer.send(SyncJob::Checkpoint).is_ok() {
+            since_checkpoint = 0;
+        }
     }
     // Every sender is gone: queued work was drained above. Closing checkpoints the WAL.
     let _ = conn.close();
 }
 
-/// Runs `batch` in one transaction, one savepoint per request, one COMMIT; then answers.
-fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, metrics: &StoreMetrics, path: &Path) {
+/// Runs `batch` in one transaction, one savepoint per request, one COMMIT; then answers, or
+/// (`SyncAt::Syncer`) has the syncer answer once the WAL is on disk.
+fn commit_batch(
+    conn: &Connection,
+    batch: &mut Vec<Job>,
+    sync: SyncAt,
+    syncer: &mpsc::Sender<SyncJob>,
+    metrics: &StoreMetrics,
+    path: &Path,
+) {
     // A caller that gave up (timed out) would never learn the outcome, and a `take` done for
     // it would lose the value: such requests are dropped unexecuted.
     let before = batch.len();
@@ -336,14 +427,24 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, metrics: &StoreMetrics,
         exec(conn, "COMMIT").map_err(|e| classify(e, path))
     })();
     metrics.record_batch(batch.len());
-    metrics.in_flight(-(batch.len() as i64));
     match outcome {
+        Ok(()) if sync == SyncAt::Syncer => {
+            let answers = batch.drain(..).map(|j| j.reply).zip(results).collect();
+            if let Err(mpsc::SendError(SyncJob::Answer(answers))) =
+                syncer.send(SyncJob::Answer(answers))
+            {
+                // The syncer is gone (it outlives the writer, so only by a panic): sync here.
+                answer_synced(answers, &wal_path(path), metrics, path);
+            }
+        }
         Ok(()) => {
+            metrics.in_flight(-(batch.len() as i64));
             for (job, r) in batch.drain(..).zip(results) {
                 let _ = job.reply.send(r);
             }
         }
         Err(e) => {
+            metrics.in_flight(-(batch.len() as i64));
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
@@ -351,6 +452,58 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, metrics: &StoreMetrics,
                 let _ = job.reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// Syncs the WAL for batches the writer committed without a sync, then answers them; runs the
+/// checkpoints. Stops once the writer is gone and everything it handed over is answered.
+fn syncer_loop(
+    conn: Connection,
+    wal: &Path,
+    rx: mpsc::Receiver<SyncJob>,
+    metrics: &StoreMetrics,
+    path: &Path,
+) {
+    while let Ok(job) = rx.recv() {
+        let mut answers = Vec::new();
+        let mut checkpoint = false;
+        // One fsync for everything queued meanwhile.
+        for job in std::iter::once(job).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match job {
+                SyncJob::Answer(a) => answers.extend(a),
+                SyncJob::Checkpoint => checkpoint = true,
+            }
+        }
+        if !answers.is_empty() {
+            answer_synced(answers, wal, metrics, path);
+        }
+        if checkpoint {
+            // PASSIVE: copies what no reader still needs and never waits for the writer; what
+            // it leaves is copied next time. A failure (another process checkpointing) only
+            // lets the WAL grow until the next one.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+    let _ = conn.close();
+}
+
+/// fdatasync of the WAL file: every commit written to it so far is then on disk, whichever
+/// connection wrote it. Then the answers go out.
+fn answer_synced(
+    answers: Vec<(ReplyTx, Result<Reply, StoreError>)>,
+    wal: &Path,
+    metrics: &StoreMetrics,
+    path: &Path,
+) {
+    let synced = File::open(wal).and_then(|f| f.sync_data()).map_err(|e| {
+        StoreError::Unavailable(format!("{}: cannot sync the WAL: {e}", path.display()))
+    });
+    metrics.in_flight(-(answers.len() as i64));
+    for (reply, r) in answers {
+        let _ = reply.send(match &synced {
+            Ok(()) => r,
+            Err(e) => Err(e.clone()),
+        });
     }
 }
 
