@@ -35,6 +35,9 @@ pub struct Flame {
     pub event: String,
     /// Why the event is what it is.
     pub event_note: String,
+    /// Stacks perf could not unwind to their root (rooted at `[unknown]`), a share of the
+    /// samples' weight.
+    pub unrooted_share: f64,
     pub seconds: f64,
     /// Samples in the folded stacks.
     pub samples: u64,
@@ -119,11 +122,25 @@ pub fn record(
     to_file(&[PERF, "script", "-i", &data_s], &script, Duration::from_secs(600))?;
     let script_s = script.display().to_string();
     to_file(&[&collapse.display().to_string(), &script_s], &folded, Duration::from_secs(300))?;
-    let text = fs::read_to_string(&folded)?;
-    let samples: u64 = text.lines().filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok()).sum();
+    // One header line per sample, its stack indented below it. (The folded counts are the
+    // samples' periods: nanoseconds for cpu-clock, not samples.)
+    let samples = std::io::BufRead::lines(std::io::BufReader::new(fs::File::open(&script)?))
+        .map_while(Result::ok)
+        .filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace))
+        .count() as u64;
     if samples == 0 {
         bail!("perf recorded no sample of PID {pid} in {seconds} s ({})", data.display());
     }
+    let (mut total, mut unrooted) = (0u64, 0u64);
+    for line in fs::read_to_string(&folded)?.lines() {
+        let Some((stack, n)) = line.rsplit_once(' ') else { continue };
+        let n: u64 = n.parse().unwrap_or(0);
+        total += n;
+        if stack.contains("[unknown]") {
+            unrooted += n;
+        }
+    }
+    let unrooted_share = unrooted as f64 / total.max(1) as f64;
     let folded_s = folded.display().to_string();
     let full_title = format!("{title}; {event}, {FREQ} Hz, {samples} samples");
     to_file(
@@ -134,7 +151,7 @@ pub fn record(
     // perf.data and its text are large (tens of MB); the folded stacks keep what the graph shows.
     let _ = fs::remove_file(&data);
     let _ = fs::remove_file(&script);
-    Ok(Flame { svg, folded, event, event_note, seconds, samples, command })
+    Ok(Flame { svg, folded, event, event_note, unrooted_share, seconds, samples, command })
 }
 
 /// Runs `argv` with its stdout into `out` (its stderr beside it, kept only on failure), at most

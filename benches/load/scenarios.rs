@@ -775,11 +775,12 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
             Ok(Some((flame, run))) => {
                 both.notes.push(format!(
                     "flame graph of {FLAME_SYSTEM}: {} ({:.0} s of outpost-load gen at {:.0} req/s \
-                     under perf; {} samples; {})",
+                     under perf; {} samples, {:.0} % of them not unwound to their root; {})",
                     flame.svg.display(),
                     flame.seconds,
                     run.throughput,
                     flame.samples,
+                    flame.unrooted_share * 100.0,
                     flame.event_note
                 ));
                 json!({"flame": flame, "run": run})
