@@ -100,27 +100,35 @@ impl Gen {
         session: &SessionRecord,
         app: &str,
         rd: &str,
-        extra: Vec<Op>,
     ) -> Result<String, StoreError> {
+        let (op, url) = self.code(sid, session, app, rd).await?;
+        match self.shared.store.txn(vec![op]).await? {
+            TxnOutcome::Committed(_) => Ok(url),
+            TxnOutcome::Aborted { .. } => Err(collided()),
+        }
+    }
+
+    /// As [`mint_code`](Self::mint_code), for a caller that stores the code in a transaction
+    /// of its own: the op that stores it, and the URL that redeems it.
+    pub async fn code(
+        &self,
+        sid: &str,
+        session: &SessionRecord,
+        app: &str,
+        rd: &str,
+    ) -> Result<(Op, String), StoreError> {
         let token = self.sign(sid, session, app).await?;
         let code = crate::random_token(32);
+        let q = serde_urlencoded::to_string([("code", code.as_str())]).unwrap_or_default();
+        let url = format!("{}{}?{q}", self.base_url(app), self.authorized_path());
         let rec = CodeRecord { app: app.to_owned(), rd: rd.to_owned(), token };
-        let mut ops = extra;
-        ops.push(Op::Insert {
+        let op = Op::Insert {
             ns: NS_CODE.into(),
-            key: code.clone(),
+            key: code,
             value: state::encode(&rec),
             ttl: Some(self.s.code_lifetime),
-        });
-        match self.shared.store.txn(ops).await? {
-            TxnOutcome::Committed(_) => {}
-            // 256-bit random keys: a collision means something else is wrong.
-            TxnOutcome::Aborted { .. } => {
-                return Err(StoreError::Other("session or code key collided; try again".into()))
-            }
-        }
-        let q = serde_urlencoded::to_string([("code", code.as_str())]).unwrap_or_default();
-        Ok(format!("{}{}?{q}", self.base_url(app), self.authorized_path()))
+        };
+        Ok((op, url))
     }
 
     /// An app token for `app` from the session stored under `sid`.
@@ -169,7 +177,7 @@ impl Gen {
         (cookie, sid, op)
     }
 
-    /// Deletes the login's intent (its state is already taken).
+    /// Deletes the login's intent.
     pub fn drop_intent(&self, state: &str) -> Op {
         Op::Delete { ns: NS_INTENT.into(), key: state.into() }
     }
@@ -200,4 +208,9 @@ impl Gen {
         };
         pages::message(400, title, message, None, links)
     }
+}
+
+/// A 256-bit random session or code key that is already taken: something else is wrong.
+pub fn collided() -> StoreError {
+    StoreError::Other("session or code key collided; try again".into())
 }

@@ -1,14 +1,22 @@
 //! `/callback` on the auth host: where the provider sends the browser back.
 //!
-//! 1. The state is taken from the store (once, on any node): a replay or an unknown state is
-//!    a 400 page, unless it is a tab whose state expired while the browser has since logged
-//!    in (then it passes on that live session).
+//! 1. The state is read from the store: a spent or unknown state is a 400 page, unless it is
+//!    a tab whose state expired while the browser has since logged in (then it passes on that
+//!    live session).
 //! 2. The binding cookie set at `/login` must match: nobody completes a login in someone
 //!    else's browser.
 //! 3. The code is exchanged and the ID token checked, on the provider runtime, within
 //!    `idp_timeout_ms` (else a 502 page).
 //! 4. The app's policy; a denied user gets a 403 page naming the account.
-//! 5. A session (auth-host cookie) and a one-time code for the app host, then a 302 there.
+//! 5. One transaction takes the state, stores a session (auth-host cookie) and a one-time code
+//!    for the app host, and drops the intent; then a 302 there.
+//!
+//! The state is single-use through that take: of any number of requests carrying it, on any
+//! node, exactly one commits a session; one that loses the race is answered as a replay. (Two
+//! racing requests may both present the provider's code; the provider redeems a code once.)
+//! A login that ends early (another browser, a provider error, a denied user) spends the state
+//! in one write too. Taking the state at the end rather than first makes a login one durable
+//! write, not two.
 
 use std::{
     sync::Arc,
@@ -28,6 +36,7 @@ use crate::{
     pages,
     state::{self, Intent, LoginState, SessionRecord, NS_INTENT, NS_STATE},
 };
+use outpost_store::{Abort, Op, TxnOutcome};
 
 pub struct Callback {
     pub gen: Arc<Gen>,
@@ -74,7 +83,7 @@ impl Callback {
             g.count(Endpoint::Callback, Outcome::BadRequest);
             return g.bad_request("The answer from the identity provider carries no login state.");
         };
-        let login = match g.shared.store.take(NS_STATE, &state_value).await {
+        let login = match g.shared.store.get(NS_STATE, &state_value).await {
             Err(e) => {
                 g.count(Endpoint::Callback, Outcome::Unavailable);
                 return g.unavailable(&e);
@@ -91,7 +100,7 @@ impl Callback {
             let e = g.event(s, "access.login", "denied").reason("state from another browser");
             g.record(s, e);
             // The intent is useless now too.
-            let _ = g.shared.store.delete(NS_INTENT, &state_value).await;
+            spend(g, &state_value, true).await;
             return g.start_again(
                 "This sign-in was started in another browser",
                 "For your safety a sign-in can only be completed in the browser that started it.",
@@ -107,6 +116,7 @@ impl Callback {
                     .event(s, "access.login", "error")
                     .reason(format!("answer from issuer {iss}, not {}", p.settings.issuer));
                 g.record(s, e);
+                spend(g, &state_value, false).await;
                 return g.start_again(
                     "The identity provider's answer could not be verified",
                     "The answer came from another identity provider than the one this sign-in went to.",
@@ -122,7 +132,7 @@ impl Callback {
                 .event(s, "access.login", "error")
                 .reason(format!("provider {}: {err} {desc}", login.provider));
             g.record(s, e);
-            let _ = g.shared.store.delete(NS_INTENT, &state_value).await;
+            spend(g, &state_value, true).await;
             let status = match err {
                 "access_denied"
                 | "login_required"
@@ -141,10 +151,12 @@ impl Callback {
         }
         let Some(code) = p.code.filter(|c| !c.is_empty() && c.len() <= MAX_PARAM) else {
             g.count(Endpoint::Callback, Outcome::BadRequest);
+            spend(g, &state_value, false).await;
             return g.bad_request("The answer from the identity provider carries no code.");
         };
         let Some(provider) = g.provider(&login.provider).cloned() else {
             g.count(Endpoint::Callback, Outcome::BadRequest);
+            spend(g, &state_value, false).await;
             return g.start_again(
                 "This sign-in can no longer be completed",
                 "Its identity provider was removed from the configuration.",
@@ -183,7 +195,7 @@ impl Callback {
                     .event(s, "access.login", "error")
                     .reason(format!("provider {}: {err}", provider.settings.name));
                 g.record(s, e);
-                let _ = g.shared.store.delete(NS_INTENT, &state_value).await;
+                spend(g, &state_value, true).await;
                 let reply = match err {
                     IdpError::Unreachable(_) | IdpError::Timeout => {
                         provider_down(g, &provider.settings.display_name, &login.app, &login.rd)
@@ -211,6 +223,7 @@ impl Callback {
         let who = if email.is_empty() { identity.subject.clone() } else { email.clone() };
         let Some(policy) = g.app_for(&login.app, &login.rd) else {
             g.count(Endpoint::Callback, Outcome::BadRequest);
+            spend(g, &state_value, false).await;
             return g.bad_request("The application of this sign-in is no longer protected here.");
         };
         if let Err(d) = policy.admits(identity.email.as_deref(), identity.email_verified) {
@@ -221,7 +234,7 @@ impl Callback {
                 policy.name
             ));
             g.record(s, e);
-            let _ = g.shared.store.delete(NS_INTENT, &state_value).await;
+            spend(g, &state_value, true).await;
             return denied_page(g, &who, &login.app, &login.rd).header("Set-Cookie", clear_binding);
         }
         let session = SessionRecord {
@@ -232,24 +245,33 @@ impl Callback {
             provider: login.provider.clone(),
             created_ms: crate::token::unix_now() * 1000,
         };
-        // The session, the code and the intent's removal: one write.
+        // The state's take, the session, the code and the intent's removal: one write.
         let (cookie, sid, session_op) = g.new_session(&session);
-        let url = match g
-            .mint_code(
-                &sid,
-                &session,
-                &login.app,
-                &login.rd,
-                vec![session_op, g.drop_intent(&state_value)],
-            )
-            .await
-        {
-            Ok(u) => u,
+        let (code_op, url) = match g.code(&sid, &session, &login.app, &login.rd).await {
+            Ok(c) => c,
             Err(e) => {
                 g.count(Endpoint::Callback, Outcome::Unavailable);
                 return g.unavailable(&e);
             }
         };
+        let take = Op::Take { ns: NS_STATE.into(), key: state_value.clone() };
+        let ops = vec![take, session_op, g.drop_intent(&state_value), code_op];
+        match g.shared.store.txn(ops).await {
+            Ok(TxnOutcome::Committed(_)) => {}
+            // Taken by a request that raced this one (or expired meanwhile): that one alone
+            // logs in; this one is answered as a replay, or on a session it finds.
+            Ok(TxnOutcome::Aborted { op: 0, why: Abort::Missing }) => {
+                return self.stale(s, &state_value).await
+            }
+            Ok(TxnOutcome::Aborted { .. }) => {
+                g.count(Endpoint::Callback, Outcome::Unavailable);
+                return g.unavailable(&crate::flow::collided());
+            }
+            Err(e) => {
+                g.count(Endpoint::Callback, Outcome::Unavailable);
+                return g.unavailable(&e);
+            }
+        }
         g.count(Endpoint::Callback, Outcome::Success);
         let e = g
             .event(s, "access.login", "success")
@@ -301,10 +323,7 @@ impl Callback {
                         return denied_page(g, session.who(), &intent.app, &intent.rd)
                             .header("Set-Cookie", clear_binding);
                     }
-                    return match g
-                        .mint_code(&sid, &session, &intent.app, &intent.rd, Vec::new())
-                        .await
-                    {
+                    return match g.mint_code(&sid, &session, &intent.app, &intent.rd).await {
                         Ok(url) => {
                             g.count(Endpoint::Callback, Outcome::Session);
                             let e = g
@@ -334,4 +353,15 @@ impl Callback {
             intent.as_ref().filter(|_| bound).map(|i| (i.app.as_str(), i.rd.as_str())),
         )
     }
+}
+
+/// Spends the login's state (and its intent, when the login cannot be resumed on a session
+/// either) for a login that ends here. Best effort: an unspent state still expires, and
+/// completing a login takes it in the same transaction that stores the session.
+async fn spend(g: &Gen, state_value: &str, intent: bool) {
+    let mut ops = vec![Op::Delete { ns: NS_STATE.into(), key: state_value.into() }];
+    if intent {
+        ops.push(g.drop_intent(state_value));
+    }
+    let _ = g.shared.store.txn(ops).await;
 }

@@ -154,7 +154,7 @@ impl Login {
             g.record(s, e);
             return denied_page(g, session.who(), app, rd);
         }
-        match g.mint_code(sid, session, app, rd, Vec::new()).await {
+        match g.mint_code(sid, session, app, rd).await {
             Ok(url) => {
                 g.count(Endpoint::Login, Outcome::Session);
                 let e = g
