@@ -569,6 +569,9 @@ fn warm_all(ctx: &Ctx, systems: &mut [Sys], base: &GenArgs, pin: &Pin) {
 
 /// The proxy scenario's two clients.
 const CLIENTS: [&str; 2] = ["outpost-load", "wrk"];
+/// Other work's CPU (CPUs busy outside the bench, averaged over a run) past which the proxy
+/// report calls a run disturbed.
+const DISTURBED_CPUS: f64 = 0.25;
 /// The system whose flame graph a full run saves.
 const FLAME_SYSTEM: &str = "outpost uring";
 
@@ -700,6 +703,25 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     let rps = |c: usize, name: &str| run(c, name).map(|r| r.throughput);
     let p99 = |c: usize, name: &str| run(c, name).map(|r| r.latency.p99_us as f64);
     closed.notes.push(split.describe());
+    // taskset keeps the bench's own processes apart; nothing keeps other work off the edge's
+    // CPUs. Say how much there was, since it moves req/s and latency far more than the edge
+    // does.
+    let busiest = results
+        .iter()
+        .flatten()
+        .filter_map(|(_, m)| m.as_ref().ok())
+        .map(|m| m.others_cpu_s() / m.wall_s.max(1e-3))
+        .fold(0.0, f64::max);
+    closed.notes.push(format!(
+        "other work on the machine: up to {busiest:.2} of {} CPUs during a run{}",
+        split.allowed.len(),
+        if busiest > DISTURBED_CPUS {
+            " -- DISTURBED: req/s and latency (and their ratios) depend on when it ran; edge \
+             µs/req much less so. Rerun on a quiet machine."
+        } else {
+            ""
+        }
+    ));
     closed.notes.push(negotiated_note(
         results[0].iter().filter_map(|(n, m)| m.as_ref().ok().map(|m| (n.as_str(), &m.run))),
     ));
@@ -861,6 +883,7 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     };
     let json = json!({
         "cpu_split": split.json(),
+        "others_cpus_max": busiest,
         "closed": closed_json(0),
         "closed_wrk": closed_json(1),
         "wrk_unavailable": wrk_ready.err(),
