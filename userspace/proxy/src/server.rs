@@ -131,13 +131,17 @@ async fn connection(
     let metrics = &worker.shared.metrics;
     let deadline = Instant::now() + live.handshake_timeout;
     let shared = &worker.shared;
-    let first = match floor::check(&mut stream, &live.floor, peer, local, deadline, shared).await {
+    // The futures of the steps a connection takes once (the floor, the handshake) or only while
+    // a request is in flight go on the heap, each for as long as it runs: a connection task is
+    // sized for its largest step, and an idle connection should pay only for the idle read.
+    let floor = Box::pin(floor::check(&mut stream, &live.floor, peer, local, deadline, shared));
+    let first = match floor.await {
         floor::Outcome::Continue(bytes) => bytes,
         floor::Outcome::Legacy(bytes, version) => {
             // Beside the floor, not behind the router: no handler ever sees this connection.
             let responder = live.legacy.clone();
             drop(live);
-            legacy::respond(stream, bytes, version, &responder, metrics).await;
+            Box::pin(legacy::respond(stream, bytes, version, &responder, metrics)).await;
             return;
         }
         floor::Outcome::Refused | floor::Outcome::Gone => return,
@@ -149,7 +153,7 @@ async fn connection(
             return;
         }
     };
-    let negotiated = match tls.handshake(deadline).await {
+    let negotiated = match Box::pin(tls.handshake(deadline)).await {
         Ok(n) => n,
         Err(e) => {
             metrics.handshake_failed();
@@ -167,7 +171,7 @@ async fn connection(
     let mut ds = Downstream::new(tls, live.body_timeout);
     drop(live);
     serve(&worker, &mut ds, &client).await;
-    ds.tls.close(LINGER).await;
+    Box::pin(ds.tls.close(LINGER)).await;
 }
 
 /// The keep-alive loop. Returns when the connection should close.
@@ -197,7 +201,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
                         ErrorSource::Downstream,
                         "no request after the handshake",
                     );
-                    refuse(worker, ds, &e).await;
+                    Box::pin(refuse(worker, ds, &e)).await;
                     return;
                 }
                 _ => return,
@@ -217,7 +221,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
                         "request head",
                         e,
                     );
-                    refuse(worker, ds, &e).await;
+                    Box::pin(refuse(worker, ds, &e)).await;
                     return;
                 }
             }
@@ -230,13 +234,14 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
                         ErrorSource::Downstream,
                         "request head too slow",
                     );
-                    refuse(worker, ds, &e).await;
+                    Box::pin(refuse(worker, ds, &e)).await;
                     return;
                 }
             }
         };
         ds.buf.drain(..n);
-        let keep_alive = proxy::handle(worker, &live, ds, client, req).await;
+        // Boxed (see `connection`): one allocation per request, and the idle wait stays small.
+        let keep_alive = Box::pin(proxy::handle(worker, &live, ds, client, req)).await;
         if !keep_alive || worker.shared.draining() {
             return;
         }
