@@ -92,7 +92,7 @@ impl Reply {
             .header("Location", location)
     }
 
-    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Reply {
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Reply {
         self.headers.push(Header::new(name, value));
         self
     }
@@ -397,7 +397,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
 }
 
 /// Sets or replaces field `name`.
-pub fn set_header(headers: &mut Vec<Header>, name: &str, value: impl Into<Vec<u8>>) {
+pub fn set_header(headers: &mut Vec<Header>, name: &str, value: impl AsRef<[u8]>) {
     headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
     headers.push(Header::new(name, value));
 }

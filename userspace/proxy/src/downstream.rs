@@ -145,7 +145,7 @@ impl Downstream {
             !h.name.eq_ignore_ascii_case("content-length") && !http::is_hop_by_hop(&h.name)
         });
         if !matches!(reply.status, 100..=199 | 204 | 304) {
-            headers.push(Header::new("Content-Length", reply.body.len().to_string()));
+            headers.push(Header::content_length(reply.body.len() as u64));
         }
         if !keep_alive {
             headers.push(Header::new("Connection", "close"));

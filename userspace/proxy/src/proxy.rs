@@ -314,7 +314,7 @@ async fn phases(
             false
         }
         Body::Length(n) => {
-            resp.headers.push(Header::new("Content-Length", n.to_string()));
+            resp.headers.push(Header::content_length(n));
             false
         }
         Body::Chunked | Body::UntilClose if chunked_ok => {
@@ -446,7 +446,7 @@ fn frame_request(headers: &mut Vec<Header>, body: Body) {
     });
     match body {
         Body::Empty | Body::UntilClose => {}
-        Body::Length(n) => headers.push(Header::new("Content-Length", n.to_string())),
+        Body::Length(n) => headers.push(Header::content_length(n)),
         Body::Chunked => headers.push(Header::new("Transfer-Encoding", "chunked")),
     }
 }

@@ -233,7 +233,7 @@ fn head_error(e: httparse::Error) -> Error {
 }
 
 fn owned(headers: &[httparse::Header<'_>]) -> Vec<Header> {
-    headers.iter().map(|h| Header { name: h.name.to_owned(), value: h.value.to_vec() }).collect()
+    headers.iter().map(|h| Header { name: h.name.into(), value: h.value.into() }).collect()
 }
 
 /// The target's form must suit the method (RFC 9112 §3.2).

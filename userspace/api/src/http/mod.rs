@@ -36,6 +36,8 @@
 
 use std::fmt;
 
+use smallvec::SmallVec;
+
 mod body;
 mod fields;
 mod head;
@@ -114,17 +116,176 @@ impl std::error::Error for Error {}
 
 /// One header field as received: the name keeps its case (compare with
 /// `eq_ignore_ascii_case`), the value has surrounding whitespace trimmed and may hold obs-text.
+///
+/// Both live inline up to a size that covers nearly every field a proxy sees (names up to
+/// [`NAME_INLINE`] bytes, values up to [`VALUE_INLINE`]), so a request's fields take no heap
+/// allocation each; longer ones spill to the heap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// Field name, a token.
-    pub name: String,
+    pub name: HeaderName,
     /// Field value, without leading or trailing SP/HTAB.
-    pub value: Vec<u8>,
+    pub value: HeaderValue,
 }
 
 impl Header {
     /// A header from a name and a value.
-    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Self { name: name.into(), value: value.into() }
+    pub fn new(name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Self {
+        Self { name: HeaderName::from(name.as_ref()), value: HeaderValue::from(value.as_ref()) }
+    }
+
+    /// `Content-Length: n`.
+    pub fn content_length(n: u64) -> Self {
+        Self { name: HeaderName::from("Content-Length"), value: HeaderValue::decimal(n) }
+    }
+}
+
+/// Bytes of a [`HeaderName`] kept inline.
+pub const NAME_INLINE: usize = 30;
+/// Bytes of a [`HeaderValue`] kept inline.
+pub const VALUE_INLINE: usize = 62;
+
+/// A field name; reads as a `&str`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct HeaderName(SmallVec<[u8; NAME_INLINE]>);
+
+impl HeaderName {
+    pub fn as_str(&self) -> &str {
+        // Built only from `&str` (see `From`), so always UTF-8; checked all the same, since a
+        // short ASCII check costs next to nothing and keeps this free of `unsafe`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl From<&str> for HeaderName {
+    fn from(s: &str) -> Self {
+        HeaderName(SmallVec::from_slice(s.as_bytes()))
+    }
+}
+
+impl std::ops::Deref for HeaderName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for HeaderName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for HeaderName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HeaderName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A field value; reads as a `&[u8]`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct HeaderValue(SmallVec<[u8; VALUE_INLINE]>);
+
+impl HeaderValue {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// `n` in decimal (a `Content-Length`), without a heap allocation.
+    pub fn decimal(mut n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        HeaderValue(SmallVec::from_slice(&digits[i..]))
+    }
+}
+
+impl From<&[u8]> for HeaderValue {
+    fn from(b: &[u8]) -> Self {
+        HeaderValue(SmallVec::from_slice(b))
+    }
+}
+
+impl std::ops::Deref for HeaderValue {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for HeaderValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&String::from_utf8_lossy(&self.0), f)
+    }
+}
+
+impl PartialEq<[u8]> for HeaderValue {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0.as_slice() == other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for HeaderValue {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        self.0.as_slice() == other.as_slice()
+    }
+}
+
+impl PartialEq<&[u8]> for HeaderValue {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.0.as_slice() == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_values() {
+        for n in [0, 7, 10, 99, 100, 65_536, 1_234_567_890, u64::MAX] {
+            assert_eq!(HeaderValue::decimal(n).as_slice(), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn long_fields_spill_to_the_heap_intact() {
+        let name = "X-".to_owned() + &"n".repeat(NAME_INLINE * 2);
+        let value = vec![b'v'; VALUE_INLINE * 3];
+        let h = Header::new(&name, &value);
+        assert_eq!(h.name, name.as_str());
+        assert!(h.name.eq_ignore_ascii_case(&name.to_ascii_uppercase()));
+        assert_eq!(h.value.as_slice(), value.as_slice());
     }
 }

@@ -19,6 +19,7 @@
 //! ```
 
 use std::{
+    io::Write as _,
     net::{SocketAddr, ToSocketAddrs as _},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -333,9 +334,14 @@ impl Handler for OriginHandler {
     ) -> PResult<()> {
         // The edge faces clients directly: forwarding headers they sent would let them
         // spoof their address, so these are replaced, not appended to.
-        set_header(&mut up.headers, "X-Forwarded-For", s.client.addr.ip().to_string());
+        // The address is written on the stack: this runs for every request.
+        let mut ip = [0u8; 64];
+        let mut w = &mut ip[..];
+        let _ = write!(w, "{}", s.client.addr.ip());
+        let len = 64 - w.len();
+        set_header(&mut up.headers, "X-Forwarded-For", &ip[..len]);
         set_header(&mut up.headers, "X-Forwarded-Proto", "https");
-        if let Some(host) = s.req.header("host").map(<[u8]>::to_vec) {
+        if let Some(host) = s.req.header("host") {
             set_header(&mut up.headers, "X-Forwarded-Host", host);
         }
         set_header(&mut up.headers, "X-Outpost-TLS-Version", s.client.tls.version);
