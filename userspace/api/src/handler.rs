@@ -318,29 +318,40 @@ pub trait Handler: Send + Sync + 'static {
     fn logging(&self, _s: &Session<'_>, _sum: &Summary, _e: Option<&Error>, _ctx: &mut Self::Ctx) {}
 }
 
+/// A future of a handler phase, on the worker's thread.
+pub type PhaseFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 /// [`Handler`] with its context erased, so the core can hold handlers of any type. Made by
-/// [`erase`].
-#[async_trait(?Send)]
+/// [`erase`]. Its phases hand back the handler's own boxed future rather than boxing it again:
+/// one allocation per phase call, not two.
 pub trait ErasedHandler: Send + Sync {
     /// The name logs and metrics know this handler by.
     fn name(&self) -> &'static str;
     fn new_ctx(&self) -> Box<dyn Any>;
-    async fn request_filter(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Flow>;
-    async fn upstream_peer(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Peer>;
+    fn request_filter<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<Flow>>;
+    fn upstream_peer<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<Peer>>;
     fn fail_to_connect(&self, s: &Session<'_>, p: &Peer, ctx: &mut dyn Any, e: &Error) -> bool;
     fn upstream_failed(&self, p: &Peer, ctx: &mut dyn Any, e: &Error);
-    async fn upstream_request_filter(
-        &self,
-        s: &mut Session<'_>,
-        up: &mut Request,
-        ctx: &mut dyn Any,
-    ) -> Result<()>;
-    async fn response_filter(
-        &self,
-        s: &mut Session<'_>,
-        r: &mut Response,
-        ctx: &mut dyn Any,
-    ) -> Result<()>;
+    fn upstream_request_filter<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        up: &'a mut Request,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<()>>;
+    fn response_filter<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        r: &'a mut Response,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<()>>;
     fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any);
 }
 
@@ -355,7 +366,6 @@ fn ctx_of<C: 'static>(ctx: &mut dyn Any) -> &mut C {
     ctx.downcast_mut::<C>().expect("the core passes each handler the context it created")
 }
 
-#[async_trait(?Send)]
 impl<H: Handler> ErasedHandler for Named<H> {
     fn name(&self) -> &'static str {
         self.0
@@ -363,11 +373,19 @@ impl<H: Handler> ErasedHandler for Named<H> {
     fn new_ctx(&self) -> Box<dyn Any> {
         Box::new(self.1.new_ctx())
     }
-    async fn request_filter(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Flow> {
-        self.1.request_filter(s, ctx_of(ctx)).await
+    fn request_filter<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<Flow>> {
+        self.1.request_filter(s, ctx_of(ctx))
     }
-    async fn upstream_peer(&self, s: &mut Session<'_>, ctx: &mut dyn Any) -> Result<Peer> {
-        self.1.upstream_peer(s, ctx_of(ctx)).await
+    fn upstream_peer<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<Peer>> {
+        self.1.upstream_peer(s, ctx_of(ctx))
     }
     fn fail_to_connect(&self, s: &Session<'_>, p: &Peer, ctx: &mut dyn Any, e: &Error) -> bool {
         self.1.fail_to_connect(s, p, ctx_of(ctx), e)
@@ -375,21 +393,21 @@ impl<H: Handler> ErasedHandler for Named<H> {
     fn upstream_failed(&self, p: &Peer, ctx: &mut dyn Any, e: &Error) {
         self.1.upstream_failed(p, ctx_of(ctx), e)
     }
-    async fn upstream_request_filter(
-        &self,
-        s: &mut Session<'_>,
-        up: &mut Request,
-        ctx: &mut dyn Any,
-    ) -> Result<()> {
-        self.1.upstream_request_filter(s, up, ctx_of(ctx)).await
+    fn upstream_request_filter<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        up: &'a mut Request,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<()>> {
+        self.1.upstream_request_filter(s, up, ctx_of(ctx))
     }
-    async fn response_filter(
-        &self,
-        s: &mut Session<'_>,
-        r: &mut Response,
-        ctx: &mut dyn Any,
-    ) -> Result<()> {
-        self.1.response_filter(s, r, ctx_of(ctx)).await
+    fn response_filter<'a>(
+        &'a self,
+        s: &'a mut Session<'_>,
+        r: &'a mut Response,
+        ctx: &'a mut dyn Any,
+    ) -> PhaseFuture<'a, Result<()>> {
+        self.1.response_filter(s, r, ctx_of(ctx))
     }
     fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any) {
         self.1.logging(s, sum, e, ctx_of(ctx))

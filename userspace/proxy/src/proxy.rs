@@ -9,6 +9,7 @@
 
 use std::{
     any::Any,
+    cell::RefCell,
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
@@ -19,6 +20,7 @@ use outpost_api::{
     handler::set_header, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer, Reply, Session,
     Summary,
 };
+use smallvec::SmallVec;
 
 use crate::{
     downstream::Downstream,
@@ -54,12 +56,16 @@ struct Progress {
 /// The handlers a request goes through: the filters, then the route's handler (last), each
 /// with its context.
 struct Chain {
-    links: Vec<(Arc<dyn ErasedHandler>, Box<dyn Any>)>,
+    /// Inline for the usual few filters: no allocation per request for the list itself.
+    links: SmallVec<[Link; 4]>,
 }
+
+/// A handler of the chain and its context for this request.
+type Link = (Arc<dyn ErasedHandler>, Box<dyn Any>);
 
 impl Chain {
     fn new(filters: &[Arc<dyn ErasedHandler>], handler: &Arc<dyn ErasedHandler>) -> Chain {
-        let mut links = Vec::with_capacity(filters.len() + 1);
+        let mut links = SmallVec::new();
         for h in filters.iter().chain(std::iter::once(handler)) {
             links.push((h.clone(), h.new_ctx()));
         }
@@ -206,9 +212,10 @@ async fn phases(
             "handler read the body and did not respond",
         ));
     }
-    let mut up_req = x.req.clone();
+    let mut up_req = SpareRequest::take();
+    up_req.clone_from(&x.req);
     // Origins get origin-form targets; absolute-form is for proxies.
-    up_req.target = origin_form(&up_req.target);
+    to_origin_form(&mut up_req.target);
     http::remove_hop_by_hop(&mut up_req.headers);
     up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
     for (h, ctx) in chain.links.iter_mut() {
@@ -427,14 +434,52 @@ fn idempotent(method: &str) -> bool {
 }
 
 /// `http://h/p?q` → `/p?q`; other forms unchanged.
-fn origin_form(target: &str) -> String {
-    match target.split_once("://") {
-        Some((_, rest)) if !target.starts_with('/') => match rest.find(['/', '?']) {
-            Some(i) if rest[i..].starts_with('/') => rest[i..].to_owned(),
-            Some(i) => format!("/{}", &rest[i..]),
-            None => "/".to_owned(),
-        },
-        _ => target.to_owned(),
+fn to_origin_form(target: &mut String) {
+    if target.starts_with('/') {
+        return;
+    }
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return;
+    };
+    let authority_end = scheme.len() + 3 + rest.find(['/', '?']).unwrap_or(rest.len());
+    target.replace_range(..authority_end, "");
+    if !target.starts_with('/') {
+        target.insert(0, '/');
+    }
+}
+
+thread_local! {
+    /// The upstream request of this thread's last exchange, kept for its buffers.
+    static SPARE_REQUEST: RefCell<Request> = RefCell::new(Request::default());
+}
+
+/// The upstream request of one exchange: this thread's spare, given back on drop (so a
+/// keep-alive request through a handler reuses the last one's capacity).
+struct SpareRequest(Request);
+
+impl SpareRequest {
+    fn take() -> SpareRequest {
+        SpareRequest(SPARE_REQUEST.with(|s| std::mem::take(&mut *s.borrow_mut())))
+    }
+}
+
+impl Drop for SpareRequest {
+    fn drop(&mut self) {
+        let r = std::mem::take(&mut self.0);
+        SPARE_REQUEST.with(|s| *s.borrow_mut() = r);
+    }
+}
+
+impl std::ops::Deref for SpareRequest {
+    type Target = Request;
+    fn deref(&self) -> &Request {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SpareRequest {
+    fn deref_mut(&mut self) -> &mut Request {
+        &mut self.0
     }
 }
 
@@ -547,11 +592,17 @@ mod tests {
 
     #[test]
     fn origin_forms() {
+        let origin_form = |t: &str| {
+            let mut t = t.to_owned();
+            to_origin_form(&mut t);
+            t
+        };
         assert_eq!(origin_form("/a?b"), "/a?b");
         assert_eq!(origin_form("http://h:1/a?b"), "/a?b");
         assert_eq!(origin_form("https://h?q"), "/?q");
         assert_eq!(origin_form("http://h"), "/");
         assert_eq!(origin_form("*"), "*");
         assert_eq!(origin_form("/x?u=http://y/"), "/x?u=http://y/");
+        assert_eq!(origin_form("HTTP://h/"), "/");
     }
 }

@@ -5,7 +5,7 @@ use super::fields::{self, find, framing, values};
 use super::{Body, Error, Header, Limits};
 
 /// A request head.
-#[derive(Debug, Clone)]
+#[derive(Debug, Default)]
 pub struct Request {
     /// Method token, case-sensitive (`GET`, never `get`).
     pub method: String,
@@ -16,6 +16,25 @@ pub struct Request {
     pub minor_version: u8,
     /// Fields in the order received.
     pub headers: Vec<Header>,
+}
+
+impl Clone for Request {
+    fn clone(&self) -> Self {
+        Request {
+            method: self.method.clone(),
+            target: self.target.clone(),
+            minor_version: self.minor_version,
+            headers: self.headers.clone(),
+        }
+    }
+
+    /// Into `self`'s own buffers: no allocation when they are large enough.
+    fn clone_from(&mut self, source: &Self) {
+        self.method.clone_from(&source.method);
+        self.target.clone_from(&source.target);
+        self.minor_version = source.minor_version;
+        self.headers.clone_from(&source.headers);
+    }
 }
 
 impl Request {
