@@ -246,8 +246,8 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
             return;
         }
         if ds.buf.is_empty() {
-            // Idle until the next request: keep no capacity (it is allocated to fit, later).
-            ds.buf = Vec::new();
+            // Idle until the next request: keep no buffer (a pooled one comes with its bytes).
+            io::buf::give(std::mem::take(&mut ds.buf));
         }
         first = false;
     }
