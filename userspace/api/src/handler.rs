@@ -45,7 +45,7 @@ use async_trait::async_trait;
 
 use crate::{
     error::{Error, ErrorKind, ErrorSource, Result},
-    http::{Header, Request, Response},
+    http::{Header, Headers, Request, Response},
 };
 
 /// What [`Handler::request_filter`] decided.
@@ -415,7 +415,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
 }
 
 /// Sets or replaces field `name`.
-pub fn set_header(headers: &mut Vec<Header>, name: &str, value: impl AsRef<[u8]>) {
+pub fn set_header(headers: &mut Headers, name: &str, value: impl AsRef<[u8]>) {
     headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
     headers.push(Header::new(name, value));
 }

@@ -484,7 +484,7 @@ impl std::ops::DerefMut for SpareRequest {
 }
 
 /// Sets the framing fields of a request sent upstream for `body`.
-fn frame_request(headers: &mut Vec<Header>, body: Body) {
+fn frame_request(headers: &mut http::Headers, body: Body) {
     headers.retain(|h| {
         !h.name.eq_ignore_ascii_case("content-length")
             && !h.name.eq_ignore_ascii_case("transfer-encoding")

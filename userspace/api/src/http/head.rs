@@ -2,7 +2,7 @@
 //! the rules httparse leaves to its caller (targets, `Host`, framing).
 
 use super::fields::{self, find, framing, values};
-use super::{Body, Error, Header, Limits};
+use super::{Body, Error, Header, Headers, Limits};
 
 /// A request head.
 #[derive(Debug, Default)]
@@ -15,7 +15,7 @@ pub struct Request {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Fields in the order received.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
 }
 
 impl Clone for Request {
@@ -82,7 +82,7 @@ pub struct Response {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Fields in the order received.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
 }
 
 impl Response {
@@ -251,7 +251,7 @@ fn head_error(e: httparse::Error) -> Error {
     })
 }
 
-fn owned(headers: &[httparse::Header<'_>]) -> Vec<Header> {
+fn owned(headers: &[httparse::Header<'_>]) -> Headers {
     headers.iter().map(|h| Header { name: h.name.into(), value: h.value.into() }).collect()
 }
 
@@ -428,7 +428,7 @@ mod tests {
             method: "GET".into(),
             target: "http://origin.example:8080/p".into(),
             minor_version: 1,
-            headers: vec![Header::new("Host", "other.example")],
+            headers: smallvec::smallvec![Header::new("Host", "other.example")],
         };
         assert_eq!(request.host(), Some("origin.example"));
         let request = Request { target: "/p".into(), ..request };

@@ -46,6 +46,7 @@ mod write;
 pub use body::{encode_chunk, encode_last_chunk, Body, BodyDecoder};
 pub use fields::{is_hop_by_hop, remove_hop_by_hop};
 pub use head::{parse_request, parse_response, Request, Response};
+pub use smallvec::smallvec;
 pub use write::{reason, write_request_head, write_response_head};
 
 /// Size limits for one message; every allocation the codec makes is bounded by them.
@@ -139,6 +140,9 @@ impl Header {
         Self { name: HeaderName::from("Content-Length"), value: HeaderValue::decimal(n) }
     }
 }
+
+/// The fields of a request or response head: a dozen inline, more on the heap.
+pub type Headers = SmallVec<[Header; 12]>;
 
 /// Bytes of a [`HeaderName`] kept inline.
 pub const NAME_INLINE: usize = 30;
