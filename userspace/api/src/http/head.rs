@@ -2,13 +2,13 @@
 //! the rules httparse leaves to its caller (targets, `Host`, framing).
 
 use super::fields::{self, find, framing, values};
-use super::{Body, Error, Header, Headers, Limits};
+use super::{Body, Error, Header, Headers, InlineStr, Limits};
 
 /// A request head.
 #[derive(Debug, Default)]
 pub struct Request {
     /// Method token, case-sensitive (`GET`, never `get`).
-    pub method: String,
+    pub method: InlineStr<16>,
     /// Request target as received: origin-form (`/a?b`), absolute-form (`http://h/a`),
     /// authority-form (`h:443`, CONNECT only) or `*` (OPTIONS only).
     pub target: String,
@@ -78,7 +78,7 @@ pub struct Response {
     /// Status code, 100..=999.
     pub status: u16,
     /// Reason phrase; empty when the origin sent none or sent obs-text in it.
-    pub reason: String,
+    pub reason: InlineStr<30>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Fields in the order received.
@@ -150,7 +150,7 @@ fn request_in<'b>(
         return Err(Error::Malformed("incomplete request line"));
     };
     let request = Request {
-        method: method.to_owned(),
+        method: method.into(),
         target: target.to_owned(),
         minor_version,
         headers: owned(head.headers),
@@ -197,7 +197,7 @@ fn response_in<'b>(
         return Err(Error::Malformed("status code below 100"));
     }
     let response =
-        Response { status, reason: reason.to_owned(), minor_version, headers: owned(head.headers) };
+        Response { status, reason: reason.into(), minor_version, headers: owned(head.headers) };
     match framing(&response.headers, minor_version) {
         Ok(_) | Err(Error::UnsupportedTransferCoding) => Ok(Some((response, len))),
         Err(e) => Err(e),

@@ -150,55 +150,59 @@ pub const NAME_INLINE: usize = 30;
 pub const VALUE_INLINE: usize = 62;
 
 /// A field name; reads as a `&str`.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct HeaderName(SmallVec<[u8; NAME_INLINE]>);
+pub type HeaderName = InlineStr<NAME_INLINE>;
 
-impl HeaderName {
+/// A short string kept inline up to `N` bytes (a field name, a method, a reason phrase); longer
+/// ones spill to the heap. Reads as a `&str`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct InlineStr<const N: usize>(SmallVec<[u8; N]>);
+
+impl<const N: usize> InlineStr<N> {
     pub fn as_str(&self) -> &str {
         // Built only from `&str` (see `From`), so always UTF-8; checked all the same, since a
-        // short ASCII check costs next to nothing and keeps this free of `unsafe`.
+        // short check costs next to nothing and keeps this free of `unsafe`.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
-impl From<&str> for HeaderName {
+impl<const N: usize> From<&str> for InlineStr<N> {
     fn from(s: &str) -> Self {
-        HeaderName(SmallVec::from_slice(s.as_bytes()))
+        InlineStr(SmallVec::from_slice(s.as_bytes()))
     }
 }
 
-impl std::ops::Deref for HeaderName {
+impl<const N: usize> std::ops::Deref for InlineStr<N> {
     type Target = str;
     fn deref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl AsRef<str> for HeaderName {
+impl<const N: usize> AsRef<str> for InlineStr<N> {
     fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl fmt::Debug for HeaderName {
+impl<const N: usize> fmt::Debug for InlineStr<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
-impl fmt::Display for HeaderName {
+impl<const N: usize> fmt::Display for InlineStr<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl PartialEq<str> for HeaderName {
+impl<const N: usize> PartialEq<str> for InlineStr<N> {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
     }
 }
 
-impl PartialEq<&str> for HeaderName {
+impl<const N: usize> PartialEq<&str> for InlineStr<N> {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }

@@ -19,7 +19,15 @@ pub fn write_request_head(method: &str, target: &str, headers: &[Header], out: &
 /// be 100..=999 (three digits); see [`reason`] for the usual phrase.
 pub fn write_response_head(status: u16, reason: &str, headers: &[Header], out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(format!("{status:03} ").as_bytes());
+    // Three digits, written without a formatted String: httparse reads exactly three and
+    // handlers answer 1xx to 5xx.
+    let status = status.min(999);
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
     push(out, reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     write_fields(headers, out);
