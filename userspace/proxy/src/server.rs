@@ -120,45 +120,55 @@ impl Drop for Active {
     }
 }
 
-async fn connection(
-    worker: Rc<Worker>,
+async fn connection(worker: Rc<Worker>, stream: io::Stream, peer: SocketAddr, local: SocketAddr) {
+    let _active = Active::new(worker.clone());
+    // A task is sized for its largest step, and an idle connection should pay only for its
+    // idle wait: the steps taken once (the floor, the handshake, the close) and the request in
+    // flight run in futures on the heap, each for as long as it runs.
+    let Some((mut ds, client)) = Box::pin(establish(&worker, stream, peer, local)).await else {
+        return;
+    };
+    serve(&worker, &mut ds, &client).await;
+    Box::pin(ds.tls.close(LINGER)).await;
+}
+
+/// The floor, then the TLS handshake: the connection's downstream side and what handlers learn
+/// of the client, or `None` when the connection ended there (refused, answered as legacy,
+/// handshake failed).
+async fn establish(
+    worker: &Worker,
     mut stream: io::Stream,
     peer: SocketAddr,
     local: SocketAddr,
-) {
-    let _active = Active::new(worker.clone());
+) -> Option<(Downstream, ClientInfo)> {
     let live = worker.shared.live();
     let metrics = &worker.shared.metrics;
     let deadline = Instant::now() + live.handshake_timeout;
     let shared = &worker.shared;
-    // The futures of the steps a connection takes once (the floor, the handshake) or only while
-    // a request is in flight go on the heap, each for as long as it runs: a connection task is
-    // sized for its largest step, and an idle connection should pay only for the idle read.
-    let floor = Box::pin(floor::check(&mut stream, &live.floor, peer, local, deadline, shared));
-    let first = match floor.await {
+    let first = match floor::check(&mut stream, &live.floor, peer, local, deadline, shared).await {
         floor::Outcome::Continue(bytes) => bytes,
         floor::Outcome::Legacy(bytes, version) => {
             // Beside the floor, not behind the router: no handler ever sees this connection.
             let responder = live.legacy.clone();
             drop(live);
-            Box::pin(legacy::respond(stream, bytes, version, &responder, metrics)).await;
-            return;
+            legacy::respond(stream, bytes, version, &responder, metrics).await;
+            return None;
         }
-        floor::Outcome::Refused | floor::Outcome::Gone => return,
+        floor::Outcome::Refused | floor::Outcome::Gone => return None,
     };
     let mut tls = match TlsConn::new(stream, live.tls.clone(), first, live.body_timeout) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot start TLS");
-            return;
+            return None;
         }
     };
-    let negotiated = match Box::pin(tls.handshake(deadline)).await {
+    let negotiated = match tls.handshake(deadline).await {
         Ok(n) => n,
         Err(e) => {
             metrics.handshake_failed();
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
+            return None;
         }
     };
     metrics.handshake(negotiated.version, negotiated.cipher);
@@ -168,10 +178,7 @@ async fn connection(
     );
     let info = TlsInfo { version: negotiated.version_name(), sni: negotiated.sni };
     let client = ClientInfo { addr: peer, local, tls: info };
-    let mut ds = Downstream::new(tls, live.body_timeout);
-    drop(live);
-    serve(&worker, &mut ds, &client).await;
-    Box::pin(ds.tls.close(LINGER)).await;
+    Some((Downstream::new(tls, live.body_timeout), client))
 }
 
 /// The keep-alive loop. Returns when the connection should close.
@@ -210,44 +217,50 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
         // Taken when the request starts, so a reload during the idle wait applies to it.
         let live = worker.shared.live();
         let head_deadline = Instant::now() + live.header_timeout;
-        let (req, n) = loop {
-            match http::parse_request(&ds.buf, &live.limits) {
-                Ok(Some(r)) => break r,
-                Ok(None) => {}
-                Err(e) => {
-                    let e = Error::because(
-                        ErrorKind::BadRequest(e.clone()),
-                        ErrorSource::Downstream,
-                        "request head",
-                        e,
-                    );
-                    Box::pin(refuse(worker, ds, &e)).await;
-                    return;
+        // The request lives only inside this block: its head is large (fields inline), and a
+        // local that outlived the block would keep its room in every idle connection's task.
+        let handling = {
+            let (req, n) = loop {
+                match http::parse_request(&ds.buf, &live.limits) {
+                    Ok(Some(r)) => break r,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let e = Error::because(
+                            ErrorKind::BadRequest(e.clone()),
+                            ErrorSource::Downstream,
+                            "request head",
+                            e,
+                        );
+                        Box::pin(refuse(worker, ds, &e)).await;
+                        return;
+                    }
                 }
-            }
-            match io::timeout_at(head_deadline, ds.tls.read(&mut ds.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return,
-                Err(io::Elapsed) => {
-                    let e = Error::new(
-                        ErrorKind::RequestTimeout,
-                        ErrorSource::Downstream,
-                        "request head too slow",
-                    );
-                    Box::pin(refuse(worker, ds, &e)).await;
-                    return;
+                match io::timeout_at(head_deadline, ds.tls.read(&mut ds.buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return,
+                    Err(io::Elapsed) => {
+                        let e = Error::new(
+                            ErrorKind::RequestTimeout,
+                            ErrorSource::Downstream,
+                            "request head too slow",
+                        );
+                        Box::pin(refuse(worker, ds, &e)).await;
+                        return;
+                    }
                 }
-            }
+            };
+            ds.buf.drain(..n);
+            // Boxed (see `connection`): one allocation per request, and the idle wait stays
+            // small.
+            Box::pin(proxy::handle(worker, &live, ds, client, req))
         };
-        ds.buf.drain(..n);
-        // Boxed (see `connection`): one allocation per request, and the idle wait stays small.
-        let keep_alive = Box::pin(proxy::handle(worker, &live, ds, client, req)).await;
+        let keep_alive = handling.await;
         if !keep_alive || worker.shared.draining() {
             return;
         }
         if ds.buf.is_empty() {
-            // Idle until the next request: keep no buffer (a pooled one comes with its bytes).
-            io::buf::give(std::mem::take(&mut ds.buf));
+            // Idle until the next request: keep no capacity (it is allocated to fit, later).
+            ds.buf = Vec::new();
         }
         first = false;
     }

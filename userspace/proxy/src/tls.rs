@@ -318,10 +318,6 @@ impl TlsConn {
             // close_notify: the client will send nothing more, even if it keeps TCP open.
             return Ok(if state.peer_has_closed() { Plaintext::Closed } else { Plaintext::None });
         }
-        if out.capacity() == 0 {
-            // A request head after an idle wait: a pooled buffer rather than a new one.
-            *out = io::buf::take_small();
-        }
         out.resize(start + n, 0);
         let got = match self.conn.reader().read(&mut out[start..]) {
             Ok(got) => got,

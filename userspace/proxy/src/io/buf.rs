@@ -17,14 +17,8 @@ const KEEP: usize = 256;
 /// A returned buffer larger than this is freed rather than kept (it grew for a large head).
 const MAX_KEPT: usize = 4 * SIZE;
 
-/// Capacity of a small pooled buffer: an idle io_uring read, or a request head that fits one.
-pub const SMALL: usize = super::IDLE_READ;
-/// Small buffers kept per thread (1 MiB).
-const KEEP_SMALL: usize = 1024;
-
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static FREE_SMALL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty buffer with at least [`SIZE`] bytes of capacity.
@@ -32,23 +26,15 @@ pub fn take() -> Vec<u8> {
     FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(SIZE))
 }
 
-/// An empty buffer with at least [`SMALL`] bytes of capacity.
-pub fn take_small() -> Vec<u8> {
-    FREE_SMALL.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(SMALL))
-}
-
-/// Gives `b` back for reuse (its contents are discarded), to the pool its capacity fits;
-/// buffers smaller than [`SMALL`] or larger than kept are just freed.
+/// Gives `b` back for reuse (its contents are discarded); small buffers are just freed.
 pub fn give(mut b: Vec<u8>) {
-    let (pool, keep) = match b.capacity() {
-        c if (SIZE..=MAX_KEPT).contains(&c) => (&FREE, KEEP),
-        c if (SMALL..SIZE).contains(&c) => (&FREE_SMALL, KEEP_SMALL),
-        _ => return,
-    };
+    if !(SIZE..=MAX_KEPT).contains(&b.capacity()) {
+        return;
+    }
     b.clear();
-    pool.with(|f| {
+    FREE.with(|f| {
         let mut f = f.borrow_mut();
-        if f.len() < keep {
+        if f.len() < KEEP {
             f.push(b);
         }
     });
