@@ -6,13 +6,13 @@
 use std::{
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Result;
 use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Reply, RouteFactory, RouteSpec, Session};
 use outpost_proxy::{Registry, RunOptions};
-use outpost_testkit::{curl, free_port, http_get, stdout, TempDir};
+use outpost_testkit::{curl, free_port, http_get, stdout, wait_for_admin, TempDir};
 
 /// How long each piece of left-behind work takes.
 const WORK: Duration = Duration::from_secs(5);
@@ -84,11 +84,7 @@ fn work_after_the_response_never_delays_it_is_bounded_and_survives_sigterm() {
     let server = thread::spawn(move || {
         outpost_proxy::run(RunOptions { config: Some(config), registry, ..RunOptions::default() })
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(admin, "/healthz").is_none() {
-        assert!(Instant::now() < deadline, "outpost did not start");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_admin(admin);
 
     // Five requests in a row, each answered before its work could have finished; the queue
     // holds two, so three pieces of work are dropped and counted.

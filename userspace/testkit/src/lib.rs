@@ -263,6 +263,16 @@ impl Drop for Outpost {
     }
 }
 
+/// Waits until an edge run in-process (`outpost_proxy::run` on a thread of the test) answers
+/// on its admin listener; panics after 10 s.
+pub fn wait_for_admin(admin: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(admin, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "outpost did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Plain HTTP GET (admin listener): `(status, body)`.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

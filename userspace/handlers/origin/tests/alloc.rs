@@ -13,11 +13,10 @@ use std::{
     process::{Command, Stdio},
     sync::atomic::{AtomicU64, Ordering},
     thread,
-    time::{Duration, Instant},
 };
 
 use outpost_proxy::{Registry, RunOptions};
-use outpost_testkit::{curl, free_port, http_get, stdout, TempDir};
+use outpost_testkit::{curl, free_port, stdout, wait_for_admin, TempDir};
 
 /// Counts every allocation and reallocation, on any thread.
 struct Counting;
@@ -120,11 +119,7 @@ fn allocations_per_keep_alive_request_through_the_origin_handler_stay_bounded() 
     let server = thread::spawn(move || {
         outpost_proxy::run(RunOptions { config: Some(config), registry, ..RunOptions::default() })
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(admin, "/healthz").is_none() {
-        assert!(Instant::now() < deadline, "outpost did not start");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_admin(admin);
 
     // Warm up: the origin pool's connection, the histograms, the first connection's buffers.
     allocations_for(https, FEW);
