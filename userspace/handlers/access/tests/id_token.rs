@@ -235,37 +235,14 @@ fn every_id_token_check_refuses_its_spoiled_token() {
     let secret_dir = TempDir::new("fake-idp-secret");
     let secret = secret_dir.0.join("secret");
     std::fs::write(&secret, "s").unwrap();
-    let config = format!(
-        r#"
-[[routes]]
-host = "{WIKI}"
-path = "/"
-handler = "origin"
-[routes.origin]
-servers = ["{origin}"]
-health_check = {{ interval_ms = 0 }}
-
-[access]
-auth_host = "{AUTH}"
-https_port = {port}
-jwks_refetch_min_secs = 0
-
-[[access.providers]]
-name = "fake"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret_file = "{secret}"
-ca_file = "{ca}"
-
-[[access.apps]]
-host = "{WIKI}"
-allow_domains = ["example.test"]
-"#,
-        origin = origin.addr(),
-        issuer = idp.issuer(),
-        secret = secret.display(),
-        ca = idp.ca.display(),
+    let provider = format!(
+        "name = \"fake\"\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n\
+         client_secret_file = \"{}\"\nca_file = \"{}\"\n",
+        idp.issuer(),
+        secret.display(),
+        idp.ca.display(),
     );
+    let config = access_config(port, &origin.addr(), &provider, "jwks_refetch_min_secs = 0");
     let edge = Outpost::start_at(port, "uring", &config, &[], &["--no-xdp"]);
 
     let login = |spoil: Spoil| {

@@ -229,6 +229,20 @@ pub fn edge_config(port: u16, idp: &Idp, origin: &Origin, extra_access: &str) ->
 pub fn edge_config_to(port: u16, idp: &Idp, origin: &str, extra_access: &str) -> String {
     let secret = idp.dir.0.join("client-secret");
     std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+    let provider = format!(
+        "name = \"testidp\"\ndisplay_name = \"Test IdP\"\nissuer = \"{}\"\n\
+         client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{}\"\nca_file = \"{}\"\n",
+        idp.issuer(),
+        secret.display(),
+        idp.ca.display(),
+    );
+    access_config(port, origin, &provider, extra_access)
+}
+
+/// The routes and `[access]` of the tests for an edge on `port`: the wiki and the dashboard
+/// proxied to `origin`, `extra_access` in `[access]`, and one identity provider (`provider`:
+/// the keys of its `[[access.providers]]` table).
+pub fn access_config(port: u16, origin: &str, provider: &str, extra_access: &str) -> String {
     format!(
         r#"
 [[routes]]
@@ -253,13 +267,7 @@ https_port = {port}
 {extra_access}
 
 [[access.providers]]
-name = "testidp"
-display_name = "Test IdP"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret_file = "{secret}"
-ca_file = "{ca}"
-
+{provider}
 [[access.apps]]
 name = "wiki"
 host = "{WIKI}"
@@ -270,10 +278,7 @@ bypass = ["/healthz"]
 name = "dashboard"
 host = "{DASH}"
 allow_emails = ["alice@example.test"]
-"#,
-        issuer = idp.issuer(),
-        secret = secret.display(),
-        ca = idp.ca.display(),
+"#
     )
 }
 
