@@ -217,44 +217,38 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
         // Taken when the request starts, so a reload during the idle wait applies to it.
         let live = worker.shared.live();
         let head_deadline = Instant::now() + live.header_timeout;
-        // The request lives only inside this block: its head is large (fields inline), and a
-        // local that outlived the block would keep its room in every idle connection's task.
-        let handling = {
-            let (req, n) = loop {
-                match http::parse_request(&ds.buf, &live.limits) {
-                    Ok(Some(r)) => break r,
-                    Ok(None) => {}
-                    Err(e) => {
-                        let e = Error::because(
-                            ErrorKind::BadRequest(e.clone()),
-                            ErrorSource::Downstream,
-                            "request head",
-                            e,
-                        );
-                        Box::pin(refuse(worker, ds, &e)).await;
-                        return;
-                    }
+        let (req, n) = loop {
+            match http::parse_request(&ds.buf, &live.limits) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(e) => {
+                    let e = Error::because(
+                        ErrorKind::BadRequest(e.clone()),
+                        ErrorSource::Downstream,
+                        "request head",
+                        e,
+                    );
+                    Box::pin(refuse(worker, ds, &e)).await;
+                    return;
                 }
-                match io::timeout_at(head_deadline, ds.tls.read(&mut ds.buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => return,
-                    Err(io::Elapsed) => {
-                        let e = Error::new(
-                            ErrorKind::RequestTimeout,
-                            ErrorSource::Downstream,
-                            "request head too slow",
-                        );
-                        Box::pin(refuse(worker, ds, &e)).await;
-                        return;
-                    }
+            }
+            match io::timeout_at(head_deadline, ds.tls.read(&mut ds.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(io::Elapsed) => {
+                    let e = Error::new(
+                        ErrorKind::RequestTimeout,
+                        ErrorSource::Downstream,
+                        "request head too slow",
+                    );
+                    Box::pin(refuse(worker, ds, &e)).await;
+                    return;
                 }
-            };
-            ds.buf.drain(..n);
-            // Boxed (see `connection`): one allocation per request, and the idle wait stays
-            // small.
-            Box::pin(proxy::handle(worker, &live, ds, client, req))
+            }
         };
-        let keep_alive = handling.await;
+        ds.buf.drain(..n);
+        // Boxed (see `connection`): one allocation per request, and the idle wait stays small.
+        let keep_alive = Box::pin(proxy::handle(worker, &live, ds, client, req)).await;
         if !keep_alive || worker.shared.draining() {
             return;
         }
