@@ -21,8 +21,8 @@ use support::*;
 /// The edges serve the standard port, as deployed.
 const PORT: u16 = 443;
 
-/// `GET /audit` of `kind` on node `i`'s admin listener, waiting up to 5 s for an event with
-/// `outcome` and a reason containing `reason` (events are written after the response).
+/// `GET /audit` of `kind` on node `i`'s admin listener (in its namespace), waiting up to 5 s
+/// for an event with `outcome` and a reason containing `reason`.
 fn wait_event_on(
     fleet: &Fleet,
     i: usize,
@@ -30,19 +30,11 @@ fn wait_event_on(
     outcome: &str,
     reason: &str,
 ) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
+    let fetch = || {
         let body = fleet.admin(i, &format!("/audit?kind={kind}&limit=1000"));
-        let events: Vec<serde_json::Value> = serde_json::from_str(&body).expect("/audit is JSON");
-        if has_event(&events, outcome, reason) {
-            return events;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {kind} event {outcome} with reason {reason:?} on node {i}; the events:\n{events:#?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        serde_json::from_str(&body).expect("/audit is JSON")
+    };
+    wait_event_from(fetch, kind, outcome, reason)
 }
 
 #[test]

@@ -355,9 +355,19 @@ pub fn audit_at(admin: u16, kind: &str, min: usize) -> Vec<serde_json::Value> {
 /// Waits up to 5 s for an event of `kind` with `outcome` and a reason containing `reason`
 /// (events are written after the response); returns all events of `kind`.
 pub fn wait_event(admin: u16, kind: &str, outcome: &str, reason: &str) -> Vec<serde_json::Value> {
+    wait_event_from(|| audit_at(admin, kind, 0), kind, outcome, reason)
+}
+
+/// [`wait_event`] on the events `fetch` reads (of `kind`), wherever the admin listener is.
+pub fn wait_event_from(
+    fetch: impl Fn() -> Vec<serde_json::Value>,
+    kind: &str,
+    outcome: &str,
+    reason: &str,
+) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let events = audit_at(admin, kind, 0);
+        let events = fetch();
         if has_event(&events, outcome, reason) {
             return events;
         }
