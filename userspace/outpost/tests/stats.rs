@@ -2,18 +2,14 @@
 //! the admin listener, and the command still answers when no XDP program is loaded.
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+use outpost_testkit::free_port;
 
-/// A free loopback port (there is a small window before outpost binds it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 struct Run(Child);
 

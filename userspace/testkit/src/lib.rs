@@ -40,9 +40,19 @@ pub fn tool(name: &str) -> &str {
     name
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never handed out before in this process. Tests of
+/// one binary run in parallel, and outpost listens with SO_REUSEPORT: two edges given the same
+/// port would both bind it and share each other's connections, so no port is given twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh temporary directory, removed on drop.
