@@ -26,7 +26,6 @@
 //! /// Answers every request itself.
 //! struct Hello;
 //!
-//! #[async_trait::async_trait(?Send)]
 //! impl Handler for Hello {
 //!     type Ctx = ();
 //!
@@ -46,6 +45,7 @@ use async_trait::async_trait;
 use crate::{
     error::{Error, ErrorKind, ErrorSource, Result},
     http::{Header, Headers, Request, Response},
+    pooled::Pooled,
 };
 
 /// What [`Handler::request_filter`] decided.
@@ -259,7 +259,10 @@ pub struct Summary {
 }
 
 /// One endpoint's request logic. See the module docs for the order of the phases.
-#[async_trait(?Send)]
+///
+/// Phases are `async fn`s; their futures run on the worker's thread, so they need not be
+/// `Send` (which is why the lint about unstated auto traits is allowed here).
+#[allow(async_fn_in_trait)]
 pub trait Handler: Send + Sync + 'static {
     /// Per-request state.
     type Ctx: 'static;
@@ -318,16 +321,17 @@ pub trait Handler: Send + Sync + 'static {
     fn logging(&self, _s: &Session<'_>, _sum: &Summary, _e: Option<&Error>, _ctx: &mut Self::Ctx) {}
 }
 
-/// A future of a handler phase, on the worker's thread.
-pub type PhaseFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+/// A future of a handler phase, on the worker's thread, in pooled memory (no allocation per
+/// phase call in steady state).
+pub type PhaseFuture<'a, T> = Pooled<dyn Future<Output = T> + 'a>;
 
 /// [`Handler`] with its context erased, so the core can hold handlers of any type. Made by
-/// [`erase`]. Its phases hand back the handler's own boxed future rather than boxing it again:
-/// one allocation per phase call, not two.
+/// [`erase`]. The context and each phase's future are [`Pooled`]: a request through a chain of
+/// handlers reaches the allocator for none of them.
 pub trait ErasedHandler: Send + Sync {
     /// The name logs and metrics know this handler by.
     fn name(&self) -> &'static str;
-    fn new_ctx(&self) -> Box<dyn Any>;
+    fn new_ctx(&self) -> Pooled<dyn Any>;
     fn request_filter<'a>(
         &'a self,
         s: &'a mut Session<'_>,
@@ -370,22 +374,22 @@ impl<H: Handler> ErasedHandler for Named<H> {
     fn name(&self) -> &'static str {
         self.0
     }
-    fn new_ctx(&self) -> Box<dyn Any> {
-        Box::new(self.1.new_ctx())
+    fn new_ctx(&self) -> Pooled<dyn Any> {
+        Pooled::any(self.1.new_ctx())
     }
     fn request_filter<'a>(
         &'a self,
         s: &'a mut Session<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<Flow>> {
-        self.1.request_filter(s, ctx_of(ctx))
+        Pooled::future(self.1.request_filter(s, ctx_of(ctx)))
     }
     fn upstream_peer<'a>(
         &'a self,
         s: &'a mut Session<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<Peer>> {
-        self.1.upstream_peer(s, ctx_of(ctx))
+        Pooled::future(self.1.upstream_peer(s, ctx_of(ctx)))
     }
     fn fail_to_connect(&self, s: &Session<'_>, p: &Peer, ctx: &mut dyn Any, e: &Error) -> bool {
         self.1.fail_to_connect(s, p, ctx_of(ctx), e)
@@ -399,7 +403,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
         up: &'a mut Request,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>> {
-        self.1.upstream_request_filter(s, up, ctx_of(ctx))
+        Pooled::future(self.1.upstream_request_filter(s, up, ctx_of(ctx)))
     }
     fn response_filter<'a>(
         &'a self,
@@ -407,7 +411,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
         r: &'a mut Response,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>> {
-        self.1.response_filter(s, r, ctx_of(ctx))
+        Pooled::future(self.1.response_filter(s, r, ctx_of(ctx)))
     }
     fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any) {
         self.1.logging(s, sum, e, ctx_of(ctx))

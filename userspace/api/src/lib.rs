@@ -13,12 +13,14 @@
 //! - [`audit`]: typed audit events and the [`Audit`] handle that writes them after the response.
 //! - [`http`]: the sans-IO HTTP/1.1 codec: heads with limits, body framing, hop-by-hop fields.
 //! - [`error`]: the request-path error type (kind, side, context).
+//! - [`pooled`]: per-thread pooled boxes for handler contexts and phase futures.
 
 pub mod app;
 pub mod audit;
 pub mod error;
 pub mod handler;
 pub mod http;
+pub mod pooled;
 
 pub use app::{
     AdminEndpoint, AdminFuture, App, AppParts, AppRoute, Background, BuildEnv, Built, RouteFactory,

@@ -17,8 +17,8 @@ use std::{
 };
 
 use outpost_api::{
-    handler::set_header, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer, Reply, Session,
-    Summary,
+    handler::set_header, pooled::Pooled, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer,
+    Reply, Session, Summary,
 };
 use smallvec::SmallVec;
 
@@ -61,7 +61,7 @@ struct Chain {
 }
 
 /// A handler of the chain and its context for this request.
-type Link = (Arc<dyn ErasedHandler>, Box<dyn Any>);
+type Link = (Arc<dyn ErasedHandler>, Pooled<dyn Any>);
 
 impl Chain {
     fn new(filters: &[Arc<dyn ErasedHandler>], handler: &Arc<dyn ErasedHandler>) -> Chain {
@@ -303,7 +303,11 @@ async fn phases(
         "response framing",
     )?;
     let origin_keep_alive = resp.keep_alive() && resp_body != Body::UntilClose;
-    let content_length = resp.header("content-length").map(<[u8]>::to_vec);
+    // Kept for a response without a body (below); others are re-framed from `resp_body`.
+    let content_length = match resp_body {
+        Body::Empty => resp.header("content-length").map(<[u8]>::to_vec),
+        _ => None,
+    };
     http::remove_hop_by_hop(&mut resp.headers);
     // The route's handler first, then the filters outside it.
     for (h, ctx) in chain.links.iter_mut().rev() {

@@ -173,7 +173,6 @@ mod tests {
     struct Tagged;
     struct Nothing;
 
-    #[async_trait::async_trait(?Send)]
     impl Handler for Nothing {
         type Ctx = ();
         fn new_ctx(&self) {}

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use outpost_api::{ClientInfo, Reply, TlsInfo};
+use outpost_api::{pooled::Pooled, ClientInfo, Reply, TlsInfo};
 
 use crate::{
     downstream::Downstream,
@@ -247,8 +247,9 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
             }
         };
         ds.buf.drain(..n);
-        // Boxed (see `connection`): one allocation per request, and the idle wait stays small.
-        let keep_alive = Box::pin(proxy::handle(worker, &live, ds, client, req)).await;
+        // Out of line (see `connection`), so the idle wait stays small; in a pooled block, so
+        // that takes no allocation per request.
+        let keep_alive = Pooled::future(proxy::handle(worker, &live, ds, client, req)).await;
         if !keep_alive || worker.shared.draining() {
             return;
         }

@@ -23,7 +23,6 @@ struct Slow {
     log: PathBuf,
 }
 
-#[async_trait::async_trait(?Send)]
 impl Handler for Slow {
     type Ctx = ();
     fn new_ctx(&self) {}

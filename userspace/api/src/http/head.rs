@@ -210,23 +210,26 @@ fn header_slots(window: &[u8], limits: &Limits) -> usize {
     limits.max_headers.min(window.len() / 3 + 1)
 }
 
-/// Slots on the stack up to this many (3.2 KiB, the default [`Limits::max_headers`]): heads
-/// then parse without an allocation (slots are counted from the window's length, so even a
-/// 300-byte head asks for 100).
+/// Slots on the stack (3.2 KiB, the default [`Limits::max_headers`]). Slots are counted from
+/// the window's length, so even a 300-byte head may ask for 100, and a response read with its
+/// body for many more.
 const STACK_SLOTS: usize = 100;
 
-/// Runs `f` with [`header_slots`] slots: on the stack when few, else on the heap.
-fn with_slots<'b, R>(
+/// Runs `f` with [`header_slots`] slots: on the stack when they fit; otherwise the stack's
+/// first, since few heads have that many fields, and the heap's only when they were too few.
+fn with_slots<'b, T>(
     window: &'b [u8],
     limits: &Limits,
-    f: impl FnOnce(&mut [httparse::Header<'b>]) -> R,
-) -> R {
+    f: impl Fn(&mut [httparse::Header<'b>]) -> Result<T, Error>,
+) -> Result<T, Error> {
     let n = header_slots(window, limits);
+    let mut slots = [httparse::EMPTY_HEADER; STACK_SLOTS];
     if n <= STACK_SLOTS {
-        let mut slots = [httparse::EMPTY_HEADER; STACK_SLOTS];
-        f(&mut slots[..n])
-    } else {
-        f(&mut vec![httparse::EMPTY_HEADER; n])
+        return f(&mut slots[..n]);
+    }
+    match f(&mut slots) {
+        Err(Error::TooManyHeaders) => f(&mut vec![httparse::EMPTY_HEADER; n]),
+        done => done,
     }
 }
 

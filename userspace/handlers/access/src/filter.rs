@@ -17,7 +17,6 @@
 
 use std::{sync::Arc, time::Instant};
 
-use async_trait::async_trait;
 use outpost_api::{
     http::{Header, Request, Response},
     Flow, Handler, Reply, Result as PResult, Session,
@@ -49,7 +48,6 @@ pub struct CheckCtx {
     set_cookie: Option<String>,
 }
 
-#[async_trait(?Send)]
 impl Handler for AccessCheck {
     type Ctx = CheckCtx;
 

@@ -103,7 +103,6 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _};
-use async_trait::async_trait;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
 use outpost_api::{
     erase, AdminEndpoint, App, AppParts, AppRoute, BuildEnv, Flow, Handler, Reply,
@@ -368,7 +367,6 @@ fn admin(
 /// the route and the check share one object.
 struct Shim<T>(Arc<T>);
 
-#[async_trait(?Send)]
 impl Handler for Shim<Authorized> {
     type Ctx = ();
     fn new_ctx(&self) {}
@@ -377,7 +375,6 @@ impl Handler for Shim<Authorized> {
     }
 }
 
-#[async_trait(?Send)]
 impl Handler for Shim<Logout> {
     type Ctx = ();
     fn new_ctx(&self) {}
@@ -389,7 +386,6 @@ impl Handler for Shim<Logout> {
 /// Anything else on the auth host: it serves the login flow and nothing more.
 struct AuthHostIndex;
 
-#[async_trait(?Send)]
 impl Handler for AuthHostIndex {
     type Ctx = ();
     fn new_ctx(&self) {}

@@ -29,7 +29,6 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use async_trait::async_trait;
 use outpost_api::{
     erase,
     handler::set_header,
@@ -38,6 +37,7 @@ use outpost_api::{
     RouteSpec, Session,
 };
 use serde::Deserialize;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The origin name that stands for the built-in page.
@@ -280,13 +280,12 @@ impl OriginHandler {
     }
 }
 
-/// Per request: the servers tried so far.
+/// Per request: the servers tried so far (inline: a request tries few, and most just one).
 #[derive(Default)]
 pub struct OriginCtx {
-    tried: Vec<usize>,
+    tried: SmallVec<[usize; 4]>,
 }
 
-#[async_trait(?Send)]
 impl Handler for OriginHandler {
     type Ctx = OriginCtx;
 

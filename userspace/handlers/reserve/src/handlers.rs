@@ -15,7 +15,6 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use async_trait::async_trait;
 use outpost_api::{http, Audit, ErrorKind, Flow, Handler, Reply, Result as PResult, Session};
 use outpost_store::StoreError;
 use serde::Deserialize;
@@ -244,7 +243,6 @@ fn client_ip(s: &Session<'_>) -> IpAddr {
 /// `GET /` and `/app.js`.
 pub struct Page(pub Arc<Shared>);
 
-#[async_trait(?Send)]
 impl Handler for Page {
     type Ctx = ();
     fn new_ctx(&self) {}
@@ -324,7 +322,6 @@ struct JsonBody {
     email: String,
 }
 
-#[async_trait(?Send)]
 impl Handler for Reserve {
     type Ctx = ();
     fn new_ctx(&self) {}
@@ -552,7 +549,6 @@ impl Reserve {
 /// `GET /confirm?token=`.
 pub struct Confirm(pub Arc<Shared>);
 
-#[async_trait(?Send)]
 impl Handler for Confirm {
     type Ctx = ();
     fn new_ctx(&self) {}
@@ -635,7 +631,6 @@ impl Handler for Confirm {
 /// `GET /api/availability?name=`.
 pub struct Availability(pub Arc<Shared>);
 
-#[async_trait(?Send)]
 impl Handler for Availability {
     type Ctx = ();
     fn new_ctx(&self) {}

@@ -23,7 +23,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
 use outpost_api::{Flow, Handler, Reply, Result as PResult, Session};
 use serde::Deserialize;
 
@@ -55,7 +54,6 @@ struct CallbackParams {
 /// Longest `state` or `code` looked at.
 const MAX_PARAM: usize = 2048;
 
-#[async_trait(?Send)]
 impl Handler for Callback {
     type Ctx = ();
 

@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Instant};
 
-use async_trait::async_trait;
 use outpost_api::{Flow, Handler, Reply, Result as PResult, Session};
 
 use crate::{
@@ -17,7 +16,6 @@ pub struct Keys {
     pub gen: Arc<Gen>,
 }
 
-#[async_trait(?Send)]
 impl Handler for Keys {
     type Ctx = ();
 

@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
 use outpost_api::{Flow, Handler, Reply, Result as PResult, Session};
 use outpost_store::{Op, TxnOutcome};
 use serde::Deserialize;
@@ -43,7 +42,6 @@ struct LoginParams {
     switch: Option<String>,
 }
 
-#[async_trait(?Send)]
 impl Handler for Login {
     type Ctx = ();
 

@@ -1,0 +1,277 @@
+//! [`Pooled`]: a box whose memory comes from a per-thread pool of fixed-size blocks.
+//!
+//! For every request the core creates a future, and for each handler a context and one future
+//! per phase; with plain boxes that is an allocation and a free each. Their sizes fall into two
+//! classes, so each takes a block of its class from the thread's free list and gives it back
+//! when dropped: in steady state no request reaches the allocator for them. A value larger
+//! than the largest class (or more aligned) is allocated on its own, as a `Box` would be.
+//!
+//! A sized value is placed with [`Pooled::new`]; [`Pooled::future`] and [`Pooled::any`] place
+//! one and erase its type, for the two kinds the handler API needs.
+
+use std::{
+    alloc::{self, Layout},
+    any::Any,
+    cell::RefCell,
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    ops::{Deref, DerefMut},
+    pin::Pin,
+    ptr::NonNull,
+    task::{Context, Poll},
+};
+
+/// The block sizes, smallest first: handler contexts and phase futures fit the first; a whole
+/// request's future (the core's, some KiB) the second.
+const CLASSES: [usize; 2] = [512, 16 * 1024];
+/// Alignment of every pooled block.
+const ALIGN: usize = 16;
+/// Blocks kept per thread and class (32 KiB and 1 MiB at most); more are freed when returned,
+/// so a burst of concurrent requests does not stay resident.
+const KEEP: usize = 64;
+
+fn block_layout(class: usize) -> Layout {
+    // Constant, valid layouts: each class is a multiple of ALIGN, a power of two.
+    Layout::from_size_align(CLASSES[class], ALIGN).expect("a valid block layout")
+}
+
+/// The class whose blocks hold `layout`, if any.
+fn class_of(layout: Layout) -> Option<usize> {
+    if layout.align() > ALIGN {
+        return None;
+    }
+    CLASSES.iter().position(|&size| layout.size() <= size)
+}
+
+/// The thread's free blocks, by class; freed with the thread.
+struct FreeLists([Vec<NonNull<u8>>; CLASSES.len()]);
+
+impl Drop for FreeLists {
+    fn drop(&mut self) {
+        for (class, list) in self.0.iter_mut().enumerate() {
+            for b in list.drain(..) {
+                // SAFETY: every block in a list was allocated with its class's layout and is
+                // owned by the list alone.
+                unsafe { alloc::dealloc(b.as_ptr(), block_layout(class)) };
+            }
+        }
+    }
+}
+
+thread_local! {
+    static FREE: RefCell<FreeLists> = const { RefCell::new(FreeLists([Vec::new(), Vec::new()])) };
+}
+
+/// Where a value's memory came from, and so how to give it back.
+#[derive(Clone, Copy)]
+enum Storage {
+    /// A block of the pool, of this class.
+    Block(usize),
+    /// An allocation of exactly this layout (too large or too aligned for a block).
+    Own(Layout),
+    /// Nothing: a zero-sized value.
+    None,
+}
+
+/// An owned `T` (sized or not) in pooled memory; see the module docs.
+pub struct Pooled<T: ?Sized> {
+    ptr: NonNull<T>,
+    storage: Storage,
+    /// Owns a `T`: drop check treats it as such.
+    _owns: PhantomData<T>,
+}
+
+impl<T> Pooled<T> {
+    /// Moves `value` into a block of this thread's pool (or its own allocation if it does not
+    /// fit one).
+    pub fn new(value: T) -> Pooled<T> {
+        let layout = Layout::new::<T>();
+        let (raw, storage) = if layout.size() == 0 {
+            (NonNull::<T>::dangling().cast::<u8>(), Storage::None)
+        } else if let Some(class) = class_of(layout) {
+            let reused = FREE.with(|f| f.borrow_mut().0[class].pop());
+            let block = reused.unwrap_or_else(|| allocate(block_layout(class)));
+            (block, Storage::Block(class))
+        } else {
+            (allocate(layout), Storage::Own(layout))
+        };
+        let ptr = raw.cast::<T>();
+        // SAFETY: `ptr` is valid for a write of `T` (sized and aligned for it, or dangling and
+        // `T` zero-sized), and holds no value yet.
+        unsafe { ptr.as_ptr().write(value) };
+        Pooled { ptr, storage, _owns: PhantomData }
+    }
+}
+
+impl<'a, O> Pooled<dyn Future<Output = O> + 'a> {
+    /// `fut`, pooled (a pooled value never moves, so it is pinned where it is).
+    pub fn future(fut: impl Future<Output = O> + 'a) -> Self {
+        let (ptr, storage) = Pooled::new(fut).into_raw();
+        Pooled { ptr, storage, _owns: PhantomData }
+    }
+}
+
+impl Pooled<dyn Any> {
+    /// `value`, pooled, with its type erased.
+    pub fn any<T: Any>(value: T) -> Self {
+        let (ptr, storage) = Pooled::new(value).into_raw();
+        Pooled { ptr, storage, _owns: PhantomData }
+    }
+}
+
+impl<T> Pooled<T> {
+    /// The pointer and where its memory came from, without dropping the value: the caller
+    /// takes over both (to unsize the pointer).
+    fn into_raw(self) -> (NonNull<T>, Storage) {
+        let raw = (self.ptr, self.storage);
+        std::mem::forget(self);
+        raw
+    }
+}
+
+fn allocate(layout: Layout) -> NonNull<u8> {
+    // SAFETY: `layout` has a non-zero size (zero-sized values never get here).
+    let p = unsafe { alloc::alloc(layout) };
+    NonNull::new(p).unwrap_or_else(|| alloc::handle_alloc_error(layout))
+}
+
+impl<T: ?Sized> Drop for Pooled<T> {
+    fn drop(&mut self) {
+        let raw = self.ptr.cast::<u8>();
+        // SAFETY: `ptr` holds a live `T` that this value owns; it is not used again.
+        unsafe { self.ptr.as_ptr().drop_in_place() };
+        match self.storage {
+            Storage::None => {}
+            // SAFETY: allocated in `new` with this very layout, and no longer used.
+            Storage::Own(layout) => unsafe { alloc::dealloc(raw.as_ptr(), layout) },
+            Storage::Block(class) => {
+                // Kept for reuse unless the list is full (or the thread is exiting).
+                let kept = FREE
+                    .try_with(|f| {
+                        let list = &mut f.borrow_mut().0[class];
+                        let keep = list.len() < KEEP;
+                        if keep {
+                            list.push(raw);
+                        }
+                        keep
+                    })
+                    .unwrap_or(false);
+                if !kept {
+                    // SAFETY: a block, allocated with its class's layout, owned by nobody else.
+                    unsafe { alloc::dealloc(raw.as_ptr(), block_layout(class)) };
+                }
+            }
+        }
+    }
+}
+
+impl<T: ?Sized> Deref for Pooled<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: a live `T` owned by `self`, borrowed for as long as `self` is.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T: ?Sized> DerefMut for Pooled<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, borrowed uniquely through `&mut self`.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+/// A pooled value never moves (only the pointer to it does), as with `Box`.
+impl<T: ?Sized> Unpin for Pooled<T> {}
+
+impl<F: Future + ?Sized> Future for Pooled<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: the value behind `ptr` is never moved while it lives (see `Unpin` above).
+        unsafe { Pin::new_unchecked(&mut **self.get_mut()) }.poll(cx)
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for Pooled<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pooled(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::Cell,
+        rc::Rc,
+        task::{Poll, Waker},
+    };
+
+    use super::*;
+
+    /// Counts its drops.
+    struct Tracked(Rc<Cell<u32>>, #[allow(dead_code)] [u8; 64]);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    fn address<T: ?Sized>(p: &Pooled<T>) -> *const u8 {
+        p.ptr.as_ptr().cast::<u8>()
+    }
+
+    #[test]
+    fn a_value_is_dropped_once_and_its_block_reused() {
+        let drops = Rc::new(Cell::new(0));
+        let first = Pooled::any(Tracked(drops.clone(), [7; 64]));
+        let at = address(&first);
+        assert!(first.downcast_ref::<Tracked>().is_some_and(|t| t.1 == [7; 64]));
+        drop(first);
+        assert_eq!(drops.get(), 1);
+        // The same class, on the same thread: the block just returned.
+        let second = Pooled::new([0u8; 100]);
+        assert_eq!(address(&second), at);
+        let third = Pooled::new([1u8; 100]);
+        assert_ne!(address(&third), at, "a block in use is never handed out twice");
+        assert_eq!(*second, [0u8; 100]);
+        assert_eq!(*third, [1u8; 100]);
+    }
+
+    #[test]
+    fn sizes_beyond_the_classes_and_zero_sized_values_work() {
+        let big = Pooled::new([3u8; 40 * 1024]);
+        assert!(big.iter().all(|&b| b == 3));
+        assert!(matches!(big.storage, Storage::Own(_)));
+        let mid = Pooled::new([4u8; 4 * 1024]);
+        assert!(matches!(mid.storage, Storage::Block(1)));
+        let unit = Pooled::any(());
+        assert!(matches!(unit.storage, Storage::None));
+        assert!(unit.downcast_ref::<()>().is_some());
+        #[repr(align(64))]
+        struct Aligned(u8);
+        let aligned = Pooled::new(Aligned(9));
+        assert_eq!(address(&aligned) as usize % 64, 0);
+        assert_eq!(aligned.0, 9);
+    }
+
+    #[test]
+    fn futures_run_in_place_and_drop_what_they_hold() {
+        let drops = Rc::new(Cell::new(0));
+        let held = Tracked(drops.clone(), [0; 64]);
+        let mut fut: Pooled<dyn Future<Output = usize>> = Pooled::future(async move {
+            let held = held;
+            std::future::ready(()).await;
+            held.1.len()
+        });
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(Pin::new(&mut fut).poll(&mut cx), Poll::Ready(64));
+        drop(fut);
+        assert_eq!(drops.get(), 1, "the future's captures are dropped with it");
+        // Never polled: its captures go with it.
+        let held = Tracked(drops.clone(), [0; 64]);
+        let never: Pooled<dyn Future<Output = ()>> = Pooled::future(async move { drop(held) });
+        drop(never);
+        assert_eq!(drops.get(), 2);
+    }
+}
