@@ -75,6 +75,8 @@ pub struct Scratch {
     pub len: u32,
     /// Bytes consumed so far.
     pub pos: u32,
+    /// Parser steps taken so far.
+    pub steps: u32,
     /// The encoded answer (`tls::encode`).
     pub result: u32,
 }

@@ -1,14 +1,11 @@
 //! What to do with a TCP segment to a protected port: classify a new hello, follow one across
 //! segments, or handle a later segment of a flow already dropped or rejected.
 
-use core::{
-    ffi::c_void,
-    ptr::{read_volatile, write_volatile},
-};
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_EXIST, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_loop},
+    helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
 use outpost_common::{
@@ -17,12 +14,12 @@ use outpost_common::{
         flow_slot, version_slot, FlowKey, FlowPhase, FlowState, Outcome, KERNEL_STEPS,
         MAX_HELLO_SEGMENTS,
     },
-    may_start_hello, HelloParser, Input, Malformed, Policy, Progress, Verdict, Version,
+    may_start_hello, HelloParser, Input, Malformed, Mode, Policy, Progress, Verdict, Version,
 };
 
 use crate::{
     maps::{
-        bump, count, mode_for, policy, Scratch, FLOWS, FLOW_FILTER, REDIRECTS, REDIRECT_GLOBAL,
+        bump, count, mode_for, policy, FLOWS, FLOW_FILTER, REDIRECTS, REDIRECT_GLOBAL,
         REDIRECT_SOURCES, SCRATCH, VERSION_STATS,
     },
     packet::{Payload, Segment, TCP_RST},
@@ -162,12 +159,6 @@ fn flow_remove(key: &FlowKey) {
     }
 }
 
-/// What the `bpf_loop` callback gets: the packet and the per-CPU scratch state.
-struct Classify<'a> {
-    ctx: &'a XdpContext,
-    scratch: *mut Scratch,
-}
-
 const OUT_OF_STEPS: u32 = 0;
 const NEED_MORE: u32 = 1;
 const NOT_HELLO: u32 = 2;
@@ -202,52 +193,57 @@ fn decode(r: u32) -> Progress {
     }
 }
 
-/// Runs the classifier over the payload, resuming `parser`. The loop goes through `bpf_loop`
-/// so the verifier checks one step, not every unrolled iteration.
+/// Runs the classifier over the payload, resuming `parser`, for at most [`KERNEL_STEPS`] steps.
+///
+/// The loop is bounded for the verifier by `may_goto` ([`can_loop`]) rather than by its
+/// counter: everything it carries from one step to the next lives in the per-CPU scratch
+/// entry, which `may_goto` makes the compiler read afresh on every step, so the verifier sees
+/// the same state at the top of every iteration and checks one step, not every unrolled
+/// iteration. Unlike `bpf_loop`, no call and return per step (the return is the expensive part
+/// on CPUs with return-stack mitigations).
 #[inline(always)]
 fn classify(ctx: &XdpContext, parser: &mut HelloParser, input: &Payload<'_>) -> Progress {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Progress::OutOfSteps;
     };
     // SAFETY: this CPU's scratch entry; nothing else runs on this CPU meanwhile.
-    unsafe {
-        (*s).parser = *parser;
-        (*s).off = input.offset() as u32;
-        (*s).len = input.len() as u32;
-        (*s).pos = 0;
-        (*s).result = OUT_OF_STEPS;
-    }
-    let mut c = Classify { ctx, scratch: s };
-    // SAFETY: the callback only touches `c` and the scratch entry, which outlive the call.
-    unsafe {
-        bpf_loop(
-            KERNEL_STEPS as u32,
-            classify_step as *mut c_void,
-            &mut c as *mut Classify<'_> as *mut c_void,
-            0,
-        );
-        *parser = (*s).parser;
-        decode((*s).result)
-    }
-}
-
-extern "C" fn classify_step(_index: u64, data: *mut c_void) -> i64 {
-    // SAFETY: `data` is the `Classify` that `classify` passed to bpf_loop.
-    let c = unsafe { &mut *(data as *mut Classify<'_>) };
-    let s = unsafe { &mut *c.scratch };
-    let input = Payload::at(c.ctx, s.off as usize, s.len as usize);
-    let mut pos = s.pos as usize;
-    // One parser step per callback. Several per call save little time and multiply the
-    // verifier's work (4 steps: 14k -> 319k processed instructions).
-    let step = s.parser.advance(&input, &mut pos);
-    s.pos = pos as u32;
-    match step {
-        None => 0,
-        Some(p) => {
+    let s = unsafe { &mut *s };
+    s.parser = *parser;
+    s.off = input.offset() as u32;
+    s.len = input.len() as u32;
+    s.pos = 0;
+    s.steps = 0;
+    s.result = OUT_OF_STEPS;
+    // One way out, at the top: leaving from where the answer is found would have the code
+    // after the loop verified once per exit.
+    while can_loop() && s.result == OUT_OF_STEPS && s.steps < KERNEL_STEPS as u32 {
+        s.steps += 1;
+        let input = Payload::at(ctx, s.off as usize, s.len as usize);
+        let mut pos = s.pos as usize;
+        let step = s.parser.advance(&input, &mut pos);
+        s.pos = pos as u32;
+        if let Some(p) = step {
             s.result = encode(p);
-            1
         }
     }
+    *parser = s.parser;
+    // Read back rather than forwarded from the exits: as one unknown value, the code after
+    // the loop is verified once, not once per way out of it.
+    // SAFETY: a field of this CPU's scratch entry.
+    decode(unsafe { read_volatile(&s.result) })
+}
+
+/// `may_goto`: false when the kernel's loop budget for this run is spent (millions of
+/// iterations; never before [`KERNEL_STEPS`] here), which bounds the loop for the verifier.
+/// The asm also stands for any memory write, so values kept in maps are loaded again after it.
+#[inline(always)]
+fn can_loop() -> bool {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `may_goto` only branches; it touches no memory the program can see.
+    unsafe {
+        core::arch::asm!("may_goto {}", label { return false; });
+    }
+    true
 }
 
 /// A hello's version is known: count it and apply the policy. `first_seq` is where the hello
@@ -261,9 +257,18 @@ fn decide(
     first_seq: u32,
 ) -> u32 {
     let policy = policy();
-    let mut verdict = policy.verdict_in(mode_for(&policy, u16::from_be(seg.key.dport)), version);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // A hello that meets the floor passes in every mode: the port's own is not looked up.
+    let mut verdict = policy.verdict_in(Mode::Drop as u8, version);
+    if verdict != Verdict::Pass {
+        verdict = policy.verdict_in(mode_for(&policy, u16::from_be(seg.key.dport)), version);
+    }
+    // Only a redirect needs the time (a helper call: not paid by the other verdicts).
+    let now = if verdict == Verdict::Redirect {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     if verdict == Verdict::Redirect && !within_budget(seg, &policy, now) {
         verdict = Verdict::Reject;
     }
