@@ -1,14 +1,15 @@
 //! TLS termination: the rustls server configuration (certificates by SNI, the self-signed
 //! fallback) and [`TlsConn`], rustls driven over the I/O seam's owned-buffer reads and writes.
 //!
-//! rustls is used sans-IO (`read_tls`/`process_new_packets`/`write_tls` on byte slices), so the
-//! same code runs over io_uring and epoll, and the bytes the floor read before rustls are
-//! simply the first input.
+//! rustls is used sans-IO through its unbuffered API (`process_tls_records` over our own
+//! buffers), so the same code runs over io_uring and epoll, and the bytes the floor read before
+//! rustls are simply the first input.
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     fs,
-    io::{Read as _, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -18,9 +19,10 @@ use anyhow::{bail, Context as _, Result};
 use rustls::{
     crypto::CryptoProvider,
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::{ClientHello, ResolvesServerCert},
+    server::{ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection},
     sign::CertifiedKey,
-    ServerConfig, ServerConnection,
+    unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic},
+    ServerConfig,
 };
 
 use crate::{config::TlsConfig, io};
@@ -193,6 +195,7 @@ impl<T: Clone> SniResolver<T> {
 
 impl ResolvesServerCert for SniResolver<Arc<CertifiedKey>> {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        LAST_SNI.set(Some(hello.server_name().map(str::to_owned)));
         Some(self.lookup(hello.server_name()).clone())
     }
 }
@@ -218,20 +221,53 @@ impl Negotiated {
 
 /// A server-side TLS connection over a seam [`io::Stream`].
 ///
-/// Holds no buffer of its own between reads and writes: ciphertext goes through pooled buffers
-/// ([`io::buf`]) that are given back as soon as rustls has taken their bytes or the socket has
-/// sent them, so an idle connection costs rustls' state and the idle read (see
-/// [`io::Stream::read_idle`]).
+/// rustls' unbuffered API over our pooled buffers ([`io::buf`]): records are deframed and
+/// decrypted in place in the buffer the socket read into, and rustls writes outgoing records
+/// into the buffer that goes to the socket. Both are given back as soon as they are spent, so
+/// an idle connection costs rustls' state and the idle read (see [`io::Stream::read_idle`]),
+/// and no deframer buffer (4 KiB with rustls' buffered API).
+///
+/// rustls 0.23 still moves each decrypted record into a `Vec` of its own before handing it out
+/// (`CommonState::take_received_plaintext`), and encrypts each outgoing record into one before
+/// copying it into ours (`CommonState::write_fragments`): what this saves is the deframer's
+/// buffer and the copy into it, not allocations.
 pub struct TlsConn {
     stream: io::Stream,
-    conn: ServerConnection,
-    /// Ciphertext read from the socket; rustls has taken `rbuf[..rpos]`. Empty (no capacity)
-    /// once all of it was taken.
+    conn: UnbufferedServerConnection,
+    /// Ciphertext read but not yet consumed by rustls: at most the beginning of one record (or
+    /// of a handshake message spread over records), since rustls is run over every complete
+    /// record before the next read. Empty with no capacity otherwise.
     rbuf: Vec<u8>,
-    rpos: usize,
+    /// Records encoded for the socket and not yet written. Empty with no capacity otherwise.
+    wbuf: Vec<u8>,
+    /// Plaintext rustls decrypted while something other than a read drove it (the request sent
+    /// with the client's Finished); the next read returns it first.
+    ahead: Vec<u8>,
     /// The socket reached end of stream.
     eof: bool,
+    /// The client's close_notify arrived: it sends nothing more, even if it keeps TCP open.
+    peer_closed: bool,
+    /// rustls failed on the client's input and its alert was sent: rustls is not run again.
+    failed: bool,
     write_timeout: Duration,
+}
+
+/// A complete handshake message may span records; rustls limits one to 64 KiB. Buffered
+/// ciphertext beyond this and a record is refused.
+const MAX_PENDING: usize = 0x1_0000 + READ_CHUNK;
+
+/// Largest plaintext of one record.
+const MAX_FRAGMENT: usize = 16 * 1024;
+
+/// Where rustls stopped.
+enum Driven<T> {
+    /// It needs more ciphertext from the client (the handshake waits for its next flight, or
+    /// no complete record is buffered) and cannot send application data yet.
+    Blocked,
+    /// Application data can be sent; `T` is what the caller's encryption step returned.
+    Traffic(T),
+    /// Both sides sent close_notify.
+    Closed,
 }
 
 impl TlsConn {
@@ -245,26 +281,51 @@ impl TlsConn {
         first_flight: Vec<u8>,
         write_timeout: Duration,
     ) -> Result<TlsConn> {
-        let conn = ServerConnection::new(config).context("creating a rustls connection")?;
-        Ok(TlsConn { stream, conn, rbuf: first_flight, rpos: 0, eof: false, write_timeout })
+        let conn =
+            UnbufferedServerConnection::new(config).context("creating a rustls connection")?;
+        Ok(TlsConn {
+            stream,
+            conn,
+            rbuf: first_flight,
+            wbuf: Vec::new(),
+            ahead: Vec::new(),
+            eof: false,
+            peer_closed: false,
+            failed: false,
+            write_timeout,
+        })
     }
 
     /// Completes the handshake by `deadline`.
     pub async fn handshake(&mut self, deadline: Instant) -> stdio::Result<Negotiated> {
+        let mut sni = None;
         io::timeout_at(deadline, async {
-            while self.conn.is_handshaking() {
-                self.flush().await?;
+            loop {
+                let mut ahead = std::mem::take(&mut self.ahead);
+                let driven = self.drive(&mut ahead, |_, _| ());
+                self.ahead = ahead;
+                if let Some(seen) = LAST_SNI.take() {
+                    sni = seen;
+                }
+                let driven = match driven {
+                    Ok(d) => d,
+                    Err(e) => return Err(self.fail(e).await),
+                };
                 if !self.conn.is_handshaking() {
                     break;
                 }
-                if !self.fill(false).await? {
+                // Our flight goes out before we wait for the client's next one.
+                self.write_out().await?;
+                if self.peer_closed || matches!(driven, Driven::Closed) || !self.fill(false).await?
+                {
                     return Err(stdio::Error::new(
                         stdio::ErrorKind::UnexpectedEof,
                         "client closed during the handshake",
                     ));
                 }
             }
-            self.flush().await
+            // The rest of the flight and the TLS 1.3 session tickets.
+            self.write_out().await
         })
         .await??;
         Ok(Negotiated {
@@ -273,7 +334,7 @@ impl TlsConn {
                 .conn
                 .negotiated_cipher_suite()
                 .map_or(rustls::CipherSuite::Unknown(0), |s| s.suite()),
-            sni: self.conn.server_name().map(str::to_owned),
+            sni,
         })
     }
 
@@ -290,98 +351,182 @@ impl TlsConn {
     }
 
     async fn read_as(&mut self, out: &mut Vec<u8>, mut idle: bool) -> stdio::Result<usize> {
+        if !self.ahead.is_empty() {
+            out.extend_from_slice(&self.ahead);
+            return Ok(std::mem::take(&mut self.ahead).len());
+        }
         loop {
-            match self.take_plaintext(out)? {
-                Plaintext::Got(n) => return Ok(n),
-                Plaintext::Closed => return Ok(0),
-                Plaintext::None => {}
+            let start = out.len();
+            let driven = match self.drive(out, |_, _| ()) {
+                Ok(d) => d,
+                Err(e) => return Err(self.fail(e).await),
+            };
+            if out.len() > start {
+                return Ok(out.len() - start);
             }
-            if self.conn.wants_write() {
-                // Post-handshake messages (TLS 1.3 tickets, key updates) go out before we wait.
-                self.flush().await?;
+            if self.peer_closed || matches!(driven, Driven::Closed) {
+                return Ok(0);
             }
+            // Post-handshake messages (TLS 1.3 key updates) go out before we wait.
+            self.write_out().await?;
             // Only the first wait is idle: the rest of a record that has begun comes at once.
             if !self.fill(std::mem::take(&mut idle)).await? {
-                // Whatever rustls still holds was delivered above; a TCP close without
-                // close_notify ends the stream too (HTTP framing tells truncation apart).
+                // A TCP close without close_notify ends the stream too (HTTP framing tells
+                // truncation apart).
                 return Ok(0);
             }
         }
     }
 
-    /// Plaintext rustls already decrypted, appended to `out`.
-    fn take_plaintext(&mut self, out: &mut Vec<u8>) -> stdio::Result<Plaintext> {
-        let start = out.len();
-        let state = self.conn.process_new_packets().map_err(invalid)?;
-        let n = state.plaintext_bytes_to_read();
-        if n == 0 {
-            // close_notify: the client will send nothing more, even if it keeps TCP open.
-            return Ok(if state.peer_has_closed() { Plaintext::Closed } else { Plaintext::None });
+    /// Runs rustls over the buffered ciphertext until it needs the socket: decrypted
+    /// plaintext is appended to `plain`, records rustls wants sent are encoded into `wbuf`,
+    /// and once application data may be sent, `traffic` runs with the means to encrypt it.
+    fn drive<T>(
+        &mut self,
+        plain: &mut Vec<u8>,
+        mut traffic: impl FnMut(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> T,
+    ) -> Result<Driven<T>, rustls::Error> {
+        if self.failed {
+            return Err(rustls::Error::General("the connection already failed".into()));
         }
-        out.resize(start + n, 0);
-        let got = match self.conn.reader().read(&mut out[start..]) {
-            Ok(got) => got,
-            Err(e) if e.kind() == stdio::ErrorKind::WouldBlock => 0,
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        };
-        out.truncate(start + got);
-        Ok(if got == 0 { Plaintext::None } else { Plaintext::Got(got) })
-    }
-
-    /// Reads ciphertext from the socket into rustls (`idle`: see [`io::Stream::read_idle`]);
-    /// false at end of stream.
-    async fn fill(&mut self, idle: bool) -> stdio::Result<bool> {
-        if self.rpos == self.rbuf.len() {
-            if self.eof {
-                return Ok(false);
-            }
-            let spent = std::mem::take(&mut self.rbuf);
-            self.rpos = 0;
-            let (res, buf) = if idle {
-                io::buf::give(spent);
-                self.stream.read_idle().await
-            } else {
-                // The floor's first-flight buffer and the idle one are too small for a record.
-                let mut b = spent;
-                if b.capacity() < READ_CHUNK {
-                    io::buf::give(b);
-                    b = io::buf::take();
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut self.rbuf);
+            let done = match state? {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        plain.extend_from_slice(record.payload);
+                    }
+                    None
                 }
-                b.clear();
-                self.stream.read(b, READ_CHUNK).await
+                ConnectionState::EncodeTlsData(mut data) => {
+                    put(&mut self.wbuf, true, |b| data.encode(b))
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                    None
+                }
+                // Sent by the caller before it waits for the client.
+                ConnectionState::TransmitTlsData(sent) => {
+                    sent.done();
+                    None
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    None
+                }
+                ConnectionState::WriteTraffic(mut w) => {
+                    Some(Driven::Traffic(traffic(&mut w, &mut self.wbuf)))
+                }
+                ConnectionState::BlockedHandshake => Some(Driven::Blocked),
+                ConnectionState::Closed => Some(Driven::Closed),
+                // Early data is off (`max_early_data_size` is 0); later states are not ours.
+                _ => return Err(rustls::Error::General("unexpected TLS state".into())),
             };
-            self.rbuf = buf;
-            if res? == 0 {
+            self.rbuf.drain(..discard);
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 io::buf::give(std::mem::take(&mut self.rbuf));
-                self.eof = true;
-                return Ok(false);
+            }
+            if let Some(done) = done {
+                return Ok(done);
             }
         }
-        let mut input: &[u8] = &self.rbuf[self.rpos..];
-        let n = self.conn.read_tls(&mut input)?;
-        self.rpos += n;
-        if self.rpos == self.rbuf.len() {
-            io::buf::give(std::mem::take(&mut self.rbuf));
-            self.rpos = 0;
-        }
-        if let Err(e) = self.conn.process_new_packets() {
-            // Send the alert rustls queued for the peer, then fail.
-            let _ = self.flush().await;
-            return Err(invalid(e));
-        }
-        Ok(true)
     }
 
-    /// Encrypts and sends all of `data`.
+    /// rustls refused the client's input: sends the alert it queued, then fails.
+    async fn fail(&mut self, e: rustls::Error) -> stdio::Error {
+        if !self.failed {
+            self.failed = true;
+            // The input is not looked at again: running rustls over it would fail anew.
+            io::buf::give(std::mem::take(&mut self.rbuf));
+            // While records are queued, rustls hands them out (after any plaintext it holds,
+            // dropped here) before it deframes anything.
+            while self.conn.wants_write() {
+                let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+                match state {
+                    Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                        if put(&mut self.wbuf, true, |b| data.encode(b)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(ConnectionState::ReadTraffic(mut records)) => {
+                        while records.next_record().is_some() {}
+                    }
+                    _ => break,
+                }
+            }
+            let _ = self.write_out().await;
+        }
+        invalid(e)
+    }
+
+    /// Reads ciphertext from the socket after what rustls left (`idle`: see
+    /// [`io::Stream::read_idle`]); false at end of stream.
+    async fn fill(&mut self, idle: bool) -> stdio::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        let (res, buf) = if idle && self.rbuf.is_empty() {
+            self.stream.read_idle().await
+        } else {
+            let mut b = std::mem::take(&mut self.rbuf);
+            if b.capacity() < READ_CHUNK {
+                // The floor's first-flight buffer and the idle one are too small for a record.
+                let mut pooled = io::buf::take();
+                pooled.extend_from_slice(&b);
+                io::buf::give(b);
+                b = pooled;
+            }
+            if b.len() >= MAX_PENDING {
+                io::buf::give(b);
+                return Err(stdio::Error::new(
+                    stdio::ErrorKind::InvalidData,
+                    "a TLS handshake message larger than 64 KiB",
+                ));
+            }
+            // What is left of a pooled buffer holds the rest of the record it begins with; only
+            // a handshake message spread over records may need more.
+            let want = match b.capacity() - b.len() {
+                0 => READ_CHUNK,
+                spare => spare,
+            };
+            self.stream.read(b, want).await
+        };
+        self.rbuf = buf;
+        match res {
+            Ok(n) if n > 0 => Ok(true),
+            end => {
+                if self.rbuf.is_empty() {
+                    io::buf::give(std::mem::take(&mut self.rbuf));
+                }
+                end?;
+                self.eof = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Encrypts and sends all of `data`. Full records are written as they are made; the last
+    /// one may wait in the outgoing buffer for [`flush`](Self::flush).
     pub async fn write_all(&mut self, mut data: &[u8]) -> stdio::Result<()> {
         while !data.is_empty() {
-            let n = self.conn.writer().write(data)?;
-            data = &data[n..];
-            if n == 0 || self.conn.wants_write() {
-                self.flush().await?;
+            let chunk = &data[..data.len().min(MAX_FRAGMENT)];
+            let mut ahead = std::mem::take(&mut self.ahead);
+            let driven =
+                self.drive(&mut ahead, |w, wbuf| put(wbuf, false, |b| w.encrypt(chunk, b)));
+            self.ahead = ahead;
+            match driven {
+                Ok(Driven::Traffic(Ok(true))) => data = &data[chunk.len()..],
+                // The record does not fit after those already encoded: send them first.
+                Ok(Driven::Traffic(Ok(false))) => self.write_out().await?,
+                Ok(Driven::Traffic(Err(e))) => return Err(stdio::Error::other(e)),
+                Ok(Driven::Blocked | Driven::Closed) => {
+                    return Err(stdio::Error::new(
+                        stdio::ErrorKind::NotConnected,
+                        "the TLS connection cannot send application data",
+                    ))
+                }
+                Err(e) => return Err(self.fail(e).await),
             }
         }
         Ok(())
@@ -393,26 +538,41 @@ impl TlsConn {
         self.flush().await
     }
 
-    /// Sends every TLS record rustls has queued.
+    /// Sends every TLS record already encoded or queued by rustls.
     pub async fn flush(&mut self) -> stdio::Result<()> {
-        while self.conn.wants_write() {
-            let mut out = io::buf::take();
-            while self.conn.wants_write() {
-                self.conn.write_tls(&mut out)?;
+        if self.conn.wants_write() && !self.failed {
+            let mut ahead = std::mem::take(&mut self.ahead);
+            let driven = self.drive(&mut ahead, |_, _| ());
+            self.ahead = ahead;
+            if let Err(e) = driven {
+                return Err(self.fail(e).await);
             }
-            let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
-            io::buf::give(buf);
-            res?;
         }
-        Ok(())
+        self.write_out().await
+    }
+
+    /// Writes the encoded records to the socket and gives their buffer back.
+    async fn write_out(&mut self) -> stdio::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.wbuf);
+        let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
+        io::buf::give(buf);
+        res
     }
 
     /// Ends the connection politely: close_notify, FIN, then a short wait for the client's
     /// own close, reading and discarding what it still sends, so that a response is not
     /// destroyed by a reset caused by unread request bytes.
     pub async fn close(mut self, linger: Duration) {
-        self.conn.send_close_notify();
-        if !matches!(io::timeout(linger, self.flush()).await, Ok(Ok(()))) {
+        if !self.failed {
+            let mut ahead = std::mem::take(&mut self.ahead);
+            // Nothing to do when the handshake never finished or rustls failed: the error
+            // already went out as an alert.
+            let _ = self.drive(&mut ahead, |w, wbuf| put(wbuf, true, |b| w.queue_close_notify(b)));
+        }
+        if !matches!(io::timeout(linger, self.write_out()).await, Ok(Ok(()))) {
             return;
         }
         self.stream.shutdown_write();
@@ -432,11 +592,68 @@ impl TlsConn {
     }
 }
 
-/// What [`TlsConn::take_plaintext`] found.
-enum Plaintext {
-    Got(usize),
-    None,
-    Closed,
+/// An error of rustls' encoders that says how much room they lacked.
+trait Insufficient {
+    fn required(&self) -> Option<usize>;
+}
+
+impl Insufficient for EncodeError {
+    fn required(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(s) => Some(s.required_size),
+            _ => None,
+        }
+    }
+}
+
+impl Insufficient for EncryptError {
+    fn required(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(s) => Some(s.required_size),
+            _ => None,
+        }
+    }
+}
+
+/// Lets `encode` write its records at the end of `wbuf` (a pooled buffer once it has none).
+/// rustls is asked first, with no room, how much it needs, so only that much is initialized.
+/// Returns false, encoding nothing, when that does not fit beside the records already in
+/// `wbuf` and `grow` is not set (the caller sends them first); otherwise `wbuf` grows.
+fn put<E: Insufficient>(
+    wbuf: &mut Vec<u8>,
+    grow: bool,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> Result<bool, E> {
+    let need = match encode(&mut []) {
+        Ok(_) => return Ok(true),
+        Err(e) => e.required().ok_or(e)?,
+    };
+    if wbuf.capacity() == 0 {
+        *wbuf = io::buf::take();
+    }
+    let start = wbuf.len();
+    if !grow && start > 0 && start + need > wbuf.capacity() {
+        return Ok(false);
+    }
+    wbuf.resize(start + need, 0);
+    match encode(&mut wbuf[start..]) {
+        Ok(n) => {
+            wbuf.truncate(start + n);
+            Ok(true)
+        }
+        Err(e) => {
+            wbuf.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+thread_local! {
+    /// The SNI of the last ClientHello [`SniResolver`] resolved on this thread (`Some(None)`:
+    /// one without SNI). rustls' unbuffered server connection does not tell the SNI, and it
+    /// resolves the certificate inside `process_tls_records`, on the thread that drives the
+    /// connection, so [`TlsConn::handshake`] picks it up here after each call.
+    static LAST_SNI: Cell<Option<Option<String>>> = const { Cell::new(None) };
 }
 
 fn invalid(e: rustls::Error) -> stdio::Error {
@@ -459,6 +676,114 @@ mod tests {
         assert_ne!(first, fs::read(&c2).unwrap(), "names changed but the certificate did not");
         let tls = TlsConfig { certs: vec![], self_signed_names: vec!["edge.test".into()] };
         server_config(&tls, &dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Larger than two records, so records are split across reads and writes both ways.
+    const PAYLOAD: usize = 40_000;
+
+    fn client_config(
+        version: &'static rustls::SupportedProtocolVersion,
+        roots: &rustls::RootCertStore,
+    ) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    /// Handshake, echo of [`PAYLOAD`] bytes, close_notify both ways; `resumed`: the handshake
+    /// must use a ticket of an earlier connection with the same `config`.
+    fn echo_client(port: u16, config: &Arc<rustls::ClientConfig>, resumed: bool) {
+        use std::io::Read as _;
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let sent: Vec<u8> = (0..PAYLOAD).map(|i| (i % 251) as u8).collect();
+        tls.write_all(&sent).unwrap();
+        let mut echoed = vec![0; PAYLOAD];
+        tls.read_exact(&mut echoed).unwrap();
+        assert!(echoed == sent, "the echo differs from what was sent");
+        let kind =
+            if resumed { rustls::HandshakeKind::Resumed } else { rustls::HandshakeKind::Full };
+        assert_eq!(tls.conn.handshake_kind(), Some(kind));
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        // The server's close_notify: a clean end of stream.
+        let mut rest = Vec::new();
+        tls.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+    }
+
+    /// TlsConn against rustls' buffered client: TLS 1.3, TLS 1.3 resumed (so the tickets went
+    /// out), TLS 1.2, each an echo of several records; then plain HTTP, which gets an alert.
+    #[test]
+    fn tls_conn_echoes_resumes_and_alerts() {
+        use std::io::Read as _;
+        let dir = std::env::temp_dir().join(format!("outpost-tlsconn-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
+        let config = server_config(&tls, &dir).unwrap();
+        let (cert, _) = self_signed(&dir, &[]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let clients = std::thread::spawn(move || {
+            let tls13 = client_config(&rustls::version::TLS13, &roots);
+            echo_client(port, &tls13, false);
+            echo_client(port, &tls13, true);
+            echo_client(port, &client_config(&rustls::version::TLS12, &roots), false);
+            let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            let _ = tcp.read_to_end(&mut answer);
+            answer
+        });
+        let served = io::Backend::Epoll
+            .block_on(async move {
+                let listener = io::Listener::from_std(listener).unwrap();
+                let mut served = Vec::new();
+                for _ in 0..3 {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let limit = Duration::from_secs(10);
+                    let mut conn = TlsConn::new(stream, config.clone(), Vec::new(), limit).unwrap();
+                    let negotiated = conn.handshake(Instant::now() + limit).await.unwrap();
+                    let mut echoed = 0;
+                    loop {
+                        let mut buf = Vec::new();
+                        let n = conn.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        conn.send(&buf).await.unwrap();
+                        echoed += n;
+                    }
+                    conn.close(Duration::from_secs(1)).await;
+                    served.push((negotiated.version_name(), negotiated.sni, echoed));
+                }
+                let (stream, _) = listener.accept().await.unwrap();
+                let limit = Duration::from_secs(10);
+                let mut conn = TlsConn::new(stream, config.clone(), Vec::new(), limit).unwrap();
+                let e = conn.handshake(Instant::now() + limit).await.expect_err("plain HTTP");
+                assert_eq!(e.kind(), stdio::ErrorKind::InvalidData, "{e}");
+                conn.close(Duration::from_secs(1)).await;
+                served
+            })
+            .unwrap();
+        let answer = clients.join().unwrap();
+        let sni = Some("localhost".to_owned());
+        let want = [("TLSv1.3", sni.clone(), PAYLOAD), ("TLSv1.3", sni.clone(), PAYLOAD)];
+        assert_eq!(served[..2], want);
+        assert_eq!(served[2], ("TLSv1.2", sni, PAYLOAD));
+        // A TLS alert record (content type 0x15), not silence.
+        assert_eq!(answer.first(), Some(&0x15), "plain HTTP got {answer:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
