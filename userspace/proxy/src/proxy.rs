@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 use crate::{
     downstream::Downstream,
     error::{Error, ErrorKind, ErrorSource, OrErr as _, Result},
-    http::{self, Body, BodyDecoder, Header, Request, Response},
+    http::{self, Body, BodyDecoder, Header, InlineStr, Request, Response, TARGET_INLINE},
     io,
     metrics::UpstreamFailure,
     shared::Live,
@@ -438,7 +438,7 @@ fn idempotent(method: &str) -> bool {
 }
 
 /// `http://h/p?q` → `/p?q`; other forms unchanged.
-fn to_origin_form(target: &mut String) {
+fn to_origin_form(target: &mut InlineStr<TARGET_INLINE>) {
     if target.starts_with('/') {
         return;
     }
@@ -446,10 +446,8 @@ fn to_origin_form(target: &mut String) {
         return;
     };
     let authority_end = scheme.len() + 3 + rest.find(['/', '?']).unwrap_or(rest.len());
-    target.replace_range(..authority_end, "");
-    if !target.starts_with('/') {
-        target.insert(0, '/');
-    }
+    let slash = if target[authority_end..].starts_with('/') { "" } else { "/" };
+    target.replace_prefix(authority_end, slash);
 }
 
 thread_local! {
@@ -597,9 +595,9 @@ mod tests {
     #[test]
     fn origin_forms() {
         let origin_form = |t: &str| {
-            let mut t = t.to_owned();
+            let mut t = InlineStr::from(t);
             to_origin_form(&mut t);
-            t
+            t.to_string()
         };
         assert_eq!(origin_form("/a?b"), "/a?b");
         assert_eq!(origin_form("http://h:1/a?b"), "/a?b");
@@ -608,5 +606,9 @@ mod tests {
         assert_eq!(origin_form("*"), "*");
         assert_eq!(origin_form("/x?u=http://y/"), "/x?u=http://y/");
         assert_eq!(origin_form("HTTP://h/"), "/");
+        // Longer than what is kept inline.
+        let path = format!("/{}", "p".repeat(300));
+        assert_eq!(origin_form(&format!("http://h{path}")), path);
+        assert_eq!(origin_form(&format!("http://h?{}", &path[1..])), format!("/?{}", &path[1..]));
     }
 }

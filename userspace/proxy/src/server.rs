@@ -254,8 +254,9 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
             return;
         }
         if ds.buf.is_empty() {
-            // Idle until the next request: keep no capacity (it is allocated to fit, later).
-            ds.buf = Vec::new();
+            // Idle until the next request: keep no capacity (the next plaintext takes a pooled
+            // buffer again).
+            io::buf::give(std::mem::take(&mut ds.buf));
         }
         first = false;
     }

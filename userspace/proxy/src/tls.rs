@@ -339,7 +339,8 @@ impl TlsConn {
     }
 
     /// Reads plaintext, appending to `out`. `Ok(0)` is end of stream (close_notify or a TCP
-    /// close).
+    /// close). An `out` without capacity is given a pooled buffer ([`io::buf::take`]) when
+    /// plaintext arrives; give it back with [`io::buf::give`] once spent.
     pub async fn read(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
         self.read_as(out, false).await
     }
@@ -352,8 +353,11 @@ impl TlsConn {
 
     async fn read_as(&mut self, out: &mut Vec<u8>, mut idle: bool) -> stdio::Result<usize> {
         if !self.ahead.is_empty() {
-            out.extend_from_slice(&self.ahead);
-            return Ok(std::mem::take(&mut self.ahead).len());
+            let ahead = std::mem::take(&mut self.ahead);
+            out.extend_from_slice(&ahead);
+            let n = ahead.len();
+            io::buf::give(ahead);
+            return Ok(n);
         }
         loop {
             let start = out.len();
@@ -397,6 +401,11 @@ impl TlsConn {
                     while let Some(record) = records.next_record() {
                         let record = record?;
                         discard += record.discard;
+                        if plain.capacity() == 0 {
+                            // Taken only now that plaintext is here, so a reader waiting for
+                            // the client holds no buffer of its own.
+                            *plain = io::buf::take();
+                        }
                         plain.extend_from_slice(record.payload);
                     }
                     None

@@ -2,7 +2,7 @@
 //! the rules httparse leaves to its caller (targets, `Host`, framing).
 
 use super::fields::{self, find, framing, values};
-use super::{Body, Error, Header, Headers, InlineStr, Limits};
+use super::{Body, Error, Header, Headers, InlineStr, Limits, TARGET_INLINE};
 
 /// A request head.
 #[derive(Debug, Default)]
@@ -11,7 +11,7 @@ pub struct Request {
     pub method: InlineStr<16>,
     /// Request target as received: origin-form (`/a?b`), absolute-form (`http://h/a`),
     /// authority-form (`h:443`, CONNECT only) or `*` (OPTIONS only).
-    pub target: String,
+    pub target: InlineStr<TARGET_INLINE>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Fields in the order received.
@@ -151,7 +151,7 @@ fn request_in<'b>(
     };
     let request = Request {
         method: method.into(),
-        target: target.to_owned(),
+        target: target.into(),
         minor_version,
         headers: owned(head.headers),
     };

@@ -148,6 +148,8 @@ pub type Headers = SmallVec<[Header; 12]>;
 pub const NAME_INLINE: usize = 30;
 /// Bytes of a [`HeaderValue`] kept inline.
 pub const VALUE_INLINE: usize = 62;
+/// Request targets up to this many bytes are kept inline; most paths with their query fit.
+pub const TARGET_INLINE: usize = 126;
 
 /// A field name; reads as a `&str`.
 pub type HeaderName = InlineStr<NAME_INLINE>;
@@ -162,6 +164,16 @@ impl<const N: usize> InlineStr<N> {
         // SAFETY: the bytes are only ever set from a `&str` (`From<&str>`, `Default`), so they
         // are UTF-8; this runs for every field lookup, so it is not checked again.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// Replaces the first `end` bytes with `with`, in place.
+    ///
+    /// # Panics
+    /// When `end` is past the end or not on a character boundary.
+    pub fn replace_prefix(&mut self, end: usize, with: &str) {
+        assert!(self.as_str().is_char_boundary(end), "not a character boundary");
+        self.0.drain(..end);
+        self.0.insert_from_slice(0, with.as_bytes());
     }
 }
 

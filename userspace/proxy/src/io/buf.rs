@@ -8,6 +8,8 @@
 
 use std::cell::RefCell;
 
+use super::IDLE_READ;
+
 /// Capacity of a pooled buffer: one TLS record with its header and tag.
 pub const SIZE: usize = 16 * 1024 + 512;
 /// Buffers kept per thread (4 MiB); more are freed, so a burst does not stay resident. A
@@ -16,9 +18,18 @@ pub const SIZE: usize = 16 * 1024 + 512;
 const KEEP: usize = 256;
 /// A returned buffer larger than this is freed rather than kept (it grew for a large head).
 const MAX_KEPT: usize = 4 * SIZE;
+/// Idle-read buffers kept per thread (256 KB): those of the connections whose requests are in
+/// flight come back here, not to malloc, between one idle wait and the next.
+const KEEP_IDLE: usize = 256;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FREE_IDLE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer of exactly [`IDLE_READ`] bytes of capacity, for a read that may wait long.
+pub fn take_idle() -> Vec<u8> {
+    FREE_IDLE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(IDLE_READ))
 }
 
 /// An empty buffer with at least [`SIZE`] bytes of capacity.
@@ -26,15 +37,18 @@ pub fn take() -> Vec<u8> {
     FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(SIZE))
 }
 
-/// Gives `b` back for reuse (its contents are discarded); small buffers are just freed.
+/// Gives `b` back for reuse (its contents are discarded): full-size buffers and idle-read
+/// ones; others are just freed.
 pub fn give(mut b: Vec<u8>) {
-    if !(SIZE..=MAX_KEPT).contains(&b.capacity()) {
-        return;
-    }
+    let (free, keep) = match b.capacity() {
+        IDLE_READ => (&FREE_IDLE, KEEP_IDLE),
+        c if (SIZE..=MAX_KEPT).contains(&c) => (&FREE, KEEP),
+        _ => return,
+    };
     b.clear();
-    FREE.with(|f| {
+    free.with(|f| {
         let mut f = f.borrow_mut();
-        if f.len() < KEEP {
+        if f.len() < keep {
             f.push(b);
         }
     });

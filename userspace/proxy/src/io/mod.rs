@@ -168,7 +168,7 @@ impl Stream {
     /// of a larger message with [`read`](Self::read). `Ok(0)` is end of stream.
     pub async fn read_idle(&mut self) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            Stream::Uring(s) => s.read(Vec::with_capacity(IDLE_READ)).await,
+            Stream::Uring(s) => s.read(buf::take_idle()).await,
             Stream::Epoll(s) => s.read_idle().await,
         }
     }
