@@ -339,8 +339,9 @@ impl TlsConn {
     }
 
     /// Reads plaintext, appending to `out`. `Ok(0)` is end of stream (close_notify or a TCP
-    /// close). An `out` without capacity is given a pooled buffer ([`io::buf::take`]) when
-    /// plaintext arrives; give it back with [`io::buf::give`] once spent.
+    /// close). An `out` without capacity is given a small pooled buffer
+    /// ([`io::buf::take_idle`]) when plaintext arrives; give it back with [`io::buf::give`]
+    /// once spent.
     pub async fn read(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
         self.read_as(out, false).await
     }
@@ -403,8 +404,9 @@ impl TlsConn {
                         discard += record.discard;
                         if plain.capacity() == 0 {
                             // Taken only now that plaintext is here, so a reader waiting for
-                            // the client holds no buffer of its own.
-                            *plain = io::buf::take();
+                            // the client holds no buffer of its own; a small one, as most
+                            // request heads are, grown when a record does not fit.
+                            *plain = io::buf::take_idle();
                         }
                         plain.extend_from_slice(record.payload);
                     }

@@ -18,8 +18,8 @@ pub const SIZE: usize = 16 * 1024 + 512;
 const KEEP: usize = 256;
 /// A returned buffer larger than this is freed rather than kept (it grew for a large head).
 const MAX_KEPT: usize = 4 * SIZE;
-/// Idle-read buffers kept per thread (256 KB): those of the connections whose requests are in
-/// flight come back here, not to malloc, between one idle wait and the next.
+/// Small buffers kept per thread (256 KB): the idle reads and request heads of the connections
+/// whose requests are in flight come back here, not to malloc, until the next request.
 const KEEP_IDLE: usize = 256;
 
 thread_local! {
@@ -27,7 +27,8 @@ thread_local! {
     static FREE_IDLE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty buffer of exactly [`IDLE_READ`] bytes of capacity, for a read that may wait long.
+/// An empty buffer of exactly [`IDLE_READ`] bytes of capacity: for a read that may wait long,
+/// and for the plaintext of a request head.
 pub fn take_idle() -> Vec<u8> {
     FREE_IDLE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(IDLE_READ))
 }
