@@ -218,19 +218,21 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
         let live = worker.shared.live();
         let head_deadline = Instant::now() + live.header_timeout;
         let (req, n) = loop {
-            match http::parse_request(&ds.buf, &live.limits) {
+            // The parse result is not held across the refusal's await: it is as large as a
+            // request, and the task would keep room for it in every idle wait.
+            let bad = match http::parse_request(&ds.buf, &live.limits) {
                 Ok(Some(r)) => break r,
-                Ok(None) => {}
-                Err(e) => {
-                    let e = Error::because(
-                        ErrorKind::BadRequest(e.clone()),
-                        ErrorSource::Downstream,
-                        "request head",
-                        e,
-                    );
-                    Box::pin(refuse(worker, ds, &e)).await;
-                    return;
-                }
+                Ok(None) => None,
+                Err(e) => Some(Error::because(
+                    ErrorKind::BadRequest(e.clone()),
+                    ErrorSource::Downstream,
+                    "request head",
+                    e,
+                )),
+            };
+            if let Some(e) = bad {
+                Box::pin(refuse(worker, ds, &e)).await;
+                return;
             }
             match io::timeout_at(head_deadline, ds.tls.read(&mut ds.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}

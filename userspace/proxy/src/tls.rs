@@ -362,9 +362,12 @@ impl TlsConn {
         }
         loop {
             let start = out.len();
+            // The rare steps of a read (failing, sending what rustls queued) run boxed: a
+            // connection waiting for its next request is sized by this future, which then only
+            // needs room for the socket read.
             let driven = match self.drive(out, |_, _| ()) {
                 Ok(d) => d,
-                Err(e) => return Err(self.fail(e).await),
+                Err(e) => return Err(Box::pin(self.fail(e)).await),
             };
             if out.len() > start {
                 return Ok(out.len() - start);
@@ -372,8 +375,10 @@ impl TlsConn {
             if self.peer_closed || matches!(driven, Driven::Closed) {
                 return Ok(0);
             }
-            // Post-handshake messages (TLS 1.3 key updates) go out before we wait.
-            self.write_out().await?;
+            // Post-handshake messages (tickets, TLS 1.3 key updates) go out before we wait.
+            if !self.wbuf.is_empty() {
+                Box::pin(self.write_out()).await?;
+            }
             // Only the first wait is idle: the rest of a record that has begun comes at once.
             if !self.fill(std::mem::take(&mut idle)).await? {
                 // A TCP close without close_notify ends the stream too (HTTP framing tells

@@ -18,7 +18,16 @@ pub mod buf;
 mod epoll;
 mod uring;
 
-use std::{cell::Cell, future::Future, io, net::SocketAddr, os::fd::AsRawFd, time::Duration};
+use std::{
+    cell::Cell,
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 /// Which runtime drives sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -254,16 +263,34 @@ async fn tokio_connect(addr: SocketAddr, limit: Duration) -> io::Result<tokio::n
 }
 
 /// Runs `fut` for at most `limit`.
-pub async fn timeout<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout(limit, fut).await.map_err(|_| Elapsed)
+///
+/// A future rather than an `async fn`: an `async fn` keeps its argument `fut` and the future
+/// it awaits side by side in its state, so every wrapped future would take its size twice in
+/// the task that awaits it (an idle connection's task is sized by its timed read).
+pub fn timeout<F: Future>(limit: Duration, fut: F) -> Timeout<F> {
+    Timeout { inner: tokio::time::timeout(limit, fut) }
 }
 
-/// Runs `fut` until `deadline`.
-pub async fn timeout_at<F: Future>(
-    deadline: std::time::Instant,
-    fut: F,
-) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout_at(deadline.into(), fut).await.map_err(|_| Elapsed)
+/// Runs `fut` until `deadline` (see [`timeout`]).
+pub fn timeout_at<F: Future>(deadline: std::time::Instant, fut: F) -> Timeout<F> {
+    Timeout { inner: tokio::time::timeout_at(deadline.into(), fut) }
+}
+
+pin_project_lite::pin_project! {
+    /// [`timeout`] and [`timeout_at`]: the output of the wrapped future, or [`Elapsed`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Timeout<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(|r| r.map_err(|_| Elapsed))
+    }
 }
 
 pub async fn sleep(d: Duration) {
