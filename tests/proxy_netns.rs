@@ -721,7 +721,7 @@ fn redirect_budget_holds_a_flood_from_one_source(floor: Floor) {
     };
     println!(
         "--- flood of {FLOOD} TLS 1.0 clients from one source, {}: {} pages, {} refused, {} \
-         timed out, {} other, started over {:?}",
+         timed out, {} other, over {:?}",
         floor.name(),
         flood.pages,
         flood.refused,
@@ -729,8 +729,8 @@ fn redirect_budget_holds_a_flood_from_one_source(floor: Floor) {
         flood.other,
         flood.span
     );
-    // Started within one second (on a crowded machine, a little later): each second the flood
-    // lasted may take one per-source budget.
+    // Over within one second (on a crowded machine, or when a SYN had to be retransmitted, a
+    // little later): each second the flood lasted may take one per-source budget.
     let budget = PER_SOURCE * flood.span.as_secs_f64().ceil().max(1.0) as u64;
     assert!(
         (1..=budget).contains(&flood.pages),
