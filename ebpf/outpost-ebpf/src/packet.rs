@@ -59,6 +59,56 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Outcome> {
     Ok((start + off) as *mut T)
 }
 
+/// The 4 bytes at `p`, in the packet's order, in one load. A header field is a byte array
+/// (`[u8; 4]`), which the compiler reads a byte at a time, as it may not assume that BPF
+/// allows unaligned loads; the kernel allows them on packets where they are cheap (elsewhere
+/// it checks alignment, which the IP and TCP fields read here have behind the driver's
+/// NET_IP_ALIGN). The byte loads, shifts and the spills they caused were most of the walk.
+/// `p` must point into the packet, checked by [`ptr_at`].
+#[inline(always)]
+fn load32(p: *const [u8; 4]) -> u32 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let v: u64;
+        // SAFETY: the caller's `p` is inside the packet; the load touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "{v} = *(u32 *)({p} + 0)",
+                p = in(reg) p,
+                v = lateout(reg) v,
+                options(pure, readonly, nostack, preserves_flags)
+            );
+        }
+        v as u32
+    }
+    // Host builds (clippy) only: the program never runs there.
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above.
+    u32::from_ne_bytes(unsafe { *p })
+}
+
+/// The 2 bytes at `p`, in the packet's order, in one load; as [`load32`].
+#[inline(always)]
+fn load16(p: *const [u8; 2]) -> u16 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let v: u64;
+        // SAFETY: as in `load32`.
+        unsafe {
+            core::arch::asm!(
+                "{v} = *(u16 *)({p} + 0)",
+                p = in(reg) p,
+                v = lateout(reg) v,
+                options(pure, readonly, nostack, preserves_flags)
+            );
+        }
+        v as u16
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above.
+    u16::from_ne_bytes(unsafe { *p })
+}
+
 /// A TCP segment to a protected port, as the walk found it.
 pub struct Segment {
     pub key: FlowKey,
@@ -75,9 +125,16 @@ pub struct Segment {
     pub ack_seq: u32,
     pub flags: u8,
     pub ipv6: bool,
+    /// What the flow filter said of the four-tuple: false proves the flow is not tracked.
+    /// True (look) until the filter is consulted, once per segment, before the hello logic.
+    pub maybe_tracked: bool,
 }
 
-/// Walks to the TCP header. `Err` carries why the packet is not for us (it passes).
+/// Walks to the TCP header. `Err` carries why the packet is not for us (it passes), which
+/// includes a segment without payload that neither closes nor resets the flow (SYN, pure ACK):
+/// nothing to classify and no flow state to consult. The four-tuple and sequence numbers are
+/// read only once the segment is known to be for us, so that the packets that are not (most
+/// of them: other ports, ACKs) do not load them.
 #[inline(always)]
 pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment, Outcome> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
@@ -91,7 +148,6 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
         ether_type = u16::from_be(unsafe { (*vlan).ether_type });
         l3 += VlanHdr::LEN;
     }
-    let mut key = FlowKey::default();
     let (l4, ip_end, ipv6) = match ether_type {
         ETH_P_IPV4 => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
@@ -100,19 +156,16 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
                 return Err(Outcome::Truncated);
             }
-            if u16::from_be_bytes(ip.frags) & (IPV4_MF | IPV4_OFFSET) != 0 {
+            if u16::from_be(load16(&ip.frags)) & (IPV4_MF | IPV4_OFFSET) != 0 {
                 return Err(Outcome::Fragment);
             }
             if ip.proto != IPPROTO_TCP {
                 return Err(Outcome::NotTcp);
             }
-            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+            let tot_len = u16::from_be(load16(&ip.tot_len)) as usize;
             if tot_len < ihl {
                 return Err(Outcome::Truncated);
             }
-            key.src[0] = u32::from_ne_bytes(ip.src_addr);
-            key.dst[0] = u32::from_ne_bytes(ip.dst_addr);
-            key.family = 4;
             (l3 + ihl, l3 + tot_len, false)
         }
         ETH_P_IPV6 => {
@@ -120,7 +173,7 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
             let ip = unsafe { &*ip };
             let mut next = ip.next_hdr;
             let mut off = l3 + Ipv6Hdr::LEN;
-            let ip_end = off + u16::from_be_bytes(ip.payload_len) as usize;
+            let ip_end = off + u16::from_be(load16(&ip.payload_len)) as usize;
             for _ in 0..MAX_IPV6_EXT {
                 match next {
                     IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
@@ -140,16 +193,13 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
                     _ => Outcome::NotTcp,
                 });
             }
-            copy_words(&mut key.src, &ip.src_addr);
-            copy_words(&mut key.dst, &ip.dst_addr);
-            key.family = 6;
             (off, ip_end, true)
         }
         _ => return Err(Outcome::NotIp),
     };
     let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
     let tcp = unsafe { &*tcp };
-    let dport = u16::from_be_bytes(tcp.dest);
+    let dport = u16::from_be(load16(&tcp.dest));
     if !protected(dport) {
         return Err(Outcome::OtherPort);
     }
@@ -161,25 +211,45 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
     if doff < TcpHdr::LEN || payload > ip_end {
         return Err(Outcome::Truncated);
     }
-    key.sport = u16::from_ne_bytes(tcp.source);
-    key.dport = u16::from_ne_bytes(tcp.dest);
+    if payload == ip_end && bits[1] & (TCP_FIN | TCP_RST) == 0 {
+        return Err(Outcome::NoPayload);
+    }
+    let mut key = FlowKey::default();
+    if ipv6 {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+        let ip = unsafe { &*ip };
+        copy_words(&mut key.src, &ip.src_addr);
+        copy_words(&mut key.dst, &ip.dst_addr);
+        key.family = 6;
+    } else {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+        let ip = unsafe { &*ip };
+        key.src[0] = load32(&ip.src_addr);
+        key.dst[0] = load32(&ip.dst_addr);
+        key.family = 4;
+    }
+    key.sport = load16(&tcp.source);
+    key.dport = load16(&tcp.dest);
     Ok(Segment {
         key,
         l3,
         l4,
         payload,
         payload_len: ip_end - payload,
-        seq: u32::from_be_bytes(tcp.seq),
-        ack_seq: u32::from_be_bytes(tcp.ack_seq),
+        seq: u32::from_be(load32(&tcp.seq)),
+        ack_seq: u32::from_be(load32(&tcp.ack_seq)),
         flags: bits[1],
         ipv6,
+        maybe_tracked: true,
     })
 }
 
 #[inline(always)]
 fn copy_words(dst: &mut [u32; 4], src: &[u8; 16]) {
+    let words = src.as_ptr() as *const [u8; 4];
     for (i, w) in dst.iter_mut().enumerate() {
-        *w = u32::from_ne_bytes([src[i * 4], src[i * 4 + 1], src[i * 4 + 2], src[i * 4 + 3]]);
+        // SAFETY: word `i` of the 16 bytes at `src`.
+        *w = load32(unsafe { words.add(i) });
     }
 }
 

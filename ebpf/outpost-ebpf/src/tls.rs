@@ -31,8 +31,9 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     let has_payload = seg.payload_len > 0;
     // Every segment with payload (or closing the flow) looks for state of its flow first: a
     // continuation of a hello can start with any byte. The filter answers for most of them
-    // (application data of flows never tracked) without the hash lookup.
-    let mut known = if flow_may_exist(&seg.key) {
+    // (application data of flows never tracked) without the hash lookup; the entry consulted
+    // it (`untracked_data`).
+    let mut known = if seg.maybe_tracked {
         // SAFETY: a plain value copied out of the map.
         FLOWS.get_ptr(seg.key).map(|p| unsafe { *p })
     } else {
@@ -118,6 +119,21 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// Whether `seg` is application data (or another protocol) of a flow that is not tracked:
+/// the bulk of the traffic, which passes as `NotHello` without the parser. Decided in the
+/// entry, before the segment takes the round trip through the scratch map, so that only
+/// segments that go on to [`handle`] pay for it. The filter comes first: a continuation of a
+/// tracked hello can start with any byte. Its answer is kept in the segment for [`handle`].
+#[inline(always)]
+pub fn untracked_data(ctx: &XdpContext, seg: &mut Segment) -> bool {
+    seg.maybe_tracked = flow_may_exist(&seg.key);
+    if seg.payload_len == 0 || seg.maybe_tracked {
+        return false;
+    }
+    let payload = Payload::new(ctx, seg);
+    payload.len() > 0 && !may_start_hello(payload.byte(0))
 }
 
 /// Whether a flow keyed `key` may be in [`FLOWS`]; false only when none can be.
