@@ -59,55 +59,40 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Outcome> {
     Ok((start + off) as *mut T)
 }
 
-/// The 4 bytes at `p`, in the packet's order, in one load. A header field is a byte array
-/// (`[u8; 4]`), which the compiler reads a byte at a time, as it may not assume that BPF
-/// allows unaligned loads; the kernel allows them on packets where they are cheap (elsewhere
-/// it checks alignment, which the IP and TCP fields read here have behind the driver's
-/// NET_IP_ALIGN). The byte loads, shifts and the spills they caused were most of the walk.
-/// `p` must point into the packet, checked by [`ptr_at`].
-#[inline(always)]
-fn load32(p: *const [u8; 4]) -> u32 {
-    #[cfg(target_arch = "bpf")]
-    {
-        let v: u64;
-        // SAFETY: the caller's `p` is inside the packet; the load touches nothing else.
-        unsafe {
-            core::arch::asm!(
-                "{v} = *(u32 *)({p} + 0)",
-                p = in(reg) p,
-                v = lateout(reg) v,
-                options(pure, readonly, nostack, preserves_flags)
-            );
+/// `load32` and `load16`: a header field of `$n` bytes at `p`, in the packet's order, in one
+/// load. A header field is a byte array (`[u8; N]`), which the compiler reads a byte at a time,
+/// as it may not assume that BPF allows unaligned loads; the kernel allows them on packets
+/// where they are cheap (elsewhere it checks alignment, which the IP and TCP fields read here
+/// have behind the driver's NET_IP_ALIGN). The byte loads, shifts and the spills they caused
+/// were most of the walk. `p` must point into the packet, checked by [`ptr_at`].
+macro_rules! field_load {
+    ($name:ident, $t:ty, $n:literal, $width:literal) => {
+        #[inline(always)]
+        fn $name(p: *const [u8; $n]) -> $t {
+            #[cfg(target_arch = "bpf")]
+            {
+                let v: u64;
+                // SAFETY: the caller's `p` is inside the packet; the load touches nothing else.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("{v} = *(", $width, " *)({p} + 0)"),
+                        p = in(reg) p,
+                        v = lateout(reg) v,
+                        options(pure, readonly, nostack, preserves_flags)
+                    );
+                }
+                v as $t
+            }
+            // Host builds (clippy) only: the program never runs there.
+            #[cfg(not(target_arch = "bpf"))]
+            // SAFETY: as above.
+            <$t>::from_ne_bytes(unsafe { *p })
         }
-        v as u32
-    }
-    // Host builds (clippy) only: the program never runs there.
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: as above.
-    u32::from_ne_bytes(unsafe { *p })
+    };
 }
 
-/// The 2 bytes at `p`, in the packet's order, in one load; as [`load32`].
-#[inline(always)]
-fn load16(p: *const [u8; 2]) -> u16 {
-    #[cfg(target_arch = "bpf")]
-    {
-        let v: u64;
-        // SAFETY: as in `load32`.
-        unsafe {
-            core::arch::asm!(
-                "{v} = *(u16 *)({p} + 0)",
-                p = in(reg) p,
-                v = lateout(reg) v,
-                options(pure, readonly, nostack, preserves_flags)
-            );
-        }
-        v as u16
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: as above.
-    u16::from_ne_bytes(unsafe { *p })
-}
+field_load!(load32, u32, 4, "u32");
+field_load!(load16, u16, 2, "u16");
 
 /// A TCP segment to a protected port, as the walk found it.
 pub struct Segment {
