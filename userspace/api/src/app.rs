@@ -25,7 +25,7 @@ pub type Background = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub type AdminFuture = Pin<Box<dyn Future<Output = Reply> + 'static>>;
 
 /// An endpoint on the admin listener.
-pub type AdminEndpoint = Arc<dyn Fn(Request) -> AdminFuture + Send + Sync>;
+pub type AdminEndpoint = Arc<dyn Fn(Request<'static>) -> AdminFuture + Send + Sync>;
 
 /// Facts the core gives every factory.
 #[derive(Clone)]

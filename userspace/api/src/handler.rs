@@ -60,7 +60,7 @@ pub enum Flow {
 #[derive(Clone, Debug)]
 pub struct Reply {
     pub status: u16,
-    pub headers: Vec<Header>,
+    pub headers: Vec<Header<'static>>,
     pub body: Vec<u8>,
 }
 
@@ -158,10 +158,11 @@ pub type Task = Pin<Box<dyn Future<Output = ()> + 'static>>;
 #[derive(Default)]
 pub struct AfterResponse(pub Vec<Task>);
 
-/// One request as a handler sees it: the head (mutable), the client, the body on demand, and
-/// where to put work for after the response.
+/// One request as a handler sees it: the head (borrowed from the buffer it was read into), the
+/// client, the body on demand, and where to put work for after the response. Handlers edit
+/// what goes upstream in [`Handler::upstream_request_filter`], never the client's head.
 pub struct Session<'a> {
-    pub req: &'a mut Request,
+    pub req: &'a Request<'a>,
     pub client: &'a ClientInfo,
     body: &'a mut dyn RequestBody,
     after: &'a mut AfterResponse,
@@ -170,7 +171,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// For the core (and handler tests): a view of one request.
     pub fn new(
-        req: &'a mut Request,
+        req: &'a Request<'a>,
         client: &'a ClientInfo,
         body: &'a mut dyn RequestBody,
         after: &'a mut AfterResponse,
@@ -301,7 +302,7 @@ pub trait Handler: Send + Sync + 'static {
     async fn upstream_request_filter(
         &self,
         _s: &mut Session<'_>,
-        _upstream: &mut Request,
+        _upstream: &mut Request<'_>,
         _ctx: &mut Self::Ctx,
     ) -> Result<()> {
         Ok(())
@@ -311,7 +312,7 @@ pub trait Handler: Send + Sync + 'static {
     async fn response_filter(
         &self,
         _s: &mut Session<'_>,
-        _resp: &mut Response,
+        _resp: &mut Response<'_>,
         _ctx: &mut Self::Ctx,
     ) -> Result<()> {
         Ok(())
@@ -347,13 +348,13 @@ pub trait ErasedHandler: Send + Sync {
     fn upstream_request_filter<'a>(
         &'a self,
         s: &'a mut Session<'_>,
-        up: &'a mut Request,
+        up: &'a mut Request<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>>;
     fn response_filter<'a>(
         &'a self,
         s: &'a mut Session<'_>,
-        r: &'a mut Response,
+        r: &'a mut Response<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>>;
     fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any);
@@ -400,7 +401,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
     fn upstream_request_filter<'a>(
         &'a self,
         s: &'a mut Session<'_>,
-        up: &'a mut Request,
+        up: &'a mut Request<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>> {
         Pooled::future(self.1.upstream_request_filter(s, up, ctx_of(ctx)))
@@ -408,7 +409,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
     fn response_filter<'a>(
         &'a self,
         s: &'a mut Session<'_>,
-        r: &'a mut Response,
+        r: &'a mut Response<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>> {
         Pooled::future(self.1.response_filter(s, r, ctx_of(ctx)))
@@ -419,7 +420,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
 }
 
 /// Sets or replaces field `name`.
-pub fn set_header(headers: &mut Headers, name: &str, value: impl AsRef<[u8]>) {
+pub fn set_header(headers: &mut Headers<'_>, name: &str, value: impl AsRef<[u8]>) {
     headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
     headers.push(Header::new(name, value));
 }

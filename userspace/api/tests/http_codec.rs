@@ -31,18 +31,18 @@ fn show(input: &[u8]) -> String {
     format!("\"{}\"", input.escape_ascii())
 }
 
-fn parse(input: &[u8]) -> Result<Option<(Request, usize)>, Error> {
+fn parse(input: &[u8]) -> Result<Option<(Request<'_>, usize)>, Error> {
     parse_request(input, &Limits::default())
 }
 
-fn parse_ok(input: &[u8]) -> (Request, usize) {
+fn parse_ok(input: &[u8]) -> (Request<'_>, usize) {
     match parse(input) {
         Ok(Some(parsed)) => parsed,
         other => panic!("expected a request head in {}, got {other:?}", show(input)),
     }
 }
 
-fn parse_response_ok(input: &[u8]) -> (Response, usize) {
+fn parse_response_ok(input: &[u8]) -> (Response<'_>, usize) {
     match parse_response(input, &Limits::default()) {
         Ok(Some(parsed)) => parsed,
         other => panic!("expected a response head in {}, got {other:?}", show(input)),
@@ -71,7 +71,7 @@ fn decode_whole(body: Body, max: u64, input: &[u8]) -> Result<(Vec<u8>, usize), 
 }
 
 /// Head and decoded body of a request that must parse.
-fn request_and_body(input: &[u8]) -> (Request, Vec<u8>, usize) {
+fn request_and_body(input: &[u8]) -> (Request<'_>, Vec<u8>, usize) {
     let (request, head) = parse_ok(input);
     let body = request.body().unwrap_or_else(|e| panic!("{e} in {}", show(input)));
     let (data, used) = decode_whole(body, Limits::default().max_body_bytes, &input[head..])
@@ -513,7 +513,7 @@ fn hop_by_hop() {
     }
 
     let h = Header::new;
-    let mut headers: outpost_api::http::Headers = outpost_api::http::smallvec![
+    let mut headers = outpost_api::http::Headers::from([
         h("Host", "a"),
         h("Connection", "keep-alive, X-Drop-Me,  x-also ,"),
         h("Keep-Alive", "timeout=5"),
@@ -527,7 +527,7 @@ fn hop_by_hop() {
         h("Content-Length", "3"),
         h("X-Keep", "3"),
         h("Proxy-Authorization", "Basic eA=="),
-    ];
+    ]);
     remove_hop_by_hop(&mut headers);
     let want = [h("Host", "a"), h("Accept", "*/*"), h("Content-Length", "3"), h("X-Keep", "3")];
     assert_eq!(headers.as_slice(), want);

@@ -169,14 +169,14 @@ impl AuditSink for StoreAudit {
 /// Admin endpoints of the binary: `GET /audit?since=1h&user=…&kind=…&limit=…` (JSON).
 pub fn admin(store: &Store) -> Vec<(String, AdminEndpoint)> {
     let store = store.clone();
-    let audit: AdminEndpoint = Arc::new(move |req: Request| {
+    let audit: AdminEndpoint = Arc::new(move |req: Request<'static>| {
         let store = store.clone();
         Box::pin(async move { audit_endpoint(&store, &req).await })
     });
     vec![("/audit".into(), audit)]
 }
 
-async fn audit_endpoint(store: &Store, req: &Request) -> Reply {
+async fn audit_endpoint(store: &Store, req: &Request<'_>) -> Reply {
     if req.method != "GET" && req.method != "HEAD" {
         return Reply::json_error(405, "use GET").header("Allow", "GET, HEAD");
     }

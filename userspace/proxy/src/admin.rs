@@ -28,7 +28,7 @@ pub fn respond(
     kernel: Option<Arc<dyn KernelStats>>,
     extra: BTreeMap<String, AdminEndpoint>,
 ) -> plain::Respond {
-    Rc::new(move |req: Request| {
+    Rc::new(move |req: Request<'static>| {
         let path = outpost_api::handler::path_of(&req.target).to_owned();
         let endpoint =
             extra.get(&path).cloned().or_else(|| shared.live().router.admin.get(&path).cloned());

@@ -9,13 +9,13 @@ use crate::{http::Request, plain};
 
 /// The page; shows what the origin received from the edge.
 pub fn respond() -> plain::Respond {
-    Rc::new(|req: Request| {
+    Rc::new(|req: Request<'static>| {
         let reply = page(&req);
         Box::pin(async move { reply })
     })
 }
 
-fn page(req: &Request) -> Reply {
+fn page(req: &Request<'_>) -> Reply {
     {
         let h = |name: &str| {
             req.header(name)

@@ -20,7 +20,7 @@ const MAX_REQUESTS: usize = 100_000;
 const READ_CHUNK: usize = 8192;
 
 /// Answers one request.
-pub type Respond = Rc<dyn Fn(Request) -> AdminFuture>;
+pub type Respond = Rc<dyn Fn(Request<'static>) -> AdminFuture>;
 
 /// Serves `listener` until `stop` says so.
 pub async fn serve(listener: io::Listener, respond: Respond, mut stop: watch::Receiver<bool>) {
@@ -49,7 +49,8 @@ async fn connection(mut s: io::Stream, respond: Respond) {
         let served = io::timeout(REQUEST_TIMEOUT, async {
             let (req, n) = loop {
                 match http::parse_request(&buf, &limits) {
-                    Ok(Some(r)) => break r,
+                    // Owned: the request goes to an endpoint's future, and `buf` reads on.
+                    Ok(Some((r, n))) => break (r.into_owned(), n),
                     Ok(None) => {}
                     Err(e) => {
                         let _ = write(&mut s, Reply::json_error(e.status(), &e.to_string()), false)

@@ -9,7 +9,6 @@
 
 use std::{
     any::Any,
-    cell::RefCell,
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
@@ -25,7 +24,7 @@ use smallvec::SmallVec;
 use crate::{
     downstream::Downstream,
     error::{Error, ErrorKind, ErrorSource, OrErr as _, Result},
-    http::{self, Body, BodyDecoder, Header, InlineStr, Request, Response, TARGET_INLINE},
+    http::{self, Body, BodyDecoder, HeadStr, Header, Request, TARGET_INLINE},
     io,
     metrics::UpstreamFailure,
     shared::Live,
@@ -81,7 +80,7 @@ impl Chain {
 
 /// One request's parts that handlers see, lent to a [`Session`] for each phase.
 struct Exchange<'a> {
-    req: Request,
+    req: Request<'a>,
     client: &'a ClientInfo,
     ds: &'a mut Downstream,
     after: AfterResponse,
@@ -89,17 +88,19 @@ struct Exchange<'a> {
 
 impl Exchange<'_> {
     fn session(&mut self) -> Session<'_> {
-        Session::new(&mut self.req, self.client, &mut *self.ds, &mut self.after)
+        Session::new(&self.req, self.client, &mut *self.ds, &mut self.after)
     }
 }
 
 /// Serves one request; returns whether the connection stays open.
-pub(crate) async fn handle(
+///
+/// `req` borrows its fields from the head's buffer for as long as `ds` and `client` are lent.
+pub(crate) async fn handle<'a>(
     worker: &Rc<Worker>,
     live: &Live,
-    ds: &mut Downstream,
-    client: &ClientInfo,
-    req: Request,
+    ds: &'a mut Downstream,
+    client: &'a ClientInfo,
+    req: Request<'a>,
 ) -> bool {
     let started = Instant::now();
     // Framing was checked by the codec.
@@ -212,8 +213,8 @@ async fn phases(
             "handler read the body and did not respond",
         ));
     }
-    let mut up_req = SpareRequest::take();
-    up_req.clone_from(&x.req);
+    // Fields still borrowed from the client's head: copying the request copies no bytes.
+    let mut up_req = x.req.clone();
     // Origins get origin-form targets; absolute-form is for proxies.
     to_origin_form(&mut up_req.target);
     http::remove_hop_by_hop(&mut up_req.headers);
@@ -259,19 +260,60 @@ async fn phases(
     };
     p.upstream = Some(peer.addr);
     let mut rbuf = io::buf::take();
-    let exchanged = send_and_receive(&mut up, x.ds, &head, body, &peer, &mut rbuf).await;
-    let resp = match exchanged {
+    let mut retried = false;
+    // The response head is parsed where it was read, and borrows its fields from `rbuf` until
+    // it has been written for the client; the body after it is streamed from there.
+    let (mut resp, head_len) = 'exchange: loop {
+        let failed = match send_request(&mut up, x.ds, &head, body, &peer).await {
+            Err(e) => e,
+            Ok(()) => {
+                let deadline = Instant::now() + peer.response_timeout;
+                loop {
+                    let interim = match http::parse_response(&rbuf, &UPSTREAM_LIMITS) {
+                        Ok(Some((resp, n))) if !(100..200).contains(&resp.status) => {
+                            break 'exchange (resp, n)
+                        }
+                        Ok(Some((resp, _))) if resp.status == 101 => {
+                            break Error::new(
+                                ErrorKind::InvalidResponse,
+                                ErrorSource::Upstream,
+                                "origin switched protocols",
+                            )
+                        }
+                        Ok(Some((_, n))) => Some(n),
+                        Ok(None) => None,
+                        Err(e) => {
+                            break Error::because(
+                                ErrorKind::InvalidResponse,
+                                ErrorSource::Upstream,
+                                "response head",
+                                e,
+                            )
+                        }
+                    };
+                    // An interim response (100 Continue, 103 Early Hints): skipped.
+                    if let Some(n) = interim {
+                        rbuf.drain(..n);
+                        continue;
+                    }
+                    if let Err(e) = read_response_head(&mut up, &mut rbuf, deadline).await {
+                        break e;
+                    }
+                }
+            }
+        };
         // A pooled connection the origin closed just as we reused it, or one that carried
         // stray bytes (an origin that sent a body after a HEAD or 304 response, seen only
         // once the next request went out): retry once on a fresh one, when nothing of the
         // request body was consumed (so it can be sent again) and, for stray bytes, when the
         // method is idempotent (the origin may have acted on the request).
-        Err(e)
-            if reused
-                && body == Body::Empty
-                && ((e.kind == ErrorKind::UpstreamIo && rbuf.is_empty())
-                    || (e.kind == ErrorKind::InvalidResponse && idempotent(&up_req.method))) =>
-        {
+        let retry = reused
+            && !retried
+            && body == Body::Empty
+            && ((failed.kind == ErrorKind::UpstreamIo && rbuf.is_empty())
+                || (failed.kind == ErrorKind::InvalidResponse && idempotent(&up_req.method)));
+        if retry {
+            retried = true;
             drop(up);
             rbuf.clear();
             up = io::Stream::connect(peer.addr, peer.connect_timeout).await.or_err(
@@ -279,23 +321,17 @@ async fn phases(
                 ErrorSource::Upstream,
                 "reconnecting to the origin",
             )?;
-            send_and_receive(&mut up, x.ds, &head, body, &peer, &mut rbuf).await
+            continue;
         }
-        other => other,
-    };
-    let mut resp = match resp {
-        Ok(r) => r,
-        Err(e) => {
-            worker.shared.metrics.upstream_failure(match e.kind {
-                ErrorKind::UpstreamTimeout => UpstreamFailure::Timeout,
-                ErrorKind::InvalidResponse => UpstreamFailure::InvalidResponse,
-                _ => UpstreamFailure::Io,
-            });
-            if e.source == ErrorSource::Upstream {
-                h.upstream_failed(&peer, ctx, &e);
-            }
-            return Err(e);
+        worker.shared.metrics.upstream_failure(match failed.kind {
+            ErrorKind::UpstreamTimeout => UpstreamFailure::Timeout,
+            ErrorKind::InvalidResponse => UpstreamFailure::InvalidResponse,
+            _ => UpstreamFailure::Io,
+        });
+        if failed.source == ErrorSource::Upstream {
+            h.upstream_failed(&peer, ctx, &failed);
         }
+        return Err(failed);
     };
     let resp_body = resp.body(&x.req.method).or_err(
         ErrorKind::InvalidResponse,
@@ -305,7 +341,7 @@ async fn phases(
     let origin_keep_alive = resp.keep_alive() && resp_body != Body::UntilClose;
     // Kept for a response without a body (below); others are re-framed from `resp_body`.
     let content_length = match resp_body {
-        Body::Empty => resp.header("content-length").map(<[u8]>::to_vec),
+        Body::Empty => resp.header("content-length").map(http::HeaderValue::copied),
         _ => None,
     };
     http::remove_hop_by_hop(&mut resp.headers);
@@ -320,7 +356,7 @@ async fn phases(
         Body::Empty => {
             // HEAD and 304 keep the origin's Content-Length: it describes the full entity.
             if let Some(cl) = content_length {
-                resp.headers.push(Header::new("Content-Length", cl));
+                resp.headers.push(Header { name: "Content-Length".into(), value: cl });
             }
             false
         }
@@ -349,6 +385,9 @@ async fn phases(
     let mut wire = head;
     wire.clear();
     http::write_response_head(resp.status, reason, &resp.headers, &mut wire);
+    // The head is written: `resp` lets go of `rbuf`, where the body starts after it.
+    drop(resp);
+    rbuf.drain(..head_len);
 
     // Stream the response body. Decoded straight into `wire` unless it must be re-chunked.
     let mut dec = BodyDecoder::new(resp_body, u64::MAX);
@@ -438,7 +477,7 @@ fn idempotent(method: &str) -> bool {
 }
 
 /// `http://h/p?q` → `/p?q`; other forms unchanged.
-fn to_origin_form(target: &mut InlineStr<TARGET_INLINE>) {
+fn to_origin_form(target: &mut HeadStr<'_, TARGET_INLINE>) {
     if target.starts_with('/') {
         return;
     }
@@ -450,43 +489,8 @@ fn to_origin_form(target: &mut InlineStr<TARGET_INLINE>) {
     target.replace_prefix(authority_end, slash);
 }
 
-thread_local! {
-    /// The upstream request of this thread's last exchange, kept for its buffers.
-    static SPARE_REQUEST: RefCell<Request> = RefCell::new(Request::default());
-}
-
-/// The upstream request of one exchange: this thread's spare, given back on drop (so a
-/// keep-alive request through a handler reuses the last one's capacity).
-struct SpareRequest(Request);
-
-impl SpareRequest {
-    fn take() -> SpareRequest {
-        SpareRequest(SPARE_REQUEST.with(|s| std::mem::take(&mut *s.borrow_mut())))
-    }
-}
-
-impl Drop for SpareRequest {
-    fn drop(&mut self) {
-        let r = std::mem::take(&mut self.0);
-        SPARE_REQUEST.with(|s| *s.borrow_mut() = r);
-    }
-}
-
-impl std::ops::Deref for SpareRequest {
-    type Target = Request;
-    fn deref(&self) -> &Request {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for SpareRequest {
-    fn deref_mut(&mut self) -> &mut Request {
-        &mut self.0
-    }
-}
-
 /// Sets the framing fields of a request sent upstream for `body`.
-fn frame_request(headers: &mut http::Headers, body: Body) {
+fn frame_request(headers: &mut http::Headers<'_>, body: Body) {
     headers.retain(|h| {
         !h.name.eq_ignore_ascii_case("content-length")
             && !h.name.eq_ignore_ascii_case("transfer-encoding")
@@ -498,16 +502,14 @@ fn frame_request(headers: &mut http::Headers, body: Body) {
     }
 }
 
-/// Sends the head and the body, then reads the final response head (skipping 1xx). Leaves
-/// the bytes after the head in `rbuf`.
-async fn send_and_receive(
+/// Sends the head and the body (read from the client as it goes).
+async fn send_request(
     up: &mut io::Stream,
     ds: &mut Downstream,
     head: &[u8],
     body: Body,
     peer: &Peer,
-    rbuf: &mut Vec<u8>,
-) -> Result<Response> {
+) -> Result<()> {
     let mut out = io::buf::take();
     out.extend_from_slice(head);
     let mut plain = Vec::new();
@@ -529,51 +531,30 @@ async fn send_and_receive(
         }
     }
     io::buf::give(write_upstream(up, out, peer.response_timeout).await?);
+    Ok(())
+}
 
-    let deadline = Instant::now() + peer.response_timeout;
-    loop {
-        match http::parse_response(rbuf, &UPSTREAM_LIMITS) {
-            Ok(Some((resp, n))) => {
-                rbuf.drain(..n);
-                if (100..200).contains(&resp.status) {
-                    if resp.status == 101 {
-                        return Err(Error::new(
-                            ErrorKind::InvalidResponse,
-                            ErrorSource::Upstream,
-                            "origin switched protocols",
-                        ));
-                    }
-                    continue;
-                }
-                return Ok(resp);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Error::because(
-                    ErrorKind::InvalidResponse,
-                    ErrorSource::Upstream,
-                    "response head",
-                    e,
-                ))
-            }
-        }
-        let (res, b) =
-            io::timeout_at(deadline, up.read(std::mem::take(rbuf), UPSTREAM_READ)).await.or_err(
-                ErrorKind::UpstreamTimeout,
-                ErrorSource::Upstream,
-                "waiting for the response head",
-            )?;
-        *rbuf = b;
-        if res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "reading the response head")?
-            == 0
-        {
-            return Err(Error::new(
-                ErrorKind::UpstreamIo,
-                ErrorSource::Upstream,
-                "origin closed before responding",
-            ));
-        }
+/// Reads more of the response head into `rbuf`, by `deadline`.
+async fn read_response_head(
+    up: &mut io::Stream,
+    rbuf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<()> {
+    let (res, b) =
+        io::timeout_at(deadline, up.read(std::mem::take(rbuf), UPSTREAM_READ)).await.or_err(
+            ErrorKind::UpstreamTimeout,
+            ErrorSource::Upstream,
+            "waiting for the response head",
+        )?;
+    *rbuf = b;
+    if res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "reading the response head")? == 0 {
+        return Err(Error::new(
+            ErrorKind::UpstreamIo,
+            ErrorSource::Upstream,
+            "origin closed before responding",
+        ));
     }
+    Ok(())
 }
 
 /// Sends `out` to the origin; an origin that stops reading for `limit` is given up on.
@@ -595,7 +576,7 @@ mod tests {
     #[test]
     fn origin_forms() {
         let origin_form = |t: &str| {
-            let mut t = InlineStr::from(t);
+            let mut t = HeadStr::from(t);
             to_origin_form(&mut t);
             t.to_string()
         };

@@ -217,10 +217,14 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
         // Taken when the request starts, so a reload during the idle wait applies to it.
         let live = worker.shared.live();
         let head_deadline = Instant::now() + live.header_timeout;
+        // The head is parsed where it was read, and the request borrows its fields from there:
+        // that buffer leaves `ds` for the request's lifetime, and what follows the head (the
+        // body, a pipelined request) goes back to `ds.buf`.
+        let mut head = std::mem::take(&mut ds.buf);
         let (req, n) = loop {
-            // The parse result is not held across the refusal's await: it is as large as a
-            // request, and the task would keep room for it in every idle wait.
-            let bad = match http::parse_request(&ds.buf, &live.limits) {
+            // The parse result is not held across the refusal's await: the task would keep
+            // room for a request in every idle wait.
+            let bad = match http::parse_request(&head, &live.limits) {
                 Ok(Some(r)) => break r,
                 Ok(None) => None,
                 Err(e) => Some(Error::because(
@@ -234,7 +238,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
                 Box::pin(refuse(worker, ds, &e)).await;
                 return;
             }
-            match io::timeout_at(head_deadline, ds.tls.read(&mut ds.buf)).await {
+            match io::timeout_at(head_deadline, ds.tls.read(&mut head)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return,
                 Err(io::Elapsed) => {
@@ -248,10 +252,15 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
                 }
             }
         };
-        ds.buf.drain(..n);
+        if let Some(rest) = head.get(n..).filter(|rest| !rest.is_empty()) {
+            ds.buf =
+                if rest.len() <= io::IDLE_READ { io::buf::take_idle() } else { io::buf::take() };
+            ds.buf.extend_from_slice(rest);
+        }
         // Out of line (see `connection`), so the idle wait stays small; in a pooled block, so
         // that takes no allocation per request.
         let keep_alive = Pooled::future(proxy::handle(worker, &live, ds, client, req)).await;
+        io::buf::give(head);
         if !keep_alive || worker.shared.draining() {
             return;
         }

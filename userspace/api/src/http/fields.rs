@@ -28,7 +28,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Removes hop-by-hop fields and the fields named in `Connection` tokens (except `Host` and
 /// `Content-Length`, see above), keeping the order of the rest.
-pub fn remove_hop_by_hop(headers: &mut Headers) {
+pub fn remove_hop_by_hop(headers: &mut Headers<'_>) {
     if !headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection")) {
         // No tokens to look up: the common case, without the allocation below.
         headers.retain(|h| !is_hop_by_hop(&h.name));
@@ -51,13 +51,13 @@ pub fn remove_hop_by_hop(headers: &mut Headers) {
 }
 
 /// The first value of field `name` (case-insensitive).
-pub(crate) fn find<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn find<'a>(headers: &'a [Header<'_>], name: &str) -> Option<&'a [u8]> {
     headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_slice())
 }
 
 /// Every value of field `name` (case-insensitive), in order.
 pub(crate) fn values<'a>(
-    headers: &'a [Header],
+    headers: &'a [Header<'_>],
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_slice())
@@ -80,13 +80,13 @@ fn trim_ows(mut b: &[u8]) -> &[u8] {
 }
 
 /// Whether a `Connection` field lists `token` (case-insensitive).
-pub(crate) fn connection_has(headers: &[Header], token: &str) -> bool {
+pub(crate) fn connection_has(headers: &[Header<'_>], token: &str) -> bool {
     values(headers, "connection").flat_map(list).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Persistence from `Connection` (RFC 9112 §9.3): HTTP/1.1 unless `close`, HTTP/1.0 only with
 /// `keep-alive`.
-pub(crate) fn keep_alive(headers: &[Header], minor_version: u8) -> bool {
+pub(crate) fn keep_alive(headers: &[Header<'_>], minor_version: u8) -> bool {
     if connection_has(headers, "close") {
         false
     } else if minor_version >= 1 {
@@ -98,7 +98,7 @@ pub(crate) fn keep_alive(headers: &[Header], minor_version: u8) -> bool {
 
 /// How the body is delimited according to the framing fields alone (RFC 9112 §6.3, the strict
 /// reading): `None` when there is neither `Content-Length` nor `Transfer-Encoding`.
-pub(crate) fn framing(headers: &[Header], minor_version: u8) -> Result<Option<Body>, Error> {
+pub(crate) fn framing(headers: &[Header<'_>], minor_version: u8) -> Result<Option<Body>, Error> {
     let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
     let (te, cl) = (has("transfer-encoding"), has("content-length"));
     if te && cl {
@@ -118,7 +118,7 @@ pub(crate) fn framing(headers: &[Header], minor_version: u8) -> Result<Option<Bo
 
 /// Only a lone `chunked` is supported: any other coding would reach the origin without the
 /// field that names it, since `Transfer-Encoding` is hop-by-hop.
-fn transfer_coding(headers: &[Header]) -> Result<Body, Error> {
+fn transfer_coding(headers: &[Header<'_>]) -> Result<Body, Error> {
     let (mut codings, mut chunked) = (0usize, 0usize);
     for coding in values(headers, "transfer-encoding").flat_map(list) {
         if coding.is_empty() {
@@ -137,7 +137,7 @@ fn transfer_coding(headers: &[Header]) -> Result<Body, Error> {
 }
 
 /// All `Content-Length` values (fields and list elements) must be the same decimal number.
-fn content_length(headers: &[Header]) -> Result<u64, Error> {
+fn content_length(headers: &[Header<'_>]) -> Result<u64, Error> {
     let mut seen = None;
     for element in values(headers, "content-length").flat_map(list) {
         let n = decimal(element)?;
@@ -167,7 +167,7 @@ fn decimal(digits: &[u8]) -> Result<u64, Error> {
 mod tests {
     use super::*;
 
-    fn h(name: &str, value: &str) -> Header {
+    fn h(name: &str, value: &str) -> Header<'static> {
         Header::new(name, value)
     }
 
@@ -202,7 +202,7 @@ mod tests {
     fn framing_table() {
         type Framing = Result<Option<Body>, Error>;
         let malformed = |m| Err(Error::Malformed(m));
-        let cases: Vec<(Vec<Header>, u8, Framing)> = vec![
+        let cases: Vec<(Vec<Header<'static>>, u8, Framing)> = vec![
             (vec![], 1, Ok(None)),
             (vec![h("Content-Length", "7")], 1, Ok(Some(Body::Length(7)))),
             (
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn keep_alive_table() {
-        let cases: &[(&[Header], u8, bool)] = &[
+        let cases: &[(&[Header<'static>], u8, bool)] = &[
             (&[], 1, true),
             (&[], 0, false),
             (&[h("Connection", "Keep-Alive")], 0, true),
@@ -273,12 +273,12 @@ mod tests {
 
     #[test]
     fn connection_cannot_strip_framing_or_routing() {
-        let mut headers: Headers = smallvec::smallvec![
+        let mut headers: Headers<'static> = Headers::from([
             h("Host", "a"),
             h("Content-Length", "3"),
             h("X-Secret", "1"),
             h("Connection", "host, content-length, x-secret"),
-        ];
+        ]);
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.as_slice(), [h("Host", "a"), h("Content-Length", "3")]);
     }

@@ -2,42 +2,33 @@
 //! the rules httparse leaves to its caller (targets, `Host`, framing).
 
 use super::fields::{self, find, framing, values};
-use super::{Body, Error, Header, Headers, InlineStr, Limits, TARGET_INLINE};
+use super::{Body, Error, HeadStr, Header, Headers, Limits, TARGET_INLINE};
 
-/// A request head.
-#[derive(Debug, Default)]
-pub struct Request {
+/// A request head. A parsed one borrows every field from the buffer it was parsed from (`'h`).
+#[derive(Debug, Default, Clone)]
+pub struct Request<'h> {
     /// Method token, case-sensitive (`GET`, never `get`).
-    pub method: InlineStr<16>,
+    pub method: HeadStr<'h, 14>,
     /// Request target as received: origin-form (`/a?b`), absolute-form (`http://h/a`),
     /// authority-form (`h:443`, CONNECT only) or `*` (OPTIONS only).
-    pub target: InlineStr<TARGET_INLINE>,
+    pub target: HeadStr<'h, TARGET_INLINE>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Fields in the order received.
-    pub headers: Headers,
+    pub headers: Headers<'h>,
 }
 
-impl Clone for Request {
-    fn clone(&self) -> Self {
+impl Request<'_> {
+    /// The same request, owning its bytes (to keep it past its buffer).
+    pub fn into_owned(self) -> Request<'static> {
         Request {
-            method: self.method.clone(),
-            target: self.target.clone(),
+            method: self.method.into_owned(),
+            target: self.target.into_owned(),
             minor_version: self.minor_version,
-            headers: self.headers.clone(),
+            headers: self.headers.into_owned(),
         }
     }
 
-    /// Into `self`'s own buffers: no allocation when they are large enough.
-    fn clone_from(&mut self, source: &Self) {
-        self.method.clone_from(&source.method);
-        self.target.clone_from(&source.target);
-        self.minor_version = source.minor_version;
-        self.headers.clone_from(&source.headers);
-    }
-}
-
-impl Request {
     /// The first value of field `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         find(&self.headers, name)
@@ -72,20 +63,20 @@ impl Request {
     }
 }
 
-/// A response head.
+/// A response head. A parsed one borrows every field from the buffer it was parsed from (`'h`).
 #[derive(Debug, Clone)]
-pub struct Response {
+pub struct Response<'h> {
     /// Status code, 100..=999.
     pub status: u16,
     /// Reason phrase; empty when the origin sent none or sent obs-text in it.
-    pub reason: InlineStr<30>,
+    pub reason: HeadStr<'h, 30>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Fields in the order received.
-    pub headers: Headers,
+    pub headers: Headers<'h>,
 }
 
-impl Response {
+impl Response<'_> {
     /// The first value of field `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         find(&self.headers, name)
@@ -126,9 +117,14 @@ impl Response {
 /// Every framing rule (see the module documentation) is checked here, so `request.body()` is
 /// `Ok` and within [`Limits::max_body_bytes`] afterwards.
 ///
+/// The request borrows its fields from `buf`: nothing is copied.
+///
 /// Each call parses from the start; callers feeding a byte at a time pay O(head²), bounded by
 /// the head limit.
-pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Error> {
+pub fn parse_request<'h>(
+    buf: &'h [u8],
+    limits: &Limits,
+) -> Result<Option<(Request<'h>, usize)>, Error> {
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
     with_slots(window, limits, |slots| request_in(buf, window, limits, slots))
 }
@@ -138,7 +134,7 @@ fn request_in<'b>(
     window: &'b [u8],
     limits: &Limits,
     slots: &mut [httparse::Header<'b>],
-) -> Result<Option<(Request, usize)>, Error> {
+) -> Result<Option<(Request<'b>, usize)>, Error> {
     let mut head = httparse::Request::new(slots);
     let len = match head.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -153,7 +149,7 @@ fn request_in<'b>(
         method: method.into(),
         target: target.into(),
         minor_version,
-        headers: owned(head.headers),
+        headers: borrowed(head.headers),
     };
     check_target(&request.method, &request.target)?;
     check_host(&request)?;
@@ -171,8 +167,11 @@ fn request_in<'b>(
 /// Framing fields are checked here as far as they do not depend on the request (conflicting or
 /// invalid `Content-Length`, `Transfer-Encoding` with `Content-Length` or on HTTP/1.0); an
 /// unsupported transfer coding, and the body limit, only matter once [`Response::body`] says
-/// there is a body.
-pub fn parse_response(buf: &[u8], limits: &Limits) -> Result<Option<(Response, usize)>, Error> {
+/// there is a body. The response borrows its fields from `buf`.
+pub fn parse_response<'h>(
+    buf: &'h [u8],
+    limits: &Limits,
+) -> Result<Option<(Response<'h>, usize)>, Error> {
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
     with_slots(window, limits, |slots| response_in(buf, window, limits, slots))
 }
@@ -182,7 +181,7 @@ fn response_in<'b>(
     window: &'b [u8],
     limits: &Limits,
     slots: &mut [httparse::Header<'b>],
-) -> Result<Option<(Response, usize)>, Error> {
+) -> Result<Option<(Response<'b>, usize)>, Error> {
     let mut head = httparse::Response::new(slots);
     let len = match head.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -197,7 +196,7 @@ fn response_in<'b>(
         return Err(Error::Malformed("status code below 100"));
     }
     let response =
-        Response { status, reason: reason.into(), minor_version, headers: owned(head.headers) };
+        Response { status, reason: reason.into(), minor_version, headers: borrowed(head.headers) };
     match framing(&response.headers, minor_version) {
         Ok(_) | Err(Error::UnsupportedTransferCoding) => Ok(Some((response, len))),
         Err(e) => Err(e),
@@ -254,8 +253,8 @@ fn head_error(e: httparse::Error) -> Error {
     })
 }
 
-fn owned(headers: &[httparse::Header<'_>]) -> Headers {
-    headers.iter().map(|h| Header { name: h.name.into(), value: h.value.into() }).collect()
+fn borrowed<'b>(headers: &[httparse::Header<'b>]) -> Headers<'b> {
+    headers.iter().map(|h| Header::borrowed(h.name, h.value)).collect()
 }
 
 /// The target's form must suit the method (RFC 9112 §3.2).
@@ -288,7 +287,7 @@ fn check_target(method: &str, target: &str) -> Result<(), Error> {
 
 /// Exactly one valid `Host` (RFC 9112 §3.2), which may only be absent on HTTP/1.0 and may be
 /// empty when the target has no authority.
-fn check_host(request: &Request) -> Result<(), Error> {
+fn check_host(request: &Request<'_>) -> Result<(), Error> {
     let mut hosts = request.header_values("host");
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => Err(Error::Malformed("more than one Host")),
@@ -431,11 +430,36 @@ mod tests {
             method: "GET".into(),
             target: "http://origin.example:8080/p".into(),
             minor_version: 1,
-            headers: smallvec::smallvec![Header::new("Host", "other.example")],
+            headers: [Header::new("Host", "other.example")].into(),
         };
         assert_eq!(request.host(), Some("origin.example"));
         let request = Request { target: "/p".into(), ..request };
         assert_eq!(request.host(), Some("other.example"));
+    }
+
+    #[test]
+    fn parsed_heads_borrow_every_field_from_their_buffer() {
+        let buf = b"GET /a?b HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t/1\r\n\r\n".to_vec();
+        let within = |b: &[u8]| buf.as_ptr_range().contains(&b.as_ptr());
+        let (req, _) = parse_request(&buf, &Limits::default()).unwrap().unwrap();
+        assert!(req.method.is_borrowed() && within(req.method.as_bytes()));
+        assert!(req.target.is_borrowed() && within(req.target.as_bytes()));
+        assert_eq!(req.headers.len(), 2);
+        for h in req.headers.iter() {
+            assert!(h.name.is_borrowed() && within(h.name.as_bytes()), "{h:?}");
+            assert!(h.value.is_borrowed() && within(&h.value), "{h:?}");
+        }
+        let owned = req.clone().into_owned();
+        assert!(
+            !owned.target.is_borrowed() && owned.headers.iter().all(|h| !h.value.is_borrowed())
+        );
+        assert_eq!(owned.headers, req.headers);
+
+        let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let within = |b: &[u8]| buf.as_ptr_range().contains(&b.as_ptr());
+        let (resp, _) = parse_response(&buf, &Limits::default()).unwrap().unwrap();
+        assert!(resp.reason.is_borrowed() && within(resp.reason.as_bytes()));
+        assert!(resp.headers.iter().all(|h| h.value.is_borrowed() && within(&h.value)));
     }
 
     #[test]

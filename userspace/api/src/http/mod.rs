@@ -36,7 +36,7 @@
 
 use std::fmt;
 
-use smallvec::SmallVec;
+use arrayvec::ArrayVec;
 
 mod body;
 mod fields;
@@ -46,7 +46,6 @@ mod write;
 pub use body::{encode_chunk, encode_last_chunk, Body, BodyDecoder};
 pub use fields::{is_hop_by_hop, remove_hop_by_hop};
 pub use head::{parse_request, parse_response, Request, Response};
-pub use smallvec::smallvec;
 pub use write::{reason, write_request_head, write_response_head};
 
 /// Size limits for one message; every allocation the codec makes is bounded by them.
@@ -115,120 +114,255 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// One header field as received: the name keeps its case (compare with
-/// `eq_ignore_ascii_case`), the value has surrounding whitespace trimmed and may hold obs-text.
+/// One header field: the name keeps its case (compare with `eq_ignore_ascii_case`), the value
+/// has surrounding whitespace trimmed and may hold obs-text.
 ///
-/// Both live inline up to a size that covers nearly every field a proxy sees (names up to
-/// [`NAME_INLINE`] bytes, values up to [`VALUE_INLINE`]), so a request's fields take no heap
-/// allocation each; longer ones spill to the heap.
+/// A field parsed from a head borrows its bytes from the buffer the head was read into (`'h`):
+/// parsing copies nothing. A field the proxy or a handler sets is owned: inline up to a size
+/// that covers the fields they set ([`NAME_INLINE`], [`VALUE_INLINE`]), on the heap beyond.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub struct Header<'h> {
     /// Field name, a token.
-    pub name: HeaderName,
+    pub name: HeaderName<'h>,
     /// Field value, without leading or trailing SP/HTAB.
-    pub value: HeaderValue,
+    pub value: HeaderValue<'h>,
 }
 
-impl Header {
-    /// A header from a name and a value.
+impl Header<'static> {
+    /// A header from a name and a value, copied.
     pub fn new(name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Self {
-        Self { name: HeaderName::from(name.as_ref()), value: HeaderValue::from(value.as_ref()) }
+        Self { name: HeadStr::copied(name.as_ref()), value: HeadBytes::copied(value.as_ref()) }
     }
 
     /// `Content-Length: n`.
     pub fn content_length(n: u64) -> Self {
-        Self { name: HeaderName::from("Content-Length"), value: HeaderValue::decimal(n) }
+        Self { name: HeadStr::from("Content-Length"), value: HeaderValue::decimal(n) }
     }
 }
 
-/// The fields of a request or response head: a dozen inline, more on the heap.
-pub type Headers = SmallVec<[Header; 12]>;
+impl<'h> Header<'h> {
+    /// A header borrowing its name and value (from a head buffer, or `'static` text).
+    pub fn borrowed(name: &'h str, value: &'h [u8]) -> Self {
+        Self { name: HeadStr::from(name), value: HeadBytes::from(value) }
+    }
 
-/// Bytes of a [`HeaderName`] kept inline.
-pub const NAME_INLINE: usize = 30;
-/// Bytes of a [`HeaderValue`] kept inline.
-pub const VALUE_INLINE: usize = 62;
-/// Request targets up to this many bytes are kept inline; most paths with their query fit.
-pub const TARGET_INLINE: usize = 126;
+    /// The same field, owning its bytes.
+    pub fn into_owned(self) -> Header<'static> {
+        Header { name: self.name.into_owned(), value: self.value.into_owned() }
+    }
+}
+
+/// Fields of a head kept inline; most requests, browsers' included, have fewer.
+pub const FIELDS_INLINE: usize = 16;
+
+/// The fields of a request or response head, in order: [`FIELDS_INLINE`] inline, more on the
+/// heap. Reads as a slice of [`Header`]s.
+///
+/// Covariant in `'h` (a `SmallVec` is not: its item type sits behind an associated type), so
+/// a head borrowed from its buffer for long can be lent as one borrowed for less, which is how
+/// a handler's [`Session`](crate::Session) borrows the request for one phase.
+#[derive(Clone, Default)]
+pub struct Headers<'h>(Fields<'h>);
+
+#[derive(Clone)]
+// Inline is the point: a boxed variant would be one allocation per head again.
+#[allow(clippy::large_enum_variant)]
+enum Fields<'h> {
+    Inline(ArrayVec<Header<'h>, FIELDS_INLINE>),
+    Heap(Vec<Header<'h>>),
+}
+
+impl Default for Fields<'_> {
+    fn default() -> Self {
+        Fields::Inline(ArrayVec::new())
+    }
+}
+
+impl<'h> Headers<'h> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `h`; past [`FIELDS_INLINE`] fields they all move to the heap.
+    pub fn push(&mut self, h: Header<'h>) {
+        match &mut self.0 {
+            Fields::Inline(a) => {
+                if let Err(full) = a.try_push(h) {
+                    let mut v = Vec::with_capacity(2 * FIELDS_INLINE);
+                    v.extend(a.drain(..));
+                    v.push(full.element());
+                    self.0 = Fields::Heap(v);
+                }
+            }
+            Fields::Heap(v) => v.push(h),
+        }
+    }
+
+    /// Keeps the fields for which `keep` is true, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Header<'h>) -> bool) {
+        match &mut self.0 {
+            Fields::Inline(a) => a.retain(|h| keep(h)),
+            Fields::Heap(v) => v.retain(keep),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Header<'h>] {
+        match &self.0 {
+            Fields::Inline(a) => a,
+            Fields::Heap(v) => v,
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Header<'h>] {
+        match &mut self.0 {
+            Fields::Inline(a) => a,
+            Fields::Heap(v) => v,
+        }
+    }
+
+    /// The same fields, owning their bytes.
+    pub fn into_owned(self) -> Headers<'static> {
+        self.iter().map(|h| h.clone().into_owned()).collect()
+    }
+}
+
+impl<'h> std::ops::Deref for Headers<'h> {
+    type Target = [Header<'h>];
+    fn deref(&self) -> &[Header<'h>] {
+        self.as_slice()
+    }
+}
+
+impl<'h> std::ops::DerefMut for Headers<'h> {
+    fn deref_mut(&mut self) -> &mut [Header<'h>] {
+        self.as_mut_slice()
+    }
+}
+
+impl<'h> FromIterator<Header<'h>> for Headers<'h> {
+    fn from_iter<I: IntoIterator<Item = Header<'h>>>(iter: I) -> Self {
+        let mut headers = Headers::new();
+        headers.extend(iter);
+        headers
+    }
+}
+
+impl<'h> Extend<Header<'h>> for Headers<'h> {
+    fn extend<I: IntoIterator<Item = Header<'h>>>(&mut self, iter: I) {
+        for h in iter {
+            self.push(h);
+        }
+    }
+}
+
+impl<'h, const N: usize> From<[Header<'h>; N]> for Headers<'h> {
+    fn from(fields: [Header<'h>; N]) -> Self {
+        fields.into_iter().collect()
+    }
+}
+
+impl fmt::Debug for Headers<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for Headers<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Headers<'_> {}
+
+/// Bytes of an owned [`HeaderName`] kept inline.
+pub const NAME_INLINE: usize = 22;
+/// Bytes of an owned [`HeaderValue`] kept inline: an IPv6 address in text fits.
+pub const VALUE_INLINE: usize = 46;
+/// Bytes of an owned request target kept inline (a target rewritten to origin-form).
+pub const TARGET_INLINE: usize = 62;
 
 /// A field name; reads as a `&str`.
-pub type HeaderName = InlineStr<NAME_INLINE>;
-
-/// A short string kept inline up to `N` bytes (a field name, a method, a reason phrase); longer
-/// ones spill to the heap. Reads as a `&str`.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct InlineStr<const N: usize>(SmallVec<[u8; N]>);
-
-impl<const N: usize> InlineStr<N> {
-    pub fn as_str(&self) -> &str {
-        // SAFETY: the bytes are only ever set from a `&str` (`From<&str>`, `Default`), so they
-        // are UTF-8; this runs for every field lookup, so it is not checked again.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
-    }
-
-    /// Replaces the first `end` bytes with `with`, in place.
-    ///
-    /// # Panics
-    /// When `end` is past the end or not on a character boundary.
-    pub fn replace_prefix(&mut self, end: usize, with: &str) {
-        assert!(self.as_str().is_char_boundary(end), "not a character boundary");
-        self.0.drain(..end);
-        self.0.insert_from_slice(0, with.as_bytes());
-    }
-}
-
-impl<const N: usize> From<&str> for InlineStr<N> {
-    fn from(s: &str) -> Self {
-        InlineStr(SmallVec::from_slice(s.as_bytes()))
-    }
-}
-
-impl<const N: usize> std::ops::Deref for InlineStr<N> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl<const N: usize> AsRef<str> for InlineStr<N> {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl<const N: usize> fmt::Debug for InlineStr<N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl<const N: usize> fmt::Display for InlineStr<N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl<const N: usize> PartialEq<str> for InlineStr<N> {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl<const N: usize> PartialEq<&str> for InlineStr<N> {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
+pub type HeaderName<'h> = HeadStr<'h, NAME_INLINE>;
 /// A field value; reads as a `&[u8]`.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct HeaderValue(SmallVec<[u8; VALUE_INLINE]>);
+pub type HeaderValue<'h> = HeadBytes<'h, VALUE_INLINE>;
 
-impl HeaderValue {
-    pub fn as_slice(&self) -> &[u8] {
-        &self.0
+/// Bytes of a message head: borrowed from the buffer the head was parsed from, or owned (inline
+/// up to `N` bytes, `N` at most 255, on the heap beyond). Reads as a `&[u8]`; compares by
+/// content, however it is held.
+#[derive(Clone)]
+pub struct HeadBytes<'h, const N: usize>(Repr<'h, N>);
+
+#[derive(Clone)]
+enum Repr<'h, const N: usize> {
+    Borrowed(&'h [u8]),
+    Inline { len: u8, bytes: [u8; N] },
+    Heap(Box<[u8]>),
+}
+
+impl<'h, const N: usize> HeadBytes<'h, N> {
+    /// `b`, copied: inline when it fits.
+    pub fn copied(b: &[u8]) -> HeadBytes<'static, N> {
+        const { assert!(N <= u8::MAX as usize, "inline length is a u8") };
+        if b.len() <= N {
+            let mut bytes = [0; N];
+            bytes[..b.len()].copy_from_slice(b);
+            HeadBytes(Repr::Inline { len: b.len() as u8, bytes })
+        } else {
+            HeadBytes(Repr::Heap(b.into()))
+        }
     }
 
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Borrowed(b) => b,
+            Repr::Inline { len, bytes } => &bytes[..*len as usize],
+            Repr::Heap(b) => b,
+        }
+    }
+
+    /// Whether the bytes are borrowed from a head buffer (or `'static`), not owned.
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self.0, Repr::Borrowed(_))
+    }
+
+    /// The same bytes, owned.
+    pub fn into_owned(self) -> HeadBytes<'static, N> {
+        match self.0 {
+            Repr::Borrowed(b) => HeadBytes::copied(b),
+            Repr::Inline { len, bytes } => HeadBytes(Repr::Inline { len, bytes }),
+            Repr::Heap(b) => HeadBytes(Repr::Heap(b)),
+        }
+    }
+
+    /// Drops the first `end` bytes; a borrowed value stays borrowed.
+    fn strip_prefix(&mut self, end: usize) {
+        match &mut self.0 {
+            Repr::Borrowed(b) => *b = &b[end..],
+            _ => *self = HeadBytes::copied(&self.as_slice()[end..]),
+        }
+    }
+
+    /// Replaces the first `end` bytes with `with`: a copy, unless `with` is empty.
+    fn replace_prefix(&mut self, end: usize, with: &[u8]) {
+        if with.is_empty() {
+            return self.strip_prefix(end);
+        }
+        let rest = &self.as_slice()[end..];
+        let len = with.len() + rest.len();
+        let owned = if len <= N {
+            let mut bytes = [0; N];
+            bytes[..with.len()].copy_from_slice(with);
+            bytes[with.len()..len].copy_from_slice(rest);
+            Repr::Inline { len: len as u8, bytes }
+        } else {
+            Repr::Heap([with, rest].concat().into())
+        };
+        self.0 = owned;
+    }
+}
+
+impl<const N: usize> HeadBytes<'static, N> {
     /// `n` in decimal (a `Content-Length`), without a heap allocation.
     pub fn decimal(mut n: u64) -> Self {
         let mut digits = [0u8; 20];
@@ -241,50 +375,155 @@ impl HeaderValue {
                 break;
             }
         }
-        HeaderValue(SmallVec::from_slice(&digits[i..]))
+        HeadBytes::copied(&digits[i..])
     }
 }
 
-impl From<&[u8]> for HeaderValue {
-    fn from(b: &[u8]) -> Self {
-        HeaderValue(SmallVec::from_slice(b))
+impl<const N: usize> Default for HeadBytes<'_, N> {
+    fn default() -> Self {
+        HeadBytes(Repr::Borrowed(&[]))
     }
 }
 
-impl std::ops::Deref for HeaderValue {
+impl<'h, const N: usize> From<&'h [u8]> for HeadBytes<'h, N> {
+    /// Borrows `b`.
+    fn from(b: &'h [u8]) -> Self {
+        HeadBytes(Repr::Borrowed(b))
+    }
+}
+
+impl<'h, const N: usize> From<&'h str> for HeadBytes<'h, N> {
+    /// Borrows `s`.
+    fn from(s: &'h str) -> Self {
+        HeadBytes(Repr::Borrowed(s.as_bytes()))
+    }
+}
+
+impl<const N: usize> std::ops::Deref for HeadBytes<'_, N> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        self.as_slice()
     }
 }
 
-impl AsRef<[u8]> for HeaderValue {
+impl<const N: usize> AsRef<[u8]> for HeadBytes<'_, N> {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.as_slice()
     }
 }
 
-impl fmt::Debug for HeaderValue {
+impl<const N: usize> fmt::Debug for HeadBytes<'_, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&String::from_utf8_lossy(&self.0), f)
+        fmt::Debug::fmt(&String::from_utf8_lossy(self.as_slice()), f)
     }
 }
 
-impl PartialEq<[u8]> for HeaderValue {
+impl<const N: usize, const M: usize> PartialEq<HeadBytes<'_, M>> for HeadBytes<'_, N> {
+    fn eq(&self, other: &HeadBytes<'_, M>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<const N: usize> Eq for HeadBytes<'_, N> {}
+
+impl<const N: usize> PartialEq<[u8]> for HeadBytes<'_, N> {
     fn eq(&self, other: &[u8]) -> bool {
-        self.0.as_slice() == other
+        self.as_slice() == other
     }
 }
 
-impl<const N: usize> PartialEq<&[u8; N]> for HeaderValue {
-    fn eq(&self, other: &&[u8; N]) -> bool {
-        self.0.as_slice() == other.as_slice()
+impl<const N: usize, const M: usize> PartialEq<&[u8; M]> for HeadBytes<'_, N> {
+    fn eq(&self, other: &&[u8; M]) -> bool {
+        self.as_slice() == other.as_slice()
     }
 }
 
-impl PartialEq<&[u8]> for HeaderValue {
+impl<const N: usize> PartialEq<&[u8]> for HeadBytes<'_, N> {
     fn eq(&self, other: &&[u8]) -> bool {
-        self.0.as_slice() == *other
+        self.as_slice() == *other
+    }
+}
+
+/// Text of a message head (a method, a target, a field name, a reason phrase): [`HeadBytes`]
+/// that are UTF-8. Reads as a `&str`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeadStr<'h, const N: usize>(HeadBytes<'h, N>);
+
+impl<'h, const N: usize> HeadStr<'h, N> {
+    /// `s`, copied: inline when it fits.
+    pub fn copied(s: &str) -> HeadStr<'static, N> {
+        HeadStr(HeadBytes::copied(s.as_bytes()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: the bytes are only ever set from a `&str` (`From<&str>`, `copied`) or from
+        // one with a prefix cut at a character boundary (`replace_prefix` checks it); this runs
+        // for every field lookup, so it is not checked again.
+        unsafe { std::str::from_utf8_unchecked(self.0.as_slice()) }
+    }
+
+    /// Whether the text is borrowed from a head buffer (or `'static`), not owned.
+    pub fn is_borrowed(&self) -> bool {
+        self.0.is_borrowed()
+    }
+
+    /// The same text, owned.
+    pub fn into_owned(self) -> HeadStr<'static, N> {
+        HeadStr(self.0.into_owned())
+    }
+
+    /// Replaces the first `end` bytes with `with`; borrowed text stays borrowed when `with` is
+    /// empty.
+    ///
+    /// # Panics
+    /// When `end` is past the end or not on a character boundary.
+    pub fn replace_prefix(&mut self, end: usize, with: &str) {
+        assert!(self.as_str().is_char_boundary(end), "not a character boundary");
+        self.0.replace_prefix(end, with.as_bytes());
+    }
+}
+
+impl<'h, const N: usize> From<&'h str> for HeadStr<'h, N> {
+    /// Borrows `s`.
+    fn from(s: &'h str) -> Self {
+        HeadStr(HeadBytes::from(s))
+    }
+}
+
+impl<const N: usize> std::ops::Deref for HeadStr<'_, N> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> AsRef<str> for HeadStr<'_, N> {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> fmt::Debug for HeadStr<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl<const N: usize> fmt::Display for HeadStr<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<const N: usize> PartialEq<str> for HeadStr<'_, N> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl<const N: usize> PartialEq<&str> for HeadStr<'_, N> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -297,6 +536,45 @@ mod tests {
         for n in [0, 7, 10, 99, 100, 65_536, 1_234_567_890, u64::MAX] {
             assert_eq!(HeaderValue::decimal(n).as_slice(), n.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn parsed_text_is_borrowed_and_set_text_owned() {
+        let head = String::from("X-Forwarded-For");
+        let h = Header::borrowed(&head, b"198.18.0.1");
+        assert!(h.name.is_borrowed() && h.value.is_borrowed());
+        let owned = h.clone().into_owned();
+        assert!(!owned.name.is_borrowed() && !owned.value.is_borrowed());
+        assert_eq!(owned, h);
+        assert!(!Header::new("a", "b").value.is_borrowed());
+    }
+
+    #[test]
+    fn prefixes_replace_in_place_or_copy() {
+        let target = String::from("http://h/p?q");
+        let mut t: HeadStr<'_, 8> = HeadStr::from(target.as_str());
+        t.replace_prefix(8, "");
+        assert_eq!((t.as_str(), t.is_borrowed()), ("/p?q", true));
+        let mut t: HeadStr<'_, 8> = HeadStr::from("http://h?q");
+        t.replace_prefix(8, "/");
+        assert_eq!((t.as_str(), t.is_borrowed()), ("/?q", false));
+        let long = format!("http://h?{}", "q".repeat(40));
+        let mut t: HeadStr<'_, 8> = HeadStr::from(long.as_str());
+        t.replace_prefix(8, "/");
+        assert_eq!(t.as_str(), &format!("/{}", &long[8..]));
+    }
+
+    #[test]
+    fn fields_past_the_inline_ones_move_to_the_heap_in_order() {
+        let mut headers = Headers::new();
+        for i in 0..FIELDS_INLINE + 3 {
+            headers.push(Header::new(format!("f{i}"), "v"));
+        }
+        headers.retain(|h| h.name.as_str() != "f1");
+        let names: Vec<String> = headers.iter().map(|h| h.name.to_string()).collect();
+        let want: Vec<String> =
+            (0..FIELDS_INLINE + 3).filter(|&i| i != 1).map(|i| format!("f{i}")).collect();
+        assert_eq!(names, want);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::Header;
 
 /// Appends `method SP target SP HTTP/1.1 CRLF`, the fields and the empty line.
-pub fn write_request_head(method: &str, target: &str, headers: &[Header], out: &mut Vec<u8>) {
+pub fn write_request_head(method: &str, target: &str, headers: &[Header<'_>], out: &mut Vec<u8>) {
     push(out, method.as_bytes());
     out.push(b' ');
     push(out, target.as_bytes());
@@ -17,7 +17,7 @@ pub fn write_request_head(method: &str, target: &str, headers: &[Header], out: &
 
 /// Appends `HTTP/1.1 SP status SP reason CRLF`, the fields and the empty line. `status` should
 /// be 100..=999 (three digits); see [`reason`] for the usual phrase.
-pub fn write_response_head(status: u16, reason: &str, headers: &[Header], out: &mut Vec<u8>) {
+pub fn write_response_head(status: u16, reason: &str, headers: &[Header<'_>], out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     // Three digits, written without a formatted String: httparse reads exactly three and
     // handlers answer 1xx to 5xx.
@@ -33,7 +33,7 @@ pub fn write_response_head(status: u16, reason: &str, headers: &[Header], out: &
     write_fields(headers, out);
 }
 
-fn write_fields(headers: &[Header], out: &mut Vec<u8>) {
+fn write_fields(headers: &[Header<'_>], out: &mut Vec<u8>) {
     for h in headers {
         push(out, h.name.as_bytes());
         out.extend_from_slice(b": ");

@@ -81,7 +81,7 @@ impl Handler for AccessCheck {
     async fn upstream_request_filter(
         &self,
         s: &mut Session<'_>,
-        up: &mut Request,
+        up: &mut Request<'_>,
         ctx: &mut CheckCtx,
     ) -> PResult<()> {
         let g = &self.gen;
@@ -110,7 +110,7 @@ impl Handler for AccessCheck {
     async fn response_filter(
         &self,
         _s: &mut Session<'_>,
-        resp: &mut Response,
+        resp: &mut Response<'_>,
         ctx: &mut CheckCtx,
     ) -> PResult<()> {
         if let Some(c) = ctx.set_cookie.take() {
@@ -268,7 +268,7 @@ impl AccessCheck {
 }
 
 /// A browser navigation: GET or HEAD accepting HTML.
-pub fn navigation(req: &Request) -> bool {
+pub fn navigation(req: &Request<'_>) -> bool {
     (req.method == "GET" || req.method == "HEAD")
         && req.header_values("accept").any(|v| {
             std::str::from_utf8(v).is_ok_and(|v| v.to_ascii_lowercase().contains("text/html"))
@@ -277,7 +277,7 @@ pub fn navigation(req: &Request) -> bool {
 
 /// The path (and query) to come back to after the login; `/` when the request's own target
 /// would not pass the return-path check.
-pub fn return_path(req: &Request) -> String {
+pub fn return_path(req: &Request<'_>) -> String {
     let t = &req.target;
     let local = match t.find("://") {
         Some(i) => {

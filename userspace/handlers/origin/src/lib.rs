@@ -328,7 +328,7 @@ impl Handler for OriginHandler {
     async fn upstream_request_filter(
         &self,
         s: &mut Session<'_>,
-        up: &mut Request,
+        up: &mut Request<'_>,
         _ctx: &mut OriginCtx,
     ) -> PResult<()> {
         // The edge faces clients directly: forwarding headers they sent would let them
