@@ -46,6 +46,7 @@ pub mod listen;
 pub mod metrics;
 pub mod plain;
 pub mod proxy;
+mod records;
 pub mod registry;
 pub mod router;
 pub mod run;

@@ -1,9 +1,10 @@
 //! TLS termination: the rustls server configuration (certificates by SNI, the self-signed
 //! fallback) and [`TlsConn`], rustls driven over the I/O seam's owned-buffer reads and writes.
 //!
-//! rustls is used sans-IO through its unbuffered API (`process_tls_records` over our own
-//! buffers), so the same code runs over io_uring and epoll, and the bytes the floor read before
-//! rustls are simply the first input.
+//! rustls runs the handshake sans-IO through its unbuffered API (`process_tls_records` over our
+//! own buffers), so the same code runs over io_uring and epoll, and the bytes the floor read
+//! before rustls are simply the first input. Then [`records`](crate::records) takes over the
+//! records with the keys rustls hands over.
 
 use std::{
     cell::Cell,
@@ -21,11 +22,15 @@ use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     server::{ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection},
     sign::CertifiedKey,
-    unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic},
+    unbuffered::{ConnectionState, EncodeError, UnbufferedStatus, WriteTraffic},
     ServerConfig,
 };
 
-use crate::{config::TlsConfig, io};
+use crate::{
+    config::TlsConfig,
+    io,
+    records::{self, Opened, Records},
+};
 
 use std::io as stdio;
 
@@ -49,6 +54,8 @@ pub fn server_config(tls: &TlsConfig, data_dir: &Path) -> Result<Arc<ServerConfi
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // The traffic keys go to `records` once the handshake is done; they never leave it.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -221,19 +228,15 @@ impl Negotiated {
 
 /// A server-side TLS connection over a seam [`io::Stream`].
 ///
-/// rustls' unbuffered API over our pooled buffers ([`io::buf`]): records are deframed and
-/// decrypted in place in the buffer the socket read into, and rustls writes outgoing records
-/// into the buffer that goes to the socket. Both are given back as soon as they are spent, so
-/// an idle connection costs rustls' state and the idle read (see [`io::Stream::read_idle`]),
-/// and no deframer buffer (4 KiB with rustls' buffered API).
-///
-/// rustls 0.23 still moves each decrypted record into a `Vec` of its own before handing it out
-/// (`CommonState::take_received_plaintext`), and encrypts each outgoing record into one before
-/// copying it into ours (`CommonState::write_fragments`): what this saves is the deframer's
-/// buffer and the copy into it, not allocations.
+/// The handshake is rustls' unbuffered API over our pooled buffers ([`io::buf`]); then
+/// [`Records`] opens each record in place in the buffer the socket read into and seals each
+/// one in place in the buffer that goes to the socket (rustls 0.23 would move every record
+/// through a `Vec` of its own both ways). Buffers are given back as soon as they are spent, so
+/// an idle connection costs its keys and the idle read (see [`io::Stream::read_idle`]), and no
+/// deframer buffer (4 KiB with rustls' buffered API).
 pub struct TlsConn {
     stream: io::Stream,
-    conn: UnbufferedServerConnection,
+    conn: Phase,
     /// Ciphertext read but not yet consumed by rustls: at most the beginning of one record (or
     /// of a handshake message spread over records), since rustls is run over every complete
     /// record before the next read. Empty with no capacity otherwise.
@@ -252,12 +255,19 @@ pub struct TlsConn {
     write_timeout: Duration,
 }
 
+/// Who handles the connection's records.
+enum Phase {
+    /// rustls, through the handshake.
+    Handshake(Box<UnbufferedServerConnection>),
+    /// [`Records`], with the keys rustls handed over.
+    Traffic(Box<Records>),
+    /// Neither: the hand-over failed.
+    Gone,
+}
+
 /// A complete handshake message may span records; rustls limits one to 64 KiB. Buffered
 /// ciphertext beyond this and a record is refused.
 const MAX_PENDING: usize = 0x1_0000 + READ_CHUNK;
-
-/// Largest plaintext of one record.
-const MAX_FRAGMENT: usize = 16 * 1024;
 
 /// Where rustls stopped.
 enum Driven<T> {
@@ -285,7 +295,7 @@ impl TlsConn {
             UnbufferedServerConnection::new(config).context("creating a rustls connection")?;
         Ok(TlsConn {
             stream,
-            conn,
+            conn: Phase::Handshake(Box::new(conn)),
             rbuf: first_flight,
             wbuf: Vec::new(),
             ahead: Vec::new(),
@@ -311,7 +321,7 @@ impl TlsConn {
                     Ok(d) => d,
                     Err(e) => return Err(self.fail(e).await),
                 };
-                if !self.conn.is_handshaking() {
+                if !self.rustls().is_some_and(|c| c.is_handshaking()) {
                     break;
                 }
                 // Our flight goes out before we wait for the client's next one.
@@ -328,14 +338,30 @@ impl TlsConn {
             self.write_out().await
         })
         .await??;
-        Ok(Negotiated {
-            version: self.conn.protocol_version().unwrap_or(rustls::ProtocolVersion::Unknown(0)),
-            cipher: self
-                .conn
+        let Phase::Handshake(conn) = std::mem::replace(&mut self.conn, Phase::Gone) else {
+            return Err(stdio::Error::other("the handshake ran twice"));
+        };
+        let negotiated = Negotiated {
+            version: conn.protocol_version().unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+            cipher: conn
                 .negotiated_cipher_suite()
                 .map_or(rustls::CipherSuite::Unknown(0), |s| s.suite()),
             sni,
-        })
+        };
+        // rustls has sent everything and decrypted nothing it still holds (the loop above ran
+        // it until it could send application data): it hands the keys over.
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(invalid)?;
+        let records = Records::new(secrets, kernel).map_err(|a| stdio::Error::other(a.why))?;
+        self.conn = Phase::Traffic(Box::new(records));
+        Ok(negotiated)
+    }
+
+    /// rustls, while it runs the handshake.
+    fn rustls(&mut self) -> Option<&mut UnbufferedServerConnection> {
+        match &mut self.conn {
+            Phase::Handshake(c) => Some(c),
+            _ => None,
+        }
     }
 
     /// Reads plaintext, appending to `out`. `Ok(0)` is end of stream (close_notify or a TCP
@@ -362,20 +388,18 @@ impl TlsConn {
         }
         loop {
             let start = out.len();
-            // The rare steps of a read (failing, sending what rustls queued) run boxed: a
+            // The rare steps of a read (failing, answering a key update) run boxed: a
             // connection waiting for its next request is sized by this future, which then only
             // needs room for the socket read.
-            let driven = match self.drive(out, |_, _| ()) {
-                Ok(d) => d,
-                Err(e) => return Err(Box::pin(self.fail(e)).await),
-            };
+            if let Err(a) = self.open(out) {
+                return Err(Box::pin(self.fail_traffic(a)).await);
+            }
             if out.len() > start {
                 return Ok(out.len() - start);
             }
-            if self.peer_closed || matches!(driven, Driven::Closed) {
+            if self.peer_closed || self.failed {
                 return Ok(0);
             }
-            // Post-handshake messages (tickets, TLS 1.3 key updates) go out before we wait.
             if !self.wbuf.is_empty() {
                 Box::pin(self.write_out()).await?;
             }
@@ -386,6 +410,49 @@ impl TlsConn {
                 return Ok(0);
             }
         }
+    }
+
+    /// Opens every complete record buffered, appending application data to `plain` (given a
+    /// small pooled buffer when it has none, grown when a record does not fit).
+    fn open(&mut self, plain: &mut Vec<u8>) -> Result<(), records::Alert> {
+        let Phase::Traffic(records) = &mut self.conn else {
+            return Err(records::Alert { description: 80, why: "no TLS session to read from" });
+        };
+        let mut used = 0;
+        while !self.peer_closed {
+            let Some(len) = Records::complete(&self.rbuf[used..])? else { break };
+            let record = &mut self.rbuf[used..used + len];
+            used += len;
+            match records.open(record, &mut self.wbuf)? {
+                Opened::Data(range) => {
+                    if plain.capacity() == 0 {
+                        *plain = io::buf::take_idle();
+                    }
+                    plain.extend_from_slice(&record[range]);
+                }
+                Opened::Closed => self.peer_closed = true,
+                Opened::Nothing => {}
+            }
+        }
+        self.rbuf.drain(..used);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            io::buf::give(std::mem::take(&mut self.rbuf));
+        }
+        Ok(())
+    }
+
+    /// The client's records broke the protocol: sends the alert, then fails.
+    async fn fail_traffic(&mut self, a: records::Alert) -> stdio::Error {
+        if !self.failed {
+            self.failed = true;
+            io::buf::give(std::mem::take(&mut self.rbuf));
+            if let Phase::Traffic(records) = &mut self.conn {
+                if records.seal_alert(&a, &mut self.wbuf).is_ok() {
+                    let _ = self.write_out().await;
+                }
+            }
+        }
+        stdio::Error::new(stdio::ErrorKind::InvalidData, a.why)
     }
 
     /// Runs rustls over the buffered ciphertext until it needs the socket: decrypted
@@ -400,8 +467,10 @@ impl TlsConn {
             return Err(rustls::Error::General("the connection already failed".into()));
         }
         loop {
-            let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.rbuf);
+            let Phase::Handshake(conn) = &mut self.conn else {
+                return Err(rustls::Error::General("the handshake is over".into()));
+            };
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut self.rbuf);
             let done = match state? {
                 ConnectionState::ReadTraffic(mut records) => {
                     while let Some(record) = records.next_record() {
@@ -457,8 +526,11 @@ impl TlsConn {
             io::buf::give(std::mem::take(&mut self.rbuf));
             // While records are queued, rustls hands them out (after any plaintext it holds,
             // dropped here) before it deframes anything.
-            while self.conn.wants_write() {
-                let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            while let Phase::Handshake(conn) = &mut self.conn {
+                if !conn.wants_write() {
+                    break;
+                }
+                let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
                 match state {
                     Ok(ConnectionState::EncodeTlsData(mut data)) => {
                         if put(&mut self.wbuf, true, |b| data.encode(b)).is_err() {
@@ -522,28 +594,27 @@ impl TlsConn {
         }
     }
 
-    /// Encrypts and sends all of `data`. Full records are written as they are made; the last
-    /// one may wait in the outgoing buffer for [`flush`](Self::flush).
+    /// Encrypts and sends all of `data`. Full buffers are written as they fill; the last
+    /// records may wait in the outgoing buffer for [`flush`](Self::flush).
     pub async fn write_all(&mut self, mut data: &[u8]) -> stdio::Result<()> {
         while !data.is_empty() {
-            let chunk = &data[..data.len().min(MAX_FRAGMENT)];
-            let mut ahead = std::mem::take(&mut self.ahead);
-            let driven =
-                self.drive(&mut ahead, |w, wbuf| put(wbuf, false, |b| w.encrypt(chunk, b)));
-            self.ahead = ahead;
-            match driven {
-                Ok(Driven::Traffic(Ok(true))) => data = &data[chunk.len()..],
-                // The record does not fit after those already encoded: send them first.
-                Ok(Driven::Traffic(Ok(false))) => self.write_out().await?,
-                Ok(Driven::Traffic(Err(e))) => return Err(stdio::Error::other(e)),
-                Ok(Driven::Blocked | Driven::Closed) => {
-                    return Err(stdio::Error::new(
-                        stdio::ErrorKind::NotConnected,
-                        "the TLS connection cannot send application data",
-                    ))
-                }
-                Err(e) => return Err(self.fail(e).await),
+            let chunk = &data[..data.len().min(records::MAX_PLAINTEXT)];
+            if !self.wbuf.is_empty()
+                && self.wbuf.len() + 2 * (chunk.len() + records::OVERHEAD) > self.wbuf.capacity()
+            {
+                self.write_out().await?;
             }
+            if self.wbuf.capacity() == 0 {
+                self.wbuf = io::buf::take();
+            }
+            let Phase::Traffic(records) = &mut self.conn else {
+                return Err(stdio::Error::new(
+                    stdio::ErrorKind::NotConnected,
+                    "the TLS connection cannot send application data",
+                ));
+            };
+            records.seal(chunk, &mut self.wbuf).map_err(|a| stdio::Error::other(a.why))?;
+            data = &data[chunk.len()..];
         }
         Ok(())
     }
@@ -554,16 +625,8 @@ impl TlsConn {
         self.flush().await
     }
 
-    /// Sends every TLS record already encoded or queued by rustls.
+    /// Sends every TLS record already sealed.
     pub async fn flush(&mut self) -> stdio::Result<()> {
-        if self.conn.wants_write() && !self.failed {
-            let mut ahead = std::mem::take(&mut self.ahead);
-            let driven = self.drive(&mut ahead, |_, _| ());
-            self.ahead = ahead;
-            if let Err(e) = driven {
-                return Err(self.fail(e).await);
-            }
-        }
         self.write_out().await
     }
 
@@ -582,11 +645,10 @@ impl TlsConn {
     /// own close, reading and discarding what it still sends, so that a response is not
     /// destroyed by a reset caused by unread request bytes.
     pub async fn close(mut self, linger: Duration) {
-        if !self.failed {
-            let mut ahead = std::mem::take(&mut self.ahead);
-            // Nothing to do when the handshake never finished or rustls failed: the error
-            // already went out as an alert.
-            let _ = self.drive(&mut ahead, |w, wbuf| put(wbuf, true, |b| w.queue_close_notify(b)));
+        // Nothing to do when the handshake never finished or the connection failed: the error
+        // already went out as an alert.
+        if let (Phase::Traffic(records), false) = (&mut self.conn, self.failed) {
+            let _ = records.seal_close_notify(&mut self.wbuf);
         }
         if !matches!(io::timeout(linger, self.write_out()).await, Ok(Ok(()))) {
             return;
@@ -617,15 +679,6 @@ impl Insufficient for EncodeError {
     fn required(&self) -> Option<usize> {
         match self {
             EncodeError::InsufficientSize(s) => Some(s.required_size),
-            _ => None,
-        }
-    }
-}
-
-impl Insufficient for EncryptError {
-    fn required(&self) -> Option<usize> {
-        match self {
-            EncryptError::InsufficientSize(s) => Some(s.required_size),
             _ => None,
         }
     }
@@ -699,32 +752,41 @@ mod tests {
     const PAYLOAD: usize = 40_000;
 
     fn client_config(
-        version: &'static rustls::SupportedProtocolVersion,
+        suite: rustls::SupportedCipherSuite,
         roots: &rustls::RootCertStore,
     ) -> Arc<rustls::ClientConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(CryptoProvider {
+            cipher_suites: vec![suite],
+            ..rustls::crypto::ring::default_provider()
+        });
         let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[version])
+            .with_protocol_versions(&[suite.version()])
             .unwrap()
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
         Arc::new(config)
     }
 
-    /// Handshake, echo of [`PAYLOAD`] bytes, close_notify both ways; `resumed`: the handshake
-    /// must use a ticket of an earlier connection with the same `config`.
-    fn echo_client(port: u16, config: &Arc<rustls::ClientConfig>, resumed: bool) {
+    /// Handshake, echo of [`PAYLOAD`] bytes (`key_update`: twice, with a TLS 1.3 key update
+    /// the client asks to be answered in between), close_notify both ways; `resumed`: the
+    /// handshake must use a ticket of an earlier connection with the same `config`.
+    fn echo_client(port: u16, config: &Arc<rustls::ClientConfig>, resumed: bool, key_update: bool) {
         use std::io::Read as _;
         let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
-        let sent: Vec<u8> = (0..PAYLOAD).map(|i| (i % 251) as u8).collect();
-        tls.write_all(&sent).unwrap();
-        let mut echoed = vec![0; PAYLOAD];
-        tls.read_exact(&mut echoed).unwrap();
-        assert!(echoed == sent, "the echo differs from what was sent");
+        for round in 0..if key_update { 2 } else { 1 } {
+            if round == 1 {
+                tls.conn.refresh_traffic_keys().unwrap();
+            }
+            let sent: Vec<u8> = (0..PAYLOAD).map(|i| ((i + round) % 251) as u8).collect();
+            tls.write_all(&sent).unwrap();
+            let mut echoed = vec![0; PAYLOAD];
+            tls.read_exact(&mut echoed).unwrap();
+            assert!(echoed == sent, "the echo differs from what was sent");
+        }
         let kind =
             if resumed { rustls::HandshakeKind::Resumed } else { rustls::HandshakeKind::Full };
         assert_eq!(tls.conn.handshake_kind(), Some(kind));
@@ -736,10 +798,13 @@ mod tests {
         assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
     }
 
-    /// TlsConn against rustls' buffered client: TLS 1.3, TLS 1.3 resumed (so the tickets went
-    /// out), TLS 1.2, each an echo of several records; then plain HTTP, which gets an alert.
+    /// TlsConn against rustls' buffered client, once per cipher suite of TLS 1.3 and 1.2
+    /// (the records after the handshake are ours: each AEAD, each nonce scheme), TLS 1.3
+    /// resumed (so the tickets went out) and with a key update both ways, each an echo of
+    /// several records; then plain HTTP, which gets an alert.
     #[test]
     fn tls_conn_echoes_resumes_and_alerts() {
+        use rustls::crypto::ring::cipher_suite as cs;
         use std::io::Read as _;
         let dir = std::env::temp_dir().join(format!("outpost-tlsconn-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -750,11 +815,22 @@ mod tests {
         roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let suites = [
+            (cs::TLS13_AES_128_GCM_SHA256, "TLSv1.3"),
+            (cs::TLS13_AES_256_GCM_SHA384, "TLSv1.3"),
+            (cs::TLS13_CHACHA20_POLY1305_SHA256, "TLSv1.3"),
+            (cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, "TLSv1.2"),
+            (cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, "TLSv1.2"),
+            (cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, "TLSv1.2"),
+        ];
+        let connections = suites.len() + 2;
         let clients = std::thread::spawn(move || {
-            let tls13 = client_config(&rustls::version::TLS13, &roots);
-            echo_client(port, &tls13, false);
-            echo_client(port, &tls13, true);
-            echo_client(port, &client_config(&rustls::version::TLS12, &roots), false);
+            for (suite, _) in suites {
+                echo_client(port, &client_config(suite, &roots), false, false);
+            }
+            let tls13 = client_config(cs::TLS13_AES_128_GCM_SHA256, &roots);
+            echo_client(port, &tls13, false, true);
+            echo_client(port, &tls13, true, true);
             let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
@@ -766,7 +842,7 @@ mod tests {
             .block_on(async move {
                 let listener = io::Listener::from_std(listener).unwrap();
                 let mut served = Vec::new();
-                for _ in 0..3 {
+                for _ in 0..connections {
                     let (stream, _) = listener.accept().await.unwrap();
                     let limit = Duration::from_secs(10);
                     let mut conn = TlsConn::new(stream, config.clone(), Vec::new(), limit).unwrap();
@@ -782,7 +858,7 @@ mod tests {
                         echoed += n;
                     }
                     conn.close(Duration::from_secs(1)).await;
-                    served.push((negotiated.version_name(), negotiated.sni, echoed));
+                    served.push((negotiated.version_name(), negotiated.cipher, echoed));
                 }
                 let (stream, _) = listener.accept().await.unwrap();
                 let limit = Duration::from_secs(10);
@@ -794,10 +870,11 @@ mod tests {
             })
             .unwrap();
         let answer = clients.join().unwrap();
-        let sni = Some("localhost".to_owned());
-        let want = [("TLSv1.3", sni.clone(), PAYLOAD), ("TLSv1.3", sni.clone(), PAYLOAD)];
-        assert_eq!(served[..2], want);
-        assert_eq!(served[2], ("TLSv1.2", sni, PAYLOAD));
+        for (i, (suite, version)) in suites.iter().enumerate() {
+            assert_eq!(served[i], (*version, suite.suite(), PAYLOAD), "{suite:?}");
+        }
+        let key_updated = ("TLSv1.3", cs::TLS13_AES_128_GCM_SHA256.suite(), 2 * PAYLOAD);
+        assert_eq!(served[suites.len()..], [key_updated, key_updated]);
         // A TLS alert record (content type 0x15), not silence.
         assert_eq!(answer.first(), Some(&0x15), "plain HTTP got {answer:?}");
         fs::remove_dir_all(&dir).unwrap();
