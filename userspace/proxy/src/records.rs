@@ -10,9 +10,11 @@
 //!
 //! What a server sees after the handshake, and what happens to it:
 //! - application data: handed to the reader;
-//! - `close_notify`: end of stream; any other alert: the connection fails;
+//! - `close_notify`: end of stream; a few other warnings are ignored (as rustls does), a fatal
+//!   alert fails the connection;
 //! - TLS 1.3 `KeyUpdate`: the receive key moves on, and when the client asks, ours does too
-//!   after a `KeyUpdate` of our own; any other handshake message (a TLS 1.2 renegotiation, a
+//!   after a `KeyUpdate` of our own; at most 32 between two application data records (as
+//!   rustls and BoringSSL allow); any other handshake message (a TLS 1.2 renegotiation, a
 //!   message split over records) is refused with an alert;
 //! - a record that does not authenticate, is too long or malformed: the matching alert.
 //!
@@ -113,8 +115,17 @@ pub struct Records {
     tls13: bool,
     /// Records one send key may protect (the suite's confidentiality limit).
     tx_limit: u64,
+    /// Key updates still allowed before the next application data.
+    key_updates_left: u8,
+    /// Warning alerts still ignored.
+    warnings_left: u8,
     kernel: KernelConnection<ServerConnectionData>,
 }
+
+/// Key updates allowed between two application data records (rustls' and BoringSSL's bound).
+const KEY_UPDATES: u8 = 32;
+/// Warning alerts ignored on one connection (rustls' and BoringSSL's bound).
+const WARNINGS: u8 = 4;
 
 impl Records {
     /// Takes over from rustls once its handshake is complete and its records are sent.
@@ -134,6 +145,8 @@ impl Records {
             rx: Direction::new(rx_seq, rx, !tls13)?,
             tls13,
             tx_limit,
+            key_updates_left: KEY_UPDATES,
+            warnings_left: WARNINGS,
             kernel,
         })
     }
@@ -196,11 +209,22 @@ impl Records {
             (HEADER + start, outer, plain.len())
         };
         self.rx.seq += 1;
+        if plain > MAX_PLAINTEXT {
+            return Err(alert(RECORD_OVERFLOW, "a record with more plaintext than TLS allows"));
+        }
         match typ {
-            APPLICATION_DATA => Ok(Opened::Data(start..start + plain)),
-            ALERT => match &record[start..start + plain] {
+            APPLICATION_DATA => {
+                self.key_updates_left = KEY_UPDATES;
+                Ok(Opened::Data(start..start + plain))
+            }
+            ALERT => match record[start..start + plain] {
                 [_, 0] => Ok(Opened::Closed),
-                _ => Err(alert(UNEXPECTED_MESSAGE, "the client sent an alert")),
+                [1, _] if self.warnings_left > 0 => {
+                    self.warnings_left -= 1;
+                    Ok(Opened::Nothing)
+                }
+                [_, _] => Err(alert(UNEXPECTED_MESSAGE, "the client sent an alert")),
+                _ => Err(alert(DECODE_ERROR, "an alert that is not two bytes")),
             },
             HANDSHAKE if self.tls13 => {
                 self.handshake(&record[start..start + plain], out)?;
@@ -218,6 +242,10 @@ impl Records {
             let [KEY_UPDATE, 0, 0, 1, request, ref rest @ ..] = *messages else {
                 return Err(alert(UNEXPECTED_MESSAGE, "a handshake message other than KeyUpdate"));
             };
+            if self.key_updates_left == 0 {
+                return Err(alert(UNEXPECTED_MESSAGE, "too many key updates"));
+            }
+            self.key_updates_left -= 1;
             let (seq, secrets) = self
                 .kernel
                 .update_rx_secret()

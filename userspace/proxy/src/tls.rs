@@ -831,6 +831,21 @@ mod tests {
             let tls13 = client_config(cs::TLS13_AES_128_GCM_SHA256, &roots);
             echo_client(port, &tls13, false, true);
             echo_client(port, &tls13, true, true);
+            // A record that does not authenticate, after the handshake: the server's answer
+            // is the bad_record_mac alert, under the session's keys.
+            let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(tls13.clone(), name).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            tls.write_all(b"x").unwrap();
+            let mut one = [0; 1];
+            tls.read_exact(&mut one).unwrap();
+            tls.sock.write_all(&[23, 3, 3, 0, 20]).unwrap();
+            tls.sock.write_all(&[0x5a; 20]).unwrap();
+            let e = tls.read(&mut one).expect_err("an alert");
+            let alert = rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac);
+            assert_eq!(e.to_string(), alert.to_string());
             let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
@@ -862,6 +877,16 @@ mod tests {
                 }
                 let (stream, _) = listener.accept().await.unwrap();
                 let limit = Duration::from_secs(10);
+                let mut conn = TlsConn::new(stream, config.clone(), Vec::new(), limit).unwrap();
+                conn.handshake(Instant::now() + limit).await.unwrap();
+                let mut buf = Vec::new();
+                conn.read(&mut buf).await.unwrap();
+                conn.send(&buf).await.unwrap();
+                let e = conn.read(&mut buf).await.expect_err("a forged record");
+                assert_eq!(e.kind(), stdio::ErrorKind::InvalidData, "{e}");
+                conn.close(Duration::from_secs(1)).await;
+
+                let (stream, _) = listener.accept().await.unwrap();
                 let mut conn = TlsConn::new(stream, config.clone(), Vec::new(), limit).unwrap();
                 let e = conn.handshake(Instant::now() + limit).await.expect_err("plain HTTP");
                 assert_eq!(e.kind(), stdio::ErrorKind::InvalidData, "{e}");
