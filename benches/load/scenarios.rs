@@ -432,10 +432,10 @@ fn measure(
 
 /// The same colour for a system in every panel.
 fn system_color(name: &str) -> usize {
-    ["origin", "nginx", "outpost uring", "outpost epoll"]
+    ["origin", "nginx", "outpost uring", "outpost epoll", "outpost compio"]
         .iter()
         .position(|p| name.starts_with(p))
-        .unwrap_or(4)
+        .unwrap_or(5)
 }
 
 fn series(name: &str, r: &RunResult, color: usize, dashed: bool) -> Series {
@@ -518,11 +518,15 @@ fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str], pin: &Pin) -> Vec<
                     ctx.sizes.timeouts,
                     &ctx.work,
                 ),
-                "outpost uring" | "outpost epoll" => {
+                "outpost uring" | "outpost epoll" | "outpost compio" => {
                     if let Err(why) = &ctx.outpost_run {
                         bail!("{why}");
                     }
-                    let io = if name.ends_with("uring") { Io::Uring } else { Io::Epoll };
+                    let io = match name {
+                        "outpost uring" => Io::Uring,
+                        "outpost compio" => Io::Compio,
+                        _ => Io::Epoll,
+                    };
                     let admin = format!("127.0.0.1:{}", procs::free_port("127.0.0.1")?);
                     systems::start_outpost(
                         ctx.outpost_bin()?,
@@ -567,6 +571,8 @@ fn warm_all(ctx: &Ctx, systems: &mut [Sys], base: &GenArgs, pin: &Pin) {
 // ---------------------------------------------------------------------------------------------
 // proxy
 
+/// The proxies of the loopback scenarios: nginx and outpost on each I/O backend.
+const OUTPOST_AND_NGINX: [&str; 4] = ["nginx", "outpost uring", "outpost epoll", "outpost compio"];
 /// The proxy scenario's two clients.
 const CLIENTS: [&str; 2] = ["outpost-load", "wrk"];
 /// Other work's CPU (CPUs busy outside the bench, averaged over a run) past which the proxy
@@ -583,8 +589,7 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     let mut origin =
         systems::start_origin(&ctx.exe, &Place::Host, &split.client, "127.0.0.1:0", &ctx.work)?;
     let origin_addr = loopback(origin.port);
-    let mut systems =
-        start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"], &split.edge);
+    let mut systems = start_proxies(ctx, &origin, &OUTPOST_AND_NGINX, &split.edge);
     // The origin alone, plain HTTP, is the ceiling: no proxy, no TLS.
     systems.insert(
         0,
@@ -756,6 +761,7 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     for (label, a, b) in [
         ("outpost uring / nginx", "outpost uring", "nginx"),
         ("outpost uring / outpost epoll", "outpost uring", "outpost epoll"),
+        ("outpost compio / outpost uring", "outpost compio", "outpost uring"),
         ("nginx / origin alone", "nginx", "origin alone (plain HTTP)"),
     ] {
         both.row(vec![
@@ -958,8 +964,7 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
     let z = ctx.sizes;
     let origin =
         systems::start_origin(&ctx.exe, &Place::Host, &Pin::none(), "127.0.0.1:0", &ctx.work)?;
-    let mut systems =
-        start_proxies(ctx, &origin, &["nginx", "outpost uring", "outpost epoll"], &Pin::none());
+    let mut systems = start_proxies(ctx, &origin, &OUTPOST_AND_NGINX, &Pin::none());
     let mut base = GenArgs::new("handshake", loopback(origin.port));
     base.tls = true;
     base.new_conn = true;
@@ -1027,9 +1032,11 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
     let hs = |name: &str| rows.iter().find(|(n, _)| n == name).map(|(_, m)| m.run.throughput);
     t.notes.push(negotiated_note(rows.iter().map(|(n, m)| (n.as_str(), &m.run))));
     t.notes.push(format!(
-        "outpost uring / nginx handshakes/s: {};  outpost epoll / nginx: {}",
+        "outpost uring / nginx handshakes/s: {};  outpost epoll / nginx: {};  outpost compio / \
+         nginx: {}",
         ratio(hs("outpost uring"), hs("nginx")),
-        ratio(hs("outpost epoll"), hs("nginx"))
+        ratio(hs("outpost epoll"), hs("nginx")),
+        ratio(hs("outpost compio"), hs("nginx"))
     ));
     t.notes.push(
         "The client does the same work for every system (it verifies the handshake signature; \
@@ -1059,7 +1066,7 @@ fn memory(ctx: &Ctx) -> Result<ScenarioReport> {
     );
     let mut rows = Vec::new();
     // One system at a time, each fresh, so that none holds the others' memory.
-    for name in ["nginx", "outpost uring", "outpost epoll"] {
+    for name in OUTPOST_AND_NGINX {
         procs::check_interrupted()?;
         let mut sys = start_proxies(ctx, &origin, &[name], &Pin::none());
         let mut base = GenArgs::new("memory", loopback(origin.port));

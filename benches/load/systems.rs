@@ -273,6 +273,7 @@ fn port_of(addr: &str) -> Result<u16> {
 pub enum Io {
     Uring,
     Epoll,
+    Compio,
 }
 
 impl Io {
@@ -280,6 +281,7 @@ impl Io {
         match self {
             Io::Uring => "uring",
             Io::Epoll => "epoll",
+            Io::Compio => "compio",
         }
     }
 }

@@ -68,7 +68,7 @@ enum Bench {
         #[arg(long)]
         repeat: Option<u32>,
     },
-    /// Keep-alive HTTPS GET: outpost (io_uring, epoll), nginx, the origin alone.
+    /// Keep-alive HTTPS GET: outpost (tokio-uring, epoll, compio), nginx, the origin alone.
     Proxy,
     /// Full TLS 1.3 handshakes per second: outpost against nginx.
     Handshake,

@@ -188,6 +188,7 @@ enum PolicyAction {
 enum CliIo {
     Uring,
     Epoll,
+    Compio,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -628,6 +629,7 @@ fn serve(
         io: io.map(|i| match i {
             CliIo::Uring => outpost_proxy::io::Backend::Uring,
             CliIo::Epoll => outpost_proxy::io::Backend::Epoll,
+            CliIo::Compio => outpost_proxy::io::Backend::Compio,
         }),
         kernel,
         on_config,

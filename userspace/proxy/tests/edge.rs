@@ -11,8 +11,8 @@ use std::{
 
 use outpost_testkit::*;
 
-/// Runs `$name(io)` as `$name::uring` and `$name::epoll`.
-macro_rules! both_backends {
+/// Runs `$name(io)` as `$name::uring`, `$name::epoll` and `$name::compio`.
+macro_rules! each_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[test]
@@ -23,11 +23,15 @@ macro_rules! both_backends {
             fn epoll() {
                 super::$name("epoll")
             }
+            #[test]
+            fn compio() {
+                super::$name("compio")
+            }
         }
     )*};
 }
 
-both_backends!(
+each_backend!(
     modern_clients_reach_the_origin_with_forwarding_headers,
     legacy_clients_are_refused_by_the_userspace_floor,
     origin_down_is_502_within_a_second,
@@ -42,6 +46,7 @@ both_backends!(
     no_config_serves_the_builtin_page,
     ipv4_and_ipv6_listeners,
     unclassified_first_flights_are_counted,
+    a_burst_of_first_flights_is_read_on_every_connection,
     sni_selects_the_certificate_and_reload_replaces_it,
     active_health_checks_steer_traffic,
     blackholed_origin_is_502_within_a_second,
@@ -463,6 +468,40 @@ fn unclassified_first_flights_are_counted(io: &str) {
     assert_eq!(o.metric("outpost_hellos_unclassified_total{reason=\"malformed\"}"), 1);
     assert_eq!(o.metric("outpost_hellos_unclassified_total{reason=\"not_hello\"}"), 1);
     assert_eq!(o.metric("outpost_tls_handshake_failures_total"), 2);
+}
+
+fn a_burst_of_first_flights_is_read_on_every_connection(io: &str) {
+    // More connections than compio's ring has provided buffers (256), each sending its first
+    // flight while the edge is stopped, so that all of them arrive together when it resumes:
+    // the receives that find no buffer left must still read theirs.
+    const N: u64 = 800;
+    let o = Outpost::start(io, "");
+    let mut conns: Vec<TcpStream> =
+        (0..N).map(|_| TcpStream::connect(("127.0.0.1", o.https)).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active = o.metric("outpost_connections_active");
+        if active == N {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{active} of {N} connections accepted");
+        thread::sleep(Duration::from_millis(20));
+    }
+    o.signal(libc::SIGSTOP);
+    for s in &mut conns {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    }
+    o.signal(libc::SIGCONT);
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    assert_eq!(
+        o.metric("outpost_hellos_unclassified_total{reason=\"not_hello\"}"),
+        N,
+        "every first flight is read and classified; log:\n{}",
+        o.log()
+    );
 }
 
 fn sni_selects_the_certificate_and_reload_replaces_it(io: &str) {

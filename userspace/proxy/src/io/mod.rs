@@ -1,20 +1,26 @@
 //! The I/O seam: every call that depends on the runtime goes through here.
 //!
-//! Two backends with one API: [`Backend::Uring`] (tokio-uring: one io_uring per worker thread,
-//! completion-based reads and writes) and [`Backend::Epoll`] (plain tokio on a current-thread
-//! runtime). tokio-uring is unmaintained since 2024, so the rest of the proxy never names it:
-//! switching to another completion runtime means rewriting `uring.rs` and nothing else.
+//! Three backends with one API: [`Backend::Uring`] (tokio-uring: one io_uring per worker thread,
+//! completion-based reads and writes), [`Backend::Compio`] (compio: the same, plus multishot
+//! accept and receive into provided buffers) and [`Backend::Epoll`] (plain tokio on a
+//! current-thread runtime). The rest of the proxy never names a runtime crate: each lives in its
+//! own file here.
 //!
 //! The API is shaped for completion I/O: reads and writes take an owned buffer and give it
-//! back, so the kernel can own it while the operation is in flight. Both backends run one
-//! single-threaded runtime per thread with a `LocalSet`, so tasks are `!Send` and [`spawn`]
-//! works the same on both.
+//! back, so the kernel can own it while the operation is in flight. Every backend runs one
+//! single-threaded runtime per thread, so tasks are `!Send`; [`spawn`], [`timeout`] and
+//! [`sleep`] go to the runtime of the calling thread. tokio's own types (`tokio::sync`,
+//! `tokio::select!`, and tokio timers and sockets in handlers) work on every backend: the tokio
+//! backends are tokio, and a compio worker enters the handle of a tokio runtime (`compio.rs`).
 //!
 //! Cancellation: dropping a uring read does not cancel it (the kernel keeps the buffer and the
 //! file until it completes). The proxy only ever drops a read to close the connection, and
 //! [`Stream`] shuts the socket down when it is dropped, which completes such reads at once.
+//! compio cancels a dropped operation; a connection's multishot receive stays armed across
+//! reads until its [`Stream`] goes.
 
 pub mod buf;
+mod compio;
 mod epoll;
 mod uring;
 
@@ -37,6 +43,8 @@ pub enum Backend {
     Uring,
     /// tokio on epoll.
     Epoll,
+    /// compio: io_uring with multishot accept and receive into provided buffers.
+    Compio,
 }
 
 impl Backend {
@@ -44,6 +52,7 @@ impl Backend {
         match self {
             Backend::Uring => "uring",
             Backend::Epoll => "epoll",
+            Backend::Compio => "compio",
         }
     }
 
@@ -53,6 +62,7 @@ impl Backend {
         match self {
             Backend::Uring => uring::probe(),
             Backend::Epoll => Ok(()),
+            Backend::Compio => compio::probe(),
         }
     }
 
@@ -63,6 +73,7 @@ impl Backend {
         match self {
             Backend::Uring => uring::block_on(fut),
             Backend::Epoll => epoll::block_on(fut),
+            Backend::Compio => compio::block_on(fut),
         }
     }
 }
@@ -96,6 +107,7 @@ pub struct Listener(ListenerInner);
 enum ListenerInner {
     Uring(uring::Listener),
     Epoll(epoll::Listener),
+    Compio(compio::Listener),
 }
 
 impl Listener {
@@ -104,6 +116,7 @@ impl Listener {
         Ok(Listener(match current()? {
             Backend::Uring => ListenerInner::Uring(uring::Listener::from_std(l)?),
             Backend::Epoll => ListenerInner::Epoll(epoll::Listener::from_std(l)?),
+            Backend::Compio => ListenerInner::Compio(compio::Listener::from_std(l)?),
         }))
     }
 
@@ -111,6 +124,7 @@ impl Listener {
         let (s, a) = match &self.0 {
             ListenerInner::Uring(l) => l.accept().await.map(|(s, a)| (Stream::Uring(s), a))?,
             ListenerInner::Epoll(l) => l.accept().await.map(|(s, a)| (Stream::Epoll(s), a))?,
+            ListenerInner::Compio(l) => l.accept().await.map(|(s, a)| (Stream::Compio(s), a))?,
         };
         // No TCP_NODELAY call here: accepted sockets inherit it from the listener, which
         // `listen` sets (one setsockopt per listener, not one per connection).
@@ -121,6 +135,7 @@ impl Listener {
         match &self.0 {
             ListenerInner::Uring(l) => l.local_addr(),
             ListenerInner::Epoll(l) => l.local_addr(),
+            ListenerInner::Compio(l) => l.local_addr(),
         }
     }
 
@@ -131,6 +146,7 @@ impl Listener {
         let fd = match &self.0 {
             ListenerInner::Uring(l) => l.as_raw_fd(),
             ListenerInner::Epoll(l) => l.as_raw_fd(),
+            ListenerInner::Compio(l) => l.as_raw_fd(),
         };
         // SAFETY: a socket this listener owns; shutdown takes no memory.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -147,6 +163,7 @@ pub const IDLE_READ: usize = 1000;
 pub enum Stream {
     Uring(uring::Stream),
     Epoll(epoll::Stream),
+    Compio(compio::Stream),
 }
 
 impl Stream {
@@ -155,6 +172,7 @@ impl Stream {
         let s = match current()? {
             Backend::Uring => Stream::Uring(uring::Stream::connect(addr, limit).await?),
             Backend::Epoll => Stream::Epoll(epoll::Stream::connect(addr, limit).await?),
+            Backend::Compio => Stream::Compio(compio::Stream::connect(addr, limit).await?),
         };
         s.set_nodelay();
         Ok(s)
@@ -167,18 +185,21 @@ impl Stream {
         match self {
             Stream::Uring(s) => s.read(buf).await,
             Stream::Epoll(s) => s.read(buf).await,
+            Stream::Compio(s) => s.read(buf).await,
         }
     }
 
     /// Reads once when the connection may stay idle for long (waiting for the next request):
     /// no full-size buffer is held while nothing arrives. epoll waits for readiness with no
-    /// buffer, then reads into a pooled one; io_uring must lend the kernel a buffer for the
-    /// whole wait, so it lends a small one ([`IDLE_READ`] bytes) and the caller reads the rest
-    /// of a larger message with [`read`](Self::read). `Ok(0)` is end of stream.
+    /// buffer, then reads into a pooled one; compio's receive holds none either (the kernel
+    /// picks a provided buffer when bytes arrive); tokio-uring must lend the kernel a buffer for
+    /// the whole wait, so it lends a small one ([`IDLE_READ`] bytes) and the caller reads the
+    /// rest of a larger message with [`read`](Self::read). `Ok(0)` is end of stream.
     pub async fn read_idle(&mut self) -> (io::Result<usize>, Vec<u8>) {
         match self {
             Stream::Uring(s) => s.read(buf::take_idle()).await,
             Stream::Epoll(s) => s.read_idle().await,
+            Stream::Compio(s) => s.read_idle().await,
         }
     }
 
@@ -190,6 +211,7 @@ impl Stream {
         match self {
             Stream::Uring(s) => s.write_all(buf).await,
             Stream::Epoll(s) => s.write_all(buf).await,
+            Stream::Compio(s) => s.write_all(buf).await,
         }
     }
 
@@ -197,6 +219,7 @@ impl Stream {
         match self {
             Stream::Uring(s) => s.as_raw_fd(),
             Stream::Epoll(s) => s.as_raw_fd(),
+            Stream::Compio(s) => s.as_raw_fd(),
         }
     }
 
@@ -255,7 +278,8 @@ impl Drop for Stream {
     }
 }
 
-/// Connects through the runtime's tokio reactor within `limit` (both backends start there).
+/// Connects through the runtime's tokio reactor within `limit` (both tokio backends start
+/// there).
 async fn tokio_connect(addr: SocketAddr, limit: Duration) -> io::Result<tokio::net::TcpStream> {
     tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
         .await
@@ -268,12 +292,20 @@ async fn tokio_connect(addr: SocketAddr, limit: Duration) -> io::Result<tokio::n
 /// it awaits side by side in its state, so every wrapped future would take its size twice in
 /// the task that awaits it (an idle connection's task is sized by its timed read).
 pub fn timeout<F: Future>(limit: Duration, fut: F) -> Timeout<F> {
-    Timeout { inner: tokio::time::timeout(limit, fut) }
+    match CURRENT.with(Cell::get) {
+        Some(Backend::Compio) => Timeout::compio(std::time::Instant::now() + limit, fut),
+        _ => Timeout { inner: TimeoutInner::Tokio { t: tokio::time::timeout(limit, fut) } },
+    }
 }
 
 /// Runs `fut` until `deadline` (see [`timeout`]).
 pub fn timeout_at<F: Future>(deadline: std::time::Instant, fut: F) -> Timeout<F> {
-    Timeout { inner: tokio::time::timeout_at(deadline.into(), fut) }
+    match CURRENT.with(Cell::get) {
+        Some(Backend::Compio) => Timeout::compio(deadline, fut),
+        _ => Timeout {
+            inner: TimeoutInner::Tokio { t: tokio::time::timeout_at(deadline.into(), fut) },
+        },
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -281,7 +313,22 @@ pin_project_lite::pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct Timeout<F> {
         #[pin]
-        inner: tokio::time::Timeout<F>,
+        inner: TimeoutInner<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The timer of the runtime on the thread that made it.
+    #[project = TimeoutProj]
+    enum TimeoutInner<F> {
+        Tokio { #[pin] t: tokio::time::Timeout<F> },
+        Compio { #[pin] fut: F, sleep: compio::Sleep },
+    }
+}
+
+impl<F> Timeout<F> {
+    fn compio(deadline: std::time::Instant, fut: F) -> Timeout<F> {
+        Timeout { inner: TimeoutInner::Compio { fut, sleep: compio::sleep_until(deadline) } }
     }
 }
 
@@ -289,12 +336,23 @@ impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map(|r| r.map_err(|_| Elapsed))
+        match self.project().inner.project() {
+            TimeoutProj::Tokio { t } => t.poll(cx).map(|r| r.map_err(|_| Elapsed)),
+            TimeoutProj::Compio { fut, sleep } => {
+                if let Poll::Ready(out) = fut.poll(cx) {
+                    return Poll::Ready(Ok(out));
+                }
+                sleep.as_mut().poll(cx).map(|()| Err(Elapsed))
+            }
+        }
     }
 }
 
 pub async fn sleep(d: Duration) {
-    tokio::time::sleep(d).await
+    match CURRENT.with(Cell::get) {
+        Some(Backend::Compio) => compio::sleep(d).await,
+        _ => tokio::time::sleep(d).await,
+    }
 }
 
 /// The time limit ran out.
@@ -316,6 +374,33 @@ impl From<Elapsed> for io::Error {
 }
 
 /// Spawns a task on this thread's runtime.
-pub fn spawn<F: Future + 'static>(fut: F) -> tokio::task::JoinHandle<F::Output> {
-    tokio::task::spawn_local(fut)
+pub fn spawn<F: Future + 'static>(fut: F) -> JoinHandle<F::Output> {
+    JoinHandle(match CURRENT.with(Cell::get) {
+        Some(Backend::Compio) => JoinInner::Compio(compio::spawn(fut)),
+        _ => JoinInner::Tokio(tokio::task::spawn_local(fut)),
+    })
 }
+
+/// A spawned task. Awaiting it gives the task's output, or `Err` if it panicked or was
+/// cancelled; dropping it lets the task run on, detached.
+pub struct JoinHandle<T>(JoinInner<T>);
+
+enum JoinInner<T> {
+    Tokio(tokio::task::JoinHandle<T>),
+    Compio(compio::JoinHandle<T>),
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            JoinInner::Tokio(h) => Pin::new(h).poll(cx).map(|r| r.map_err(|_| JoinError)),
+            JoinInner::Compio(h) => Pin::new(h).poll(cx).map(|r| r.map_err(|()| JoinError)),
+        }
+    }
+}
+
+/// The task panicked or was cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinError;
