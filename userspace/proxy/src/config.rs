@@ -63,8 +63,9 @@ pub struct Config {
     /// Worker threads, each with its own runtime (and io_uring) and its own listening sockets;
     /// 0 means one per CPU. Default 0.
     pub workers: usize,
-    /// I/O backend, `"uring"` or `"epoll"`; `outpost run --io` overrides it. If io_uring
-    /// cannot start, outpost falls back to epoll with a warning. Default `"uring"`.
+    /// I/O backend, `"uring"` (tokio-uring), `"epoll"` or `"compio"` (io_uring through compio,
+    /// tried and measured slower, see benches/README.md); `outpost run --io` overrides it. If
+    /// io_uring cannot start, outpost falls back to epoll with a warning. Default `"uring"`.
     pub io: Backend,
     /// How long SIGTERM/SIGINT wait for in-flight requests before exiting, in milliseconds.
     /// Default 10000.
