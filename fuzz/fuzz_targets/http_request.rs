@@ -87,7 +87,7 @@ fn decode(body: Body, limits: &Limits, pieces: &[&[u8]]) -> Result<(Vec<u8>, usi
 
 /// The head written back parses to the same request. Only HTTP/1.1 heads: the writer always
 /// says HTTP/1.1, which turns a 1.0 head without `Host` into an invalid one.
-fn round_trip(request: &Request) {
+fn round_trip(request: &Request<'_>) {
     if request.minor_version != 1 {
         return;
     }
@@ -102,5 +102,5 @@ fn round_trip(request: &Request) {
             assert_eq!(again.headers, request.headers);
         }
         other => panic!("written head {:?} does not parse: {other:?}", out.escape_ascii()),
-    }
+    };
 }
