@@ -62,6 +62,13 @@ fn alert(description: u8, why: &'static str) -> Alert {
     Alert { description, why }
 }
 
+impl Alert {
+    /// `internal_error`: our side cannot go on.
+    pub fn internal(why: &'static str) -> Alert {
+        alert(INTERNAL_ERROR, why)
+    }
+}
+
 /// What one record held.
 pub enum Opened {
     /// Application data at this range of the buffer (possibly empty).

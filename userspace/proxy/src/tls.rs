@@ -20,9 +20,9 @@ use anyhow::{bail, Context as _, Result};
 use rustls::{
     crypto::CryptoProvider,
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::{ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection},
+    server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection},
     sign::CertifiedKey,
-    unbuffered::{ConnectionState, EncodeError, UnbufferedStatus, WriteTraffic},
+    unbuffered::{ConnectionState, EncodeError, UnbufferedStatus},
     ServerConfig,
 };
 
@@ -270,12 +270,13 @@ enum Phase {
 const MAX_PENDING: usize = 0x1_0000 + READ_CHUNK;
 
 /// Where rustls stopped.
-enum Driven<T> {
+enum Driven {
     /// It needs more ciphertext from the client (the handshake waits for its next flight, or
     /// no complete record is buffered) and cannot send application data yet.
     Blocked,
-    /// Application data can be sent; `T` is what the caller's encryption step returned.
-    Traffic(T),
+    /// The handshake is done and everything rustls queued is encoded: application data may
+    /// flow, through [`Records`].
+    Traffic,
     /// Both sides sent close_notify.
     Closed,
 }
@@ -312,7 +313,7 @@ impl TlsConn {
         io::timeout_at(deadline, async {
             loop {
                 let mut ahead = std::mem::take(&mut self.ahead);
-                let driven = self.drive(&mut ahead, |_, _| ());
+                let driven = self.drive(&mut ahead);
                 self.ahead = ahead;
                 if let Some(seen) = LAST_SNI.take() {
                     sni = seen;
@@ -416,7 +417,7 @@ impl TlsConn {
     /// small pooled buffer when it has none, grown when a record does not fit).
     fn open(&mut self, plain: &mut Vec<u8>) -> Result<(), records::Alert> {
         let Phase::Traffic(records) = &mut self.conn else {
-            return Err(records::Alert { description: 80, why: "no TLS session to read from" });
+            return Err(records::Alert::internal("no TLS session to read from"));
         };
         let mut used = 0;
         while !self.peer_closed {
@@ -456,13 +457,8 @@ impl TlsConn {
     }
 
     /// Runs rustls over the buffered ciphertext until it needs the socket: decrypted
-    /// plaintext is appended to `plain`, records rustls wants sent are encoded into `wbuf`,
-    /// and once application data may be sent, `traffic` runs with the means to encrypt it.
-    fn drive<T>(
-        &mut self,
-        plain: &mut Vec<u8>,
-        mut traffic: impl FnMut(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> T,
-    ) -> Result<Driven<T>, rustls::Error> {
+    /// plaintext is appended to `plain`, records rustls wants sent are encoded into `wbuf`.
+    fn drive(&mut self, plain: &mut Vec<u8>) -> Result<Driven, rustls::Error> {
         if self.failed {
             return Err(rustls::Error::General("the connection already failed".into()));
         }
@@ -487,7 +483,7 @@ impl TlsConn {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    put(&mut self.wbuf, true, |b| data.encode(b))
+                    put(&mut self.wbuf, |b| data.encode(b))
                         .map_err(|e| rustls::Error::General(e.to_string()))?;
                     None
                 }
@@ -500,9 +496,7 @@ impl TlsConn {
                     self.peer_closed = true;
                     None
                 }
-                ConnectionState::WriteTraffic(mut w) => {
-                    Some(Driven::Traffic(traffic(&mut w, &mut self.wbuf)))
-                }
+                ConnectionState::WriteTraffic(_) => Some(Driven::Traffic),
                 ConnectionState::BlockedHandshake => Some(Driven::Blocked),
                 ConnectionState::Closed => Some(Driven::Closed),
                 // Early data is off (`max_early_data_size` is 0); later states are not ours.
@@ -533,7 +527,7 @@ impl TlsConn {
                 let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
                 match state {
                     Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                        if put(&mut self.wbuf, true, |b| data.encode(b)).is_err() {
+                        if put(&mut self.wbuf, |b| data.encode(b)).is_err() {
                             break;
                         }
                     }
@@ -670,45 +664,27 @@ impl TlsConn {
     }
 }
 
-/// An error of rustls' encoders that says how much room they lacked.
-trait Insufficient {
-    fn required(&self) -> Option<usize>;
-}
-
-impl Insufficient for EncodeError {
-    fn required(&self) -> Option<usize> {
-        match self {
-            EncodeError::InsufficientSize(s) => Some(s.required_size),
-            _ => None,
-        }
-    }
-}
-
-/// Lets `encode` write its records at the end of `wbuf` (a pooled buffer once it has none).
-/// rustls is asked first, with no room, how much it needs, so only that much is initialized.
-/// Returns false, encoding nothing, when that does not fit beside the records already in
-/// `wbuf` and `grow` is not set (the caller sends them first); otherwise `wbuf` grows.
-fn put<E: Insufficient>(
+/// Lets rustls' `encode` write its handshake records at the end of `wbuf` (a pooled buffer
+/// once it has none, grown when they do not fit). rustls is asked first, with no room, how much
+/// it needs, so only that much is initialized.
+fn put(
     wbuf: &mut Vec<u8>,
-    grow: bool,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
-) -> Result<bool, E> {
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), EncodeError> {
     let need = match encode(&mut []) {
-        Ok(_) => return Ok(true),
-        Err(e) => e.required().ok_or(e)?,
+        Ok(_) => return Ok(()),
+        Err(EncodeError::InsufficientSize(s)) => s.required_size,
+        Err(e) => return Err(e),
     };
     if wbuf.capacity() == 0 {
         *wbuf = io::buf::take();
     }
     let start = wbuf.len();
-    if !grow && start > 0 && start + need > wbuf.capacity() {
-        return Ok(false);
-    }
     wbuf.resize(start + need, 0);
     match encode(&mut wbuf[start..]) {
         Ok(n) => {
             wbuf.truncate(start + n);
-            Ok(true)
+            Ok(())
         }
         Err(e) => {
             wbuf.truncate(start);
