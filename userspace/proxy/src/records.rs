@@ -23,8 +23,8 @@
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use rustls::{
-    kernel::KernelConnection, server::ServerConnectionData, ConnectionTrafficSecrets,
-    ExtractedSecrets, ProtocolVersion, SupportedCipherSuite,
+    crypto::cipher, kernel::KernelConnection, server::ServerConnectionData,
+    ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite,
 };
 
 /// Record header: content type, legacy version, length.
@@ -107,11 +107,7 @@ impl Direction {
     /// The IV with the sequence number mixed into its last 8 bytes (RFC 8446 §5.3; RFC 5288
     /// and 7905 for TLS 1.2, where AES-GCM sends those 8 bytes as the explicit nonce).
     fn nonce(&self) -> [u8; NONCE_LEN] {
-        let mut nonce = self.iv;
-        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
-            *n ^= s;
-        }
-        nonce
+        cipher::Nonce::new(&cipher::Iv::new(self.iv), self.seq).0
     }
 }
 
@@ -203,10 +199,8 @@ impl Records {
             let Some(plain_len) = body.len().checked_sub(start + TAG) else {
                 return Err(alert(DECODE_ERROR, "a record shorter than its tag"));
             };
-            let mut aad = [0; 13];
-            aad[..8].copy_from_slice(&self.rx.seq.to_be_bytes());
-            aad[8..11].copy_from_slice(&typ[..3]);
-            aad[11..].copy_from_slice(&(plain_len as u16).to_be_bytes());
+            let version = ProtocolVersion::from(u16::from_be_bytes([typ[1], typ[2]]));
+            let aad = cipher::make_tls12_aad(self.rx.seq, outer.into(), version, plain_len);
             let nonce = Nonce::assume_unique_for_key(nonce);
             let plain = self
                 .rx
@@ -310,7 +304,6 @@ impl Records {
     }
 
     fn seal_record(&mut self, typ: u8, data: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
         let nonce = self.tx.nonce();
         let (outer, inner_type) = if self.tls13 { (APPLICATION_DATA, 1) } else { (typ, 0) };
         let explicit = if self.tx.explicit_nonce { EXPLICIT_NONCE } else { 0 };
@@ -323,23 +316,21 @@ impl Records {
         if self.tls13 {
             out.push(typ);
         }
-        let aad = if self.tls13 {
-            let mut aad = [0; 13];
-            aad[..HEADER].copy_from_slice(&out[start..start + HEADER]);
-            (aad, HEADER)
+        let (tls13_aad, tls12_aad);
+        let aad: &[u8] = if self.tls13 {
+            tls13_aad = cipher::make_tls13_aad(len);
+            &tls13_aad
         } else {
-            let mut aad = [0; 13];
-            aad[..8].copy_from_slice(&self.tx.seq.to_be_bytes());
-            aad[8..11].copy_from_slice(&[typ, 3, 3]);
-            aad[11..].copy_from_slice(&(data.len() as u16).to_be_bytes());
-            (aad, 13)
+            let version = ProtocolVersion::TLSv1_2;
+            tls12_aad = cipher::make_tls12_aad(self.tx.seq, typ.into(), version, data.len());
+            &tls12_aad
         };
         let tag = self
             .tx
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad.0[..aad.1]),
+                Aad::from(aad),
                 &mut out[body..],
             )
             .expect("a record within the AEAD's length limit");
