@@ -122,6 +122,8 @@ const TEST_PACKAGES: &[&str] = &[
     "nodejs",
     "chromium",
     "python3-aiosmtpd",
+    // The virtual environment for the PyPI peers below.
+    "python3-venv",
 ];
 /// Debian packages of the benchmarks: wrk, the second client of the proxy bench; perf, for the
 /// edge's flame graph (taskset, which pins the proxy bench's processes, is util-linux's).
@@ -129,6 +131,12 @@ const BENCH_PACKAGES: &[&str] = &["wrk", "linux-perf"];
 /// npm projects of the tests (each with a package-lock.json): `npm ci` installs them.
 const NPM_PROJECTS: &[&str] =
     &["userspace/handlers/access/tests/idp", "userspace/handlers/reserve/tests/browser"];
+/// PyPI peers of the tests, pinned, installed into the virtual environment [`PY_VENV`]:
+/// tlslite-ng builds raw TLS records for the record-layer conformance tests; `websockets` and
+/// `h2` are real WebSocket and HTTP/2 peers.
+const PY_PACKAGES: &[&str] = &["tlslite-ng==0.8.2", "websockets==15.0.1", "h2==4.2.0"];
+/// Where the tests' Python lives (tests find it at `<workspace>/target/py/bin/python`).
+const PY_VENV: &str = "target/py";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
 const FUZZ_TARGETS: &[&str] = &["classify", "http_request", "access_token"];
@@ -330,11 +338,29 @@ fn setup() -> Result<()> {
                 .current_dir(project))?;
         }
     }
+    python_venv()?;
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf")) {
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     println!("xtask setup: ready ({:.1?})", started.elapsed());
+    Ok(())
+}
+
+/// The tests' Python environment: Debian's python3 with the pinned [`PY_PACKAGES`]. Skipped
+/// when a marker names exactly these pins.
+fn python_venv() -> Result<()> {
+    let marker = Path::new(PY_VENV).join("outpost-pins");
+    let want = PY_PACKAGES.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|have| have == want) {
+        return Ok(());
+    }
+    println!("xtask setup: Python environment in {PY_VENV} ({})", PY_PACKAGES.join(" "));
+    run(Command::new("python3").args(["-m", "venv", "--clear", PY_VENV]))?;
+    run(Command::new(Path::new(PY_VENV).join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(PY_PACKAGES))?;
+    std::fs::write(&marker, want)?;
     Ok(())
 }
 
