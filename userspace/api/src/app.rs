@@ -83,6 +83,9 @@ pub struct AppParts {
     /// Endpoints on the admin listener, by exact path.
     pub admin: Vec<(String, AdminEndpoint)>,
     pub background: Vec<Background>,
+    /// Request fields this application asserts to origins (identity headers). The core removes
+    /// client copies in every spelling (case, `_` for `-`) before any filter runs.
+    pub asserted_headers: Vec<String>,
 }
 
 /// An application with a top-level config section of its own.

@@ -44,7 +44,7 @@ use async_trait::async_trait;
 
 use crate::{
     error::{Error, ErrorKind, ErrorSource, Result},
-    http::{Header, Headers, Request, Response},
+    http::{Authority, Header, Headers, Request, Response},
     pooled::Pooled,
 };
 
@@ -217,21 +217,26 @@ impl<'a> Session<'a> {
         self.after.0.push(Box::pin(work));
     }
 
-    /// The request's host, lowercase, without port.
+    /// The request's host: lowercase, without port or trailing dot, as the core decided it
+    /// once for routing (see [`http::normalise`](crate::http::normalise)).
     pub fn host(&self) -> Option<String> {
-        self.req.host().map(|h| h.to_ascii_lowercase())
+        let h = self.req.authority.host.as_str();
+        (!h.is_empty()).then(|| h.to_owned())
     }
 
-    /// The request path, without the query.
+    /// The request's authority (host and port), as the core decided it.
+    pub fn authority(&self) -> &Authority<'_> {
+        &self.req.authority
+    }
+
+    /// The request path, normalised, without the query.
     pub fn path(&self) -> &str {
-        path_of(&self.req.target)
+        self.req.path()
     }
 
-    /// The query string (after `?`, before `#`), if any.
+    /// The query string (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
-        let t = &self.req.target;
-        let q = &t[t.find('?')? + 1..];
-        Some(q.split('#').next().unwrap_or(""))
+        self.req.query()
     }
 }
 

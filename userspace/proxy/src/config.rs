@@ -283,6 +283,15 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// Longest pause while reading a request body or writing a response. Default 30000.
     pub body_timeout_ms: u64,
+    /// Keep request header fields whose name contains `_`. Off by default, as in nginx: CGI,
+    /// WSGI, PHP and Rack read `X_User` and `X-User` as one name, so such a field could pass
+    /// for one the edge asserts. Dropped fields are counted
+    /// (`outpost_request_fields_dropped_total`).
+    pub underscores_in_headers: bool,
+    /// Addresses of proxies in front of the edge whose `X-Forwarded-*` and `Forwarded` fields
+    /// are kept (and appended to). From anyone else they are replaced. Default none: the edge
+    /// faces clients.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for HttpConfig {
@@ -296,6 +305,8 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_timeout_ms: 30_000,
+            underscores_in_headers: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -67,7 +67,9 @@ pub enum LegacyEnd {
 const LEGACY_ENDS: [&str; 3] = ["handshake_failed", "closed", "timed_out"];
 
 /// Statuses the proxy itself answers a broken request with.
-const REFUSED: [u16; 5] = [400, 408, 413, 431, 501];
+const REFUSED: [u16; 6] = [400, 405, 408, 413, 431, 501];
+/// Why client header fields were dropped before any handler saw them.
+const DROPPED_FIELDS: [&str; 3] = ["underscore", "asserted", "forwarding"];
 /// Negotiated versions, in counter order.
 const NEGOTIATED: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
 
@@ -99,6 +101,8 @@ pub struct Metrics {
     requests: [AtomicU64; 5],
     refused: [AtomicU64; REFUSED.len()],
     malformed: AtomicU64,
+    /// Client header fields dropped by normalisation, by [`DROPPED_FIELDS`].
+    dropped_fields: [AtomicU64; DROPPED_FIELDS.len()],
     upstream_failures: [AtomicU64; 5],
     histograms: Mutex<Vec<Hist>>,
     after_started: AtomicU64,
@@ -183,6 +187,15 @@ impl Metrics {
         }
         if malformed {
             self.malformed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Client header fields the request's normalisation dropped.
+    pub fn dropped_fields(&self, d: &outpost_api::http::Dropped) {
+        for (i, n) in [d.underscore, d.asserted, d.forwarding].into_iter().enumerate() {
+            if n > 0 {
+                self.dropped_fields[i].fetch_add(u64::from(n), Relaxed);
+            }
         }
     }
 
@@ -323,8 +336,8 @@ impl Metrics {
             &mut o,
             "outpost_requests_refused_total",
             "counter",
-            "Requests the proxy itself refused, by status (408 slow head, 413 body too large, \
-             431 head too large).",
+            "Requests the proxy itself refused, by status (400 malformed, 405 CONNECT, 408 slow \
+             head, 413 body too large, 431 head too large, 501 transfer coding).",
         );
         for (i, s) in REFUSED.iter().enumerate() {
             let _ = writeln!(
@@ -332,6 +345,18 @@ impl Metrics {
                 "outpost_requests_refused_total{{status=\"{s}\"}} {}",
                 self.refused[i].load(Relaxed)
             );
+        }
+        header(
+            &mut o,
+            "outpost_request_fields_dropped_total",
+            "counter",
+            "Client header fields removed before any handler saw them: names with `_` \
+             (underscores_in_headers off), look-alikes of edge-asserted fields, client \
+             forwarding fields.",
+        );
+        for (i, why) in DROPPED_FIELDS.iter().enumerate() {
+            let v = self.dropped_fields[i].load(Relaxed);
+            let _ = writeln!(o, "outpost_request_fields_dropped_total{{reason=\"{why}\"}} {v}");
         }
         header(
             &mut o,

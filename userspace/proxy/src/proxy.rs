@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use crate::{
     downstream::Downstream,
     error::{Error, ErrorKind, ErrorSource, OrErr as _, Result},
-    http::{self, Body, BodyDecoder, HeadStr, Header, Request, TARGET_INLINE},
+    http::{self, Body, BodyDecoder, Header, Request},
     io,
     metrics::UpstreamFailure,
     shared::Live,
@@ -112,14 +112,9 @@ pub(crate) async fn handle<'a>(
         ..Progress::default()
     };
     let head_only = req.method == "HEAD";
-    let route = {
-        // Hosts are nearly always lowercase already: no allocation for those.
-        let host = req.host().map(|h| match h.bytes().any(|b| b.is_ascii_uppercase()) {
-            true => std::borrow::Cow::Owned(h.to_ascii_lowercase()),
-            false => std::borrow::Cow::Borrowed(h),
-        });
-        live.router.route(host.as_deref(), outpost_api::handler::path_of(&req.target))
-    };
+    // The authority and path `http::normalise` decided: routing, filters, handlers and the
+    // upstream request all read these.
+    let route = live.router.route(Some(&req.authority.host), req.path());
     let handler_name = route.map_or("none", |r| r.handler.name());
     let mut x = Exchange { req, client, ds, after: AfterResponse::default() };
     let (result, mut chain) = match route {
@@ -213,10 +208,9 @@ async fn phases(
             "handler read the body and did not respond",
         ));
     }
-    // Fields still borrowed from the client's head: copying the request copies no bytes.
+    // Fields still borrowed from the client's head: copying the request copies no bytes. The
+    // target is origin-form and `Host` the authority already (`http::normalise`).
     let mut up_req = x.req.clone();
-    // Origins get origin-form targets; absolute-form is for proxies.
-    to_origin_form(&mut up_req.target);
     http::remove_hop_by_hop(&mut up_req.headers);
     up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
     for (h, ctx) in chain.links.iter_mut() {
@@ -454,7 +448,11 @@ async fn phases(
     }
     p.started = true;
     send_response(x.ds, &wire).await?;
-    if origin_keep_alive && rbuf.is_empty() {
+    // A connection that became a tunnel (a 2xx to CONNECT) or switched protocols belongs to
+    // one client: never back in the pool. Neither reaches here today (CONNECT is refused,
+    // a 101 fails the exchange); this keeps it so.
+    let tunnel = x.req.method == "CONNECT" || p.status == 101;
+    if origin_keep_alive && rbuf.is_empty() && !tunnel {
         worker.pool.borrow_mut().put(&peer, up);
     }
     io::buf::give(rbuf);
@@ -474,19 +472,6 @@ async fn send_response(ds: &mut Downstream, wire: &[u8]) -> Result<()> {
 /// Methods that may be sent twice with the effect of once (RFC 9110, 9.2.2).
 fn idempotent(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
-}
-
-/// `http://h/p?q` → `/p?q`; other forms unchanged.
-fn to_origin_form(target: &mut HeadStr<'_, TARGET_INLINE>) {
-    if target.starts_with('/') {
-        return;
-    }
-    let Some((scheme, rest)) = target.split_once("://") else {
-        return;
-    };
-    let authority_end = scheme.len() + 3 + rest.find(['/', '?']).unwrap_or(rest.len());
-    let slash = if target[authority_end..].starts_with('/') { "" } else { "/" };
-    target.replace_prefix(authority_end, slash);
 }
 
 /// Sets the framing fields of a request sent upstream for `body`.
@@ -567,29 +552,4 @@ async fn write_upstream(up: &mut io::Stream, out: Vec<u8>, limit: Duration) -> R
     res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "sending the request")?;
     out.clear();
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_forms() {
-        let origin_form = |t: &str| {
-            let mut t = HeadStr::from(t);
-            to_origin_form(&mut t);
-            t.to_string()
-        };
-        assert_eq!(origin_form("/a?b"), "/a?b");
-        assert_eq!(origin_form("http://h:1/a?b"), "/a?b");
-        assert_eq!(origin_form("https://h?q"), "/?q");
-        assert_eq!(origin_form("http://h"), "/");
-        assert_eq!(origin_form("*"), "*");
-        assert_eq!(origin_form("/x?u=http://y/"), "/x?u=http://y/");
-        assert_eq!(origin_form("HTTP://h/"), "/");
-        // Longer than what is kept inline.
-        let path = format!("/{}", "p".repeat(300));
-        assert_eq!(origin_form(&format!("http://h{path}")), path);
-        assert_eq!(origin_form(&format!("http://h?{}", &path[1..])), format!("/?{}", &path[1..]));
-    }
 }

@@ -21,7 +21,9 @@ enum HostMatch {
 
 impl HostMatch {
     fn parse(pattern: &str) -> HostMatch {
-        let p = pattern.trim().to_ascii_lowercase();
+        // Requests' hosts lose one trailing dot (see `http::normalise`); patterns do too.
+        let p = pattern.trim();
+        let p = p.strip_suffix('.').unwrap_or(p).to_ascii_lowercase();
         if p == "*" {
             HostMatch::Any
         } else if let Some(suffix) = p.strip_prefix('*') {
@@ -70,7 +72,12 @@ pub struct Router {
     routes: Vec<Route>,
     pub(crate) filters: Vec<Arc<dyn ErasedHandler>>,
     pub(crate) admin: BTreeMap<String, AdminEndpoint>,
+    /// Fields the edge asserts to origins: the core's own and every application's.
+    pub(crate) asserted: Vec<String>,
 }
+
+/// Fields the core and the `origin` handler assert to origins.
+const CORE_ASSERTED: [&str; 1] = ["X-Outpost-TLS-Version"];
 
 impl Router {
     /// Builds the routes of `config` with the handlers in `registry`. Returns the background
@@ -105,6 +112,7 @@ impl Router {
         }
         let mut filters = Vec::new();
         let mut admin = BTreeMap::new();
+        let mut asserted: Vec<String> = CORE_ASSERTED.iter().map(|&h| h.to_owned()).collect();
         for app in &registry.apps {
             let parts = app
                 .build(config.section(app.section()), env)
@@ -115,8 +123,9 @@ impl Router {
             filters.extend(parts.filters);
             admin.extend(parts.admin);
             background.extend(parts.background);
+            asserted.extend(parts.asserted_headers);
         }
-        Ok((Router { routes, filters, admin }, background))
+        Ok((Router { routes, filters, admin, asserted }, background))
     }
 
     /// The route for a request, if any.

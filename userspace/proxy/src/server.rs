@@ -221,7 +221,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
         // that buffer leaves `ds` for the request's lifetime, and what follows the head (the
         // body, a pipelined request) goes back to `ds.buf`.
         let mut head = std::mem::take(&mut ds.buf);
-        let (req, n) = loop {
+        let (mut req, n) = loop {
             // The parse result is not held across the refusal's await: the task would keep
             // room for a request in every idle wait.
             let bad = match http::parse_request(&head, &live.limits) {
@@ -257,6 +257,22 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
                 if rest.len() <= io::IDLE_READ { io::buf::take_idle() } else { io::buf::take() };
             ds.buf.extend_from_slice(rest);
         }
+        // The one authority, path and set of fields every later step reads.
+        match http::normalise(&mut req, &live.rules(client)) {
+            Ok(dropped) => worker.shared.metrics.dropped_fields(&dropped),
+            Err(e) => {
+                drop(req);
+                let e = Error::because(
+                    ErrorKind::BadRequest(e.clone()),
+                    ErrorSource::Downstream,
+                    "request head",
+                    e,
+                );
+                io::buf::give(head);
+                Box::pin(refuse(worker, ds, &e)).await;
+                return;
+            }
+        }
         // Out of line (see `connection`), so the idle wait stays small; in a pooled block, so
         // that takes no allocation per request.
         let keep_alive = Pooled::future(proxy::handle(worker, &live, ds, client, req)).await;
@@ -278,6 +294,9 @@ async fn refuse(worker: &Worker, ds: &mut Downstream, e: &Error) {
     let status = e.status();
     tracing::debug!(status, error = %e, "request refused");
     worker.shared.metrics.request(status, status == 400);
-    let reply = Reply::json_error(status, &e.public_message());
+    let mut reply = Reply::json_error(status, &e.public_message());
+    if status == 405 {
+        reply = reply.header("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+    }
     let _ = ds.write_reply(reply, false, false).await;
 }

@@ -38,6 +38,22 @@ pub struct Live {
     pub body_timeout: Duration,
     /// Most after-response tasks pending per worker.
     pub after_max_pending: usize,
+    /// `[http] underscores_in_headers`.
+    pub underscores_in_headers: bool,
+    /// `[http] trusted_proxies`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Live {
+    /// How requests from `client` are normalised (see [`crate::http::normalise`]).
+    pub fn rules<'a>(&'a self, client: &'a outpost_api::ClientInfo) -> crate::http::Rules<'a> {
+        crate::http::Rules {
+            sni: client.tls.sni.as_deref(),
+            underscores_in_headers: self.underscores_in_headers,
+            asserted: &self.router.asserted,
+            trusted_proxy: self.trusted_proxies.contains(&client.addr.ip()),
+        }
+    }
 }
 
 impl Live {
@@ -66,6 +82,8 @@ impl Live {
             idle_timeout: ms(h.idle_timeout_ms),
             body_timeout: ms(h.body_timeout_ms),
             after_max_pending: config.after_response.max_pending,
+            underscores_in_headers: h.underscores_in_headers,
+            trusted_proxies: h.trusted_proxies.clone(),
         };
         Ok((live, background))
     }

@@ -2,7 +2,7 @@
 //! the rules httparse leaves to its caller (targets, `Host`, framing).
 
 use super::fields::{self, find, framing, values};
-use super::{Body, Error, HeadStr, Header, Headers, Limits, TARGET_INLINE};
+use super::{Authority, Body, Error, HeadStr, Header, Headers, Limits, TARGET_INLINE};
 
 /// A request head. A parsed one borrows every field from the buffer it was parsed from (`'h`).
 #[derive(Debug, Default, Clone)]
@@ -16,6 +16,9 @@ pub struct Request<'h> {
     pub minor_version: u8,
     /// Fields in the order received.
     pub headers: Headers<'h>,
+    /// The host and port the request is for, decided once by
+    /// [`normalise`](super::normalise); empty until then.
+    pub authority: Authority<'h>,
 }
 
 impl Request<'_> {
@@ -26,6 +29,7 @@ impl Request<'_> {
             target: self.target.into_owned(),
             minor_version: self.minor_version,
             headers: self.headers.into_owned(),
+            authority: self.authority.into_owned(),
         }
     }
 
@@ -39,16 +43,17 @@ impl Request<'_> {
         values(&self.headers, name)
     }
 
-    /// The host the request is for, without port (IPv6 literals keep their brackets); compare it
-    /// case-insensitively. From an absolute-form target when there is one, since an origin must
-    /// then ignore `Host` (RFC 9112 §3.2.2) and routing must agree with it; else from `Host`.
-    /// `None` when there is no usable host.
-    pub fn host(&self) -> Option<&str> {
-        let authority = match absolute_form(&self.target) {
-            Some((_, authority)) => authority,
-            None => std::str::from_utf8(self.header("host")?).ok()?,
-        };
-        split_host_port(authority).map(|(host, _)| host)
+    /// The path of the target, without the query: normalised once
+    /// [`normalise`](super::normalise) ran (`*` for asterisk-form).
+    pub fn path(&self) -> &str {
+        let t = self.target.as_str();
+        t.split(['?', '#']).next().unwrap_or("/")
+    }
+
+    /// The query (after `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        let t = self.target.as_str();
+        Some(&t[t.find('?')? + 1..])
     }
 
     /// How the request body is delimited; [`Body::Empty`] without `Content-Length` or
@@ -150,6 +155,7 @@ fn request_in<'b>(
         target: target.into(),
         minor_version,
         headers: borrowed(head.headers),
+        authority: Authority::default(),
     };
     check_target(&request.method, &request.target)?;
     check_host(&request)?;
@@ -422,19 +428,6 @@ mod tests {
         for (method, target, ok) in cases {
             assert_eq!(check_target(method, target).is_ok(), *ok, "{method} {target}");
         }
-    }
-
-    #[test]
-    fn host_prefers_absolute_form_target() {
-        let request = Request {
-            method: "GET".into(),
-            target: "http://origin.example:8080/p".into(),
-            minor_version: 1,
-            headers: [Header::new("Host", "other.example")].into(),
-        };
-        assert_eq!(request.host(), Some("origin.example"));
-        let request = Request { target: "/p".into(), ..request };
-        assert_eq!(request.host(), Some("other.example"));
     }
 
     #[test]

@@ -41,11 +41,15 @@ use arrayvec::ArrayVec;
 mod body;
 mod fields;
 mod head;
+mod normalise;
 mod write;
 
 pub use body::{encode_chunk, encode_last_chunk, Body, BodyDecoder};
 pub use fields::{is_hop_by_hop, remove_hop_by_hop};
 pub use head::{parse_request, parse_response, Request, Response};
+pub use normalise::{
+    normalise, normalise_path, parse_authority, same_folded, Authority, Dropped, Rules, HOST_INLINE,
+};
 pub use write::{reason, write_request_head, write_response_head};
 
 /// Size limits for one message; every allocation the codec makes is bounded by them.
@@ -85,6 +89,8 @@ pub enum Error {
     UnsupportedTransferCoding,
     /// The peer closed before a `Content-Length` or chunked body was complete. 400.
     UnexpectedEof,
+    /// A method the edge does not serve (`CONNECT`: it is not a forward proxy). 405.
+    MethodNotAllowed(&'static str),
 }
 
 impl Error {
@@ -95,6 +101,7 @@ impl Error {
             Self::Malformed(_) | Self::UnexpectedEof => 400,
             Self::BodyTooLarge => 413,
             Self::UnsupportedTransferCoding => 501,
+            Self::MethodNotAllowed(_) => 405,
         }
     }
 }
@@ -108,6 +115,7 @@ impl fmt::Display for Error {
             Self::BodyTooLarge => f.write_str("message body too large"),
             Self::UnsupportedTransferCoding => f.write_str("unsupported transfer coding"),
             Self::UnexpectedEof => f.write_str("connection closed before the body was complete"),
+            Self::MethodNotAllowed(what) => write!(f, "method not allowed: {what}"),
         }
     }
 }

@@ -281,11 +281,14 @@ impl App for AccessApp {
             providers = gen.providers.len(),
             "access configured"
         );
+        // The core strips client copies of these in every spelling before any filter runs.
+        let asserted_headers = vec![gen.s.assertion_header.clone(), gen.s.email_header.clone()];
         Ok(AppParts {
             routes,
             filters: vec![filter],
             admin: admin(&self.store, &self.keys, &self.metrics),
             background: Vec::new(),
+            asserted_headers,
         })
     }
 }

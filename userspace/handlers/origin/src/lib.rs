@@ -331,18 +331,24 @@ impl Handler for OriginHandler {
         up: &mut Request<'_>,
         _ctx: &mut OriginCtx,
     ) -> PResult<()> {
-        // The edge faces clients directly: forwarding headers they sent would let them
-        // spoof their address, so these are replaced, not appended to.
-        // The address is written on the stack: this runs for every request.
+        // The core removed the forwarding fields of clients it does not trust
+        // (`[http] trusted_proxies`), so any left came from a trusted proxy: the client's
+        // address is appended to its `X-Forwarded-For`, otherwise it is the whole field.
+        // Written on the stack: this runs for every request.
         let mut ip = [0u8; 64];
         let mut w = &mut ip[..];
         let _ = write!(w, "{}", s.client.addr.ip());
         let len = 64 - w.len();
-        set_header(&mut up.headers, "X-Forwarded-For", &ip[..len]);
-        set_header(&mut up.headers, "X-Forwarded-Proto", "https");
-        if let Some(host) = s.req.header("host") {
-            set_header(&mut up.headers, "X-Forwarded-Host", host);
+        match up.headers.iter_mut().find(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+            Some(h) => {
+                let joined = [&h.value[..], b", ", &ip[..len]].concat();
+                h.value = http::HeaderValue::copied(&joined);
+            }
+            None => up.headers.push(http::Header::new("X-Forwarded-For", &ip[..len])),
         }
+        set_header(&mut up.headers, "X-Forwarded-Proto", "https");
+        // The authority the router matched, with the port the client named.
+        set_header(&mut up.headers, "X-Forwarded-Host", s.authority().host_port());
         set_header(&mut up.headers, "X-Outpost-TLS-Version", s.client.tls.version);
         Ok(())
     }

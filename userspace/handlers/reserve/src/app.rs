@@ -112,6 +112,7 @@ impl App for ReserveApp {
                 Box::pin(expiry_sweep(Arc::downgrade(&shared), sweep_every)),
                 Box::pin(shrink_limits(Arc::downgrade(&shared))),
             ],
+            ..AppParts::default()
         })
     }
 }
