@@ -241,12 +241,16 @@ fn refusal_table() {
     assert_eq!(r.status, 302);
     assert!(r.location().unwrap().ends_with(&format!("app={WIKI}&rd=%2F")), "{:?}", r.location());
 
-    // Identity headers from the client never reach the origin (and are audited).
+    // Identity headers from the client never reach the origin, in any spelling; the core
+    // drops them before Access runs, and counts them.
     let b = s.browser();
     b.login(&s.url(WIKI, "/"), "bob@example.test");
     let r = b.get_with(
         &s.url(WIKI, "/x"),
-        &[("outpost-access-authenticated-user-email", "alice@example.test")],
+        &[
+            ("outpost-access-authenticated-user-email", "alice@example.test"),
+            ("Outpost_Access_Authenticated_User_Email", "mallory@example.test"),
+        ],
     );
     assert_eq!(
         r.echoed("Outpost-Access-Authenticated-User-Email").as_deref(),
@@ -254,6 +258,9 @@ fn refusal_table() {
         "{}",
         r.body
     );
+    assert!(!r.body.contains("mallory@") && !r.body.contains("alice@"), "{}", r.body);
+    let dropped = "outpost_request_fields_dropped_total{reason=\"asserted\"}";
+    assert_eq!(s.edge.metric(dropped), 1, "{}", s.edge.metrics());
 
     // Every refusal is in the audit log, with its reason.
     for reason in [
@@ -268,7 +275,7 @@ fn refusal_table() {
     ] {
         s.expect_event("access.request", "denied", reason);
     }
-    let requests = s.expect_event("access.request", "stripped", "identity headers");
+    let requests = s.expect_event("access.request", "denied", "another application");
     for reason in [
         "state replayed or unknown",
         "state from another browser",
