@@ -17,8 +17,15 @@
 //!   ending its record (a key change must): the receive key moves on, and when the client asks,
 //!   ours does too after a `KeyUpdate` of our own, sent before our next record (one answer for
 //!   several requests, as rustls); at most 32 between two application data records (as rustls
-//!   and BoringSSL allow); any other handshake message (a TLS 1.2 renegotiation) is refused;
-//! - a record that does not authenticate, is too long or malformed: the matching alert.
+//!   and BoringSSL allow); any other handshake message (in TLS 1.2 any: no renegotiation) is
+//!   refused;
+//! - a record that does not authenticate or is shorter than its tag: `bad_record_mac`; one over
+//!   2^14 + 256 bytes in TLS 1.3 (2^14 + 2048 in TLS 1.2, refused from its header), or with
+//!   more plaintext than 2^14 (TLS 1.3: 2^14 + 1 of inner plaintext, padding included):
+//!   `record_overflow`; a malformed one: the matching alert.
+//!
+//! Where rustls fails without an alert (a record inside a split handshake message, too many
+//! warnings or key updates), `unexpected_message` goes out: the client learns why.
 //!
 //! Before the send key has protected as many records as its cipher's confidentiality limit
 //! allows, TLS 1.3 moves it on with a `KeyUpdate`; TLS 1.2, which cannot, fails the connection.
