@@ -1,7 +1,7 @@
 //! The record layer after the handshake, end to end: tlslite-ng (tests/tls_records/client.py)
 //! completes a real handshake, then writes records crafted with the negotiated keys, and the
 //! answer is compared with what RFC 8446 (RFC 5246 for TLS 1.2) asks and what rustls' own record
-//! layer does. The edge (`outpost_proxy::run` in-process, the built-in page behind it) opens
+//! layer does. The edge (`outpost_proxy::run` in-process, on each I/O backend) opens
 //! and seals those records itself (`records.rs`); rustls' buffered `ServerConnection`, run on
 //! another loopback port by this test, is the reference.
 //!
@@ -21,7 +21,7 @@ use std::{
 };
 
 use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Reply, RouteFactory, RouteSpec, Session};
-use outpost_proxy::{config::TlsConfig, Registry, RunOptions};
+use outpost_proxy::{config::TlsConfig, io::Backend, Registry, RunOptions};
 use outpost_testkit::{free_port, run_client, wait_for_admin, TempDir};
 
 /// One crafted exchange and what should come of it.
@@ -279,11 +279,15 @@ impl RouteFactory for OkFactory {
     }
 }
 
-/// The edge, once per test binary: `outpost_proxy::run` with one worker and a route to [`Page`].
-/// It is never stopped: the process ends with the tests.
-fn edge() -> u16 {
-    static EDGE: OnceLock<u16> = OnceLock::new();
-    *EDGE.get_or_init(|| {
+/// The I/O backends the edge runs on: each reads (and so splits records) its own way.
+const BACKENDS: [Backend; 3] = [Backend::Uring, Backend::Epoll, Backend::Compio];
+
+/// The edge on `io`, once per test binary: `outpost_proxy::run` with one worker and a route to
+/// [`Page`]. It is never stopped: the process ends with the tests.
+fn edge(io: Backend) -> u16 {
+    static EDGES: [OnceLock<u16>; BACKENDS.len()] = [const { OnceLock::new() }; BACKENDS.len()];
+    let i = BACKENDS.iter().position(|b| *b == io).expect("a backend of BACKENDS");
+    *EDGES[i].get_or_init(|| {
         let dir = TempDir::new("records");
         let (https, admin) = (free_port(), free_port());
         let config = dir.0.join("outpost.toml");
@@ -300,12 +304,13 @@ fn edge() -> u16 {
             let _dir = dir;
             let options = RunOptions {
                 config: Some(config),
+                io: Some(io),
                 registry: Registry::new().route(OkFactory),
                 ..Default::default()
             };
             // The edge runs until the process ends; an early end is shown here.
             if let Err(e) = outpost_proxy::run(options) {
-                eprintln!("the edge stopped: {e:#}");
+                eprintln!("the edge on {io:?} stopped: {e:#}");
             }
         });
         wait_for_admin(admin);
@@ -403,25 +408,31 @@ fn run(port: u16, version: &str, cipher: &str, cases: &[&str]) -> Vec<(String, S
     got
 }
 
-/// Runs the table against the edge and against rustls; panics with every case that differs
-/// from what it should be.
+/// Runs the table against the edge on each backend and against rustls; panics with every case
+/// that differs from what it should be.
 fn check(version: &str, cipher: &str, table: &[&Case]) {
     let names: Vec<&str> = table.iter().map(|c| c.name).collect();
-    let (edge_port, rustls_port) = (edge(), reference());
-    let edge = thread::spawn({
-        let (version, cipher, names) = (version.to_owned(), cipher.to_owned(), names.clone());
-        move || run(edge_port, &version, &cipher, &names)
-    });
-    let rustls = run(rustls_port, version, cipher, &names);
-    let edge = edge.join().unwrap();
+    let edges: Vec<_> = BACKENDS
+        .iter()
+        .map(|&io| {
+            let port = edge(io);
+            let (version, cipher, names) = (version.to_owned(), cipher.to_owned(), names.clone());
+            (io, thread::spawn(move || run(port, &version, &cipher, &names)))
+        })
+        .collect();
+    let rustls = run(reference(), version, cipher, &names);
     let mut wrong = Vec::new();
-    for ((case, (_, at_edge)), (_, at_rustls)) in table.iter().zip(&edge).zip(&rustls) {
-        if at_edge != case.edge {
-            wrong.push(format!(
-                "edge, {}: {}: got {at_edge}, want {}",
-                case.name, case.what, case.edge
-            ));
+    for (io, edge) in edges {
+        for (case, (_, at_edge)) in table.iter().zip(&edge.join().unwrap()) {
+            if at_edge != case.edge {
+                wrong.push(format!(
+                    "edge ({io:?}), {}: {}: got {at_edge}, want {}",
+                    case.name, case.what, case.edge
+                ));
+            }
         }
+    }
+    for (case, (_, at_rustls)) in table.iter().zip(&rustls) {
         let (want, note) = match case.rustls {
             Same => (case.edge, ""),
             Differs(want, why) => (want, why),
