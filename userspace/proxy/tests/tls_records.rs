@@ -237,6 +237,13 @@ const TLS12: &[Case] = &[
         rustls: Same,
     },
     Case {
+        name: "fin_overflow_ciphertext12",
+        what: "a header announcing 2^14 + 2049 bytes right after the Finished",
+        edge: RECORD_OVERFLOW,
+        // The edge's answer, not rustls': the record after the Finished is the edge's.
+        rustls: Differs(DECODE_ERROR, "rustls answers decode_error"),
+    },
+    Case {
         name: "fin_fatal",
         what: "a fatal alert right after the Finished",
         edge: "eof",
