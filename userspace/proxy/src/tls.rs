@@ -3,8 +3,9 @@
 //!
 //! rustls runs the handshake sans-IO through its unbuffered API (`process_tls_records` over our
 //! own buffers), so the same code runs over io_uring and epoll, and the bytes the floor read
-//! before rustls are simply the first input. Then [`records`](crate::records) takes over the
-//! records with the keys rustls hands over.
+//! before rustls are simply the first input. rustls is shown the client's records one at a
+//! time, and none after the client's Finished: [`records`](crate::records) takes over every
+//! record after it, with the keys rustls hands over, however the reads split them.
 
 use std::{
     cell::Cell,
@@ -237,15 +238,17 @@ impl Negotiated {
 pub struct TlsConn {
     stream: io::Stream,
     conn: Phase,
-    /// Ciphertext read but not yet consumed by rustls: at most the beginning of one record (or
-    /// of a handshake message spread over records), since rustls is run over every complete
-    /// record before the next read. Empty with no capacity otherwise.
+    /// Ciphertext read but not yet consumed: during the handshake, the records rustls has not
+    /// discarded and those it was not shown yet; then, at most the beginning of one record,
+    /// since every complete record is opened before the next read. Empty with no capacity
+    /// otherwise.
     rbuf: Vec<u8>,
+    /// During the handshake, where the last record rustls was shown ends in `rbuf` (beyond its
+    /// end when that record is incomplete): rustls sees one record more only once it is
+    /// blocked, so it never sees a record after the client's Finished.
+    shown: usize,
     /// Records encoded for the socket and not yet written. Empty with no capacity otherwise.
     wbuf: Vec<u8>,
-    /// Plaintext rustls decrypted while something other than a read drove it (the request sent
-    /// with the client's Finished); the next read returns it first.
-    ahead: Vec<u8>,
     /// The socket reached end of stream.
     eof: bool,
     /// The client's close_notify arrived: it sends nothing more, even if it keeps TCP open.
@@ -298,8 +301,8 @@ impl TlsConn {
             stream,
             conn: Phase::Handshake(Box::new(conn)),
             rbuf: first_flight,
+            shown: 0,
             wbuf: Vec::new(),
-            ahead: Vec::new(),
             eof: false,
             peer_closed: false,
             failed: false,
@@ -312,9 +315,7 @@ impl TlsConn {
         let mut sni = None;
         io::timeout_at(deadline, async {
             loop {
-                let mut ahead = std::mem::take(&mut self.ahead);
-                let driven = self.drive(&mut ahead);
-                self.ahead = ahead;
+                let driven = self.drive();
                 if let Some(seen) = LAST_SNI.take() {
                     sni = seen;
                 }
@@ -349,10 +350,13 @@ impl TlsConn {
                 .map_or(rustls::CipherSuite::Unknown(0), |s| s.suite()),
             sni,
         };
-        // rustls has sent everything and decrypted nothing it still holds (the loop above ran
-        // it until it could send application data): it hands the keys over.
+        // rustls has sent everything, and was shown nothing after the client's Finished, which
+        // it discarded: the records left in `rbuf` are for `Records`.
+        if self.shown != 0 {
+            return Err(stdio::Error::other("rustls kept records after the handshake"));
+        }
         let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(invalid)?;
-        let records = Records::new(secrets, kernel).map_err(|a| stdio::Error::other(a.why))?;
+        let records = Records::new(secrets, kernel).map_err(stdio::Error::other)?;
         self.conn = Phase::Traffic(Box::new(records));
         Ok(negotiated)
     }
@@ -380,20 +384,13 @@ impl TlsConn {
     }
 
     async fn read_as(&mut self, out: &mut Vec<u8>, mut idle: bool) -> stdio::Result<usize> {
-        if !self.ahead.is_empty() {
-            let ahead = std::mem::take(&mut self.ahead);
-            out.extend_from_slice(&ahead);
-            let n = ahead.len();
-            io::buf::give(ahead);
-            return Ok(n);
-        }
         loop {
             let start = out.len();
             // The rare steps of a read (failing, answering a key update) run boxed: a
             // connection waiting for its next request is sized by this future, which then only
             // needs room for the socket read.
-            if let Err(a) = self.open(out) {
-                return Err(Box::pin(self.fail_traffic(a)).await);
+            if let Err(e) = self.open(out) {
+                return Err(Box::pin(self.fail_traffic(e)).await);
             }
             if out.len() > start {
                 return Ok(out.len() - start);
@@ -415,16 +412,16 @@ impl TlsConn {
 
     /// Opens every complete record buffered, appending application data to `plain` (given a
     /// small pooled buffer when it has none, grown when a record does not fit).
-    fn open(&mut self, plain: &mut Vec<u8>) -> Result<(), records::Alert> {
+    fn open(&mut self, plain: &mut Vec<u8>) -> Result<(), records::Error> {
         let Phase::Traffic(records) = &mut self.conn else {
-            return Err(records::Alert::internal("no TLS session to read from"));
+            return Err(records::Error::internal("no TLS session to read from"));
         };
         let mut used = 0;
         while !self.peer_closed {
-            let Some(len) = Records::complete(&self.rbuf[used..])? else { break };
+            let Some(len) = records.complete(&self.rbuf[used..])? else { break };
             let record = &mut self.rbuf[used..used + len];
             used += len;
-            match records.open(record, &mut self.wbuf)? {
+            match records.open(record)? {
                 Opened::Data(range) => {
                     if plain.capacity() == 0 {
                         *plain = io::buf::take_idle();
@@ -442,23 +439,23 @@ impl TlsConn {
         Ok(())
     }
 
-    /// The client's records broke the protocol: sends the alert, then fails.
-    async fn fail_traffic(&mut self, a: records::Alert) -> stdio::Error {
+    /// The client's records broke the protocol: sends the alert, if one is due, then fails.
+    async fn fail_traffic(&mut self, e: records::Error) -> stdio::Error {
         if !self.failed {
             self.failed = true;
             io::buf::give(std::mem::take(&mut self.rbuf));
-            if let Phase::Traffic(records) = &mut self.conn {
-                if records.seal_alert(&a, &mut self.wbuf).is_ok() {
+            if let (Phase::Traffic(records), Some(description)) = (&mut self.conn, e.alert()) {
+                if records.seal_alert(description, &mut self.wbuf).is_ok() {
                     let _ = self.write_out().await;
                 }
             }
         }
-        stdio::Error::new(stdio::ErrorKind::InvalidData, a.why)
+        stdio::Error::new(stdio::ErrorKind::InvalidData, e)
     }
 
-    /// Runs rustls over the buffered ciphertext until it needs the socket: decrypted
-    /// plaintext is appended to `plain`, records rustls wants sent are encoded into `wbuf`.
-    fn drive(&mut self, plain: &mut Vec<u8>) -> Result<Driven, rustls::Error> {
+    /// Runs rustls over the buffered ciphertext, one record more each time it is blocked, until
+    /// it needs the socket: records rustls wants sent are encoded into `wbuf`.
+    fn drive(&mut self) -> Result<Driven, rustls::Error> {
         if self.failed {
             return Err(rustls::Error::General("the connection already failed".into()));
         }
@@ -466,21 +463,13 @@ impl TlsConn {
             let Phase::Handshake(conn) = &mut self.conn else {
                 return Err(rustls::Error::General("the handshake is over".into()));
             };
-            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut self.rbuf);
+            let shown = self.shown.min(self.rbuf.len());
+            let UnbufferedStatus { discard, state } =
+                conn.process_tls_records(&mut self.rbuf[..shown]);
             let done = match state? {
-                ConnectionState::ReadTraffic(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        let record = record?;
-                        discard += record.discard;
-                        if plain.capacity() == 0 {
-                            // Taken only now that plaintext is here, so a reader waiting for
-                            // the client holds no buffer of its own; a small one, as most
-                            // request heads are, grown when a record does not fit.
-                            *plain = io::buf::take_idle();
-                        }
-                        plain.extend_from_slice(record.payload);
-                    }
-                    None
+                // Early data is off, and rustls sees nothing after the client's Finished.
+                ConnectionState::ReadTraffic(_) => {
+                    return Err(rustls::Error::General("application data in a handshake".into()))
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
                     put(&mut self.wbuf, |b| data.encode(b))
@@ -497,12 +486,21 @@ impl TlsConn {
                     None
                 }
                 ConnectionState::WriteTraffic(_) => Some(Driven::Traffic),
-                ConnectionState::BlockedHandshake => Some(Driven::Blocked),
+                ConnectionState::BlockedHandshake => match record_end(&self.rbuf, self.shown) {
+                    // The next record, once its header is here (whole or not: rustls checks
+                    // the header and waits for the rest).
+                    Some(end) => {
+                        self.shown = end;
+                        None
+                    }
+                    None => Some(Driven::Blocked),
+                },
                 ConnectionState::Closed => Some(Driven::Closed),
                 // Early data is off (`max_early_data_size` is 0); later states are not ours.
                 _ => return Err(rustls::Error::General("unexpected TLS state".into())),
             };
             self.rbuf.drain(..discard);
+            self.shown -= discard;
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 io::buf::give(std::mem::take(&mut self.rbuf));
             }
@@ -607,7 +605,7 @@ impl TlsConn {
                     "the TLS connection cannot send application data",
                 ));
             };
-            records.seal(chunk, &mut self.wbuf).map_err(|a| stdio::Error::other(a.why))?;
+            records.seal(chunk, &mut self.wbuf).map_err(stdio::Error::other)?;
             data = &data[chunk.len()..];
         }
         Ok(())
@@ -662,6 +660,13 @@ impl TlsConn {
         })
         .await;
     }
+}
+
+/// Where the record after the one ending at `shown` ends in `rbuf`, once its header is there;
+/// `None` while rustls was shown an incomplete record or the next header is not complete.
+fn record_end(rbuf: &[u8], shown: usize) -> Option<usize> {
+    let [_, _, _, hi, lo, ..] = *rbuf.get(shown..)? else { return None };
+    Some(shown + records::HEADER + u16::from_be_bytes([hi, lo]) as usize)
 }
 
 /// Lets rustls' `encode` write its handshake records at the end of `wbuf` (a pooled buffer
