@@ -13,6 +13,7 @@
 //! - [`audit`]: typed audit events and the [`Audit`] handle that writes them after the response.
 //! - [`http`]: the sans-IO HTTP/1.1 codec: heads with limits, body framing, hop-by-hop fields.
 //! - [`error`]: the request-path error type (kind, side, context).
+//! - [`json`]: JSON request bodies: an object with exactly the documented fields.
 //! - [`pooled`]: per-thread pooled boxes for handler contexts and phase futures.
 
 pub mod app;
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod error;
 pub mod handler;
 pub mod http;
+pub mod json;
 pub mod pooled;
 
 pub use app::{

@@ -463,7 +463,7 @@ impl Reserve {
                     None,
                 ));
             }
-            match serde_json::from_slice::<JsonBody>(&body) {
+            match outpost_api::json::object::<JsonBody>(&body) {
                 Ok(j) => (j.name, j.email),
                 Err(e) => {
                     let a = Answer::error(
