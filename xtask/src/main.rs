@@ -139,7 +139,7 @@ const PY_PACKAGES: &[&str] = &["tlslite-ng==0.8.2", "websockets==15.0.1", "h2==4
 const PY_VENV: &str = "target/py";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
-const FUZZ_TARGETS: &[&str] = &["classify", "http_request", "access_token"];
+const FUZZ_TARGETS: &[&str] = &["classify", "http_request", "http_authority", "access_token"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// inferno (`inferno-collapse-perf`, `inferno-flamegraph`) folds the proxy bench's perf samples
 /// into the edge's flame graph; Debian packages no flame graph tool.
