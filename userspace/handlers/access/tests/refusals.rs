@@ -191,7 +191,17 @@ fn refusal_table() {
     let stolen = thief.nav(cb.as_str());
     assert_eq!(stolen.status, 400, "state from another browser: {}", stolen.body);
     assert!(stolen.body.contains("another browser"), "{}", stolen.body);
-    // Bob's own browser cannot finish it either now: the state is spent.
+    assert!(thief.cookie(&s.url(AUTH, "/"), "__Host-outpost-session").is_none());
+    // The refusal spent nothing: Bob's own browser completes the login afterwards.
+    let hops = bob.follow(bob.nav(cb.as_str()));
+    let end = hops.last().unwrap();
+    assert_eq!(end.status, 200, "the rightful browser after the thief: {}", end.body);
+    assert_eq!(
+        end.echoed("Outpost-Access-Authenticated-User-Email").as_deref(),
+        Some("bob@example.test")
+    );
+    // Now it is spent, for both.
+    assert_eq!(thief.nav(cb.as_str()).status, 400);
     assert_eq!(bob.nav(cb.as_str()).status, 400);
 
     let carol = s.browser();
