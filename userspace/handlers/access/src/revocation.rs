@@ -140,6 +140,8 @@ pub struct Revocations {
     changed: watch::Sender<u64>,
     /// Whether the last read of the store failed (or none succeeded yet).
     stale: AtomicBool,
+    /// Whether [`sync`](Self::sync) runs here (an edge with `[access]`).
+    reading: AtomicBool,
     last_ok: Mutex<Option<Instant>>,
     failures: AtomicU64,
     /// Tokens refused as revoked.
@@ -155,6 +157,7 @@ impl Revocations {
             grace_secs: AtomicU64::new(15 * 60 + LEEWAY_SECS),
             changed: watch::channel(0).0,
             stale: AtomicBool::new(true),
+            reading: AtomicBool::new(false),
             last_ok: Mutex::new(None),
             failures: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -241,6 +244,7 @@ impl Revocations {
 
     /// Reads what changed in the store since the last read. Call every [`POLL_EVERY`].
     pub async fn sync(&self) -> Result<(), StoreError> {
+        self.reading.store(true, Relaxed);
         let r = self.read().await;
         match &r {
             Ok(applied) => {
@@ -274,12 +278,10 @@ impl Revocations {
         // Behind what was read before: the store was replaced; read it all again.
         let mut after = (gen > known && known > 0).then(|| key(known));
         let mut records = Vec::new();
-        let mut last = 0;
         loop {
             let page = self.store.scan(NS, after.as_deref(), PAGE).await?;
             let full = page.len() == PAGE;
             for r in page {
-                last = last.max(r.key.parse::<u64>().unwrap_or(0));
                 match serde_json::from_slice::<Revocation>(&r.value) {
                     Ok(rec) => records.push(rec),
                     Err(_) => {
@@ -300,7 +302,9 @@ impl Revocations {
                     applied += 1;
                 }
             }
-            set.gen = gen.max(last);
+            // Records past `gen` (committed since it was read) are read again next time:
+            // applying one twice changes nothing.
+            set.gen = gen;
             set.prune(now);
             self.empty.store(set.len() == 0, Relaxed);
         }
@@ -319,8 +323,11 @@ impl Revocations {
         self.empty.store(set.len() == 0, Relaxed);
     }
 
-    /// Series for `/metrics`.
+    /// Series for `/metrics`; none on a node that does not read revocations.
     pub fn render(&self, out: &mut String) {
+        if !self.reading.load(Relaxed) {
+            return;
+        }
         let active = self.set.read().unwrap_or_else(|e| e.into_inner()).len();
         let age = self
             .last_ok
