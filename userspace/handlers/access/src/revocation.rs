@@ -336,8 +336,8 @@ impl Revocations {
             .map_or(-1.0, |t| t.elapsed().as_secs_f64());
         let _ = write!(
             out,
-            "# HELP outpost_access_revocations_stale 1 while this node cannot read revocations \
-             from the store (tokens are then honoured until their own expiry).\n\
+            "# HELP outpost_access_revocations_stale Whether this node cannot read revocations \
+             from the store now (then tokens are honoured until their own expiry).\n\
              # TYPE outpost_access_revocations_stale gauge\n\
              outpost_access_revocations_stale {}\n\
              # HELP outpost_access_revocations_read_age_seconds Seconds since revocations were \
