@@ -169,7 +169,7 @@ fn refusal_table() {
     let fresh = renewed[0].trim_start_matches("__Host-outpost-token=").split(';').next().unwrap();
     assert!(claims_of(fresh)["exp"].as_u64().unwrap() > now() + 800);
     assert_eq!(nav.echoed("Outpost-Access-Jwt-Assertion").as_deref(), Some(fresh));
-    // Expired, after the session was revoked (logout): refused.
+    // Expired, after the session was revoked (logout): refused as revoked.
     let out = alice.follow(alice.nav(&s.url(WIKI, "/.outpost/logout")));
     assert_eq!(out.last().unwrap().status, 200);
     assert_refused("expired, session revoked", &s, WIKI, &expired);
@@ -273,7 +273,7 @@ fn refusal_table() {
         "token signed with an unknown key",
         "token not yet valid",
         "token from another issuer",
-        "token expired and session ended",
+        "session revoked",
         "no token",
     ] {
         s.expect_event("access.request", "denied", reason);
