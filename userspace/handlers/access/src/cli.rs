@@ -58,23 +58,26 @@ pub enum Command {
 pub struct Tool {
     /// The operator's node, for the audit log and the revocation record.
     pub node: String,
-    /// `app_token_lifetime_secs` of `[access]`: how long a revocation is kept.
-    pub token_lifetime: Duration,
+    /// The lifetimes of `[access]`: how long a revocation is kept.
+    pub lifetimes: revocation::Lifetimes,
 }
 
 impl Tool {
     /// From this node's name and its `[access]` section (lifetimes only; no secret is read).
     pub fn from_config(node: String, access: Option<&toml::Value>) -> Tool {
-        let secs = access
-            .and_then(|a| a.get("app_token_lifetime_secs"))
-            .and_then(toml::Value::as_integer)
-            .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(crate::config::AccessConfig::default().app_token_lifetime_secs);
-        Tool { node, token_lifetime: Duration::from_secs(secs) }
-    }
-
-    fn grace(&self) -> Duration {
-        self.token_lifetime + Duration::from_secs(crate::token::LEEWAY_SECS)
+        let d = revocation::Lifetimes::default();
+        let secs = |key: &str, default: Duration| {
+            access
+                .and_then(|a| a.get(key))
+                .and_then(toml::Value::as_integer)
+                .and_then(|v| u64::try_from(v).ok())
+                .map_or(default, Duration::from_secs)
+        };
+        let lifetimes = revocation::Lifetimes {
+            app_token: secs("app_token_lifetime_secs", d.app_token),
+            session: secs("session_lifetime_secs", d.session),
+        };
+        Tool { node, lifetimes }
     }
 }
 
@@ -124,7 +127,7 @@ pub fn run(cmd: Command, store: &Store, tool: &Tool) -> Result<()> {
             Command::Revoke { user, session } => {
                 let target = Target::of(user, session)?;
                 let (result, who) = target
-                    .apply(store, None, &tool.node, tool.grace())
+                    .apply(store, None, &tool.node, &tool.lifetimes)
                     .await
                     .context("revoking")?;
                 let event = target.event(&tool.node, who, &result);
@@ -211,15 +214,15 @@ impl Target {
         store: &Store,
         local: Option<&revocation::Revocations>,
         node: &str,
-        grace: Duration,
+        lifetimes: &revocation::Lifetimes,
     ) -> Result<(String, Option<String>), outpost_store::StoreError> {
         Ok(match self {
             Target::User(u) => {
-                let n = revocation::revoke_user(store, local, u, node, grace).await?;
+                let n = revocation::revoke_user(store, local, u, node, lifetimes).await?;
                 (format!("revoked {u}: {n} session(s) ended, every token refused"), Some(u.clone()))
             }
             Target::Session(sid) => {
-                let who = revocation::revoke_session(store, local, sid, node, grace).await?;
+                let who = revocation::revoke_session(store, local, sid, node, lifetimes).await?;
                 let short: String = sid.chars().take(8).collect();
                 let whose = who.as_deref().map_or_else(String::new, |w| format!(" of {w}"));
                 (format!("revoked session {short}…{whose}: its tokens refused"), who)
@@ -257,7 +260,7 @@ pub(crate) async fn revoke_endpoint(gen: &Gen, req: &Request<'_>) -> Reply {
         Err(e) => return Reply::json_error(400, &e.to_string()),
     };
     let r = &gen.shared.revocations;
-    match target.apply(&gen.shared.store, Some(r), &gen.node, r.grace()).await {
+    match target.apply(&gen.shared.store, Some(r), &gen.node, &r.lifetimes()).await {
         Ok((result, who)) => {
             tracing::info!(target: "outpost_access::revocation", "{result}");
             let event = target.event(&gen.node, who, &result);
@@ -267,8 +270,13 @@ pub(crate) async fn revoke_endpoint(gen: &Gen, req: &Request<'_>) -> Reply {
         }
         Err(e) => {
             tracing::warn!(target: "outpost_access::revocation", error = %e, "revocation failed");
-            Reply::json_error(503, "the store is unavailable; nothing was revoked")
-                .header("Retry-After", "1")
+            let why = match e {
+                outpost_store::StoreError::Timeout => {
+                    "the store did not answer in time; the revocation may not be written: run it again"
+                }
+                _ => "the store is unavailable; nothing was revoked: run it again",
+            };
+            Reply::json_error(503, why).header("Retry-After", "1")
         }
     }
 }

@@ -226,7 +226,10 @@ impl App for AccessApp {
             fresh
         };
         self.keys.set_token_lifetime(settings.app_token_lifetime);
-        self.revocations.set_token_lifetime(settings.app_token_lifetime);
+        self.revocations.set_lifetimes(revocation::Lifetimes {
+            app_token: settings.app_token_lifetime,
+            session: settings.session_lifetime,
+        });
         let gen = Arc::new(Gen {
             s: settings,
             providers,

@@ -13,7 +13,9 @@
 //! makes a revocation applies it at once, before answering.
 //!
 //! A record expires from the store when every token it covers has expired (`until`: now + the
-//! app-token lifetime + the leeway), and from memory at the same time.
+//! app-token lifetime + the leeway), and from memory at the same time; a user's is kept for
+//! the session lifetime if that is longer, so a session created while the user was being
+//! revoked never comes back.
 //!
 //! While the store cannot be read, a node keeps the revocations it has and honours other
 //! tokens until their own expiry (a store outage must not log everybody out, nor let anyone
@@ -78,6 +80,37 @@ pub enum Outcome {
     Aborted { op: usize, why: Abort },
 }
 
+/// How long tokens and sessions live: how long a revocation must be kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// `app_token_lifetime_secs`.
+    pub app_token: Duration,
+    /// `session_lifetime_secs`.
+    pub session: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Lifetimes {
+        let d = crate::config::AccessConfig::default();
+        Lifetimes {
+            app_token: Duration::from_secs(d.app_token_lifetime_secs),
+            session: Duration::from_secs(d.session_lifetime_secs),
+        }
+    }
+}
+
+impl Lifetimes {
+    /// How long a revocation of sessions (or of a user: `user`) is kept.
+    pub fn keep(&self, user: bool) -> Duration {
+        let tokens = self.app_token + Duration::from_secs(LEEWAY_SECS);
+        if user {
+            tokens.max(self.session)
+        } else {
+            tokens
+        }
+    }
+}
+
 /// A user's cutoff, in memory.
 #[derive(Clone, Copy, Debug)]
 struct Cutoff {
@@ -134,8 +167,8 @@ pub struct Revocations {
     set: RwLock<Set>,
     /// No revocation in memory: the check on every request is one atomic load.
     empty: AtomicBool,
-    /// Seconds a token lives past its minting, at most: app-token lifetime + leeway.
-    grace_secs: AtomicU64,
+    /// The lifetimes configured (updated by every reload).
+    lifetimes: Mutex<Lifetimes>,
     /// Bumped whenever something new is refused; see [`Revocations::subscribe`].
     changed: watch::Sender<u64>,
     /// Whether the last read of the store failed (or none succeeded yet).
@@ -154,7 +187,7 @@ impl Revocations {
             store,
             set: RwLock::new(Set::default()),
             empty: AtomicBool::new(true),
-            grace_secs: AtomicU64::new(15 * 60 + LEEWAY_SECS),
+            lifetimes: Mutex::new(Lifetimes::default()),
             changed: watch::channel(0).0,
             stale: AtomicBool::new(true),
             reading: AtomicBool::new(false),
@@ -164,14 +197,13 @@ impl Revocations {
         }
     }
 
-    /// The app-token lifetime configured: how long a revocation must be kept.
-    pub fn set_token_lifetime(&self, lifetime: Duration) {
-        self.grace_secs.store(lifetime.as_secs() + LEEWAY_SECS, Relaxed);
+    /// The lifetimes configured: how long a revocation must be kept.
+    pub fn set_lifetimes(&self, l: Lifetimes) {
+        *self.lifetimes.lock().unwrap_or_else(|e| e.into_inner()) = l;
     }
 
-    /// How long a revocation made now must be kept: until every token it covers has expired.
-    pub fn grace(&self) -> Duration {
-        Duration::from_secs(self.grace_secs.load(Relaxed))
+    pub fn lifetimes(&self) -> Lifetimes {
+        *self.lifetimes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the token with `claims` is revoked: its session was, or its user was after it
@@ -222,9 +254,9 @@ impl Revocations {
         ops: Vec<Op>,
         node: &str,
     ) -> Result<Outcome, StoreError> {
-        let grace = self.grace();
-        let rec = record(sids, user, node, grace);
-        let outcome = write(&self.store, &rec, ops, grace).await?;
+        let keep = self.lifetimes().keep(user.is_some());
+        let rec = record(sids, user, node, keep);
+        let outcome = write(&self.store, &rec, ops, keep).await?;
         if let Outcome::Done { gen, .. } = &outcome {
             tracing::info!(target: "outpost_access::revocation", gen, sessions = rec.sids.len(), user = rec.user.as_deref().unwrap_or(""), "revoked");
             self.apply_local(&rec);
@@ -443,7 +475,7 @@ pub async fn revoke_user(
     local: Option<&Revocations>,
     user: &str,
     node: &str,
-    grace: Duration,
+    lifetimes: &Lifetimes,
 ) -> Result<usize, StoreError> {
     let sids = sessions_of(store, user).await?;
     let ops: Vec<Op> = sids
@@ -454,8 +486,8 @@ pub async fn revoke_user(
     match local {
         Some(r) => r.revoke(sids, Some(user.to_owned()), ops, node).await?,
         None => {
-            let rec = record(sids, Some(user.to_owned()), node, grace);
-            write(store, &rec, ops, grace).await?
+            let keep = lifetimes.keep(true);
+            write(store, &record(sids, Some(user.to_owned()), node, keep), ops, keep).await?
         }
     };
     Ok(n)
@@ -467,13 +499,14 @@ pub async fn revoke_session(
     local: Option<&Revocations>,
     sid: &str,
     node: &str,
-    grace: Duration,
+    lifetimes: &Lifetimes,
 ) -> Result<Option<String>, StoreError> {
+    let keep = lifetimes.keep(false);
     let ops = vec![Op::Take { ns: crate::state::NS_SESSION.into(), key: sid.to_owned() }];
     let sids = vec![sid.to_owned()];
     let first = match local {
         Some(r) => r.revoke(sids.clone(), None, ops, node).await?,
-        None => write(store, &record(sids.clone(), None, node, grace), ops, grace).await?,
+        None => write(store, &record(sids.clone(), None, node, keep), ops, keep).await?,
     };
     match first {
         Outcome::Done { results, .. } => Ok(results
@@ -486,16 +519,16 @@ pub async fn revoke_session(
         Outcome::Aborted { .. } => {
             match local {
                 Some(r) => r.revoke(sids, None, Vec::new(), node).await?,
-                None => write(store, &record(sids, None, node, grace), Vec::new(), grace).await?,
+                None => write(store, &record(sids, None, node, keep), Vec::new(), keep).await?,
             };
             Ok(None)
         }
     }
 }
 
-fn record(sids: Vec<String>, user: Option<String>, node: &str, grace: Duration) -> Revocation {
+fn record(sids: Vec<String>, user: Option<String>, node: &str, keep: Duration) -> Revocation {
     let at_ms = now_ms();
-    Revocation { sids, user, at_ms, until: at_ms / 1000 + grace.as_secs(), node: node.to_owned() }
+    Revocation { sids, user, at_ms, until: at_ms / 1000 + keep.as_secs(), node: node.to_owned() }
 }
 
 /// The store key of generation `gen`: fixed width, so keys sort as numbers.

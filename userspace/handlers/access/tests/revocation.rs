@@ -206,7 +206,7 @@ fn a_node_cut_off_from_the_store_catches_up() {
         None,
         "alice@example.test",
         "elsewhere",
-        Duration::from_secs(960),
+        &outpost_access::revocation::Lifetimes::default(),
     ))
     .expect("revoking on the database");
     assert_eq!(n, 1, "alice's one session");
