@@ -83,8 +83,8 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
-    /// Access: the edge's signing keys. Goes through the running edge at --admin when one
-    /// answers; otherwise straight to the store of --config.
+    /// Access: the edge's signing keys, revocation of users and sessions. Goes through the
+    /// running edge at --admin when one answers; otherwise straight to the store of --config.
     Access {
         #[command(subcommand)]
         cmd: outpost_access::cli::Command,
@@ -276,7 +276,9 @@ fn run(cli: Cli) -> Result<()> {
             if !outpost_access::cli::try_admin(&cmd, admin)? {
                 let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
                 let store = edge::open_tool_store(&cfg)?;
-                let result = outpost_access::cli::run(cmd, &store);
+                let tool =
+                    outpost_access::cli::Tool::from_config(cfg.node_name(), cfg.section("access"));
+                let result = outpost_access::cli::run(cmd, &store, &tool);
                 store.shutdown();
                 result?;
             }

@@ -6,6 +6,9 @@
 //! - a valid app token (checked in-process: signature, known `kid`, `aud` = this host,
 //!   `exp`/`nbf` with 60 s of skew, then the app's policy) lets the request through with the
 //!   two identity headers added;
+//! - a token whose session or user was revoked (logout, `outpost access revoke`) is refused
+//!   like a missing one, on every node within 2 s (checked in memory, see
+//!   [`crate::revocation`]);
 //! - an expired but genuine token is renewed from its live auth-host session (one store read
 //!   per token lifetime, no trip to the provider); the new token is set as a cookie on the
 //!   response;
@@ -133,6 +136,10 @@ impl AccessCheck {
             return self.refuse(s, app, host, "no token", false);
         };
         let claims = match g.shared.keys.check(&token, &g.s.auth_host, host).await {
+            Checked::Valid(c) | Checked::Expired(c) if g.shared.revocations.is_revoked(&c) => {
+                g.shared.revocations.count_refused();
+                return self.refuse(s, app, host, "session revoked", true);
+            }
             Checked::Valid(c) => c,
             Checked::Expired(c) => match self.renew(&c, host).await {
                 Ok(Some((token, c))) => {
@@ -216,7 +223,9 @@ impl AccessCheck {
             return Ok(None);
         };
         let Some(session) = state::decode::<SessionRecord>(&raw) else { return Ok(None) };
-        if session.sub != expired.sub {
+        if session.sub != expired.sub
+            || g.shared.revocations.session_revoked(&expired.sid, &session)
+        {
             return Ok(None);
         }
         let token = g.sign(&expired.sid, &session, host).await?;

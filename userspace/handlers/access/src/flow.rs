@@ -14,6 +14,7 @@ use crate::{
     metrics::{Endpoint, Metrics, Outcome},
     pages::{self, link},
     policy::{self, AppPolicy},
+    revocation::Revocations,
     state::{self, CodeRecord, SessionRecord, NS_CODE, NS_INTENT, NS_SESSION},
     token::Claims,
 };
@@ -22,6 +23,7 @@ use crate::{
 pub struct Shared {
     pub store: Store,
     pub keys: Arc<KeyRing>,
+    pub revocations: Arc<Revocations>,
     pub rt: IdpRuntime,
     pub metrics: Arc<Metrics>,
 }
@@ -32,6 +34,8 @@ pub struct Gen {
     pub providers: Vec<Arc<Provider>>,
     pub shared: Arc<Shared>,
     pub audit: Audit,
+    /// This node's name, for what it writes to the store.
+    pub node: String,
 }
 
 impl Gen {
@@ -160,7 +164,11 @@ impl Gen {
         };
         let sid = state::digest(cookie);
         let rec = self.shared.store.get(NS_SESSION, &sid).await?;
-        Ok(rec.and_then(|b| state::decode::<SessionRecord>(&b)).map(|r| (sid, r)))
+        Ok(rec
+            .and_then(|b| state::decode::<SessionRecord>(&b))
+            // A session created while its user was being revoked is not deleted yet.
+            .filter(|r| !self.shared.revocations.session_revoked(&sid, r))
+            .map(|r| (sid, r)))
     }
 
     /// A new session: (cookie value, store key, the op that stores it). The cookie is 32

@@ -40,8 +40,9 @@
 //!   both are removed from every request, protected or not. The token carries `sid`, the
 //!   session's store key (not its cookie): enough to renew it while the session lives, nothing
 //!   an origin could log in with.
-//! - **Per node, in memory**: the keys that verify, and tokens already verified (until they
-//!   expire), so the check on every request costs no store read and, after a token's first
+//! - **Per node, in memory**: the keys that verify, tokens already verified (until they
+//!   expire), and the revoked sessions and users ([`revocation`], read from the store every
+//!   500 ms), so the check on every request costs no store read and, after a token's first
 //!   request, no signature check.
 //!
 //! # Layout
@@ -56,11 +57,13 @@
 //! - [`idp`]: the providers (discovery, code exchange, ID token checks) on a runtime of this
 //!   crate's own.
 //! - [`keys`]: the edge's ES256 signing keys in the store, their rotation and the JWKS.
+//! - [`revocation`]: revoked sessions and users, written in one transaction with the sessions
+//!   they end and read by every node within 2 s; the in-memory check and its notification.
 //! - [`token`]: app token claims and verification.
 //! - [`cookies`]: the cookies of the flow, read and written one way.
 //! - [`pages`]: the HTML pages (askama templates, escaped, no JavaScript).
 //! - [`metrics`]: counters and times per endpoint.
-//! - [`cli`]: `outpost access keys rotate|list`.
+//! - [`cli`]: `outpost access keys rotate|list`, `outpost access revoke`.
 //!
 //! # Crates, and why
 //! - **openidconnect** (with oauth2): the OpenID Connect relying party of the Rust ecosystem,
@@ -94,6 +97,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pages;
 pub mod policy;
+pub mod revocation;
 pub mod state;
 pub mod token;
 
@@ -121,6 +125,7 @@ use crate::{
     idp::{IdpRuntime, Provider},
     keys::KeyRing,
     metrics::Metrics,
+    revocation::Revocations,
 };
 
 /// The Access application: owns `[access]`. Long-lived parts (the provider runtime and
@@ -129,6 +134,7 @@ use crate::{
 pub struct AccessApp {
     store: Store,
     keys: Arc<KeyRing>,
+    revocations: Arc<Revocations>,
     metrics: Arc<Metrics>,
     shared: OnceLock<Arc<Shared>>,
     providers: Mutex<Vec<Arc<Provider>>>,
@@ -138,6 +144,7 @@ impl AccessApp {
     pub fn new(store: Store) -> AccessApp {
         AccessApp {
             keys: Arc::new(KeyRing::new(store.clone())),
+            revocations: Arc::new(Revocations::new(store.clone())),
             store,
             metrics: Arc::new(Metrics::default()),
             shared: OnceLock::new(),
@@ -145,10 +152,19 @@ impl AccessApp {
         }
     }
 
+    /// This node's revocations: [`Revocations::is_revoked`] and [`Revocations::subscribe`]
+    /// for whatever holds a token longer than a request.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
+    }
+
     /// This application's series for `/metrics`.
     pub fn metrics_source(&self) -> Arc<dyn Fn(&mut String) + Send + Sync> {
-        let m = self.metrics.clone();
-        Arc::new(move |out: &mut String| m.render(out))
+        let (m, r) = (self.metrics.clone(), self.revocations.clone());
+        Arc::new(move |out: &mut String| {
+            m.render(out);
+            r.render(out);
+        })
     }
 
     /// The parts that outlive reloads, started on first use (the provider runtime is a
@@ -170,9 +186,21 @@ impl AccessApp {
                 }
             }
         });
+        // Every node reads the revocations made anywhere every POLL_EVERY (the first read at
+        // once: until it succeeds the node says it is stale).
+        let weak: Weak<Revocations> = Arc::downgrade(&self.revocations);
+        rt.spawn(async move {
+            loop {
+                let Some(r) = weak.upgrade() else { return };
+                let _ = r.sync().await;
+                drop(r);
+                tokio::time::sleep(revocation::POLL_EVERY).await;
+            }
+        });
         let shared = Arc::new(Shared {
             store: self.store.clone(),
             keys: self.keys.clone(),
+            revocations: self.revocations.clone(),
             rt,
             metrics: self.metrics.clone(),
         });
@@ -198,11 +226,16 @@ impl App for AccessApp {
             fresh
         };
         self.keys.set_token_lifetime(settings.app_token_lifetime);
+        self.revocations.set_lifetimes(revocation::Lifetimes {
+            app_token: settings.app_token_lifetime,
+            session: settings.session_lifetime,
+        });
         let gen = Arc::new(Gen {
             s: settings,
             providers,
             shared: shared.clone(),
             audit: env.audit.clone(),
+            node: env.node.clone(),
         });
         // Warm the caches: discovery and the first signing key, off the request path.
         for p in &gen.providers {
@@ -286,18 +319,20 @@ impl App for AccessApp {
         Ok(AppParts {
             routes,
             filters: vec![filter],
-            admin: admin(&self.store, &self.keys, &self.metrics),
+            admin: admin(&self.store, &self.keys, &self.metrics, &gen),
             background: Vec::new(),
             asserted_headers,
         })
     }
 }
 
-/// Admin endpoints: `GET /access/keys`, `POST /access/keys/rotate`, `GET /access/metrics`.
+/// Admin endpoints: `GET /access/keys`, `POST /access/keys/rotate`, `GET /access/metrics`,
+/// `POST /access/revoke?user=EMAIL` or `?session=SID`.
 fn admin(
     store: &Store,
     ring: &Arc<KeyRing>,
     metrics: &Arc<Metrics>,
+    gen: &Arc<Gen>,
 ) -> Vec<(String, AdminEndpoint)> {
     let list: AdminEndpoint = {
         let store = store.clone();
@@ -351,6 +386,13 @@ fn admin(
             })
         })
     };
+    let revoke: AdminEndpoint = {
+        let gen = gen.clone();
+        Arc::new(move |req| {
+            let gen = gen.clone();
+            Box::pin(async move { cli::revoke_endpoint(&gen, &req).await })
+        })
+    };
     let m: AdminEndpoint = {
         let metrics = metrics.clone();
         Arc::new(move |_req| {
@@ -363,6 +405,7 @@ fn admin(
         ("/access/keys".into(), list),
         ("/access/keys/rotate".into(), rotate),
         ("/access/metrics".into(), m),
+        ("/access/revoke".into(), revoke),
     ]
 }
 

@@ -49,7 +49,8 @@ fn edge_key_rotation_while_users_are_logged_in() {
     assert_eq!(published(&s), vec![old.clone()]);
 
     // `outpost access keys rotate`, from another machine sharing the store.
-    outpost_access::cli::run(Command::Keys { action: KeysAction::Rotate }, &store).unwrap();
+    let tool = outpost_access::cli::Tool::from_config("keys-test".into(), None);
+    outpost_access::cli::run(Command::Keys { action: KeysAction::Rotate }, &store, &tool).unwrap();
     let keys = block_on(KeyRing::list(&store)).unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
     let new = keys.iter().find(|k| k.retired_ms.is_none()).unwrap().kid.clone();

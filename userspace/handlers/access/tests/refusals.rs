@@ -169,7 +169,7 @@ fn refusal_table() {
     let fresh = renewed[0].trim_start_matches("__Host-outpost-token=").split(';').next().unwrap();
     assert!(claims_of(fresh)["exp"].as_u64().unwrap() > now() + 800);
     assert_eq!(nav.echoed("Outpost-Access-Jwt-Assertion").as_deref(), Some(fresh));
-    // Expired, after the session was revoked (logout): refused.
+    // Expired, after the session was revoked (logout): refused as revoked.
     let out = alice.follow(alice.nav(&s.url(WIKI, "/.outpost/logout")));
     assert_eq!(out.last().unwrap().status, 200);
     assert_refused("expired, session revoked", &s, WIKI, &expired);
@@ -191,7 +191,17 @@ fn refusal_table() {
     let stolen = thief.nav(cb.as_str());
     assert_eq!(stolen.status, 400, "state from another browser: {}", stolen.body);
     assert!(stolen.body.contains("another browser"), "{}", stolen.body);
-    // Bob's own browser cannot finish it either now: the state is spent.
+    assert!(thief.cookie(&s.url(AUTH, "/"), "__Host-outpost-session").is_none());
+    // The refusal spent nothing: Bob's own browser completes the login afterwards.
+    let hops = bob.follow(bob.nav(cb.as_str()));
+    let end = hops.last().unwrap();
+    assert_eq!(end.status, 200, "the rightful browser after the thief: {}", end.body);
+    assert_eq!(
+        end.echoed("Outpost-Access-Authenticated-User-Email").as_deref(),
+        Some("bob@example.test")
+    );
+    // Now it is spent, for both.
+    assert_eq!(thief.nav(cb.as_str()).status, 400);
     assert_eq!(bob.nav(cb.as_str()).status, 400);
 
     let carol = s.browser();
@@ -270,7 +280,7 @@ fn refusal_table() {
         "token signed with an unknown key",
         "token not yet valid",
         "token from another issuer",
-        "token expired and session ended",
+        "session revoked",
         "no token",
     ] {
         s.expect_event("access.request", "denied", reason);

@@ -79,7 +79,13 @@ fn a_tab_whose_state_expired_passes_on_the_live_session() {
     // Tab 2's state expires; then it goes on (its provider form is submitted and the provider
     // sends it back): the edge passes it on the session tab 1 opened.
     thread::sleep(Duration::from_millis(5500));
-    let end2 = b.follow(b.sign_in_at_idp(tab2, "alice@example.test")).pop().unwrap();
+    let back2 = b.sign_in_at_idp(tab2, "alice@example.test");
+    // Its callback URL opened in another browser first: refused, and tab 2's intent is left.
+    let cb2 = reqwest::Url::parse(&back2.url).unwrap().join(&back2.location().unwrap()).unwrap();
+    let thief = s.browser().nav(cb2.as_str());
+    assert_eq!(thief.status, 400, "{}", thief.body);
+    assert!(!thief.body.contains("Sign in again"), "no way into the login: {}", thief.body);
+    let end2 = b.follow(back2).pop().unwrap();
     assert_eq!(end2.status, 200, "tab 2 after its state expired: {} {}", end2.url, end2.body);
     assert!(end2.body.contains("target /two\n"), "{}", end2.body);
     s.expect_event("access.login", "success", "login state expired; existing session");

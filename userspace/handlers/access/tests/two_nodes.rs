@@ -1,7 +1,8 @@
 //! Two edge nodes, each in a network namespace of its own, sharing one PostgreSQL over the
 //! network (root: namespaces): a login started on node 1 finishes on node 2, the one-time code
 //! minted on node 2 is redeemed on node 1, and the app token node 2 signed is accepted by
-//! node 1.
+//! node 1. A logout on node 2, and `outpost access revoke --user` on node 1, refuse the old
+//! app tokens on the other node within 2 s.
 //!
 //! The topology is the fleet's ([`outpost_tests::fleet`]): a hub namespace with the LAN's
 //! bridge, the database, an echo origin and here the OpenID provider; the edges at
@@ -10,7 +11,7 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use outpost_tests::{
     fleet::{Fleet, CLIENT_V4, HUB_V4, ORIGIN_PORT},
@@ -50,6 +51,13 @@ fn login_on_node_1_callback_on_node_2_token_accepted_on_node_1() {
         netns::on_thread_in(&fleet.client_ns, move || Browser::at(ip.octets(), PORT, jar))
     };
     let (on1, on2) = (browser(0), browser(1));
+    // Browsers with nothing in their jar, presenting a token the test hands them.
+    let bare = |i: usize| {
+        let ip: std::net::Ipv4Addr = fleet.nodes[i].addr.parse().unwrap();
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        netns::on_thread_in(&fleet.client_ns, move || Browser::at(ip.octets(), PORT, jar))
+    };
+    let (bare1, bare2) = (bare(0), bare(1));
     let app = format!("https://{WIKI}/travel");
 
     // /login on node 1, off to the provider (in the hub, across the LAN).
@@ -93,9 +101,16 @@ fn login_on_node_1_callback_on_node_2_token_accepted_on_node_1() {
     assert!(dash.iter().all(|h| h.url.contains(".example.test")), "{dash:#?}");
     assert_eq!(dash.last().unwrap().status, 200);
 
-    // Logout on node 2 revokes the session for node 1 as well.
+    // Logout on node 2 revokes the session for node 1 as well, and the token minted from it:
+    // node 1 has it among its verified tokens, yet refuses it within 2 s.
+    let (nav, api) = present_token(&bare1, &app, &token);
+    assert_eq!((nav.status, api.status), (200, 200), "{}", nav.body);
     let out = on2.follow(on2.nav(&format!("https://{WIKI}/.outpost/logout")));
     assert_eq!(out.last().unwrap().status, 200);
+    let (nav, api) = present_token(&bare2, &app, &token);
+    assert!(refused(&nav, &api), "node 2, which logged out: {} {}", nav.status, api.status);
+    let took = wait_refused(&bare1, &app, &token, Duration::from_secs(2));
+    eprintln!("logout on node 2: the old token refused on node 1 after {took:?}");
     let again = on1.follow(on1.nav(&app));
     assert!(
         again.last().unwrap().body.contains("Sign in with Test IdP"),
@@ -114,4 +129,33 @@ fn login_on_node_1_callback_on_node_2_token_accepted_on_node_1() {
     assert!(logins.iter().any(|e| e["client"] == CLIENT_V4), "{logins:#?}");
     let replays = wait_event_on(&fleet, 1, "access.login", "denied", "state replayed");
     assert!(replays.iter().any(|e| e["node"] == "edge-1"), "{replays:#?}");
+
+    // The kill switch: alice signs in again (node 1), her token works on both nodes; the
+    // operator runs `outpost access revoke --user` on node 1; node 2 refuses it within 2 s.
+    let hops = on1.login(&app, "alice@example.test");
+    assert_eq!(hops.last().unwrap().status, 200, "{}", hops.last().unwrap().body);
+    let token = on1.cookie(&app, "__Host-outpost-token").unwrap();
+    for b in [&bare1, &bare2] {
+        let (nav, api) = present_token(b, &app, &token);
+        assert_eq!((nav.status, api.status), (200, 200), "{}", nav.body);
+    }
+    let out = fleet.outpost_cli(0, &["access", "revoke", "--user", "alice@example.test"]).ok();
+    assert!(out.stdout.contains("revoked alice@example.test"), "{out}");
+    let (nav, api) = present_token(&bare1, &app, &token);
+    assert!(refused(&nav, &api), "node 1, which revoked: {} {}", nav.status, api.status);
+    let took = wait_refused(&bare2, &app, &token, Duration::from_secs(2));
+    eprintln!("revoke --user on node 1: the token refused on node 2 after {took:?}");
+    // Her session ended too: the auth host sends her to the provider again.
+    let again = on2.follow(on2.nav(&app));
+    assert!(
+        again.last().unwrap().body.contains("Sign in with Test IdP"),
+        "{}",
+        again.last().unwrap().body
+    );
+    let revokes =
+        wait_event_on(&fleet, 1, "access.revoke", "success", "revoked alice@example.test");
+    assert!(
+        revokes.iter().any(|e| e["node"] == "edge-1" && e["user"] == "alice@example.test"),
+        "{revokes:#?}"
+    );
 }

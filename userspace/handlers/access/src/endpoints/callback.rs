@@ -4,7 +4,8 @@
 //!    a tab whose state expired while the browser has since logged in (then it passes on that
 //!    live session).
 //! 2. The binding cookie set at `/login` must match: nobody completes a login in someone
-//!    else's browser.
+//!    else's browser. This is checked before anything is taken or spent: a callback URL opened
+//!    in another browser is refused and leaves the login to the browser that started it.
 //! 3. The code is exchanged and the ID token checked, on the provider runtime, within
 //!    `idp_timeout_ms` (else a 502 page).
 //! 4. The app's policy; a denied user gets a 403 page naming the account.
@@ -14,8 +15,8 @@
 //! The state is single-use through that take: of any number of requests carrying it, on any
 //! node, exactly one commits a session; one that loses the race is answered as a replay. (Two
 //! racing requests may both present the provider's code; the provider redeems a code once.)
-//! A login that ends early (another browser, a provider error, a denied user) spends the state
-//! in one write too. Taking the state at the end rather than first makes a login one durable
+//! A login that ends early (a provider error, a denied user) spends the state in one write too;
+//! one refused for lacking the binding cookie does not. Taking the state at the end rather than first makes a login one durable
 //! write, not two.
 
 use std::{
@@ -90,15 +91,14 @@ impl Callback {
         };
         let Some(login) = login else { return self.stale(s, &state_value).await };
 
-        // The browser that started this login, and no other.
+        // The browser that started this login, and no other. Nothing is spent: the rightful
+        // browser, which has the cookie, can still complete it.
         let binding =
             cookies::find(s.req.header_values("cookie"), &cookies::login_cookie(&state_value));
         if binding.as_deref().map(state::digest).as_deref() != Some(login.binding.as_str()) {
             g.count(Endpoint::Callback, Outcome::Replay);
             let e = g.event(s, "access.login", "denied").reason("state from another browser");
             g.record(s, e);
-            // The intent is useless now too.
-            spend(g, &state_value, true).await;
             return g.start_again(
                 "This sign-in was started in another browser",
                 "For your safety a sign-in can only be completed in the browser that started it.",
@@ -285,18 +285,36 @@ impl Callback {
     /// state expired while this browser logged in elsewhere passes on the live session.
     async fn stale(&self, s: &mut Session<'_>, state_value: &str) -> Reply {
         let g = &self.gen;
-        let intent = match g.shared.store.take(NS_INTENT, state_value).await {
-            Err(e) => {
-                g.count(Endpoint::Callback, Outcome::Unavailable);
-                return g.unavailable(&e);
-            }
-            Ok(v) => v.and_then(|b| state::decode::<Intent>(&b)),
-        };
         let binding =
             cookies::find(s.req.header_values("cookie"), &cookies::login_cookie(state_value));
+        // The intent is taken only by the browser it is bound to; another browser leaves it.
+        let intent = if binding.is_none() {
+            None
+        } else {
+            match g.shared.store.get(NS_INTENT, state_value).await {
+                Err(e) => {
+                    g.count(Endpoint::Callback, Outcome::Unavailable);
+                    return g.unavailable(&e);
+                }
+                Ok(v) => v.and_then(|b| state::decode::<Intent>(&b)),
+            }
+        };
         let bound = intent.as_ref().is_some_and(|i| {
             binding.as_deref().map(state::digest).as_deref() == Some(i.binding.as_str())
         });
+        let intent = if !bound {
+            intent
+        } else {
+            // Once: of two tabs racing on it, one resumes.
+            match g.shared.store.take(NS_INTENT, state_value).await {
+                Err(e) => {
+                    g.count(Endpoint::Callback, Outcome::Unavailable);
+                    return g.unavailable(&e);
+                }
+                Ok(v) => v.and_then(|b| state::decode::<Intent>(&b)),
+            }
+        };
+        let bound = bound && intent.is_some();
         if let (Some(intent), true) = (&intent, bound) {
             let cookie = cookies::find(s.req.header_values("cookie"), cookies::SESSION);
             match g.live_session(cookie.as_deref()).await {

@@ -1,7 +1,9 @@
 //! `/logout`, on the auth host and as `<reserved prefix>/logout` on every app host.
 //!
-//! Both clear their cookie and revoke the auth-host session in the store, so an app token
-//! can no longer be renewed from it and the next visit goes to the identity provider again.
+//! Both clear their cookie and revoke the auth-host session: one transaction ends it in the
+//! store and records the revocation, so every app token minted from it is refused on every
+//! node within 2 s (on this one at once), it can no longer be renewed, and the next visit goes
+//! to the identity provider again (see [`crate::revocation`]).
 //! The app host's logout then sends the browser on to the auth host's, which clears the
 //! session cookie there and shows a signed-out page.
 
@@ -14,9 +16,11 @@ use crate::{
     flow::Gen,
     metrics::{Endpoint, Outcome},
     pages,
+    revocation::Outcome as Revoked,
     state::{self, SessionRecord, NS_SESSION},
     token::Checked,
 };
+use outpost_store::Op;
 
 pub struct Logout {
     pub gen: Arc<Gen>,
@@ -41,12 +45,19 @@ impl Logout {
         let cookie = cookies::find(s.req.header_values("cookie"), cookies::SESSION);
         let mut user = None;
         if let Some(c) = cookie.filter(|c| !c.is_empty() && c.len() <= 128) {
-            match g.shared.store.take(NS_SESSION, &state::digest(&c)).await {
-                Ok(v) => {
-                    user = v
+            let sid = state::digest(&c);
+            let take = vec![Op::Take { ns: NS_SESSION.into(), key: sid.clone() }];
+            // Only a session that exists is revoked: a made-up cookie writes nothing.
+            match g.shared.revocations.revoke(vec![sid], None, take, &g.node).await {
+                Ok(Revoked::Done { results, .. }) => {
+                    user = results
+                        .into_iter()
+                        .next()
+                        .flatten()
                         .and_then(|b| state::decode::<SessionRecord>(&b))
                         .map(|r| r.who().to_owned())
                 }
+                Ok(Revoked::Aborted { .. }) => {}
                 Err(e) => {
                     g.count(Endpoint::Logout, Outcome::Unavailable);
                     return g.unavailable(&e);
@@ -80,9 +91,14 @@ impl Logout {
                 Checked::Refused(_) => None,
             };
             if let Some(c) = claims {
-                if let Err(e) = g.shared.store.delete(NS_SESSION, &c.sid).await {
-                    g.count(Endpoint::Logout, Outcome::Unavailable);
-                    return g.unavailable(&e);
+                // Revoked already (a second logout with the same token): nothing to write.
+                if !c.sid.is_empty() && !g.shared.revocations.is_revoked(&c) {
+                    let delete = vec![Op::Delete { ns: NS_SESSION.into(), key: c.sid.clone() }];
+                    let r = g.shared.revocations.revoke(vec![c.sid.clone()], None, delete, &g.node);
+                    if let Err(e) = r.await {
+                        g.count(Endpoint::Logout, Outcome::Unavailable);
+                        return g.unavailable(&e);
+                    }
                 }
                 user = Some(c.who().to_owned());
             }

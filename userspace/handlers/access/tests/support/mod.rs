@@ -450,7 +450,7 @@ impl Browser {
         Browser { client: b.build().unwrap(), jar, seen: Mutex::new(Vec::new()) }
     }
 
-    fn read(&self, r: reqwest::blocking::Response) -> Resp {
+    pub fn read(&self, r: reqwest::blocking::Response) -> Resp {
         let resp = Resp {
             url: r.url().to_string(),
             status: r.status().as_u16(),
@@ -699,4 +699,66 @@ pub fn claims_of(token: &str) -> serde_json::Value {
         &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
     )
     .unwrap()
+}
+
+/// `token` as the app token of browser `b` (whose jar holds nothing for `url`): a navigation
+/// and an API call to `url`.
+pub fn present_token(b: &Browser, url: &str, token: &str) -> (Resp, Resp) {
+    let cookie = format!("__Host-outpost-token={token}");
+    let nav = b.get_with(url, &[("Cookie", &cookie)]);
+    let api = b
+        .client
+        .get(url)
+        .header("Cookie", &cookie)
+        .header("Accept", "application/json")
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (nav, b.read(api))
+}
+
+/// Whether `(nav, api)` is the refusal of a request without a valid token: a 302 to the
+/// login page for the navigation, a 401 for the API call.
+pub fn refused(nav: &Resp, api: &Resp) -> bool {
+    nav.status == 302
+        && nav.location().is_some_and(|l| l.contains("/login?app="))
+        && api.status == 401
+}
+
+/// Presents `token` at `url` through `b` until it is refused; panics if that takes longer
+/// than `limit`. How long it took.
+pub fn wait_refused(b: &Browser, url: &str, token: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (nav, api) = present_token(b, url, token);
+        if refused(&nav, &api) {
+            return started.elapsed();
+        }
+        // Let through, or (between the two requests) just revoked.
+        assert!(
+            [200, 302].contains(&nav.status) && [200, 401].contains(&api.status),
+            "neither let through nor refused: {} {}\n{}",
+            nav.status,
+            api.status,
+            nav.body
+        );
+        assert!(
+            started.elapsed() < limit,
+            "{url}: the revoked token still reaches the origin after {limit:?}:\n{}",
+            nav.body
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `outpost ARGS` (the CLI binary); panics with its output unless it succeeds. Its stdout.
+pub fn outpost_cli(args: &[&str]) -> String {
+    let out = Command::new(outpost_testkit::outpost_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the outpost binary");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "outpost {args:?}: {}\n{stdout}\n{stderr}", out.status);
+    stdout.into_owned()
 }
