@@ -293,9 +293,6 @@ fn doc_config_keys(text: &str) -> BTreeMap<String, usize> {
             continue;
         }
         if let (Some(sec), Some(key)) = (&section, first_code_cell(line)) {
-            if key == "key" {
-                continue;
-            }
             let path = if sec.is_empty() { key.to_owned() } else { format!("{sec}.{key}") };
             keys.insert(path, n);
         }
