@@ -156,9 +156,12 @@ fn deserialize_structs(file: &str, text: &str) -> Vec<Struct> {
         let derives = attrs.iter().any(|a| a.starts_with("#[derive(") && a.contains("Deserialize"));
         if let (Some(h), true) = (header, derives) {
             if h.ends_with('{') {
-                let name: String = h.bytes().take_while(|b| is_ident_byte(*b)).map(char::from).collect();
+                let name: String =
+                    h.bytes().take_while(|b| is_ident_byte(*b)).map(char::from).collect();
                 if attrs.iter().any(|a| a.contains("rename_all")) {
-                    panic!("{file}: struct {name} uses serde rename_all, which docs.rs does not read");
+                    panic!(
+                        "{file}: struct {name} uses serde rename_all, which docs.rs does not read"
+                    );
                 }
                 let section = docs.first().and_then(|d| {
                     let d = d.strip_prefix('`')?;
@@ -183,11 +186,12 @@ fn deserialize_structs(file: &str, text: &str) -> Vec<Struct> {
                     let decl = ft.strip_prefix("pub ").unwrap_or(ft);
                     let decl = decl.strip_prefix("pub(crate) ").unwrap_or(decl);
                     if let Some((n, ty)) = decl.split_once(": ") {
-                        let skip = field_attrs
-                            .iter()
-                            .any(|a| a.contains("flatten") || a.contains("skip"));
+                        let skip =
+                            field_attrs.iter().any(|a| a.contains("flatten") || a.contains("skip"));
                         if field_attrs.iter().any(|a| a.contains("rename")) {
-                            panic!("{file}: {name}.{n} uses serde rename, which docs.rs does not read");
+                            panic!(
+                                "{file}: {name}.{n} uses serde rename, which docs.rs does not read"
+                            );
                         }
                         if !skip {
                             fields.push(Field {
@@ -244,7 +248,8 @@ fn code_config_keys() -> BTreeMap<String, String> {
             continue;
         }
         for f in &s.fields {
-            let path = if section.is_empty() { f.name.clone() } else { format!("{section}.{}", f.name) };
+            let path =
+                if section.is_empty() { f.name.clone() } else { format!("{section}.{}", f.name) };
             match find(inner_type(&f.ty), &s.file) {
                 Some(sub) if !sub.fields.is_empty() => {
                     if let Some(own) = &sub.section {
@@ -257,7 +262,10 @@ fn code_config_keys() -> BTreeMap<String, String> {
                     stack.push((path, sub));
                 }
                 _ => {
-                    keys.insert(path, format!("{} (struct {}, field `{}`)", s.file, s.name, f.name));
+                    keys.insert(
+                        path,
+                        format!("{} (struct {}, field `{}`)", s.file, s.name, f.name),
+                    );
                 }
             }
         }
@@ -451,14 +459,24 @@ fn every_command_and_flag_is_documented() {
     for (cmd, (own, all)) in commands() {
         let shown = if cmd.is_empty() { "outpost".to_owned() } else { format!("outpost {cmd}") };
         let Some((line, mentioned, rows)) = docs.get(&cmd) else {
-            p.add(page, format!("no heading for `{shown}`: add `### `{shown}`` with a row per flag: {own:?}"));
+            p.add(
+                page,
+                format!(
+                    "no heading for `{shown}`: add `### `{shown}`` with a row per flag: {own:?}"
+                ),
+            );
             continue;
         };
         for f in own.difference(mentioned) {
             p.add(page, format!("`{shown}` (line {line}): flag `{f}` is not documented: add `| `{f} …` | meaning |`"));
         }
         for f in rows.difference(&all) {
-            p.add(page, format!("`{shown}` (line {line}): `{f}` is no flag of this command (`{shown} --help`)"));
+            p.add(
+                page,
+                format!(
+                    "`{shown}` (line {line}): `{f}` is no flag of this command (`{shown} --help`)"
+                ),
+            );
         }
     }
     let known: BTreeSet<String> = commands().into_keys().collect();
@@ -493,7 +511,9 @@ fn not_metrics() -> BTreeSet<String> {
         }
     }
     for line in read("ebpf/outpost-common/src/maps.rs").lines() {
-        if let Some((_, v)) = line.trim().strip_prefix("pub const PROG_").and_then(|l| l.split_once("= \"")) {
+        if let Some((_, v)) =
+            line.trim().strip_prefix("pub const PROG_").and_then(|l| l.split_once("= \""))
+        {
             names.insert(v.trim_end_matches("\";").to_owned());
         }
     }
@@ -509,7 +529,9 @@ fn outpost_tokens(text: &str, after_quote_only: bool) -> Vec<(usize, String)> {
         while let Some(j) = line[i..].find("outpost_") {
             let s = i + j;
             let mut e = s + "outpost_".len();
-            while e < b.len() && (b[e].is_ascii_lowercase() || b[e].is_ascii_digit() || b[e] == b'_') {
+            while e < b.len()
+                && (b[e].is_ascii_lowercase() || b[e].is_ascii_digit() || b[e] == b'_')
+            {
                 e += 1;
             }
             i = e;
@@ -517,7 +539,8 @@ fn outpost_tokens(text: &str, after_quote_only: bool) -> Vec<(usize, String)> {
             if is_ident_byte(prev) || line[e..].starts_with("::") || e == s + "outpost_".len() {
                 continue;
             }
-            let quoted = prev == b'"' || line[..s].ends_with("# TYPE ") || line[..s].ends_with("# HELP ");
+            let quoted =
+                prev == b'"' || line[..s].ends_with("# TYPE ") || line[..s].ends_with("# HELP ");
             if after_quote_only && !quoted {
                 continue;
             }
@@ -671,7 +694,9 @@ fn code_audit_kinds() -> BTreeMap<String, String> {
                         let named = args.iter().find_map(|a| consts.get(a).filter(|v| is_kind(v)));
                         match named {
                             Some(k) => {
-                                found.entry(k.to_string()).or_insert(format!("{file}:{}", line_of(i)));
+                                found
+                                    .entry(k.to_string())
+                                    .or_insert(format!("{file}:{}", line_of(i)));
                             }
                             None if args.contains(&"kind") => {}
                             None => problems.push(format!(
