@@ -130,7 +130,7 @@ pub fn run(cmd: Command, store: &Store, tool: &Tool) -> Result<()> {
                     .apply(store, None, &tool.node, &tool.lifetimes)
                     .await
                     .context("revoking")?;
-                let event = target.event(&tool.node, who, &result);
+                let event = target.audit(&tool.node, who, &result);
                 if let Err(e) = store.append_audit(vec![event]).await {
                     eprintln!("warning: audit event not written: {e}");
                 }
@@ -230,7 +230,7 @@ impl Target {
         })
     }
 
-    fn event(&self, node: &str, who: Option<String>, result: &str) -> outpost_store::AuditEvent {
+    fn audit(&self, node: &str, who: Option<String>, result: &str) -> outpost_store::AuditEvent {
         outpost_store::AuditEvent {
             time: SystemTime::now(),
             node: node.to_owned(),
@@ -263,7 +263,7 @@ pub(crate) async fn revoke_endpoint(gen: &Gen, req: &Request<'_>) -> Reply {
     match target.apply(&gen.shared.store, Some(r), &gen.node, &r.lifetimes()).await {
         Ok((result, who)) => {
             tracing::info!(target: "outpost_access::revocation", "{result}");
-            let event = target.event(&gen.node, who, &result);
+            let event = target.audit(&gen.node, who, &result);
             let audit = gen.audit.clone();
             gen.shared.rt.spawn(async move { audit.write(event).await });
             Reply::new(200, "application/json", serde_json::json!({ "result": result }).to_string())
