@@ -274,6 +274,13 @@ pub struct HttpConfig {
     pub max_headers: usize,
     /// Largest request body, after dechunking; more is answered with 413. Default 10 MiB.
     pub max_body_bytes: u64,
+    /// Offer HTTP/2 to clients by ALPN (`h2` before `http/1.1`); each stream is one request
+    /// through the same routes, filters and handlers. Origins stay HTTP/1.1. Default true.
+    pub h2: bool,
+    /// Most HTTP/2 streams a client may have open at once on one connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused with RST_STREAM(REFUSED_STREAM).
+    /// Default 100.
+    pub h2_max_concurrent_streams: u32,
     /// Time for the TLS handshake, including the ClientHello, in milliseconds. Default 10000.
     pub handshake_timeout_ms: u64,
     /// Time for a whole request head once its first byte arrived (and for the first request
@@ -301,6 +308,8 @@ impl Default for HttpConfig {
             max_head_bytes: limits.max_head_bytes,
             max_headers: limits.max_headers,
             max_body_bytes: limits.max_body_bytes,
+            h2: true,
+            h2_max_concurrent_streams: 100,
             handshake_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,

@@ -2,7 +2,7 @@
 //!
 //! Connections that the XDP floor let through are accepted here, their first flight is
 //! classified again (the floor holds without XDP too), rustls terminates TLS 1.2/1.3, and each
-//! HTTP/1.1 request goes to the handler its route names.
+//! HTTP/1.1 request or HTTP/2 stream goes to the handler its route names.
 //!
 //! # Layout
 //! - [`run`](mod@run): `outpost run`: worker and control threads, signals, reload, drain.
@@ -23,6 +23,8 @@
 //! - [`registry`]: the handlers the binary registers (route factories and applications).
 //! - [`router`]: host and path-prefix routing to handlers, built from the registry; the
 //!   applications' filters and admin endpoints.
+//! - `h2`: HTTP/2 to clients: the second connection driver (the h2 crate over the
+//!   connection's own TLS), each stream one request through `proxy::handle`, and its limits.
 //! - [`proxy`]: the core: runs a request through its filters and handler (the phases of
 //!   [`outpost_api::Handler`]), origin pools, body streaming, error responses, and the work
 //!   handlers leave for after the response.
@@ -40,6 +42,7 @@ pub mod builtin;
 pub mod config;
 mod downstream;
 pub mod floor;
+mod h2;
 pub mod io;
 pub mod legacy;
 pub mod listen;

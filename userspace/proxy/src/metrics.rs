@@ -73,6 +73,48 @@ const DROPPED_FIELDS: [&str; 3] = ["underscore", "asserted", "forwarding"];
 /// Negotiated versions, in counter order.
 const NEGOTIATED: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
 
+/// The protocol a request came in on: the `proto` label of `outpost_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http11 = 0,
+    H2 = 1,
+}
+
+const PROTOS: [&str; 2] = ["http/1.1", "h2"];
+/// ALPN outcomes, in the order of [`crate::tls::Alpn`]'s variants.
+const ALPNS: [crate::tls::Alpn; 3] =
+    [crate::tls::Alpn::None, crate::tls::Alpn::Http11, crate::tls::Alpn::H2];
+
+/// Why an HTTP/2 connection or stream was refused (each limit of `crate::h2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum H2Refusal {
+    /// Streams reset by the client faster than its reset budget (CVE-2023-44487), or more
+    /// reset before they were accepted than h2 keeps: GOAWAY.
+    RapidReset = 0,
+    /// A header block in more CONTINUATION frames than its size needs (CVE-2024-27316):
+    /// GOAWAY.
+    ContinuationFlood = 1,
+    /// A decoded header list over four times the advertised limit (an HPACK bomb): GOAWAY.
+    HeaderListTooLarge = 2,
+    /// PING, SETTINGS or PRIORITY frames faster than the control budget: GOAWAY.
+    ControlFlood = 3,
+    /// Other abuse h2 itself answered with GOAWAY ENHANCE_YOUR_CALM (floods of empty DATA
+    /// frames, too many stream errors caused by the client).
+    OtherAbuse = 4,
+    /// A response the client's flow-control window held up for longer than `body_timeout`:
+    /// the stream is reset.
+    SendStalled = 5,
+}
+
+const H2_REFUSALS: [&str; 6] = [
+    "rapid_reset",
+    "continuation_flood",
+    "header_list_too_large",
+    "control_flood",
+    "other_abuse",
+    "send_stalled",
+];
+
 /// Upstream failures.
 #[derive(Clone, Copy, Debug)]
 pub enum UpstreamFailure {
@@ -98,7 +140,10 @@ pub struct Metrics {
     ciphers: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     connections: AtomicU64,
     connections_active: AtomicI64,
-    requests: [AtomicU64; 5],
+    requests: [[AtomicU64; 5]; PROTOS.len()],
+    /// Handshakes by `[negotiated version][ALPN outcome]`.
+    alpn: [[AtomicU64; ALPNS.len()]; 2],
+    h2_refused: [AtomicU64; H2_REFUSALS.len()],
     refused: [AtomicU64; REFUSED.len()],
     malformed: AtomicU64,
     /// Client header fields dropped by normalisation, by [`DROPPED_FIELDS`].
@@ -178,10 +223,22 @@ impl Metrics {
         self.connections_active.fetch_sub(1, Relaxed);
     }
 
-    /// A request answered with `status`; `malformed` when it was refused as broken.
-    pub fn request(&self, status: u16, malformed: bool) {
+    /// What ALPN settled on in a handshake of `version`.
+    pub fn alpn(&self, version: rustls::ProtocolVersion, alpn: crate::tls::Alpn) {
+        let v = usize::from(version == rustls::ProtocolVersion::TLSv1_3);
+        self.alpn[v][alpn as usize].fetch_add(1, Relaxed);
+    }
+
+    /// An HTTP/2 limit refused a connection or stream.
+    pub fn h2_refused(&self, why: H2Refusal) {
+        self.h2_refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A request over `proto` answered with `status`; `malformed` when it was refused as
+    /// broken.
+    pub fn request(&self, proto: Proto, status: u16, malformed: bool) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].fetch_add(1, Relaxed);
+        self.requests[proto as usize][class].fetch_add(1, Relaxed);
         if let Some(i) = REFUSED.iter().position(|&s| s == status) {
             self.refused[i].fetch_add(1, Relaxed);
         }
@@ -320,10 +377,48 @@ impl Metrics {
         let _ = writeln!(o, "outpost_connections_total {}", self.connections.load(Relaxed));
         header(&mut o, "outpost_connections_active", "gauge", "Open client connections.");
         let _ = writeln!(o, "outpost_connections_active {}", self.connections_active.load(Relaxed));
-        header(&mut o, "outpost_requests_total", "counter", "Requests answered, by status class.");
-        for (i, c) in self.requests.iter().enumerate() {
-            let _ =
-                writeln!(o, "outpost_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
+        header(
+            &mut o,
+            "outpost_tls_alpn_total",
+            "counter",
+            "Completed TLS handshakes by negotiated version and the protocol ALPN chose (none: \
+             the client offered no ALPN).",
+        );
+        for (v, version) in NEGOTIATED.iter().enumerate() {
+            for (a, alpn) in ALPNS.iter().enumerate() {
+                let n = self.alpn[v][a].load(Relaxed);
+                let alpn = alpn.name();
+                let _ =
+                    writeln!(o, "outpost_tls_alpn_total{{version=\"{version}\",alpn=\"{alpn}\"}} {n}");
+            }
+        }
+        header(
+            &mut o,
+            "outpost_requests_total",
+            "counter",
+            "Requests answered, by status class and protocol (http/1.1, h2).",
+        );
+        for (p, proto) in PROTOS.iter().enumerate() {
+            for (i, c) in self.requests[p].iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "outpost_requests_total{{class=\"{}xx\",proto=\"{proto}\"}} {}",
+                    i + 1,
+                    c.load(Relaxed)
+                );
+            }
+        }
+        header(
+            &mut o,
+            "outpost_h2_refused_total",
+            "counter",
+            "HTTP/2 connections (GOAWAY) and streams (reset) refused by a limit, by reason: \
+             rapid_reset, continuation_flood, header_list_too_large, control_flood, other_abuse, \
+             send_stalled.",
+        );
+        for (i, why) in H2_REFUSALS.iter().enumerate() {
+            let n = self.h2_refused[i].load(Relaxed);
+            let _ = writeln!(o, "outpost_h2_refused_total{{reason=\"{why}\"}} {n}");
         }
         header(
             &mut o,

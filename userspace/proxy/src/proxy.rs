@@ -16,15 +16,15 @@ use std::{
 };
 
 use outpost_api::{
-    handler::set_header, pooled::Pooled, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer,
-    Reply, Session, Summary,
+    pooled::Pooled, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer, Reply, Session,
+    Summary,
 };
 use smallvec::SmallVec;
 
 use crate::{
     downstream::Downstream,
     error::{Error, ErrorKind, ErrorSource, OrErr as _, Result},
-    http::{self, Body, BodyDecoder, Header, Request},
+    http::{self, Body, BodyDecoder, Header, Request, Response},
     io,
     metrics::UpstreamFailure,
     shared::Live,
@@ -79,34 +79,33 @@ impl Chain {
 }
 
 /// One request's parts that handlers see, lent to a [`Session`] for each phase.
-struct Exchange<'a> {
+struct Exchange<'a, D> {
     req: Request<'a>,
     client: &'a ClientInfo,
-    ds: &'a mut Downstream,
+    ds: &'a mut D,
+    /// How the request body is delimited (the client's framing; it goes upstream so).
+    body: Body,
     after: AfterResponse,
 }
 
-impl Exchange<'_> {
+impl<D: Downstream> Exchange<'_, D> {
     fn session(&mut self) -> Session<'_> {
         Session::new(&self.req, self.client, &mut *self.ds, &mut self.after)
     }
 }
 
-/// Serves one request; returns whether the connection stays open.
+/// Serves one request; returns whether the connection stays open (HTTP/1.1).
 ///
 /// `req` borrows its fields from the head's buffer for as long as `ds` and `client` are lent.
-pub(crate) async fn handle<'a>(
+pub(crate) async fn handle<'a, D: Downstream>(
     worker: &Rc<Worker>,
     live: &Live,
-    ds: &'a mut Downstream,
+    ds: &'a mut D,
     client: &'a ClientInfo,
     req: Request<'a>,
 ) -> bool {
     let started = Instant::now();
-    // Framing was checked by the codec.
-    let body = req.body().unwrap_or(Body::Empty);
-    let expect = req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    ds.start_body(body, live.limits.max_body_bytes, expect);
+    let body = ds.start_body(&req, live.limits.max_body_bytes);
     let mut p = Progress {
         keep_alive: req.keep_alive() && !worker.shared.draining(),
         ..Progress::default()
@@ -116,7 +115,7 @@ pub(crate) async fn handle<'a>(
     // upstream request all read these.
     let route = live.router.route(Some(&req.authority.host), req.path());
     let handler_name = route.map_or("none", |r| r.handler.name());
-    let mut x = Exchange { req, client, ds, after: AfterResponse::default() };
+    let mut x = Exchange { req, client, ds, body, after: AfterResponse::default() };
     let (result, mut chain) = match route {
         Some(route) => {
             let mut chain = Chain::new(&live.router.filters, &route.handler);
@@ -154,7 +153,7 @@ pub(crate) async fn handle<'a>(
             &result,
             Err(e) if e.status() == 400 && matches!(e.kind, ErrorKind::BadRequest(_))
         );
-        worker.shared.metrics.request(p.status, malformed);
+        worker.shared.metrics.request(x.ds.proto(), p.status, malformed);
         worker.latency.record(elapsed);
     }
     if let Some(chain) = chain.as_mut() {
@@ -180,12 +179,37 @@ pub(crate) async fn handle<'a>(
     p.keep_alive && x.ds.body_done()
 }
 
-async fn phases(
+/// The phases of a routed request: the filters and the handler may answer it themselves;
+/// otherwise it goes to an origin and the origin's response comes back.
+async fn phases<D: Downstream>(
     worker: &Rc<Worker>,
     chain: &mut Chain,
-    x: &mut Exchange<'_>,
+    x: &mut Exchange<'_, D>,
     p: &mut Progress,
 ) -> Result<()> {
+    if request_filters(chain, x, p).await? {
+        return Ok(());
+    }
+    if !x.ds.body_untouched() {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            ErrorSource::Internal,
+            "handler read the body and did not respond",
+        ));
+    }
+    let (up_req, head) = upstream_head(chain, x).await?;
+    let (peer, up, reused) = connect(worker, chain, x).await?;
+    p.upstream = Some(peer.addr);
+    forward(worker, chain, x, p, Origin { peer, up, reused, up_req, head }).await
+}
+
+/// Runs every filter's and the handler's `request_filter`; true when one answered (and its
+/// reply went out).
+async fn request_filters<D: Downstream>(
+    chain: &mut Chain,
+    x: &mut Exchange<'_, D>,
+    p: &mut Progress,
+) -> Result<bool> {
     let head_only = x.req.method == "HEAD";
     for (h, ctx) in chain.links.iter_mut() {
         if let Flow::Respond(reply) = h.request_filter(&mut x.session(), &mut **ctx).await? {
@@ -198,16 +222,18 @@ async fn phases(
                 "writing a reply",
             )?;
             p.started = true;
-            return Ok(());
+            return Ok(true);
         }
     }
-    if !x.ds.body_untouched() {
-        return Err(Error::new(
-            ErrorKind::Internal,
-            ErrorSource::Internal,
-            "handler read the body and did not respond",
-        ));
-    }
+    Ok(false)
+}
+
+/// The request for the origin, built from the normalised one and edited by the handlers, and
+/// its head as it goes on the wire (in a pooled buffer).
+async fn upstream_head<'r, D: Downstream>(
+    chain: &mut Chain,
+    x: &mut Exchange<'r, D>,
+) -> Result<(Request<'r>, Vec<u8>)> {
     // Fields still borrowed from the client's head: copying the request copies no bytes. The
     // target is origin-form and `Host` the authority already (`http::normalise`).
     let mut up_req = x.req.clone();
@@ -216,14 +242,22 @@ async fn phases(
     for (h, ctx) in chain.links.iter_mut() {
         h.upstream_request_filter(&mut x.session(), &mut up_req, &mut **ctx).await?;
     }
-    let body = x.req.body().unwrap_or(Body::Empty);
-    frame_request(&mut up_req.headers, body);
+    frame_request(&mut up_req.headers, x.body);
     let mut head = io::buf::take();
     http::write_request_head(&up_req.method, &up_req.target, &up_req.headers, &mut head);
+    Ok((up_req, head))
+}
 
+/// A connection to the origin the handler picked (pooled when one is idle): the peer, the
+/// connection, and whether it was reused.
+async fn connect<D: Downstream>(
+    worker: &Rc<Worker>,
+    chain: &mut Chain,
+    x: &mut Exchange<'_, D>,
+) -> Result<(Peer, io::Stream, bool)> {
     let (h, ctx) = chain.handler();
     let mut attempts = 0;
-    let (peer, mut up, reused) = loop {
+    loop {
         let peer = h.upstream_peer(&mut x.session(), ctx).await.inspect_err(|e| {
             if e.kind == ErrorKind::NoUpstream {
                 worker.shared.metrics.upstream_failure(UpstreamFailure::NoHealthy);
@@ -231,10 +265,10 @@ async fn phases(
         })?;
         let pooled = worker.pool.borrow_mut().take(&peer);
         if let Some(conn) = pooled {
-            break (peer, conn, true);
+            return Ok((peer, conn, true));
         }
         match io::Stream::connect(peer.addr, peer.connect_timeout).await {
-            Ok(conn) => break (peer, conn, false),
+            Ok(conn) => return Ok((peer, conn, false)),
             Err(e) => {
                 worker.shared.metrics.upstream_failure(UpstreamFailure::Connect);
                 let e = Error::because(
@@ -251,13 +285,37 @@ async fn phases(
                 }
             }
         }
-    };
-    p.upstream = Some(peer.addr);
+    }
+}
+
+/// The origin side of one exchange.
+struct Origin<'r> {
+    peer: Peer,
+    up: io::Stream,
+    /// `up` came from the pool (the origin may have closed it meanwhile).
+    reused: bool,
+    up_req: Request<'r>,
+    /// `up_req`'s head on the wire.
+    head: Vec<u8>,
+}
+
+/// Sends the request (its body read from the client as it goes) and reads the response head,
+/// retrying once on a fresh connection where that is safe; then hands the response on to
+/// [`respond`].
+async fn forward<D: Downstream>(
+    worker: &Rc<Worker>,
+    chain: &mut Chain,
+    x: &mut Exchange<'_, D>,
+    p: &mut Progress,
+    o: Origin<'_>,
+) -> Result<()> {
+    let Origin { peer, mut up, reused, up_req, head } = o;
+    let body = x.body;
     let mut rbuf = io::buf::take();
     let mut retried = false;
     // The response head is parsed where it was read, and borrows its fields from `rbuf` until
     // it has been written for the client; the body after it is streamed from there.
-    let (mut resp, head_len) = 'exchange: loop {
+    let (resp, head_len) = 'exchange: loop {
         let failed = match send_request(&mut up, x.ds, &head, body, &peer).await {
             Err(e) => e,
             Ok(()) => {
@@ -323,10 +381,39 @@ async fn phases(
             _ => UpstreamFailure::Io,
         });
         if failed.source == ErrorSource::Upstream {
+            let (h, ctx) = chain.handler();
             h.upstream_failed(&peer, ctx, &failed);
         }
         return Err(failed);
     };
+    let mut wire = head;
+    wire.clear();
+    let (origin_keep_alive, resp_body) = respond(chain, x, p, resp, &mut wire).await?;
+    // The head is written: `resp` let go of `rbuf`, where the body starts after it.
+    rbuf.drain(..head_len);
+    relay_body(x.ds, p, &mut up, &mut rbuf, &mut wire, resp_body).await?;
+    // A connection that became a tunnel (a 2xx to CONNECT) or switched protocols belongs to
+    // one client: never back in the pool. Neither reaches here today (CONNECT is refused,
+    // a 101 fails the exchange); this keeps it so.
+    let tunnel = x.req.method == "CONNECT" || p.status == 101;
+    if origin_keep_alive && rbuf.is_empty() && !tunnel {
+        worker.pool.borrow_mut().put(&peer, up);
+    }
+    io::buf::give(rbuf);
+    io::buf::give(wire);
+    Ok(())
+}
+
+/// The origin's response head through the response filters and out to the client (into
+/// `wire`, sent with the first body bytes). Returns whether the origin connection may be
+/// reused, and how the response body is delimited.
+async fn respond<D: Downstream>(
+    chain: &mut Chain,
+    x: &mut Exchange<'_, D>,
+    p: &mut Progress,
+    mut resp: Response<'_>,
+    wire: &mut Vec<u8>,
+) -> Result<(bool, Body)> {
     let resp_body = resp.body(&x.req.method).or_err(
         ErrorKind::InvalidResponse,
         ErrorSource::Upstream,
@@ -343,96 +430,54 @@ async fn phases(
     for (h, ctx) in chain.links.iter_mut().rev() {
         h.response_filter(&mut x.session(), &mut resp, &mut **ctx).await?;
     }
-    // Re-frame for the client.
-    let chunked_ok = x.req.minor_version >= 1;
-    resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
-    let chunked = match resp_body {
-        Body::Empty => {
-            // HEAD and 304 keep the origin's Content-Length: it describes the full entity.
-            if let Some(cl) = content_length {
-                resp.headers.push(Header { name: "Content-Length".into(), value: cl });
-            }
-            false
-        }
-        Body::Length(n) => {
-            resp.headers.push(Header::content_length(n));
-            false
-        }
-        Body::Chunked | Body::UntilClose if chunked_ok => {
-            resp.headers.push(Header::new("Transfer-Encoding", "chunked"));
-            true
-        }
-        Body::Chunked | Body::UntilClose => {
-            p.keep_alive = false;
-            false
-        }
-    };
-    if !p.keep_alive || !x.ds.body_done() {
-        p.keep_alive = false;
-        set_header(&mut resp.headers, "Connection", "close");
-    }
+    // Re-framed for the client.
+    x.ds.response_head(&mut resp, resp_body, content_length, &mut p.keep_alive, wire);
     p.status = resp.status;
-    let reason = match resp.reason.as_str() {
-        "" => http::reason(resp.status),
-        r => r,
-    };
-    let mut wire = head;
-    wire.clear();
-    http::write_response_head(resp.status, reason, &resp.headers, &mut wire);
-    // The head is written: `resp` lets go of `rbuf`, where the body starts after it.
-    drop(resp);
-    rbuf.drain(..head_len);
+    Ok((origin_keep_alive, resp_body))
+}
 
-    // Stream the response body. Decoded straight into `wire` unless it must be re-chunked.
+/// Streams the response body from the origin to the client, decoded and re-framed, one read
+/// at a time.
+async fn relay_body<D: Downstream>(
+    ds: &mut D,
+    p: &mut Progress,
+    up: &mut io::Stream,
+    rbuf: &mut Vec<u8>,
+    wire: &mut Vec<u8>,
+    resp_body: Body,
+) -> Result<()> {
     let mut dec = BodyDecoder::new(resp_body, u64::MAX);
-    let mut plain = Vec::new();
-    let body_timeout = x.ds.body_timeout();
+    let body_timeout = ds.body_timeout();
     loop {
         if !rbuf.is_empty() {
-            let used = if chunked {
-                plain.clear();
-                let used = dec.decode(&rbuf, &mut plain);
-                http::encode_chunk(&plain, &mut wire);
-                p.body_bytes += plain.len() as u64;
-                used
-            } else {
-                let before = wire.len();
-                let used = dec.decode(&rbuf, &mut wire);
-                p.body_bytes += (wire.len() - before) as u64;
-                used
-            }
-            .or_err(
+            let (used, n) = ds.response_body(&mut dec, rbuf, wire).or_err(
                 ErrorKind::InvalidResponse,
                 ErrorSource::Upstream,
                 "response body",
             )?;
+            p.body_bytes += n;
             rbuf.drain(..used);
         }
         if dec.is_done() {
             break;
         }
-        if !wire.is_empty() {
+        if !wire.is_empty() || !p.started {
             p.started = true;
-            send_response(x.ds, &wire).await?;
-            wire.clear();
+            ds.send_response(wire, false).await?;
         }
-        let (res, b) = match io::timeout(
-            body_timeout,
-            up.read(std::mem::take(&mut rbuf), UPSTREAM_READ),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(Error::because(
-                    ErrorKind::UpstreamTimeout,
-                    ErrorSource::Upstream,
-                    "response body too slow",
-                    e,
-                ))
-            }
-        };
-        rbuf = b;
+        let (res, b) =
+            match io::timeout(body_timeout, up.read(std::mem::take(rbuf), UPSTREAM_READ)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(Error::because(
+                        ErrorKind::UpstreamTimeout,
+                        ErrorSource::Upstream,
+                        "response body too slow",
+                        e,
+                    ))
+                }
+            };
+        *rbuf = b;
         if res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "reading the response body")?
             == 0
         {
@@ -443,30 +488,8 @@ async fn phases(
             )?;
         }
     }
-    if chunked {
-        http::encode_last_chunk(&mut wire);
-    }
     p.started = true;
-    send_response(x.ds, &wire).await?;
-    // A connection that became a tunnel (a 2xx to CONNECT) or switched protocols belongs to
-    // one client: never back in the pool. Neither reaches here today (CONNECT is refused,
-    // a 101 fails the exchange); this keeps it so.
-    let tunnel = x.req.method == "CONNECT" || p.status == 101;
-    if origin_keep_alive && rbuf.is_empty() && !tunnel {
-        worker.pool.borrow_mut().put(&peer, up);
-    }
-    io::buf::give(rbuf);
-    io::buf::give(wire);
-    Ok(())
-}
-
-/// Sends (and flushes) part of the response to the client.
-async fn send_response(ds: &mut Downstream, wire: &[u8]) -> Result<()> {
-    ds.tls.send(wire).await.or_err(
-        ErrorKind::DownstreamIo,
-        ErrorSource::Downstream,
-        "writing the response",
-    )
+    ds.send_response(wire, true).await
 }
 
 /// Methods that may be sent twice with the effect of once (RFC 9110, 9.2.2).
@@ -488,9 +511,9 @@ fn frame_request(headers: &mut http::Headers<'_>, body: Body) {
 }
 
 /// Sends the head and the body (read from the client as it goes).
-async fn send_request(
+async fn send_request<D: Downstream>(
     up: &mut io::Stream,
-    ds: &mut Downstream,
+    ds: &mut D,
     head: &[u8],
     body: Body,
     peer: &Peer,
@@ -501,7 +524,7 @@ async fn send_request(
     let mut more = body != Body::Empty;
     while more {
         plain.clear();
-        more = ds.read_body(&mut plain).await?;
+        more = Downstream::read_body(ds, &mut plain).await?;
         match body {
             Body::Chunked => {
                 http::encode_chunk(&plain, &mut out);

@@ -19,11 +19,11 @@ use tokio::sync::Notify;
 use outpost_api::{pooled::Pooled, ClientInfo, Reply, TlsInfo};
 
 use crate::{
-    downstream::Downstream,
+    downstream::{Downstream as _, Http1},
     error::{Error, ErrorKind, ErrorSource},
-    floor, http, io, legacy, proxy,
+    floor, h2, http, io, legacy, proxy,
     shared::{drained, Shared},
-    tls::TlsConn,
+    tls::{Alpn, TlsConn},
     worker::{Pool, Worker},
 };
 
@@ -125,22 +125,28 @@ async fn connection(worker: Rc<Worker>, stream: io::Stream, peer: SocketAddr, lo
     // A task is sized for its largest step, and an idle connection should pay only for its
     // idle wait: the steps taken once (the floor, the handshake, the close) and the request in
     // flight run in futures on the heap, each for as long as it runs.
-    let Some((mut ds, client)) = Box::pin(establish(&worker, stream, peer, local)).await else {
+    let Some((mut ds, client, alpn)) = Box::pin(establish(&worker, stream, peer, local)).await
+    else {
         return;
     };
+    if alpn == Alpn::H2 {
+        // The second connection driver: many requests at once, each through `proxy::handle`.
+        Box::pin(h2::serve(&worker, ds.tls, client)).await;
+        return;
+    }
     serve(&worker, &mut ds, &client).await;
     Box::pin(ds.tls.close(LINGER)).await;
 }
 
-/// The floor, then the TLS handshake: the connection's downstream side and what handlers learn
-/// of the client, or `None` when the connection ended there (refused, answered as legacy,
-/// handshake failed).
+/// The floor, then the TLS handshake: the connection's downstream side, what handlers learn
+/// of the client and the protocol ALPN chose, or `None` when the connection ended there
+/// (refused, answered as legacy, handshake failed).
 async fn establish(
     worker: &Worker,
     mut stream: io::Stream,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Option<(Downstream, ClientInfo)> {
+) -> Option<(Http1, ClientInfo, Alpn)> {
     let live = worker.shared.live();
     let metrics = &worker.shared.metrics;
     let deadline = Instant::now() + live.handshake_timeout;
@@ -172,17 +178,18 @@ async fn establish(
         }
     };
     metrics.handshake(negotiated.version, negotiated.cipher);
+    metrics.alpn(negotiated.version, negotiated.alpn);
     tracing::debug!(
         %peer, version = negotiated.version_name(), cipher = ?negotiated.cipher,
         sni = ?negotiated.sni, "TLS established"
     );
     let info = TlsInfo { version: negotiated.version_name(), sni: negotiated.sni };
     let client = ClientInfo { addr: peer, local, tls: info };
-    Some((Downstream::new(tls, live.body_timeout), client))
+    Some((Http1::new(tls, live.body_timeout), client, negotiated.alpn))
 }
 
 /// The keep-alive loop. Returns when the connection should close.
-async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
+async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
     let mut drain = worker.shared.drain_signal();
     let mut first = true;
     loop {
@@ -290,10 +297,10 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Downstream, client: &ClientInfo) {
 }
 
 /// Answers a request the proxy refused before routing it (400/408/413/431/501), and counts it.
-async fn refuse(worker: &Worker, ds: &mut Downstream, e: &Error) {
+async fn refuse(worker: &Worker, ds: &mut Http1, e: &Error) {
     let status = e.status();
     tracing::debug!(status, error = %e, "request refused");
-    worker.shared.metrics.request(status, status == 400);
+    worker.shared.metrics.request(ds.proto(), status, status == 400);
     let mut reply = Reply::json_error(status, &e.public_message());
     if status == 405 {
         reply = reply.header("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");

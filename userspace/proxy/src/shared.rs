@@ -42,6 +42,8 @@ pub struct Live {
     pub underscores_in_headers: bool,
     /// `[http] trusted_proxies`.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `[http] h2_max_concurrent_streams`.
+    pub h2_max_streams: u32,
 }
 
 impl Live {
@@ -63,7 +65,7 @@ impl Live {
         registry: &Registry,
         env: &BuildEnv,
     ) -> Result<(Live, Vec<Background>)> {
-        let tls = crate::tls::server_config(&config.tls, &config.data_dir())?;
+        let tls = crate::tls::server_config(&config.tls, &config.data_dir(), config.http.h2)?;
         let legacy = Arc::new(Responder::new(config)?);
         let (router, background) = Router::build(config, registry, env)?;
         let h = &config.http;
@@ -84,6 +86,7 @@ impl Live {
             after_max_pending: config.after_response.max_pending,
             underscores_in_headers: h.underscores_in_headers,
             trusted_proxies: h.trusted_proxies.clone(),
+            h2_max_streams: h.h2_max_concurrent_streams.max(1),
         };
         Ok((live, background))
     }

@@ -8,11 +8,12 @@
 //! record after it, with the keys rustls hands over, however the reads split them.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     collections::HashMap,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -35,16 +36,17 @@ use crate::{
 
 use std::io as stdio;
 
-/// ALPN: this proxy speaks HTTP/1.1 only.
-const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// ALPN protocol names (RFC 7301, RFC 9113 §3.2).
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+pub const ALPN_H2: &[u8] = b"h2";
 /// Names the self-signed certificate always carries.
 const SELF_SIGNED_BASE: [&str; 2] = ["localhost", "127.0.0.1"];
 /// Ciphertext read size: one full TLS record plus its header and tag.
 const READ_CHUNK: usize = io::buf::SIZE;
 
 /// Builds the rustls server configuration from `[tls]`: TLS 1.3 and 1.2 only (ring provider),
-/// ALPN `http/1.1`, certificates by SNI.
-pub fn server_config(tls: &TlsConfig, data_dir: &Path) -> Result<Arc<ServerConfig>> {
+/// ALPN `h2` (when `h2`, preferred) and `http/1.1`, certificates by SNI.
+pub fn server_config(tls: &TlsConfig, data_dir: &Path, h2: bool) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver = SniResolver::build(&cert_files(tls, data_dir)?, |cert, key| {
         load_key(cert, key, &provider)
@@ -54,7 +56,11 @@ pub fn server_config(tls: &TlsConfig, data_dir: &Path) -> Result<Arc<ServerConfi
         .context("rustls refused TLS 1.2/1.3 with the ring provider")?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // The server's order decides (rustls picks the first of ours the client offers).
+    config.alpn_protocols = match h2 {
+        true => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
+        false => vec![ALPN_HTTP11.to_vec()],
+    };
     // The traffic keys go to `records` once the handshake is done; they never leave it.
     config.enable_secret_extraction = true;
     Ok(Arc::new(config))
@@ -214,6 +220,28 @@ pub struct Negotiated {
     pub version: rustls::ProtocolVersion,
     pub cipher: rustls::CipherSuite,
     pub sni: Option<String>,
+    /// The application protocol the client and we agreed on by ALPN, if the client offered one.
+    pub alpn: Alpn,
+}
+
+/// What ALPN settled on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// The client offered no ALPN (HTTP/1.1 is assumed).
+    None,
+    Http11,
+    H2,
+}
+
+impl Alpn {
+    /// The label in `outpost_tls_alpn_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alpn::None => "none",
+            Alpn::Http11 => "http/1.1",
+            Alpn::H2 => "h2",
+        }
+    }
 }
 
 impl Negotiated {
@@ -349,6 +377,11 @@ impl TlsConn {
                 .negotiated_cipher_suite()
                 .map_or(rustls::CipherSuite::Unknown(0), |s| s.suite()),
             sni,
+            alpn: match conn.alpn_protocol() {
+                Some(ALPN_H2) => Alpn::H2,
+                Some(_) => Alpn::Http11,
+                None => Alpn::None,
+            },
         };
         // rustls has sent everything, and was shown nothing after the client's Finished, which
         // it discarded: the records left in `rbuf` are for `Records`.
@@ -662,6 +695,239 @@ impl TlsConn {
     }
 }
 
+/// The read half of a [`TlsConn`] split for HTTP/2 ([`TlsConn::split`]): reads and opens
+/// records on the socket while the [`TlsWriter`] seals and writes on a second handle of it.
+pub struct TlsReader {
+    stream: io::Stream,
+    keys: Rc<RefCell<SplitKeys>>,
+    /// Ciphertext read but not yet opened (as `TlsConn::rbuf`).
+    rbuf: Vec<u8>,
+    eof: bool,
+    peer_closed: bool,
+}
+
+/// The write half of a [`TlsConn`] split for HTTP/2.
+pub struct TlsWriter {
+    stream: io::Stream,
+    keys: Rc<RefCell<SplitKeys>>,
+    wbuf: Vec<u8>,
+    write_timeout: Duration,
+}
+
+/// What both halves use: the record keys (each half touches only its direction, under a borrow
+/// that never spans an await), and the alert the reader owes the client when its records broke
+/// the protocol (sent by the writer, which then sends nothing more).
+struct SplitKeys {
+    records: Box<Records>,
+    alert: Option<u8>,
+    failed: bool,
+}
+
+impl TlsConn {
+    /// Splits an established connection into a reader and a writer that run at the same time
+    /// (HTTP/2 reads frames while responses are written). The writer gets a `dup` of the socket
+    /// ([`io::Stream::try_clone`]); records keep one key schedule, shared.
+    pub fn split(self) -> stdio::Result<(TlsReader, TlsWriter)> {
+        let Phase::Traffic(records) = self.conn else {
+            return Err(stdio::Error::new(
+                stdio::ErrorKind::NotConnected,
+                "only an established TLS connection can be split",
+            ));
+        };
+        let writer_stream = self.stream.try_clone()?;
+        let keys = Rc::new(RefCell::new(SplitKeys {
+            records,
+            alert: None,
+            failed: self.failed,
+        }));
+        let reader = TlsReader {
+            stream: self.stream,
+            keys: keys.clone(),
+            rbuf: self.rbuf,
+            eof: self.eof,
+            peer_closed: self.peer_closed,
+        };
+        let writer = TlsWriter {
+            stream: writer_stream,
+            keys,
+            wbuf: self.wbuf,
+            write_timeout: self.write_timeout,
+        };
+        Ok((reader, writer))
+    }
+}
+
+impl TlsReader {
+    /// Reads plaintext, appending to `out` (given a small pooled buffer when it has no
+    /// capacity, as [`TlsConn::read`]). `Ok(0)` is end of stream.
+    pub async fn read(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
+        loop {
+            let start = out.len();
+            if let Err(e) = self.open(out) {
+                let mut keys = self.keys.borrow_mut();
+                if !keys.failed {
+                    keys.failed = true;
+                    keys.alert = e.alert();
+                }
+                io::buf::give(std::mem::take(&mut self.rbuf));
+                return Err(stdio::Error::new(stdio::ErrorKind::InvalidData, e));
+            }
+            if out.len() > start {
+                return Ok(out.len() - start);
+            }
+            if self.peer_closed || self.keys.borrow().failed || !self.fill().await? {
+                return Ok(0);
+            }
+        }
+    }
+
+    /// Opens every complete record buffered (see `TlsConn::open`).
+    fn open(&mut self, plain: &mut Vec<u8>) -> Result<(), records::Error> {
+        let mut keys = self.keys.borrow_mut();
+        let records = &mut keys.records;
+        let mut used = 0;
+        while !self.peer_closed {
+            let Some(len) = records.complete(&self.rbuf[used..])? else { break };
+            let record = &mut self.rbuf[used..used + len];
+            used += len;
+            match records.open(record)? {
+                Opened::Data(range) => {
+                    if plain.capacity() == 0 {
+                        *plain = io::buf::take_idle();
+                    }
+                    plain.extend_from_slice(&record[range]);
+                }
+                Opened::Closed => self.peer_closed = true,
+                Opened::Nothing => {}
+            }
+        }
+        self.rbuf.drain(..used);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            io::buf::give(std::mem::take(&mut self.rbuf));
+        }
+        Ok(())
+    }
+
+    /// Reads ciphertext after what is buffered; false at end of stream.
+    async fn fill(&mut self) -> stdio::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        let mut b = std::mem::take(&mut self.rbuf);
+        if b.capacity() < READ_CHUNK {
+            let mut pooled = io::buf::take();
+            pooled.extend_from_slice(&b);
+            io::buf::give(b);
+            b = pooled;
+        }
+        // At most the beginning of one record is buffered, and a pooled buffer holds a record.
+        let want = match b.capacity() - b.len() {
+            0 => READ_CHUNK,
+            spare => spare,
+        };
+        let (res, buf) = self.stream.read(b, want).await;
+        self.rbuf = buf;
+        match res {
+            Ok(n) if n > 0 => Ok(true),
+            end => {
+                if self.rbuf.is_empty() {
+                    io::buf::give(std::mem::take(&mut self.rbuf));
+                }
+                end?;
+                self.eof = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Reads and discards what the client still sends, for at most `linger` (see
+    /// [`TlsConn::close`]).
+    pub async fn drain(mut self, linger: Duration) {
+        let _ = io::timeout(linger, async {
+            let mut buf = io::buf::take();
+            for _ in 0..64 {
+                let (res, b) = self.stream.read(buf, READ_CHUNK).await;
+                buf = b;
+                buf.clear();
+                if !matches!(res, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+            io::buf::give(buf);
+        })
+        .await;
+        io::buf::give(std::mem::take(&mut self.rbuf));
+    }
+}
+
+impl TlsWriter {
+    /// Encrypts and sends all of `data`, then flushes. A connection whose reader failed sends
+    /// the alert it owes instead, and then nothing more.
+    pub async fn send(&mut self, mut data: &[u8]) -> stdio::Result<()> {
+        if self.owe_alert() {
+            let _ = self.write_out().await;
+            return Err(stdio::Error::new(
+                stdio::ErrorKind::InvalidData,
+                "the client broke the TLS record protocol",
+            ));
+        }
+        while !data.is_empty() {
+            let chunk = &data[..data.len().min(records::MAX_PLAINTEXT)];
+            if !self.wbuf.is_empty()
+                && self.wbuf.len() + 2 * (chunk.len() + records::OVERHEAD) > self.wbuf.capacity()
+            {
+                self.write_out().await?;
+            }
+            if self.wbuf.capacity() == 0 {
+                self.wbuf = io::buf::take();
+            }
+            self.keys
+                .borrow_mut()
+                .records
+                .seal(chunk, &mut self.wbuf)
+                .map_err(stdio::Error::other)?;
+            data = &data[chunk.len()..];
+        }
+        self.write_out().await
+    }
+
+    /// Seals the alert the reader left, if any; true when the connection failed.
+    fn owe_alert(&mut self) -> bool {
+        let mut keys = self.keys.borrow_mut();
+        if let Some(description) = keys.alert.take() {
+            let _ = keys.records.seal_alert(description, &mut self.wbuf);
+        }
+        keys.failed
+    }
+
+    async fn write_out(&mut self) -> stdio::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.wbuf);
+        let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
+        io::buf::give(buf);
+        res
+    }
+
+    /// Sends close_notify (or the alert owed) and FIN, then lets `reader` (unless a read of
+    /// its own is still in flight) drain what the client still sends, each within `linger`:
+    /// [`TlsConn::close`] for a split connection. Either half's socket handle shuts the socket
+    /// down when dropped, so the writer stays until the reader is done.
+    pub async fn close(mut self, linger: Duration, reader: Option<TlsReader>) {
+        if !self.owe_alert() {
+            let _ = self.keys.borrow_mut().records.seal_close_notify(&mut self.wbuf);
+        }
+        if !matches!(io::timeout(linger, self.write_out()).await, Ok(Ok(()))) {
+            return;
+        }
+        self.stream.shutdown_write();
+        if let Some(reader) = reader {
+            reader.drain(linger).await;
+        }
+    }
+}
+
 /// Where the record after the one ending at `shown` ends in `rbuf`, once its header is there;
 /// `None` while rustls was shown an incomplete record or the next header is not complete.
 fn record_end(rbuf: &[u8], shown: usize) -> Option<usize> {
@@ -725,7 +991,7 @@ mod tests {
         self_signed(&dir, &["edge.test".into()]).unwrap();
         assert_ne!(first, fs::read(&c2).unwrap(), "names changed but the certificate did not");
         let tls = TlsConfig { certs: vec![], self_signed_names: vec!["edge.test".into()] };
-        server_config(&tls, &dir).unwrap();
+        server_config(&tls, &dir, true).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -790,7 +1056,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("outpost-tlsconn-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
-        let config = server_config(&tls, &dir).unwrap();
+        let config = server_config(&tls, &dir, true).unwrap();
         let (cert, _) = self_signed(&dir, &[]).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();

@@ -333,7 +333,7 @@ fn reference() -> u16 {
     *REFERENCE.get_or_init(|| {
         let dir = TempDir::new("records-rustls");
         let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
-        let config = outpost_proxy::tls::server_config(&tls, &dir.0).unwrap();
+        let config = outpost_proxy::tls::server_config(&tls, &dir.0, false).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         thread::spawn(move || {

@@ -250,14 +250,12 @@ impl Outpost {
         }
     }
 
-    /// The value of one metrics line, e.g. `outpost_requests_total{class="2xx"}`.
+    /// The value of a series, e.g. `outpost_requests_total{class="2xx"}`: the sum of every
+    /// line of that name whose labels include the ones given (so `{class="2xx"}` counts both
+    /// protocols of `outpost_requests_total{class="2xx",proto="..."}`).
     pub fn metric(&self, series: &str) -> u64 {
         let text = self.metrics();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
-            .parse()
-            .unwrap()
+        metric_in(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
     }
 }
 
@@ -270,6 +268,32 @@ impl Drop for Outpost {
         if thread::panicking() {
             eprintln!("--- outpost log ({}) ---\n{}", self.io, self.log());
         }
+    }
+}
+
+/// The sum of the lines of `series`' name in Prometheus `text` whose labels include the ones
+/// `series` gives (`name` or `name{a="x",b="y"}`); `None` when no line matches.
+pub fn metric_in(text: &str, series: &str) -> Option<u64> {
+    let (name, want) = split_series(series);
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((s, value)) = line.rsplit_once(' ') else { continue };
+        let (n, labels) = split_series(s);
+        if n == name && want.iter().all(|w| labels.contains(w)) {
+            let v: u64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+            *sum.get_or_insert(0) += v;
+        }
+    }
+    sum
+}
+
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => {
+            let labels = rest.trim_end_matches('}');
+            (name, labels.split(',').filter(|l| !l.is_empty()).collect())
+        }
+        None => (series, Vec::new()),
     }
 }
 

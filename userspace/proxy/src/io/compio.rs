@@ -226,6 +226,11 @@ impl Stream {
         }
     }
 
+    /// Takes over a connected socket.
+    pub(super) fn from_std(s: std::net::TcpStream) -> io::Result<Stream> {
+        Ok(Stream::new(compio::net::TcpStream::from_std(s)?))
+    }
+
     /// Reads into the spare capacity of `buf`.
     pub(super) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         if self.pending.is_none() {

@@ -47,6 +47,12 @@ impl Stream {
         super::tokio_connect(addr, limit).await.map(Stream)
     }
 
+    /// Takes over a connected socket (a `dup` shares the original's non-blocking mode).
+    pub(super) fn from_std(s: std::net::TcpStream) -> io::Result<Stream> {
+        s.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(s).map(Stream)
+    }
+
     /// Reads into the spare capacity of `buf`.
     pub(super) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let res = self.0.read_buf(&mut buf).await;

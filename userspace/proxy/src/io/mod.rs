@@ -215,6 +215,20 @@ impl Stream {
         }
     }
 
+    /// A second handle on the same socket (a `dup` of its descriptor), so one task can read
+    /// while another writes: HTTP/2 needs both directions at once (see `tls::TlsConn::split`).
+    /// Dropping either handle shuts the socket down for both (see the module docs).
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        // SAFETY: a socket this stream owns, borrowed for the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
+        let dup = std::net::TcpStream::from(fd.try_clone_to_owned()?);
+        Ok(match self {
+            Stream::Uring(_) => Stream::Uring(uring::Stream::from_std(dup)),
+            Stream::Epoll(_) => Stream::Epoll(epoll::Stream::from_std(dup)?),
+            Stream::Compio(_) => Stream::Compio(compio::Stream::from_std(dup)?),
+        })
+    }
+
     fn fd(&self) -> i32 {
         match self {
             Stream::Uring(s) => s.as_raw_fd(),

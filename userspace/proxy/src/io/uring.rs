@@ -84,6 +84,11 @@ impl Stream {
         Ok(Stream(tokio_uring::net::TcpStream::from_std(s)))
     }
 
+    /// Takes over a connected socket (blocking: see `Listener::from_std`).
+    pub(super) fn from_std(s: std::net::TcpStream) -> Stream {
+        Stream(tokio_uring::net::TcpStream::from_std(s))
+    }
+
     /// Reads into the spare capacity of `buf`.
     pub(super) async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let (len, cap) = (buf.len(), buf.capacity());

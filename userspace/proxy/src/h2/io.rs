@@ -1,0 +1,388 @@
+//! The proxy's own TLS connection as the tokio `AsyncRead + AsyncWrite` the h2 crate runs over,
+//! and the frame budgets h2 does not keep.
+//!
+//! The adapter: h2 polls; each poll drives one owned future of the split connection
+//! ([`TlsReader::read`], [`TlsWriter::send`]), kept across polls until it completes, so a
+//! completion-based read (io_uring) is never dropped half way. Plaintext h2 writes is collected
+//! and sealed into TLS records when h2 flushes. What it costs per read or flush: one boxed
+//! future (a small allocation) and one copy of the plaintext (into h2's buffer when reading,
+//! out of it when writing); the socket I/O and the record layer are the same as HTTP/1.1's.
+//!
+//! The guard reads only the 9-byte header of each frame the client sends (h2 parses the
+//! frames themselves) and keeps two token buckets: resets (RST_STREAM, CVE-2023-44487's rapid
+//! reset) and control frames (PING, SETTINGS, PRIORITY). A client over either budget gets a
+//! GOAWAY (ENHANCE_YOUR_CALM) from the driver, and no more of its bytes reach h2.
+
+use std::{
+    cell::RefCell,
+    future::Future,
+    io as stdio,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::Notify,
+};
+
+use crate::{
+    io,
+    metrics::H2Refusal,
+    tls::{TlsReader, TlsWriter},
+};
+
+/// Plaintext h2 may queue before it must flush: a little more than one full frame.
+const OUT_MAX: usize = 32 * 1024;
+
+/// RST_STREAM frames a client may send in a burst, and per second after it. Browsers reset
+/// streams when a page is left, a few dozen at a time; a rapid-reset attack sends thousands.
+const RESET_BURST: u32 = 200;
+const RESETS_PER_SEC: u32 = 20;
+/// PING, SETTINGS (not ACKs) and PRIORITY frames in a burst, and per second after it.
+const CONTROL_BURST: u32 = 200;
+const CONTROLS_PER_SEC: u32 = 50;
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4), before the first frame.
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER: usize = 9;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+
+type Reading = Pin<Box<dyn Future<Output = (TlsReader, stdio::Result<Vec<u8>>)>>>;
+type Writing = Pin<Box<dyn Future<Output = (TlsWriter, Vec<u8>, stdio::Result<()>)>>>;
+
+/// A handle on the connection's I/O: h2 owns one, the driver keeps one to learn of a
+/// refusal and to close the connection once h2 is done with it.
+#[derive(Clone)]
+pub(super) struct H2Io(Rc<RefCell<State>>);
+
+struct State {
+    /// The reader, while no read is in flight.
+    reader: Option<TlsReader>,
+    reading: Option<Reading>,
+    /// Plaintext read and not yet handed to h2, from `at`.
+    plain: Vec<u8>,
+    at: usize,
+    eof: bool,
+    /// The writer, while no write is in flight.
+    writer: Option<TlsWriter>,
+    writing: Option<Writing>,
+    /// Plaintext h2 wrote, sent at its next flush.
+    out: Vec<u8>,
+    guard: Guard,
+    /// A budget ran out: h2 is given nothing more to read, and the driver is told.
+    refused: Option<H2Refusal>,
+    notify: Rc<Notify>,
+}
+
+impl H2Io {
+    /// `notify` is woken when the guard refuses the client.
+    pub(super) fn new(reader: TlsReader, writer: TlsWriter, notify: Rc<Notify>) -> H2Io {
+        H2Io(Rc::new(RefCell::new(State {
+            reader: Some(reader),
+            reading: None,
+            plain: Vec::new(),
+            at: 0,
+            eof: false,
+            writer: Some(writer),
+            writing: None,
+            out: Vec::new(),
+            guard: Guard::new(),
+            refused: None,
+            notify,
+        })))
+    }
+
+    /// Why the guard refused the client, if it did.
+    pub(super) fn refused(&self) -> Option<H2Refusal> {
+        self.0.borrow().refused
+    }
+
+    /// Ends the connection once h2 has let go: what h2 left unflushed, close_notify, FIN, and a
+    /// short wait for the client's own close (as `TlsConn::close`).
+    pub(super) async fn close(self, linger: Duration) {
+        let (writing, writer, reading, reader, out) = {
+            let mut st = self.0.borrow_mut();
+            let st = &mut *st;
+            (
+                st.writing.take(),
+                st.writer.take(),
+                st.reading.take(),
+                st.reader.take(),
+                std::mem::take(&mut st.out),
+            )
+        };
+        let writer = match writing {
+            // Bounded by the writer's own timeout.
+            Some(w) => {
+                let (w, buf, _) = w.await;
+                io::buf::give(buf);
+                Some(w)
+            }
+            None => writer,
+        };
+        let Some(mut writer) = writer else { return };
+        if !out.is_empty() {
+            let _ = io::timeout(linger, writer.send(&out)).await;
+        }
+        // A read still in flight keeps its reader: the writer's close ends it.
+        writer.close(linger, if reading.is_some() { None } else { reader }).await;
+        drop(reading);
+    }
+}
+
+impl State {
+    /// Drives the write in flight, then starts one for what h2 wrote; ready when all is sent.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
+        loop {
+            if let Some(w) = self.writing.as_mut() {
+                let (writer, mut buf, res) = std::task::ready!(w.as_mut().poll(cx));
+                self.writing = None;
+                self.writer = Some(writer);
+                buf.clear();
+                if self.out.is_empty() && self.out.capacity() == 0 {
+                    self.out = buf;
+                } else {
+                    io::buf::give(buf);
+                }
+                res?;
+            }
+            if self.out.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(mut writer) = self.writer.take() else {
+                return Poll::Ready(Err(stdio::ErrorKind::NotConnected.into()));
+            };
+            let buf = std::mem::take(&mut self.out);
+            self.writing = Some(Box::pin(async move {
+                let res = writer.send(&buf).await;
+                (writer, buf, res)
+            }));
+        }
+    }
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<stdio::Result<()>> {
+        let mut st = self.0.borrow_mut();
+        let st = &mut *st;
+        // Each turn either hands bytes over, waits, or ends: one read completes per turn.
+        loop {
+            if st.refused.is_some() {
+                // The driver sends GOAWAY and closes; h2 reads nothing more of this client.
+                return Poll::Pending;
+            }
+            if st.at < st.plain.len() {
+                let n = buf.remaining().min(st.plain.len() - st.at);
+                buf.put_slice(&st.plain[st.at..st.at + n]);
+                st.at += n;
+                return Poll::Ready(Ok(()));
+            }
+            if st.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if st.reading.is_none() {
+                let Some(mut reader) = st.reader.take() else {
+                    return Poll::Ready(Err(stdio::ErrorKind::NotConnected.into()));
+                };
+                let mut plain = std::mem::take(&mut st.plain);
+                plain.clear();
+                st.at = 0;
+                st.reading = Some(Box::pin(async move {
+                    let res = reader.read(&mut plain).await;
+                    (reader, res.map(|_| plain))
+                }));
+            }
+            let reading = st.reading.as_mut().expect("started above");
+            let (reader, res) = std::task::ready!(reading.as_mut().poll(cx));
+            st.reading = None;
+            st.reader = Some(reader);
+            let plain = res?;
+            if plain.is_empty() {
+                st.eof = true;
+                io::buf::give(plain);
+                continue;
+            }
+            if let Some(why) = st.guard.observe(&plain, Instant::now()) {
+                st.refused = Some(why);
+                st.notify.notify_one();
+            }
+            st.plain = plain;
+        }
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<stdio::Result<usize>> {
+        let mut st = self.0.borrow_mut();
+        if st.out.len() >= OUT_MAX {
+            std::task::ready!(st.poll_send(cx))?;
+        }
+        if st.out.capacity() == 0 {
+            st.out = io::buf::take();
+        }
+        let n = data.len().min(OUT_MAX - st.out.len());
+        st.out.extend_from_slice(&data[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
+        self.0.borrow_mut().poll_send(cx)
+    }
+
+    /// h2 shuts down after its GOAWAY: everything is sent; the close itself is
+    /// [`H2Io::close`]'s, once h2 has let go of the connection.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
+        self.0.borrow_mut().poll_send(cx)
+    }
+}
+
+/// Follows the client's frames by their headers and keeps the reset and control budgets.
+struct Guard {
+    /// Bytes of the connection preface still to come.
+    preface: usize,
+    head: [u8; FRAME_HEADER],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    skip: usize,
+    resets: Bucket,
+    control: Bucket,
+}
+
+impl Guard {
+    fn new() -> Guard {
+        Guard {
+            preface: PREFACE_LEN,
+            head: [0; FRAME_HEADER],
+            have: 0,
+            skip: 0,
+            resets: Bucket::new(RESET_BURST, RESETS_PER_SEC),
+            control: Bucket::new(CONTROL_BURST, CONTROLS_PER_SEC),
+        }
+    }
+
+    /// Takes the next bytes the client sent; the refusal when a budget ran out.
+    fn observe(&mut self, mut b: &[u8], now: Instant) -> Option<H2Refusal> {
+        while !b.is_empty() {
+            let n;
+            if self.preface > 0 {
+                n = self.preface.min(b.len());
+                self.preface -= n;
+            } else if self.skip > 0 {
+                n = self.skip.min(b.len());
+                self.skip -= n;
+            } else {
+                n = (FRAME_HEADER - self.have).min(b.len());
+                self.head[self.have..self.have + n].copy_from_slice(&b[..n]);
+                self.have += n;
+                if self.have == FRAME_HEADER {
+                    self.have = 0;
+                    let [l0, l1, l2, typ, flags, ..] = self.head;
+                    self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+                    let refused = match typ {
+                        RST_STREAM if !self.resets.take(now) => Some(H2Refusal::RapidReset),
+                        PING | SETTINGS if flags & ACK == 0 && !self.control.take(now) => {
+                            Some(H2Refusal::ControlFlood)
+                        }
+                        PRIORITY if !self.control.take(now) => Some(H2Refusal::ControlFlood),
+                        _ => None,
+                    };
+                    if refused.is_some() {
+                        return refused;
+                    }
+                }
+            }
+            b = &b[n..];
+        }
+        None
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `per_sec`.
+struct Bucket {
+    tokens: u32,
+    burst: u32,
+    per_sec: u32,
+    since: Instant,
+}
+
+impl Bucket {
+    fn new(burst: u32, per_sec: u32) -> Bucket {
+        Bucket { tokens: burst, burst, per_sec, since: Instant::now() }
+    }
+
+    /// Takes a token; false when there is none.
+    fn take(&mut self, now: Instant) -> bool {
+        let ms = now.saturating_duration_since(self.since).as_millis();
+        let refill = ms * u128::from(self.per_sec) / 1000;
+        if refill > 0 {
+            self.tokens = (u128::from(self.tokens) + refill).min(u128::from(self.burst)) as u32;
+            self.since = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(typ: u8, flags: u8, len: usize) -> Vec<u8> {
+        let l = (len as u32).to_be_bytes();
+        let mut f = vec![l[1], l[2], l[3], typ, flags, 0, 0, 0, 1];
+        f.resize(FRAME_HEADER + len, 0);
+        f
+    }
+
+    #[test]
+    fn the_guard_counts_frames_split_anywhere_and_refuses_past_the_budgets() {
+        let now = Instant::now();
+        let mut g = Guard::new();
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(SETTINGS, 0, 12));
+        bytes.extend(frame(SETTINGS, ACK, 0));
+        // A DATA frame whose payload looks like RST_STREAM headers: never counted.
+        let mut data = frame(0x0, 0, 4 * FRAME_HEADER);
+        for i in 0..4 {
+            data[FRAME_HEADER + i * FRAME_HEADER + 3] = RST_STREAM;
+        }
+        bytes.extend(data);
+        for chunk in bytes.chunks(5) {
+            assert_eq!(g.observe(chunk, now), None);
+        }
+        assert_eq!(g.control.tokens, CONTROL_BURST - 1);
+        assert_eq!(g.resets.tokens, RESET_BURST);
+        for i in 0..RESET_BURST {
+            assert_eq!(g.observe(&frame(RST_STREAM, 0, 4), now), None, "reset {i}");
+        }
+        assert_eq!(g.observe(&frame(RST_STREAM, 0, 4), now), Some(H2Refusal::RapidReset));
+        let mut g = Guard::new();
+        g.observe(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", now);
+        let pings: Vec<u8> = (0..CONTROL_BURST).flat_map(|_| frame(PING, 0, 8)).collect();
+        assert_eq!(g.observe(&pings, now), None);
+        // Acks cost nothing; time refills.
+        assert_eq!(g.observe(&frame(PING, ACK, 8), now), None);
+        assert_eq!(g.observe(&frame(PING, 0, 8), now), Some(H2Refusal::ControlFlood));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(g.observe(&[0; 8], later), None, "the refused PING's payload");
+        assert_eq!(g.observe(&frame(PING, 0, 8), later), None);
+    }
+}

@@ -1,0 +1,304 @@
+//! HTTP/2 to clients: the second connection driver beside the HTTP/1.1 keep-alive loop.
+//!
+//! A client that chose `h2` by ALPN gets this driver: the h2 crate (hyper's and Pingora's)
+//! does the framing, HPACK and flow control over the connection's own TLS ([`io`]). Each stream
+//! becomes the same normalised [`Request`] an HTTP/1.1 head becomes (`:method`, `:path` as the
+//! target, `:authority` as `Host`, the `cookie` fields joined), goes through the same
+//! `http::normalise`, and is served by `proxy::handle` in a task of its own, with the stream
+//! as its [`Downstream`](crate::downstream::Downstream) ([`stream`]). Origins stay HTTP/1.1.
+//!
+//! # Limits (each refusal counted in `/metrics`)
+//! - Concurrent streams: `[http] h2_max_concurrent_streams` (SETTINGS_MAX_CONCURRENT_STREAMS);
+//!   h2 refuses more with RST_STREAM(REFUSED_STREAM).
+//! - Rapid reset (CVE-2023-44487): the reset budget of [`io`]; h2's own bound on streams reset
+//!   before they were accepted. GOAWAY.
+//! - CONTINUATION flood (CVE-2024-27316): h2 holds at most the advertised header list size of
+//!   a header block and refuses more CONTINUATION frames than that size needs. GOAWAY.
+//! - Header lists: a request over `max_head_bytes` or `max_headers` (counted as HTTP/1.1
+//!   counts its head) gets 431 here; SETTINGS_MAX_HEADER_LIST_SIZE is set so that such a
+//!   request reaches us, h2 answers 431 itself beyond it, and a decoded list four times over
+//!   it (an HPACK bomb) is a GOAWAY.
+//! - PING, SETTINGS and PRIORITY floods: the control budget of [`io`]; h2 answers one PING or
+//!   SETTINGS at a time and reads nothing more until that answer is written, so a client that
+//!   does not read stalls only itself, until `body_timeout`.
+//! - Request bodies: a stream window of [`STREAM_WINDOW`] and a connection window of
+//!   [`CONNECTION_WINDOW`] bound what a client can make us buffer; `max_body_bytes` is 413.
+//! - Zero-window stalls: a response that cannot be sent for `body_timeout` resets its stream
+//!   and drops its origin connection.
+
+mod io;
+mod stream;
+
+use std::{cell::Cell, rc::Rc, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use h2::Reason;
+use outpost_api::{ClientInfo, Reply};
+use tokio::sync::Notify;
+
+use crate::{
+    downstream::Downstream as _,
+    error::{Error, ErrorKind, ErrorSource},
+    http::{self, HeadStr, Header, Headers, Request},
+    io as seam,
+    metrics::{H2Refusal, Proto},
+    proxy,
+    shared::{drained, Live},
+    tls::TlsConn,
+    worker::Worker,
+};
+
+use self::{io::H2Io, stream::H2Stream};
+
+/// Initial flow-control window of a stream: what a client may send on one stream before we
+/// read it.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// Initial flow-control window of the connection: what a client may have sent, on all its
+/// streams together, before we read it.
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes h2 keeps per stream, waiting for the client's window.
+const SEND_BUFFER: usize = 64 * 1024;
+/// How long a closing connection waits for the client's own close.
+const LINGER: Duration = Duration::from_millis(500);
+/// A wait with no limit of its own (streams are in flight, each with its own timeouts).
+const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
+/// HPACK's accounting of a field: its name, its value and 32 bytes (RFC 9113 §6.5.2).
+const FIELD_OVERHEAD: usize = 32;
+
+/// Serves an HTTP/2 connection until the client is done, it idles out, a limit refuses it, or
+/// the worker drains.
+pub(crate) async fn serve(worker: &Rc<Worker>, tls: TlsConn, client: ClientInfo) {
+    let live = worker.shared.live();
+    let metrics = &worker.shared.metrics;
+    let (reader, writer) = match tls.split() {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot split the TLS connection for HTTP/2");
+            return;
+        }
+    };
+    let refused = Rc::new(Notify::new());
+    let io = H2Io::new(reader, writer, refused.clone());
+    let mut builder = h2::server::Builder::new();
+    let header_list = live.limits.max_head_bytes + FIELD_OVERHEAD * live.limits.max_headers;
+    builder
+        .max_concurrent_streams(live.h2_max_streams)
+        .max_header_list_size(u32::try_from(header_list).unwrap_or(u32::MAX))
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(SEND_BUFFER);
+    let handshake = seam::timeout(live.header_timeout, builder.handshake::<_, Bytes>(io.clone()));
+    let mut conn = match handshake.await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "HTTP/2 preface refused");
+            io.close(LINGER).await;
+            return;
+        }
+        Err(seam::Elapsed) => {
+            io.close(LINGER).await;
+            return;
+        }
+    };
+    let client = Rc::new(client);
+    let open = Rc::new(Streams { open: Cell::new(0), done: Notify::new() });
+    let mut drain = worker.shared.drain_signal();
+    let mut first = true;
+    let mut closing = false;
+    loop {
+        let live = worker.shared.live();
+        // A connection without streams in flight may idle for as long as HTTP/1.1's.
+        let wait = if open.open.get() > 0 || closing {
+            None
+        } else if first {
+            Some(live.header_timeout)
+        } else {
+            Some(live.idle_timeout)
+        };
+        let next = tokio::select! {
+            biased;
+            _ = refused.notified() => {
+                if let Some(why) = io.refused() {
+                    metrics.h2_refused(why);
+                    tracing::debug!(reason = ?why, "HTTP/2 client over its budget");
+                }
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                closing = true;
+                continue;
+            }
+            _ = drained(&mut drain), if !closing => {
+                conn.graceful_shutdown();
+                closing = true;
+                continue;
+            }
+            _ = open.done.notified(), if open.open.get() > 0 => continue,
+            next = seam::timeout(wait.unwrap_or(UNBOUNDED), conn.accept()) => next,
+        };
+        match next {
+            Ok(Some(Ok((req, respond)))) => {
+                first = false;
+                let (parts, body) = req.into_parts();
+                let ds = H2Stream::new(body, respond, live.body_timeout, metrics.clone());
+                open.open.set(open.open.get() + 1);
+                let guard = StreamGuard(open.clone());
+                let task = stream(worker.clone(), live, client.clone(), parts, ds);
+                seam::spawn(async move {
+                    task.await;
+                    drop(guard);
+                });
+            }
+            Ok(Some(Err(e))) => {
+                count_error(metrics, &e);
+                tracing::debug!(error = %e, "HTTP/2 connection failed");
+                break;
+            }
+            Ok(None) => break,
+            Err(seam::Elapsed) => {
+                conn.graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+    // GOAWAY and what h2 still holds go out before the TLS close.
+    let _ = seam::timeout(LINGER, std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
+    drop(conn);
+    io.close(LINGER).await;
+}
+
+/// Streams in flight on a connection, and a wake-up when one ends.
+struct Streams {
+    open: Cell<usize>,
+    done: Notify,
+}
+
+struct StreamGuard(Rc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        self.0.done.notify_one();
+    }
+}
+
+/// One stream: its request normalised as an HTTP/1.1 head is, then the request path.
+async fn stream(
+    worker: Rc<Worker>,
+    live: Arc<Live>,
+    client: Rc<ClientInfo>,
+    parts: ::http::request::Parts,
+    mut ds: H2Stream,
+) {
+    let mut req = match request(&parts, &live) {
+        Ok(r) => r,
+        Err(e) => return refuse(&worker, &mut ds, &e).await,
+    };
+    match http::normalise(&mut req, &live.rules(&client)) {
+        Ok(dropped) => worker.shared.metrics.dropped_fields(&dropped),
+        Err(e) => {
+            let e = Error::because(
+                ErrorKind::BadRequest(e.clone()),
+                ErrorSource::Downstream,
+                "request head",
+                e,
+            );
+            return refuse(&worker, &mut ds, &e).await;
+        }
+    }
+    proxy::handle(&worker, &live, &mut ds, &client, req).await;
+}
+
+/// The stream's head as the one request every later step reads (see the module docs); the
+/// limits of an HTTP/1.1 head apply to it as if it had been sent as one.
+fn request(parts: &::http::request::Parts, live: &Live) -> Result<Request<'static>, Box<Error>> {
+    let bad = |e: http::Error| {
+        Error::because(ErrorKind::BadRequest(e.clone()), ErrorSource::Downstream, "request head", e)
+    };
+    let limits = &live.limits;
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = Headers::new();
+    let mut cookie: Option<Vec<u8>> = None;
+    let mut host = None;
+    // `METHOD target HTTP/1.1\r\n` and the final `\r\n`.
+    let mut size = parts.method.as_str().len() + target.len() + 12;
+    for (name, value) in parts.headers.iter() {
+        size += name.as_str().len() + value.len() + 4;
+        if name == ::http::header::HOST {
+            if host.replace(value).is_some() {
+                return Err(bad(http::Error::Malformed("more than one Host")));
+            }
+        } else if name == ::http::header::COOKIE {
+            // RFC 9113 §8.2.3: HTTP/2 may split `cookie` into fields; one for HTTP/1.1.
+            let c = cookie.get_or_insert_with(Vec::new);
+            if !c.is_empty() {
+                c.extend_from_slice(b"; ");
+            }
+            c.extend_from_slice(value.as_bytes());
+        } else {
+            headers.push(Header::new(name.as_str(), value.as_bytes()));
+        }
+    }
+    if size > limits.max_head_bytes {
+        return Err(bad(http::Error::HeadTooLarge));
+    }
+    if parts.headers.len() > limits.max_headers {
+        return Err(bad(http::Error::TooManyHeaders));
+    }
+    // RFC 9113 §8.3.1: `:authority` wins, and a `Host` beside it must say the same.
+    let authority = match (parts.uri.authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            return Err(bad(http::Error::Malformed(":authority and Host differ")))
+        }
+        (Some(a), _) => Some(a.as_str().as_bytes()),
+        (None, Some(h)) => Some(h.as_bytes()),
+        (None, None) => None,
+    };
+    if let Some(a) = authority {
+        headers.push(Header::new("host", a));
+    }
+    if let Some(c) = cookie {
+        headers.push(Header::new("cookie", c));
+    }
+    let req = Request {
+        method: HeadStr::copied(parts.method.as_str()),
+        target: HeadStr::copied(target),
+        minor_version: 1,
+        headers,
+        authority: Default::default(),
+    };
+    let declared = req.header("content-length").and_then(|v| std::str::from_utf8(v).ok());
+    if declared.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(bad(http::Error::BodyTooLarge));
+    }
+    Ok(req)
+}
+
+/// Answers a stream the proxy refused before routing it (400/405/413/431), and counts it.
+async fn refuse(worker: &Worker, ds: &mut H2Stream, e: &Error) {
+    let status = e.status();
+    tracing::debug!(status, error = %e, "HTTP/2 request refused");
+    worker.shared.metrics.request(Proto::H2, status, status == 400);
+    let mut reply = Reply::json_error(status, &e.public_message());
+    if status == 405 {
+        reply = reply.header("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+    }
+    let _ = ds.write_reply(reply, false, false).await;
+}
+
+/// Counts a connection h2 ended for abuse (GOAWAY ENHANCE_YOUR_CALM), by what h2 said.
+fn count_error(metrics: &crate::metrics::Metrics, e: &h2::Error) {
+    if !(e.is_go_away() && e.is_library() && e.reason() == Some(Reason::ENHANCE_YOUR_CALM)) {
+        return;
+    }
+    // h2 names the limit only in the GOAWAY's debug data, which its `Display` shows.
+    let text = e.to_string();
+    let why = if text.contains("too_many_continuations") {
+        H2Refusal::ContinuationFlood
+    } else if text.contains("too_many_resets") {
+        H2Refusal::RapidReset
+    } else if text.contains("header_list_way_too_large") {
+        H2Refusal::HeaderListTooLarge
+    } else {
+        H2Refusal::OtherAbuse
+    };
+    metrics.h2_refused(why);
+}

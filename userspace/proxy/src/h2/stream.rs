@@ -1,0 +1,293 @@
+//! One HTTP/2 stream as the request path's [`Downstream`]: the request body from DATA frames
+//! (flow-control capacity given back as it is read), the response as HEADERS then DATA frames
+//! sent as the client's window allows, within `body_timeout`.
+
+use std::{future::poll_fn, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use h2::{server::SendResponse, RecvStream, Reason, SendStream};
+use outpost_api::{Reply, RequestBody};
+
+use crate::{
+    downstream::Downstream,
+    error::{Error, ErrorKind, ErrorSource, Result},
+    http::{self, Body, BodyDecoder, HeaderValue, Request, Response},
+    io,
+    metrics::{H2Refusal, Metrics, Proto},
+};
+
+/// Fields HTTP/2 forbids (RFC 9113 §8.2.2): connection-specific, the framing of HTTP/1.1.
+const CONNECTION_SPECIFIC: [&str; 6] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"];
+
+pub(super) struct H2Stream {
+    recv: RecvStream,
+    respond: SendResponse<Bytes>,
+    /// The response body's stream, once the head went out.
+    send: Option<SendStream<Bytes>>,
+    /// The response head, until it goes out with the first body bytes (or the end).
+    head: Option<::http::Response<()>>,
+    body: Body,
+    max_body: u64,
+    read: u64,
+    body_done: bool,
+    body_untouched: bool,
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl H2Stream {
+    pub(super) fn new(
+        recv: RecvStream,
+        respond: SendResponse<Bytes>,
+        body_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> H2Stream {
+        let body_done = recv.is_end_stream();
+        H2Stream {
+            recv,
+            respond,
+            send: None,
+            head: None,
+            body: Body::Empty,
+            max_body: 0,
+            read: 0,
+            body_done,
+            body_untouched: true,
+            body_timeout,
+            metrics,
+        }
+    }
+
+    /// Sends `data` as the client's flow-control window allows; `end` ends the stream. A window
+    /// that stays shut for `body_timeout` resets the stream, so a client that never reads cannot
+    /// hold the request (and its origin connection) longer than a slow HTTP/1.1 reader could.
+    async fn send_data(&mut self, mut data: Bytes, end: bool) -> Result<()> {
+        let Some(send) = self.send.as_mut() else {
+            return Err(downstream("the response head was not sent"));
+        };
+        if data.is_empty() {
+            if end {
+                send.send_data(data, true).map_err(h2_failed)?;
+            }
+            return Ok(());
+        }
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let granted = io::timeout(self.body_timeout, poll_fn(|cx| send.poll_capacity(cx)));
+            let n = match granted.await {
+                Ok(Some(Ok(n))) => n,
+                Ok(Some(Err(e))) => return Err(h2_failed(e)),
+                Ok(None) => return Err(downstream("the client closed the stream")),
+                Err(io::Elapsed) => {
+                    self.metrics.h2_refused(H2Refusal::SendStalled);
+                    send.send_reset(Reason::CANCEL);
+                    return Err(Error::new(
+                        ErrorKind::DownstreamIo,
+                        ErrorSource::Downstream,
+                        "the client's flow-control window stayed shut",
+                    ));
+                }
+            };
+            let chunk = data.split_to(n.min(data.len()));
+            send.send_data(chunk, end && data.is_empty()).map_err(h2_failed)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the head now; `end` when nothing follows it.
+    fn send_head(&mut self, head: ::http::Response<()>, end: bool) -> Result<()> {
+        let send = self.respond.send_response(head, end).map_err(h2_failed)?;
+        self.send = Some(send);
+        Ok(())
+    }
+}
+
+#[async_trait(?Send)]
+impl RequestBody for H2Stream {
+    async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+        Downstream::read_body(self, out).await
+    }
+}
+
+impl Downstream for H2Stream {
+    fn proto(&self) -> Proto {
+        Proto::H2
+    }
+
+    /// The body is what DATA frames carry: `Content-Length` long when the client said so (h2
+    /// checks the frames add up), else until END_STREAM, which goes upstream chunked.
+    fn start_body(&mut self, req: &Request<'_>, max: u64) -> Body {
+        self.max_body = max;
+        self.body = if self.body_done {
+            Body::Empty
+        } else {
+            match req.header("content-length").and_then(|v| std::str::from_utf8(v).ok()) {
+                Some(n) => n.parse().map_or(Body::Chunked, Body::Length),
+                None => Body::Chunked,
+            }
+        };
+        self.body
+    }
+
+    fn body_done(&self) -> bool {
+        self.body_done
+    }
+
+    fn body_untouched(&self) -> bool {
+        self.body_untouched
+    }
+
+    fn body_timeout(&self) -> Duration {
+        self.body_timeout
+    }
+
+    async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+        self.body_untouched = false;
+        // Empty DATA frames are possible; h2 bounds how many (its data frame budget).
+        while !self.body_done {
+            let next = io::timeout(self.body_timeout, self.recv.data()).await.map_err(|e| {
+                Error::because(
+                    ErrorKind::RequestTimeout,
+                    ErrorSource::Downstream,
+                    "request body too slow",
+                    e,
+                )
+            })?;
+            let data = match next {
+                None => {
+                    self.body_done = true;
+                    break;
+                }
+                Some(Err(e)) => return Err(h2_failed(e)),
+                Some(Ok(data)) => data,
+            };
+            self.body_done = self.recv.is_end_stream();
+            let _ = self.recv.flow_control().release_capacity(data.len());
+            self.read += data.len() as u64;
+            if self.read > self.max_body {
+                return Err(Error::new(
+                    ErrorKind::BadRequest(http::Error::BodyTooLarge),
+                    ErrorSource::Downstream,
+                    "request body",
+                ));
+            }
+            out.extend_from_slice(&data);
+            if !data.is_empty() {
+                break;
+            }
+        }
+        Ok(!self.body_done)
+    }
+
+    async fn write_reply(
+        &mut self,
+        reply: Reply,
+        _keep_alive: bool,
+        head_only: bool,
+    ) -> std::io::Result<()> {
+        let mut head = ::http::Response::new(());
+        *head.status_mut() = status(reply.status);
+        let fields = head.headers_mut();
+        for h in &reply.headers {
+            if h.name.eq_ignore_ascii_case("content-length") || http::is_hop_by_hop(&h.name) {
+                continue;
+            }
+            append(fields, &h.name, &h.value);
+        }
+        if !matches!(reply.status, 100..=199 | 204 | 304) {
+            fields.insert(::http::header::CONTENT_LENGTH, reply.body.len().into());
+        }
+        let end = head_only || reply.body.is_empty();
+        let sent = async {
+            self.send_head(head, end)?;
+            if !end {
+                self.send_data(Bytes::from(reply.body), true).await?;
+            }
+            Ok(())
+        };
+        sent.await.map_err(|e: Box<Error>| std::io::Error::other(e.to_string()))
+    }
+
+    fn response_head<'r>(
+        &mut self,
+        resp: &mut Response<'r>,
+        body: Body,
+        content_length: Option<HeaderValue<'r>>,
+        _keep_alive: &mut bool,
+        _wire: &mut Vec<u8>,
+    ) {
+        let mut head = ::http::Response::new(());
+        *head.status_mut() = status(resp.status);
+        let fields = head.headers_mut();
+        for h in resp.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            append(fields, &h.name, &h.value);
+        }
+        let length = match body {
+            Body::Length(n) => Some(HeaderValue::decimal(n)),
+            Body::Empty => content_length,
+            Body::Chunked | Body::UntilClose => None,
+        };
+        if let Some(n) = length {
+            append(fields, "content-length", &n);
+        }
+        self.head = Some(head);
+    }
+
+    fn response_body(
+        &mut self,
+        dec: &mut BodyDecoder,
+        src: &[u8],
+        wire: &mut Vec<u8>,
+    ) -> std::result::Result<(usize, u64), http::Error> {
+        let before = wire.len();
+        let used = dec.decode(src, wire)?;
+        Ok((used, (wire.len() - before) as u64))
+    }
+
+    async fn send_response(&mut self, wire: &mut Vec<u8>, last: bool) -> Result<()> {
+        if let Some(head) = self.head.take() {
+            let end = last && wire.is_empty();
+            self.send_head(head, end)?;
+            if end {
+                return Ok(());
+            }
+        }
+        // h2 keeps what it was given until the window opens: a copy, so `wire` (pooled) is
+        // reused for the next read.
+        let data = Bytes::copy_from_slice(wire);
+        wire.clear();
+        self.send_data(data, last).await
+    }
+}
+
+/// Appends a field, lowercased as HTTP/2 requires; fields HTTP/2 forbids and values it cannot
+/// carry are left out.
+fn append(fields: &mut ::http::HeaderMap, name: &str, value: &[u8]) {
+    if CONNECTION_SPECIFIC.iter().any(|c| name.eq_ignore_ascii_case(c)) {
+        return;
+    }
+    let (Ok(name), Ok(value)) = (
+        ::http::HeaderName::from_bytes(name.as_bytes()),
+        ::http::HeaderValue::from_bytes(value),
+    ) else {
+        return;
+    };
+    fields.append(name, value);
+}
+
+fn status(code: u16) -> ::http::StatusCode {
+    ::http::StatusCode::from_u16(code).unwrap_or(::http::StatusCode::BAD_GATEWAY)
+}
+
+fn downstream(why: &'static str) -> Box<Error> {
+    Error::new(ErrorKind::DownstreamIo, ErrorSource::Downstream, why)
+}
+
+fn h2_failed(e: h2::Error) -> Box<Error> {
+    Error::because(ErrorKind::DownstreamIo, ErrorSource::Downstream, "HTTP/2 stream", e)
+}
