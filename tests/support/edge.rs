@@ -308,10 +308,11 @@ impl Edge {
         }
     }
 
-    /// curl in the client namespace: `curl -sSk -g --max-time 5 ARGS` (`-g`: brackets in URLs
-    /// are IPv6, not globs). The caller judges the result.
+    /// curl in the client namespace: `curl -sSk -g --http1.1 --max-time 5 ARGS` (`-g`:
+    /// brackets in URLs are IPv6, not globs; `--http2` in ARGS overrides `--http1.1`). The
+    /// caller judges the result.
     pub fn curl(&self, args: &[&str]) -> Output {
-        let mut argv = vec!["curl", "-sSk", "-g", "--max-time", "5"];
+        let mut argv = vec!["curl", "-sSk", "-g", "--http1.1", "--max-time", "5"];
         argv.extend(args);
         run(Some(&self.client_ns), &argv, CURL_LIMIT)
     }

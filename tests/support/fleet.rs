@@ -177,9 +177,10 @@ impl Fleet {
         format!("https://{}{path}", self.nodes[i].addr)
     }
 
-    /// curl in the client namespace: `curl -sSk --max-time 5 ARGS`; the caller judges.
+    /// curl in the client namespace: `curl -sSk --http1.1 --max-time 5 ARGS`; the caller
+    /// judges.
     pub fn curl(&self, args: &[&str]) -> Output {
-        let mut argv = vec!["curl", "-sSk", "--max-time", "5"];
+        let mut argv = vec!["curl", "-sSk", "--http1.1", "--max-time", "5"];
         argv.extend(args);
         run(Some(&self.client_ns), &argv, CURL_LIMIT)
     }

@@ -124,6 +124,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-aiosmtpd",
     // The virtual environment for the PyPI peers below.
     "python3-venv",
+    // nghttp, an HTTP/2 client the h2 tests drive besides curl.
+    "nghttp2-client",
 ];
 /// Debian packages of the benchmarks: wrk, the second client of the proxy bench; perf, for the
 /// edge's flame graph (taskset, which pins the proxy bench's processes, is util-linux's).

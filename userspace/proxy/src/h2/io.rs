@@ -76,6 +76,7 @@ struct State {
     /// Plaintext h2 wrote, sent at its next flush.
     out: Vec<u8>,
     guard: Guard,
+    sent: GoawayWatch,
     /// A budget ran out: h2 is given nothing more to read, and the driver is told.
     refused: Option<H2Refusal>,
     notify: Rc<Notify>,
@@ -94,6 +95,7 @@ impl H2Io {
             writing: None,
             out: Vec::new(),
             guard: Guard::new(),
+            sent: GoawayWatch::new(),
             refused: None,
             notify,
         })))
@@ -102,6 +104,11 @@ impl H2Io {
     /// Why the guard refused the client, if it did.
     pub(super) fn refused(&self) -> Option<H2Refusal> {
         self.0.borrow().refused
+    }
+
+    /// The debug data of the last GOAWAY h2 sent: h2's name for the limit a client broke.
+    pub(super) fn goaway_debug(&self) -> Vec<u8> {
+        self.0.borrow().sent.debug.clone()
     }
 
     /// Ends the connection once h2 has let go: what h2 left unflushed, close_notify, FIN, and a
@@ -178,15 +185,17 @@ impl AsyncRead for H2Io {
         let st = &mut *st;
         // Each turn either hands bytes over, waits, or ends: one read completes per turn.
         loop {
-            if st.refused.is_some() {
-                // The driver sends GOAWAY and closes; h2 reads nothing more of this client.
-                return Poll::Pending;
-            }
+            // What was read is handed over even past a refusal (at most one read's worth, and
+            // h2 may still be reading the preface): the driver needs h2 to send the GOAWAY.
             if st.at < st.plain.len() {
                 let n = buf.remaining().min(st.plain.len() - st.at);
                 buf.put_slice(&st.plain[st.at..st.at + n]);
                 st.at += n;
                 return Poll::Ready(Ok(()));
+            }
+            if st.refused.is_some() {
+                // The driver sends GOAWAY and closes; h2 reads nothing more of this client.
+                return Poll::Pending;
             }
             if st.eof {
                 return Poll::Ready(Ok(()));
@@ -205,6 +214,7 @@ impl AsyncRead for H2Io {
             }
             let reading = st.reading.as_mut().expect("started above");
             let (reader, res) = std::task::ready!(reading.as_mut().poll(cx));
+            tracing::trace!(read = ?res.as_ref().map(Vec::len), "h2 io: read");
             st.reading = None;
             st.reader = Some(reader);
             let plain = res?;
@@ -213,9 +223,11 @@ impl AsyncRead for H2Io {
                 io::buf::give(plain);
                 continue;
             }
-            if let Some(why) = st.guard.observe(&plain, Instant::now()) {
-                st.refused = Some(why);
-                st.notify.notify_one();
+            if st.refused.is_none() {
+                if let Some(why) = st.guard.observe(&plain, Instant::now()) {
+                    st.refused = Some(why);
+                    st.notify.notify_one();
+                }
             }
             st.plain = plain;
         }
@@ -236,6 +248,7 @@ impl AsyncWrite for H2Io {
             st.out = io::buf::take();
         }
         let n = data.len().min(OUT_MAX - st.out.len());
+        st.sent.observe(&data[..n]);
         st.out.extend_from_slice(&data[..n]);
         Poll::Ready(Ok(n))
     }
@@ -251,39 +264,30 @@ impl AsyncWrite for H2Io {
     }
 }
 
-/// Follows the client's frames by their headers and keeps the reset and control budgets.
-struct Guard {
-    /// Bytes of the connection preface still to come.
-    preface: usize,
+/// Follows a stream of frames by their 9-byte headers (RFC 9113 §4.1), after `skip` bytes
+/// that are not frames (the client's preface).
+struct Walker {
     head: [u8; FRAME_HEADER],
     have: usize,
-    /// Payload bytes of the current frame still to come.
+    /// Bytes still to come of what is not a frame header: the preface, then each payload.
     skip: usize,
-    resets: Bucket,
-    control: Bucket,
+    /// Where the current payload starts to be skipped (`skip` when it started).
+    payload: usize,
 }
 
-impl Guard {
-    fn new() -> Guard {
-        Guard {
-            preface: PREFACE_LEN,
-            head: [0; FRAME_HEADER],
-            have: 0,
-            skip: 0,
-            resets: Bucket::new(RESET_BURST, RESETS_PER_SEC),
-            control: Bucket::new(CONTROL_BURST, CONTROLS_PER_SEC),
-        }
+impl Walker {
+    fn new(skip: usize) -> Walker {
+        Walker { head: [0; FRAME_HEADER], have: 0, skip, payload: skip }
     }
 
-    /// Takes the next bytes the client sent; the refusal when a budget ran out.
-    fn observe(&mut self, mut b: &[u8], now: Instant) -> Option<H2Refusal> {
+    /// Walks `b`, telling `on` of each frame header completed and each piece of payload (with
+    /// its offset in the payload). Stops early when `on` returns false for a header.
+    fn walk(&mut self, mut b: &[u8], mut on: impl FnMut(Seen<'_>) -> bool) {
         while !b.is_empty() {
             let n;
-            if self.preface > 0 {
-                n = self.preface.min(b.len());
-                self.preface -= n;
-            } else if self.skip > 0 {
+            if self.skip > 0 {
                 n = self.skip.min(b.len());
+                on(Seen::Payload(&b[..n], self.payload.saturating_sub(self.skip)));
                 self.skip -= n;
             } else {
                 n = (FRAME_HEADER - self.have).min(b.len());
@@ -293,22 +297,99 @@ impl Guard {
                     self.have = 0;
                     let [l0, l1, l2, typ, flags, ..] = self.head;
                     self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
-                    let refused = match typ {
-                        RST_STREAM if !self.resets.take(now) => Some(H2Refusal::RapidReset),
-                        PING | SETTINGS if flags & ACK == 0 && !self.control.take(now) => {
-                            Some(H2Refusal::ControlFlood)
-                        }
-                        PRIORITY if !self.control.take(now) => Some(H2Refusal::ControlFlood),
-                        _ => None,
-                    };
-                    if refused.is_some() {
-                        return refused;
+                    self.payload = self.skip;
+                    if !on(Seen::Head(typ, flags)) {
+                        return;
                     }
                 }
             }
             b = &b[n..];
         }
-        None
+    }
+}
+
+/// What [`Walker::walk`] saw.
+enum Seen<'a> {
+    /// A frame header: type and flags.
+    Head(u8, u8),
+    /// Payload bytes (or preface), at this offset.
+    Payload(&'a [u8], usize),
+}
+
+/// Follows the client's frames and keeps the reset and control budgets.
+struct Guard {
+    walker: Walker,
+    resets: Bucket,
+    control: Bucket,
+}
+
+impl Guard {
+    fn new() -> Guard {
+        Guard {
+            walker: Walker::new(PREFACE_LEN),
+            resets: Bucket::new(RESET_BURST, RESETS_PER_SEC),
+            control: Bucket::new(CONTROL_BURST, CONTROLS_PER_SEC),
+        }
+    }
+
+    /// Takes the next bytes the client sent; the refusal when a budget ran out.
+    fn observe(&mut self, b: &[u8], now: Instant) -> Option<H2Refusal> {
+        let (resets, control) = (&mut self.resets, &mut self.control);
+        let mut refused = None;
+        self.walker.walk(b, |seen| {
+            let Seen::Head(typ, flags) = seen else { return true };
+            refused = match typ {
+                RST_STREAM if !resets.take(now) => Some(H2Refusal::RapidReset),
+                PING | SETTINGS if flags & ACK == 0 && !control.take(now) => {
+                    Some(H2Refusal::ControlFlood)
+                }
+                PRIORITY if !control.take(now) => Some(H2Refusal::ControlFlood),
+                _ => None,
+            };
+            refused.is_none()
+        });
+        refused
+    }
+}
+
+/// Follows our own frames for the GOAWAY h2 sends: its debug data names the limit a client
+/// broke (h2 does not tell its caller).
+struct GoawayWatch {
+    walker: Walker,
+    in_goaway: bool,
+    /// The debug data of the last GOAWAY sent (its first bytes).
+    debug: Vec<u8>,
+}
+
+/// GOAWAY: last stream id and error code, then the debug data.
+const GOAWAY: u8 = 0x7;
+const GOAWAY_FIXED: usize = 8;
+const DEBUG_KEPT: usize = 64;
+
+impl GoawayWatch {
+    fn new() -> GoawayWatch {
+        GoawayWatch { walker: Walker::new(0), in_goaway: false, debug: Vec::new() }
+    }
+
+    fn observe(&mut self, b: &[u8]) {
+        let (in_goaway, debug) = (&mut self.in_goaway, &mut self.debug);
+        self.walker.walk(b, |seen| {
+            match seen {
+                Seen::Head(typ, _) => {
+                    *in_goaway = typ == GOAWAY;
+                    if *in_goaway {
+                        debug.clear();
+                    }
+                }
+                Seen::Payload(bytes, at) if *in_goaway => {
+                    let from = GOAWAY_FIXED.saturating_sub(at).min(bytes.len());
+                    let room = DEBUG_KEPT - debug.len();
+                    debug.extend(bytes[from..].iter().take(room));
+                }
+                Seen::Payload(..) => {}
+            }
+            true
+        });
     }
 }
 
@@ -384,5 +465,18 @@ mod tests {
         let later = now + Duration::from_secs(1);
         assert_eq!(g.observe(&[0; 8], later), None, "the refused PING's payload");
         assert_eq!(g.observe(&frame(PING, 0, 8), later), None);
+    }
+
+    #[test]
+    fn the_goaway_watch_keeps_the_debug_data_of_our_goaway() {
+        let mut w = GoawayWatch::new();
+        let mut bytes = frame(PING, ACK, 8);
+        let mut goaway = frame(GOAWAY, 0, GOAWAY_FIXED + 15);
+        goaway[FRAME_HEADER + GOAWAY_FIXED..].copy_from_slice(b"too_many_resets");
+        bytes.extend(goaway);
+        for chunk in bytes.chunks(3) {
+            w.observe(chunk);
+        }
+        assert_eq!(w.debug, b"too_many_resets");
     }
 }

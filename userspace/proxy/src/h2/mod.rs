@@ -148,7 +148,7 @@ pub(crate) async fn serve(worker: &Rc<Worker>, tls: TlsConn, client: ClientInfo)
                 });
             }
             Ok(Some(Err(e))) => {
-                count_error(metrics, &e);
+                count_error(metrics, &e, &io.goaway_debug());
                 tracing::debug!(error = %e, "HTTP/2 connection failed");
                 break;
             }
@@ -284,21 +284,17 @@ async fn refuse(worker: &Worker, ds: &mut H2Stream, e: &Error) {
     let _ = ds.write_reply(reply, false, false).await;
 }
 
-/// Counts a connection h2 ended for abuse (GOAWAY ENHANCE_YOUR_CALM), by what h2 said.
-fn count_error(metrics: &crate::metrics::Metrics, e: &h2::Error) {
+/// Counts a connection h2 ended for abuse (GOAWAY ENHANCE_YOUR_CALM), by the debug data of the
+/// GOAWAY it sent (`debug`), where h2 names the limit.
+fn count_error(metrics: &crate::metrics::Metrics, e: &h2::Error, debug: &[u8]) {
     if !(e.is_go_away() && e.is_library() && e.reason() == Some(Reason::ENHANCE_YOUR_CALM)) {
         return;
     }
-    // h2 names the limit only in the GOAWAY's debug data, which its `Display` shows.
-    let text = e.to_string();
-    let why = if text.contains("too_many_continuations") {
-        H2Refusal::ContinuationFlood
-    } else if text.contains("too_many_resets") {
-        H2Refusal::RapidReset
-    } else if text.contains("header_list_way_too_large") {
-        H2Refusal::HeaderListTooLarge
-    } else {
-        H2Refusal::OtherAbuse
+    let why = match debug {
+        b"too_many_continuations" => H2Refusal::ContinuationFlood,
+        b"too_many_resets" => H2Refusal::RapidReset,
+        b"header_list_way_too_large" => H2Refusal::HeaderListTooLarge,
+        _ => H2Refusal::OtherAbuse,
     };
     metrics.h2_refused(why);
 }
