@@ -184,7 +184,6 @@ impl Http1 {
             }
         }
     }
-
 }
 
 impl Downstream for Http1 {

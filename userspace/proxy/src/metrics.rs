@@ -388,8 +388,10 @@ impl Metrics {
             for (a, alpn) in ALPNS.iter().enumerate() {
                 let n = self.alpn[v][a].load(Relaxed);
                 let alpn = alpn.name();
-                let _ =
-                    writeln!(o, "outpost_tls_alpn_total{{version=\"{version}\",alpn=\"{alpn}\"}} {n}");
+                let _ = writeln!(
+                    o,
+                    "outpost_tls_alpn_total{{version=\"{version}\",alpn=\"{alpn}\"}} {n}"
+                );
             }
         }
         header(

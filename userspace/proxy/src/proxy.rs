@@ -16,8 +16,7 @@ use std::{
 };
 
 use outpost_api::{
-    pooled::Pooled, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer, Reply, Session,
-    Summary,
+    pooled::Pooled, AfterResponse, ClientInfo, ErasedHandler, Flow, Peer, Reply, Session, Summary,
 };
 use smallvec::SmallVec;
 

@@ -735,11 +735,7 @@ impl TlsConn {
             ));
         };
         let writer_stream = self.stream.try_clone()?;
-        let keys = Rc::new(RefCell::new(SplitKeys {
-            records,
-            alert: None,
-            failed: self.failed,
-        }));
+        let keys = Rc::new(RefCell::new(SplitKeys { records, alert: None, failed: self.failed }));
         let reader = TlsReader {
             stream: self.stream,
             keys: keys.clone(),

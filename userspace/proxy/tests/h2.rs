@@ -151,7 +151,7 @@ fn attack_edge() -> (Origin, Outpost) {
 #[test]
 fn rapid_reset_is_a_goaway_after_bounded_work() {
     let (origin, o) = attack_edge();
-    let v = attack(&o, "rapid_reset", 5000);
+    let v = attack(&o, "rapid_reset", 1000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
     assert_eq!(o.metric("outpost_h2_refused_total{reason=\"rapid_reset\"}"), 1);
     // Bounded work: far fewer origin requests than streams opened.
@@ -163,7 +163,7 @@ fn rapid_reset_is_a_goaway_after_bounded_work() {
 #[test]
 fn continuation_flood_is_a_goaway() {
     let (_origin, o) = attack_edge();
-    let v = attack(&o, "continuation", 100_000);
+    let v = attack(&o, "continuation", 1000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
     assert_eq!(o.metric("outpost_h2_refused_total{reason=\"continuation_flood\"}"), 1);
     still_serves(&o, "CONTINUATION flood");
@@ -188,9 +188,9 @@ fn hpack_bomb_is_a_goaway_and_a_big_head_is_431() {
 #[test]
 fn ping_and_settings_floods_are_goaways() {
     let (_origin, o) = attack_edge();
-    let v = attack(&o, "ping_flood", 5000);
+    let v = attack(&o, "ping_flood", 1000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
-    let v = attack(&o, "settings_flood", 5000);
+    let v = attack(&o, "settings_flood", 1000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
     assert_eq!(o.metric("outpost_h2_refused_total{reason=\"control_flood\"}"), 2);
     still_serves(&o, "PING and SETTINGS floods");

@@ -57,7 +57,16 @@ impl Wire {
     fn curl(&self, args: &[&str]) -> std::process::Output {
         run_client(
             Command::new(tool("ip"))
-                .args(["netns", "exec", &self.ns, tool("curl"), "-sk", "--http1.1", "--max-time", "5"])
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    tool("curl"),
+                    "-sk",
+                    "--http1.1",
+                    "--max-time",
+                    "5",
+                ])
                 .args(args),
             Duration::from_secs(8),
         )

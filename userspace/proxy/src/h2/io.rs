@@ -214,7 +214,6 @@ impl AsyncRead for H2Io {
             }
             let reading = st.reading.as_mut().expect("started above");
             let (reader, res) = std::task::ready!(reading.as_mut().poll(cx));
-            tracing::trace!(read = ?res.as_ref().map(Vec::len), "h2 io: read");
             st.reading = None;
             st.reader = Some(reader);
             let plain = res?;

@@ -15,9 +15,9 @@
 //! - CONTINUATION flood (CVE-2024-27316): h2 holds at most the advertised header list size of
 //!   a header block and refuses more CONTINUATION frames than that size needs. GOAWAY.
 //! - Header lists: a request over `max_head_bytes` or `max_headers` (counted as HTTP/1.1
-//!   counts its head) gets 431 here; SETTINGS_MAX_HEADER_LIST_SIZE is set so that such a
-//!   request reaches us, h2 answers 431 itself beyond it, and a decoded list four times over
-//!   it (an HPACK bomb) is a GOAWAY.
+//!   counts its head) gets 431 here. SETTINGS_MAX_HEADER_LIST_SIZE is twice `max_head_bytes`
+//!   plus 32 bytes a field (HPACK's count), so such a request reaches us; h2 answers 431 itself
+//!   beyond it, and a decoded list four times over it (an HPACK bomb) is a GOAWAY.
 //! - PING, SETTINGS and PRIORITY floods: the control budget of [`io`]; h2 answers one PING or
 //!   SETTINGS at a time and reads nothing more until that answer is written, so a client that
 //!   does not read stalls only itself, until `body_timeout`.
@@ -80,7 +80,9 @@ pub(crate) async fn serve(worker: &Rc<Worker>, tls: TlsConn, client: ClientInfo)
     let refused = Rc::new(Notify::new());
     let io = H2Io::new(reader, writer, refused.clone());
     let mut builder = h2::server::Builder::new();
-    let header_list = live.limits.max_head_bytes + FIELD_OVERHEAD * live.limits.max_headers;
+    // Room for any head our own limit would take, counted HPACK's way (32 bytes a field rather
+    // than HTTP/1.1's 4), and twice over: a head over `max_head_bytes` gets our 431, counted.
+    let header_list = 2 * live.limits.max_head_bytes + FIELD_OVERHEAD * live.limits.max_headers;
     builder
         .max_concurrent_streams(live.h2_max_streams)
         .max_header_list_size(u32::try_from(header_list).unwrap_or(u32::MAX))

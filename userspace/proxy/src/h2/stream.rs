@@ -6,7 +6,7 @@ use std::{future::poll_fn, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use h2::{server::SendResponse, RecvStream, Reason, SendStream};
+use h2::{server::SendResponse, Reason, RecvStream, SendStream};
 use outpost_api::{Reply, RequestBody};
 
 use crate::{
@@ -271,10 +271,9 @@ fn append(fields: &mut ::http::HeaderMap, name: &str, value: &[u8]) {
     if CONNECTION_SPECIFIC.iter().any(|c| name.eq_ignore_ascii_case(c)) {
         return;
     }
-    let (Ok(name), Ok(value)) = (
-        ::http::HeaderName::from_bytes(name.as_bytes()),
-        ::http::HeaderValue::from_bytes(value),
-    ) else {
+    let (Ok(name), Ok(value)) =
+        (::http::HeaderName::from_bytes(name.as_bytes()), ::http::HeaderValue::from_bytes(value))
+    else {
         return;
     };
     fields.append(name, value);

@@ -100,6 +100,10 @@ class Conn:
                     self.buf = self.buf[9 + length :]
                     if isinstance(f, SettingsFrame) and "ACK" not in f.flags:
                         self.send(SettingsFrame(0, flags=["ACK"]).serialize())
+                    # Every header block, in order: HPACK's table depends on all of them.
+                    f.fields = None
+                    if isinstance(f, HeadersFrame):
+                        f.fields = dict(self.dec.decode(f.data))
                     return f
             if time.monotonic() - self.start > DEADLINE:
                 raise socket.timeout("deadline")
@@ -118,7 +122,7 @@ class Conn:
         while True:
             try:
                 f = self.frame()
-            except socket.timeout:
+            except OSError:  # a timeout, or the TLS session broken by the server's close
                 return None, seen
             if f is None:
                 return None, seen
@@ -142,7 +146,7 @@ def outcome(conn, f, seen, **extra):
 def status_of(conn, frames, stream_id):
     for f in frames:
         if isinstance(f, HeadersFrame) and f.stream_id == stream_id:
-            return int(dict(conn.dec.decode(f.data))[":status"])
+            return int(f.fields[":status"])
     return None
 
 
