@@ -622,9 +622,11 @@ mod tests {
     fn renders_every_family() {
         let m = Metrics::new();
         m.hello(Version::Tls10, Verdict::Reject);
-        m.request(431, false);
-        m.request(400, true);
-        m.request(200, false);
+        m.request(Proto::Http11, 431, false);
+        m.request(Proto::H2, 400, true);
+        m.request(Proto::Http11, 200, false);
+        m.alpn(rustls::ProtocolVersion::TLSv1_3, crate::tls::Alpn::H2);
+        m.h2_refused(H2Refusal::RapidReset);
         let l = m.latency_recorder();
         l.record(Duration::from_millis(2));
         m.hello(Version::Tls11, Verdict::Redirect);
@@ -636,8 +638,12 @@ mod tests {
         for line in [
             "outpost_kernel_hellos_total{version=\"TLS1.3\",verdict=\"pass\"} 7",
             "outpost_hellos_total{version=\"TLS1.0\",verdict=\"reject\"} 1",
-            "outpost_requests_total{class=\"4xx\"} 2",
-            "outpost_requests_total{class=\"2xx\"} 1",
+            "outpost_requests_total{class=\"4xx\",proto=\"http/1.1\"} 1",
+            "outpost_requests_total{class=\"4xx\",proto=\"h2\"} 1",
+            "outpost_requests_total{class=\"2xx\",proto=\"http/1.1\"} 1",
+            "outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"h2\"} 1",
+            "outpost_tls_alpn_total{version=\"TLSv1.2\",alpn=\"none\"} 0",
+            "outpost_h2_refused_total{reason=\"rapid_reset\"} 1",
             "outpost_requests_refused_total{status=\"431\"} 1",
             "outpost_requests_malformed_total 1",
             "outpost_request_duration_seconds_count 1",
