@@ -44,6 +44,19 @@ each_backend!(
     sigterm_closes_upgraded_connections_after_the_grace_period,
 );
 
+/// Chromium's own WebSocket, in a page the Python origin serves through the edge (on the
+/// default backend and epoll: a browser is the costly part).
+mod chromium {
+    #[test]
+    fn uring() {
+        super::a_browser_page_speaks_websocket_through_the_edge("uring")
+    }
+    #[test]
+    fn epoll() {
+        super::a_browser_page_speaks_websocket_through_the_edge("epoll")
+    }
+}
+
 /// The tests' Python with `websockets` (`cargo xtask setup` creates it).
 fn python() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python");
@@ -339,4 +352,38 @@ fn sigterm_closes_upgraded_connections_after_the_grace_period(io: &str) {
     assert!(v["echoes"].as_u64().is_some_and(|n| n >= 30), "{v}");
     let status = o.wait_exit(Duration::from_secs(5));
     assert!(status.is_some_and(|s| s.success()), "outpost did not exit cleanly: {status:?}");
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/websocket/browser")
+}
+
+fn a_browser_page_speaks_websocket_through_the_edge(io: &str) {
+    assert!(
+        Path::new("/usr/bin/chromium").is_file(),
+        "chromium is not installed (apt-get install chromium); this test drives it"
+    );
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing in {}: run `cargo xtask setup` (npm ci there)",
+        browser_dir().display()
+    );
+    let origin = WsOrigin::start();
+    let o = edge(io, &origin, "");
+    let out = run_client(
+        Command::new(tool("node")).arg(browser_dir().join("chromium.mjs")).arg(o.url("/page")),
+        Duration::from_secs(60),
+    );
+    let v = report(
+        "chromium",
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["seen"], serde_json::json!(["hello from the page", "1,2,3,255"]), "{v}");
+    // The page closed with 4001; the origin's answer carried it back.
+    assert_eq!(v["code"], 4001, "{v}");
+    assert_eq!(v["reason"], "page done", "{v}");
+    upgraded_closed(&o);
+    assert_eq!(o.metric("outpost_upgraded_connections_total"), 1);
 }
