@@ -11,8 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Peer, RouteFactory, RouteSpec, Session};
+use outpost_proxy::{io::Backend, Registry, RunOptions};
 use outpost_testkit::*;
 use serde_json::Value;
+use tokio::sync::watch;
 
 /// Runs `$name(io)` as `$name::uring`, `$name::epoll` and `$name::compio`.
 macro_rules! each_backend {
@@ -54,6 +57,23 @@ mod chromium {
     #[test]
     fn epoll() {
         super::a_browser_page_speaks_websocket_through_the_edge("epoll")
+    }
+}
+
+/// A filter's `close_upgraded_when` ends a live WebSocket (the seam for revocation), on an edge
+/// run in-process with a handler of the test's own.
+mod close_when {
+    #[test]
+    fn uring() {
+        super::a_filter_can_close_an_upgraded_connection(outpost_proxy::io::Backend::Uring)
+    }
+    #[test]
+    fn epoll() {
+        super::a_filter_can_close_an_upgraded_connection(outpost_proxy::io::Backend::Epoll)
+    }
+    #[test]
+    fn compio() {
+        super::a_filter_can_close_an_upgraded_connection(outpost_proxy::io::Backend::Compio)
     }
 }
 
@@ -386,4 +406,115 @@ fn a_browser_page_speaks_websocket_through_the_edge(io: &str) {
     assert_eq!(v["reason"], "page done", "{v}");
     upgraded_closed(&o);
     assert_eq!(o.metric("outpost_upgraded_connections_total"), 1);
+}
+
+/// Proxies to one server, and asks the core to end each upgraded connection once `revoke`
+/// says so: what a revocation filter would do with its own signal.
+struct Revocable {
+    server: std::net::SocketAddr,
+    revoke: watch::Receiver<bool>,
+}
+
+impl Handler for Revocable {
+    type Ctx = ();
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, s: &mut Session<'_>, _: &mut ()) -> outpost_api::Result<Flow> {
+        if s.req.websocket_upgrade() {
+            let mut revoke = self.revoke.clone();
+            s.close_upgraded_when(async move {
+                let _ = revoke.wait_for(|r| *r).await;
+            });
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session<'_>, _: &mut ()) -> outpost_api::Result<Peer> {
+        Ok(Peer {
+            addr: self.server,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            pool_size: 0,
+            pool_idle: Duration::from_secs(1),
+        })
+    }
+}
+
+struct RevocableFactory {
+    server: std::net::SocketAddr,
+    revoke: watch::Receiver<bool>,
+}
+
+impl RouteFactory for RevocableFactory {
+    fn name(&self) -> &'static str {
+        "revocable"
+    }
+    fn build(&self, _: &RouteSpec<'_>, _: &BuildEnv) -> anyhow::Result<Built> {
+        let h = Revocable { server: self.server, revoke: self.revoke.clone() };
+        Ok(Built { handler: erase("revocable", h), background: Vec::new() })
+    }
+}
+
+fn a_filter_can_close_an_upgraded_connection(io: Backend) {
+    let origin = WsOrigin::start();
+    let (revoke, rx) = watch::channel(false);
+    let dir = TempDir::new("ws-close-when");
+    let (https, admin) = (free_port(), free_port());
+    let config = dir.0.join("outpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
+             data_dir = \"{}\"\nworkers = 1\n[[routes]]\nhandler = \"revocable\"\n",
+            dir.0.join("data").display()
+        ),
+    )
+    .unwrap();
+    let server = origin.addr().parse().unwrap();
+    // The edge runs until the test process ends (it is not stopped), on a thread of its own.
+    thread::spawn(move || {
+        let _dir = dir;
+        let options = RunOptions {
+            config: Some(config),
+            io: Some(io),
+            registry: Registry::new().route(RevocableFactory { server, revoke: rx }),
+            ..Default::default()
+        };
+        if let Err(e) = outpost_proxy::run(options) {
+            eprintln!("the edge on {io:?} stopped: {e:#}");
+        }
+    });
+    wait_for_admin(admin);
+    let mut child = Command::new(python())
+        .arg(script())
+        .args(["client", "drain", "--port", &https.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the client");
+    let lines = lines_of(child.stdout.take().expect("piped"));
+    let first = lines.recv_timeout(Duration::from_secs(15));
+    if first.as_deref() != Ok("open") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("the client did not connect: {first:?} {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Echoes go on until the filter's signal.
+    thread::sleep(Duration::from_millis(500));
+    let revoked = Instant::now();
+    revoke.send_replace(true);
+    let last = lines.recv_timeout(Duration::from_secs(10));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let v = report("drain", &last.unwrap_or_default(), &String::from_utf8_lossy(&out.stderr));
+    assert_eq!(v["end"], "closed", "{v}");
+    assert!(revoked.elapsed() < Duration::from_secs(3), "closed late: {v}");
+    assert!(v["echoes"].as_u64().is_some_and(|n| n >= 3), "{v}");
+    let metrics = || http_get(admin, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !metrics().lines().any(|l| l == "outpost_upgraded_connections 0") {
+        assert!(Instant::now() < deadline, "still open:\n{}", metrics());
+        thread::sleep(Duration::from_millis(50));
+    }
 }
