@@ -26,6 +26,8 @@
 //! - [`proxy`]: the core: runs a request through its filters and handler (the phases of
 //!   [`outpost_api::Handler`]), origin pools, body streaming, error responses, and the work
 //!   handlers leave for after the response.
+//! - [`splice`]: a client's TLS connection spliced to a TCP one both ways, byte for byte (what
+//!   a WebSocket becomes after the origin's 101): half-close, idle limit, an outside stop.
 //! - [`http`], [`error`]: the codec and the error type, from [`outpost_api`].
 //!
 //! The core knows no application: handlers live in crates of their own, depend on
@@ -52,6 +54,7 @@ pub mod router;
 pub mod run;
 pub mod server;
 pub mod shared;
+pub mod splice;
 pub mod tls;
 mod worker;
 

@@ -6,6 +6,12 @@
 //! client's body is decoded and re-encoded for the origin (so the origin sees outpost's framing,
 //! never the client's), then the origin's response is decoded and re-encoded for the client.
 //! The exchange is sequential: the whole request body goes out before the response is read.
+//!
+//! A WebSocket handshake ([`Request::websocket_upgrade`]) goes to the origin with its upgrade
+//! fields; when the origin answers `101` (naming `websocket`), the 101 goes to the client and
+//! the two connections are spliced ([`splice`](crate::splice)) until either side is done. The
+//! handlers' phases all run for the handshake as for any request (filters can refuse it,
+//! `logging` sees the 101); any other answer is an ordinary response.
 
 use std::{
     any::Any,
@@ -28,6 +34,7 @@ use crate::{
     io,
     metrics::UpstreamFailure,
     shared::Live,
+    splice,
     worker::Worker,
 };
 
@@ -92,6 +99,13 @@ impl Exchange<'_> {
     }
 }
 
+/// An origin connection that switched to a WebSocket, and what the origin already sent after
+/// its 101.
+struct Upgraded {
+    up: io::Stream,
+    early: Vec<u8>,
+}
+
 /// Serves one request; returns whether the connection stays open.
 ///
 /// `req` borrows its fields from the head's buffer for as long as `ds` and `client` are lent.
@@ -124,6 +138,10 @@ pub(crate) async fn handle<'a>(
             (r, Some(chain))
         }
         None => (Err(Error::new(ErrorKind::NoRoute, ErrorSource::Downstream, "routing")), None),
+    };
+    let (result, upgraded) = match result {
+        Ok(upgraded) => (Ok(()), upgraded),
+        Err(e) => (Err(e), None),
     };
     if let Err(e) = &result {
         match e.source {
@@ -174,18 +192,81 @@ pub(crate) async fn handle<'a>(
         status = p.status, upstream = ?p.upstream, us = elapsed.as_micros() as u64, "request"
     );
     // The response is out: now the work that could wait.
-    for task in x.after.0.drain(..) {
+    for task in x.after.tasks.drain(..) {
         worker.run_after_response(task, live.after_max_pending);
+    }
+    if let Some(upgraded) = upgraded {
+        let close_when = std::mem::take(&mut x.after.close_upgraded);
+        // Boxed: only an upgraded connection pays for the splice's state.
+        Box::pin(tunnel(worker, live, x.ds, upgraded, close_when)).await;
+        return false;
     }
     p.keep_alive && x.ds.body_done()
 }
 
+/// Splices an upgraded connection (see [`splice`](crate::splice)), counted in
+/// `outpost_upgraded_*` and in the worker's drain, until it ends, the worker closes upgraded
+/// connections (a drain's grace period ran out), or a handler's `close_when` resolves.
+async fn tunnel(
+    worker: &Rc<Worker>,
+    live: &Live,
+    ds: &mut Downstream,
+    mut upgraded: Upgraded,
+    close_when: Vec<outpost_api::handler::Task>,
+) {
+    let _open = worker.upgraded_opened();
+    let metrics = &worker.shared.metrics;
+    let limits =
+        splice::Limits { idle: live.upgraded_idle_timeout, write_timeout: ds.body_timeout() };
+    let stop = async {
+        tokio::select! {
+            () = worker.upgraded_closing() => {}
+            () = any(close_when) => {}
+        }
+    };
+    // What the client sent after its handshake (it should wait for the 101, but may not).
+    let from_client = std::mem::take(&mut ds.buf);
+    let end = splice::splice(
+        &mut ds.tls,
+        &from_client,
+        &mut upgraded.up,
+        &upgraded.early,
+        limits,
+        stop,
+        &|d, n| metrics.upgraded_bytes(d, n as u64),
+    )
+    .await;
+    io::buf::give(from_client);
+    io::buf::give(upgraded.early);
+    match &end {
+        splice::End::Failed(side, e) => {
+            tracing::debug!(?side, error = %e, "upgraded connection failed")
+        }
+        end => tracing::debug!(end = end.name(), "upgraded connection ended"),
+    }
+}
+
+/// Resolves when any of `futures` does; never when there are none.
+async fn any(mut futures: Vec<outpost_api::handler::Task>) {
+    std::future::poll_fn(|cx| {
+        for f in futures.iter_mut() {
+            if f.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// The phases of one exchange; `Some` when the origin switched the connection to a WebSocket
+/// (its 101 went to the client, the rest is the splice's).
 async fn phases(
     worker: &Rc<Worker>,
     chain: &mut Chain,
     x: &mut Exchange<'_>,
     p: &mut Progress,
-) -> Result<()> {
+) -> Result<Option<Upgraded>> {
     let head_only = x.req.method == "HEAD";
     for (h, ctx) in chain.links.iter_mut() {
         if let Flow::Respond(reply) = h.request_filter(&mut x.session(), &mut **ctx).await? {
@@ -198,7 +279,7 @@ async fn phases(
                 "writing a reply",
             )?;
             p.started = true;
-            return Ok(());
+            return Ok(None);
         }
     }
     if !x.ds.body_untouched() {
@@ -213,6 +294,12 @@ async fn phases(
     let mut up_req = x.req.clone();
     http::remove_hop_by_hop(&mut up_req.headers);
     up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
+    // The one upgrade the edge forwards; its `Sec-WebSocket-*` fields are end to end already.
+    let upgrade = x.req.websocket_upgrade();
+    if upgrade {
+        up_req.headers.push(Header::borrowed("Connection", b"upgrade"));
+        up_req.headers.push(Header::borrowed("Upgrade", b"websocket"));
+    }
     for (h, ctx) in chain.links.iter_mut() {
         h.upstream_request_filter(&mut x.session(), &mut up_req, &mut **ctx).await?;
     }
@@ -267,11 +354,14 @@ async fn phases(
                         Ok(Some((resp, n))) if !(100..200).contains(&resp.status) => {
                             break 'exchange (resp, n)
                         }
+                        Ok(Some((resp, n))) if upgrade && resp.switches_to_websocket() => {
+                            break 'exchange (resp, n)
+                        }
                         Ok(Some((resp, _))) if resp.status == 101 => {
                             break Error::new(
                                 ErrorKind::InvalidResponse,
                                 ErrorSource::Upstream,
-                                "origin switched protocols",
+                                "origin switched protocols unasked",
                             )
                         }
                         Ok(Some((_, n))) => Some(n),
@@ -327,6 +417,29 @@ async fn phases(
         }
         return Err(failed);
     };
+    if resp.status == 101 {
+        // The handshake's answer: the head goes to the client as it would for any response
+        // (hop-by-hop fields dropped, the filters run), with the upgrade fields and no framing.
+        http::remove_hop_by_hop(&mut resp.headers);
+        resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
+        for (h, ctx) in chain.links.iter_mut().rev() {
+            h.response_filter(&mut x.session(), &mut resp, &mut **ctx).await?;
+        }
+        resp.headers.push(Header::borrowed("Connection", b"upgrade"));
+        resp.headers.push(Header::borrowed("Upgrade", b"websocket"));
+        p.status = 101;
+        p.keep_alive = false;
+        let mut wire = head;
+        wire.clear();
+        http::write_response_head(101, http::reason(101), &resp.headers, &mut wire);
+        drop(resp);
+        rbuf.drain(..head_len);
+        p.started = true;
+        let sent = send_response(x.ds, &wire).await;
+        io::buf::give(wire);
+        sent?;
+        return Ok(Some(Upgraded { up, early: rbuf }));
+    }
     let resp_body = resp.body(&x.req.method).or_err(
         ErrorKind::InvalidResponse,
         ErrorSource::Upstream,
@@ -449,15 +562,15 @@ async fn phases(
     p.started = true;
     send_response(x.ds, &wire).await?;
     // A connection that became a tunnel (a 2xx to CONNECT) or switched protocols belongs to
-    // one client: never back in the pool. Neither reaches here today (CONNECT is refused,
-    // a 101 fails the exchange); this keeps it so.
+    // one client: never back in the pool. Neither reaches here (CONNECT is refused, a 101
+    // returned above with the connection); this keeps it so.
     let tunnel = x.req.method == "CONNECT" || p.status == 101;
     if origin_keep_alive && rbuf.is_empty() && !tunnel {
         worker.pool.borrow_mut().put(&peer, up);
     }
     io::buf::give(rbuf);
     io::buf::give(wire);
-    Ok(())
+    Ok(None)
 }
 
 /// Sends (and flushes) part of the response to the client.

@@ -8,7 +8,7 @@
 //! record after it, with the keys rustls hands over, however the reads split them.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     collections::HashMap,
     fs,
     io::Write as _,
@@ -255,6 +255,11 @@ pub struct TlsConn {
     peer_closed: bool,
     /// rustls failed on the client's input and its alert was sent: rustls is not run again.
     failed: bool,
+    /// Our close_notify went out (a spliced connection whose origin closed first).
+    close_sent: bool,
+    /// A write was abandoned part way (a splice stopped while it wrote): the record stream to
+    /// the client may end inside a record, so nothing more is sealed for it.
+    torn: bool,
     write_timeout: Duration,
 }
 
@@ -262,8 +267,9 @@ pub struct TlsConn {
 enum Phase {
     /// rustls, through the handshake.
     Handshake(Box<UnbufferedServerConnection>),
-    /// [`Records`], with the keys rustls handed over.
-    Traffic(Box<Records>),
+    /// [`Records`], with the keys rustls handed over; in a cell so that the two halves of a
+    /// split connection ([`TlsConn::split`]) can each seal or open between their awaits.
+    Traffic(Box<RefCell<Records>>),
     /// Neither: the hand-over failed.
     Gone,
 }
@@ -306,6 +312,8 @@ impl TlsConn {
             eof: false,
             peer_closed: false,
             failed: false,
+            close_sent: false,
+            torn: false,
             write_timeout,
         })
     }
@@ -357,7 +365,7 @@ impl TlsConn {
         }
         let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(invalid)?;
         let records = Records::new(secrets, kernel).map_err(stdio::Error::other)?;
-        self.conn = Phase::Traffic(Box::new(records));
+        self.conn = Phase::Traffic(Box::new(RefCell::new(records)));
         Ok(negotiated)
     }
 
@@ -416,27 +424,7 @@ impl TlsConn {
         let Phase::Traffic(records) = &mut self.conn else {
             return Err(records::Error::internal("no TLS session to read from"));
         };
-        let mut used = 0;
-        while !self.peer_closed {
-            let Some(len) = records.complete(&self.rbuf[used..])? else { break };
-            let record = &mut self.rbuf[used..used + len];
-            used += len;
-            match records.open(record)? {
-                Opened::Data(range) => {
-                    if plain.capacity() == 0 {
-                        *plain = io::buf::take_idle();
-                    }
-                    plain.extend_from_slice(&record[range]);
-                }
-                Opened::Closed => self.peer_closed = true,
-                Opened::Nothing => {}
-            }
-        }
-        self.rbuf.drain(..used);
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            io::buf::give(std::mem::take(&mut self.rbuf));
-        }
-        Ok(())
+        open_records(records.get_mut(), &mut self.rbuf, &mut self.peer_closed, plain)
     }
 
     /// The client's records broke the protocol: sends the alert, if one is due, then fails.
@@ -445,7 +433,7 @@ impl TlsConn {
             self.failed = true;
             io::buf::give(std::mem::take(&mut self.rbuf));
             if let (Phase::Traffic(records), Some(description)) = (&mut self.conn, e.alert()) {
-                if records.seal_alert(description, &mut self.wbuf).is_ok() {
+                if records.get_mut().seal_alert(description, &mut self.wbuf).is_ok() {
                     let _ = self.write_out().await;
                 }
             }
@@ -605,7 +593,7 @@ impl TlsConn {
                     "the TLS connection cannot send application data",
                 ));
             };
-            records.seal(chunk, &mut self.wbuf).map_err(stdio::Error::other)?;
+            records.get_mut().seal(chunk, &mut self.wbuf).map_err(stdio::Error::other)?;
             data = &data[chunk.len()..];
         }
         Ok(())
@@ -637,10 +625,12 @@ impl TlsConn {
     /// own close, reading and discarding what it still sends, so that a response is not
     /// destroyed by a reset caused by unread request bytes.
     pub async fn close(mut self, linger: Duration) {
-        // Nothing to do when the handshake never finished or the connection failed: the error
-        // already went out as an alert.
-        if let (Phase::Traffic(records), false) = (&mut self.conn, self.failed) {
-            let _ = records.seal_close_notify(&mut self.wbuf);
+        // Nothing to do when the handshake never finished or the connection failed (the error
+        // already went out as an alert), nor when a splice sent it or tore the stream.
+        if let (Phase::Traffic(records), false) =
+            (&mut self.conn, self.failed || self.close_sent || self.torn)
+        {
+            let _ = records.get_mut().seal_close_notify(&mut self.wbuf);
         }
         if !matches!(io::timeout(linger, self.write_out()).await, Ok(Ok(()))) {
             return;
@@ -660,6 +650,188 @@ impl TlsConn {
         })
         .await;
     }
+}
+
+impl TlsConn {
+    /// The connection in two halves that work at once, for a splice: the reader opens the
+    /// client's records while the writer seals ours, each with its own socket operation in
+    /// flight. `None` unless the handshake finished and nothing failed.
+    ///
+    /// Dropping the halves mid-operation ends what the connection can do: a read dropped
+    /// loses what it was reading (the connection is closing), a write dropped leaves the
+    /// connection torn (no close_notify follows a record that may be cut short).
+    pub(crate) fn split(&mut self) -> Option<(TlsReader<'_>, TlsWriter<'_>)> {
+        if self.failed || self.torn {
+            return None;
+        }
+        let Phase::Traffic(records) = &self.conn else { return None };
+        let (read, write) = self.stream.split();
+        let reader = TlsReader {
+            stream: read,
+            records,
+            rbuf: &mut self.rbuf,
+            eof: &mut self.eof,
+            peer_closed: &mut self.peer_closed,
+            failed: &mut self.failed,
+        };
+        let writer = TlsWriter {
+            stream: write,
+            records,
+            wbuf: &mut self.wbuf,
+            close_sent: &mut self.close_sent,
+            torn: &mut self.torn,
+            write_timeout: self.write_timeout,
+        };
+        Some((reader, writer))
+    }
+}
+
+/// The receiving half of a split [`TlsConn`].
+pub(crate) struct TlsReader<'a> {
+    stream: io::ReadHalf<'a>,
+    records: &'a RefCell<Records>,
+    rbuf: &'a mut Vec<u8>,
+    eof: &'a mut bool,
+    peer_closed: &'a mut bool,
+    failed: &'a mut bool,
+}
+
+impl TlsReader<'_> {
+    /// Reads plaintext, appending to `out`; `Ok(0)` at the client's close_notify or FIN. A
+    /// client's protocol error fails the connection (without an alert: the writer may be in
+    /// the middle of a record).
+    pub(crate) async fn read(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
+        loop {
+            let start = out.len();
+            let opened = {
+                let mut records = self.records.borrow_mut();
+                open_records(&mut records, self.rbuf, self.peer_closed, out)
+            };
+            if let Err(e) = opened {
+                *self.failed = true;
+                return Err(stdio::Error::new(stdio::ErrorKind::InvalidData, e));
+            }
+            if out.len() > start {
+                return Ok(out.len() - start);
+            }
+            if *self.peer_closed || *self.eof {
+                return Ok(0);
+            }
+            let mut b = std::mem::take(self.rbuf);
+            if b.capacity() < READ_CHUNK {
+                let mut pooled = io::buf::take();
+                pooled.extend_from_slice(&b);
+                io::buf::give(b);
+                b = pooled;
+            }
+            // A pooled buffer holds a whole record: what is left of it is the rest of the one
+            // it begins with.
+            let want = (b.capacity() - b.len()).max(1);
+            let (res, b) = self.stream.read(b, want).await;
+            *self.rbuf = b;
+            match res {
+                Ok(n) if n > 0 => {}
+                end => {
+                    end?;
+                    *self.eof = true;
+                }
+            }
+        }
+    }
+}
+
+/// The sending half of a split [`TlsConn`].
+pub(crate) struct TlsWriter<'a> {
+    stream: io::WriteHalf<'a>,
+    records: &'a RefCell<Records>,
+    wbuf: &'a mut Vec<u8>,
+    close_sent: &'a mut bool,
+    torn: &'a mut bool,
+    write_timeout: Duration,
+}
+
+impl TlsWriter<'_> {
+    /// Seals and sends all of `data`: one record per [`records::MAX_PLAINTEXT`] bytes, a
+    /// pooled buffer's worth at a time.
+    pub(crate) async fn send(&mut self, mut data: &[u8]) -> stdio::Result<()> {
+        while !data.is_empty() {
+            let chunk = &data[..data.len().min(records::MAX_PLAINTEXT)];
+            if !self.wbuf.is_empty()
+                && self.wbuf.len() + 2 * (chunk.len() + records::OVERHEAD) > self.wbuf.capacity()
+            {
+                self.write_out().await?;
+            }
+            if self.wbuf.capacity() == 0 {
+                *self.wbuf = io::buf::take();
+            }
+            self.records.borrow_mut().seal(chunk, self.wbuf).map_err(stdio::Error::other)?;
+            data = &data[chunk.len()..];
+        }
+        self.write_out().await
+    }
+
+    /// Sends close_notify and FIN: nothing more comes from this side; the client may still
+    /// send (TLS 1.3 closes each direction on its own; a TLS 1.2 client may stop reading).
+    pub(crate) async fn close(&mut self) -> stdio::Result<()> {
+        if *self.close_sent {
+            return Ok(());
+        }
+        if self.wbuf.capacity() == 0 {
+            *self.wbuf = io::buf::take();
+        }
+        self.records.borrow_mut().seal_close_notify(self.wbuf).map_err(stdio::Error::other)?;
+        *self.close_sent = true;
+        self.write_out().await?;
+        self.stream.shutdown_write();
+        Ok(())
+    }
+
+    async fn write_out(&mut self) -> stdio::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(self.wbuf);
+        // Cleared once the whole write is done: a write dropped before leaves the connection
+        // torn.
+        *self.torn = true;
+        let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
+        io::buf::give(buf);
+        res?;
+        *self.torn = false;
+        Ok(())
+    }
+}
+
+/// Opens every complete record in `rbuf`, appending application data to `plain` (given a small
+/// pooled buffer when it has none, grown when a record does not fit); `rbuf` goes back to the
+/// pool once emptied.
+fn open_records(
+    records: &mut Records,
+    rbuf: &mut Vec<u8>,
+    peer_closed: &mut bool,
+    plain: &mut Vec<u8>,
+) -> Result<(), records::Error> {
+    let mut used = 0;
+    while !*peer_closed {
+        let Some(len) = records.complete(&rbuf[used..])? else { break };
+        let record = &mut rbuf[used..used + len];
+        used += len;
+        match records.open(record)? {
+            Opened::Data(range) => {
+                if plain.capacity() == 0 {
+                    *plain = io::buf::take_idle();
+                }
+                plain.extend_from_slice(&record[range]);
+            }
+            Opened::Closed => *peer_closed = true,
+            Opened::Nothing => {}
+        }
+    }
+    rbuf.drain(..used);
+    if rbuf.is_empty() && rbuf.capacity() > 0 {
+        io::buf::give(std::mem::take(rbuf));
+    }
+    Ok(())
 }
 
 /// Where the record after the one ending at `shown` ends in `rbuf`, once its header is there;
