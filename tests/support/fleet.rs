@@ -242,7 +242,7 @@ impl Drop for Fleet {
         self.pg.stop();
         let mut namespaces: Vec<&str> = self.nodes.iter().map(|n| n.ns.as_str()).collect();
         namespaces.extend([self.client_ns.as_str(), self.hub_ns.as_str()]);
-        netns::teardown(&self.outpost_bin, std::path::Path::new("/nonexistent"), &namespaces);
+        netns::teardown(&self.outpost_bin, Path::new("/nonexistent"), &namespaces);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
