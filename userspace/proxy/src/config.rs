@@ -54,11 +54,13 @@ pub struct Config {
     /// worker binds each of them with SO_REUSEPORT. Not changed by a reload. Default
     /// `["127.0.0.1:8443"]`.
     pub listen: Vec<SocketAddr>,
-    /// The admin listener, plain HTTP: `/healthz` and Prometheus `/metrics`. Keep it on
-    /// loopback or a management network. Not changed by a reload. Default `127.0.0.1:9901`.
+    /// The admin listener, plain HTTP: `/healthz` and Prometheus `/metrics`, and the endpoints
+    /// of the binary and the applications, which need the admin token of the data directory
+    /// (see [`crate::admin`]). Keep it on loopback or a management network. Not changed by a
+    /// reload. Default `127.0.0.1:9901`.
     pub admin: SocketAddr,
-    /// Where outpost keeps its state (the self-signed certificate). Default: `$OUTPOST_DATA`,
-    /// else `./outpost-data`.
+    /// Where outpost keeps its state (the self-signed certificate, the admin token). Default:
+    /// `$OUTPOST_DATA`, else `./outpost-data`.
     pub data_dir: Option<PathBuf>,
     /// Worker threads, each with its own runtime (and io_uring) and its own listening sockets;
     /// 0 means one per CPU. Default 0.
