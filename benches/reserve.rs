@@ -390,6 +390,8 @@ struct Edge {
     child: Child,
     https: u16,
     admin: u16,
+    /// The admin token the edge created in its data directory.
+    token: String,
 }
 
 impl Edge {
@@ -424,9 +426,9 @@ impl Edge {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut edge = Edge { child, https, admin };
+        let mut edge = Edge { child, https, admin, token: String::new() };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while admin_get(admin, "/healthz").map(|(s, _)| s) != Some(200) {
+        while admin_get(admin, "/healthz", None).map(|(s, _)| s) != Some(200) {
             if let Some(st) = edge.child.try_wait()? {
                 bail!(
                     "outpost exited with {st}: {}",
@@ -438,13 +440,18 @@ impl Edge {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = &mut edge;
+        let token = dir.join("data").join("admin-token");
+        edge.token = std::fs::read_to_string(&token)
+            .with_context(|| format!("reading {}", token.display()))?
+            .trim()
+            .to_owned();
         Ok(edge)
     }
 
     /// name → email of every reservation held.
     fn export(&self) -> Result<BTreeMap<String, String>> {
-        let (status, csv) = admin_get(self.admin, "/reservations/export").context("export")?;
+        let (status, csv) =
+            admin_get(self.admin, "/reservations/export", Some(&self.token)).context("export")?;
         if status != 200 {
             bail!("export answered {status}: {csv}");
         }
@@ -466,11 +473,12 @@ impl Drop for Edge {
     }
 }
 
-fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+fn admin_get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     use std::io::Write as _;
     let mut s = StdTcp::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split(' ').nth(1)?.parse().ok()?;

@@ -39,7 +39,7 @@ fn requests(data: &[u8], limits: &Limits, tail: usize) {
         }
         assert_ne!(body, Body::UntilClose, "requests are never delimited by close");
         round_trip(&request);
-        let _ = (request.host(), request.keep_alive());
+        let _ = (request.path(), request.query(), request.keep_alive());
         let mut headers = request.headers.clone();
         remove_hop_by_hop(&mut headers);
         assert!(headers.iter().all(|h| !is_hop_by_hop(&h.name)));

@@ -277,7 +277,7 @@ impl Edge {
         self.outpost = Some(Daemon::start("outpost run", Some(&self.edge_ns), &argv));
         let edge_ns = self.edge_ns.clone();
         let outpost = self.outpost.as_mut().expect("just started");
-        outpost.wait_ready(START_LIMIT, |_| admin_get(&edge_ns, "/healthz").success());
+        outpost.wait_ready(START_LIMIT, |_| admin_get(&edge_ns, "/healthz", None).success());
         if self.floor == Floor::Xdp {
             let link = self.pin_dir.join(format!("link-{}", self.edge_if));
             assert!(link.exists(), "no link pinned at {}:\n{}", link.display(), self.log());
@@ -340,10 +340,11 @@ impl Edge {
         in_parallel(runs, |&(c, f)| self.run_client(c, f, wait))
     }
 
-    /// GET on the admin listener; panics unless it answers.
+    /// GET on the admin listener with the admin token; panics unless it answers.
     #[track_caller]
     pub fn admin(&self, path: &str) -> String {
-        admin_get(&self.edge_ns, path).ok().stdout
+        let token = self.dir.join("data").join("admin-token");
+        admin_get(&self.edge_ns, path, Some(&token)).ok().stdout
     }
 
     /// `/metrics`.
@@ -842,10 +843,19 @@ for step in steps:
 say("done")
 "#;
 
-/// GET `http://ADMIN/path` from inside `edge_ns`, with `ip netns exec`.
-fn admin_get(edge_ns: &str, path: &str) -> Output {
+/// GET `http://ADMIN/path` from inside `edge_ns`, with `ip netns exec`, and with the admin
+/// token of `token` when given.
+fn admin_get(edge_ns: &str, path: &str, token: Option<&Path>) -> Output {
     let url = format!("http://{ADMIN}{path}");
-    let argv = ["ip", "netns", "exec", edge_ns, "curl", "-sSf", "--max-time", "3", &url];
+    let mut argv = vec!["ip", "netns", "exec", edge_ns, "curl", "-sSf", "--max-time", "3"];
+    let auth = token.map(|t| {
+        let t = fs::read_to_string(t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
+        format!("Authorization: Bearer {}", t.trim())
+    });
+    if let Some(a) = &auth {
+        argv.extend(["-H", a]);
+    }
+    argv.push(&url);
     run(None, &argv, COMMAND_LIMIT)
 }
 

@@ -19,7 +19,7 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -168,7 +168,7 @@ impl Fleet {
         let mut daemon =
             Daemon::start(&format!("outpost run ({})", node.name), Some(&node.ns), &argv);
         let ns = node.ns.clone();
-        daemon.wait_ready(START_LIMIT, |_| admin_get(&ns, "/healthz").success());
+        daemon.wait_ready(START_LIMIT, |_| admin_get(&ns, "/healthz", None).success());
         node.outpost = Some(daemon);
     }
 
@@ -185,10 +185,12 @@ impl Fleet {
         run(Some(&self.client_ns), &argv, CURL_LIMIT)
     }
 
-    /// GET on node `i`'s admin listener; panics unless it answers 2xx.
+    /// GET on node `i`'s admin listener with its admin token; panics unless it answers 2xx.
     #[track_caller]
     pub fn admin(&self, i: usize, path: &str) -> String {
-        admin_get(&self.nodes[i].ns, path).ok().stdout
+        let node = &self.nodes[i];
+        let token = self.dir.join(format!("{}-data", node.name)).join("admin-token");
+        admin_get(&node.ns, path, Some(&token)).ok().stdout
     }
 
     /// `outpost ARGS --config <node i's>` in node `i`'s namespace (the caller judges).
@@ -211,10 +213,20 @@ impl Fleet {
     }
 }
 
-/// GET on the admin listener of the edge in `ns`, as an operator there would.
-fn admin_get(ns: &str, path: &str) -> Output {
+/// GET on the admin listener of the edge in `ns`, as an operator there would: curl, with the
+/// admin token of `token` when given.
+fn admin_get(ns: &str, path: &str, token: Option<&Path>) -> Output {
     let url = format!("http://{ADMIN}{path}");
-    run(None, &["ip", "netns", "exec", ns, "curl", "-sSf", "--max-time", "3", &url], COMMAND_LIMIT)
+    let mut argv = vec!["ip", "netns", "exec", ns, "curl", "-sSf", "--max-time", "3"];
+    let auth = token.map(|t| {
+        let t = fs::read_to_string(t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
+        format!("Authorization: Bearer {}", t.trim())
+    });
+    if let Some(a) = &auth {
+        argv.extend(["-H", a]);
+    }
+    argv.push(&url);
+    run(None, &argv, COMMAND_LIMIT)
 }
 
 impl Drop for Fleet {
@@ -231,7 +243,7 @@ impl Drop for Fleet {
         self.pg.stop();
         let mut namespaces: Vec<&str> = self.nodes.iter().map(|n| n.ns.as_str()).collect();
         namespaces.extend([self.client_ns.as_str(), self.hub_ns.as_str()]);
-        netns::teardown(&self.outpost_bin, std::path::Path::new("/nonexistent"), &namespaces);
+        netns::teardown(&self.outpost_bin, Path::new("/nonexistent"), &namespaces);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

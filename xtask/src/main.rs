@@ -131,8 +131,11 @@ const TEST_PACKAGES: &[&str] = &[
 /// edge's flame graph (taskset, which pins the proxy bench's processes, is util-linux's).
 const BENCH_PACKAGES: &[&str] = &["wrk", "linux-perf"];
 /// npm projects of the tests (each with a package-lock.json): `npm ci` installs them.
-const NPM_PROJECTS: &[&str] =
-    &["userspace/handlers/access/tests/idp", "userspace/handlers/reserve/tests/browser"];
+const NPM_PROJECTS: &[&str] = &[
+    "userspace/handlers/access/tests/idp",
+    "userspace/handlers/reserve/tests/browser",
+    "userspace/proxy/tests/websocket/browser",
+];
 /// PyPI peers of the tests, pinned, installed into the virtual environment [`PY_VENV`]:
 /// tlslite-ng builds raw TLS records for the record-layer conformance tests; `websockets` and
 /// `h2` are real WebSocket and HTTP/2 peers.

@@ -154,9 +154,15 @@ pub trait RequestBody {
 /// A future the core runs after the response was written (see [`Session::after_response`]).
 pub type Task = Pin<Box<dyn Future<Output = ()> + 'static>>;
 
-/// Work handed over by the handlers of one request, run once its response is out.
+/// Work handed over by the handlers of one request, for once its response is out.
 #[derive(Default)]
-pub struct AfterResponse(pub Vec<Task>);
+pub struct AfterResponse {
+    /// Work to run after the response ([`Session::after_response`]).
+    pub tasks: Vec<Task>,
+    /// For a request that became an upgraded connection: futures, any of which ends it
+    /// ([`Session::close_upgraded_when`]). Dropped unused otherwise.
+    pub close_upgraded: Vec<Task>,
+}
 
 /// One request as a handler sees it: the head (borrowed from the buffer it was read into), the
 /// client, the body on demand, and where to put work for after the response. Handlers edit
@@ -214,7 +220,18 @@ impl<'a> Session<'a> {
     /// logged, and the request still succeeds. A drain (SIGTERM) waits for pending work within
     /// the grace period.
     pub fn after_response(&mut self, work: impl Future<Output = ()> + 'static) {
-        self.after.0.push(Box::pin(work));
+        self.after.tasks.push(Box::pin(work));
+    }
+
+    /// Ends the upgraded connection this request may become (a WebSocket the origin accepted
+    /// with `101`) as soon as `when` resolves: the seam for a filter that must be able to cut
+    /// a long-lived connection later (a revoked session, a policy change). The core watches
+    /// `when` for as long as the connection is spliced, on the same worker, and drops it when
+    /// the connection ends for any other reason; for a request that is not upgraded it is
+    /// dropped unpolled. A filter registers it in [`Handler::request_filter`] (or any phase
+    /// before the response), typically when [`Request::websocket_upgrade`] holds.
+    pub fn close_upgraded_when(&mut self, when: impl Future<Output = ()> + 'static) {
+        self.after.close_upgraded.push(Box::pin(when));
     }
 
     /// The request's host: lowercase, without port or trailing dot, as the core decided it

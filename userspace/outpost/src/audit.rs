@@ -16,8 +16,9 @@ pub fn show(
     admin: SocketAddr,
     config: Option<&Path>,
     json: bool,
+    token: Option<&str>,
 ) -> Result<()> {
-    let events = match admin_get(admin, &format!("/audit?{}", params.to_query())) {
+    let events = match admin_get(admin, &format!("/audit?{}", params.to_query()), token) {
         Ok((200, body)) => serde_json::from_str::<Vec<AuditEvent>>(&body)
             .with_context(|| format!("{admin}/audit answered something that is not events"))?,
         Ok((status, body)) => bail!("{admin}/audit answered {status}: {}", body.trim()),

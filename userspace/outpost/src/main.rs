@@ -19,6 +19,7 @@ use userspace::UserStats;
 
 mod audit;
 mod edge;
+mod operator;
 mod userspace;
 
 #[derive(Parser)]
@@ -97,9 +98,13 @@ enum Command {
             env = "OUTPOST_ADMIN"
         )]
         admin: SocketAddr,
-        /// Config file whose store to use (default ./outpost.toml).
+        /// Config file whose store to use, and whose data directory holds the admin token
+        /// (default ./outpost.toml).
         #[arg(long, global = true, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The admin token to send, instead of `admin-token` in the data directory of --config.
+        #[arg(long, global = true, value_name = "FILE", env = "OUTPOST_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Reservations: list, show, release, export, straight on the store of --config (with
     /// PostgreSQL, any node's config will do).
@@ -131,9 +136,13 @@ enum Command {
         /// Admin listener of the running edge.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "OUTPOST_ADMIN")]
         admin: SocketAddr,
-        /// Config file whose store to read when no edge answers (default ./outpost.toml).
+        /// Config file whose store to read when no edge answers, and whose data directory holds
+        /// the admin token (default ./outpost.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The admin token to send, instead of `admin-token` in the data directory of --config.
+        #[arg(long, value_name = "FILE", env = "OUTPOST_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Hellos by offered version × verdict and parse outcomes from the XDP program, beside the
     /// userspace floor's counters of a running `outpost run` (read from its admin listener).
@@ -272,8 +281,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { config, io, no_xdp, iface, keep_attached } => {
             serve(&pin_dir, config, io, no_xdp, iface, keep_attached)?;
         }
-        Command::Access { cmd, admin, config } => {
-            if !outpost_access::cli::try_admin(&cmd, admin)? {
+        Command::Access { cmd, admin, config, admin_token_file } => {
+            let cred = operator::Credential::find(admin_token_file.as_deref(), config.as_deref())?;
+            let through_edge = outpost_access::cli::try_admin(&cmd, admin, cred.token())
+                .map_err(|e| cred.explain(e))?;
+            if !through_edge {
                 let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
                 let store = edge::open_tool_store(&cfg)?;
                 let tool =
@@ -290,9 +302,11 @@ fn run(cli: Cli) -> Result<()> {
             store.shutdown();
             result?;
         }
-        Command::Audit { since, user, kind, limit, json, admin, config } => {
+        Command::Audit { since, user, kind, limit, json, admin, config, admin_token_file } => {
             let params = edge::AuditParams { since, user, kind, limit: Some(limit) };
-            audit::show(&params, admin, config.as_deref(), json)?;
+            let cred = operator::Credential::find(admin_token_file.as_deref(), config.as_deref())?;
+            audit::show(&params, admin, config.as_deref(), json, cred.token())
+                .map_err(|e| cred.explain(e))?;
         }
         Command::Attach { iface, mode, program } => {
             // Before loading: a typo must not leave maps pinned behind.

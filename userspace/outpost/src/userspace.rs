@@ -32,7 +32,8 @@ pub struct UserStats {
 impl UserStats {
     /// Fetches and parses `/metrics` from the admin listener at `admin`.
     pub fn fetch(admin: SocketAddr) -> Result<UserStats> {
-        let (status, text) = admin_get(admin, "/metrics")?;
+        // `/metrics` is open: no token.
+        let (status, text) = admin_get(admin, "/metrics", None)?;
         if status != 200 {
             bail!("{admin}/metrics answered {status}");
         }
@@ -114,14 +115,15 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-/// `GET target` on the admin listener over plain HTTP/1.1, read to the close: the status and
-/// the body.
-pub fn admin_get(admin: SocketAddr, target: &str) -> Result<(u16, String)> {
+/// `GET target` on the admin listener over plain HTTP/1.1, with the admin token when there is
+/// one, read to the close: the status and the body.
+pub fn admin_get(admin: SocketAddr, target: &str, token: Option<&str>) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&admin, TIMEOUT)
         .with_context(|| format!("no outpost admin listener at {admin}"))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
-    write!(s, "GET {target} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: {admin}\r\n{auth}Connection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut buf).with_context(|| format!("reading {admin}{target}"))?;
     let Some((resp, head)) = http::parse_response(&buf, &Limits::default())

@@ -11,7 +11,7 @@ use std::{
 };
 
 use outpost_store::testing::TestPostgres;
-use outpost_testkit::{curl, free_port, http_get, outpost_bin, stdout, Outpost, TempDir};
+use outpost_testkit::{curl, free_port, outpost_bin, stdout, Outpost, TempDir};
 
 fn pg_config(node: &str, url: &str) -> String {
     format!(
@@ -48,8 +48,8 @@ fn stderr(o: &Output) -> String {
 }
 
 /// The admin listener's `/audit` as JSON.
-fn audit(admin: u16, query: &str) -> (u16, serde_json::Value) {
-    let (status, body) = http_get(admin, &format!("/audit?{query}")).expect("admin answers");
+fn audit(o: &Outpost, query: &str) -> (u16, serde_json::Value) {
+    let (status, body) = o.admin_get(&format!("/audit?{query}")).expect("admin answers");
     (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
 }
 
@@ -73,7 +73,7 @@ fn two_nodes_write_one_audit_log_on_postgres() {
     let mut b = Outpost::start("epoll", &pg_config("edge-b", &url));
     // Each node's start is in the log both read.
     for o in [&a, &b] {
-        let (status, events) = audit(o.admin, "kind=node.start");
+        let (status, events) = audit(o, "kind=node.start");
         assert_eq!(status, 200);
         assert_eq!(nodes_of(&events, "node.start"), ["edge-a", "edge-b"], "{events}");
     }
@@ -118,10 +118,10 @@ fn two_nodes_write_one_audit_log_on_postgres() {
 fn postgres_restart_gives_503_then_service_without_restarting_the_edge() {
     let pg = TestPostgres::start();
     let o = Outpost::start("uring", &pg_config("edge-r", &pg.url()));
-    assert_eq!(audit(o.admin, "").0, 200);
+    assert_eq!(audit(&o, "").0, 200);
     pg.stop();
     let started = Instant::now();
-    let (status, body) = http_get(o.admin, "/audit").expect("admin answers");
+    let (status, body) = o.admin_get("/audit").expect("admin answers");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"error\""), "a JSON error: {body}");
     assert!(
@@ -135,7 +135,7 @@ fn postgres_restart_gives_503_then_service_without_restarting_the_edge() {
     pg.start_again();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, _) = http_get(o.admin, "/audit").expect("admin answers");
+        let (status, _) = o.admin_get("/audit").expect("admin answers");
         if status == 200 {
             break;
         }
@@ -261,5 +261,32 @@ fn operator_commands_read_the_embedded_store_beside_a_running_edge() {
     let events: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(nodes_of(&events, "node.start"), ["edge-t"], "{events}");
     // The edge still serves its store.
-    assert_eq!(audit(o.admin, "").0, 200);
+    assert_eq!(audit(&o, "").0, 200);
+
+    // Through the running edge: the command sends the admin token it finds in the data
+    // directory of --config, or in --admin-token-file / $OUTPOST_ADMIN_TOKEN_FILE.
+    let live = format!("127.0.0.1:{}", o.admin);
+    let elsewhere = TempDir::new("no-config-here");
+    let audit_cli = |args: &[&str], env: &[(&str, &Path)]| {
+        let out = outpost_testkit::run_client(
+            Command::new(outpost_bin())
+                .args(["audit", "--json", "--kind", "node.start", "--admin", &live])
+                .args(args)
+                .current_dir(&elsewhere.0)
+                .env_remove("OUTPOST_DATA")
+                .env_remove("OUTPOST_ADMIN_TOKEN_FILE")
+                .envs(env.iter().copied()),
+            Duration::from_secs(20),
+        );
+        (out.status.success(), stdout(&out), stderr(&out))
+    };
+    let (ok, events, err) = audit_cli(&["--config", config.to_str().unwrap()], &[]);
+    assert!(ok && events.contains("edge-t"), "audit --config: {err}{events}");
+    let token = o.admin_token_file();
+    let (ok, events, err) = audit_cli(&[], &[("OUTPOST_ADMIN_TOKEN_FILE", &token)]);
+    assert!(ok && events.contains("edge-t"), "audit with $OUTPOST_ADMIN_TOKEN_FILE: {err}{events}");
+    // Without a token the edge refuses, and the error says where the token was looked for.
+    let (ok, _, err) = audit_cli(&[], &[]);
+    assert!(!ok && err.contains("401") && err.contains("admin-token"), "{err}");
+    assert!(!err.contains(&o.admin_token()), "{err}");
 }

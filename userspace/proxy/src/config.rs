@@ -54,11 +54,13 @@ pub struct Config {
     /// worker binds each of them with SO_REUSEPORT. Not changed by a reload. Default
     /// `["127.0.0.1:8443"]`.
     pub listen: Vec<SocketAddr>,
-    /// The admin listener, plain HTTP: `/healthz` and Prometheus `/metrics`. Keep it on
-    /// loopback or a management network. Not changed by a reload. Default `127.0.0.1:9901`.
+    /// The admin listener, plain HTTP: `/healthz` and Prometheus `/metrics`, and the endpoints
+    /// of the binary and the applications, which need the admin token of the data directory
+    /// (see [`crate::admin`]). Keep it on loopback or a management network. Not changed by a
+    /// reload. Default `127.0.0.1:9901`.
     pub admin: SocketAddr,
-    /// Where outpost keeps its state (the self-signed certificate). Default: `$OUTPOST_DATA`,
-    /// else `./outpost-data`.
+    /// Where outpost keeps its state (the self-signed certificate, the admin token). Default:
+    /// `$OUTPOST_DATA`, else `./outpost-data`.
     pub data_dir: Option<PathBuf>,
     /// Worker threads, each with its own runtime (and io_uring) and its own listening sockets;
     /// 0 means one per CPU. Default 0.
@@ -288,8 +290,13 @@ pub struct HttpConfig {
     pub header_timeout_ms: u64,
     /// How long a keep-alive connection may wait for its next request. Default 60000.
     pub idle_timeout_ms: u64,
-    /// Longest pause while reading a request body or writing a response. Default 30000.
+    /// Longest pause while reading a request body or writing a response (and, on an upgraded
+    /// connection, for one write to either side). Default 30000.
     pub body_timeout_ms: u64,
+    /// An upgraded connection (a WebSocket the origin accepted) with no byte moving either
+    /// way for this long is closed. WebSocket pings count as traffic, so clients and origins
+    /// that ping more often than this keep their connections. Default 300000 (5 minutes).
+    pub upgraded_idle_timeout_ms: u64,
     /// Keep request header fields whose name contains `_`. Off by default, as in nginx: CGI,
     /// WSGI, PHP and Rack read `X_User` and `X-User` as one name, so such a field could pass
     /// for one the edge asserts. Dropped fields are counted
@@ -314,6 +321,7 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_timeout_ms: 30_000,
+            upgraded_idle_timeout_ms: 300_000,
             underscores_in_headers: false,
             trusted_proxies: Vec::new(),
         }

@@ -73,6 +73,11 @@ pub(crate) trait Downstream: RequestBody {
     /// Sends `wire` (and the head, first); `last` when the response ends with it. `wire` is
     /// left empty.
     async fn send_response(&mut self, wire: &mut Vec<u8>, last: bool) -> Result<()>;
+
+    /// The connection a WebSocket handshake may switch (`proxy::tunnel` splices it once the
+    /// origin answered 101): an HTTP/1.1 connection's own. `None` for an HTTP/2 stream, which
+    /// shares its connection (WebSockets over HTTP/2, RFC 8441, are not supported).
+    fn upgradable(&mut self) -> Option<&mut Http1>;
 }
 
 #[async_trait(?Send)]
@@ -320,5 +325,9 @@ impl Downstream for Http1 {
                 e,
             )
         })
+    }
+
+    fn upgradable(&mut self) -> Option<&mut Http1> {
+        Some(self)
     }
 }

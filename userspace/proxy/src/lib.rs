@@ -19,7 +19,8 @@
 //! - [`legacy`]: the legacy responder: OpenSSL completes a TLS 1.0/1.1 handshake and one
 //!   request is answered with a 403 page saying why; beside the floor, never behind the router.
 //! - [`tls`]: rustls configuration (SNI certificates, the self-signed fallback) and rustls
-//!   driven over the seam.
+//!   driven over the seam; a connection split in a reader and a writer used at once (by the
+//!   splice and by the h2 driver alike).
 //! - [`registry`]: the handlers the binary registers (route factories and applications).
 //! - [`router`]: host and path-prefix routing to handlers, built from the registry; the
 //!   applications' filters and admin endpoints.
@@ -28,6 +29,8 @@
 //! - [`proxy`]: the core: runs a request through its filters and handler (the phases of
 //!   [`outpost_api::Handler`]), origin pools, body streaming, error responses, and the work
 //!   handlers leave for after the response.
+//! - [`splice`]: a client's TLS connection spliced to a TCP one both ways, byte for byte (what
+//!   a WebSocket becomes after the origin's 101): half-close, idle limit, an outside stop.
 //! - [`http`], [`error`]: the codec and the error type, from [`outpost_api`].
 //!
 //! The core knows no application: handlers live in crates of their own, depend on
@@ -55,6 +58,7 @@ pub mod router;
 pub mod run;
 pub mod server;
 pub mod shared;
+pub mod splice;
 pub mod tls;
 mod worker;
 

@@ -125,6 +125,9 @@ pub enum UpstreamFailure {
     NoHealthy = 4,
 }
 
+/// Directions of `outpost_upgraded_bytes_total`.
+const UPGRADED_DIRECTIONS: [&str; 2] = ["client_to_origin", "origin_to_client"];
+
 const UPSTREAM_FAILURES: [&str; 5] = ["connect", "timeout", "io", "invalid_response", "no_healthy"];
 
 type Hist = Arc<Mutex<Histogram<u64>>>;
@@ -153,6 +156,10 @@ pub struct Metrics {
     after_started: AtomicU64,
     after_finished: AtomicU64,
     after_dropped: AtomicU64,
+    /// Upgraded (spliced) connections: opened, closed, bytes by [`UPGRADED_DIRECTIONS`].
+    upgraded_opened: AtomicU64,
+    upgraded_closed: AtomicU64,
+    upgraded_bytes: [AtomicU64; 2],
     /// Legacy responder: pages by `[Version][PageKind]`, early ends, time per page (µs).
     legacy_pages: [[AtomicU64; PAGE_KINDS.len()]; Version::COUNT],
     legacy_ends: [AtomicU64; LEGACY_ENDS.len()],
@@ -266,6 +273,23 @@ impl Metrics {
 
     pub fn after_response_dropped(&self) {
         self.after_dropped.fetch_add(1, Relaxed);
+    }
+
+    pub fn upgraded_opened(&self) {
+        self.upgraded_opened.fetch_add(1, Relaxed);
+    }
+
+    pub fn upgraded_closed(&self) {
+        self.upgraded_closed.fetch_add(1, Relaxed);
+    }
+
+    /// Bytes an upgraded connection carried one way.
+    pub fn upgraded_bytes(&self, d: crate::splice::Direction, n: u64) {
+        let i = match d {
+            crate::splice::Direction::ClientToServer => 0,
+            crate::splice::Direction::ServerToClient => 1,
+        };
+        self.upgraded_bytes[i].fetch_add(n, Relaxed);
     }
 
     pub fn set_node(&self, node: &str) {
@@ -468,6 +492,7 @@ impl Metrics {
         self.render_latency(&mut o);
         self.render_legacy(&mut o);
         self.render_after_response(&mut o);
+        self.render_upgraded(&mut o);
         header(&mut o, "outpost_node_info", "gauge", "This edge node's name.");
         let node = lock(&self.node).replace(['"', '\\', '\n'], "_");
         let _ = writeln!(o, "outpost_node_info{{node=\"{node}\"}} 1");
@@ -529,6 +554,38 @@ impl Metrics {
         };
         let _ = writeln!(o, "outpost_legacy_page_seconds_sum {sum}");
         let _ = writeln!(o, "outpost_legacy_page_seconds_count {count}");
+    }
+
+    fn render_upgraded(&self, o: &mut String) {
+        let opened = self.upgraded_opened.load(Relaxed);
+        let closed = self.upgraded_closed.load(Relaxed);
+        for (name, kind, help, v) in [
+            (
+                "outpost_upgraded_connections_total",
+                "counter",
+                "Connections upgraded to a WebSocket and spliced to their origin.",
+                opened,
+            ),
+            (
+                "outpost_upgraded_connections",
+                "gauge",
+                "Upgraded connections open now.",
+                opened.saturating_sub(closed),
+            ),
+        ] {
+            header(o, name, kind, help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+        header(
+            o,
+            "outpost_upgraded_bytes_total",
+            "counter",
+            "Bytes carried by upgraded connections, by direction.",
+        );
+        for (i, direction) in UPGRADED_DIRECTIONS.iter().enumerate() {
+            let v = self.upgraded_bytes[i].load(Relaxed);
+            let _ = writeln!(o, "outpost_upgraded_bytes_total{{direction=\"{direction}\"}} {v}");
+        }
     }
 
     fn render_after_response(&self, o: &mut String) {
@@ -632,6 +689,10 @@ mod tests {
         m.hello(Version::Tls11, Verdict::Redirect);
         m.legacy_page(Version::Tls11, PageKind::Html, Duration::from_millis(3));
         m.legacy_end(LegacyEnd::TimedOut);
+        m.upgraded_opened();
+        m.upgraded_opened();
+        m.upgraded_closed();
+        m.upgraded_bytes(crate::splice::Direction::ServerToClient, 5);
         let mut k = [[0; Verdict::COUNT]; Version::COUNT];
         k[Version::Tls13 as usize][0] = 7;
         let text = m.render(Some(&k));
@@ -653,6 +714,10 @@ mod tests {
             "outpost_legacy_pages_total{version=\"TLS1.0\",type=\"text\"} 0",
             "outpost_legacy_unanswered_total{reason=\"timed_out\"} 1",
             "outpost_legacy_page_seconds_count 1",
+            "outpost_upgraded_connections_total 2",
+            "outpost_upgraded_connections 1",
+            "outpost_upgraded_bytes_total{direction=\"origin_to_client\"} 5",
+            "outpost_upgraded_bytes_total{direction=\"client_to_origin\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -6,6 +6,15 @@
 //! client's body is decoded and re-encoded for the origin (so the origin sees outpost's framing,
 //! never the client's), then the origin's response is decoded and re-encoded for the client.
 //! The exchange is sequential: the whole request body goes out before the response is read.
+//!
+//! A WebSocket handshake ([`Request::websocket_upgrade`]) on an HTTP/1.1 connection goes to the
+//! origin with its upgrade fields; when the origin answers `101` (naming `websocket`), the 101
+//! goes to the client and the two connections are spliced ([`splice`](crate::splice)) until
+//! either side is done. The handlers' phases all run for the handshake as for any request
+//! (filters can refuse it, `logging` sees the 101); any other answer is an ordinary response.
+//! An HTTP/2 stream has no connection of its own to switch (`Downstream::upgradable`: RFC 8441
+//! is not supported): a handshake on one is an ordinary request (h2 itself refuses `Connection`
+//! and `Upgrade` there as malformed, RFC 9113 §8.2.2; anything else hop-by-hop is dropped).
 
 use std::{
     any::Any,
@@ -27,6 +36,7 @@ use crate::{
     io,
     metrics::UpstreamFailure,
     shared::Live,
+    splice,
     worker::Worker,
 };
 
@@ -93,6 +103,13 @@ impl<D: Downstream> Exchange<'_, D> {
     }
 }
 
+/// An origin connection that switched to a WebSocket, and what the origin already sent after
+/// its 101.
+struct Upgraded {
+    up: io::Stream,
+    early: Vec<u8>,
+}
+
 /// Serves one request; returns whether the connection stays open (HTTP/1.1).
 ///
 /// `req` borrows its fields from the head's buffer for as long as `ds` and `client` are lent.
@@ -122,6 +139,10 @@ pub(crate) async fn handle<'a, D: Downstream>(
             (r, Some(chain))
         }
         None => (Err(Error::new(ErrorKind::NoRoute, ErrorSource::Downstream, "routing")), None),
+    };
+    let (result, upgraded) = match result {
+        Ok(upgraded) => (Ok(()), upgraded),
+        Err(e) => (Err(e), None),
     };
     if let Err(e) = &result {
         match e.source {
@@ -172,22 +193,90 @@ pub(crate) async fn handle<'a, D: Downstream>(
         status = p.status, upstream = ?p.upstream, us = elapsed.as_micros() as u64, "request"
     );
     // The response is out: now the work that could wait.
-    for task in x.after.0.drain(..) {
+    for task in x.after.tasks.drain(..) {
         worker.run_after_response(task, live.after_max_pending);
+    }
+    if let Some(upgraded) = upgraded {
+        let close_when = std::mem::take(&mut x.after.close_upgraded);
+        // Boxed: only an upgraded connection pays for the splice's state.
+        Box::pin(tunnel(worker, live, x.ds, upgraded, close_when)).await;
+        return false;
     }
     p.keep_alive && x.ds.body_done()
 }
 
+/// Splices an upgraded connection (see [`splice`](crate::splice)), counted in
+/// `outpost_upgraded_*` and in the worker's drain, until it ends, the worker closes upgraded
+/// connections (a drain's grace period ran out), or a handler's `close_when` resolves.
+async fn tunnel<D: Downstream>(
+    worker: &Rc<Worker>,
+    live: &Live,
+    ds: &mut D,
+    mut upgraded: Upgraded,
+    close_when: Vec<outpost_api::handler::Task>,
+) {
+    let limits =
+        splice::Limits { idle: live.upgraded_idle_timeout, write_timeout: ds.body_timeout() };
+    // Only a connection that can switch was upgraded (see `phases`).
+    let Some(conn) = ds.upgradable() else {
+        io::buf::give(upgraded.early);
+        return;
+    };
+    let _open = worker.upgraded_opened();
+    let metrics = &worker.shared.metrics;
+    let stop = async {
+        tokio::select! {
+            () = worker.upgraded_closing() => {}
+            () = any(close_when) => {}
+        }
+    };
+    // What the client sent after its handshake (it should wait for the 101, but may not).
+    let from_client = std::mem::take(&mut conn.buf);
+    let end = splice::splice(
+        &mut conn.tls,
+        &from_client,
+        &mut upgraded.up,
+        &upgraded.early,
+        limits,
+        stop,
+        &|d, n| metrics.upgraded_bytes(d, n as u64),
+    )
+    .await;
+    io::buf::give(from_client);
+    io::buf::give(upgraded.early);
+    match &end {
+        splice::End::Failed(side, e) => {
+            tracing::debug!(?side, error = %e, "upgraded connection failed")
+        }
+        end => tracing::debug!(end = end.name(), "upgraded connection ended"),
+    }
+}
+
+/// Resolves when any of `futures` does; never when there are none.
+async fn any(mut futures: Vec<outpost_api::handler::Task>) {
+    std::future::poll_fn(|cx| {
+        for f in futures.iter_mut() {
+            if f.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// The phases of a routed request: the filters and the handler may answer it themselves;
-/// otherwise it goes to an origin and the origin's response comes back.
+/// otherwise it goes to an origin and the origin's response comes back. `Some` when the origin
+/// switched the connection to a WebSocket (its 101 went to the client, the rest is the
+/// splice's).
 async fn phases<D: Downstream>(
     worker: &Rc<Worker>,
     chain: &mut Chain,
     x: &mut Exchange<'_, D>,
     p: &mut Progress,
-) -> Result<()> {
+) -> Result<Option<Upgraded>> {
     if request_filters(chain, x, p).await? {
-        return Ok(());
+        return Ok(None);
     }
     if !x.ds.body_untouched() {
         return Err(Error::new(
@@ -196,10 +285,12 @@ async fn phases<D: Downstream>(
             "handler read the body and did not respond",
         ));
     }
-    let (up_req, head) = upstream_head(chain, x).await?;
+    // The one upgrade the edge forwards, and only where there is a connection to switch.
+    let upgrade = x.req.websocket_upgrade() && x.ds.upgradable().is_some();
+    let (up_req, head) = upstream_head(chain, x, upgrade).await?;
     let (peer, up, reused) = connect(worker, chain, x).await?;
     p.upstream = Some(peer.addr);
-    forward(worker, chain, x, p, Origin { peer, up, reused, up_req, head }).await
+    forward(worker, chain, x, p, Origin { peer, up, reused, up_req, head, upgrade }).await
 }
 
 /// Runs every filter's and the handler's `request_filter`; true when one answered (and its
@@ -228,16 +319,23 @@ async fn request_filters<D: Downstream>(
 }
 
 /// The request for the origin, built from the normalised one and edited by the handlers, and
-/// its head as it goes on the wire (in a pooled buffer).
+/// its head as it goes on the wire (in a pooled buffer). `upgrade`: a WebSocket handshake to
+/// forward as one.
 async fn upstream_head<'r, D: Downstream>(
     chain: &mut Chain,
     x: &mut Exchange<'r, D>,
+    upgrade: bool,
 ) -> Result<(Request<'r>, Vec<u8>)> {
     // Fields still borrowed from the client's head: copying the request copies no bytes. The
     // target is origin-form and `Host` the authority already (`http::normalise`).
     let mut up_req = x.req.clone();
     http::remove_hop_by_hop(&mut up_req.headers);
     up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
+    // Its `Sec-WebSocket-*` fields are end to end already.
+    if upgrade {
+        up_req.headers.push(Header::borrowed("Connection", b"upgrade"));
+        up_req.headers.push(Header::borrowed("Upgrade", b"websocket"));
+    }
     for (h, ctx) in chain.links.iter_mut() {
         h.upstream_request_filter(&mut x.session(), &mut up_req, &mut **ctx).await?;
     }
@@ -296,19 +394,21 @@ struct Origin<'r> {
     up_req: Request<'r>,
     /// `up_req`'s head on the wire.
     head: Vec<u8>,
+    /// `up_req` is a WebSocket handshake: a `101` to it switches the connection.
+    upgrade: bool,
 }
 
 /// Sends the request (its body read from the client as it goes) and reads the response head,
 /// retrying once on a fresh connection where that is safe; then hands the response on to
-/// [`respond`].
+/// [`respond`]. `Some` when the origin switched to a WebSocket: the connection, for the splice.
 async fn forward<D: Downstream>(
     worker: &Rc<Worker>,
     chain: &mut Chain,
     x: &mut Exchange<'_, D>,
     p: &mut Progress,
     o: Origin<'_>,
-) -> Result<()> {
-    let Origin { peer, mut up, reused, up_req, head } = o;
+) -> Result<Option<Upgraded>> {
+    let Origin { peer, mut up, reused, up_req, head, upgrade } = o;
     let body = x.body;
     let mut rbuf = io::buf::take();
     let mut retried = false;
@@ -324,11 +424,14 @@ async fn forward<D: Downstream>(
                         Ok(Some((resp, n))) if !(100..200).contains(&resp.status) => {
                             break 'exchange (resp, n)
                         }
+                        Ok(Some((resp, n))) if upgrade && resp.switches_to_websocket() => {
+                            break 'exchange (resp, n)
+                        }
                         Ok(Some((resp, _))) if resp.status == 101 => {
                             break Error::new(
                                 ErrorKind::InvalidResponse,
                                 ErrorSource::Upstream,
-                                "origin switched protocols",
+                                "origin switched protocols unasked",
                             )
                         }
                         Ok(Some((_, n))) => Some(n),
@@ -387,32 +490,70 @@ async fn forward<D: Downstream>(
     };
     let mut wire = head;
     wire.clear();
-    let (origin_keep_alive, resp_body) = respond(chain, x, p, resp, &mut wire).await?;
-    // The head is written: `resp` let go of `rbuf`, where the body starts after it.
+    let next = respond(chain, x, p, resp, &mut wire).await?;
+    // The head is written: `resp` let go of `rbuf`, where the body (or the WebSocket) starts
+    // after it.
     rbuf.drain(..head_len);
+    let (origin_keep_alive, resp_body) = match next {
+        Next::Body { origin_keep_alive, body } => (origin_keep_alive, body),
+        Next::Switched => {
+            p.started = true;
+            // The 101 is the whole response; what follows is the splice's.
+            let sent = x.ds.send_response(&mut wire, false).await;
+            io::buf::give(wire);
+            if let Err(e) = sent {
+                io::buf::give(rbuf);
+                return Err(e);
+            }
+            return Ok(Some(Upgraded { up, early: rbuf }));
+        }
+    };
     relay_body(x.ds, p, &mut up, &mut rbuf, &mut wire, resp_body).await?;
     // A connection that became a tunnel (a 2xx to CONNECT) or switched protocols belongs to
-    // one client: never back in the pool. Neither reaches here today (CONNECT is refused,
-    // a 101 fails the exchange); this keeps it so.
+    // one client: never back in the pool. Neither reaches here (CONNECT is refused, a 101
+    // returned above with the connection); this keeps it so.
     let tunnel = x.req.method == "CONNECT" || p.status == 101;
     if origin_keep_alive && rbuf.is_empty() && !tunnel {
         worker.pool.borrow_mut().put(&peer, up);
     }
     io::buf::give(rbuf);
     io::buf::give(wire);
-    Ok(())
+    Ok(None)
+}
+
+/// What follows a response head the client was sent.
+enum Next {
+    /// The body, delimited so, and whether the origin connection may be reused after it.
+    Body { origin_keep_alive: bool, body: Body },
+    /// Nothing: the origin switched to a WebSocket (a `101` to a handshake it was sent).
+    Switched,
 }
 
 /// The origin's response head through the response filters and out to the client (into
-/// `wire`, sent with the first body bytes). Returns whether the origin connection may be
-/// reused, and how the response body is delimited.
+/// `wire`, sent with the first body bytes). Returns what follows it.
 async fn respond<D: Downstream>(
     chain: &mut Chain,
     x: &mut Exchange<'_, D>,
     p: &mut Progress,
     mut resp: Response<'_>,
     wire: &mut Vec<u8>,
-) -> Result<(bool, Body)> {
+) -> Result<Next> {
+    if resp.status == 101 {
+        // The handshake's answer (only an upgradable connection asked for one, see `phases`):
+        // the head goes to the client as it would for any response (hop-by-hop fields dropped,
+        // the filters run), with the upgrade fields and no framing.
+        http::remove_hop_by_hop(&mut resp.headers);
+        resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
+        for (h, ctx) in chain.links.iter_mut().rev() {
+            h.response_filter(&mut x.session(), &mut resp, &mut **ctx).await?;
+        }
+        resp.headers.push(Header::borrowed("Connection", b"upgrade"));
+        resp.headers.push(Header::borrowed("Upgrade", b"websocket"));
+        p.status = 101;
+        p.keep_alive = false;
+        http::write_response_head(101, http::reason(101), &resp.headers, wire);
+        return Ok(Next::Switched);
+    }
     let resp_body = resp.body(&x.req.method).or_err(
         ErrorKind::InvalidResponse,
         ErrorSource::Upstream,
@@ -432,7 +573,7 @@ async fn respond<D: Downstream>(
     // Re-framed for the client.
     x.ds.response_head(&mut resp, resp_body, content_length, &mut p.keep_alive, wire);
     p.status = resp.status;
-    Ok((origin_keep_alive, resp_body))
+    Ok(Next::Body { origin_keep_alive, body: resp_body })
 }
 
 /// Streams the response body from the origin to the client, decoded and re-framed, one read

@@ -82,6 +82,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let guard = admin::Guard::new(admin::AdminToken::load_or_create(&data_dir)?);
 
     // Always running, so a reload can route to it even if the first config did not.
     let builtin = listen::bind_plain(([127, 0, 0, 1], 0).into())?;
@@ -102,6 +103,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     for source in opts.metrics {
         metrics.add_source(source);
     }
+    metrics.add_source(guard.metrics());
     let shared = Shared::new(live, metrics, opts.kernel.clone());
 
     let workers = match config.workers {
@@ -133,6 +135,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             kernel: opts.kernel,
             on_config: opts.on_config,
             admin: opts.admin.into_iter().collect(),
+            guard,
         };
         thread::Builder::new().name("outpost-control".into()).spawn(move || {
             Backend::Epoll.block_on(ctl.run(admin, builtin, background, stop_rx, ready_tx))
@@ -196,6 +199,7 @@ struct Control {
     kernel: Option<Arc<dyn KernelStats>>,
     on_config: Option<OnConfig>,
     admin: BTreeMap<String, AdminEndpoint>,
+    guard: Arc<admin::Guard>,
 }
 
 impl Control {
@@ -229,7 +233,12 @@ impl Control {
         let _span = tracing::info_span!("outpost", node = %self.env.node).entered();
         io::spawn(plain::serve(
             admin,
-            admin::respond(self.shared.clone(), self.kernel.clone(), self.admin.clone()),
+            admin::respond(
+                self.shared.clone(),
+                self.kernel.clone(),
+                self.admin.clone(),
+                self.guard.clone(),
+            ),
             stop.clone(),
         ));
         io::spawn(plain::serve(builtin, builtin::respond(), stop.clone()));

@@ -31,6 +31,9 @@ use crate::{
 const LINGER: Duration = Duration::from_millis(500);
 /// Pause after a failed accept (out of file descriptors, typically) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a drain waits, after its grace period, for the upgraded connections it then ends
+/// to close (a close_notify and a short linger each, see [`LINGER`]).
+const UPGRADED_CLOSE: Duration = Duration::from_secs(1);
 
 /// Runs one worker until the drain finished or `grace` after it started.
 pub(crate) async fn worker_main(
@@ -46,6 +49,9 @@ pub(crate) async fn worker_main(
         active: Cell::new(0),
         after_pending: Cell::new(0),
         idle: Notify::new(),
+        upgraded: Cell::new(0),
+        closing_upgraded: Cell::new(false),
+        closing: Notify::new(),
     });
     let mut accepting = Vec::new();
     for l in listeners {
@@ -59,12 +65,24 @@ pub(crate) async fn worker_main(
         let _ = a.await;
     }
     // Connections finish their requests; work left for after the responses finishes too.
+    // Upgraded connections (WebSockets) have no request to finish: they run on through the
+    // grace period, then are ended, each with a close_notify.
+    let mut deadline = deadline;
     while worker.busy() {
         let idle = worker.idle.notified();
         if !worker.busy() {
             break;
         }
         if io::timeout_at(deadline, idle).await.is_err() {
+            if worker.upgraded.get() > 0 && !worker.closing_upgraded.get() {
+                tracing::info!(
+                    upgraded = worker.upgraded.get(),
+                    "grace period over; closing upgraded connections"
+                );
+                worker.close_upgraded();
+                deadline = Instant::now() + UPGRADED_CLOSE;
+                continue;
+            }
             tracing::warn!(
                 open = worker.active.get(),
                 after_response = worker.after_pending.get(),

@@ -36,6 +36,8 @@ pub struct Live {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    /// `[http] upgraded_idle_timeout_ms`.
+    pub upgraded_idle_timeout: Duration,
     /// Most after-response tasks pending per worker.
     pub after_max_pending: usize,
     /// `[http] underscores_in_headers`.
@@ -83,6 +85,7 @@ impl Live {
             header_timeout: ms(h.header_timeout_ms),
             idle_timeout: ms(h.idle_timeout_ms),
             body_timeout: ms(h.body_timeout_ms),
+            upgraded_idle_timeout: ms(h.upgraded_idle_timeout_ms),
             after_max_pending: config.after_response.max_pending,
             underscores_in_headers: h.underscores_in_headers,
             trusted_proxies: h.trusted_proxies.clone(),

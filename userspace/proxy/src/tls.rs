@@ -13,7 +13,6 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -283,6 +282,14 @@ pub struct TlsConn {
     peer_closed: bool,
     /// rustls failed on the client's input and its alert was sent: rustls is not run again.
     failed: bool,
+    /// Our close_notify went out (a spliced connection whose origin closed first).
+    close_sent: bool,
+    /// A write was abandoned part way (a splice stopped while it wrote): the record stream to
+    /// the client may end inside a record, so nothing more is sealed for it.
+    torn: bool,
+    /// The alert for the client's broken records, while the connection was split: the reader
+    /// could not send it (the writer may have been in the middle of a record).
+    alert_owed: Option<u8>,
     write_timeout: Duration,
 }
 
@@ -290,8 +297,9 @@ pub struct TlsConn {
 enum Phase {
     /// rustls, through the handshake.
     Handshake(Box<UnbufferedServerConnection>),
-    /// [`Records`], with the keys rustls handed over.
-    Traffic(Box<Records>),
+    /// [`Records`], with the keys rustls handed over; in a cell so that the two halves of a
+    /// split connection ([`TlsConn::split`]) can each seal or open between their awaits.
+    Traffic(Box<RefCell<Records>>),
     /// Neither: the hand-over failed.
     Gone,
 }
@@ -334,6 +342,9 @@ impl TlsConn {
             eof: false,
             peer_closed: false,
             failed: false,
+            close_sent: false,
+            torn: false,
+            alert_owed: None,
             write_timeout,
         })
     }
@@ -390,7 +401,7 @@ impl TlsConn {
         }
         let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(invalid)?;
         let records = Records::new(secrets, kernel).map_err(stdio::Error::other)?;
-        self.conn = Phase::Traffic(Box::new(records));
+        self.conn = Phase::Traffic(Box::new(RefCell::new(records)));
         Ok(negotiated)
     }
 
@@ -449,27 +460,7 @@ impl TlsConn {
         let Phase::Traffic(records) = &mut self.conn else {
             return Err(records::Error::internal("no TLS session to read from"));
         };
-        let mut used = 0;
-        while !self.peer_closed {
-            let Some(len) = records.complete(&self.rbuf[used..])? else { break };
-            let record = &mut self.rbuf[used..used + len];
-            used += len;
-            match records.open(record)? {
-                Opened::Data(range) => {
-                    if plain.capacity() == 0 {
-                        *plain = io::buf::take_idle();
-                    }
-                    plain.extend_from_slice(&record[range]);
-                }
-                Opened::Closed => self.peer_closed = true,
-                Opened::Nothing => {}
-            }
-        }
-        self.rbuf.drain(..used);
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            io::buf::give(std::mem::take(&mut self.rbuf));
-        }
-        Ok(())
+        open_records(records.get_mut(), &mut self.rbuf, &mut self.peer_closed, plain)
     }
 
     /// The client's records broke the protocol: sends the alert, if one is due, then fails.
@@ -478,7 +469,7 @@ impl TlsConn {
             self.failed = true;
             io::buf::give(std::mem::take(&mut self.rbuf));
             if let (Phase::Traffic(records), Some(description)) = (&mut self.conn, e.alert()) {
-                if records.seal_alert(description, &mut self.wbuf).is_ok() {
+                if records.get_mut().seal_alert(description, &mut self.wbuf).is_ok() {
                     let _ = self.write_out().await;
                 }
             }
@@ -638,7 +629,7 @@ impl TlsConn {
                     "the TLS connection cannot send application data",
                 ));
             };
-            records.seal(chunk, &mut self.wbuf).map_err(stdio::Error::other)?;
+            records.get_mut().seal(chunk, &mut self.wbuf).map_err(stdio::Error::other)?;
             data = &data[chunk.len()..];
         }
         Ok(())
@@ -670,10 +661,16 @@ impl TlsConn {
     /// own close, reading and discarding what it still sends, so that a response is not
     /// destroyed by a reset caused by unread request bytes.
     pub async fn close(mut self, linger: Duration) {
-        // Nothing to do when the handshake never finished or the connection failed: the error
-        // already went out as an alert.
-        if let (Phase::Traffic(records), false) = (&mut self.conn, self.failed) {
-            let _ = records.seal_close_notify(&mut self.wbuf);
+        // Nothing to do when the handshake never finished or the connection failed (the error
+        // went out as an alert, or goes now if its split halves left it owed), nor when the
+        // halves sent close_notify or tore the stream.
+        if let (Phase::Traffic(records), false) = (&mut self.conn, self.torn) {
+            let records = records.get_mut();
+            if let Some(description) = self.alert_owed.take() {
+                let _ = records.seal_alert(description, &mut self.wbuf);
+            } else if !(self.failed || self.close_sent) {
+                let _ = records.seal_close_notify(&mut self.wbuf);
+            }
         }
         if !matches!(io::timeout(linger, self.write_out()).await, Ok(Ok(()))) {
             return;
@@ -695,178 +692,129 @@ impl TlsConn {
     }
 }
 
-/// The read half of a [`TlsConn`] split for HTTP/2 ([`TlsConn::split`]): reads and opens
-/// records on the socket while the [`TlsWriter`] seals and writes on a second handle of it.
-pub struct TlsReader {
-    stream: io::Stream,
-    keys: Rc<RefCell<SplitKeys>>,
-    /// Ciphertext read but not yet opened (as `TlsConn::rbuf`).
-    rbuf: Vec<u8>,
-    eof: bool,
-    peer_closed: bool,
-}
-
-/// The write half of a [`TlsConn`] split for HTTP/2.
-pub struct TlsWriter {
-    stream: io::Stream,
-    keys: Rc<RefCell<SplitKeys>>,
-    wbuf: Vec<u8>,
-    write_timeout: Duration,
-}
-
-/// What both halves use: the record keys (each half touches only its direction, under a borrow
-/// that never spans an await), and the alert the reader owes the client when its records broke
-/// the protocol (sent by the writer, which then sends nothing more).
-struct SplitKeys {
-    records: Box<Records>,
-    alert: Option<u8>,
-    failed: bool,
-}
-
 impl TlsConn {
-    /// Splits an established connection into a reader and a writer that run at the same time
-    /// (HTTP/2 reads frames while responses are written). The writer gets a `dup` of the socket
-    /// ([`io::Stream::try_clone`]); records keep one key schedule, shared.
-    pub fn split(self) -> stdio::Result<(TlsReader, TlsWriter)> {
-        let Phase::Traffic(records) = self.conn else {
-            return Err(stdio::Error::new(
-                stdio::ErrorKind::NotConnected,
-                "only an established TLS connection can be split",
-            ));
-        };
-        let writer_stream = self.stream.try_clone()?;
-        let keys = Rc::new(RefCell::new(SplitKeys { records, alert: None, failed: self.failed }));
+    /// The connection in two halves that work at once: the reader opens the client's records
+    /// while the writer seals ours, each with its own socket operation in flight (a splice's
+    /// two directions; HTTP/2, which reads frames while responses are written). The halves
+    /// borrow the connection, which is closed with [`TlsConn::close`] once they are gone: it
+    /// knows what they did (a close_notify sent, a write torn, an alert owed). `None` unless
+    /// the handshake finished and nothing failed.
+    ///
+    /// Dropping the halves mid-operation ends what the connection can do: a read dropped
+    /// loses what it was reading (the connection is closing), a write dropped leaves the
+    /// connection torn (no close_notify follows a record that may be cut short).
+    pub(crate) fn split(&mut self) -> Option<(TlsReader<'_>, TlsWriter<'_>)> {
+        if self.failed || self.torn {
+            return None;
+        }
+        let Phase::Traffic(records) = &self.conn else { return None };
+        let (read, write) = self.stream.split();
+        let failed = Cell::from_mut(&mut self.failed);
+        let alert = Cell::from_mut(&mut self.alert_owed);
         let reader = TlsReader {
-            stream: self.stream,
-            keys: keys.clone(),
-            rbuf: self.rbuf,
-            eof: self.eof,
-            peer_closed: self.peer_closed,
+            stream: read,
+            records,
+            rbuf: &mut self.rbuf,
+            eof: &mut self.eof,
+            peer_closed: &mut self.peer_closed,
+            failed,
+            alert,
         };
         let writer = TlsWriter {
-            stream: writer_stream,
-            keys,
-            wbuf: self.wbuf,
+            stream: write,
+            records,
+            wbuf: &mut self.wbuf,
+            close_sent: &mut self.close_sent,
+            torn: &mut self.torn,
+            failed,
+            alert,
             write_timeout: self.write_timeout,
         };
-        Ok((reader, writer))
+        Some((reader, writer))
     }
 }
 
-impl TlsReader {
+/// The receiving half of a split [`TlsConn`].
+pub(crate) struct TlsReader<'a> {
+    stream: io::ReadHalf<'a>,
+    records: &'a RefCell<Records>,
+    rbuf: &'a mut Vec<u8>,
+    eof: &'a mut bool,
+    peer_closed: &'a mut bool,
+    /// Shared with the writer, which stops sending once the client's records failed.
+    failed: &'a Cell<bool>,
+    alert: &'a Cell<Option<u8>>,
+}
+
+impl TlsReader<'_> {
     /// Reads plaintext, appending to `out` (given a small pooled buffer when it has no
-    /// capacity, as [`TlsConn::read`]). `Ok(0)` is end of stream.
-    pub async fn read(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
+    /// capacity, as [`TlsConn::read`]); `Ok(0)` at the client's close_notify or FIN. A client's
+    /// protocol error fails the connection; its alert is left to the writer (which may be in
+    /// the middle of a record now), or to [`TlsConn::close`].
+    pub(crate) async fn read(&mut self, out: &mut Vec<u8>) -> stdio::Result<usize> {
         loop {
             let start = out.len();
-            if let Err(e) = self.open(out) {
-                let mut keys = self.keys.borrow_mut();
-                if !keys.failed {
-                    keys.failed = true;
-                    keys.alert = e.alert();
+            let opened = {
+                let mut records = self.records.borrow_mut();
+                open_records(&mut records, self.rbuf, self.peer_closed, out)
+            };
+            if let Err(e) = opened {
+                if !self.failed.replace(true) {
+                    self.alert.set(e.alert());
                 }
-                io::buf::give(std::mem::take(&mut self.rbuf));
+                io::buf::give(std::mem::take(self.rbuf));
                 return Err(stdio::Error::new(stdio::ErrorKind::InvalidData, e));
             }
             if out.len() > start {
                 return Ok(out.len() - start);
             }
-            if self.peer_closed || self.keys.borrow().failed || !self.fill().await? {
+            if *self.peer_closed || *self.eof || self.failed.get() {
                 return Ok(0);
             }
-        }
-    }
-
-    /// Opens every complete record buffered (see `TlsConn::open`).
-    fn open(&mut self, plain: &mut Vec<u8>) -> Result<(), records::Error> {
-        let mut keys = self.keys.borrow_mut();
-        let records = &mut keys.records;
-        let mut used = 0;
-        while !self.peer_closed {
-            let Some(len) = records.complete(&self.rbuf[used..])? else { break };
-            let record = &mut self.rbuf[used..used + len];
-            used += len;
-            match records.open(record)? {
-                Opened::Data(range) => {
-                    if plain.capacity() == 0 {
-                        *plain = io::buf::take_idle();
+            let mut b = std::mem::take(self.rbuf);
+            if b.capacity() < READ_CHUNK {
+                let mut pooled = io::buf::take();
+                pooled.extend_from_slice(&b);
+                io::buf::give(b);
+                b = pooled;
+            }
+            // A pooled buffer holds a whole record: what is left of it is the rest of the one
+            // it begins with.
+            let want = (b.capacity() - b.len()).max(1);
+            let (res, b) = self.stream.read(b, want).await;
+            *self.rbuf = b;
+            match res {
+                Ok(n) if n > 0 => {}
+                end => {
+                    if self.rbuf.is_empty() {
+                        io::buf::give(std::mem::take(self.rbuf));
                     }
-                    plain.extend_from_slice(&record[range]);
-                }
-                Opened::Closed => self.peer_closed = true,
-                Opened::Nothing => {}
-            }
-        }
-        self.rbuf.drain(..used);
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            io::buf::give(std::mem::take(&mut self.rbuf));
-        }
-        Ok(())
-    }
-
-    /// Reads ciphertext after what is buffered; false at end of stream.
-    async fn fill(&mut self) -> stdio::Result<bool> {
-        if self.eof {
-            return Ok(false);
-        }
-        let mut b = std::mem::take(&mut self.rbuf);
-        if b.capacity() < READ_CHUNK {
-            let mut pooled = io::buf::take();
-            pooled.extend_from_slice(&b);
-            io::buf::give(b);
-            b = pooled;
-        }
-        // At most the beginning of one record is buffered, and a pooled buffer holds a record.
-        let want = match b.capacity() - b.len() {
-            0 => READ_CHUNK,
-            spare => spare,
-        };
-        let (res, buf) = self.stream.read(b, want).await;
-        self.rbuf = buf;
-        match res {
-            Ok(n) if n > 0 => Ok(true),
-            end => {
-                if self.rbuf.is_empty() {
-                    io::buf::give(std::mem::take(&mut self.rbuf));
-                }
-                end?;
-                self.eof = true;
-                Ok(false)
-            }
-        }
-    }
-
-    /// Reads and discards what the client still sends, for at most `linger` (see
-    /// [`TlsConn::close`]).
-    pub async fn drain(mut self, linger: Duration) {
-        let _ = io::timeout(linger, async {
-            let mut buf = io::buf::take();
-            for _ in 0..64 {
-                let (res, b) = self.stream.read(buf, READ_CHUNK).await;
-                buf = b;
-                buf.clear();
-                if !matches!(res, Ok(n) if n > 0) {
-                    break;
+                    end?;
+                    *self.eof = true;
                 }
             }
-            io::buf::give(buf);
-        })
-        .await;
-        io::buf::give(std::mem::take(&mut self.rbuf));
+        }
     }
 }
 
-impl TlsWriter {
-    /// Encrypts and sends all of `data`, then flushes. A connection whose reader failed sends
-    /// the alert it owes instead, and then nothing more.
-    pub async fn send(&mut self, mut data: &[u8]) -> stdio::Result<()> {
-        if self.owe_alert() {
-            let _ = self.write_out().await;
-            return Err(stdio::Error::new(
-                stdio::ErrorKind::InvalidData,
-                "the client broke the TLS record protocol",
-            ));
-        }
+/// The sending half of a split [`TlsConn`].
+pub(crate) struct TlsWriter<'a> {
+    stream: io::WriteHalf<'a>,
+    records: &'a RefCell<Records>,
+    wbuf: &'a mut Vec<u8>,
+    close_sent: &'a mut bool,
+    torn: &'a mut bool,
+    failed: &'a Cell<bool>,
+    alert: &'a Cell<Option<u8>>,
+    write_timeout: Duration,
+}
+
+impl TlsWriter<'_> {
+    /// Seals and sends all of `data`: one record per [`records::MAX_PLAINTEXT`] bytes, a
+    /// pooled buffer's worth at a time. Once the reader failed, sends the alert it owes
+    /// instead, and then nothing more.
+    pub(crate) async fn send(&mut self, mut data: &[u8]) -> stdio::Result<()> {
+        self.refuse_if_failed().await?;
         while !data.is_empty() {
             let chunk = &data[..data.len().min(records::MAX_PLAINTEXT)];
             if !self.wbuf.is_empty()
@@ -875,53 +823,96 @@ impl TlsWriter {
                 self.write_out().await?;
             }
             if self.wbuf.capacity() == 0 {
-                self.wbuf = io::buf::take();
+                *self.wbuf = io::buf::take();
             }
-            self.keys
-                .borrow_mut()
-                .records
-                .seal(chunk, &mut self.wbuf)
-                .map_err(stdio::Error::other)?;
+            self.records.borrow_mut().seal(chunk, self.wbuf).map_err(stdio::Error::other)?;
             data = &data[chunk.len()..];
         }
         self.write_out().await
     }
 
-    /// Seals the alert the reader left, if any; true when the connection failed.
-    fn owe_alert(&mut self) -> bool {
-        let mut keys = self.keys.borrow_mut();
-        if let Some(description) = keys.alert.take() {
-            let _ = keys.records.seal_alert(description, &mut self.wbuf);
+    /// Sends close_notify and FIN: nothing more comes from this side; the client may still
+    /// send (TLS 1.3 closes each direction on its own; a TLS 1.2 client may stop reading).
+    pub(crate) async fn close(&mut self) -> stdio::Result<()> {
+        if *self.close_sent {
+            return Ok(());
         }
-        keys.failed
+        self.refuse_if_failed().await?;
+        if self.wbuf.capacity() == 0 {
+            *self.wbuf = io::buf::take();
+        }
+        self.records.borrow_mut().seal_close_notify(self.wbuf).map_err(stdio::Error::other)?;
+        *self.close_sent = true;
+        self.write_out().await?;
+        self.stream.shutdown_write();
+        Ok(())
+    }
+
+    /// Once the reader failed: sends the alert it owes, if it is still owed, and fails.
+    async fn refuse_if_failed(&mut self) -> stdio::Result<()> {
+        if !self.failed.get() {
+            return Ok(());
+        }
+        if let Some(description) = self.alert.take() {
+            if self.wbuf.capacity() == 0 {
+                *self.wbuf = io::buf::take();
+            }
+            if self.records.borrow_mut().seal_alert(description, self.wbuf).is_ok() {
+                let _ = self.write_out().await;
+            }
+        }
+        Err(stdio::Error::new(
+            stdio::ErrorKind::InvalidData,
+            "the client broke the TLS record protocol",
+        ))
     }
 
     async fn write_out(&mut self) -> stdio::Result<()> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let out = std::mem::take(&mut self.wbuf);
+        let out = std::mem::take(self.wbuf);
+        // Cleared once the whole write is done: a write dropped before leaves the connection
+        // torn.
+        *self.torn = true;
         let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
         io::buf::give(buf);
-        res
+        res?;
+        *self.torn = false;
+        Ok(())
     }
+}
 
-    /// Sends close_notify (or the alert owed) and FIN, then lets `reader` (unless a read of
-    /// its own is still in flight) drain what the client still sends, each within `linger`:
-    /// [`TlsConn::close`] for a split connection. Either half's socket handle shuts the socket
-    /// down when dropped, so the writer stays until the reader is done.
-    pub async fn close(mut self, linger: Duration, reader: Option<TlsReader>) {
-        if !self.owe_alert() {
-            let _ = self.keys.borrow_mut().records.seal_close_notify(&mut self.wbuf);
-        }
-        if !matches!(io::timeout(linger, self.write_out()).await, Ok(Ok(()))) {
-            return;
-        }
-        self.stream.shutdown_write();
-        if let Some(reader) = reader {
-            reader.drain(linger).await;
+/// Opens every complete record in `rbuf`, appending application data to `plain` (given a small
+/// pooled buffer when it has none, grown when a record does not fit); `rbuf` goes back to the
+/// pool once emptied.
+fn open_records(
+    records: &mut Records,
+    rbuf: &mut Vec<u8>,
+    peer_closed: &mut bool,
+    plain: &mut Vec<u8>,
+) -> Result<(), records::Error> {
+    let mut used = 0;
+    while !*peer_closed {
+        let Some(len) = records.complete(&rbuf[used..])? else { break };
+        let record = &mut rbuf[used..used + len];
+        used += len;
+        match records.open(record)? {
+            Opened::Data(range) => {
+                if plain.capacity() == 0 {
+                    *plain = io::buf::take_idle();
+                }
+                plain.extend_from_slice(&record[range]);
+            }
+            Opened::Closed => *peer_closed = true,
+            Opened::Nothing => {}
         }
     }
+    rbuf.drain(..used);
+    if rbuf.is_empty() && rbuf.capacity() > 0 {
+        io::buf::give(std::mem::take(rbuf));
+    }
+    Ok(())
 }
 
 /// Where the record after the one ending at `shown` ends in `rbuf`, once its header is there;

@@ -1,5 +1,6 @@
 //! One worker thread's state: its origin connection pool, its latency histogram, and what is
-//! still running on it (connections, work left for after a response), which a drain waits for.
+//! still running on it (connections, upgraded ones among them, work left for after a
+//! response), which a drain waits for.
 
 use std::{
     cell::{Cell, RefCell},
@@ -24,8 +25,14 @@ pub(crate) struct Worker {
     pub active: Cell<usize>,
     /// After-response tasks not finished yet.
     pub after_pending: Cell<usize>,
-    /// Notified when either count drops.
+    /// Notified when any of these counts drops.
     pub idle: Notify,
+    /// Open upgraded (spliced) connections, counted in `active` too.
+    pub upgraded: Cell<usize>,
+    /// Set, and `closing` notified, when upgraded connections must end (a drain's grace ran
+    /// out).
+    pub closing_upgraded: Cell<bool>,
+    pub closing: Notify,
 }
 
 impl Worker {
@@ -54,6 +61,42 @@ impl Worker {
 
     pub(crate) fn busy(&self) -> bool {
         self.active.get() > 0 || self.after_pending.get() > 0
+    }
+
+    /// Counts an upgraded connection (here and in the metrics) while the guard lives.
+    pub(crate) fn upgraded_opened(self: &Rc<Self>) -> UpgradedGuard {
+        self.upgraded.set(self.upgraded.get() + 1);
+        self.shared.metrics.upgraded_opened();
+        UpgradedGuard(self.clone())
+    }
+
+    /// Ends every upgraded connection of this worker.
+    pub(crate) fn close_upgraded(&self) {
+        self.closing_upgraded.set(true);
+        self.closing.notify_waiters();
+    }
+
+    /// Resolves once [`close_upgraded`](Self::close_upgraded) was called.
+    pub(crate) async fn upgraded_closing(&self) {
+        loop {
+            // Registered before the flag is read: a call in between still wakes it.
+            let notified = self.closing.notified();
+            if self.closing_upgraded.get() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// An open upgraded connection (see [`Worker::upgraded_opened`]).
+pub(crate) struct UpgradedGuard(Rc<Worker>);
+
+impl Drop for UpgradedGuard {
+    fn drop(&mut self) {
+        self.0.upgraded.set(self.0.upgraded.get() - 1);
+        self.0.shared.metrics.upgraded_closed();
+        self.0.idle.notify_waiters();
     }
 }
 

@@ -229,3 +229,24 @@ fn cookies_are_joined_and_authority_must_match_host() {
     assert_eq!(v["mismatch"], 400, "{v}");
     assert_eq!(o.metric("outpost_requests_malformed_total"), 1);
 }
+
+const PROTOCOL_ERROR: u64 = 0x1;
+
+/// A WebSocket handshake over HTTP/2 switches nothing: `Connection` and `Upgrade` make a
+/// request malformed there (RFC 9113 §8.2.2: h2 resets its stream), RFC 8441's extended CONNECT
+/// is not offered (nor accepted), and the handshake's other fields make an ordinary request.
+#[test]
+fn a_websocket_handshake_over_h2_is_not_upgraded() {
+    let (_origin, o) = attack_edge();
+    let v = attack(&o, "websocket", 0);
+    assert_eq!(v["upgrade_reset"], PROTOCOL_ERROR, "{v}");
+    assert!(v["connect_protocol_setting"].is_null(), "SETTINGS_ENABLE_CONNECT_PROTOCOL: {v}");
+    assert_eq!(v["connect_reset"], PROTOCOL_ERROR, "{v}");
+    assert!(v["connect_status"].is_null(), "{v}");
+    assert_eq!(v["plain_status"], 200, "{v}");
+    let body = v["plain_body"].as_str().unwrap();
+    assert!(body.contains("header sec-websocket-version: 13\n"), "{body}");
+    assert!(!body.contains("header upgrade") && !body.contains("header connection: upgrade"));
+    assert_eq!(o.metric("outpost_upgraded_connections_total"), 0);
+    still_serves(&o, "a WebSocket handshake");
+}

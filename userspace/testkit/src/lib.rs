@@ -243,6 +243,34 @@ impl Outpost {
         None
     }
 
+    /// The admin token `outpost run` created in its data directory.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.0.join("data").join("admin-token")
+    }
+
+    /// The admin token itself.
+    pub fn admin_token(&self) -> String {
+        let f = self.admin_token_file();
+        let t = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        t.trim().to_owned()
+    }
+
+    /// `GET path` on the admin listener with the admin token, as an operator: `(status, body)`.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        self.admin_request("GET", path)
+    }
+
+    /// `POST path` (empty body) on the admin listener with the admin token: `(status, body)`.
+    pub fn admin_post(&self, path: &str) -> Option<(u16, String)> {
+        self.admin_request("POST", path)
+    }
+
+    fn admin_request(&self, method: &str, path: &str) -> Option<(u16, String)> {
+        let auth = format!("Bearer {}", self.admin_token());
+        let a = http_request(self.admin, method, path, &[("Authorization", &auth)], "")?;
+        Some((a.status, a.body))
+    }
+
     pub fn metrics(&self) -> String {
         match http_get(self.admin, "/metrics") {
             Some((200, body)) => body,
@@ -307,16 +335,58 @@ pub fn wait_for_admin(admin: u16) {
     }
 }
 
-/// Plain HTTP GET (admin listener): `(status, body)`.
+/// Plain HTTP GET without credentials (admin listener: `/healthz`, `/metrics`; the other paths
+/// need [`Outpost::admin_get`]): `(status, body)`.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let a = http_request(port, "GET", path, &[], "")?;
+    Some((a.status, a.body))
+}
+
+/// A plain HTTP/1.1 answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The status line and the fields, without the blank line.
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first value of field `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// `METHOD path` over plain HTTP/1.1 to 127.0.0.1:`port` with `headers` and `body`, read to
+/// the close. `Content-Length` is added for a body, and for any method but GET/HEAD.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Answer> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req += &format!("{n}: {v}\r\n");
+    }
+    if !body.is_empty() || (method != "GET" && method != "HEAD") {
+        req += &format!("Content-Length: {}\r\n", body.len());
+    }
+    req += "\r\n";
+    req += body;
+    s.write_all(req.as_bytes()).ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split(' ').nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    Some(Answer { status, head: head.to_owned(), body: body.to_owned() })
 }
 
 /// Runs a client command, killing it after `limit`.

@@ -84,6 +84,15 @@ pub(crate) fn connection_has(headers: &[Header<'_>], token: &str) -> bool {
     values(headers, "connection").flat_map(list).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Whether an `Upgrade` field lists the protocol `name` (case-insensitive; a `name/version`
+/// element counts too).
+pub(crate) fn upgrade_has(headers: &[Header<'_>], name: &str) -> bool {
+    values(headers, "upgrade").flat_map(list).any(|t| {
+        let protocol = t.split(|&b| b == b'/').next().unwrap_or_default();
+        protocol.eq_ignore_ascii_case(name.as_bytes())
+    })
+}
+
 /// Persistence from `Connection` (RFC 9112 §9.3): HTTP/1.1 unless `close`, HTTP/1.0 only with
 /// `keep-alive`.
 pub(crate) fn keep_alive(headers: &[Header<'_>], minor_version: u8) -> bool {

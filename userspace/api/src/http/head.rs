@@ -66,6 +66,23 @@ impl Request<'_> {
     pub fn keep_alive(&self) -> bool {
         fields::keep_alive(&self.headers, self.minor_version)
     }
+
+    /// Whether this request asks for the connection to become a WebSocket (RFC 6455 §4.1): an
+    /// HTTP/1.1 `GET` whose `Connection` lists `upgrade` and whose `Upgrade` lists `websocket`
+    /// (both case-insensitive), without a body.
+    ///
+    /// Anything else is an ordinary request whose `Upgrade` is dropped as hop-by-hop, as RFC
+    /// 9110 §7.8 lets a server do: HTTP/1.0 (where `Upgrade` must be ignored), other methods,
+    /// other protocols (`h2c`), and an upgrade request with a body (a WebSocket handshake has
+    /// none; forwarding one would make the switch depend on where two parsers think the body
+    /// ends).
+    pub fn websocket_upgrade(&self) -> bool {
+        self.minor_version >= 1
+            && self.method == "GET"
+            && fields::connection_has(&self.headers, "upgrade")
+            && fields::upgrade_has(&self.headers, "websocket")
+            && matches!(self.body(), Ok(Body::Empty | Body::Length(0)))
+    }
 }
 
 /// A response head. A parsed one borrows every field from the buffer it was parsed from (`'h`).
@@ -111,6 +128,12 @@ impl Response<'_> {
     /// the version; a [`Body::UntilClose`] body ends the connection regardless.
     pub fn keep_alive(&self) -> bool {
         fields::keep_alive(&self.headers, self.minor_version)
+    }
+
+    /// Whether this is a `101 Switching Protocols` to a WebSocket: its `Upgrade` lists
+    /// `websocket` (RFC 9110 §15.2.2 requires the field to name the new protocol).
+    pub fn switches_to_websocket(&self) -> bool {
+        self.status == 101 && fields::upgrade_has(&self.headers, "websocket")
     }
 }
 
@@ -377,6 +400,40 @@ fn is_reg_name_byte(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_upgrade_table() {
+        let limits = Limits::default();
+        let ws = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+        let cases: &[(&str, bool)] = &[
+            (&format!("GET /c HTTP/1.1\r\nHost: a\r\n{ws}\r\n"), true),
+            ("GET /c HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, UPGRADE\r\nUpgrade: h2c, WebSocket\r\n\r\n", true),
+            ("GET /c HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket/13\r\n\r\n", true),
+            (&format!("GET /c HTTP/1.1\r\nHost: a\r\n{ws}Content-Length: 0\r\n\r\n"), true),
+            // Not a WebSocket handshake: its Upgrade is dropped as hop-by-hop.
+            (&format!("GET /c HTTP/1.0\r\nHost: a\r\n{ws}\r\n"), false),
+            (&format!("POST /c HTTP/1.1\r\nHost: a\r\n{ws}\r\n"), false),
+            (&format!("GET /c HTTP/1.1\r\nHost: a\r\n{ws}Content-Length: 2\r\n\r\nhi"), false),
+            (&format!("GET /c HTTP/1.1\r\nHost: a\r\n{ws}Transfer-Encoding: chunked\r\n\r\n"), false),
+            ("GET /c HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", false),
+            ("GET /c HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n", false),
+            ("GET /c HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n", false),
+            ("GET /c HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websockets\r\n\r\n", false),
+        ];
+        for (head, want) in cases {
+            let (req, _) = parse_request(head.as_bytes(), &limits).unwrap().unwrap();
+            assert_eq!(req.websocket_upgrade(), *want, "{head:?}");
+        }
+        for (head, want) in [
+            ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n\r\n", true),
+            ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", false),
+            ("HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+            ("HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n", false),
+        ] {
+            let (resp, _) = parse_response(head.as_bytes(), &limits).unwrap().unwrap();
+            assert_eq!(resp.switches_to_websocket(), want, "{head:?}");
+        }
+    }
 
     #[test]
     fn split_host_port_table() {

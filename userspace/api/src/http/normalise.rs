@@ -44,10 +44,24 @@ const MAX_HOST: usize = 253;
 /// Longest label of a host name.
 const MAX_LABEL: usize = 63;
 
-/// Forwarding fields: what the edge says about the client, never what the client says about
-/// itself (unless it is a trusted proxy).
-const FORWARDING: [&str; 4] =
-    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+/// Forwarding fields: what a proxy says about the client and the request it received, never
+/// what the client says about itself (unless it is a trusted proxy). Beyond the standard
+/// `Forwarded` and the `X-Forwarded-*` fields, the ones origins are commonly set up to believe:
+/// the client address (`X-Real-IP`, nginx's realip module) and the original path or host
+/// (`X-Original-URL`, `X-Rewrite-URL`, `X-Original-Host`: IIS and frameworks on it route by
+/// them, which would let a request to a public path be served as a protected one).
+const FORWARDING: [&str; 10] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+];
 
 /// The request's authority: the host it is for and the port it named.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,7 +115,8 @@ pub struct Dropped {
     pub underscore: u32,
     /// Client copies of edge-asserted fields (identity headers).
     pub asserted: u32,
-    /// Client forwarding fields (`X-Forwarded-*`, `Forwarded`).
+    /// Client forwarding fields (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `X-Original-URL`,
+    /// ...).
     pub forwarding: u32,
 }
 
@@ -538,6 +553,7 @@ mod tests {
             ("X_Forwarded_Host", "evil.example"),
             ("Forwarded", "host=evil.example;for=6.6.6.6"),
             ("x-forwarded-proto", "http"),
+            ("X-Original-URL", "/admin"),
             ("X-Custom_Thing", "1"),
             ("Accept", "*/*"),
         ];
@@ -546,7 +562,7 @@ mod tests {
         let d = normalise(&mut r, &rules).unwrap();
         let names: Vec<&str> = r.headers.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["Host", "Accept"]);
-        assert_eq!(d, Dropped { underscore: 1, asserted: 2, forwarding: 4 });
+        assert_eq!(d, Dropped { underscore: 1, asserted: 2, forwarding: 5 });
 
         // Underscores allowed: only the look-alikes of asserted and forwarding fields go.
         let mut r = req("GET", "/", 1, &fields);

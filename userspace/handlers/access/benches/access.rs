@@ -268,7 +268,7 @@ fn main() {
     // phase alone), then logins per second with several browsers at once, provider in the
     // loop (the histograms then also hold those busier logins).
     let (_, one_done, _) = logins(&s, 1, if a.tiny { 2.0 } else { 10.0 });
-    let (_, metrics) = http_get(s.edge.admin, "/access/metrics").unwrap();
+    let (_, metrics) = s.edge.admin_get("/access/metrics").unwrap();
     let row = |m: &str, e: &str| (quantile(m, e, "0.5"), quantile(m, e, "0.99"));
     let endpoints =
         [("/login", "login"), ("/callback", "callback"), ("code redemption", "authorized")];
@@ -277,7 +277,7 @@ fn main() {
     let (sync_p50, sync_p99) = fsync_floor(&s.edge.dir.0, syncs);
     let (lps, completed, failed) = logins(&s, a.login_workers, if a.tiny { 2.0 } else { 10.0 });
     eprintln!("access bench: {one_done} sequential logins, then {completed} ({lps:.1}/s), {failed} failed");
-    let (_, metrics) = http_get(s.edge.admin, "/access/metrics").unwrap();
+    let (_, metrics) = s.edge.admin_get("/access/metrics").unwrap();
     let busy: Times = endpoints.iter().map(|(n, e)| (*n, row(&metrics, e))).collect();
 
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));

@@ -141,9 +141,10 @@ pub fn run(cmd: Command, store: &Store, tool: &Tool) -> Result<()> {
     })
 }
 
-/// Runs `cmd` through the admin listener of a running edge at `admin`. Ok(false) when no edge
-/// answers there (then open the store and call [`run`]).
-pub fn try_admin(cmd: &Command, admin: SocketAddr) -> Result<bool> {
+/// Runs `cmd` through the admin listener of a running edge at `admin`, sending the admin
+/// `token` when there is one. Ok(false) when no edge answers there (then open the store and
+/// call [`run`]).
+pub fn try_admin(cmd: &Command, admin: SocketAddr, token: Option<&str>) -> Result<bool> {
     let (method, path) = match cmd {
         Command::Keys { action: KeysAction::Rotate } => ("POST", "/access/keys/rotate".into()),
         Command::Keys { action: KeysAction::List { .. } } => ("GET", "/access/keys".into()),
@@ -160,7 +161,12 @@ pub fn try_admin(cmd: &Command, admin: SocketAddr) -> Result<bool> {
         return Ok(false);
     };
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out).context("reading the edge's answer")?;
     let status: u16 = out.split(' ').nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);

@@ -32,6 +32,7 @@ use crate::{
     metrics::{Endpoint, Outcome},
     pages,
     policy::{self, check_return_path, AppPolicy},
+    revocation::Revocations,
     state::{self, SessionRecord, NS_SESSION},
     token::{Checked, Claims},
 };
@@ -205,6 +206,12 @@ impl AccessCheck {
         if !renewed {
             g.count(Endpoint::Check, Outcome::Pass);
         }
+        if s.req.websocket_upgrade() {
+            // A WebSocket outlives its token (expiry does not cut it, as with Cloudflare
+            // Access), but not a revocation of its session or user: re-checked whenever this
+            // node learns of one, so within revocation's 2 s bound.
+            s.close_upgraded_when(closed_on_revocation(g.shared.revocations.clone(), c.clone()));
+        }
         ctx.identity = Some((token, c.email.clone()));
         Flow::Continue
     }
@@ -272,6 +279,22 @@ impl AccessCheck {
             self.logout.serve(s).await
         } else {
             Reply::json_error(404, "no such edge endpoint")
+        }
+    }
+}
+
+/// Resolves once the token with `claims` is revoked on this node.
+async fn closed_on_revocation(revocations: Arc<Revocations>, claims: Arc<Claims>) {
+    // Subscribed before the first check: a revocation between the two is not missed.
+    let mut changed = revocations.subscribe();
+    loop {
+        if revocations.is_revoked(&claims) {
+            tracing::info!(target: "outpost_access::check", user = %claims.email, "WebSocket closed: session revoked");
+            return;
+        }
+        if changed.changed().await.is_err() {
+            // The revocation set is gone (a shutdown): nothing will be revoked any more.
+            return std::future::pending().await;
         }
     }
 }

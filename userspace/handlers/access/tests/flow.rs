@@ -142,7 +142,7 @@ fn login_flow_end_to_end_to_the_origin_with_identity_headers() {
     );
 
     // Each endpoint has its own series.
-    let (status, metrics) = http_get(s.edge.admin, "/access/metrics").unwrap();
+    let (status, metrics) = s.edge.admin_get("/access/metrics").unwrap();
     assert_eq!(status, 200);
     for series in [
         r#"outpost_access_requests_total{endpoint="check",outcome="redirect"}"#,
@@ -196,6 +196,8 @@ fn login_flow_end_to_end_to_the_origin_with_identity_headers() {
             "--json",
             "--admin",
             &format!("127.0.0.1:{}", s.edge.admin),
+            "--config",
+            s.edge.dir.0.join("outpost.toml").to_str().unwrap(),
         ])
         .output()
         .unwrap();

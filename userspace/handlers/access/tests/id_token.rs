@@ -286,11 +286,11 @@ fn every_id_token_check_refuses_its_spoiled_token() {
             b.cookie(&format!("https://{AUTH}:{port}/"), "__Host-outpost-session").is_none(),
             "{spoil:?}"
         );
-        wait_event(edge.admin, "access.login", "error", reason);
+        wait_event(&edge, "access.login", "error", reason);
     }
     // An unverified email where the policy is by domain: signed in by the provider, refused
     // by the policy.
     let (_, end) = login(Spoil::EmailUnverified);
     assert_eq!(end.status, 403, "{}", end.body);
-    wait_event(edge.admin, "access.login", "denied", "email not verified");
+    wait_event(&edge, "access.login", "denied", "email not verified");
 }

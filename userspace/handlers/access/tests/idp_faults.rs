@@ -96,7 +96,7 @@ fn provider_down_before_the_first_login_gives_a_502_page() {
     let r = b.choose_provider(&page);
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
     assert_clear_page(&r, 502, "not answering");
-    wait_event(edge.admin, "access.login", "error", "provider testidp");
+    wait_event(&edge, "access.login", "error", "provider testidp");
 }
 
 #[test]

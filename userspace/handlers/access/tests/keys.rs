@@ -138,13 +138,39 @@ fn rotation_through_the_admin_listener_of_an_embedded_store_edge() {
     assert_eq!(b.login(&s.url(WIKI, "/"), "alice@example.test").pop().unwrap().status, 200);
     let token = b.cookie(&s.url(WIKI, "/"), "__Host-outpost-token").unwrap();
     let old = kid_of(&token);
-    // `outpost access keys rotate`, the real command, through the running edge.
+    // Without the admin token, or with it as a web page would send it: refused, no key added.
+    let rotate = |headers: &[(&str, &str)]| {
+        let a =
+            outpost_testkit::http_request(s.edge.admin, "POST", "/access/keys/rotate", headers, "");
+        a.expect("the admin listener answers").status
+    };
+    assert_eq!(rotate(&[]), 401);
+    let auth = format!("Bearer {}", s.edge.admin_token());
+    assert_eq!(rotate(&[("Authorization", &auth), ("Origin", &s.url(WIKI, ""))]), 403);
+    assert_eq!(rotate(&[("Authorization", &auth), ("Content-Type", "text/plain")]), 403);
+    let no_token = TempDir::new("keys-no-token");
+    let o = std::process::Command::new(outpost_testkit::outpost_bin())
+        .args(["access", "keys", "rotate", "--admin", &format!("127.0.0.1:{}", s.edge.admin)])
+        .current_dir(&no_token.0)
+        .env_remove("OUTPOST_DATA")
+        .env_remove("OUTPOST_ADMIN_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("401") && err.contains("admin-token"), "{err}");
+    assert_eq!(published(&s), vec![old.clone()], "a refused rotation added a key");
+
+    // `outpost access keys rotate`, the real command, through the running edge; it finds the
+    // admin token in the data directory of the edge's config.
     let admin = format!("127.0.0.1:{}", s.edge.admin);
+    let config = s.edge.dir.0.join("outpost.toml");
     let cli = |args: &[&str]| {
         let o = std::process::Command::new(outpost_testkit::outpost_bin())
             .args(["access", "keys"])
             .args(args)
             .args(["--admin", &admin])
+            .arg("--config")
+            .arg(&config)
             .output()
             .unwrap();
         assert!(
@@ -170,7 +196,7 @@ fn rotation_through_the_admin_listener_of_an_embedded_store_edge() {
         listed.iter().any(|k| k["kid"] == old.as_str() && k["retired_ms"].is_u64()),
         "{listed:?}"
     );
-    let (status, body) = http_get(s.edge.admin, "/access/keys").unwrap();
+    let (status, body) = s.edge.admin_get("/access/keys").unwrap();
     assert_eq!(status, 200);
     assert!(!body.contains("private"), "{body}");
     s.expect_event("access.keys.rotate", "success", &keys[0]);

@@ -69,8 +69,18 @@ fn revocation_on_one_sqlite_node() {
     for t in [&t1, &t2] {
         assert_accepted(&s, t, "alice@example.test");
     }
-    let said =
-        outpost_cli(&["access", "revoke", "--user", "alice@example.test", "--admin", &admin]);
+    // The admin token from an explicit file this time (`--admin-token-file`).
+    let token = s.edge.admin_token_file();
+    let said = outpost_cli(&[
+        "access",
+        "revoke",
+        "--user",
+        "alice@example.test",
+        "--admin",
+        &admin,
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ]);
     assert!(said.contains("revoked alice@example.test: 2 session(s) ended"), "{said}");
     for t in [&t1, &t2] {
         let (nav, api) = present_token(&s.browser(), &page, t);

@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use outpost_testkit::http_get;
 use support::*;
 
 #[test]
@@ -70,7 +69,7 @@ fn sigkill_during_load_then_restart_keeps_every_201_and_sends_every_mail() {
     assert!(created.len() >= 300 && answered.load(Ordering::Relaxed) < 4000, "killed mid-load");
 
     edge.restart(&["--no-xdp"]);
-    let (s, csv) = http_get(edge.admin, "/reservations/export").unwrap();
+    let (s, csv) = edge.admin_get("/reservations/export").unwrap();
     assert_eq!(s, 200, "{csv}");
     let mut held: BTreeMap<String, String> = BTreeMap::new();
     let mut emails = BTreeSet::new();

@@ -12,7 +12,6 @@ use outpost_reserve::{
     model::Reservations,
 };
 use outpost_store::{testing::TestPostgres, Store, StoreConfig};
-use outpost_testkit::http_get;
 use support::*;
 
 /// Every row: (what, content type, body, status, code).
@@ -168,7 +167,7 @@ fn bad_input_table_gets_4xx_with_a_reason_and_writes_nothing() {
         assert!(msg.len() > 8 && msg.ends_with('.'), "{what}: a sentence, got {msg:?}");
     }
     // Nothing was written: no reservation, no mail.
-    let (status, list) = http_get(edge.admin, "/reservations").unwrap();
+    let (status, list) = edge.admin_get("/reservations").unwrap();
     assert_eq!((status, list.trim()), (200, "[]"), "nothing reserved");
     std::thread::sleep(Duration::from_millis(800));
     assert!(smtp.mails().is_empty(), "no mail queued: {:?}", smtp.mails());
@@ -399,28 +398,28 @@ fn operator_tools_list_show_release_export() {
     assert_eq!(rt.block_on(c.get(&path)).unwrap().status, 200);
 
     // Admin API.
-    let (s, list) = http_get(edge.admin, "/reservations").unwrap();
+    let (s, list) = edge.admin_get("/reservations").unwrap();
     assert_eq!(s, 200, "{list}");
     let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
     let names: Vec<_> = list.iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alpha", "beta", "gamma"]);
     assert_eq!(list[1]["state"], "confirmed");
-    let (s, page) = http_get(edge.admin, "/reservations?after=alpha&limit=1").unwrap();
+    let (s, page) = edge.admin_get("/reservations?after=alpha&limit=1").unwrap();
     assert_eq!(s, 200);
     assert!(page.contains("\"beta\"") && !page.contains("gamma"), "{page}");
-    let (s, show) = http_get(edge.admin, "/reservations/show?name=gamma").unwrap();
+    let (s, show) = edge.admin_get("/reservations/show?name=gamma").unwrap();
     assert!(s == 200 && show.contains("g@example.com") && show.contains("pending"), "{show}");
-    let (s, _) = http_get(edge.admin, "/reservations/show?name=nobody").unwrap();
+    let (s, _) = edge.admin_get("/reservations/show?name=nobody").unwrap();
     assert_eq!(s, 404);
-    let (s, csv) = http_get(edge.admin, "/reservations/export").unwrap();
+    let (s, csv) = edge.admin_get("/reservations/export").unwrap();
     assert_eq!(s, 200);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "name,email,state,created_utc,expires_utc,confirmed_utc");
     assert_eq!(lines.len(), 4, "{csv}");
     assert!(lines[2].starts_with("beta,b@example.com,confirmed,"), "{csv}");
-    let (s, body) = post_admin(edge.admin, "/reservations/release?name=beta");
+    let (s, body) = edge.admin_post("/reservations/release?name=beta").unwrap();
     assert_eq!(s, 200, "{body}");
-    let (s, _) = post_admin(edge.admin, "/reservations/release?name=beta");
+    let (s, _) = edge.admin_post("/reservations/release?name=beta").unwrap();
     assert_eq!(s, 404);
     // Released: name and email are free on the public side at once.
     let r = rt.block_on(c.reserve("beta", "b2@example.com")).unwrap();
@@ -429,7 +428,7 @@ fn operator_tools_list_show_release_export() {
     assert_eq!(r.status, 201, "{}", r.body);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, ev) = http_get(edge.admin, "/audit?kind=reserve.release").unwrap();
+        let (_, ev) = edge.admin_get("/audit?kind=reserve.release").unwrap();
         if ev.contains("b@example.com") {
             break;
         }
@@ -499,20 +498,4 @@ fn operator_tools_list_show_release_export() {
         .unwrap();
     assert!(events.iter().any(|e| e.user.as_deref() == Some("a@example.com")), "{events:?}");
     store.shutdown();
-}
-
-/// POST on the admin listener: (status, body).
-fn post_admin(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, out.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default())
 }

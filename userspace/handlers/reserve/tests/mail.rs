@@ -5,11 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use outpost_testkit::http_get;
 use support::*;
 
 fn audit(edge: &Outpost, kind: &str) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(edge.admin, &format!("/audit?kind={kind}&limit=1000")).unwrap();
+    let (status, body) = edge.admin_get(&format!("/audit?kind={kind}&limit=1000")).unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
 }
@@ -53,7 +52,7 @@ fn the_link_in_the_mail_confirms_once() {
     assert!(url.starts_with(&format!("https://{HOST}:{}/confirm?token=", edge.https)), "{url}");
 
     // Pending: the name is taken, not yet confirmed.
-    let (_, show) = http_get(edge.admin, "/reservations/show?name=alice").unwrap();
+    let (_, show) = edge.admin_get("/reservations/show?name=alice").unwrap();
     assert!(show.contains("\"state\": \"pending\""), "{show}");
 
     // A link checker's HEAD does not use the token up.
@@ -67,7 +66,7 @@ fn the_link_in_the_mail_confirms_once() {
         r.body
     );
     assert_eq!(r.header("Referrer-Policy"), Some("same-origin"));
-    let (_, show) = http_get(edge.admin, "/reservations/show?name=alice").unwrap();
+    let (_, show) = edge.admin_get("/reservations/show?name=alice").unwrap();
     assert!(
         show.contains("\"state\": \"confirmed\"") && show.contains("\"expires\": null"),
         "{show}"

@@ -1,9 +1,10 @@
 //! The proxy's own TLS connection as the tokio `AsyncRead + AsyncWrite` the h2 crate runs over,
 //! and the frame budgets h2 does not keep.
 //!
-//! The adapter: h2 polls; each poll drives one owned future of the split connection
-//! ([`TlsReader::read`], [`TlsWriter::send`]), kept across polls until it completes, so a
-//! completion-based read (io_uring) is never dropped half way. Plaintext h2 writes is collected
+//! The adapter: h2 polls; each poll drives one future of the split connection
+//! ([`TlsReader::read`], [`TlsWriter::send`], halves borrowed from the driver's `TlsConn`), kept
+//! across polls until it completes, so a completion-based read (io_uring) is never dropped half
+//! way. Plaintext h2 writes is collected
 //! and sealed into TLS records when h2 flushes. What it costs per read or flush: one boxed
 //! future (a small allocation) and one copy of the plaintext (into h2's buffer when reading,
 //! out of it when writing); the socket I/O and the record layer are the same as HTTP/1.1's.
@@ -54,25 +55,25 @@ const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const ACK: u8 = 0x1;
 
-type Reading = Pin<Box<dyn Future<Output = (TlsReader, stdio::Result<Vec<u8>>)>>>;
-type Writing = Pin<Box<dyn Future<Output = (TlsWriter, Vec<u8>, stdio::Result<()>)>>>;
+type Reading<'a> = Pin<Box<dyn Future<Output = (TlsReader<'a>, stdio::Result<Vec<u8>>)> + 'a>>;
+type Writing<'a> = Pin<Box<dyn Future<Output = (TlsWriter<'a>, Vec<u8>, stdio::Result<()>)> + 'a>>;
 
 /// A handle on the connection's I/O: h2 owns one, the driver keeps one to learn of a
-/// refusal and to close the connection once h2 is done with it.
+/// refusal and to flush what h2 left once it is done with the connection.
 #[derive(Clone)]
-pub(super) struct H2Io(Rc<RefCell<State>>);
+pub(super) struct H2Io<'a>(Rc<RefCell<State<'a>>>);
 
-struct State {
+struct State<'a> {
     /// The reader, while no read is in flight.
-    reader: Option<TlsReader>,
-    reading: Option<Reading>,
+    reader: Option<TlsReader<'a>>,
+    reading: Option<Reading<'a>>,
     /// Plaintext read and not yet handed to h2, from `at`.
     plain: Vec<u8>,
     at: usize,
     eof: bool,
     /// The writer, while no write is in flight.
-    writer: Option<TlsWriter>,
-    writing: Option<Writing>,
+    writer: Option<TlsWriter<'a>>,
+    writing: Option<Writing<'a>>,
     /// Plaintext h2 wrote, sent at its next flush.
     out: Vec<u8>,
     guard: Guard,
@@ -82,9 +83,9 @@ struct State {
     notify: Rc<Notify>,
 }
 
-impl H2Io {
+impl<'a> H2Io<'a> {
     /// `notify` is woken when the guard refuses the client.
-    pub(super) fn new(reader: TlsReader, writer: TlsWriter, notify: Rc<Notify>) -> H2Io {
+    pub(super) fn new(reader: TlsReader<'a>, writer: TlsWriter<'a>, notify: Rc<Notify>) -> Self {
         H2Io(Rc::new(RefCell::new(State {
             reader: Some(reader),
             reading: None,
@@ -111,19 +112,15 @@ impl H2Io {
         self.0.borrow().sent.debug.clone()
     }
 
-    /// Ends the connection once h2 has let go: what h2 left unflushed, close_notify, FIN, and a
-    /// short wait for the client's own close (as `TlsConn::close`).
-    pub(super) async fn close(self, linger: Duration) {
-        let (writing, writer, reading, reader, out) = {
+    /// Once h2 has let go: finishes the write in flight and sends what h2 left unflushed, so
+    /// that the connection can be closed (`TlsConn::close`: close_notify or the alert owed,
+    /// FIN, a short wait for the client's own close). A read still in flight is dropped (the
+    /// connection is closing).
+    pub(super) async fn finish(self, linger: Duration) {
+        let (writing, writer, out) = {
             let mut st = self.0.borrow_mut();
             let st = &mut *st;
-            (
-                st.writing.take(),
-                st.writer.take(),
-                st.reading.take(),
-                st.reader.take(),
-                std::mem::take(&mut st.out),
-            )
+            (st.writing.take(), st.writer.take(), std::mem::take(&mut st.out))
         };
         let writer = match writing {
             // Bounded by the writer's own timeout.
@@ -134,17 +131,14 @@ impl H2Io {
             }
             None => writer,
         };
-        let Some(mut writer) = writer else { return };
-        if !out.is_empty() {
+        if let (Some(mut writer), false) = (writer, out.is_empty()) {
             let _ = io::timeout(linger, writer.send(&out)).await;
         }
-        // A read still in flight keeps its reader: the writer's close ends it.
-        writer.close(linger, if reading.is_some() { None } else { reader }).await;
-        drop(reading);
+        io::buf::give(out);
     }
 }
 
-impl State {
+impl State<'_> {
     /// Drives the write in flight, then starts one for what h2 wrote; ready when all is sent.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
         loop {
@@ -175,7 +169,7 @@ impl State {
     }
 }
 
-impl AsyncRead for H2Io {
+impl AsyncRead for H2Io<'_> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -233,7 +227,7 @@ impl AsyncRead for H2Io {
     }
 }
 
-impl AsyncWrite for H2Io {
+impl AsyncWrite for H2Io<'_> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -256,8 +250,8 @@ impl AsyncWrite for H2Io {
         self.0.borrow_mut().poll_send(cx)
     }
 
-    /// h2 shuts down after its GOAWAY: everything is sent; the close itself is
-    /// [`H2Io::close`]'s, once h2 has let go of the connection.
+    /// h2 shuts down after its GOAWAY: everything is sent; the close itself is the driver's,
+    /// once h2 has let go of the connection ([`H2Io::finish`]).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
         self.0.borrow_mut().poll_send(cx)
     }

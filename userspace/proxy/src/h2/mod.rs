@@ -44,7 +44,7 @@ use crate::{
     metrics::{H2Refusal, Proto},
     proxy,
     shared::{drained, Live},
-    tls::TlsConn,
+    tls::{TlsConn, TlsReader, TlsWriter},
     worker::Worker,
 };
 
@@ -67,16 +67,26 @@ const FIELD_OVERHEAD: usize = 32;
 
 /// Serves an HTTP/2 connection until the client is done, it idles out, a limit refuses it, or
 /// the worker drains.
-pub(crate) async fn serve(worker: &Rc<Worker>, tls: TlsConn, client: ClientInfo) {
+pub(crate) async fn serve(worker: &Rc<Worker>, mut tls: TlsConn, client: ClientInfo) {
+    let Some((reader, writer)) = tls.split() else {
+        tracing::debug!("cannot split the TLS connection for HTTP/2");
+        return tls.close(LINGER).await;
+    };
+    drive(worker, reader, writer, client).await;
+    // Once the halves are gone: close_notify (or the alert the reader left owed), FIN, linger.
+    tls.close(LINGER).await;
+}
+
+/// Runs h2 over the connection's halves (see [`serve`]); returns once what h2 had to send is
+/// out.
+async fn drive(
+    worker: &Rc<Worker>,
+    reader: TlsReader<'_>,
+    writer: TlsWriter<'_>,
+    client: ClientInfo,
+) {
     let live = worker.shared.live();
     let metrics = &worker.shared.metrics;
-    let (reader, writer) = match tls.split() {
-        Ok(halves) => halves,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot split the TLS connection for HTTP/2");
-            return;
-        }
-    };
     let refused = Rc::new(Notify::new());
     let io = H2Io::new(reader, writer, refused.clone());
     let mut builder = h2::server::Builder::new();
@@ -94,11 +104,11 @@ pub(crate) async fn serve(worker: &Rc<Worker>, tls: TlsConn, client: ClientInfo)
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTP/2 preface refused");
-            io.close(LINGER).await;
+            io.finish(LINGER).await;
             return;
         }
         Err(seam::Elapsed) => {
-            io.close(LINGER).await;
+            io.finish(LINGER).await;
             return;
         }
     };
@@ -164,7 +174,7 @@ pub(crate) async fn serve(worker: &Rc<Worker>, tls: TlsConn, client: ClientInfo)
     // GOAWAY and what h2 still holds go out before the TLS close.
     let _ = seam::timeout(LINGER, std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
     drop(conn);
-    io.close(LINGER).await;
+    io.finish(LINGER).await;
 }
 
 /// Streams in flight on a connection, and a wake-up when one ends.

@@ -10,7 +10,7 @@ use h2::{server::SendResponse, Reason, RecvStream, SendStream};
 use outpost_api::{Reply, RequestBody};
 
 use crate::{
-    downstream::Downstream,
+    downstream::{Downstream, Http1},
     error::{Error, ErrorKind, ErrorSource, Result},
     http::{self, Body, BodyDecoder, HeaderValue, Request, Response},
     io,
@@ -262,6 +262,13 @@ impl Downstream for H2Stream {
         let data = Bytes::copy_from_slice(wire);
         wire.clear();
         self.send_data(data, last).await
+    }
+
+    /// A stream has no connection of its own to switch: a WebSocket handshake sent over
+    /// HTTP/2 is an ordinary request (RFC 8441's extended CONNECT is not enabled, and h2
+    /// refuses `Connection` and `Upgrade` fields as malformed, RFC 9113 §8.2.2).
+    fn upgradable(&mut self) -> Option<&mut Http1> {
+        None
     }
 }
 

@@ -206,15 +206,30 @@ enum Received {
 
 pub struct Stream {
     inner: compio::net::TcpStream,
+    rx: Rx,
+}
+
+/// A connection's receive side.
+#[derive(Default)]
+pub struct Rx {
     /// The multishot receive into provided buffers, armed at the first read.
     recv: Option<Receives>,
     /// Bytes received and not yet handed out: a provided buffer and how much of it is taken.
     pending: Option<(BufferRef, usize)>,
 }
 
+/// The read half of a split [`Stream`].
+pub struct ReadHalf<'a> {
+    inner: &'a compio::net::TcpStream,
+    rx: &'a mut Rx,
+}
+
+/// The write half of a split [`Stream`].
+pub struct WriteHalf<'a>(&'a compio::net::TcpStream);
+
 impl Stream {
     fn new(inner: compio::net::TcpStream) -> Stream {
-        Stream { inner, recv: None, pending: None }
+        Stream { inner, rx: Rx::default() }
     }
 
     /// Connects with a ring operation; a connect that times out is cancelled and its socket
@@ -226,19 +241,70 @@ impl Stream {
         }
     }
 
-    /// Takes over a connected socket.
-    pub(super) fn from_std(s: std::net::TcpStream) -> io::Result<Stream> {
-        Ok(Stream::new(compio::net::TcpStream::from_std(s)?))
+    /// Reads into the spare capacity of `buf`.
+    pub(super) async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.rx.read(&self.inner, buf).await
     }
 
-    /// Reads into the spare capacity of `buf`.
-    pub(super) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    /// Waits holding no buffer (the kernel picks a provided one when bytes arrive), then
+    /// copies them into a pooled buffer: a small one when they fit.
+    pub(super) async fn read_idle(&mut self) -> (io::Result<usize>, Vec<u8>) {
+        let rx = &mut self.rx;
+        if rx.pending.is_none() {
+            match rx.receive(&self.inner).await {
+                Ok(Received::Data(b)) => rx.pending = Some((b, 0)),
+                Ok(Received::Eof) => return (Ok(0), Vec::new()),
+                Ok(Received::Ended) => {
+                    let BufResult(res, buf) = (&self.inner).append(buf::take()).await;
+                    return (res, buf);
+                }
+                Err(e) => return (Err(e), Vec::new()),
+            }
+        }
+        let left = rx.pending.as_ref().map_or(0, |(b, at)| b.len() - at);
+        let mut out = if left <= IDLE_READ { buf::take_idle() } else { buf::take() };
+        let n = rx.take_pending(&mut out);
+        (Ok(n), out)
+    }
+
+    pub(super) async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let BufResult(res, buf) = (&self.inner).write_all(buf).await;
+        (res, buf)
+    }
+
+    /// Both halves, usable at once (the write half needs only the socket).
+    pub(super) fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        (ReadHalf { inner: &self.inner, rx: &mut self.rx }, WriteHalf(&self.inner))
+    }
+}
+
+impl ReadHalf<'_> {
+    pub(super) async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.rx.read(self.inner, buf).await
+    }
+}
+
+impl WriteHalf<'_> {
+    pub(super) async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let BufResult(res, buf) = self.0.write_all(buf).await;
+        (res, buf)
+    }
+}
+
+impl Rx {
+    async fn read(
+        &mut self,
+        inner: &compio::net::TcpStream,
+        buf: Vec<u8>,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        let mut buf = buf;
         if self.pending.is_none() {
-            match self.receive().await {
+            match self.receive(inner).await {
                 Ok(Received::Data(b)) => self.pending = Some((b, 0)),
                 Ok(Received::Eof) => return (Ok(0), buf),
                 Ok(Received::Ended) => {
-                    let BufResult(res, buf) = self.inner.append(buf).await;
+                    let mut r = inner;
+                    let BufResult(res, buf) = r.append(buf).await;
                     return (res, buf);
                 }
                 Err(e) => return (Err(e), buf),
@@ -246,26 +312,6 @@ impl Stream {
         }
         let n = self.take_pending(&mut buf);
         (Ok(n), buf)
-    }
-
-    /// Waits holding no buffer (the kernel picks a provided one when bytes arrive), then
-    /// copies them into a pooled buffer: a small one when they fit.
-    pub(super) async fn read_idle(&mut self) -> (io::Result<usize>, Vec<u8>) {
-        if self.pending.is_none() {
-            match self.receive().await {
-                Ok(Received::Data(b)) => self.pending = Some((b, 0)),
-                Ok(Received::Eof) => return (Ok(0), Vec::new()),
-                Ok(Received::Ended) => {
-                    let BufResult(res, buf) = self.inner.append(buf::take()).await;
-                    return (res, buf);
-                }
-                Err(e) => return (Err(e), Vec::new()),
-            }
-        }
-        let left = self.pending.as_ref().map_or(0, |(b, at)| b.len() - at);
-        let mut out = if left <= IDLE_READ { buf::take_idle() } else { buf::take() };
-        let n = self.take_pending(&mut out);
-        (Ok(n), out)
     }
 
     /// Moves pending bytes into the spare capacity of `buf`; the buffer goes back to the ring's
@@ -282,9 +328,9 @@ impl Stream {
     }
 
     /// The next completion of the multishot receive, arming it first if needed.
-    async fn receive(&mut self) -> io::Result<Received> {
+    async fn receive(&mut self, inner: &compio::net::TcpStream) -> io::Result<Received> {
         if self.recv.is_none() {
-            let fd = self.inner.to_shared_fd();
+            let fd = inner.to_shared_fd();
             let op = compio::runtime::Runtime::with_current(|rt| {
                 let pool = rt.buffer_pool()?;
                 // Length 0: each completion fills up to one whole provided buffer.
@@ -306,11 +352,6 @@ impl Stream {
             Some(Err(e)) => Err(e),
             None => Ok(Received::Ended),
         }
-    }
-
-    pub(super) async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let BufResult(res, buf) = self.inner.write_all(buf).await;
-        (res, buf)
     }
 }
 

@@ -47,12 +47,6 @@ impl Stream {
         super::tokio_connect(addr, limit).await.map(Stream)
     }
 
-    /// Takes over a connected socket (a `dup` shares the original's non-blocking mode).
-    pub(super) fn from_std(s: std::net::TcpStream) -> io::Result<Stream> {
-        s.set_nonblocking(true)?;
-        tokio::net::TcpStream::from_std(s).map(Stream)
-    }
-
     /// Reads into the spare capacity of `buf`.
     pub(super) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let res = self.0.read_buf(&mut buf).await;
@@ -76,6 +70,37 @@ impl Stream {
     pub(super) async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let res = self.0.write_all(&buf).await;
         (res, buf)
+    }
+
+    /// [`read`](Self::read) through a shared reference, for a stream split in two halves.
+    pub(super) async fn read_shared(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            if let Err(e) = self.0.readable().await {
+                return (Err(e), buf);
+            }
+            match self.0.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                res => return (res, buf),
+            }
+        }
+    }
+
+    /// [`write_all`](Self::write_all) through a shared reference, for a stream split in two
+    /// halves.
+    pub(super) async fn write_all_shared(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut at = 0;
+        while at < buf.len() {
+            if let Err(e) = self.0.writable().await {
+                return (Err(e), buf);
+            }
+            match self.0.try_write(&buf[at..]) {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
     }
 }
 

@@ -215,18 +215,20 @@ impl Stream {
         }
     }
 
-    /// A second handle on the same socket (a `dup` of its descriptor), so one task can read
-    /// while another writes: HTTP/2 needs both directions at once (see `tls::TlsConn::split`).
-    /// Dropping either handle shuts the socket down for both (see the module docs).
-    pub fn try_clone(&self) -> io::Result<Stream> {
-        // SAFETY: a socket this stream owns, borrowed for the call.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) };
-        let dup = std::net::TcpStream::from(fd.try_clone_to_owned()?);
-        Ok(match self {
-            Stream::Uring(_) => Stream::Uring(uring::Stream::from_std(dup)),
-            Stream::Epoll(_) => Stream::Epoll(epoll::Stream::from_std(dup)?),
-            Stream::Compio(_) => Stream::Compio(compio::Stream::from_std(dup)?),
-        })
+    /// Both directions at once: a read and a write may be in flight together (a splice, an
+    /// HTTP/2 connection; see `tls::TlsConn::split`). Each half keeps the rules of the whole: an
+    /// owned buffer per operation, a dropped read only to close the connection.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        let fd = self.fd();
+        let (r, w) = match self {
+            Stream::Uring(s) => (ReadInner::Uring(&*s), WriteInner::Uring(&*s)),
+            Stream::Epoll(s) => (ReadInner::Epoll(&*s), WriteInner::Epoll(&*s)),
+            Stream::Compio(s) => {
+                let (r, w) = s.split();
+                (ReadInner::Compio(r), WriteInner::Compio(w))
+            }
+        };
+        (ReadHalf(r), WriteHalf { inner: w, fd })
     }
 
     fn fd(&self) -> i32 {
@@ -282,6 +284,59 @@ impl Stream {
             )
         };
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+/// The read side of a [`Stream`] (see [`Stream::split`]).
+pub struct ReadHalf<'a>(ReadInner<'a>);
+
+enum ReadInner<'a> {
+    Uring(&'a uring::Stream),
+    Epoll(&'a epoll::Stream),
+    Compio(compio::ReadHalf<'a>),
+}
+
+impl ReadHalf<'_> {
+    /// As [`Stream::read`].
+    pub async fn read(&mut self, mut buf: Vec<u8>, want: usize) -> (io::Result<usize>, Vec<u8>) {
+        buf.reserve(want.max(1));
+        match &mut self.0 {
+            ReadInner::Uring(s) => s.read(buf).await,
+            ReadInner::Epoll(s) => s.read_shared(buf).await,
+            ReadInner::Compio(s) => s.read(buf).await,
+        }
+    }
+}
+
+/// The write side of a [`Stream`] (see [`Stream::split`]).
+pub struct WriteHalf<'a> {
+    inner: WriteInner<'a>,
+    fd: i32,
+}
+
+enum WriteInner<'a> {
+    Uring(&'a uring::Stream),
+    Epoll(&'a epoll::Stream),
+    Compio(compio::WriteHalf<'a>),
+}
+
+impl WriteHalf<'_> {
+    /// As [`Stream::write_all`].
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        if buf.is_empty() {
+            return (Ok(()), buf);
+        }
+        match &mut self.inner {
+            WriteInner::Uring(s) => s.write_all(buf).await,
+            WriteInner::Epoll(s) => s.write_all_shared(buf).await,
+            WriteInner::Compio(s) => s.write_all(buf).await,
+        }
+    }
+
+    /// Sends FIN: this direction is done; the other goes on (a half-close).
+    pub fn shutdown_write(&self) {
+        // SAFETY: a socket the stream owns, borrowed for as long as this half.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
     }
 }
 

@@ -84,19 +84,14 @@ impl Stream {
         Ok(Stream(tokio_uring::net::TcpStream::from_std(s)))
     }
 
-    /// Takes over a connected socket (blocking: see `Listener::from_std`).
-    pub(super) fn from_std(s: std::net::TcpStream) -> Stream {
-        Stream(tokio_uring::net::TcpStream::from_std(s))
-    }
-
     /// Reads into the spare capacity of `buf`.
-    pub(super) async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub(super) async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let (len, cap) = (buf.len(), buf.capacity());
         let (res, slice) = self.0.read(buf.slice(len..cap)).await;
         (res, slice.into_inner())
     }
 
-    pub(super) async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    pub(super) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let (res, slice) = self.0.write_all(buf.slice_full()).await;
         (res, slice.into_inner())
     }

@@ -322,6 +322,46 @@ def cookies(port, n):
     }
 
 
+def websocket(port, n):
+    """A WebSocket handshake over HTTP/2: RFC 6455's fields are connection-specific there, and
+    RFC 8441's extended CONNECT is not offered."""
+    c = Conn(port)
+    ws = [("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="), ("sec-websocket-version", "13")]
+    c.send(c.headers(1, "/ws", extra=[("connection", "upgrade"), ("upgrade", "websocket")] + ws))
+    f, seen = c.until(lambda f: f.stream_id == 1 and isinstance(f, (RstStreamFrame, HeadersFrame)))
+    settings = {}
+    for x in seen:
+        if isinstance(x, SettingsFrame) and "ACK" not in x.flags:
+            settings.update(x.settings)
+    connect = HeadersFrame(3)
+    connect.data = c.enc.encode([
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "https"),
+        (":authority", f"localhost:{port}"),
+        (":path", "/ws"),
+    ] + ws)
+    connect.flags.add("END_HEADERS")
+    c.send(connect.serialize())
+    g, _ = c.until(lambda f: f.stream_id == 3 and isinstance(f, (RstStreamFrame, HeadersFrame)))
+    # The same handshake without the fields HTTP/2 forbids: an ordinary request.
+    c.send(c.headers(5, "/ws", extra=ws))
+    body = b""
+    h, more = c.until(lambda f: isinstance(f, DataFrame) and f.stream_id == 5
+                      and "END_STREAM" in f.flags)
+    for x in more:
+        if isinstance(x, DataFrame) and x.stream_id == 5:
+            body += x.data
+    return {
+        "upgrade_reset": f.error_code if isinstance(f, RstStreamFrame) else None,
+        "connect_protocol_setting": settings.get(SettingsFrame.ENABLE_CONNECT_PROTOCOL),
+        "connect_reset": g.error_code if isinstance(g, RstStreamFrame) else None,
+        "connect_status": status_of(c, [g] if g is not None else [], 3),
+        "plain_status": status_of(c, more, 5),
+        "plain_body": body.decode(errors="replace"),
+    }
+
+
 CASES = {
     "rapid_reset": rapid_reset,
     "continuation": continuation,
@@ -332,6 +372,7 @@ CASES = {
     "streams": streams,
     "zero_window": zero_window,
     "cookies": cookies,
+    "websocket": websocket,
 }
 
 

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use outpost_testkit::{free_port, http_get, Origin, Outpost, TempDir};
+pub use outpost_testkit::{free_port, Origin, Outpost, TempDir};
 use reqwest::{blocking::Client, cookie::Jar, header::HeaderMap, redirect::Policy};
 
 /// The hosts of the tests, all served by the edge on loopback.
@@ -329,20 +329,20 @@ impl Setup {
     /// Audit events of `kind` (newest last), waiting up to 5 s for at least `min` of them:
     /// they are written after the response.
     pub fn audit(&self, kind: &str, min: usize) -> Vec<serde_json::Value> {
-        audit_at(self.edge.admin, kind, min)
+        audit_at(&self.edge, kind, min)
     }
 
     /// See [`wait_event`].
     pub fn expect_event(&self, kind: &str, outcome: &str, reason: &str) -> Vec<serde_json::Value> {
-        wait_event(self.edge.admin, kind, outcome, reason)
+        wait_event(&self.edge, kind, outcome, reason)
     }
 }
 
-pub fn audit_at(admin: u16, kind: &str, min: usize) -> Vec<serde_json::Value> {
+pub fn audit_at(edge: &Outpost, kind: &str, min: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (status, body) =
-            http_get(admin, &format!("/audit?kind={kind}&limit=1000")).expect("admin /audit");
+            edge.admin_get(&format!("/audit?kind={kind}&limit=1000")).expect("admin /audit");
         assert_eq!(status, 200, "{body}");
         let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
         if events.len() >= min || Instant::now() > deadline {
@@ -354,8 +354,13 @@ pub fn audit_at(admin: u16, kind: &str, min: usize) -> Vec<serde_json::Value> {
 
 /// Waits up to 5 s for an event of `kind` with `outcome` and a reason containing `reason`
 /// (events are written after the response); returns all events of `kind`.
-pub fn wait_event(admin: u16, kind: &str, outcome: &str, reason: &str) -> Vec<serde_json::Value> {
-    wait_event_from(|| audit_at(admin, kind, 0), kind, outcome, reason)
+pub fn wait_event(
+    edge: &Outpost,
+    kind: &str,
+    outcome: &str,
+    reason: &str,
+) -> Vec<serde_json::Value> {
+    wait_event_from(|| audit_at(edge, kind, 0), kind, outcome, reason)
 }
 
 /// [`wait_event`] on the events `fetch` reads (of `kind`), wherever the admin listener is.
