@@ -168,10 +168,17 @@ fn main() -> Result<()> {
             let started = Instant::now();
             cargo(&["build", "-p", "outpost"])?;
             // Default members: everything but the eBPF crate (built for BPF by dataplane's
-            // build script). --nocapture shows each BPF fixture row and namespace client run.
-            run(Command::new("cargo")
+            // build script). Compiled first, so the builds below overlap only with the
+            // tests running (which mostly wait on peers and timeouts), not with compiling.
+            cargo(&["test", "--no-run"])?;
+            let prebuild = Prebuild::start(&root, !no_fuzz, !no_bench)?;
+            // --nocapture shows each BPF fixture row and namespace client run.
+            let tests = run(Command::new("cargo")
                 .args(["test", "--", "--nocapture"])
-                .env("OUTPOST_BIN", root.join("target/debug/outpost")))?;
+                .env("OUTPOST_BIN", root.join("target/debug/outpost")));
+            let prebuilt = prebuild.finish();
+            tests?;
+            prebuilt?;
             if !no_fuzz {
                 fuzz(10)?;
             }
@@ -194,6 +201,68 @@ fn main() -> Result<()> {
             setup()?;
             fuzz(seconds)
         }
+    }
+}
+
+/// The release builds of the benches and the fuzz targets, run while the tests run: the
+/// tests spend most of their time waiting, and CI's time is the sum of the two otherwise. Its
+/// output goes to `target/xtask-prebuild.log`, shown when it fails.
+struct Prebuild {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Prebuild {
+    fn start(root: &Path, fuzz: bool, bench: bool) -> Result<Prebuild> {
+        let log = root.join("target/xtask-prebuild.log");
+        let mut steps = Vec::new();
+        if bench {
+            // The very commands `bench` runs, so their features match and nothing is built
+            // twice.
+            steps.push("cargo build --release -p outpost".to_owned());
+            for bin in ["xdp-bench", "store-bench", "reserve-bench", "outpost-load"] {
+                steps.push(format!("cargo build --release -p outpost-benches --bin {bin}"));
+            }
+            steps.push("cargo bench --no-run -p outpost-access --bench access".to_owned());
+        }
+        if fuzz {
+            install_cargo_fuzz()?;
+            for target in FUZZ_TARGETS {
+                steps.push(format!("(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build {target})"));
+            }
+        }
+        if steps.is_empty() {
+            return Ok(Prebuild { child: None, log });
+        }
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new("sh")
+            .args(["-c", &format!("set -e; {}", steps.join("; "))])
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting the release and fuzz builds")?;
+        println!(
+            "xtask test: building benches and fuzz targets beside the tests ({})",
+            log.display()
+        );
+        Ok(Prebuild { child: Some(child), log })
+    }
+
+    fn finish(self) -> Result<()> {
+        let Some(mut child) = self.child else { return Ok(()) };
+        let status = child.wait()?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "the release and fuzz builds failed: {status} (whole log: {})",
+                self.log.display()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -376,7 +445,7 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn fuzz(seconds: u32) -> Result<()> {
+fn install_cargo_fuzz() -> Result<()> {
     let have = Command::new("cargo")
         .args(["fuzz", "--version"])
         .stdout(Stdio::null())
@@ -392,6 +461,11 @@ fn fuzz(seconds: u32) -> Result<()> {
             "--locked",
         ]))?;
     }
+    Ok(())
+}
+
+fn fuzz(seconds: u32) -> Result<()> {
+    install_cargo_fuzz()?;
     for target in FUZZ_TARGETS {
         println!("xtask fuzz: {target} for {seconds}s");
         run(Command::new("cargo")
