@@ -46,8 +46,8 @@ pub struct H2loadRun<'a> {
 /// What h2load's summary says, beside the latencies of its log.
 #[derive(Debug, Default, PartialEq)]
 struct Summary {
-    /// "finished in X s".
-    elapsed_s: f64,
+    /// "finished in X s, Y req/s": Y, over the main duration (the warm-up not counted).
+    req_s: f64,
     /// succeeded, failed, errored, timeout.
     succeeded: u64,
     failed: u64,
@@ -73,7 +73,7 @@ impl H2loadRun<'_> {
             format!("-m{}", self.streams),
             format!("-t{threads}"),
             format!("-D{}", self.seconds.max(1.0).round()),
-            format!("--warm-up-time={}", self.warmup.max(0.1)),
+            format!("--warm-up-time={}ms", (self.warmup * 1000.0).round().max(100.0)),
             format!("--log-file={}", log.display()),
             format!("https://localhost:{}/", self.port),
         ]);
@@ -111,7 +111,7 @@ impl H2loadRun<'_> {
                 .filter(|(_, n)| *n > 0)
                 .map(|(k, n)| (k.to_owned(), n))
                 .collect();
-        let elapsed = s.elapsed_s.max(1e-3);
+        let elapsed = if s.req_s > 0.0 { s.succeeded as f64 / s.req_s } else { self.seconds };
         RunResult {
             label: self.label.clone(),
             command,
@@ -127,7 +127,7 @@ impl H2loadRun<'_> {
             errors: kinds.values().sum(),
             first_error: kinds.keys().next().map(|k| format!("h2load counted {k} requests")),
             error_kinds: kinds,
-            throughput: s.succeeded as f64 / elapsed,
+            throughput: s.req_s,
             latency,
             outcomes: BTreeMap::new(),
             held: 0,
@@ -141,9 +141,10 @@ fn parse_summary(text: &str) -> Summary {
     let mut s = Summary::default();
     for line in text.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("finished in ") {
-            // "finished in 10.00s, 12345.67 req/s, 1.23MB/s"
-            let t = rest.split(',').next().unwrap_or("").trim().trim_end_matches('s');
-            s.elapsed_s = t.parse().unwrap_or(0.0);
+            // "finished in 10.00s, 12345.67 req/s, 1.23MB/s": the time includes the warm-up,
+            // the rate is over the main duration only.
+            let rate = rest.split(',').nth(1).unwrap_or("").trim().trim_end_matches(" req/s");
+            s.req_s = rate.parse().unwrap_or(0.0);
         } else if let Some(rest) = line.strip_prefix("requests: ") {
             // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
             for part in rest.split(',') {
@@ -208,8 +209,8 @@ status codes: 101802 2xx, 0 3xx, 0 4xx, 0 5xx";
     fn summary_of_a_timed_run() {
         let s = parse_summary(OUTPUT);
         assert_eq!(
-            (s.elapsed_s, s.succeeded, s.failed, s.protocol.as_deref()),
-            (5.0, 101_800, 2, Some("h2")),
+            (s.req_s, s.succeeded, s.failed, s.protocol.as_deref()),
+            (20360.40, 101_800, 2, Some("h2")),
             "{OUTPUT}"
         );
         assert_eq!(s.negotiated[0], "TLSv1.3");

@@ -34,11 +34,11 @@ pub(super) fn h2(ctx: &Ctx) -> Result<ScenarioReport> {
                 );
                 eprintln!("outpost-load: h2: {}: {why}", s.name);
                 no_h2.insert(s.name.clone(), json!(why));
-                s.running = Err(why);
             }
             Err(e) => s.running = Err(format!("curl --http2: {e:#}")),
         }
     }
+    systems.retain(|s| !no_h2.contains_key(&s.name));
     let threads = split.client.threads_or(2);
     let rounds = Rounds::run(ctx, &systems, &origin, |s, target, round| {
         let label = format!("h2 {} round {round}", s.name);
@@ -92,6 +92,9 @@ pub(super) fn h2(ctx: &Ctx) -> Result<ScenarioReport> {
             }
         }
     }
+    for (name, why) in &no_h2 {
+        t.unavailable(name, why.as_str().unwrap_or_default());
+    }
     let (a, b) =
         (rounds.median_rps(&systems, "outpost uring"), rounds.median_rps(&systems, "nginx"));
     let (pa, pb) =
@@ -125,8 +128,10 @@ pub(super) fn h2(ctx: &Ctx) -> Result<ScenarioReport> {
     // An edge without h2 is in `no_h2`, not among the unavailable: the CI run fails on those.
     let unavailable: serde_json::Map<String, Value> = systems
         .iter()
-        .filter(|s| !no_h2.contains_key(&s.name))
-        .filter_map(|s| s.running.as_ref().err().map(|e| (s.name.clone(), json!(e))))
+        .filter_map(|s| {
+            let why = s.running.as_ref().err()?;
+            Some((s.name.clone(), json!(format!("not available: {why}"))))
+        })
         .collect();
     let json = json!({
         "cpu_split": split.json(),

@@ -145,7 +145,9 @@ impl Rounds {
             .enumerate()
             .map(|(i, s)| {
                 let runs: Vec<Value> = self.runs[i].iter().map(Measured::json).collect();
-                json!({"system": s.name, "runs": runs, "why": self.failed[i]})
+                // "not available" is what the CI run looks for.
+                let why = self.failed[i].as_ref().map(|w| format!("not available: {w}"));
+                json!({"system": s.name, "runs": runs, "why": why})
             })
             .collect::<Vec<_>>()
             .into()
