@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn accept_key_of_rfc_6455() {
         // Section 1.3's example.
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kxZZu8RbYg3Jd0=");
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
