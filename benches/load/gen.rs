@@ -28,7 +28,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Barrier, Semaphore};
 use tokio_rustls::TlsConnector;
 
-use crate::client::{self, Conn, HelloOutcome, OpError, Target};
+use crate::{
+    client::{self, Conn, HelloOutcome, OpError, Target},
+    ws,
+};
 
 /// The TLS 1.0 ClientHello OpenSSL 3 sends (`openssl s_client -tls1`), record header included.
 pub const LEGACY_HELLO: &[u8] =
@@ -52,6 +55,9 @@ pub enum Op {
     Hello,
     /// Open `connections` keep-alive connections, one GET on each, then keep them idle.
     Hold,
+    /// WebSocket echo: each connection upgrades `path` once (before the clock starts), then
+    /// each operation is one binary message of `--message-bytes` and its echo.
+    Ws,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -93,6 +99,9 @@ pub struct GenArgs {
     /// `hold`: seconds to keep the connections idle after they are all open.
     #[arg(long, default_value_t = 10.0)]
     pub hold: f64,
+    /// `ws`: payload bytes of each message.
+    #[arg(long, default_value_t = 32)]
+    pub message_bytes: usize,
     /// tokio worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -119,6 +128,7 @@ impl GenArgs {
             count: 10_000_000,
             timeout: 5.0,
             hold: 10.0,
+            message_bytes: 32,
             threads: 2,
             json: None,
         }
@@ -142,6 +152,7 @@ impl GenArgs {
                 Op::Get => "get",
                 Op::Hello => "hello",
                 Op::Hold => "hold",
+                Op::Ws => "ws",
             }
             .into(),
             "--connections".into(),
@@ -154,6 +165,8 @@ impl GenArgs {
             self.timeout.to_string(),
             "--hold".into(),
             self.hold.to_string(),
+            "--message-bytes".into(),
+            self.message_bytes.to_string(),
             "--threads".into(),
             self.threads.to_string(),
         ];
@@ -188,7 +201,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_hist(h: &Histogram<u64>) -> Latency {
+    pub fn from_hist(h: &Histogram<u64>) -> Latency {
         if h.is_empty() {
             return Latency::default();
         }
@@ -290,6 +303,9 @@ impl Shared {
 pub fn main(args: GenArgs) -> Result<()> {
     if args.connections == 0 || args.duration <= 0.0 || args.count == 0 {
         bail!("--connections, --duration and --count must be positive");
+    }
+    if args.op == Op::Ws && (args.new_conn || args.message_bytes > ws::MAX_PAYLOAD) {
+        bail!("--op ws keeps its connections and sends at most {} bytes", ws::MAX_PAYLOAD);
     }
     if let Some(r) = args.rate {
         if r <= 0.0 || !r.is_finite() {
@@ -398,7 +414,7 @@ async fn run(args: GenArgs) -> Result<(RunResult, Option<Held>)> {
     Ok((result, held))
 }
 
-fn new_hist() -> Histogram<u64> {
+pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid bounds")
 }
 
@@ -422,11 +438,13 @@ async fn worker(shared: Arc<Shared>, barrier: Arc<Barrier>, id: usize) {
     let args = &shared.args;
     let op_timeout = Duration::from_secs_f64(args.timeout);
     let mut conn: Option<Conn> = None;
-    let keep_alive = args.op == Op::Get && !args.new_conn;
-    if keep_alive {
-        // Warm connections: the first request does not pay for a handshake.
-        match tokio::time::timeout(op_timeout, Conn::open(&shared.target)).await {
-            Ok(Ok(c)) => conn = Some(c),
+    let mut ws: Option<ws::Client> = None;
+    let mut buf = Vec::with_capacity(4096);
+    if (args.op == Op::Get && !args.new_conn) || args.op == Op::Ws {
+        // Warm connections: the first request does not pay for a handshake (nor the first
+        // message for the upgrade).
+        match tokio::time::timeout(op_timeout, connect(&shared, &mut buf)).await {
+            Ok(Ok((c, w))) => (conn, ws) = (Some(c), w),
             Ok(Err(e)) => shared.error(&e),
             Err(_) => shared.error(&OpError::Timeout),
         }
@@ -434,7 +452,6 @@ async fn worker(shared: Arc<Shared>, barrier: Arc<Barrier>, id: usize) {
     barrier.wait().await;
     let start = *shared.start.get().expect("set before the barrier opens");
     let end = *shared.end.get().expect("set before the barrier opens");
-    let mut buf = Vec::with_capacity(4096);
     loop {
         let i = shared.tickets.fetch_add(1, Ordering::Relaxed);
         if i >= args.count {
@@ -464,8 +481,14 @@ async fn worker(shared: Arc<Shared>, barrier: Arc<Barrier>, id: usize) {
                     shared.done(id, intended);
                 }
             }
-            Op::Get | Op::Hold => {
-                let res = tokio::time::timeout(op_timeout, get(&shared, &mut conn, &mut buf)).await;
+            Op::Get | Op::Hold | Op::Ws => {
+                let res = match args.op {
+                    Op::Ws => {
+                        let echo = ws_echo(&shared, &mut conn, &mut ws, &mut buf);
+                        tokio::time::timeout(op_timeout, echo).await
+                    }
+                    _ => tokio::time::timeout(op_timeout, get(&shared, &mut conn, &mut buf)).await,
+                };
                 match res {
                     Ok(Ok(())) => {
                         shared.ok.fetch_add(1, Ordering::Relaxed);
@@ -509,6 +532,62 @@ async fn get(shared: &Shared, conn: &mut Option<Conn>, buf: &mut Vec<u8>) -> Res
     } else {
         c.abort();
     }
+    Ok(())
+}
+
+/// A new connection (TLS done), upgraded to a WebSocket for `--op ws`; `buf` is cleared and
+/// keeps what came after the 101.
+async fn connect(
+    shared: &Shared,
+    buf: &mut Vec<u8>,
+) -> Result<(Conn, Option<ws::Client>), OpError> {
+    let mut c = Conn::open(&shared.target).await?;
+    if shared.negotiated.get().is_none() {
+        if let Some(n) = c.negotiated() {
+            let _ = shared.negotiated.set(n);
+        }
+    }
+    buf.clear();
+    if shared.args.op != Op::Ws {
+        return Ok((c, None));
+    }
+    match ws::Client::open(&mut c, &shared.args.host, &shared.args.path, buf).await {
+        Ok(w) => Ok((c, Some(w))),
+        Err(e) => {
+            c.abort();
+            Err(e)
+        }
+    }
+}
+
+/// One WebSocket message and its echo: on the kept connection (opened and upgraded anew if
+/// there is none).
+async fn ws_echo(
+    shared: &Shared,
+    conn: &mut Option<Conn>,
+    ws: &mut Option<ws::Client>,
+    buf: &mut Vec<u8>,
+) -> Result<(), OpError> {
+    let (mut c, mut w) = match (conn.take(), ws.take()) {
+        (Some(c), Some(w)) => (c, w),
+        (c, _) => {
+            if let Some(c) = c {
+                c.abort();
+            }
+            match connect(shared, buf).await? {
+                (c, Some(w)) => (c, w),
+                (c, None) => {
+                    c.abort();
+                    return Err(OpError::Http("not upgraded".into()));
+                }
+            }
+        }
+    };
+    if let Err(e) = w.echo(&mut c, shared.args.message_bytes, buf).await {
+        c.abort();
+        return Err(e);
+    }
+    (*conn, *ws) = (Some(c), Some(w));
     Ok(())
 }
 

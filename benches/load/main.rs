@@ -8,8 +8,11 @@
 //! - [`origin`]: the small HTTP/1.1 origin every system proxies to.
 //! - [`systems`]: starting the systems under test (origin, nginx, outpost) and the certificate.
 //! - [`netns`]: the client/edge namespaces on a veth wire, XDP attached through outpost's CLI.
-//! - [`scenarios`]: proxy, handshake, flood, memory; each compares systems in one run.
+//! - [`scenarios`]: proxy, handshake, flood, memory, websocket, h2; each compares systems in
+//!   one run.
 //! - [`wrk`]: wrk as the proxy scenario's second client, its summary read through a Lua hook.
+//! - [`h2load`]: nghttp2's h2load as the h2 scenario's client, latency from its per-request log.
+//! - [`ws`]: the WebSocket framing of the websocket scenario (client and the origin's echo).
 //! - [`cpus`]: the proxy scenario's CPU split (`taskset`): the edge's CPUs, the client's.
 //! - [`profile`]: the edge's flame graph (perf, inferno) at maximum load.
 //! - [`report`]: the table on stdout, the JSON file and the SVG plot.
@@ -18,6 +21,7 @@
 mod client;
 mod cpus;
 mod gen;
+mod h2load;
 mod netns;
 mod origin;
 mod procs;
@@ -26,6 +30,7 @@ mod report;
 mod scenarios;
 mod systems;
 mod wrk;
+mod ws;
 
 use std::process::ExitCode;
 

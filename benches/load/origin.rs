@@ -1,6 +1,7 @@
 //! The origin every system proxies to: `outpost-load origin`. HTTP/1.1 with keep-alive and
-//! pipelining, a fixed small body for every request; nothing else, so that it is never what
-//! limits a proxy. It exits by itself after `--max-seconds` in case nobody stops it.
+//! pipelining, a fixed small body for every request, and a WebSocket echo for a request that
+//! asks to upgrade (see [`crate::ws`]); nothing else, so that it is never what limits a proxy.
+//! It exits by itself after `--max-seconds` in case nobody stops it.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -87,6 +88,9 @@ async fn connection(mut stream: TcpStream, response: &'static [u8]) {
         // Answer every whole request in the buffer (pipelining) with one write.
         let mut close = false;
         let mut used = 0;
+        // A request asked for a WebSocket: the connection becomes an echo once the answers
+        // before it (and the 101) are out.
+        let mut websocket = false;
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
@@ -97,8 +101,14 @@ async fn connection(mut stream: TcpStream, response: &'static [u8]) {
             };
             let mut body_len = 0usize;
             close = req.version == Some(0);
+            let mut upgrade = false;
+            let mut key = None;
             for h in req.headers.iter() {
-                if h.name.eq_ignore_ascii_case("connection") {
+                if h.name.eq_ignore_ascii_case("upgrade") {
+                    upgrade = h.value.eq_ignore_ascii_case(b"websocket");
+                } else if h.name.eq_ignore_ascii_case("sec-websocket-key") {
+                    key = Some(h.value.to_vec());
+                } else if h.name.eq_ignore_ascii_case("connection") {
                     close = h.value.eq_ignore_ascii_case(b"close");
                 } else if h.name.eq_ignore_ascii_case("content-length") {
                     body_len =
@@ -109,6 +119,11 @@ async fn connection(mut stream: TcpStream, response: &'static [u8]) {
                 break;
             }
             used += n + body_len;
+            if let (true, Some(key)) = (upgrade, key) {
+                out.extend_from_slice(&crate::ws::switching_protocols(&key));
+                websocket = true;
+                break;
+            }
             out.extend_from_slice(response);
             if close {
                 break;
@@ -123,6 +138,10 @@ async fn connection(mut stream: TcpStream, response: &'static [u8]) {
                 return;
             }
             out.clear();
+        }
+        if websocket {
+            crate::ws::echo_loop(&mut stream, buf).await;
+            return;
         }
         if close {
             let _ = stream.shutdown().await;

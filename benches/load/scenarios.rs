@@ -1,4 +1,4 @@
-//! The comparison scenarios: `outpost-load bench proxy|handshake|flood|memory|all`.
+//! The comparison scenarios: `outpost-load bench proxy|handshake|flood|memory|websocket|h2|all`.
 //!
 //! Each scenario starts the systems it compares (same origin, same certificate, same number of
 //! workers, TLS 1.3 from the client), measures them one after the other in one run, and reports
@@ -23,6 +23,12 @@ use serde_json::{json, Value};
 /// /proc's CPU time unit (USER_HZ): one tick, in seconds.
 const TICK_S: f64 = 0.01;
 
+mod h2;
+mod rounds;
+mod websocket;
+
+use rounds::{target_verdict, Rounds};
+
 use crate::{
     cpus::{Pin, Split},
     gen::{GenArgs, Op, RunResult},
@@ -40,6 +46,8 @@ pub enum Which {
     Handshake,
     Flood,
     Memory,
+    Websocket,
+    H2,
     All,
 }
 
@@ -69,6 +77,9 @@ pub struct BenchArgs {
     /// Seconds per measured run (overrides the size's default).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Interleaved rounds per system in websocket and h2 (overrides the size's default).
+    #[arg(long)]
+    pub rounds: Option<usize>,
 }
 
 /// How big each scenario is.
@@ -86,6 +97,14 @@ struct Sizes {
     hello_wait: f64,
     idle_conns: usize,
     timeouts: EdgeTimeouts,
+    /// websocket and h2: interleaved rounds per system.
+    rounds: usize,
+    ws_conns: usize,
+    ws_run: f64,
+    h2_conns: usize,
+    /// Concurrent streams per h2 connection.
+    h2_streams: usize,
+    h2_run: f64,
 }
 
 impl Sizes {
@@ -104,6 +123,12 @@ impl Sizes {
                 handshake: Duration::from_secs(10),
                 idle: Duration::from_secs(600),
             },
+            rounds: 3,
+            ws_conns: 64,
+            ws_run: 5.0,
+            h2_conns: 64,
+            h2_streams: 10,
+            h2_run: 5.0,
         }
     }
 
@@ -122,6 +147,12 @@ impl Sizes {
                 handshake: Duration::from_secs(2),
                 idle: Duration::from_secs(600),
             },
+            rounds: 1,
+            ws_conns: 8,
+            ws_run: 1.0,
+            h2_conns: 8,
+            h2_streams: 10,
+            h2_run: 1.0,
         }
     }
 }
@@ -155,7 +186,10 @@ pub fn main(args: BenchArgs) -> Result<()> {
     fs::create_dir_all(&runs)?;
     let mut sizes = if args.tiny { Sizes::tiny() } else { Sizes::full() };
     if let Some(s) = args.seconds {
-        sizes.run = s;
+        (sizes.run, sizes.ws_run, sizes.h2_run) = (s, s, s);
+    }
+    if let Some(r) = args.rounds {
+        sizes.rounds = r.max(1);
     }
     let outpost = args.outpost.clone().filter(|p| p.is_file());
     let outpost_run = systems::outpost_available(outpost.as_deref()).map_err(|e| format!("{e:#}"));
@@ -176,7 +210,14 @@ pub fn main(args: BenchArgs) -> Result<()> {
         flood_edge: args.flood_edge,
     };
     let which: Vec<Which> = match args.scenario {
-        Which::All => vec![Which::Proxy, Which::Handshake, Which::Memory, Which::Flood],
+        Which::All => vec![
+            Which::Proxy,
+            Which::Handshake,
+            Which::Memory,
+            Which::Websocket,
+            Which::H2,
+            Which::Flood,
+        ],
         w => vec![w],
     };
     let load_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -193,6 +234,8 @@ pub fn main(args: BenchArgs) -> Result<()> {
             Which::Handshake => handshake(&ctx),
             Which::Flood => flood(&ctx),
             Which::Memory => memory(&ctx),
+            Which::Websocket => websocket::websocket(&ctx),
+            Which::H2 => h2::h2(&ctx),
             Which::All => unreachable!("expanded above"),
         };
         let r = r.unwrap_or_else(|e| {
@@ -503,6 +546,17 @@ impl Sys {
 
 /// Starts the proxies in `which` on loopback, each confined to `pin`'s CPUs.
 fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str], pin: &Pin) -> Vec<Sys> {
+    start_proxies_h(ctx, origin, which, pin, false)
+}
+
+/// [`start_proxies`], nginx offering h2 too with `http2` (outpost offers what its build has).
+fn start_proxies_h(
+    ctx: &Ctx,
+    origin: &Running,
+    which: &[&str],
+    pin: &Pin,
+    http2: bool,
+) -> Vec<Sys> {
     let origin_addr = format!("127.0.0.1:{}", origin.port);
     let mut out = Vec::new();
     for &name in which {
@@ -517,6 +571,7 @@ fn start_proxies(ctx: &Ctx, origin: &Running, which: &[&str], pin: &Pin) -> Vec<
                     &ctx.cert,
                     ctx.sizes.timeouts,
                     &ctx.work,
+                    http2,
                 ),
                 "outpost uring" | "outpost epoll" | "outpost compio" => {
                     if let Err(why) = &ctx.outpost_run {
@@ -1202,6 +1257,7 @@ fn flood(ctx: &Ctx) -> Result<ScenarioReport> {
             &ctx.cert,
             z.timeouts,
             &ctx.work,
+            false,
         )?,
         EdgeKind::Outpost => systems::start_outpost(
             outpost,

@@ -169,7 +169,8 @@ pub struct EdgeTimeouts {
 }
 
 /// Starts nginx as the TLS edge on `listen` in front of `origin` (both `ip:port`), a worker
-/// process per CPU of `pin`.
+/// process per CPU of `pin`; with `http2`, it offers h2 in ALPN too.
+#[allow(clippy::too_many_arguments)]
 pub fn start_nginx(
     place: &Place,
     pin: &Pin,
@@ -178,6 +179,7 @@ pub fn start_nginx(
     cert: &Cert,
     timeouts: EdgeTimeouts,
     scratch: &Path,
+    http2: bool,
 ) -> Result<Running> {
     let bin = nginx_binary()?;
     let dir = scratch.join(format!("nginx-{}", listen.replace([':', '.', '[', ']'], "_")));
@@ -217,7 +219,9 @@ http {{
         keepalive_timeout 600s;
     }}
     server {{
-        listen {listen} ssl;
+        # `listen ... http2`: Debian's nginx is 1.22, older than the `http2 on;` directive
+        # (1.25.1).
+        listen {listen} ssl{h2};
         server_name _;
         ssl_certificate {cert};
         ssl_certificate_key {key};
@@ -230,10 +234,22 @@ http {{
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto https;
         }}
+        # The websocket scenario: the upgrade goes to the origin (a WebSocket echo), then nginx
+        # relays bytes both ways.
+        location /ws {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+        }}
     }}
 }}
 "#,
         workers = pin.workers(),
+        h2 = if http2 { " http2" } else { "" },
         idle = timeouts.idle.as_secs().max(1),
         handshake = timeouts.handshake.as_secs().max(1),
         cert = cert.cert.display(),

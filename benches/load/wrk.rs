@@ -214,7 +214,7 @@ impl WrkRun<'_> {
 
 /// User + system CPU seconds of this process's children that were waited for: around one child
 /// run (and no other child reaped meanwhile), the delta is that child's CPU.
-fn children_cpu_seconds() -> f64 {
+pub fn children_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };

@@ -77,6 +77,11 @@ enum Bench {
     Flood,
     /// RSS of the edge with 10,000 idle keep-alive TLS connections.
     Memory,
+    /// WebSocket echo (32-byte messages, closed loop) through outpost and nginx, against a
+    /// direct connection to the origin.
+    Websocket,
+    /// HTTP/2 over TLS with h2load (64 connections x 10 streams): outpost against nginx.
+    H2,
     /// Durable unique inserts per second through the store (embedded SQLite, PostgreSQL)
     /// beside pgbench on the same PostgreSQL, at 1, 16 and 256 callers.
     Store,
@@ -128,8 +133,9 @@ const TEST_PACKAGES: &[&str] = &[
     "nghttp2-client",
 ];
 /// Debian packages of the benchmarks: wrk, the second client of the proxy bench; perf, for the
-/// edge's flame graph (taskset, which pins the proxy bench's processes, is util-linux's).
-const BENCH_PACKAGES: &[&str] = &["wrk", "linux-perf"];
+/// edge's flame graph (taskset, which pins the proxy bench's processes, is util-linux's);
+/// nghttp2-client for h2load, the h2 bench's client.
+const BENCH_PACKAGES: &[&str] = &["wrk", "linux-perf", "nghttp2-client"];
 /// npm projects of the tests (each with a package-lock.json): `npm ci` installs them.
 const NPM_PROJECTS: &[&str] = &[
     "userspace/handlers/access/tests/idp",
@@ -313,6 +319,8 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
         Bench::Handshake => "handshake",
         Bench::Flood => "flood",
         Bench::Memory => "memory",
+        Bench::Websocket => "websocket",
+        Bench::H2 => "h2",
         Bench::All => "all",
     };
     // `outpost run` is the system under test and `outpost attach` puts XDP in place. When it
