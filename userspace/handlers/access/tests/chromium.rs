@@ -109,8 +109,11 @@ fn check_h2(s: &Setup, r: &serde_json::Value, javascript: bool) -> u64 {
         })
         .collect();
     for x in &from_edge {
-        assert_eq!(x["protocol"], "h2", "a response of the edge not over h2: {x}
-{responses:#?}");
+        assert_eq!(
+            x["protocol"], "h2",
+            "a response of the edge not over h2: {x}
+{responses:#?}"
+        );
     }
     let hop = |origin: &str, path: &str, status: std::ops::Range<u64>| {
         from_edge.iter().any(|x| {
@@ -126,7 +129,10 @@ fn check_h2(s: &Setup, r: &serde_json::Value, javascript: bool) -> u64 {
         (&wiki, ".outpost/authorized?", 300..400, "the app host's redirect with the cookie"),
         (&wiki, "chromium/page", 200..201, "the app page"),
     ] {
-        assert!(hop(origin, path, status.clone()), "no {what} ({status:?} {origin}{path}):\n{responses:#?}");
+        assert!(
+            hop(origin, path, status.clone()),
+            "no {what} ({status:?} {origin}{path}):\n{responses:#?}"
+        );
     }
     if javascript {
         assert_eq!(r["login_nav_protocol"], "h2", "{r}");

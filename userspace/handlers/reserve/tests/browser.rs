@@ -92,7 +92,9 @@ fn chromium_reserves_through_the_form_and_confirms_from_the_mail() {
     let resources = r["form_resources"].as_array().unwrap();
     for path in ["/app.js", "/api/availability?name="] {
         assert!(
-            resources.iter().any(|e| e["name"].as_str().unwrap().starts_with(&format!("{base}{path}"))),
+            resources
+                .iter()
+                .any(|e| e["name"].as_str().unwrap().starts_with(&format!("{base}{path}"))),
             "no resource entry for {path}: {r}"
         );
     }
