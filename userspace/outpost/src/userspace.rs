@@ -16,6 +16,9 @@ use serde_json::{json, Map, Value};
 
 /// Negotiated versions the proxy reports (rustls offers only these).
 const NEGOTIATED: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
+/// What ALPN settled on, as `outpost_tls_alpn_total` labels it (`none`: the client offered no
+/// ALPN).
+const ALPNS: [&str; 3] = ["h2", "http/1.1", "none"];
 /// An admin answer larger than this is not outpost's.
 const MAX_ANSWER: u64 = 16 << 20;
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,6 +30,9 @@ pub struct UserStats {
     pub versions: VersionTable,
     /// Completed handshakes by negotiated version, in the order of [`NEGOTIATED`].
     pub negotiated: [u64; NEGOTIATED.len()],
+    /// Completed handshakes by `[negotiated version][ALPN]`, in the orders of [`NEGOTIATED`]
+    /// and [`ALPNS`].
+    pub alpn: [[u64; ALPNS.len()]; NEGOTIATED.len()],
 }
 
 impl UserStats {
@@ -63,6 +69,12 @@ impl UserStats {
                 {
                     s.negotiated[i] = value;
                 }
+            } else if let Some(labels) = labels_of(series, "outpost_tls_alpn_total") {
+                let v = NEGOTIATED.iter().position(|n| label(labels, "version") == Some(n));
+                let a = ALPNS.iter().position(|n| label(labels, "alpn") == Some(n));
+                if let (Some(v), Some(a)) = (v, a) {
+                    s.alpn[v][a] = value;
+                }
             }
         }
         s
@@ -75,17 +87,36 @@ impl UserStats {
         for (c, o) in d.negotiated.iter_mut().zip(&earlier.negotiated) {
             *c = c.saturating_sub(*o);
         }
+        for (row, old) in d.alpn.iter_mut().zip(&earlier.alpn) {
+            for (c, o) in row.iter_mut().zip(old) {
+                *c = c.saturating_sub(*o);
+            }
+        }
         d
     }
 
-    /// `{"versions": {"TLS1.0": {"pass": n, …}, …}, "negotiated": {"TLSv1.3": n, …}}`
+    /// `{"versions": {"TLS1.0": {"pass": n, …}, …}, "negotiated": {"TLSv1.3": n, …},
+    /// "alpn": {"TLSv1.3": {"h2": n, "http/1.1": n, "none": n}, …}}`
     pub fn to_json(&self) -> Value {
         let negotiated: Map<String, Value> = NEGOTIATED
             .iter()
             .zip(self.negotiated)
             .map(|(n, c)| ((*n).to_owned(), json!(c)))
             .collect();
-        json!({ "versions": versions_json(&self.versions), "negotiated": negotiated })
+        let alpn: Map<String, Value> = NEGOTIATED
+            .iter()
+            .zip(&self.alpn)
+            .map(|(n, row)| {
+                let row: Map<String, Value> =
+                    ALPNS.iter().zip(row).map(|(a, c)| ((*a).to_owned(), json!(c))).collect();
+                ((*n).to_owned(), Value::Object(row))
+            })
+            .collect();
+        json!({
+            "versions": versions_json(&self.versions),
+            "negotiated": negotiated,
+            "alpn": alpn,
+        })
     }
 }
 
@@ -97,6 +128,19 @@ impl fmt::Display for UserStats {
         writeln!(out, "{:<28} {:>12}", "negotiated (rustls)", "handshakes")?;
         for (n, c) in NEGOTIATED.iter().zip(self.negotiated) {
             writeln!(out, "{n:<28} {c:>12}")?;
+        }
+        writeln!(out)?;
+        write!(out, "{:<28}", "ALPN (handshakes)")?;
+        for a in ALPNS {
+            write!(out, " {a:>12}")?;
+        }
+        writeln!(out)?;
+        for (n, row) in NEGOTIATED.iter().zip(&self.alpn) {
+            write!(out, "{n:<28}")?;
+            for c in row {
+                write!(out, " {c:>12}")?;
+            }
+            writeln!(out)?;
         }
         f.write_str(&out)
     }
@@ -148,6 +192,10 @@ outpost_hellos_total{version=\"TLS1.3\",verdict=\"pass\"} 7
 outpost_hellos_total{version=\"bogus\",verdict=\"pass\"} 5
 outpost_tls_handshakes_total{version=\"TLSv1.3\"} 6
 outpost_tls_handshakes_total{version=\"TLSv1.2\"} 1
+outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"h2\"} 4
+outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"none\"} 2
+outpost_tls_alpn_total{version=\"TLSv1.2\",alpn=\"http/1.1\"} 1
+outpost_tls_alpn_total{version=\"TLSv1.2\",alpn=\"spdy/3\"} 8
 outpost_requests_total{class=\"2xx\"} 40
 ";
         let s = UserStats::parse(text);
@@ -158,6 +206,15 @@ outpost_requests_total{class=\"2xx\"} 40
         let j = s.to_json();
         assert_eq!(j["versions"]["TLS1.3"]["pass"], 7);
         assert_eq!(j["negotiated"]["TLSv1.3"], 6);
+        assert_eq!(s.alpn, [[0, 1, 0], [4, 0, 2]], "unknown ALPN labels are skipped");
+        assert_eq!(j["alpn"]["TLSv1.3"]["h2"], 4);
+        assert_eq!(j["alpn"]["TLSv1.2"]["http/1.1"], 1);
+        let table = s.to_string();
+        assert!(table.contains("ALPN (handshakes)"), "{table}");
+        assert!(
+            table.lines().any(|l| l.split_whitespace().eq(["TLSv1.3", "4", "0", "2"])),
+            "{table}"
+        );
         assert_eq!(s.since(&s), UserStats::default());
     }
 }

@@ -5,7 +5,13 @@
 // CONFIG: { chromium, app_url, rules, out_dir, user, javascript }
 //   rules:       --host-resolver-rules (the test hosts mapped to the edge on loopback)
 //   javascript:  false runs the whole flow with JavaScript off (the pages must not need it)
-// Prints one JSON line: { login_url, login_title, final_url, final_status, body, cookies }.
+// Prints one JSON line: { login_url, login_title, final_url, final_status, body, cookies,
+//   responses, login_nav_protocol, app_nav_protocol, app_resources, fetch_status }.
+//   responses:   every response the browser got, redirects included, with the protocol
+//                Chromium's network stack reports (DevTools Network domain; works with
+//                JavaScript off)
+//   *_protocol, app_resources: what the page's Performance API reports (JavaScript on only;
+//                null otherwise); app_resources holds a fetch the app page makes to the app.
 import fs from 'node:fs';
 import { chromium } from 'playwright-core';
 
@@ -34,12 +40,26 @@ try {
   });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
+  const responses = [];
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Network.enable');
+  const seen = (r, method) =>
+    responses.push({ url: r.url, status: r.status, protocol: r.protocol, method });
+  cdp.on('Network.requestWillBeSent', (e) => {
+    if (e.redirectResponse) seen(e.redirectResponse, e.request.method);
+  });
+  cdp.on('Network.responseReceived', (e) => seen(e.response, null));
+  const navProtocol = () =>
+    cfg.javascript
+      ? page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol)
+      : null;
 
   // The protected page: sent to the login page.
   await page.goto(cfg.app_url);
   await page.waitForSelector('button[type=submit]');
   const loginUrl = page.url();
   const loginTitle = await page.title();
+  const loginNavProtocol = await navProtocol();
   await page.screenshot({ path: `${cfg.out_dir}/login-page.png`, fullPage: true });
 
   // The provider's button, then the provider's own form.
@@ -56,6 +76,23 @@ try {
   await page.waitForURL(cfg.app_url);
   await page.screenshot({ path: `${cfg.out_dir}/app-page.png`, fullPage: true });
   const body = await page.evaluate(() => document.body.innerText).catch(async () => page.content());
+  const appNavProtocol = await navProtocol();
+  // A request from the page to the app (the cookie goes along): a resource entry of its own.
+  let appResources = null;
+  let fetchStatus = null;
+  if (cfg.javascript) {
+    fetchStatus = await page.evaluate(async () => {
+      const r = await fetch('/chromium/api', { headers: { Accept: 'application/json' } });
+      await r.text();
+      return r.status;
+    });
+    appResources = await page.evaluate(() =>
+      performance.getEntriesByType('resource').map((e) => ({
+        name: e.name,
+        nextHopProtocol: e.nextHopProtocol,
+      })),
+    );
+  }
   const cookies = await context.cookies([appOrigin, new URL(loginUrl).origin]);
   console.log(JSON.stringify({
     login_url: loginUrl,
@@ -64,6 +101,11 @@ try {
     final_status: response.status(),
     body: cfg.javascript ? body : await page.content(),
     cookies,
+    responses,
+    login_nav_protocol: loginNavProtocol,
+    app_nav_protocol: appNavProtocol,
+    app_resources: appResources,
+    fetch_status: fetchStatus,
   }));
 } finally {
   await browser.close();
