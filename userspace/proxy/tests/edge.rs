@@ -11,26 +11,6 @@ use std::{
 
 use outpost_testkit::*;
 
-/// Runs `$name(io)` as `$name::uring`, `$name::epoll` and `$name::compio`.
-macro_rules! each_backend {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn uring() {
-                super::$name("uring")
-            }
-            #[test]
-            fn epoll() {
-                super::$name("epoll")
-            }
-            #[test]
-            fn compio() {
-                super::$name("compio")
-            }
-        }
-    )*};
-}
-
 each_backend!(
     modern_clients_reach_the_origin_with_forwarding_headers,
     legacy_clients_are_refused_by_the_userspace_floor,

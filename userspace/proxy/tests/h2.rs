@@ -4,7 +4,7 @@
 //! each refused within its limit and counted, with the edge still serving afterwards.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -12,37 +12,7 @@ use std::{
 use outpost_testkit::*;
 use serde_json::Value;
 
-macro_rules! each_backend {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn uring() {
-                super::$name("uring")
-            }
-            #[test]
-            fn epoll() {
-                super::$name("epoll")
-            }
-            #[test]
-            fn compio() {
-                super::$name("compio")
-            }
-        }
-    )*};
-}
-
 each_backend!(curl_and_nghttp_reach_the_origin_over_h2);
-
-/// The tests' Python with h2 (`cargo xtask setup` creates it).
-fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run `cargo xtask setup` (it creates the tests' Python environment with h2)",
-        python.display()
-    );
-    python
-}
 
 /// Runs one case of `attacks.py` against the edge: what the server did, as JSON.
 fn attack(o: &Outpost, case: &str, n: usize) -> Value {

@@ -13,7 +13,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{Arc, OnceLock},
     thread,
@@ -22,7 +22,7 @@ use std::{
 
 use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Reply, RouteFactory, RouteSpec, Session};
 use outpost_proxy::{config::TlsConfig, io::Backend, Registry, RunOptions};
-use outpost_testkit::{free_port, run_client, wait_for_admin, TempDir};
+use outpost_testkit::{free_port, python, run_client, wait_for_admin, TempDir};
 
 /// One crafted exchange and what should come of it.
 struct Case {
@@ -250,18 +250,6 @@ const TLS12: &[Case] = &[
         rustls: Same,
     },
 ];
-
-/// The tests' Python with tlslite-ng (`cargo xtask setup` creates it).
-fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run `cargo xtask setup` (it creates the tests' Python environment with \
-         tlslite-ng)",
-        python.display()
-    );
-    python
-}
 
 /// Answers every request with a small page, at once.
 struct Page;

@@ -17,26 +17,6 @@ use outpost_testkit::*;
 use serde_json::Value;
 use tokio::sync::watch;
 
-/// Runs `$name(io)` as `$name::uring`, `$name::epoll` and `$name::compio`.
-macro_rules! each_backend {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn uring() {
-                super::$name("uring")
-            }
-            #[test]
-            fn epoll() {
-                super::$name("epoll")
-            }
-            #[test]
-            fn compio() {
-                super::$name("compio")
-            }
-        }
-    )*};
-}
-
 each_backend!(
     messages_pings_and_close_codes_pass_through,
     the_origin_closing_passes_its_code,
@@ -75,18 +55,6 @@ mod close_when {
     fn compio() {
         super::a_filter_can_close_an_upgraded_connection(outpost_proxy::io::Backend::Compio)
     }
-}
-
-/// The tests' Python with `websockets` (`cargo xtask setup` creates it).
-fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run `cargo xtask setup` (it creates the tests' Python environment with \
-         websockets)",
-        python.display()
-    );
-    python
 }
 
 fn script() -> PathBuf {

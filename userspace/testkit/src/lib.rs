@@ -722,3 +722,38 @@ pub fn route(host: &str, path: &str, servers: &[String], extra: &str) -> String 
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// The tests' Python (Debian's python3 with the pinned PyPI peers: tlslite-ng, websockets, h2),
+/// created by `cargo xtask setup` at `<workspace>/target/py`. Panics when it is missing: tests
+/// never skip for a missing tool.
+pub fn python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run `cargo xtask setup` (it creates the tests' Python environment)",
+        python.display()
+    );
+    python
+}
+
+/// Runs each `$name(io)` as `$name::uring`, `$name::epoll` and `$name::compio`: one test per
+/// I/O backend.
+#[macro_export]
+macro_rules! each_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn uring() {
+                super::$name("uring")
+            }
+            #[test]
+            fn epoll() {
+                super::$name("epoll")
+            }
+            #[test]
+            fn compio() {
+                super::$name("compio")
+            }
+        }
+    )*};
+}

@@ -7,26 +7,16 @@ mod support;
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
 };
 
-use outpost_testkit::{free_port, Outpost};
+use outpost_testkit::{free_port, python, Outpost};
 use serde_json::Value;
 use support::*;
-
-fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../target/py/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: `cargo xtask setup` makes it (the tests' Python with `websockets`)",
-        python.display()
-    );
-    python
-}
 
 /// A child process killed (by its PID) on drop, with its stdout lines on a channel.
 struct Proc {
