@@ -36,7 +36,7 @@ use crate::{
     procs::{self, Child, MachineCpu, Stderr},
     profile,
     report::{self, ms, ratio, Panel, ScenarioReport, Series, Table},
-    systems::{self, Cert, EdgeTimeouts, Io, Place, Running},
+    systems::{self, Cert, EdgeConf, Io, Place, Running},
     wrk::{self, WrkRun},
 };
 
@@ -96,7 +96,7 @@ struct Sizes {
     /// How long a flood connection waits for the edge's answer (a drop never comes).
     hello_wait: f64,
     idle_conns: usize,
-    timeouts: EdgeTimeouts,
+    timeouts: EdgeConf,
     /// websocket and h2: interleaved rounds per system.
     rounds: usize,
     ws_conns: usize,
@@ -119,9 +119,10 @@ impl Sizes {
             flood_rate: 1000.0,
             hello_wait: 1.0,
             idle_conns: 10_000,
-            timeouts: EdgeTimeouts {
+            timeouts: EdgeConf {
                 handshake: Duration::from_secs(10),
                 idle: Duration::from_secs(600),
+                origin_pool: 64,
             },
             rounds: 3,
             ws_conns: 64,
@@ -143,9 +144,10 @@ impl Sizes {
             flood_rate: 100.0,
             hello_wait: 1.0,
             idle_conns: 200,
-            timeouts: EdgeTimeouts {
+            timeouts: EdgeConf {
                 handshake: Duration::from_secs(2),
                 idle: Duration::from_secs(600),
+                origin_pool: 64,
             },
             rounds: 1,
             ws_conns: 8,
@@ -558,6 +560,19 @@ fn start_proxies_h(
     http2: bool,
 ) -> Vec<Sys> {
     let origin_addr = format!("127.0.0.1:{}", origin.port);
+    // HTTP/2 carries every stream in flight to the origin at once: each edge keeps as many
+    // origin connections as that, so neither opens and closes connections per request.
+    let conf = match http2 {
+        true => EdgeConf {
+            origin_pool: ctx
+                .sizes
+                .timeouts
+                .origin_pool
+                .max(ctx.sizes.h2_conns * ctx.sizes.h2_streams),
+            ..ctx.sizes.timeouts
+        },
+        false => ctx.sizes.timeouts,
+    };
     let mut out = Vec::new();
     for &name in which {
         let running = (|| -> Result<Running> {
@@ -569,7 +584,7 @@ fn start_proxies_h(
                     &listen,
                     &origin_addr,
                     &ctx.cert,
-                    ctx.sizes.timeouts,
+                    conf,
                     &ctx.work,
                     http2,
                 ),
@@ -592,7 +607,7 @@ fn start_proxies_h(
                         &admin,
                         &origin_addr,
                         &ctx.cert,
-                        ctx.sizes.timeouts,
+                        conf,
                         &ctx.work,
                         None,
                     )

@@ -161,11 +161,14 @@ pub fn nginx_binary() -> Result<PathBuf> {
 
 /// Timeouts shared by nginx and outpost so that neither keeps a silent connection longer.
 #[derive(Clone, Copy, Debug)]
-pub struct EdgeTimeouts {
+pub struct EdgeConf {
     /// For the TLS handshake (the hello included).
     pub handshake: Duration,
     /// Between requests on a keep-alive connection.
     pub idle: Duration,
+    /// Idle connections to the origin each edge worker keeps (nginx `keepalive`, outpost
+    /// `pool_size`).
+    pub origin_pool: usize,
 }
 
 /// Starts nginx as the TLS edge on `listen` in front of `origin` (both `ip:port`), a worker
@@ -177,7 +180,7 @@ pub fn start_nginx(
     listen: &str,
     origin: &str,
     cert: &Cert,
-    timeouts: EdgeTimeouts,
+    timeouts: EdgeConf,
     scratch: &Path,
     http2: bool,
 ) -> Result<Running> {
@@ -214,7 +217,7 @@ http {{
     client_header_timeout {handshake}s;
     upstream origin {{
         server {origin};
-        keepalive 64;
+        keepalive {pool};
         keepalive_requests 100000;
         keepalive_timeout 600s;
     }}
@@ -251,6 +254,7 @@ http {{
         workers = pin.workers(),
         h2 = if http2 { " http2" } else { "" },
         idle = timeouts.idle.as_secs().max(1),
+        pool = timeouts.origin_pool,
         handshake = timeouts.handshake.as_secs().max(1),
         cert = cert.cert.display(),
         key = cert.key.display(),
@@ -331,7 +335,7 @@ pub fn start_outpost(
     admin: &str,
     origin: &str,
     cert: &Cert,
-    timeouts: EdgeTimeouts,
+    timeouts: EdgeConf,
     scratch: &Path,
     xdp_pins: Option<&Path>,
 ) -> Result<Running> {
@@ -363,7 +367,7 @@ host = "*"
 path = "/"
 [routes.origin]
 servers = ["{origin}"]
-pool_size = 64
+pool_size = {pool}
 pool_idle_ms = 600000
 health_check = {{ path = "/", interval_ms = 0 }}
 "#,
@@ -374,6 +378,7 @@ health_check = {{ path = "/", interval_ms = 0 }}
         key = cert.key.display(),
         handshake = timeouts.handshake.as_millis(),
         idle = timeouts.idle.as_millis(),
+        pool = timeouts.origin_pool,
     );
     let conf_path = dir.join("outpost.toml");
     fs::write(&conf_path, conf)?;

@@ -104,15 +104,22 @@ pub enum H2Refusal {
     /// A response the client's flow-control window held up for longer than `body_timeout`:
     /// the stream is reset.
     SendStalled = 5,
+    /// A stream over `h2_max_concurrent_streams`: RST_STREAM(REFUSED_STREAM) from h2.
+    TooManyStreams = 6,
+    /// A header list over SETTINGS_MAX_HEADER_LIST_SIZE, under the HPACK bomb's bound: h2
+    /// answers 431 on that stream itself.
+    HeaderListOverLimit = 7,
 }
 
-const H2_REFUSALS: [&str; 6] = [
+const H2_REFUSALS: [&str; 8] = [
     "rapid_reset",
     "continuation_flood",
     "header_list_too_large",
     "control_flood",
     "other_abuse",
     "send_stalled",
+    "too_many_streams",
+    "header_list_over_limit",
 ];
 
 /// Upstream failures.
@@ -440,7 +447,7 @@ impl Metrics {
             "counter",
             "HTTP/2 connections (GOAWAY) and streams (reset) refused by a limit, by reason: \
              rapid_reset, continuation_flood, header_list_too_large, control_flood, other_abuse, \
-             send_stalled.",
+             send_stalled, too_many_streams, header_list_over_limit.",
         );
         for (i, why) in H2_REFUSALS.iter().enumerate() {
             let n = self.h2_refused[i].load(Relaxed);

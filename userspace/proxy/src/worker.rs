@@ -4,7 +4,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
@@ -103,14 +103,14 @@ impl Drop for UpgradedGuard {
 /// Idle origin connections of one worker, by address.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: HashMap<SocketAddr, Vec<(io::Stream, Instant)>>,
+    idle: HashMap<SocketAddr, VecDeque<(io::Stream, Instant)>>,
 }
 
 impl Pool {
     /// The most recently used live connection to `peer`, if any.
     pub(crate) fn take(&mut self, peer: &Peer) -> Option<io::Stream> {
         let list = self.idle.get_mut(&peer.addr)?;
-        while let Some((s, since)) = list.pop() {
+        while let Some((s, since)) = list.pop_back() {
             if since.elapsed() < peer.pool_idle && s.idle_and_open() {
                 return Some(s);
             }
@@ -125,8 +125,8 @@ impl Pool {
         let list = self.idle.entry(peer.addr).or_default();
         if list.len() >= peer.pool_size {
             // The oldest goes: it is the likeliest to be closed by the origin soon.
-            list.remove(0);
+            list.pop_front();
         }
-        list.push((s, Instant::now()));
+        list.push_back((s, Instant::now()));
     }
 }

@@ -153,6 +153,13 @@ fn hpack_bomb_is_a_goaway_and_a_big_head_is_431() {
     assert_eq!(o.metric("outpost_requests_refused_total{status=\"431\"}"), 1);
     assert_eq!(o.metric("outpost_requests_total{class=\"4xx\",proto=\"h2\"}"), 1);
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Over the advertised SETTINGS_MAX_HEADER_LIST_SIZE (2 × 16 KiB + 32 × 100 bytes), under
+    // four times it (~85 KB decoded): h2 answers 431 on the stream itself; counted all the same.
+    let v = attack(&o, "hpack_bomb", 20);
+    assert_eq!(v["status"], 431, "{v}");
+    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"header_list_over_limit\"}"), 1);
+    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"header_list_too_large\"}"), 1);
+    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -172,6 +179,7 @@ fn streams_over_the_limit_are_refused() {
     let v = attack(&o, "streams", 30);
     assert_eq!(v["done"], 10, "{v}");
     assert_eq!(v["refused"], 20, "{v}");
+    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"too_many_streams\"}"), 20);
     still_serves(&o, "too many streams");
 }
 

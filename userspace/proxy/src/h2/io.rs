@@ -16,10 +16,12 @@
 
 use std::{
     cell::RefCell,
+    collections::BTreeSet,
     future::Future,
     io as stdio,
     pin::Pin,
     rc::Rc,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -31,7 +33,7 @@ use tokio::{
 
 use crate::{
     io,
-    metrics::H2Refusal,
+    metrics::{H2Refusal, Metrics},
     tls::{TlsReader, TlsWriter},
 };
 
@@ -77,7 +79,7 @@ struct State<'a> {
     /// Plaintext h2 wrote, sent at its next flush.
     out: Vec<u8>,
     guard: Guard,
-    sent: GoawayWatch,
+    sent: SentWatch,
     /// A budget ran out: h2 is given nothing more to read, and the driver is told.
     refused: Option<H2Refusal>,
     notify: Rc<Notify>,
@@ -85,7 +87,12 @@ struct State<'a> {
 
 impl<'a> H2Io<'a> {
     /// `notify` is woken when the guard refuses the client.
-    pub(super) fn new(reader: TlsReader<'a>, writer: TlsWriter<'a>, notify: Rc<Notify>) -> Self {
+    pub(super) fn new(
+        reader: TlsReader<'a>,
+        writer: TlsWriter<'a>,
+        notify: Rc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         H2Io(Rc::new(RefCell::new(State {
             reader: Some(reader),
             reading: None,
@@ -96,7 +103,7 @@ impl<'a> H2Io<'a> {
             writing: None,
             out: Vec::new(),
             guard: Guard::new(),
-            sent: GoawayWatch::new(),
+            sent: SentWatch::new(metrics),
             refused: None,
             notify,
         })))
@@ -105,6 +112,11 @@ impl<'a> H2Io<'a> {
     /// Why the guard refused the client, if it did.
     pub(super) fn refused(&self) -> Option<H2Refusal> {
         self.0.borrow().refused
+    }
+
+    /// The driver accepted `stream` (and will answer it).
+    pub(super) fn accepted(&self, stream: u32) {
+        self.0.borrow_mut().sent.accepted(stream);
     }
 
     /// The debug data of the last GOAWAY h2 sent: h2's name for the limit a client broke.
@@ -288,10 +300,12 @@ impl Walker {
                 self.have += n;
                 if self.have == FRAME_HEADER {
                     self.have = 0;
-                    let [l0, l1, l2, typ, flags, ..] = self.head;
+                    let [l0, l1, l2, typ, flags, s0, s1, s2, s3] = self.head;
                     self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
                     self.payload = self.skip;
-                    if !on(Seen::Head(typ, flags)) {
+                    // The reserved bit is not part of the stream identifier (§4.1).
+                    let stream = u32::from_be_bytes([s0, s1, s2, s3]) & 0x7fff_ffff;
+                    if !on(Seen::Head(typ, flags, stream)) {
                         return;
                     }
                 }
@@ -303,8 +317,8 @@ impl Walker {
 
 /// What [`Walker::walk`] saw.
 enum Seen<'a> {
-    /// A frame header: type and flags.
-    Head(u8, u8),
+    /// A frame header: type, flags and stream identifier.
+    Head(u8, u8, u32),
     /// Payload bytes (or preface), at this offset.
     Payload(&'a [u8], usize),
 }
@@ -330,7 +344,7 @@ impl Guard {
         let (resets, control) = (&mut self.resets, &mut self.control);
         let mut refused = None;
         self.walker.walk(b, |seen| {
-            let Seen::Head(typ, flags) = seen else { return true };
+            let Seen::Head(typ, flags, _) = seen else { return true };
             refused = match typ {
                 RST_STREAM if !resets.take(now) => Some(H2Refusal::RapidReset),
                 PING | SETTINGS if flags & ACK == 0 && !control.take(now) => {
@@ -345,39 +359,80 @@ impl Guard {
     }
 }
 
-/// Follows our own frames for the GOAWAY h2 sends: its debug data names the limit a client
-/// broke (h2 does not tell its caller).
-struct GoawayWatch {
+/// Follows our own frames for what h2 refused on its own, which it does not tell its caller:
+/// the debug data of its GOAWAY (where it names the limit a client broke), the streams it
+/// reset with REFUSED_STREAM (over `h2_max_concurrent_streams`), and the 431 it answers itself
+/// for a header list over its SETTINGS_MAX_HEADER_LIST_SIZE: a response HEADERS on a stream
+/// the driver never accepted, as every response of ours follows an accept.
+struct SentWatch {
     walker: Walker,
-    in_goaway: bool,
+    /// Type of the frame whose payload is going by.
+    frame: u8,
     /// The debug data of the last GOAWAY sent (its first bytes).
     debug: Vec<u8>,
+    /// The error code of the RST_STREAM going by, as it arrives.
+    code: Vec<u8>,
+    /// Streams the driver accepted and has not answered yet (the oldest dropped past
+    /// [`TRACKED`]: streams the client reset before an answer).
+    accepted: BTreeSet<u32>,
+    metrics: Arc<Metrics>,
 }
 
 /// GOAWAY: last stream id and error code, then the debug data.
 const GOAWAY: u8 = 0x7;
 const GOAWAY_FIXED: usize = 8;
 const DEBUG_KEPT: usize = 64;
+const HEADERS: u8 = 0x1;
+const REFUSED_STREAM: u32 = 0x7;
+/// Accepted streams remembered until answered: far more than can be in flight at once.
+const TRACKED: usize = 4096;
 
-impl GoawayWatch {
-    fn new() -> GoawayWatch {
-        GoawayWatch { walker: Walker::new(0), in_goaway: false, debug: Vec::new() }
+impl SentWatch {
+    fn new(metrics: Arc<Metrics>) -> SentWatch {
+        SentWatch {
+            walker: Walker::new(0),
+            frame: 0,
+            debug: Vec::new(),
+            code: Vec::new(),
+            accepted: BTreeSet::new(),
+            metrics,
+        }
+    }
+
+    fn accepted(&mut self, stream: u32) {
+        self.accepted.insert(stream);
+        if self.accepted.len() > TRACKED {
+            self.accepted.pop_first();
+        }
     }
 
     fn observe(&mut self, b: &[u8]) {
-        let (in_goaway, debug) = (&mut self.in_goaway, &mut self.debug);
+        let SentWatch { frame, debug, code, accepted, metrics, .. } = self;
         self.walker.walk(b, |seen| {
             match seen {
-                Seen::Head(typ, _) => {
-                    *in_goaway = typ == GOAWAY;
-                    if *in_goaway {
-                        debug.clear();
+                Seen::Head(typ, _, stream) => {
+                    *frame = typ;
+                    match typ {
+                        GOAWAY => debug.clear(),
+                        RST_STREAM => code.clear(),
+                        HEADERS if !accepted.remove(&stream) => {
+                            metrics.h2_refused(H2Refusal::HeaderListOverLimit)
+                        }
+                        _ => {}
                     }
                 }
-                Seen::Payload(bytes, at) if *in_goaway => {
+                Seen::Payload(bytes, at) if *frame == GOAWAY => {
                     let from = GOAWAY_FIXED.saturating_sub(at).min(bytes.len());
                     let room = DEBUG_KEPT - debug.len();
                     debug.extend(bytes[from..].iter().take(room));
+                }
+                Seen::Payload(bytes, _) if *frame == RST_STREAM && code.len() < 4 => {
+                    code.extend(bytes.iter().take(4 - code.len()));
+                    if let Ok(c) = <[u8; 4]>::try_from(code.as_slice()) {
+                        if u32::from_be_bytes(c) == REFUSED_STREAM {
+                            metrics.h2_refused(H2Refusal::TooManyStreams);
+                        }
+                    }
                 }
                 Seen::Payload(..) => {}
             }
@@ -461,9 +516,24 @@ mod tests {
     }
 
     #[test]
-    fn the_goaway_watch_keeps_the_debug_data_of_our_goaway() {
-        let mut w = GoawayWatch::new();
-        let mut bytes = frame(PING, ACK, 8);
+    fn the_sent_watch_keeps_goaway_debug_and_counts_what_h2_refused_itself() {
+        let metrics = Arc::new(Metrics::default());
+        let mut w = SentWatch::new(metrics.clone());
+        w.accepted(1);
+        let stream = |mut f: Vec<u8>, id: u32| {
+            f[5..9].copy_from_slice(&id.to_be_bytes());
+            f
+        };
+        // Our answer to stream 1; h2's own 431 to stream 3; REFUSED_STREAM on 5, CANCEL on 1.
+        let mut bytes = stream(frame(HEADERS, 0x4, 12), 1);
+        bytes.extend(frame(PING, ACK, 8));
+        bytes.extend(stream(frame(HEADERS, 0x5, 5), 3));
+        let mut reset = stream(frame(RST_STREAM, 0, 4), 5);
+        reset[FRAME_HEADER..].copy_from_slice(&REFUSED_STREAM.to_be_bytes());
+        bytes.extend(reset);
+        let mut cancel = stream(frame(RST_STREAM, 0, 4), 1);
+        cancel[FRAME_HEADER..].copy_from_slice(&0x8u32.to_be_bytes());
+        bytes.extend(cancel);
         let mut goaway = frame(GOAWAY, 0, GOAWAY_FIXED + 15);
         goaway[FRAME_HEADER + GOAWAY_FIXED..].copy_from_slice(b"too_many_resets");
         bytes.extend(goaway);
@@ -471,5 +541,10 @@ mod tests {
             w.observe(chunk);
         }
         assert_eq!(w.debug, b"too_many_resets");
+        let text = metrics.render(None);
+        for (reason, n) in [("too_many_streams", 1), ("header_list_over_limit", 1)] {
+            let line = format!("outpost_h2_refused_total{{reason=\"{reason}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}");
+        }
     }
 }

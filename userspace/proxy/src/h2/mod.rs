@@ -88,7 +88,7 @@ async fn drive(
     let live = worker.shared.live();
     let metrics = &worker.shared.metrics;
     let refused = Rc::new(Notify::new());
-    let io = H2Io::new(reader, writer, refused.clone());
+    let io = H2Io::new(reader, writer, refused.clone(), metrics.clone());
     let mut builder = h2::server::Builder::new();
     // Room for any head our own limit would take, counted HPACK's way (32 bytes a field rather
     // than HTTP/1.1's 4), and twice over: a head over `max_head_bytes` gets our 431, counted.
@@ -149,11 +149,13 @@ async fn drive(
         match next {
             Ok(Some(Ok((req, respond)))) => {
                 first = false;
+                io.accepted(respond.stream_id().into());
                 let (parts, body) = req.into_parts();
                 let ds = H2Stream::new(body, respond, live.body_timeout, metrics.clone());
                 open.open.set(open.open.get() + 1);
                 let guard = StreamGuard(open.clone());
-                let task = stream(worker.clone(), live, client.clone(), parts, ds);
+                // Boxed: the request path's future is large, and spawning moves it.
+                let task = Box::pin(stream(worker.clone(), live, client.clone(), parts, ds));
                 seam::spawn(async move {
                     task.await;
                     drop(guard);
