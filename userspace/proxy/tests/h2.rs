@@ -196,6 +196,23 @@ fn a_shut_window_resets_its_stream_within_the_body_timeout() {
 }
 
 #[test]
+fn expect_100_continue_gets_its_100_before_the_body() {
+    let origin = Origin::start("a");
+    let o = Outpost::start("uring", &route("*", "/", &[origin.addr()], ""));
+    let v = attack(&o, "expect", 0);
+    assert_eq!(v["first"], 100, "{v}");
+    assert!(v["waited"].as_f64().unwrap() < 1.0, "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    let body = v["body"].as_str().unwrap();
+    assert!(
+        body.contains("method POST\ntarget /upload\n") && body.contains("body-length 5"),
+        "{v}"
+    );
+    // The origin gets no `expect`: the edge answered it.
+    assert!(!body.to_ascii_lowercase().contains("expect"), "{v}");
+}
+
+#[test]
 fn cookies_are_joined_and_authority_must_match_host() {
     let (_origin, o) = attack_edge();
     let v = attack(&o, "cookies", 0);

@@ -33,6 +33,8 @@ pub(super) struct H2Stream {
     read: u64,
     body_done: bool,
     body_untouched: bool,
+    /// The client sent `expect: 100-continue` and is owed a 100 before its body is read.
+    continue_pending: bool,
     body_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -55,6 +57,7 @@ impl H2Stream {
             read: 0,
             body_done,
             body_untouched: true,
+            continue_pending: false,
             body_timeout,
             metrics,
         }
@@ -120,6 +123,8 @@ impl Downstream for H2Stream {
     /// checks the frames add up), else until END_STREAM, which goes upstream chunked.
     fn start_body(&mut self, req: &Request<'_>, max: u64) -> Body {
         self.max_body = max;
+        let expect = req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+        self.continue_pending = expect && !self.body_done;
         self.body = if self.body_done {
             Body::Empty
         } else {
@@ -145,6 +150,13 @@ impl Downstream for H2Stream {
 
     async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {
         self.body_untouched = false;
+        if std::mem::take(&mut self.continue_pending) {
+            // As on HTTP/1.1: the 100 goes out when the body is first wanted, so a request
+            // refused before that (401, 413) is answered without the body being sent.
+            let mut cont = ::http::Response::new(());
+            *cont.status_mut() = ::http::StatusCode::CONTINUE;
+            self.respond.send_informational(cont).map_err(h2_failed)?;
+        }
         // Empty DATA frames are possible; h2 bounds how many (its data frame budget).
         while !self.body_done {
             let next = io::timeout(self.body_timeout, self.recv.data()).await.map_err(|e| {

@@ -21,6 +21,8 @@ Cases:
                   SETTINGS_MAX_CONCURRENT_STREAMS
   zero_window     SETTINGS_INITIAL_WINDOW_SIZE 0, a request for a response body, and never a
                   WINDOW_UPDATE
+  expect          a POST with `expect: 100-continue`: its body only once the 100 came (or
+                  TIMEOUT passed), then the final response
   cookies         a GET with the cookie split into three `cookie` fields and a Host equal to
                   :authority; then one whose Host differs from :authority
 """
@@ -302,6 +304,37 @@ def zero_window(port, n):
     }
 
 
+def expect(port, n):
+    c = Conn(port)
+    h = HeadersFrame(1)
+    h.data = c.enc.encode([
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", f"localhost:{port}"),
+        (":path", "/upload"),
+        ("content-length", "5"),
+        ("expect", "100-continue"),
+    ])
+    h.flags.add("END_HEADERS")
+    c.send(h.serialize())
+    t0 = time.monotonic()
+    first, _ = c.until(lambda f: isinstance(f, HeadersFrame) and f.stream_id == 1)
+    waited = time.monotonic() - t0
+    c.send(DataFrame(1, data=b"hello", flags=["END_STREAM"]).serialize())
+    body = b""
+    f, seen = c.until(lambda f: isinstance(f, DataFrame) and f.stream_id == 1
+                      and "END_STREAM" in f.flags)
+    for x in seen:
+        if isinstance(x, DataFrame) and x.stream_id == 1:
+            body += x.data
+    return {
+        "first": int(first.fields[":status"]) if first is not None else None,
+        "waited": round(waited, 2),
+        "status": status_of(c, seen, 1),
+        "body": body.decode(errors="replace"),
+    }
+
+
 def cookies(port, n):
     c = Conn(port)
     cookie = [("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3"),
@@ -371,6 +404,7 @@ CASES = {
     "settings_flood": settings_flood,
     "streams": streams,
     "zero_window": zero_window,
+    "expect": expect,
     "cookies": cookies,
     "websocket": websocket,
 }
