@@ -17,7 +17,8 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("outpost-check-test-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("outpost-check-test-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         Dir(d)
