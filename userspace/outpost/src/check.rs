@@ -64,13 +64,11 @@ pub fn check(path: Option<&Path>, connect: bool) -> Vec<String> {
     }
     // The reservation application refuses a node-local secret on a shared store; the scratch
     // store below is embedded, so that rule is checked here.
-    let reserve_secret = cfg.section("reserve").and_then(|r| r.get("secret_file"));
-    if backend == Some(Backend::Postgres) && cfg.section("reserve").is_some() {
-        if reserve_secret.is_none() {
-            problems.push(
-                "[reserve]: secret_file is required with a shared (PostgreSQL) store".to_owned(),
-            );
-        }
+    let reserve = cfg.section("reserve");
+    if backend == Some(Backend::Postgres) && reserve.is_some_and(|r| r.get("secret_file").is_none())
+    {
+        problems
+            .push("[reserve]: secret_file is required with a shared (PostgreSQL) store".to_owned());
     }
     routes(&cfg, &mut problems);
     problems
