@@ -284,6 +284,12 @@ fn package(root: &Path) -> Result<()> {
         std::fs::remove_dir_all(&dist)?;
     }
     run(Command::new(&outpost).arg("generate-man").arg(dist.join("man")))?;
+    // Debian policy: man pages gzipped (-n: no name or time in the header, so the package is
+    // the same from the same sources). cargo-deb leaves files under target/ as they are.
+    let pages: Vec<PathBuf> = std::fs::read_dir(dist.join("man"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    run(Command::new("gzip").arg("-9nf").args(&pages))?;
     run(Command::new(&outpost).arg("generate-completions").arg(dist.join("completions")))?;
     // The example is every key at its default; the package's copy keeps its state where the
     // unit's StateDirectory is, so `outpost access/audit --config /etc/outpost/outpost.toml`
