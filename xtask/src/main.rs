@@ -53,6 +53,9 @@ enum Task {
     /// rustfmt check and clippy with warnings denied (the eBPF crate on its own, for the host
     /// with panic=abort, since it cannot build for the host otherwise).
     Lint,
+    /// The Debian package, target/debian/outpost_<version>_<arch>.deb (cargo-deb): the release
+    /// binary, the systemd unit, /etc/outpost/outpost.toml, man pages and completions.
+    Package,
     /// Run each fuzz target for a few seconds.
     Fuzz {
         #[arg(long, default_value_t = 10)]
@@ -152,6 +155,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Targets in fuzz/fuzz_targets, each smoke-run by `cargo xtask test`.
 const FUZZ_TARGETS: &[&str] = &["classify", "http_request", "http_authority", "access_token"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// cargo-deb builds the package: it reads its metadata from Cargo.toml, resolves `$auto`
+/// dependencies from the binary's shared libraries with dpkg-shlibdeps' rules, writes conffiles
+/// for /etc and the deb-systemd-helper snippets for the unit, and needs no debhelper tree.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// inferno (`inferno-collapse-perf`, `inferno-flamegraph`) folds the proxy bench's perf samples
 /// into the edge's flame graph; Debian packages no flame graph tool.
 const INFERNO_VERSION: &str = "0.12.8";
@@ -206,6 +213,10 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds } => {
             setup()?;
             fuzz(seconds)
+        }
+        Task::Package => {
+            setup()?;
+            package(&root)
         }
     }
 }
@@ -341,6 +352,39 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     run(&mut load).and(xdp).and(store).and(reserve).and(access)
 }
 
+/// `cargo xtask package`: the release binary, what it generates from its own CLI definition
+/// (man pages, completions), the packaged config, then cargo-deb on top of that build.
+fn package(root: &Path) -> Result<()> {
+    cargo(&["build", "--release", "-p", "outpost"])?;
+    let outpost = release_bin(root, "outpost");
+    // Where the asset paths of userspace/outpost/Cargo.toml point (`target/release/dist`).
+    let dist = outpost.with_file_name("dist");
+    if dist.exists() {
+        std::fs::remove_dir_all(&dist)?;
+    }
+    run(Command::new(&outpost).arg("generate-man").arg(dist.join("man")))?;
+    // Debian policy: man pages gzipped (-n: no name or time in the header, so the package is
+    // the same from the same sources). cargo-deb leaves files under target/ as they are.
+    let pages: Vec<PathBuf> = std::fs::read_dir(dist.join("man"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    run(Command::new("gzip").arg("-9nf").args(&pages))?;
+    run(Command::new(&outpost).arg("generate-completions").arg(dist.join("completions")))?;
+    // The example is every key at its default; the package's copy keeps its state where the
+    // unit's StateDirectory is, so `outpost access/audit --config /etc/outpost/outpost.toml`
+    // find the admin token there too.
+    let example = std::fs::read_to_string(root.join("userspace/outpost/outpost.example.toml"))?;
+    let commented = "# data_dir = \"/var/lib/outpost\"";
+    if !example.contains(commented) {
+        bail!("outpost.example.toml has no `{commented}` line to set for the package");
+    }
+    let packaged = example.replacen(commented, "data_dir = \"/var/lib/outpost\"", 1);
+    std::fs::write(dist.join("outpost.toml"), packaged)?;
+    run(Command::new("cargo").args(["deb", "-p", "outpost", "--no-build"]))?;
+    println!("xtask package: target/debian/ (inspect with `dpkg-deb -I` and `dpkg-deb -c`)");
+    Ok(())
+}
+
 /// Builds and runs the bench binary `bin` of outpost-benches, which writes under results/ and
 /// takes `--tiny`; the release `outpost` is the edge it measures, when it needs one.
 fn results_bench(root: &Path, bin: &str, tiny: bool) -> Result<()> {
@@ -406,6 +450,18 @@ fn setup() -> Result<()> {
         run(Command::new("cargo")
             .args(["install", "inferno", "--version", INFERNO_VERSION, "--locked"])
             .args(["--no-default-features", "--features", "cli"]))?;
+    }
+    let deb_ok = output(Command::new("cargo").args(["install", "--list"]))
+        .is_ok_and(|list| list.contains(&format!("cargo-deb v{CARGO_DEB_VERSION}:")));
+    if !deb_ok {
+        println!("xtask setup: installing cargo-deb {CARGO_DEB_VERSION} (the Debian package)");
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+            "--locked",
+        ]))?;
     }
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("debian-rust")) {

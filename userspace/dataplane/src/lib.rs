@@ -294,12 +294,35 @@ pub fn interface_index(iface: &str) -> Result<u32> {
     }
 }
 
+/// Capability numbers (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_BPF: u32 = 39;
+
+/// Loading and attaching need CAP_BPF and CAP_NET_ADMIN in the effective set: root has them,
+/// and so has the packaged service's unprivileged user (ambient capabilities). What else the
+/// kernel asks (CAP_PERFMON for the verifier) shows as the kernel's own refusal.
 fn ensure_privileges() -> Result<()> {
-    // SAFETY: no arguments, no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("outpost needs root (CAP_BPF, CAP_NET_ADMIN) to load, attach or read BPF maps");
+    let effective = effective_capabilities().unwrap_or(0);
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")]
+        .into_iter()
+        .filter(|(cap, _)| effective & (1u64 << cap) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "outpost needs {} to load, attach or read BPF maps (root has them; the systemd unit \
+             grants them to the outpost user)",
+            missing.join(" and ")
+        );
     }
     Ok(())
+}
+
+/// This process's effective capability set, from /proc/self/status (`CapEff`).
+fn effective_capabilities() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's bpf_ktime_get_ns.
@@ -319,7 +342,9 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     if !pin_dir.starts_with(root) {
         return Ok(());
     }
-    if statfs_type(root) == Some(BPF_FS_MAGIC) {
+    // The pin directory itself on bpffs is enough: under the systemd unit /sys/fs/bpf is a
+    // private tmpfs with only the host's pin directory bound in.
+    if statfs_type(root) == Some(BPF_FS_MAGIC) || statfs_type(pin_dir) == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
     let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");

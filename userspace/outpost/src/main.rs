@@ -12,12 +12,14 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 use dataplane::{AttachMode, Dataplane, LinkState, Mode, Policy, Version, PIN_DIR};
 use outpost_common::maps::{PROG_FLOOR, PROG_PASS};
 use userspace::UserStats;
 
 mod audit;
+mod check;
 mod edge;
 mod operator;
 mod userspace;
@@ -56,6 +58,19 @@ enum Command {
         /// Leave the XDP program attached on exit.
         #[arg(long, requires = "iface")]
         keep_attached: bool,
+    },
+    /// Validate a config without serving: it parses, certificates and keys load and match,
+    /// secret files are readable by this user and not by every user, the data directory is
+    /// writable, the store is usable and the routes build. One line per problem on stderr and
+    /// exit status 1; `ok` and 0 when `outpost run` would start with it. Run it as the service
+    /// user.
+    Check {
+        /// Config file (default ./outpost.toml when it exists, else built-in defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// With a PostgreSQL store: also connect once (at most 3 s) and run `SELECT 1`.
+        #[arg(long)]
+        connect: bool,
     },
     /// Load the XDP program, attach it to an interface and pin it; it stays attached after exit.
     Attach {
@@ -158,6 +173,12 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "OUTPOST_ADMIN")]
         admin: SocketAddr,
     },
+    /// Write the man pages (outpost.1, outpost-run.1, ...) into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write bash, zsh and fish completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateCompletions { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -247,6 +268,11 @@ fn parse_version(s: &str) -> Result<Version, String> {
     })
 }
 
+/// The CLI's definition, for the man pages and completions: without the hidden generators.
+fn cli_command() -> clap::Command {
+    Cli::command()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // What outpost writes (the store with its signing keys, certificates, keys, the audit file)
@@ -307,6 +333,26 @@ fn run(cli: Cli) -> Result<()> {
             let cred = operator::Credential::find(admin_token_file.as_deref(), config.as_deref())?;
             audit::show(&params, admin, config.as_deref(), json, cred.token())
                 .map_err(|e| cred.explain(e))?;
+        }
+        Command::Check { config, connect } => {
+            let problems = check::check(config.as_deref(), connect);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                bail!("{} problem(s) in the config", problems.len());
+            }
+            println!("ok");
+        }
+        Command::GenerateMan { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(cli_command(), &dir)?;
+        }
+        Command::GenerateCompletions { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut cli_command(), "outpost", &dir)?;
+            }
         }
         Command::Attach { iface, mode, program } => {
             // Before loading: a typo must not leave maps pinned behind.

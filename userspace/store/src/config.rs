@@ -102,6 +102,30 @@ impl StoreConfig {
     }
 }
 
+impl StoreConfig {
+    /// What [`Store::open`](crate::Store::open) checks before it touches a database: the sizes,
+    /// `url`/`url_file` (readable, one of them), and a PostgreSQL URL that parses. Returns the
+    /// backend it names; opens nothing.
+    pub fn validate(&self) -> Result<crate::Backend, StoreError> {
+        match self.resolve_url()? {
+            None => Ok(crate::Backend::Sqlite),
+            Some(url) => crate::postgres::parse_url(&url).map(|_| crate::Backend::Postgres),
+        }
+    }
+
+    /// With a PostgreSQL URL: connects once within `limit` and runs `SELECT 1` (no migration,
+    /// nothing written). Returns the server, password hidden; `Ok(None)` for the embedded
+    /// store. Blocks the calling thread (not for use inside a runtime).
+    pub fn ping(&self, limit: Duration) -> Result<Option<String>, StoreError> {
+        let Some(url) = self.resolve_url()? else { return Ok(None) };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Other(format!("cannot start a runtime: {e}")))?;
+        rt.block_on(crate::postgres::ping(&url, limit)).map(Some)
+    }
+}
+
 /// The URL with any password replaced by `***`: in the user-info part
 /// (`postgres://user:pw@host`) and in a `password=` query parameter.
 pub fn redact_url(url: &str) -> String {

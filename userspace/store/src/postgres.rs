@@ -170,12 +170,7 @@ pub(crate) struct Pg {
 impl Pg {
     /// Connects (bounded by `connect_timeout_ms`) and migrates. Runs on the store runtime.
     pub(crate) async fn open(url: &str, cfg: &StoreConfig) -> Result<Pg, StoreError> {
-        let mut pgc: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Config(format!(
-                "invalid PostgreSQL url {}: {e}",
-                crate::config::redact_url(url)
-            ))
-        })?;
+        let mut pgc = parse_url(url)?;
         let connect_timeout = cfg.connect_timeout();
         pgc.connect_timeout(connect_timeout);
         // A peer that vanished without a FIN (a partition) is noticed, not waited on forever.
@@ -541,6 +536,64 @@ impl Drop for Conn {
 
 /// `postgres://user:***@host:port/db`, from the parsed config: what the operator wrote, minus
 /// the password, with the defaults filled in.
+/// Parses a PostgreSQL URL the way [`Pg::open`] does, without connecting: `postgres://host`
+/// as written, its password hidden in any error.
+pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    url.parse().map_err(|e| {
+        StoreError::Config(format!(
+            "invalid PostgreSQL url {}: {e}",
+            crate::config::redact_url(url)
+        ))
+    })
+}
+
+/// Connects once and runs `SELECT 1`, within `limit`; no pool, no migration, nothing written
+/// (for `outpost check --connect`). Returns the server as [`describe`] shows it.
+pub(crate) async fn ping(url: &str, limit: Duration) -> Result<String, StoreError> {
+    let mut pgc = parse_url(url)?;
+    pgc.connect_timeout(limit);
+    if pgc.get_application_name().is_none() {
+        pgc.application_name("outpost check");
+    }
+    let shown = describe(&pgc);
+    let secret = pgc
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .filter(|p| !p.is_empty());
+    let scrub = |msg: String| match &secret {
+        Some(s) => msg.replace(s.as_str(), "***"),
+        None => msg,
+    };
+    let fail = |why: String| {
+        StoreError::Unavailable(format!("cannot connect to PostgreSQL at {shown}: {}", scrub(why)))
+    };
+    let attempt = async {
+        let (client, connection) = pgc.connect(NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let ok = client.simple_query("SELECT 1").await.map(|_| ());
+        drop(client);
+        let _ = driver.await;
+        ok
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(())) => Ok(shown.clone()),
+        Ok(Err(e)) => Err(fail(match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => {
+                let mut msg = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    source = s.source();
+                }
+                msg
+            }
+        })),
+        Err(_) => Err(fail(format!("no answer within {limit:?}"))),
+    }
+}
+
 fn describe(c: &tokio_postgres::Config) -> String {
     let user = c.get_user().unwrap_or("");
     let pw = if c.get_password().is_some() { ":***" } else { "" };
