@@ -192,6 +192,12 @@ fn main() -> Result<()> {
             let prebuilt = prebuild.finish();
             tests?;
             prebuilt?;
+            // The package from the release build above, installed and purged on this machine.
+            let deb = package(&root)?;
+            run(Command::new("cargo")
+                .args(["test", "-p", "outpost-tests", "--features", "deb", "--test", "deb"])
+                .args(["--", "--nocapture"])
+                .env("OUTPOST_DEB", &deb))?;
             if !no_fuzz {
                 fuzz(10)?;
             }
@@ -216,7 +222,7 @@ fn main() -> Result<()> {
         }
         Task::Package => {
             setup()?;
-            package(&root)
+            package(&root).map(drop)
         }
     }
 }
@@ -354,7 +360,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
 
 /// `cargo xtask package`: the release binary, what it generates from its own CLI definition
 /// (man pages, completions), the packaged config, then cargo-deb on top of that build.
-fn package(root: &Path) -> Result<()> {
+fn package(root: &Path) -> Result<PathBuf> {
     cargo(&["build", "--release", "-p", "outpost"])?;
     let outpost = release_bin(root, "outpost");
     // Where the asset paths of userspace/outpost/Cargo.toml point (`target/release/dist`).
@@ -380,9 +386,23 @@ fn package(root: &Path) -> Result<()> {
     }
     let packaged = example.replacen(commented, "data_dir = \"/var/lib/outpost\"", 1);
     std::fs::write(dist.join("outpost.toml"), packaged)?;
-    run(Command::new("cargo").args(["deb", "-p", "outpost", "--no-build"]))?;
-    println!("xtask package: target/debian/ (inspect with `dpkg-deb -I` and `dpkg-deb -c`)");
-    Ok(())
+    let out = Command::new("cargo")
+        .args(["deb", "-p", "outpost", "--no-build"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo deb")?;
+    if !out.status.success() {
+        bail!("cargo deb failed: {}", out.status);
+    }
+    // cargo-deb prints the package's path, last.
+    let deb = String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .filter(|p| p.is_file())
+        .context("cargo deb did not print the package it wrote")?;
+    println!("xtask package: {} (inspect with `dpkg-deb -I` and `dpkg-deb -c`)", deb.display());
+    Ok(deb)
 }
 
 /// Builds and runs the bench binary `bin` of outpost-benches, which writes under results/ and

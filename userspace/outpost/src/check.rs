@@ -102,7 +102,7 @@ fn certificates(cfg: &Config, problems: &mut Vec<String>) {
     for c in &cfg.tls.certs {
         let mut one = cfg.tls.clone();
         one.certs = vec![c.clone()];
-        if let Err(e) = outpost_proxy::tls::server_config(&one, &cfg.data_dir()) {
+        if let Err(e) = outpost_proxy::tls::server_config(&one, &cfg.data_dir(), cfg.http.h2) {
             problems.push(format!("tls certificate {:?}: {e:#}", c.names));
         }
     }
