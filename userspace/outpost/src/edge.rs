@@ -43,9 +43,12 @@ pub fn section<T: serde::de::DeserializeOwned + Default>(config: &Config, name: 
 
 /// Opens the store the configuration names (SQLite in the data directory by default), for
 /// `outpost run`.
-pub fn open_store(config: &Config) -> Result<Store> {
+pub fn open_store(config: &Config, successor: bool) -> Result<Store> {
     let store_config: StoreConfig = section(config, "store")?;
-    Ok(Store::open(&store_config, &config.data_dir())?)
+    Ok(match successor {
+        true => Store::open_successor(&store_config, &config.data_dir())?,
+        false => Store::open(&store_config, &config.data_dir())?,
+    })
 }
 
 /// The same store for an operator's command, which may run beside the edge.

@@ -58,6 +58,11 @@ enum Command {
         /// Leave the XDP program attached on exit.
         #[arg(long, requires = "iface")]
         keep_attached: bool,
+        /// Take over from the edge running with the same data_dir: serve from its listening
+        /// sockets (and its XDP floor), then it drains and exits; no connection is refused.
+        /// A running edge starts its successor this way itself on SIGUSR2.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config without serving: it parses, certificates and keys load and match,
     /// secret files are readable by this user and not by every user, the data directory is
@@ -304,8 +309,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let pin_dir = cli.pin_dir;
     match cli.command {
-        Command::Run { config, io, no_xdp, iface, keep_attached } => {
-            serve(&pin_dir, config, io, no_xdp, iface, keep_attached)?;
+        Command::Run { config, io, no_xdp, iface, keep_attached, upgrade } => {
+            serve(&pin_dir, config, io, no_xdp, iface, keep_attached, upgrade)?;
         }
         Command::Access { cmd, admin, config, admin_token_file } => {
             let cred = operator::Credential::find(admin_token_file.as_deref(), config.as_deref())?;
@@ -634,10 +639,17 @@ fn serve(
     no_xdp: bool,
     iface: Option<String>,
     keep_attached: bool,
+    upgrade: bool,
 ) -> Result<()> {
+    // Taken before anything else: after a package upgrade the path names the new binary.
+    let successor = successor_command();
     let mut attached_here = None;
     if let Some(iface) = &iface {
-        if dataplane::live_interfaces(pin_dir)?.contains(iface) {
+        if upgrade && dataplane::live_interfaces(pin_dir)?.contains(iface) {
+            // The old process leaves it attached when it hands over; it is ours now.
+            tracing::info!(iface, "upgrade: taking over the attached XDP floor");
+            attached_here = Some(iface.clone());
+        } else if dataplane::live_interfaces(pin_dir)?.contains(iface) {
             tracing::info!(iface, "the XDP floor is already attached; leaving it as it is on exit");
         } else {
             let mut dp = Dataplane::load(pin_dir)?;
@@ -674,7 +686,7 @@ fn serve(
     // The store first: a database that cannot be reached is a clear error before anything
     // listens.
     let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
-    let store = edge::open_store(&cfg)?;
+    let store = edge::open_store(&cfg, upgrade)?;
     tracing::info!(store = %store.describe(), "store open");
     let audit_config: edge::AuditConfig = edge::section(&cfg, "audit")?;
     let sink = Arc::new(edge::StoreAudit::new(store.clone(), &audit_config)?);
@@ -686,6 +698,7 @@ fn serve(
     let (registry, mut metrics) = edge::registry(&store);
     metrics.extend([store_metrics, sink.metrics()]);
     edge::node_event(&audit, "node.start", None);
+    let handed_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = outpost_proxy::run(outpost_proxy::RunOptions {
         config,
         io: io.map(|i| match i {
@@ -699,12 +712,20 @@ fn serve(
         admin: edge::admin(&store),
         metrics,
         audit: Some(sink.clone()),
+        upgrade,
+        successor,
+        on_handover: Some(Box::new({
+            let handed = handed_over.clone();
+            move || handed.store(true, std::sync::atomic::Ordering::SeqCst)
+        })),
     });
     edge::node_event(&audit, "node.stop", result.as_ref().err().map(|e| format!("{e:#}")));
     sink.close();
     store.shutdown();
     if let Some(iface) = attached_here {
-        if keep_attached {
+        if handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(iface, "leaving the XDP floor attached for the new process");
+        } else if keep_attached {
             tracing::info!(iface, "leaving the XDP floor attached (--keep-attached)");
         } else {
             match dataplane::detach(pin_dir, &iface) {
@@ -714,6 +735,18 @@ fn serve(
         }
     }
     result
+}
+
+/// How SIGUSR2 starts this binary again: the path it was started from (which, after a
+/// package upgrade, holds the new binary) with the same arguments and `--upgrade`.
+fn successor_command() -> Option<Vec<std::ffi::OsString>> {
+    let exe = std::env::current_exe().ok()?;
+    let mut argv = vec![exe.into_os_string()];
+    argv.extend(std::env::args_os().skip(1));
+    if !argv.iter().any(|a| a == "--upgrade") {
+        argv.push("--upgrade".into());
+    }
+    Some(argv)
 }
 
 /// The XDP program's per-version counters for /metrics, through its pinned maps (opened on

@@ -60,6 +60,7 @@ pub mod server;
 pub mod shared;
 pub mod splice;
 pub mod tls;
+pub mod upgrade;
 mod worker;
 
 pub use outpost_api::{error, http};

@@ -1,7 +1,7 @@
 //! A small plain-HTTP/1.1 server for outpost's own endpoints (the admin listener and the
 //! built-in page): keep-alive, request bodies read and discarded, complete responses only.
 
-use std::{rc::Rc, time::Duration};
+use std::{rc::Rc, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
@@ -10,7 +10,7 @@ use outpost_api::{AdminFuture, Reply};
 use crate::{
     http::{self, BodyDecoder, Header, Request},
     io,
-    shared::drained,
+    shared::{drained, Shared},
 };
 
 /// Time for a whole request (head and body) and for the next one on a kept-alive connection.
@@ -22,8 +22,14 @@ const READ_CHUNK: usize = 8192;
 /// Answers one request.
 pub type Respond = Rc<dyn Fn(Request<'static>) -> AdminFuture>;
 
-/// Serves `listener` until `stop` says so.
-pub async fn serve(listener: io::Listener, respond: Respond, mut stop: watch::Receiver<bool>) {
+/// Serves `listener` until `stop` says so; then shuts the socket down unless `shared` (when
+/// given) handed it to a new process.
+pub async fn serve(
+    listener: io::Listener,
+    respond: Respond,
+    mut stop: watch::Receiver<bool>,
+    shared: Option<Arc<Shared>>,
+) {
     loop {
         tokio::select! {
             biased;
@@ -39,7 +45,9 @@ pub async fn serve(listener: io::Listener, respond: Respond, mut stop: watch::Re
             }
         }
     }
-    listener.close();
+    if !shared.is_some_and(|s| s.handed_over()) {
+        listener.close();
+    }
 }
 
 async fn connection(mut s: io::Stream, respond: Respond) {

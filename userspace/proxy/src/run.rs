@@ -11,7 +11,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     sync::{mpsc, Arc},
     thread,
@@ -35,6 +35,7 @@ use crate::{
     plain,
     registry::Registry,
     shared::{drained, Live, Shared},
+    upgrade,
 };
 
 /// Called with the configuration at start and after every reload (the binary uses it to push
@@ -58,6 +59,13 @@ pub struct RunOptions {
     pub metrics: Vec<MetricsSource>,
     /// Where handlers' audit events go; none: they are not kept.
     pub audit: Option<Arc<dyn AuditSink>>,
+    /// Take the listening sockets of the edge running with the same data directory, serve
+    /// from them, then tell it to drain ([`crate::upgrade`]).
+    pub upgrade: bool,
+    /// The command line that starts this binary again as `--upgrade`, run on SIGUSR2.
+    pub successor: Option<Vec<std::ffi::OsString>>,
+    /// Called once this process handed its sockets to a successor (before its drain).
+    pub on_handover: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Reads the configuration `outpost run` would use: `path`, else `./outpost.toml` when it
@@ -106,21 +114,54 @@ pub fn run(opts: RunOptions) -> Result<()> {
     metrics.add_source(guard.metrics());
     let shared = Shared::new(live, metrics, opts.kernel.clone());
 
-    let workers = match config.workers {
+    let mut inherited = match opts.upgrade {
+        true => Some(upgrade::take(&data_dir).context("taking over from the running edge")?),
+        false => None,
+    };
+    let mut workers = match config.workers {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    if let Some(n) = inherited.as_ref().and_then(|i| i.https.first()).map(|(_, s)| s.len()) {
+        if n != workers {
+            tracing::warn!(workers, inherited = n, "upgrade: keeping the old process's workers");
+            workers = n;
+        }
+    }
     let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for addr in &config.listen {
-        let socks = listen::bind_reuseport(*addr, workers)?;
+        let taken = inherited.as_mut().and_then(|i| {
+            let at = i.https.iter().position(|(a, s)| listens_on(addr, a) && s.len() == workers)?;
+            Some(i.https.remove(at).1)
+        });
+        let socks = match taken {
+            Some(s) => s,
+            None => listen::bind_reuseport(*addr, workers)?,
+        };
         bound.push(socks[0].local_addr()?);
         for (w, s) in per_worker.iter_mut().zip(socks) {
             w.push(s);
         }
     }
-    let admin = listen::bind_plain(config.admin)?;
+    if let Some(i) = &inherited {
+        for (addr, _) in &i.https {
+            tracing::warn!(%addr, "upgrade: no longer in `listen`; its sockets close with the old process");
+        }
+    }
+    let admin = match inherited.as_mut().map(|i| &mut i.admin) {
+        Some((addr, l)) if listens_on(&config.admin, addr) => l.try_clone()?,
+        _ => listen::bind_plain(config.admin)?,
+    };
     let admin_addr = admin.local_addr()?;
+    let handover = {
+        let https: Vec<(SocketAddr, Vec<&TcpListener>)> = bound
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (*a, per_worker.iter().map(|w| &w[i]).collect()))
+            .collect();
+        upgrade::Handover::new(&https, &admin)?
+    };
     let grace = ms(config.shutdown_grace_ms);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -136,6 +177,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
             on_config: opts.on_config,
             admin: opts.admin.into_iter().collect(),
             guard,
+            successor: opts.successor,
+            handover: Some((data_dir.clone(), handover)),
+            on_handover: opts.on_handover,
         };
         thread::Builder::new().name("outpost-control".into()).spawn(move || {
             Backend::Epoll.block_on(ctl.run(admin, builtin, background, stop_rx, ready_tx))
@@ -160,6 +204,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
         %node, https = ?bound, admin = %admin_addr, builtin = %builtin_addr, io = backend.name(),
         workers, data_dir = %data_dir.display(), "outpost is serving"
     );
+    if let Some(i) = inherited {
+        // Our workers accept on the sockets now: the old process may stop.
+        i.ready()?;
+        tracing::info!("upgrade: took over from the old process, which drains");
+    }
     let mut failure = None;
     for t in threads {
         match t.join() {
@@ -184,6 +233,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
 }
 
+/// `configured` (possibly port 0 or unspecified) is served by a socket bound at `bound`.
+fn listens_on(configured: &SocketAddr, bound: &SocketAddr) -> bool {
+    configured == bound || (configured.port() == 0 && configured.ip() == bound.ip())
+}
+
 fn load(path: Option<&Path>) -> Result<Config> {
     match path {
         Some(p) => Config::load(p),
@@ -200,11 +254,15 @@ struct Control {
     on_config: Option<OnConfig>,
     admin: BTreeMap<String, AdminEndpoint>,
     guard: Arc<admin::Guard>,
+    successor: Option<Vec<std::ffi::OsString>>,
+    /// The data directory and the sockets to offer a successor.
+    handover: Option<(PathBuf, upgrade::Handover)>,
+    on_handover: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Control {
     async fn run(
-        self,
+        mut self,
         admin: TcpListener,
         builtin: TcpListener,
         background: Vec<Background>,
@@ -216,11 +274,12 @@ impl Control {
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::hangup())?,
+                signal(SignalKind::user_defined2())?,
             );
             let listeners = (io::Listener::from_std(admin)?, io::Listener::from_std(builtin)?);
             Ok::<_, std::io::Error>((signals, listeners))
         })();
-        let ((mut term, mut int, mut hup), (admin, builtin)) = match started {
+        let ((mut term, mut int, mut hup, mut usr2), (admin, builtin)) = match started {
             Ok(s) => {
                 let _ = ready.send(Ok(()));
                 s
@@ -240,15 +299,58 @@ impl Control {
                 self.guard.clone(),
             ),
             stop.clone(),
+            Some(self.shared.clone()),
         ));
-        io::spawn(plain::serve(builtin, builtin::respond(), stop.clone()));
+        io::spawn(plain::serve(builtin, builtin::respond(), stop.clone(), None));
         spawn_background(background);
+        if let Some((dir, h)) = self.handover.take() {
+            let shared = self.shared.clone();
+            let on_handover = self.on_handover.take();
+            io::spawn(async move {
+                upgrade::offer(dir, h, shared.clone()).await;
+                if let (true, Some(f)) = (shared.handed_over(), on_handover) {
+                    f();
+                }
+            });
+        }
+        let mut successor = None;
         loop {
             tokio::select! {
                 _ = drained(&mut stop) => break,
                 _ = term.recv() => self.terminate("SIGTERM"),
                 _ = int.recv() => self.terminate("SIGINT"),
                 _ = hup.recv() => self.reload(),
+                _ = usr2.recv() => successor = self.start_successor().or(successor),
+            }
+        }
+        // The successor outlives us (it was started in a session of its own).
+        drop(successor);
+    }
+
+    /// SIGUSR2: starts this binary again with `--upgrade`; it takes over the listening sockets
+    /// and tells us to drain (see [`upgrade`]).
+    fn start_successor(&self) -> Option<std::process::Child> {
+        let Some(argv) = self.successor.as_ref().filter(|a| !a.is_empty()) else {
+            tracing::warn!("SIGUSR2: this process has no command to start a successor with");
+            return None;
+        };
+        if self.shared.draining() {
+            tracing::warn!("SIGUSR2: draining already; no successor started");
+            return None;
+        }
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(std::process::Stdio::null());
+        // Its own session: a signal to our process group (a terminal's Ctrl-C) is not its.
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+        match cmd.spawn() {
+            Ok(child) => {
+                tracing::info!(pid = child.id(), "SIGUSR2: started the new binary to take over");
+                Some(child)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, program = ?argv[0], "SIGUSR2: cannot start the new binary");
+                None
             }
         }
     }

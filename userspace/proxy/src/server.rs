@@ -34,6 +34,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a drain waits, after its grace period, for the upgraded connections it then ends
 /// to close (a close_notify and a short linger each, see [`LINGER`]).
 const UPGRADED_CLOSE: Duration = Duration::from_secs(1);
+/// After a hand-over: how long an accept in flight may still complete, and how long an idle
+/// keep-alive connection waits for one more request (answered with `Connection: close`), so
+/// a client sending it just then is not cut off.
+const HANDOVER_ACCEPT: Duration = Duration::from_secs(1);
+const HANDOVER_IDLE: Duration = Duration::from_secs(2);
 
 /// Runs one worker until the drain finished or `grace` after it started.
 pub(crate) async fn worker_main(
@@ -97,26 +102,48 @@ pub(crate) async fn worker_main(
 async fn accept_loop(worker: Rc<Worker>, listener: io::Listener) {
     let local = listener.local_addr().ok();
     let mut drain = worker.shared.drain_signal();
+    // After a hand-over the socket is the new process's too: an accept in flight here is not
+    // cancelled (with io_uring a connection it took meanwhile would be lost) but allowed to
+    // complete, for at most HANDOVER_ACCEPT; what it takes is served.
+    let mut handing: Option<Instant> = None;
+    // One accept in flight, kept across the turns of the loop: a turn that ends for the drain
+    // does not drop (cancel) it.
+    let mut accept = std::pin::pin!(listener.accept());
     loop {
-        tokio::select! {
+        let until = handing.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+        let r = tokio::select! {
             biased;
-            _ = drained(&mut drain) => break,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let local = local.unwrap_or(peer);
-                    io::spawn(connection(worker.clone(), stream, peer, local));
+            _ = drained(&mut drain), if handing.is_none() => {
+                if !worker.shared.handed_over() {
+                    break;
                 }
-                Err(e) => {
-                    if worker.shared.draining() {
-                        break;
-                    }
-                    tracing::warn!(error = %e, "accept failed");
-                    io::sleep(ACCEPT_BACKOFF).await;
+                handing = Some(Instant::now() + HANDOVER_ACCEPT);
+                continue;
+            }
+            _ = io::sleep(until), if handing.is_some() => break,
+            r = &mut accept => r,
+        };
+        match r {
+            Ok((stream, peer)) => {
+                let local = local.unwrap_or(peer);
+                io::spawn(connection(worker.clone(), stream, peer, local));
+                if handing.is_some() {
+                    break;
                 }
             }
+            Err(e) => {
+                if worker.shared.draining() {
+                    break;
+                }
+                tracing::warn!(error = %e, "accept failed");
+                io::sleep(ACCEPT_BACKOFF).await;
+            }
         }
+        accept.set(listener.accept());
     }
-    listener.close();
+    if !worker.shared.handed_over() {
+        listener.close();
+    }
 }
 
 /// Counts a connection as open while alive.
@@ -220,10 +247,25 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
                     live.idle_timeout
                 }
             };
-            let got = tokio::select! {
-                biased;
-                _ = drained(&mut drain) => return,
-                r = io::timeout(wait, ds.tls.read_idle(&mut ds.buf)) => r,
+            let mut handed_over = worker.shared.handed_over();
+            let wait = if handed_over { wait.min(HANDOVER_IDLE) } else { wait };
+            // Kept across a hand-over's drain: a read in flight is not dropped (with io_uring
+            // the request it took meanwhile would be lost) but given HANDOVER_IDLE to complete.
+            let got = {
+                let mut read = std::pin::pin!(io::timeout(wait, ds.tls.read_idle(&mut ds.buf)));
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = drained(&mut drain), if !handed_over => {
+                            if !worker.shared.handed_over() {
+                                return;
+                            }
+                            handed_over = true;
+                        }
+                        _ = io::sleep(HANDOVER_IDLE), if handed_over => return,
+                        r = &mut read => break r,
+                    }
+                }
             };
             match got {
                 Ok(Ok(n)) if n > 0 => {}
@@ -302,7 +344,10 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
         // that takes no allocation per request.
         let keep_alive = Pooled::future(proxy::handle(worker, &live, ds, client, req)).await;
         io::buf::give(head);
-        if !keep_alive || worker.shared.draining() {
+        // A drain that began during this request, after its response promised keep-alive: the
+        // client may be sending its next request already. After a hand-over that one is
+        // awaited and answered with `Connection: close` (see the idle wait above).
+        if !keep_alive || (worker.shared.draining() && !worker.shared.handed_over()) {
             return;
         }
         if ds.buf.is_empty() {

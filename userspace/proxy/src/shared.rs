@@ -105,6 +105,9 @@ pub struct Shared {
     /// policy's).
     pub budget: Budget,
     drain: watch::Sender<bool>,
+    /// The listening sockets went to a new process (see `upgrade`): the drain must not shut
+    /// them down.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -119,6 +122,7 @@ impl Shared {
             kernel,
             budget: Budget::default(),
             drain: watch::Sender::new(false),
+            handed_over: Default::default(),
         })
     }
 
@@ -135,6 +139,16 @@ impl Shared {
     /// Starts draining: stop accepting, finish in-flight requests, close idle connections.
     pub fn start_drain(&self) {
         self.drain.send_replace(true);
+    }
+
+    /// A new process serves from our listening sockets: drain, leaving the sockets listening.
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.start_drain();
+    }
+
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn draining(&self) -> bool {

@@ -148,6 +148,18 @@ impl Store {
         Store::open_as(cfg, data_dir, false)
     }
 
+    /// As [`open`](Self::open), for an edge taking over from the one running on the same data
+    /// directory (`outpost run --upgrade`): the two share the embedded store through SQLite's
+    /// locking while the old one drains, and the directory lock passes to this process when
+    /// the old one lets go of it.
+    pub fn open_successor(cfg: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        let store = Store::open_as(cfg, data_dir, false)?;
+        if cfg.resolve_url()?.is_none() {
+            sqlite::lock_when_free(data_dir)?;
+        }
+        Ok(store)
+    }
+
     fn open_as(cfg: &StoreConfig, data_dir: &Path, edge: bool) -> Result<Store, StoreError> {
         let inner = match cfg.resolve_url()? {
             None => {

@@ -226,6 +226,35 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(|e| StoreError::Other(format!("cannot start the store's {name} thread: {e}")))
 }
 
+/// Takes the directory's exclusive lock once its holder (the edge this process succeeds)
+/// lets go, and holds it for the life of the process, on a thread of its own.
+pub(crate) fn lock_when_free(data_dir: &Path) -> Result<(), StoreError> {
+    let file = open_lock(&data_dir.join("outpost.db.lock"))?;
+    std::thread::Builder::new()
+        .name("outpost-store-lock".into())
+        .spawn(move || {
+            // SAFETY: flock on a file descriptor this thread owns for as long as it runs.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                loop {
+                    std::thread::park();
+                }
+            }
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the lock thread: {e}")))?;
+    Ok(())
+}
+
+fn open_lock(lock_path: &Path) -> Result<File, StoreError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(lock_path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display())))
+}
+
 /// Takes the directory's exclusive lock, without waiting.
 fn lock_dir(dir: &Path, db: &Path) -> Result<File, StoreError> {
     let lock_path = dir.join("outpost.db.lock");

@@ -1,0 +1,105 @@
+//! Upgrades without a dropped connection: under steady HTTPS load (keep-alive clients and
+//! clients opening a connection per request, `tests/upgrade/load.py`), SIGUSR2 makes the
+//! running `outpost run` start itself again with `--upgrade`; the new process takes the
+//! listening sockets (HTTPS and admin), the old one drains and exits. Not one request fails,
+//! on either I/O backend.
+
+use std::{
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use outpost_testkit::*;
+use serde_json::Value;
+
+/// The new process's PID, from the old one's log line.
+fn successor_pid(o: &Outpost) -> Option<i32> {
+    let log = o.log();
+    let line = log.lines().find(|l| l.contains("started the new binary to take over"))?;
+    let at = line.find("pid=")? + 4;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Stops the successor (started by the old process, so not the testkit's child) by PID.
+struct Successor(i32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        // SAFETY: a PID this test saw started; SIGKILL takes no memory.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+fn upgrade_under_load(io: &str) {
+    let origin = Origin::start("a");
+    let mut o = Outpost::start(io, &route("*", "/", &[origin.addr()], ""));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade/load.py");
+    let load = {
+        let port = o.https.to_string();
+        thread::spawn(move || {
+            run_client(
+                Command::new(python()).arg(&script).args(["--port", &port, "--seconds", "8"]),
+                Duration::from_secs(40),
+            )
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    o.signal(libc::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = successor_pid(&o) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no successor started; log:\n{}", o.log());
+        thread::sleep(Duration::from_millis(50));
+    };
+    let _successor = Successor(pid);
+    // The old process hands over, drains and exits.
+    let status = o.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "old process: {status:?}; log:\n{}", o.log());
+    assert!(alive(pid), "the new process is gone; log:\n{}", o.log());
+    let out = load.join().unwrap();
+    let text = stdout(&out);
+    let v: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text:?} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["failed"], 0, "{v}; log:\n{}", o.log());
+    assert!(v["ok"].as_u64().unwrap() > 100, "{v}");
+    // The new process serves alone now: HTTPS and the admin listener it took over.
+    assert_eq!(http_get(o.admin, "/healthz").map(|(s, _)| s), Some(200));
+    let out = curl(&["-w", "\n%{http_code}", &o.url("/after")]);
+    assert!(stdout(&out).ends_with("\n200"), "{}", stdout(&out));
+    let log = o.log();
+    assert!(log.contains("upgrade: took over from the old process"), "{log}");
+}
+
+#[test]
+fn sigusr2_upgrades_under_load_without_a_failed_request_uring() {
+    upgrade_under_load("uring");
+}
+
+#[test]
+fn sigusr2_upgrades_under_load_without_a_failed_request_epoll() {
+    upgrade_under_load("epoll");
+}
+
+#[test]
+fn upgrade_without_a_running_edge_says_so() {
+    let dir = TempDir::new("upgrade-alone");
+    let config = dir.0.join("outpost.toml");
+    std::fs::write(&config, format!("data_dir = {:?}\n", dir.0.join("data"))).unwrap();
+    let out = Command::new(outpost_bin())
+        .args(["run", "--no-xdp", "--upgrade", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("taking over from the running edge"), "{err}");
+}
