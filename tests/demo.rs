@@ -243,12 +243,12 @@ fn edge_demo(once: bool) -> ExitCode {
     );
     println!("  ip netns exec {c} curl -k -i -H 'Accept: text/html' https://{APP_HOST}/");
     println!(
-        "  ip netns exec {c} curl -k -c {jar} -b {jar} -L -d app={APP_HOST} -d rd=/ -d provider={PROVIDER} \
-         https://{AUTH_HOST}/login"
+        "  ip netns exec {c} curl -k -c {jar} -b {jar} -L -d app={APP_HOST} -d rd=/ \
+         -d provider={PROVIDER} https://{AUTH_HOST}/login"
     );
     println!(
-        "  ip netns exec {c} curl -k -c {jar} -b {jar} -L -d login=bob@demo.test -d password=x \
-         '<the action of the form above>'"
+        "  ip netns exec {c} curl -k -c {jar} -b {jar} -L -d prompt=login \
+         -d login=bob@demo.test -d password=x '<the action of the form above>'"
     );
     println!("Reservations: reserve, read the mail, open its link");
     println!(
