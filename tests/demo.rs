@@ -4,9 +4,13 @@
 //! `outpost run --iface <edge veth>` in the edge namespace (the XDP floor: TLS 1.2, reject) in
 //! front of an origin that echoes each request, runs real clients of every TLS version against
 //! it (one line each), prints the kernel's per-version table (`outpost stats`), the userspace
-//! counters (`/metrics`) and what a modern curl gets back, then serves until Ctrl-C, printing
-//! commands to try from the client namespace. Everything is torn down on exit, on Ctrl-C and on
-//! SIGTERM. It exits non-zero if a client did not end as expected.
+//! counters (`/metrics`) and what a modern curl gets back. Then the edge applications
+//! (`outpost_tests::apps`): with an OpenID provider and a mail sink started in the edge
+//! namespace, it walks a login to the app Access protects and a reservation with its
+//! confirmation mail, with curl from the client namespace (one line per step). It serves until
+//! Ctrl-C, printing commands to try each from the client namespace. Everything it started is
+//! stopped by pid and torn down on exit, on Ctrl-C and on SIGTERM. It exits non-zero if a client
+//! or a step did not end as expected.
 //!
 //! - `--once` (or `OUTPOST_DEMO_ONCE=1`): exit after printing instead of serving; a test runs
 //!   this so the demo cannot rot.
@@ -19,6 +23,7 @@
 use std::{process::ExitCode, thread, time::Duration};
 
 use outpost_tests::{
+    apps::{self, Apps, Step, APP_HOST, AUTH_HOST, PROVIDER, RESERVE_HOST, SMTP_PORT, ZONE},
     edge::{
         Edge, Floor, ADMIN, CLIENT_V4, CLIENT_V6, EDGE_V4, EDGE_V6, HTTPS_PORT, ORIGINS, ORIGIN_V4,
     },
@@ -141,7 +146,11 @@ fn fleet_demo(nodes: usize, once: bool) -> ExitCode {
 }
 
 fn edge_demo(once: bool) -> ExitCode {
-    let mut edge = Edge::new(Floor::Xdp, "");
+    let prepared = Apps::prepare();
+    let mut edge = Edge::new(Floor::Xdp, &prepared.config());
+    // Declared after the edge, so stopped before its namespaces go.
+    let mut apps = prepared;
+    apps.start(&edge);
     let (c, e, o) = (&edge.client_ns, &edge.edge_ns, &edge.origin_ns);
     let origins: Vec<String> = ORIGINS.iter().map(|(n, p)| format!(":{p} ({n})")).collect();
     println!("outpost demo: `outpost run` with the XDP floor, between three network namespaces\n");
@@ -154,6 +163,14 @@ fn edge_demo(once: bool) -> ExitCode {
         "  edge    {e:<16} {EDGE_V4}:{HTTPS_PORT}, [{EDGE_V6}]:{HTTPS_PORT}: outpost run --iface {}; \
          admin {ADMIN}",
         edge.edge_if
+    );
+    println!(
+        "          [access] {AUTH_HOST}, {APP_HOST}; [reserve] {RESERVE_HOST}, names under {ZONE}"
+    );
+    println!(
+        "          OpenID provider {} (node-oidc-provider); mail sink 127.0.0.1:{SMTP_PORT} \
+         (aiosmtpd, a Maildir)",
+        apps::issuer()
     );
     println!("    | veth {} <-> {}", edge.edge_inner_if, edge.origin_if);
     println!("  origin  {o:<16} {ORIGIN_V4}{}: HTTP, echoes each request\n", origins.join(", "));
@@ -196,6 +213,16 @@ fn edge_demo(once: bool) -> ExitCode {
         println!("{out}   <- UNEXPECTED");
     }
 
+    println!(
+        "\n== Access: https://{APP_HOST}/ behind a login at the edge, provider {} ==",
+        apps::issuer()
+    );
+    all_as_expected &= print_steps(&apps.walk_login());
+    println!(
+        "\n== reservations: https://{RESERVE_HOST}/, its mail through 127.0.0.1:{SMTP_PORT} =="
+    );
+    all_as_expected &= print_steps(&apps.walk_reservation(&edge));
+
     let bin = edge.outpost_bin.canonicalize().unwrap_or_else(|_| edge.outpost_bin.clone());
     let bin = bin.display();
     println!("\n== {} ==", if once { "--once: not serving" } else { "serving until Ctrl-C" });
@@ -207,6 +234,30 @@ fn edge_demo(once: bool) -> ExitCode {
     );
     println!("  ip netns exec {e} curl -s http://{ADMIN}/metrics");
     println!("  nsenter --net=/run/netns/{e} {bin} --pin-dir {} stats", edge.pin_dir.display());
+    let config = edge.dir.join("outpost.toml");
+    let config = config.display();
+    let jar = apps.jar();
+    println!(
+        "Access: a login as anyone@demo.test (the provider checks no password); the names resolve \
+         in {c} through /etc/netns/{c}/hosts"
+    );
+    println!("  ip netns exec {c} curl -k -i -H 'Accept: text/html' https://{APP_HOST}/");
+    println!(
+        "  ip netns exec {c} curl -k -c {jar} -b {jar} -L -d app={APP_HOST} -d rd=/ \
+         -d provider={PROVIDER} https://{AUTH_HOST}/login"
+    );
+    println!(
+        "  ip netns exec {c} curl -k -c {jar} -b {jar} -L -d prompt=login \
+         -d login=bob@demo.test -d password=x '<the action of the form above>'"
+    );
+    println!("Reservations: reserve, read the mail, open its link");
+    println!(
+        "  ip netns exec {c} curl -k -H 'Content-Type: application/json' \
+         -d '{{\"name\": \"bob\", \"email\": \"bob@demo.test\"}}' https://{RESERVE_HOST}/reserve"
+    );
+    println!("  python3 {} {}", apps::mail_script().display(), apps.maildir());
+    println!("  ip netns exec {c} curl -k '<the link in the mail>'");
+    println!("  nsenter --net=/run/netns/{e} {bin} reservations list --config {config}");
     if !once {
         println!("Ctrl-C stops outpost and removes the namespaces.");
         while !netns::interrupted() {
@@ -223,6 +274,14 @@ fn edge_demo(once: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Prints each step's line; whether all went as they should.
+fn print_steps(steps: &[Step]) -> bool {
+    for step in steps {
+        println!("{}", step.line());
+    }
+    steps.iter().all(|s| s.ok)
 }
 
 /// The floor alone: a TLS server that accepts every version behind it, mode by mode.

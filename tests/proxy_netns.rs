@@ -512,7 +512,31 @@ fn demo_once_shows_the_edge_at_work() {
     ] {
         assert!(text.contains(want), "no {want:?} in the demo's output:\n{out}");
     }
-    // It tore down what it printed it had built: its namespaces and its pin directory.
+    // The edge applications, walked step by step from the client namespace: a login through
+    // the OpenID provider to the protected app, a reservation confirmed from its mail.
+    for step in [
+        "app.demo.test without a login",
+        "the edge's login page",
+        "POST /login (choose the provider)",
+        "sign in as alice@demo.test",
+        "the app sees who it is",
+        "app.demo.test again",
+        "the reservation page",
+        "reserve alice.sites.demo.test",
+        "the confirmation mail",
+        "open the link in the mail",
+        "alice.sites.demo.test is held",
+    ] {
+        let line = text.lines().find(|l| l.starts_with(step));
+        let line = line.unwrap_or_else(|| panic!("no step {step:?} in the demo's output:\n{out}"));
+        assert!(line[step.len()..].trim_start().starts_with("ok "), "{line:?}\n{out}");
+    }
+    assert!(
+        text.contains("Outpost-Access-Authenticated-User-Email: alice@demo.test"),
+        "the app did not see the user:\n{out}"
+    );
+    // It tore down what it printed it had built: its namespaces and its pin directory, the
+    // client namespace's hosts file and the applications' directory (the Maildir's parent).
     let mut built: Vec<String> = ["  client  ", "  edge    ", "  origin  "]
         .iter()
         .map(|role| {
@@ -524,6 +548,11 @@ fn demo_once_shows_the_edge_at_work() {
         .collect();
     let pins = text.split_whitespace().skip_while(|w| *w != "--pin-dir").nth(1);
     built.push(pins.unwrap_or_else(|| panic!("no pin directory in the output:\n{out}")).into());
+    let client_ns = built[0].trim_start_matches("/run/netns/").to_owned();
+    built.push(format!("/etc/netns/{client_ns}"));
+    let maildir = text.split_whitespace().find(|w| w.ends_with("/Maildir"));
+    let maildir = maildir.unwrap_or_else(|| panic!("no Maildir in the output:\n{out}"));
+    built.push(maildir.trim_end_matches("/Maildir").into());
     let left: Vec<&String> = built.iter().filter(|p| std::path::Path::new(p).exists()).collect();
     assert!(left.is_empty(), "left behind by the demo: {left:?}");
 }

@@ -8,9 +8,13 @@
 //!   a real TLS server and real TLS clients.
 //! - [`edge`]: client, edge and origin namespaces, `outpost run` proxying between them with or
 //!   without the XDP floor, echoing origins, real clients and a scanner.
+//! - [`apps`]: the edge applications on [`edge`]'s topology, for the demo: an OpenID provider
+//!   and a mail sink in the edge namespace, `[access]` and `[reserve]`, a login and a
+//!   reservation walked with curl from the client namespace.
 //! - [`fleet`]: several edge nodes in namespaces of their own sharing one PostgreSQL on a
 //!   bridged LAN, with an echoing origin and a client.
 
+pub mod apps;
 pub mod bpf;
 pub mod edge;
 pub mod fixtures;

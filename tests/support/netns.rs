@@ -853,7 +853,8 @@ const STALE_NS_PREFIXES: &[&str] = &[
     crate::fleet::EDGE_NS_PREFIX,
 ];
 const STALE_PIN_PREFIXES: &[&str] = &[PIN_DIR_PREFIX, crate::edge::PIN_DIR_PREFIX];
-const STALE_DIR_PREFIXES: &[&str] = &[crate::edge::TEMP_DIR_PREFIX, crate::fleet::TEMP_DIR_PREFIX];
+const STALE_DIR_PREFIXES: &[&str] =
+    &[crate::edge::TEMP_DIR_PREFIX, crate::fleet::TEMP_DIR_PREFIX, crate::apps::TEMP_DIR_PREFIX];
 
 /// Removes namespaces, pin directories, temp directories and output files of runs whose process
 /// is gone (killed mid-test).
@@ -873,6 +874,12 @@ pub(crate) fn remove_stale(outpost: &Path) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         teardown(outpost, Path::new("/nonexistent"), &[&name]);
+    }
+    // A dead demo's hosts file for its client namespace.
+    for entry in fs::read_dir(crate::apps::ETC_NETNS).into_iter().flatten().flatten() {
+        if stale(&entry.file_name().to_string_lossy(), STALE_NS_PREFIXES) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
     for entry in fs::read_dir(BPFFS).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();

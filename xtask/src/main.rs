@@ -26,7 +26,8 @@ enum Task {
     /// linked BPF toolchain, bpffs).
     Setup,
     /// Run the edge: client/edge/origin namespaces, `outpost run` with XDP on the edge NIC,
-    /// real clients of every TLS version, the stats; serves until Ctrl-C.
+    /// real clients of every TLS version, the stats, a login through Access and a reservation
+    /// with its confirmation mail; serves until Ctrl-C.
     Demo {
         /// Passed to outpost-demo: `--once` (exit after printing), `--floor-only` (the XDP
         /// floor alone, mode by mode).
