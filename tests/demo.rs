@@ -90,11 +90,7 @@ fn fleet_demo(nodes: usize, once: bool) -> ExitCode {
     for n in &f.nodes {
         println!(
             "  {:<7} {:<16} {}:443: outpost run --no-xdp, node = {:?}, admin {}",
-            n.name,
-            n.ns,
-            n.addr,
-            n.name,
-            fleet::ADMIN
+            n.name, n.ns, n.addr, n.name, ADMIN
         );
     }
     let mut all_as_expected = true;
@@ -127,7 +123,7 @@ fn fleet_demo(nodes: usize, once: bool) -> ExitCode {
         bin.display(),
         f.nodes[0].config.display()
     );
-    println!("  ip netns exec {} curl -s http://{}/metrics", f.nodes[1].ns, fleet::ADMIN);
+    println!("  ip netns exec {} curl -s http://{}/metrics", f.nodes[1].ns, ADMIN);
     if !once {
         println!("Ctrl-C stops every node and removes the namespaces.");
         while !netns::interrupted() {

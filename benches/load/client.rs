@@ -295,7 +295,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, OpError> {
     Ok(Some((head_len, status, framing, keep)))
 }
 
-async fn read_more(conn: &mut Conn, buf: &mut Vec<u8>) -> Result<(), OpError> {
+/// Reads what the connection has into `buf`: end of stream is an error here.
+pub(crate) async fn read_more(conn: &mut Conn, buf: &mut Vec<u8>) -> Result<(), OpError> {
     buf.reserve(4096);
     match conn.read_buf(buf).await {
         Ok(0) => Err(OpError::Eof),

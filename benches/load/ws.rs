@@ -13,7 +13,7 @@ use std::fmt;
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::client::{Conn, OpError};
+use crate::client::{read_more, Conn, OpError};
 
 /// Appended to the client's key before hashing (RFC 6455 section 1.3).
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -238,15 +238,6 @@ impl Client {
             None => Ok(()),
             Some(what) => Err(OpError::Http(what.into())),
         }
-    }
-}
-
-async fn read_more(conn: &mut Conn, buf: &mut Vec<u8>) -> Result<(), OpError> {
-    buf.reserve(4096);
-    match conn.read_buf(buf).await {
-        Ok(0) => Err(OpError::Eof),
-        Ok(_) => Ok(()),
-        Err(e) => Err(OpError::Io(e)),
     }
 }
 

@@ -843,9 +843,9 @@ for step in steps:
 say("done")
 "#;
 
-/// GET `http://ADMIN/path` from inside `edge_ns`, with `ip netns exec`, and with the admin
-/// token of `token` when given.
-fn admin_get(edge_ns: &str, path: &str, token: Option<&Path>) -> Output {
+/// GET `http://ADMIN/path` from inside `edge_ns`, with `ip netns exec`, as an operator there
+/// would, and with the admin token of `token` when given.
+pub(crate) fn admin_get(edge_ns: &str, path: &str, token: Option<&Path>) -> Output {
     let url = format!("http://{ADMIN}{path}");
     let mut argv = vec!["ip", "netns", "exec", edge_ns, "curl", "-sSf", "--max-time", "3"];
     let auth = token.map(|t| {

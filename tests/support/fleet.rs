@@ -27,7 +27,7 @@ use std::{
 use outpost_store::testing::TestPostgres;
 
 use crate::{
-    edge::origin_script,
+    edge::{admin_get, origin_script, ADMIN},
     netns::{
         self, add_namespace, add_veth, check_prerequisites, host, outpost_bin, run, Daemon, Output,
         COMMAND_LIMIT, PYTHON,
@@ -42,7 +42,6 @@ const HUB_MAC: &str = "02:00:c6:12:14:01";
 /// The origin's port in the hub namespace.
 pub const ORIGIN_PORT: u16 = 8080;
 /// Each edge's admin listener, on its own namespace's loopback.
-pub const ADMIN: &str = "127.0.0.1:9901";
 
 pub(crate) const HUB_NS_PREFIX: &str = "oph-";
 pub(crate) const CLIENT_NS_PREFIX: &str = "opk-";
@@ -211,22 +210,6 @@ impl Fleet {
     pub fn stop_node(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         self.nodes[i].outpost.take().and_then(|mut d| d.stop(STOP_LIMIT))
     }
-}
-
-/// GET on the admin listener of the edge in `ns`, as an operator there would: curl, with the
-/// admin token of `token` when given.
-fn admin_get(ns: &str, path: &str, token: Option<&Path>) -> Output {
-    let url = format!("http://{ADMIN}{path}");
-    let mut argv = vec!["ip", "netns", "exec", ns, "curl", "-sSf", "--max-time", "3"];
-    let auth = token.map(|t| {
-        let t = fs::read_to_string(t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));
-        format!("Authorization: Bearer {}", t.trim())
-    });
-    if let Some(a) = &auth {
-        argv.extend(["-H", a]);
-    }
-    argv.push(&url);
-    run(None, &argv, COMMAND_LIMIT)
 }
 
 impl Drop for Fleet {
