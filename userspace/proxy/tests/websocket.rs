@@ -125,6 +125,45 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// `ws.py client drain`: an open WebSocket echoing a message every 100 ms until the edge
+/// closes it; started and connected (its first line, `open`), then its report.
+struct DrainClient {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl DrainClient {
+    fn start(port: u16) -> DrainClient {
+        let mut child = Command::new(python())
+            .arg(script())
+            .args(["client", "drain", "--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the client");
+        let lines = lines_of(child.stdout.take().expect("piped"));
+        let first = lines.recv_timeout(Duration::from_secs(15));
+        if first.as_deref() != Ok("open") {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the client did not connect: {first:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        DrainClient { child, lines }
+    }
+
+    /// Its report, once it ends (within `limit`), as JSON.
+    fn finish(mut self, limit: Duration) -> Value {
+        let last = self.lines.recv_timeout(limit);
+        let _ = self.child.kill();
+        let out = self.child.wait_with_output().unwrap();
+        report("drain", &last.unwrap_or_default(), &String::from_utf8_lossy(&out.stderr))
+    }
+}
+
 /// Runs a client scenario of `ws.py` against the edge; its JSON report.
 fn client(edge: &Outpost, scenario: &str) -> Value {
     let out = run_client(
@@ -318,27 +357,10 @@ fn a_silent_upgraded_connection_is_closed_when_idle(io: &str) {
 fn sigterm_closes_upgraded_connections_after_the_grace_period(io: &str) {
     let origin = WsOrigin::start();
     let mut o = edge(io, &origin, "");
-    let mut child = Command::new(python())
-        .arg(script())
-        .args(["client", "--port", &o.https.to_string(), "drain"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the client");
-    let lines = lines_of(child.stdout.take().expect("piped"));
-    let first = lines.recv_timeout(Duration::from_secs(15));
-    if first.as_deref() != Ok("open") {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!("the client did not connect: {first:?} {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let client = DrainClient::start(o.https);
     let sigterm = Instant::now();
     o.signal(libc::SIGTERM);
-    let last = lines.recv_timeout(Duration::from_secs(20));
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let v = report("drain", &last.unwrap_or_default(), &String::from_utf8_lossy(&out.stderr));
+    let v = client.finish(Duration::from_secs(20));
     let closed = sigterm.elapsed().as_secs_f64();
     assert_eq!(v["end"], "closed", "{v}");
     assert!((4.5..9.0).contains(&closed), "closed {closed} s after SIGTERM, grace 5 s: {v}");
@@ -464,29 +486,12 @@ fn a_filter_can_close_an_upgraded_connection(io: Backend) {
         }
     });
     wait_for_admin(admin);
-    let mut child = Command::new(python())
-        .arg(script())
-        .args(["client", "drain", "--port", &https.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the client");
-    let lines = lines_of(child.stdout.take().expect("piped"));
-    let first = lines.recv_timeout(Duration::from_secs(15));
-    if first.as_deref() != Ok("open") {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!("the client did not connect: {first:?} {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let client = DrainClient::start(https);
     // Echoes go on until the filter's signal.
     thread::sleep(Duration::from_millis(500));
     let revoked = Instant::now();
     revoke.send_replace(true);
-    let last = lines.recv_timeout(Duration::from_secs(10));
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let v = report("drain", &last.unwrap_or_default(), &String::from_utf8_lossy(&out.stderr));
+    let v = client.finish(Duration::from_secs(10));
     assert_eq!(v["end"], "closed", "{v}");
     assert!(revoked.elapsed() < Duration::from_secs(3), "closed late: {v}");
     assert!(v["echoes"].as_u64().is_some_and(|n| n >= 3), "{v}");
