@@ -12,7 +12,7 @@ use std::{
 use anyhow::Result;
 use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Reply, RouteFactory, RouteSpec, Session};
 use outpost_proxy::{Registry, RunOptions};
-use outpost_testkit::{curl, free_port, http_get, stdout, wait_for_admin, TempDir};
+use outpost_testkit::{curl, http_get, stdout, wait_for_admin, InProcessConfig, TempDir};
 
 /// How long each piece of left-behind work takes.
 const WORK: Duration = Duration::from_secs(5);
@@ -67,18 +67,10 @@ fn metric(admin: u16, series: &str) -> u64 {
 fn work_after_the_response_never_delays_it_is_bounded_and_survives_sigterm() {
     let dir = TempDir::new("after");
     let log = dir.0.join("finished.log");
-    let (https, admin) = (free_port(), free_port());
-    let config = dir.0.join("outpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
-             data_dir = \"{}\"\nworkers = 1\nshutdown_grace_ms = 10000\n\
-             [after_response]\nmax_pending = 2\n[[routes]]\nhandler = \"slow\"\n",
-            dir.0.join("data").display()
-        ),
-    )
-    .unwrap();
+    let InProcessConfig { path: config, https, admin } = InProcessConfig::write(
+        &dir,
+        "shutdown_grace_ms = 10000\n[after_response]\nmax_pending = 2\n[[routes]]\nhandler = \"slow\"\n",
+    );
     let registry = Registry::new().route(SlowFactory(log.clone()));
     let server = thread::spawn(move || {
         outpost_proxy::run(RunOptions { config: Some(config), registry, ..RunOptions::default() })

@@ -22,7 +22,7 @@ use std::{
 
 use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Reply, RouteFactory, RouteSpec, Session};
 use outpost_proxy::{config::TlsConfig, io::Backend, Registry, RunOptions};
-use outpost_testkit::{free_port, python, run_client, wait_for_admin, TempDir};
+use outpost_testkit::{python, run_client, wait_for_admin, InProcessConfig, TempDir};
 
 /// One crafted exchange and what should come of it.
 struct Case {
@@ -284,17 +284,8 @@ fn edge(io: Backend) -> u16 {
     let i = BACKENDS.iter().position(|b| *b == io).expect("a backend of BACKENDS");
     *EDGES[i].get_or_init(|| {
         let dir = TempDir::new("records");
-        let (https, admin) = (free_port(), free_port());
-        let config = dir.0.join("outpost.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
-                 data_dir = \"{}\"\nworkers = 1\n[[routes]]\nhandler = \"ok\"\n",
-                dir.0.join("data").display()
-            ),
-        )
-        .unwrap();
+        let InProcessConfig { path: config, https, admin } =
+            InProcessConfig::write(&dir, "[[routes]]\nhandler = \"ok\"\n");
         thread::spawn(move || {
             let _dir = dir;
             let options = RunOptions {

@@ -460,17 +460,8 @@ fn a_filter_can_close_an_upgraded_connection(io: Backend) {
     let origin = WsOrigin::start();
     let (revoke, rx) = watch::channel(false);
     let dir = TempDir::new("ws-close-when");
-    let (https, admin) = (free_port(), free_port());
-    let config = dir.0.join("outpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
-             data_dir = \"{}\"\nworkers = 1\n[[routes]]\nhandler = \"revocable\"\n",
-            dir.0.join("data").display()
-        ),
-    )
-    .unwrap();
+    let InProcessConfig { path: config, https, admin } =
+        InProcessConfig::write(&dir, "[[routes]]\nhandler = \"revocable\"\n");
     let server = origin.addr().parse().unwrap();
     // The edge runs until the test process ends (it is not stopped), on a thread of its own.
     thread::spawn(move || {

@@ -327,6 +327,31 @@ fn split_series(series: &str) -> (&str, Vec<&str>) {
 
 /// Waits until an edge run in-process (`outpost_proxy::run` on a thread of the test) answers
 /// on its admin listener; panics after 10 s.
+/// The config of an edge run inside the test's own process (`outpost_proxy::run`): listen
+/// and admin on free loopback ports, `data_dir` under `dir`, one worker, then `extra`.
+pub struct InProcessConfig {
+    pub path: PathBuf,
+    pub https: u16,
+    pub admin: u16,
+}
+
+impl InProcessConfig {
+    pub fn write(dir: &TempDir, extra: &str) -> InProcessConfig {
+        let (https, admin) = (free_port(), free_port());
+        let path = dir.0.join("outpost.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
+                 data_dir = \"{}\"\nworkers = 1\n{extra}",
+                dir.0.join("data").display()
+            ),
+        )
+        .unwrap();
+        InProcessConfig { path, https, admin }
+    }
+}
+
 pub fn wait_for_admin(admin: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_get(admin, "/healthz").is_none() {

@@ -16,7 +16,7 @@ use std::{
 };
 
 use outpost_proxy::{Registry, RunOptions};
-use outpost_testkit::{curl, free_port, stdout, wait_for_admin, TempDir};
+use outpost_testkit::{curl, free_port, stdout, wait_for_admin, InProcessConfig, TempDir};
 
 /// Counts every allocation and reallocation, on any thread.
 struct Counting;
@@ -104,19 +104,13 @@ fn allocations_per_keep_alive_request_through_the_origin_handler_stay_bounded() 
     // allocates nothing per request), or it dies of a broken pipe.
     thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
 
-    let (https, admin) = (free_port(), free_port());
-    let config = dir.0.join("outpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = [\"127.0.0.1:{https}\"]\nadmin = \"127.0.0.1:{admin}\"\n\
-             data_dir = \"{}\"\nworkers = 1\n\
-             [[routes]]\npath = \"/\"\n[routes.origin]\nservers = [\"127.0.0.1:{origin_port}\"]\n\
-             health_check = {{ interval_ms = 0 }}\n",
-            dir.0.join("data").display()
+    let InProcessConfig { path: config, https, admin } = InProcessConfig::write(
+        &dir,
+        &format!(
+            "[[routes]]\npath = \"/\"\n[routes.origin]\nservers = [\"127.0.0.1:{origin_port}\"]\n\
+             health_check = {{ interval_ms = 0 }}\n"
         ),
-    )
-    .unwrap();
+    );
     let registry = Registry::new().route(outpost_origin::OriginFactory::default());
     let server = thread::spawn(move || {
         outpost_proxy::run(RunOptions { config: Some(config), registry, ..RunOptions::default() })
