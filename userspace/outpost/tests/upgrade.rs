@@ -5,8 +5,10 @@
 //! on either I/O backend.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::Path,
-    process::Command,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -37,20 +39,41 @@ impl Drop for Successor {
     }
 }
 
+/// The load generator, stopped by PID whatever happens.
+struct Load(Child);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn upgrade_under_load(io: &str) {
     let origin = Origin::start("a");
     let mut o = Outpost::start(io, &route("*", "/", &[origin.addr()], ""));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade/load.py");
-    let load = {
-        let port = o.https.to_string();
-        thread::spawn(move || {
-            run_client(
-                Command::new(python()).arg(&script).args(["--port", &port, "--seconds", "8"]),
-                Duration::from_secs(40),
-            )
-        })
-    };
-    thread::sleep(Duration::from_secs(2));
+    let stop = o.dir.0.join("stop-load");
+    let mut load = Load(
+        Command::new(python())
+            .arg(&script)
+            .args(["--port", &o.https.to_string(), "--seconds", "60", "--stop"])
+            .arg(&stop)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the load"),
+    );
+    let (tx, lines) = mpsc::channel();
+    let out = load.0.stdout.take().expect("piped");
+    thread::spawn(move || {
+        BufReader::new(out).lines().map_while(Result::ok).try_for_each(|l| tx.send(l))
+    });
+    // The load is on before the upgrade begins ...
+    let line = lines.recv_timeout(Duration::from_secs(15));
+    assert_eq!(line.as_deref(), Ok("started"), "the load did not start; log:\n{}", o.log());
+    let before = o.metric("outpost_requests_total{class=\"2xx\"}");
+    assert!(before > 0, "no request reached the edge before the upgrade");
     o.signal(libc::SIGUSR2);
     let deadline = Instant::now() + Duration::from_secs(10);
     let pid = loop {
@@ -65,10 +88,11 @@ fn upgrade_under_load(io: &str) {
     let status = o.wait_exit(Duration::from_secs(15));
     assert!(status.is_some_and(|s| s.success()), "old process: {status:?}; log:\n{}", o.log());
     assert!(alive(pid), "the new process is gone; log:\n{}", o.log());
-    let out = load.join().unwrap();
-    let text = stdout(&out);
-    let v: Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text:?} {}", String::from_utf8_lossy(&out.stderr)));
+    // ... and goes on past it, against the new process alone.
+    thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, b"").unwrap();
+    let text = lines.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"));
     assert_eq!(v["failed"], 0, "{v}; log:\n{}", o.log());
     assert!(v["ok"].as_u64().unwrap() > 100, "{v}");
     // The new process serves alone now: HTTPS and the admin listener it took over.

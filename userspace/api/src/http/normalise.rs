@@ -185,7 +185,12 @@ pub fn parse_authority(s: &str) -> Result<Authority<'_>, Error> {
     };
     let port = match port {
         "" | ":" => None,
-        p => Some(parse_port(&p[1..]).ok_or(Error::Malformed("invalid port in the authority"))?),
+        // After `]`, only `:port` may follow (`[::1]x` is no authority).
+        p => Some(
+            p.strip_prefix(':')
+                .and_then(parse_port)
+                .ok_or(Error::Malformed("invalid port in the authority"))?,
+        ),
     };
     let host = if host.starts_with('[') {
         lowercase(host)
@@ -471,6 +476,9 @@ mod tests {
             ("/x", Some("app!.example.test"), 1, None, Err(400)),
             ("/x", Some("999.1.1.1"), 1, None, Err(400)),
             ("/x", Some("[::1"), 1, None, Err(400)),
+            ("/x", Some("[::1]x"), 1, None, Err(400)),
+            ("/x", Some("[::1]\u{e9}"), 1, None, Err(400)),
+            ("/x", Some("[::1]:"), 1, None, Ok(("[::1]", None, "/x"))),
             ("/x", Some("[v1.x]"), 1, None, Err(400)),
             ("/x", Some(&"a".repeat(64)), 1, None, Err(400)),
             ("http://user@app.example.test/", Some("app.example.test"), 1, None, Err(400)),

@@ -1,15 +1,18 @@
 """Steady HTTPS load for the upgrade test: KEEP clients on keep-alive connections and FRESH
-clients opening a new connection per request, for SECONDS, each request a GET that must end
-in 200. Any other outcome (an error, a reset, a connection closed without an answer) is a
-failure. One JSON object on stdout: counts of ok and failed requests, and the failures' kinds.
+clients opening a new connection per request, each request a GET that must end in 200, until
+the file STOP exists (or SECONDS, a bound). Any other outcome (an error, a reset, a connection
+closed without an answer) is a failure. Prints `started` once the first request succeeded, then
+at the end one JSON object: counts of ok and failed requests, and the failures' kinds.
 
-    load.py --port P --seconds S [--keep 4] [--fresh 2]
+    load.py --port P --stop FILE --seconds S [--keep 4] [--fresh 2]
 """
 
 import argparse
 import http.client
 import json
+import os
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,11 +27,11 @@ def context():
     return ctx
 
 
-def client(port, until, fresh, stats, lock):
+def client(port, stop, until, fresh, stats, lock):
     ctx = context()
     conn = None
     n = 0
-    while time.monotonic() < until:
+    while time.monotonic() < until and not os.path.exists(stop):
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
@@ -46,6 +49,8 @@ def client(port, until, fresh, stats, lock):
             conn = None
         with lock:
             stats[outcome] += 1
+            if outcome == "ok" and stats["ok"] == 1:
+                print("started", flush=True)
     if conn is not None:
         conn.close()
 
@@ -53,6 +58,7 @@ def client(port, until, fresh, stats, lock):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--stop", required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--keep", type=int, default=4)
     p.add_argument("--fresh", type=int, default=2)
@@ -60,7 +66,7 @@ def main():
     until = time.monotonic() + a.seconds
     stats, lock = Counter(), threading.Lock()
     threads = [
-        threading.Thread(target=client, args=(a.port, until, i >= a.keep, stats, lock))
+        threading.Thread(target=client, args=(a.port, a.stop, until, i >= a.keep, stats, lock))
         for i in range(a.keep + a.fresh)
     ]
     for t in threads:
@@ -69,6 +75,7 @@ def main():
         t.join()
     ok = stats.pop("ok", 0)
     print(json.dumps({"ok": ok, "failed": sum(stats.values()), "failures": dict(stats)}))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
