@@ -16,12 +16,24 @@ use std::{
 use outpost_testkit::*;
 use serde_json::Value;
 
-/// The new process's PID, from the old one's log line.
-fn successor_pid(o: &Outpost) -> Option<i32> {
+/// The `n`-th successor's PID (from 0), from the log line of the process that started it.
+fn successor_pid(o: &Outpost, n: usize) -> Option<i32> {
     let log = o.log();
-    let line = log.lines().find(|l| l.contains("started the new binary to take over"))?;
+    let line = log.lines().filter(|l| l.contains("started the new binary to take over")).nth(n)?;
     let at = line.find("pid=")? + 4;
     line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Waits for the `n`-th successor to be started.
+fn wait_successor(o: &Outpost, n: usize) -> Successor {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = successor_pid(o, n) {
+            return Successor(pid);
+        }
+        assert!(Instant::now() < deadline, "no successor started; log:\n{}", o.log());
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn alive(pid: i32) -> bool {
@@ -75,15 +87,8 @@ fn upgrade_under_load(io: &str) {
     let before = o.metric("outpost_requests_total{class=\"2xx\"}");
     assert!(before > 0, "no request reached the edge before the upgrade");
     o.signal(libc::SIGUSR2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pid = loop {
-        if let Some(pid) = successor_pid(&o) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no successor started; log:\n{}", o.log());
-        thread::sleep(Duration::from_millis(50));
-    };
-    let _successor = Successor(pid);
+    let successor = wait_successor(&o, 0);
+    let pid = successor.0;
     // The old process hands over, drains and exits.
     let status = o.wait_exit(Duration::from_secs(15));
     assert!(status.is_some_and(|s| s.success()), "old process: {status:?}; log:\n{}", o.log());
@@ -111,6 +116,32 @@ fn sigusr2_upgrades_under_load_without_a_failed_request_uring() {
 #[test]
 fn sigusr2_upgrades_under_load_without_a_failed_request_epoll() {
     upgrade_under_load("epoll");
+}
+
+/// The new process can be upgraded in turn: the upgrade socket is its own.
+#[test]
+fn an_upgraded_edge_upgrades_again() {
+    let origin = Origin::start("a");
+    let mut o = Outpost::start("epoll", &route("*", "/", &[origin.addr()], ""));
+    o.signal(libc::SIGUSR2);
+    let first = wait_successor(&o, 0);
+    assert!(o.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()), "{}", o.log());
+    // SAFETY: a PID this test saw started.
+    unsafe { libc::kill(first.0, libc::SIGUSR2) };
+    let second = wait_successor(&o, 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(first.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the first successor did not hand over; log:\n{}",
+            o.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(alive(second.0), "{}", o.log());
+    let out = curl(&["-w", "\n%{http_code}", &o.url("/again")]);
+    assert!(stdout(&out).ends_with("\n200"), "{}", stdout(&out));
+    assert_eq!(http_get(o.admin, "/healthz").map(|(s, _)| s), Some(200));
 }
 
 #[test]

@@ -313,48 +313,50 @@ impl Control {
                 }
             });
         }
-        let mut successor = None;
         loop {
             tokio::select! {
                 _ = drained(&mut stop) => break,
                 _ = term.recv() => self.terminate("SIGTERM"),
                 _ = int.recv() => self.terminate("SIGINT"),
                 _ = hup.recv() => self.reload(),
-                _ = usr2.recv() => successor = self.start_successor().or(successor),
+                _ = usr2.recv() => self.start_successor(),
             }
         }
-        // The successor outlives us (it was started in a session of its own).
-        drop(successor);
     }
 
     /// SIGUSR2: starts this binary again with `--upgrade`; it takes over the listening sockets
     /// and tells us to drain (see [`upgrade`]).
-    fn start_successor(&self) -> Option<std::process::Child> {
+    fn start_successor(&self) {
         let Some(argv) = self.successor.as_ref().filter(|a| !a.is_empty()) else {
             tracing::warn!("SIGUSR2: this process has no command to start a successor with");
-            return None;
+            return;
         };
         if self.shared.draining() {
             tracing::warn!("SIGUSR2: draining already; no successor started");
-            return None;
+            return;
         }
         let mut cmd = std::process::Command::new(&argv[0]);
         cmd.args(&argv[1..]).stdin(std::process::Stdio::null());
-        // Its own session: a signal to our process group (a terminal's Ctrl-C) is not its.
+        // Its own process group: a signal to ours (a terminal's Ctrl-C) is not its.
         use std::os::unix::process::CommandExt as _;
         cmd.process_group(0);
         match cmd.spawn() {
-            Ok(child) => {
+            Ok(mut child) => {
                 tracing::info!(pid = child.id(), "SIGUSR2: started the new binary to take over");
-                Some(child)
+                // Reaped if it ends while we still run (it failed to take over): no zombie.
+                let reaper = thread::Builder::new().name("outpost-successor".into());
+                let _ = reaper.spawn(move || match child.wait() {
+                    Ok(s) if !s.success() => {
+                        tracing::error!(status = %s, "the new binary did not take over")
+                    }
+                    _ => {}
+                });
             }
             Err(e) => {
-                tracing::error!(error = %e, program = ?argv[0], "SIGUSR2: cannot start the new binary");
-                None
+                tracing::error!(error = %e, program = ?argv[0], "SIGUSR2: cannot start the new binary")
             }
         }
     }
-
     fn terminate(&self, name: &str) {
         if self.shared.draining() {
             tracing::warn!("second {name}: exiting now");

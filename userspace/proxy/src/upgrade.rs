@@ -44,6 +44,8 @@ use crate::shared::Shared;
 
 /// How long either side waits for the other at each step.
 const STEP: Duration = Duration::from_secs(30);
+/// Pause after a failed accept on the upgrade socket.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most descriptors one hand-over carries (the kernel's SCM_RIGHTS limit is 253).
 const MAX_FDS: usize = 253;
 
@@ -95,30 +97,32 @@ pub async fn offer(data_dir: PathBuf, handover: Handover, shared: Arc<Shared>) {
             return;
         }
     };
-    let mut handover = Some(handover);
     loop {
-        let Ok((conn, _)) = listener.accept().await else { continue };
-        let Some(h) = handover.take() else { return };
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade socket: accept failed");
+                crate::io::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         // Blocking I/O with timeouts on the control thread: an upgrade is rare, and nothing
         // else the control thread does is urgent for a few seconds.
         let result = conn.into_std().and_then(|c| {
             c.set_nonblocking(false)?;
             Ok(c)
         });
-        match result.map_err(anyhow::Error::from).and_then(|c| give(c, &h)) {
+        match result.map_err(anyhow::Error::from).and_then(|c| give(c, &handover)) {
             Ok(()) => {
                 tracing::info!(
                     "upgrade: the new process serves from our sockets; draining (no new \
                      connections; in-flight requests finish)"
                 );
                 shared.hand_over();
-                let _ = std::fs::remove_file(&path);
+                // The socket file is the new process's now (it bound its own at that path).
                 return;
             }
-            Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "upgrade failed; serving on");
-                handover = Some(h);
-            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "upgrade failed; serving on"),
         }
     }
 }
@@ -157,8 +161,9 @@ fn give(mut conn: UnixStream, h: &Handover) -> Result<()> {
     if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         bail!("the descriptors do not fit the control message");
     }
-    let sent =
-        rustix::net::sendmsg(&conn, &[IoSlice::new(&text)], &mut control, SendFlags::empty())?;
+    let sent = retry(|| {
+        rustix::net::sendmsg(&conn, &[IoSlice::new(&text)], &mut control, SendFlags::empty())
+    })?;
     if sent != text.len() {
         bail!("the offer went out short ({sent} of {} bytes)", text.len());
     }
@@ -201,12 +206,14 @@ pub fn take(data_dir: &Path) -> Result<Inherited> {
     let mut text = vec![0u8; 64 * 1024];
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        &conn,
-        &mut [IoSliceMut::new(&mut text)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
+    let got = retry(|| {
+        rustix::net::recvmsg(
+            &conn,
+            &mut [IoSliceMut::new(&mut text)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })
     .context("receiving the listening sockets")?;
     let mut fds: Vec<OwnedFd> = Vec::new();
     for msg in control.drain() {
@@ -230,4 +237,14 @@ pub fn take(data_dir: &Path) -> Result<Inherited> {
     }
     let admin = TcpListener::from(fds.next().expect("counted above"));
     Ok(Inherited { https, admin: (offer.admin, admin), conn })
+}
+
+/// Runs `op` again when a signal interrupted it (EINTR), as std's own I/O does.
+fn retry<T>(mut op: impl FnMut() -> rustix::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match op() {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
 }
