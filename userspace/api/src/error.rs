@@ -68,6 +68,12 @@ impl Error {
         Box::new(Error { kind, source, context, cause: Some(cause.into()) })
     }
 
+    /// A request head the client got wrong (malformed, too large, not normalisable): its
+    /// status is the codec error's.
+    pub fn bad_head(e: http::Error) -> Box<Error> {
+        Error::because(ErrorKind::BadRequest(e.clone()), ErrorSource::Downstream, "request head", e)
+    }
+
     /// The status a client gets for this error, when no response has started.
     pub fn status(&self) -> u16 {
         match &self.kind {

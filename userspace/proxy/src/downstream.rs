@@ -199,10 +199,9 @@ impl Downstream for Http1 {
     fn start_body(&mut self, req: &Request<'_>, max: u64) -> Body {
         // Framing was checked by the codec.
         let body = req.body().unwrap_or(Body::Empty);
-        let expect = req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
         self.body = BodyDecoder::new(body, max);
         self.body_untouched = true;
-        self.continue_pending = expect && !self.body.is_done();
+        self.continue_pending = req.expects_continue() && !self.body.is_done();
         self.chunked_ok = req.minor_version >= 1;
         self.chunked = false;
         body

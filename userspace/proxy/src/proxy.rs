@@ -110,6 +110,20 @@ struct Upgraded {
     early: Vec<u8>,
 }
 
+/// Decides the request's one authority, path and set of fields (`http::normalise`), which every
+/// later step reads; counts the fields dropped. Both connection drivers call it on each request
+/// before [`handle`]; an error is the client's (400, 405), to refuse with.
+pub(crate) fn normalise(
+    worker: &Worker,
+    live: &Live,
+    client: &ClientInfo,
+    req: &mut Request<'_>,
+) -> Result<()> {
+    let dropped = http::normalise(req, &live.rules(client)).map_err(Error::bad_head)?;
+    worker.shared.metrics.dropped_fields(&dropped);
+    Ok(())
+}
+
 /// Serves one request; returns whether the connection stays open (HTTP/1.1).
 ///
 /// `req` borrows its fields from the head's buffer for as long as `ds` and `client` are lent.

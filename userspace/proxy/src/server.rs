@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use outpost_api::{pooled::Pooled, ClientInfo, Reply, TlsInfo};
 
 use crate::{
-    downstream::{Downstream as _, Http1},
+    downstream::{Downstream, Http1},
     error::{Error, ErrorKind, ErrorSource},
     floor, h2, http, io, legacy, proxy,
     shared::{drained, Shared},
@@ -294,12 +294,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
             let bad = match http::parse_request(&head, &live.limits) {
                 Ok(Some(r)) => break r,
                 Ok(None) => None,
-                Err(e) => Some(Error::because(
-                    ErrorKind::BadRequest(e.clone()),
-                    ErrorSource::Downstream,
-                    "request head",
-                    e,
-                )),
+                Err(e) => Some(Error::bad_head(e)),
             };
             if let Some(e) = bad {
                 Box::pin(refuse(worker, ds, &e)).await;
@@ -324,21 +319,11 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
                 if rest.len() <= io::IDLE_READ { io::buf::take_idle() } else { io::buf::take() };
             ds.buf.extend_from_slice(rest);
         }
-        // The one authority, path and set of fields every later step reads.
-        match http::normalise(&mut req, &live.rules(client)) {
-            Ok(dropped) => worker.shared.metrics.dropped_fields(&dropped),
-            Err(e) => {
-                drop(req);
-                let e = Error::because(
-                    ErrorKind::BadRequest(e.clone()),
-                    ErrorSource::Downstream,
-                    "request head",
-                    e,
-                );
-                io::buf::give(head);
-                Box::pin(refuse(worker, ds, &e)).await;
-                return;
-            }
+        if let Err(e) = proxy::normalise(worker, &live, client, &mut req) {
+            drop(req);
+            io::buf::give(head);
+            Box::pin(refuse(worker, ds, &e)).await;
+            return;
         }
         // Out of line (see `connection`), so the idle wait stays small; in a pooled block, so
         // that takes no allocation per request.
@@ -360,7 +345,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
 }
 
 /// Answers a request the proxy refused before routing it (400/408/413/431/501), and counts it.
-async fn refuse(worker: &Worker, ds: &mut Http1, e: &Error) {
+pub(crate) async fn refuse<D: Downstream>(worker: &Worker, ds: &mut D, e: &Error) {
     let status = e.status();
     tracing::debug!(status, error = %e, "request refused");
     worker.shared.metrics.request(ds.proto(), status, status == 400);

@@ -210,6 +210,8 @@ fn expect_100_continue_gets_its_100_before_the_body() {
     );
     // The origin gets no `expect`: the edge answered it.
     assert!(!body.to_ascii_lowercase().contains("expect"), "{v}");
+    // The 100 is ours, not a refusal.
+    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"header_list_over_limit\"}"), 0);
 }
 
 #[test]

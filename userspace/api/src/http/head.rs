@@ -67,6 +67,12 @@ impl Request<'_> {
         fields::keep_alive(&self.headers, self.minor_version)
     }
 
+    /// Whether the client sent `Expect: 100-continue` (RFC 9110 §10.1.1): it waits for a
+    /// `100 Continue` before sending its body.
+    pub fn expects_continue(&self) -> bool {
+        self.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+    }
+
     /// Whether this request asks for the connection to become a WebSocket (RFC 6455 §4.1): an
     /// HTTP/1.1 `GET` whose `Connection` lists `upgrade` and whose `Upgrade` lists `websocket`
     /// (both case-insensitive), without a body.

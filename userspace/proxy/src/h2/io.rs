@@ -4,10 +4,10 @@
 //! The adapter: h2 polls; each poll drives one future of the split connection
 //! ([`TlsReader::read`], [`TlsWriter::send`], halves borrowed from the driver's `TlsConn`), kept
 //! across polls until it completes, so a completion-based read (io_uring) is never dropped half
-//! way. Plaintext h2 writes is collected
-//! and sealed into TLS records when h2 flushes. What it costs per read or flush: one boxed
-//! future (a small allocation) and one copy of the plaintext (into h2's buffer when reading,
-//! out of it when writing); the socket I/O and the record layer are the same as HTTP/1.1's.
+//! way. Plaintext h2 writes is collected and sealed into TLS records when h2 flushes. What it
+//! costs per read or flush: one type-erased future in the worker's pool of blocks
+//! ([`Pooled`], no allocation once warm) and one copy of the plaintext (into h2's buffer when
+//! reading, out of it when writing); the socket I/O and the record layer are HTTP/1.1's.
 //!
 //! The guard reads only the 9-byte header of each frame the client sends (h2 parses the
 //! frames themselves) and keeps two token buckets: resets (RST_STREAM, CVE-2023-44487's rapid
@@ -16,7 +16,7 @@
 
 use std::{
     cell::RefCell,
-    collections::BTreeSet,
+    collections::VecDeque,
     future::Future,
     io as stdio,
     pin::Pin,
@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use outpost_api::pooled::Pooled;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::Notify,
@@ -57,8 +58,8 @@ const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const ACK: u8 = 0x1;
 
-type Reading<'a> = Pin<Box<dyn Future<Output = (TlsReader<'a>, stdio::Result<Vec<u8>>)> + 'a>>;
-type Writing<'a> = Pin<Box<dyn Future<Output = (TlsWriter<'a>, Vec<u8>, stdio::Result<()>)> + 'a>>;
+type Reading<'a> = Pooled<dyn Future<Output = (TlsReader<'a>, stdio::Result<Vec<u8>>)> + 'a>;
+type Writing<'a> = Pooled<dyn Future<Output = (TlsWriter<'a>, Vec<u8>, stdio::Result<()>)> + 'a>;
 
 /// A handle on the connection's I/O: h2 owns one, the driver keeps one to learn of a
 /// refusal and to flush what h2 left once it is done with the connection.
@@ -155,7 +156,7 @@ impl State<'_> {
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
         loop {
             if let Some(w) = self.writing.as_mut() {
-                let (writer, mut buf, res) = std::task::ready!(w.as_mut().poll(cx));
+                let (writer, mut buf, res) = std::task::ready!(Pin::new(w).poll(cx));
                 self.writing = None;
                 self.writer = Some(writer);
                 buf.clear();
@@ -173,7 +174,7 @@ impl State<'_> {
                 return Poll::Ready(Err(stdio::ErrorKind::NotConnected.into()));
             };
             let buf = std::mem::take(&mut self.out);
-            self.writing = Some(Box::pin(async move {
+            self.writing = Some(Pooled::future(async move {
                 let res = writer.send(&buf).await;
                 (writer, buf, res)
             }));
@@ -213,13 +214,13 @@ impl AsyncRead for H2Io<'_> {
                 let mut plain = std::mem::take(&mut st.plain);
                 plain.clear();
                 st.at = 0;
-                st.reading = Some(Box::pin(async move {
+                st.reading = Some(Pooled::future(async move {
                     let res = reader.read(&mut plain).await;
                     (reader, res.map(|_| plain))
                 }));
             }
             let reading = st.reading.as_mut().expect("started above");
-            let (reader, res) = std::task::ready!(reading.as_mut().poll(cx));
+            let (reader, res) = std::task::ready!(Pin::new(reading).poll(cx));
             st.reading = None;
             st.reader = Some(reader);
             let plain = res?;
@@ -229,7 +230,7 @@ impl AsyncRead for H2Io<'_> {
                 continue;
             }
             if st.refused.is_none() {
-                if let Some(why) = st.guard.observe(&plain, Instant::now()) {
+                if let Some(why) = st.guard.observe(&plain, Instant::now) {
                     st.refused = Some(why);
                     st.notify.notify_one();
                 }
@@ -339,18 +340,21 @@ impl Guard {
         }
     }
 
-    /// Takes the next bytes the client sent; the refusal when a budget ran out.
-    fn observe(&mut self, b: &[u8], now: Instant) -> Option<H2Refusal> {
+    /// Takes the next bytes the client sent; the refusal when a budget ran out. The clock is
+    /// read only for a frame a budget counts (most reads have none).
+    fn observe(&mut self, b: &[u8], clock: impl Fn() -> Instant) -> Option<H2Refusal> {
         let (resets, control) = (&mut self.resets, &mut self.control);
         let mut refused = None;
+        let mut time = None;
+        let mut now = || *time.get_or_insert_with(&clock);
         self.walker.walk(b, |seen| {
             let Seen::Head(typ, flags, _) = seen else { return true };
             refused = match typ {
-                RST_STREAM if !resets.take(now) => Some(H2Refusal::RapidReset),
-                PING | SETTINGS if flags & ACK == 0 && !control.take(now) => {
+                RST_STREAM if !resets.take(now()) => Some(H2Refusal::RapidReset),
+                PING | SETTINGS if flags & ACK == 0 && !control.take(now()) => {
                     Some(H2Refusal::ControlFlood)
                 }
-                PRIORITY if !control.take(now) => Some(H2Refusal::ControlFlood),
+                PRIORITY if !control.take(now()) => Some(H2Refusal::ControlFlood),
                 _ => None,
             };
             refused.is_none()
@@ -372,9 +376,9 @@ struct SentWatch {
     debug: Vec<u8>,
     /// The error code of the RST_STREAM going by, as it arrives.
     code: Vec<u8>,
-    /// Streams the driver accepted and has not answered yet (the oldest dropped past
-    /// [`TRACKED`]: streams the client reset before an answer).
-    accepted: BTreeSet<u32>,
+    /// Streams the driver accepted whose response has not ended, in increasing order as
+    /// clients open them (the oldest dropped past [`TRACKED`]).
+    accepted: VecDeque<u32>,
     metrics: Arc<Metrics>,
 }
 
@@ -382,7 +386,9 @@ struct SentWatch {
 const GOAWAY: u8 = 0x7;
 const GOAWAY_FIXED: usize = 8;
 const DEBUG_KEPT: usize = 64;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
 const REFUSED_STREAM: u32 = 0x7;
 /// Accepted streams remembered until answered: far more than can be in flight at once.
 const TRACKED: usize = 4096;
@@ -394,15 +400,15 @@ impl SentWatch {
             frame: 0,
             debug: Vec::new(),
             code: Vec::new(),
-            accepted: BTreeSet::new(),
+            accepted: VecDeque::new(),
             metrics,
         }
     }
 
     fn accepted(&mut self, stream: u32) {
-        self.accepted.insert(stream);
+        self.accepted.push_back(stream);
         if self.accepted.len() > TRACKED {
-            self.accepted.pop_first();
+            self.accepted.pop_front();
         }
     }
 
@@ -410,15 +416,22 @@ impl SentWatch {
         let SentWatch { frame, debug, code, accepted, metrics, .. } = self;
         self.walker.walk(b, |seen| {
             match seen {
-                Seen::Head(typ, _, stream) => {
+                Seen::Head(typ, flags, stream) => {
                     *frame = typ;
+                    let ours = accepted.binary_search(&stream);
                     match typ {
                         GOAWAY => debug.clear(),
-                        RST_STREAM => code.clear(),
-                        HEADERS if !accepted.remove(&stream) => {
+                        // A 100 (informational) and the response: HEADERS twice for a stream.
+                        HEADERS if ours.is_err() => {
                             metrics.h2_refused(H2Refusal::HeaderListOverLimit)
                         }
+                        RST_STREAM => code.clear(),
+                        HEADERS | DATA if flags & END_STREAM == 0 => return true,
                         _ => {}
+                    }
+                    // The stream's response ended (END_STREAM) or it was reset.
+                    if let (HEADERS | DATA | RST_STREAM, Ok(at)) = (typ, ours) {
+                        accepted.remove(at);
                     }
                 }
                 Seen::Payload(bytes, at) if *frame == GOAWAY => {
@@ -495,24 +508,24 @@ mod tests {
         }
         bytes.extend(data);
         for chunk in bytes.chunks(5) {
-            assert_eq!(g.observe(chunk, now), None);
+            assert_eq!(g.observe(chunk, || now), None);
         }
         assert_eq!(g.control.tokens, CONTROL_BURST - 1);
         assert_eq!(g.resets.tokens, RESET_BURST);
         for i in 0..RESET_BURST {
-            assert_eq!(g.observe(&frame(RST_STREAM, 0, 4), now), None, "reset {i}");
+            assert_eq!(g.observe(&frame(RST_STREAM, 0, 4), || now), None, "reset {i}");
         }
-        assert_eq!(g.observe(&frame(RST_STREAM, 0, 4), now), Some(H2Refusal::RapidReset));
+        assert_eq!(g.observe(&frame(RST_STREAM, 0, 4), || now), Some(H2Refusal::RapidReset));
         let mut g = Guard::new();
-        g.observe(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", now);
+        g.observe(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", || now);
         let pings: Vec<u8> = (0..CONTROL_BURST).flat_map(|_| frame(PING, 0, 8)).collect();
-        assert_eq!(g.observe(&pings, now), None);
+        assert_eq!(g.observe(&pings, || now), None);
         // Acks cost nothing; time refills.
-        assert_eq!(g.observe(&frame(PING, ACK, 8), now), None);
-        assert_eq!(g.observe(&frame(PING, 0, 8), now), Some(H2Refusal::ControlFlood));
+        assert_eq!(g.observe(&frame(PING, ACK, 8), || now), None);
+        assert_eq!(g.observe(&frame(PING, 0, 8), || now), Some(H2Refusal::ControlFlood));
         let later = now + Duration::from_secs(1);
-        assert_eq!(g.observe(&[0; 8], later), None, "the refused PING's payload");
-        assert_eq!(g.observe(&frame(PING, 0, 8), later), None);
+        assert_eq!(g.observe(&[0; 8], || later), None, "the refused PING's payload");
+        assert_eq!(g.observe(&frame(PING, 0, 8), || later), None);
     }
 
     #[test]
@@ -524,8 +537,13 @@ mod tests {
             f[5..9].copy_from_slice(&id.to_be_bytes());
             f
         };
-        // Our answer to stream 1; h2's own 431 to stream 3; REFUSED_STREAM on 5, CANCEL on 1.
+        w.accepted(7);
+        // Our answer to stream 1; h2's own 431 to stream 3; REFUSED_STREAM on 5, CANCEL on 1;
+        // on 7 a 100, the response's HEADERS and its DATA.
         let mut bytes = stream(frame(HEADERS, 0x4, 12), 1);
+        bytes.extend(stream(frame(HEADERS, 0x4, 3), 7));
+        bytes.extend(stream(frame(HEADERS, 0x4, 12), 7));
+        bytes.extend(stream(frame(DATA, END_STREAM, 5), 7));
         bytes.extend(frame(PING, ACK, 8));
         bytes.extend(stream(frame(HEADERS, 0x5, 5), 3));
         let mut reset = stream(frame(RST_STREAM, 0, 4), 5);
@@ -541,6 +559,7 @@ mod tests {
             w.observe(chunk);
         }
         assert_eq!(w.debug, b"too_many_resets");
+        assert!(w.accepted.is_empty(), "{:?}", w.accepted);
         let text = metrics.render(None);
         for (reason, n) in [("too_many_streams", 1), ("header_list_over_limit", 1)] {
             let line = format!("outpost_h2_refused_total{{reason=\"{reason}\"}} {n}\n");

@@ -33,16 +33,16 @@ use std::{cell::Cell, rc::Rc, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use h2::Reason;
-use outpost_api::{ClientInfo, Reply};
+use outpost_api::{pooled::Pooled, ClientInfo};
 use tokio::sync::Notify;
 
 use crate::{
-    downstream::Downstream as _,
-    error::{Error, ErrorKind, ErrorSource},
+    error::Error,
     http::{self, HeadStr, Header, Headers, Request},
     io as seam,
-    metrics::{H2Refusal, Proto},
+    metrics::H2Refusal,
     proxy,
+    server::refuse,
     shared::{drained, Live},
     tls::{TlsConn, TlsReader, TlsWriter},
     worker::Worker,
@@ -154,8 +154,8 @@ async fn drive(
                 let ds = H2Stream::new(body, respond, live.body_timeout, metrics.clone());
                 open.open.set(open.open.get() + 1);
                 let guard = StreamGuard(open.clone());
-                // Boxed: the request path's future is large, and spawning moves it.
-                let task = Box::pin(stream(worker.clone(), live, client.clone(), parts, ds));
+                // Pooled: the request path's future is large, and spawning would move it.
+                let task = Pooled::future(stream(worker.clone(), live, client.clone(), parts, ds));
                 seam::spawn(async move {
                     task.await;
                     drop(guard);
@@ -206,17 +206,8 @@ async fn stream(
         Ok(r) => r,
         Err(e) => return refuse(&worker, &mut ds, &e).await,
     };
-    match http::normalise(&mut req, &live.rules(&client)) {
-        Ok(dropped) => worker.shared.metrics.dropped_fields(&dropped),
-        Err(e) => {
-            let e = Error::because(
-                ErrorKind::BadRequest(e.clone()),
-                ErrorSource::Downstream,
-                "request head",
-                e,
-            );
-            return refuse(&worker, &mut ds, &e).await;
-        }
+    if let Err(e) = proxy::normalise(&worker, &live, &client, &mut req) {
+        return refuse(&worker, &mut ds, &e).await;
     }
     proxy::handle(&worker, &live, &mut ds, &client, req).await;
 }
@@ -224,9 +215,7 @@ async fn stream(
 /// The stream's head as the one request every later step reads (see the module docs); the
 /// limits of an HTTP/1.1 head apply to it as if it had been sent as one.
 fn request(parts: &::http::request::Parts, live: &Live) -> Result<Request<'static>, Box<Error>> {
-    let bad = |e: http::Error| {
-        Error::because(ErrorKind::BadRequest(e.clone()), ErrorSource::Downstream, "request head", e)
-    };
+    let bad = Error::bad_head;
     let limits = &live.limits;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut headers = Headers::new();
@@ -284,18 +273,6 @@ fn request(parts: &::http::request::Parts, live: &Live) -> Result<Request<'stati
         return Err(bad(http::Error::BodyTooLarge));
     }
     Ok(req)
-}
-
-/// Answers a stream the proxy refused before routing it (400/405/413/431), and counts it.
-async fn refuse(worker: &Worker, ds: &mut H2Stream, e: &Error) {
-    let status = e.status();
-    tracing::debug!(status, error = %e, "HTTP/2 request refused");
-    worker.shared.metrics.request(Proto::H2, status, status == 400);
-    let mut reply = Reply::json_error(status, &e.public_message());
-    if status == 405 {
-        reply = reply.header("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
-    }
-    let _ = ds.write_reply(reply, false, false).await;
 }
 
 /// Counts a connection h2 ended for abuse (GOAWAY ENHANCE_YOUR_CALM), by the debug data of the

@@ -17,10 +17,6 @@ use crate::{
     metrics::{H2Refusal, Metrics, Proto},
 };
 
-/// Fields HTTP/2 forbids (RFC 9113 §8.2.2): connection-specific, the framing of HTTP/1.1.
-const CONNECTION_SPECIFIC: [&str; 6] =
-    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"];
-
 pub(super) struct H2Stream {
     recv: RecvStream,
     respond: SendResponse<Bytes>,
@@ -123,8 +119,7 @@ impl Downstream for H2Stream {
     /// checks the frames add up), else until END_STREAM, which goes upstream chunked.
     fn start_body(&mut self, req: &Request<'_>, max: u64) -> Body {
         self.max_body = max;
-        let expect = req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-        self.continue_pending = expect && !self.body_done;
+        self.continue_pending = req.expects_continue() && !self.body_done;
         self.body = if self.body_done {
             Body::Empty
         } else {
@@ -203,7 +198,7 @@ impl Downstream for H2Stream {
         *head.status_mut() = status(reply.status);
         let fields = head.headers_mut();
         for h in &reply.headers {
-            if h.name.eq_ignore_ascii_case("content-length") || http::is_hop_by_hop(&h.name) {
+            if h.name.eq_ignore_ascii_case("content-length") {
                 continue;
             }
             append(fields, &h.name, &h.value);
@@ -284,10 +279,11 @@ impl Downstream for H2Stream {
     }
 }
 
-/// Appends a field, lowercased as HTTP/2 requires; fields HTTP/2 forbids and values it cannot
-/// carry are left out.
+/// Appends a field, lowercased as HTTP/2 requires; values it cannot carry are left out, and
+/// hop-by-hop fields, which include every connection-specific field HTTP/2 forbids (RFC 9113
+/// §8.2.2).
 fn append(fields: &mut ::http::HeaderMap, name: &str, value: &[u8]) {
-    if CONNECTION_SPECIFIC.iter().any(|c| name.eq_ignore_ascii_case(c)) {
+    if http::is_hop_by_hop(name) {
         return;
     }
     let (Ok(name), Ok(value)) =
