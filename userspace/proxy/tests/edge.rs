@@ -164,9 +164,11 @@ fn slow_origin_is_504(io: &str) {
     let origin = Origin::start("slow");
     let o = Outpost::start(io, &route("*", "/", &[origin.addr()], "response_timeout_ms = 300"));
     let started = Instant::now();
-    let out = curl(&["-w", "\n%{http_code}", &o.url("/delay/2000")]);
+    // The origin would answer after 6 s: a 504 well before that came from the 300 ms timeout
+    // (the margin is for a loaded machine, not a measure of the timeout).
+    let out = curl(&["-w", "\n%{http_code}", &o.url("/delay/6000")]);
     assert!(stdout(&out).ends_with("\n504"), "{out:?}");
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(started.elapsed() < Duration::from_millis(4500), "504 after {:?}", started.elapsed());
     // The same connection pool still works for a fast request.
     let out = curl(&["-w", "\n%{http_code}", &o.url("/delay/10")]);
     assert!(stdout(&out).ends_with("\n200"), "{out:?}");
@@ -225,29 +227,21 @@ fn slowloris_is_cut_off(io: &str) {
         &format!("[http]\nheader_timeout_ms = 1000\n{}", route("*", "/", &[origin.addr()], "")),
     );
     let mut s = TlsSession::connect(o.https);
-    let started = Instant::now();
     assert!(s.send(b"GET / HTTP/1.1\r\nHost: a\r\n"));
-    // Keep trickling header bytes, more slowly than the timeout allows for the whole head.
-    for i in 0..4 {
+    // Keep trickling header bytes, a field every 300 ms (well within any per-read timeout), for
+    // far longer than the head's timeout: only a bound on the whole head cuts this client off,
+    // and it must do so while the client is still trickling. No wall-clock bound: a loaded
+    // machine delays the close, not the verdict.
+    let mut cut_while_trickling = false;
+    for i in 0..30 {
         thread::sleep(Duration::from_millis(300));
-        if s.closed_within(Duration::ZERO) {
-            break;
-        }
-        if !s.send(format!("X-{i}: y\r\n").as_bytes()) {
+        if s.closed_within(Duration::ZERO) || !s.send(format!("X-{i}: y\r\n").as_bytes()) {
+            cut_while_trickling = true;
             break;
         }
     }
-    assert!(
-        s.closed_within(Duration::from_secs(3)),
-        "still open after {:?}: {}",
-        started.elapsed(),
-        s.text()
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "cut off only after {:?}",
-        started.elapsed()
-    );
+    assert!(cut_while_trickling, "a 9 s trickle was not cut off: {}", s.text());
+    assert!(s.closed_within(Duration::from_secs(3)), "still open: {}", s.text());
     assert!(s.text().starts_with("HTTP/1.1 408 "), "{}", s.text());
     assert_eq!(o.metric("outpost_requests_refused_total{status=\"408\"}"), 1);
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
