@@ -17,10 +17,7 @@ use std::{
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     rc::Rc,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
+    sync::Arc,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -32,7 +29,7 @@ use ring::{
 
 use crate::{
     http::Request,
-    metrics::{MetricsSource, VersionCounts},
+    metrics::{AdminRefusal, Metrics, VersionCounts},
     plain,
     shared::Shared,
 };
@@ -105,24 +102,20 @@ pub fn respond(
 /// Who may use the admin listener: the holder of the token, from outside a browser.
 pub struct Guard {
     token: AdminToken,
-    refused_token: AtomicU64,
-    refused_browser: AtomicU64,
+    /// Where refusals are counted (`outpost_admin_refused_total`).
+    metrics: Arc<Metrics>,
 }
 
 impl Guard {
-    pub fn new(token: AdminToken) -> Arc<Guard> {
-        Arc::new(Guard {
-            token,
-            refused_token: AtomicU64::new(0),
-            refused_browser: AtomicU64::new(0),
-        })
+    pub fn new(token: AdminToken, metrics: Arc<Metrics>) -> Arc<Guard> {
+        Arc::new(Guard { token, metrics })
     }
 
     /// The refusal of `req` (for `path`), or `None` when it may go on.
     pub fn check(&self, req: &Request<'_>, path: &str) -> Option<Reply> {
         if req.method != "GET" && req.method != "HEAD" {
             if let Some(why) = from_a_browser(req) {
-                self.refused_browser.fetch_add(1, Relaxed);
+                self.metrics.admin_refused(AdminRefusal::Browser);
                 tracing::debug!(method = %req.method, path, why, "admin request refused");
                 return Some(Reply::json_error(
                     403,
@@ -133,7 +126,7 @@ impl Guard {
         if OPEN_PATHS.contains(&path) || bearer(req).is_some_and(|t| self.token.verify(t)) {
             return None;
         }
-        self.refused_token.fetch_add(1, Relaxed);
+        self.metrics.admin_refused(AdminRefusal::Token);
         tracing::debug!(method = %req.method, path, "admin request without a valid token");
         Some(
             Reply::json_error(
@@ -143,24 +136,6 @@ impl Guard {
             )
             .header("WWW-Authenticate", "Bearer realm=\"outpost admin\""),
         )
-    }
-
-    /// `outpost_admin_refused_total{reason}`.
-    pub fn metrics(self: &Arc<Self>) -> MetricsSource {
-        let me = self.clone();
-        Arc::new(move |o: &mut String| {
-            o.push_str(
-                "# HELP outpost_admin_refused_total Admin listener requests refused: `token` \
-                 (missing or wrong bearer token, 401), `browser` (a mutating request with an \
-                 Origin or a form body type, 403).\n# TYPE outpost_admin_refused_total counter\n",
-            );
-            for (reason, n) in [("token", &me.refused_token), ("browser", &me.refused_browser)] {
-                o.push_str(&format!(
-                    "outpost_admin_refused_total{{reason=\"{reason}\"}} {}\n",
-                    n.load(Relaxed)
-                ));
-            }
-        })
     }
 }
 
@@ -303,7 +278,7 @@ mod tests {
     use crate::http::{parse_request, Limits};
 
     fn guard(secret: &str) -> Arc<Guard> {
-        Guard::new(AdminToken::from_secret(secret).unwrap())
+        Guard::new(AdminToken::from_secret(secret).unwrap(), Metrics::new())
     }
 
     fn status(g: &Guard, raw: &str) -> Option<u16> {
@@ -342,8 +317,7 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(status(&g, raw), *want, "{raw:?}");
         }
-        let mut m = String::new();
-        g.metrics()(&mut m);
+        let m = g.metrics.render(None);
         assert!(m.contains("outpost_admin_refused_total{reason=\"token\"} 6"), "{m}");
         assert!(m.contains("outpost_admin_refused_total{reason=\"browser\"} 7"), "{m}");
     }

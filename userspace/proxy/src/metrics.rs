@@ -2,8 +2,13 @@
 //!
 //! Counters are relaxed atomics bumped on the request path. Latency goes into one
 //! hdrhistogram per worker (an uncontended lock per request); a scrape merges them.
+//!
+//! Counters and histograms go on across an upgrade: the old process sends a [`Snapshot`] to
+//! the new one, which [absorbs](Metrics::absorb) it, and later what it counted while draining
+//! ([`Snapshot::since`]); see [`crate::upgrade`]. Gauges are each process's own.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     fmt::Write as _,
     sync::{
@@ -15,6 +20,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use outpost_common::{Verdict, Version};
+use serde::{Deserialize, Serialize};
 
 /// Hellos by `[Version as usize][Verdict as usize]`, as the kernel counts them.
 pub type VersionCounts = [[u64; Verdict::COUNT]; Version::COUNT];
@@ -65,6 +71,17 @@ pub enum LegacyEnd {
 }
 
 const LEGACY_ENDS: [&str; 3] = ["handshake_failed", "closed", "timed_out"];
+
+/// Why the admin listener refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// No bearer token, or a wrong one: 401.
+    Token = 0,
+    /// A mutating request that could come from a web page: 403.
+    Browser = 1,
+}
+
+const ADMIN_REFUSALS: [&str; 2] = ["token", "browser"];
 
 /// Statuses the proxy itself answers a broken request with.
 const REFUSED: [u16; 6] = [400, 405, 408, 413, 431, 501];
@@ -139,6 +156,14 @@ const UPSTREAM_FAILURES: [&str; 5] = ["connect", "timeout", "io", "invalid_respo
 
 type Hist = Arc<Mutex<Histogram<u64>>>;
 
+/// The two histograms' names, as keys of [`Snapshot::histograms`].
+const LATENCY: &str = "outpost_request_duration_seconds";
+const LEGACY_TIME: &str = "outpost_legacy_page_seconds";
+/// Request latency in µs: 1 µs to 1 h, 3 significant digits.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+/// Time per legacy page in µs: 1 µs to 1 min.
+const LEGACY_MAX_US: u64 = 60_000_000;
+
 #[derive(Default)]
 pub struct Metrics {
     hellos: [[AtomicU64; Verdict::COUNT]; Version::COUNT],
@@ -147,7 +172,9 @@ pub struct Metrics {
     hello_incomplete: AtomicU64,
     handshakes: [AtomicU64; 2],
     handshake_failures: AtomicU64,
-    ciphers: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// By negotiated version and cipher suite (owned names only when carried from a
+    /// predecessor that knew a suite this build does not name).
+    ciphers: Mutex<BTreeMap<(&'static str, Cow<'static, str>), u64>>,
     connections: AtomicU64,
     connections_active: AtomicI64,
     requests: [[AtomicU64; 5]; PROTOS.len()],
@@ -159,22 +186,31 @@ pub struct Metrics {
     /// Client header fields dropped by normalisation, by [`DROPPED_FIELDS`].
     dropped_fields: [AtomicU64; DROPPED_FIELDS.len()],
     upstream_failures: [AtomicU64; 5],
+    /// One per worker, and one per absorbed snapshot.
     histograms: Mutex<Vec<Hist>>,
     after_started: AtomicU64,
-    after_finished: AtomicU64,
+    /// A gauge, apart from the counter: started work carried from a predecessor is not
+    /// pending here.
+    after_pending: AtomicI64,
     after_dropped: AtomicU64,
-    /// Upgraded (spliced) connections: opened, closed, bytes by [`UPGRADED_DIRECTIONS`].
+    /// Upgraded (spliced) connections: opened (a counter), open now (a gauge), bytes by
+    /// [`UPGRADED_DIRECTIONS`].
     upgraded_opened: AtomicU64,
-    upgraded_closed: AtomicU64,
+    upgraded_open: AtomicI64,
     upgraded_bytes: [AtomicU64; 2],
     /// Legacy responder: pages by `[Version][PageKind]`, early ends, time per page (µs).
     legacy_pages: [[AtomicU64; PAGE_KINDS.len()]; Version::COUNT],
     legacy_ends: [AtomicU64; LEGACY_ENDS.len()],
     legacy_time: Mutex<Option<Histogram<u64>>>,
+    /// Admin listener refusals, by [`ADMIN_REFUSALS`].
+    admin_refused: [AtomicU64; ADMIN_REFUSALS.len()],
     /// This node's name, for `outpost_node_info`.
     node: Mutex<String>,
     /// Series from outside the core (the store, applications), appended to every scrape.
     sources: Mutex<Vec<MetricsSource>>,
+    /// Set once a successor took over: the counters as sent to it, which scrapes still
+    /// answered here show (what the drain counts shows in the successor's when it is done).
+    frozen: Mutex<Option<Snapshot>>,
 }
 
 /// Renders more series into a scrape (Prometheus text, with its own HELP and TYPE lines).
@@ -205,7 +241,7 @@ impl Metrics {
         };
         self.handshakes[i].fetch_add(1, Relaxed);
         let cipher = cipher.as_str().unwrap_or("other");
-        *lock(&self.ciphers).entry((name, cipher)).or_default() += 1;
+        *lock(&self.ciphers).entry((name, Cow::Borrowed(cipher))).or_default() += 1;
     }
 
     /// The legacy responder answered a client offering `v` with its page, `took` after the
@@ -213,10 +249,8 @@ impl Metrics {
     pub fn legacy_page(&self, v: Version, kind: PageKind, took: Duration) {
         self.legacy_pages[v as usize][kind as usize].fetch_add(1, Relaxed);
         let mut h = lock(&self.legacy_time);
-        let h = h.get_or_insert_with(|| {
-            Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
-        });
-        let _ = h.record((took.as_micros() as u64).clamp(1, 60_000_000));
+        let h = h.get_or_insert_with(|| histogram(LEGACY_MAX_US));
+        let _ = h.record((took.as_micros() as u64).clamp(1, LEGACY_MAX_US));
     }
 
     /// A legacy connection ended without its page.
@@ -272,10 +306,11 @@ impl Metrics {
 
     pub fn after_response_started(&self) {
         self.after_started.fetch_add(1, Relaxed);
+        self.after_pending.fetch_add(1, Relaxed);
     }
 
     pub fn after_response_finished(&self) {
-        self.after_finished.fetch_add(1, Relaxed);
+        self.after_pending.fetch_sub(1, Relaxed);
     }
 
     pub fn after_response_dropped(&self) {
@@ -284,10 +319,16 @@ impl Metrics {
 
     pub fn upgraded_opened(&self) {
         self.upgraded_opened.fetch_add(1, Relaxed);
+        self.upgraded_open.fetch_add(1, Relaxed);
     }
 
     pub fn upgraded_closed(&self) {
-        self.upgraded_closed.fetch_add(1, Relaxed);
+        self.upgraded_open.fetch_sub(1, Relaxed);
+    }
+
+    /// The admin listener refused a request.
+    pub fn admin_refused(&self, why: AdminRefusal) {
+        self.admin_refused[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Bytes an upgraded connection carried one way.
@@ -315,9 +356,7 @@ impl Metrics {
     /// A histogram for one worker's request latencies, in microseconds (1 µs to 1 h, 3
     /// significant digits).
     pub fn latency_recorder(&self) -> Latency {
-        let h = Arc::new(Mutex::new(
-            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid"),
-        ));
+        let h = Arc::new(Mutex::new(histogram(LATENCY_MAX_US)));
         lock(&self.histograms).push(h.clone());
         Latency(h)
     }
@@ -336,6 +375,44 @@ impl Metrics {
     /// Prometheus text exposition; `kernel` holds the XDP program's counters when its maps are
     /// pinned and readable.
     pub fn render(&self, kernel: Option<&VersionCounts>) -> String {
+        let frozen = lock(&self.frozen).clone();
+        match frozen {
+            Some(s) => self.as_of(&s).render_now(kernel),
+            None => self.render_now(kernel),
+        }
+    }
+
+    /// Takes the snapshot for a successor, and shows it from now on instead of the counters,
+    /// which go on counting for [`Snapshot::since`]: a scrape this process still answers (on
+    /// an admin connection kept alive from before) is never ahead of the successor's.
+    pub fn freeze(&self) -> Snapshot {
+        let s = self.snapshot();
+        *lock(&self.frozen) = Some(s.clone());
+        s
+    }
+
+    /// The successor failed before it served: show the counters again.
+    pub fn thaw(&self) {
+        *lock(&self.frozen) = None;
+    }
+
+    /// A copy with the counters of `s` and this process's gauges, node and sources.
+    fn as_of(&self, s: &Snapshot) -> Metrics {
+        let m = Metrics::default();
+        m.absorb(s);
+        for (to, from) in [
+            (&m.connections_active, &self.connections_active),
+            (&m.after_pending, &self.after_pending),
+            (&m.upgraded_open, &self.upgraded_open),
+        ] {
+            to.store(from.load(Relaxed), Relaxed);
+        }
+        m.set_node(&lock(&self.node));
+        *lock(&m.sources) = lock(&self.sources).clone();
+        m
+    }
+
+    fn render_now(&self, kernel: Option<&VersionCounts>) -> String {
         let mut o = String::with_capacity(8192);
         if let Some(k) = kernel {
             header(
@@ -399,10 +476,7 @@ impl Metrics {
             "Completed TLS handshakes by negotiated version and cipher suite.",
         );
         for ((version, cipher), n) in lock(&self.ciphers).iter() {
-            let _ = writeln!(
-                o,
-                "outpost_tls_ciphers_total{{version=\"{version}\",cipher=\"{cipher}\"}} {n}"
-            );
+            let _ = writeln!(o, "{} {n}", cipher_series(version, cipher));
         }
         header(&mut o, "outpost_connections_total", "counter", "Accepted client connections.");
         let _ = writeln!(o, "outpost_connections_total {}", self.connections.load(Relaxed));
@@ -500,6 +574,17 @@ impl Metrics {
         self.render_legacy(&mut o);
         self.render_after_response(&mut o);
         self.render_upgraded(&mut o);
+        header(
+            &mut o,
+            "outpost_admin_refused_total",
+            "counter",
+            "Admin listener requests refused: `token` (missing or wrong bearer token, 401), \
+             `browser` (a mutating request with an Origin or a form body type, 403).",
+        );
+        for (i, reason) in ADMIN_REFUSALS.iter().enumerate() {
+            let n = self.admin_refused[i].load(Relaxed);
+            let _ = writeln!(o, "outpost_admin_refused_total{{reason=\"{reason}\"}} {n}");
+        }
         header(&mut o, "outpost_node_info", "gauge", "This edge node's name.");
         let node = lock(&self.node).replace(['"', '\\', '\n'], "_");
         let _ = writeln!(o, "outpost_node_info{{node=\"{node}\"}} 1");
@@ -564,20 +649,18 @@ impl Metrics {
     }
 
     fn render_upgraded(&self, o: &mut String) {
-        let opened = self.upgraded_opened.load(Relaxed);
-        let closed = self.upgraded_closed.load(Relaxed);
         for (name, kind, help, v) in [
             (
                 "outpost_upgraded_connections_total",
                 "counter",
                 "Connections upgraded to a WebSocket and spliced to their origin.",
-                opened,
+                self.upgraded_opened.load(Relaxed),
             ),
             (
                 "outpost_upgraded_connections",
                 "gauge",
                 "Upgraded connections open now.",
-                opened.saturating_sub(closed),
+                self.upgraded_open.load(Relaxed).max(0) as u64,
             ),
         ] {
             header(o, name, kind, help);
@@ -596,20 +679,18 @@ impl Metrics {
     }
 
     fn render_after_response(&self, o: &mut String) {
-        let started = self.after_started.load(Relaxed);
-        let finished = self.after_finished.load(Relaxed);
         for (name, kind, help, v) in [
             (
                 "outpost_after_response_total",
                 "counter",
                 "Work handlers left for after their response, started.",
-                started,
+                self.after_started.load(Relaxed),
             ),
             (
                 "outpost_after_response_pending",
                 "gauge",
                 "Work left for after the response, not finished yet.",
-                started.saturating_sub(finished),
+                self.after_pending.load(Relaxed).max(0) as u64,
             ),
             (
                 "outpost_after_response_dropped_total",
@@ -623,13 +704,18 @@ impl Metrics {
         }
     }
 
-    fn render_latency(&self, o: &mut String) {
-        let mut merged = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("static bounds are valid");
+    /// The workers' latency histograms (and those carried from a predecessor) as one.
+    fn latency(&self) -> Histogram<u64> {
+        let mut merged = histogram(LATENCY_MAX_US);
         for h in lock(&self.histograms).iter() {
             // Same bounds on both sides: adding cannot fail.
             let _ = merged.add(&*lock(h));
         }
+        merged
+    }
+
+    fn render_latency(&self, o: &mut String) {
+        let merged = self.latency();
         header(
             o,
             "outpost_request_duration_seconds",
@@ -655,8 +741,195 @@ pub struct Latency(Hist);
 
 impl Latency {
     pub fn record(&self, d: Duration) {
-        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let us = (d.as_micros() as u64).clamp(1, LATENCY_MAX_US);
         let _ = lock(&self.0).record(us);
+    }
+}
+
+/// What a process counted, for its successor: every counter series with a value (gauges are
+/// each process's own), and each histogram's recorded buckets. Series or histograms one side
+/// does not know (another build's) are left out by the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// By series as `/metrics` shows it (`name{labels}`); zeros left out.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    /// By name: counts by bucket (the bucket's highest value, µs); empty buckets left out.
+    #[serde(default)]
+    pub histograms: BTreeMap<String, BTreeMap<u64, u64>>,
+}
+
+impl Snapshot {
+    /// What was counted between `earlier` and this snapshot, both of the same process.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        fn minus<K: Ord + Clone>(
+            now: &BTreeMap<K, u64>,
+            then: &BTreeMap<K, u64>,
+        ) -> BTreeMap<K, u64> {
+            now.iter()
+                .map(|(k, n)| (k, n.saturating_sub(then.get(k).copied().unwrap_or(0))))
+                .filter(|&(_, n)| n > 0)
+                .map(|(k, n)| (k.clone(), n))
+                .collect()
+        }
+        let none = BTreeMap::new();
+        Snapshot {
+            counters: minus(&self.counters, &earlier.counters),
+            histograms: self
+                .histograms
+                .iter()
+                .map(|(name, b)| {
+                    (name.clone(), minus(b, earlier.histograms.get(name).unwrap_or(&none)))
+                })
+                .filter(|(_, b)| !b.is_empty())
+                .collect(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Everything counted so far (including what was absorbed), for a successor.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut counters = BTreeMap::new();
+        self.each_counter(|series, a| {
+            let n = a.load(Relaxed);
+            if n > 0 {
+                counters.insert(series.to_owned(), n);
+            }
+        });
+        for ((version, cipher), &n) in lock(&self.ciphers).iter() {
+            counters.insert(cipher_series(version, cipher), n);
+        }
+        let mut histograms = BTreeMap::new();
+        histograms.insert(LATENCY.to_owned(), buckets(&self.latency()));
+        if let Some(h) = lock(&self.legacy_time).as_ref() {
+            histograms.insert(LEGACY_TIME.to_owned(), buckets(h));
+        }
+        histograms.retain(|_, b| !b.is_empty());
+        Snapshot { counters, histograms }
+    }
+
+    /// Adds what another process counted: its snapshot, or what it counted since one.
+    pub fn absorb(&self, s: &Snapshot) {
+        self.each_counter(|series, a| {
+            if let Some(&n) = s.counters.get(series) {
+                a.fetch_add(n, Relaxed);
+            }
+        });
+        {
+            let mut ciphers = lock(&self.ciphers);
+            for (series, &n) in &s.counters {
+                if let Some((version, cipher)) = parse_cipher_series(series) {
+                    let cipher = Cow::Owned(cipher.to_owned());
+                    *ciphers.entry((version, cipher)).or_default() += n;
+                }
+            }
+        }
+        if let Some(b) = s.histograms.get(LATENCY) {
+            let mut h = histogram(LATENCY_MAX_US);
+            record(&mut h, b);
+            lock(&self.histograms).push(Arc::new(Mutex::new(h)));
+        }
+        if let Some(b) = s.histograms.get(LEGACY_TIME) {
+            let mut h = lock(&self.legacy_time);
+            record(h.get_or_insert_with(|| histogram(LEGACY_MAX_US)), b);
+        }
+    }
+
+    /// Every counter held in an atomic, by its series as [`Metrics::render`] writes it (the
+    /// cipher counts, in a map, are apart). A test checks the two agree.
+    fn each_counter(&self, mut f: impl FnMut(&str, &AtomicU64)) {
+        for v in Version::ALL {
+            for d in Verdict::ALL {
+                let (v, d, a) = (v.name(), d.name(), &self.hellos[v as usize][d as usize]);
+                f(&format!("outpost_hellos_total{{version=\"{v}\",verdict=\"{d}\"}}"), a);
+            }
+        }
+        for u in Unclassified::ALL {
+            let series = format!("outpost_hellos_unclassified_total{{reason=\"{}\"}}", u.name());
+            f(&series, &self.unclassified[u as usize]);
+        }
+        f("outpost_hellos_incomplete_total", &self.hello_incomplete);
+        for (name, a) in NEGOTIATED.iter().zip(&self.handshakes) {
+            f(&format!("outpost_tls_handshakes_total{{version=\"{name}\"}}"), a);
+        }
+        f("outpost_tls_handshake_failures_total", &self.handshake_failures);
+        f("outpost_connections_total", &self.connections);
+        for (version, row) in NEGOTIATED.iter().zip(&self.alpn) {
+            for (alpn, a) in ALPNS.iter().zip(row) {
+                let alpn = alpn.name();
+                f(&format!("outpost_tls_alpn_total{{version=\"{version}\",alpn=\"{alpn}\"}}"), a);
+            }
+        }
+        for (proto, row) in PROTOS.iter().zip(&self.requests) {
+            for (i, a) in row.iter().enumerate() {
+                let class = i + 1;
+                let series =
+                    format!("outpost_requests_total{{class=\"{class}xx\",proto=\"{proto}\"}}");
+                f(&series, a);
+            }
+        }
+        for (why, a) in H2_REFUSALS.iter().zip(&self.h2_refused) {
+            f(&format!("outpost_h2_refused_total{{reason=\"{why}\"}}"), a);
+        }
+        f("outpost_requests_malformed_total", &self.malformed);
+        for (status, a) in REFUSED.iter().zip(&self.refused) {
+            f(&format!("outpost_requests_refused_total{{status=\"{status}\"}}"), a);
+        }
+        for (why, a) in DROPPED_FIELDS.iter().zip(&self.dropped_fields) {
+            f(&format!("outpost_request_fields_dropped_total{{reason=\"{why}\"}}"), a);
+        }
+        for (kind, a) in UPSTREAM_FAILURES.iter().zip(&self.upstream_failures) {
+            f(&format!("outpost_upstream_failures_total{{kind=\"{kind}\"}}"), a);
+        }
+        for v in Version::ALL {
+            for (kind, a) in PAGE_KINDS.iter().zip(&self.legacy_pages[v as usize]) {
+                let v = v.name();
+                f(&format!("outpost_legacy_pages_total{{version=\"{v}\",type=\"{kind}\"}}"), a);
+            }
+        }
+        for (reason, a) in LEGACY_ENDS.iter().zip(&self.legacy_ends) {
+            f(&format!("outpost_legacy_unanswered_total{{reason=\"{reason}\"}}"), a);
+        }
+        f("outpost_after_response_total", &self.after_started);
+        f("outpost_after_response_dropped_total", &self.after_dropped);
+        f("outpost_upgraded_connections_total", &self.upgraded_opened);
+        for (direction, a) in UPGRADED_DIRECTIONS.iter().zip(&self.upgraded_bytes) {
+            f(&format!("outpost_upgraded_bytes_total{{direction=\"{direction}\"}}"), a);
+        }
+        for (reason, a) in ADMIN_REFUSALS.iter().zip(&self.admin_refused) {
+            f(&format!("outpost_admin_refused_total{{reason=\"{reason}\"}}"), a);
+        }
+    }
+}
+
+fn cipher_series(version: &str, cipher: &str) -> String {
+    format!("outpost_tls_ciphers_total{{version=\"{version}\",cipher=\"{cipher}\"}}")
+}
+
+/// The version (as this build names it) and cipher of a [`cipher_series`].
+fn parse_cipher_series(series: &str) -> Option<(&'static str, &str)> {
+    let labels =
+        series.strip_prefix("outpost_tls_ciphers_total{version=\"")?.strip_suffix("\"}")?;
+    let (version, cipher) = labels.split_once("\",cipher=\"")?;
+    let version = NEGOTIATED.into_iter().find(|&v| v == version)?;
+    Some((version, cipher))
+}
+
+/// A histogram of µs from 1 to `max`, 3 significant digits.
+fn histogram(max: u64) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, max, 3).expect("static bounds are valid")
+}
+
+fn buckets(h: &Histogram<u64>) -> BTreeMap<u64, u64> {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+}
+
+/// Adds `buckets` (from a histogram of the same bounds) to `h`.
+fn record(h: &mut Histogram<u64>, buckets: &BTreeMap<u64, u64>) {
+    for (&value, &n) in buckets {
+        // Out of bounds only when another build's bounds were wider: those are dropped.
+        let _ = h.record_n(value, n);
     }
 }
 
@@ -732,5 +1005,158 @@ mod tests {
             text.contains("outpost_request_duration_seconds{quantile=\"0.999\"} 0.002"),
             "{text}"
         );
+    }
+
+    /// The sample lines of `text`, by series; with `counters`, only those of counter families.
+    fn samples(text: &str, counters: bool) -> BTreeMap<String, String> {
+        let mut kinds = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap();
+                kinds.insert(name.to_owned(), kind.to_owned());
+            } else if !line.starts_with('#') {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                let name = series.split('{').next().unwrap();
+                if !counters || kinds.get(name).map(String::as_str) == Some("counter") {
+                    out.insert(series.to_owned(), value.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    fn counted(old: &Metrics) {
+        old.request(Proto::Http11, 200, false);
+        old.request(Proto::H2, 404, false);
+        old.connection_opened();
+        old.handshake(
+            rustls::ProtocolVersion::TLSv1_3,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        );
+        old.admin_refused(AdminRefusal::Token);
+        old.upgraded_opened();
+        old.after_response_started();
+        old.latency_recorder().record(Duration::from_millis(3));
+        old.legacy_page(Version::Tls10, PageKind::Text, Duration::from_millis(40));
+    }
+
+    /// `each_counter` and `render` name the same series: with every atomic counter bumped,
+    /// each counter line rendered is non-zero and is in the snapshot with the same value.
+    #[test]
+    fn the_snapshot_holds_every_rendered_counter() {
+        let m = Metrics::new();
+        let mut n = 0;
+        m.each_counter(|_, a| {
+            n += 1;
+            a.store(n, Relaxed);
+        });
+        m.handshake(rustls::ProtocolVersion::TLSv1_2, rustls::CipherSuite::Unknown(0x1234));
+        let text = m.render(None);
+        let snap = m.snapshot();
+        let rendered = samples(&text, true);
+        assert!(rendered.len() > 50, "{text}");
+        for (series, value) in &rendered {
+            let got = snap.counters.get(series).map(u64::to_string);
+            assert_eq!(got.as_deref(), Some(value.as_str()), "{series} in\n{text}\n{snap:?}");
+        }
+        assert_eq!(snap.counters.len(), rendered.len(), "{snap:?}");
+    }
+
+    /// Old process: snapshot at the hand-over, counts on while draining, sends the rest. The
+    /// new one shows at least the snapshot at once, and old-final + its own at the end; its
+    /// gauges are its own.
+    #[test]
+    fn a_snapshot_and_the_rest_carry_counters_and_histograms() {
+        let old = Metrics::new();
+        counted(&old);
+        let wire = serde_json::to_string(&old.snapshot()).unwrap();
+        let at_handover: Snapshot = serde_json::from_str(&wire).unwrap();
+        assert_eq!(at_handover, old.snapshot());
+
+        let new = Metrics::new();
+        new.request(Proto::Http11, 200, false);
+        new.absorb(&at_handover);
+        let text = new.render(None);
+        let now = samples(&text, false);
+        for (series, value) in [
+            ("outpost_requests_total{class=\"2xx\",proto=\"http/1.1\"}", "2"),
+            ("outpost_requests_total{class=\"4xx\",proto=\"h2\"}", "1"),
+            ("outpost_connections_total", "1"),
+            ("outpost_connections_active", "0"),
+            ("outpost_tls_ciphers_total{version=\"TLSv1.3\",cipher=\"TLS13_AES_128_GCM_SHA256\"}", "1"),
+            ("outpost_admin_refused_total{reason=\"token\"}", "1"),
+            ("outpost_upgraded_connections_total", "1"),
+            ("outpost_upgraded_connections", "0"),
+            ("outpost_after_response_total", "1"),
+            ("outpost_after_response_pending", "0"),
+            ("outpost_request_duration_seconds_count", "1"),
+            ("outpost_legacy_page_seconds_count", "1"),
+        ] {
+            assert_eq!(now.get(series).map(String::as_str), Some(value), "{series} in\n{text}");
+        }
+
+        // The drain counts on in the old process; then it sends what it counted since.
+        counted(&old);
+        old.request(Proto::H2, 503, false);
+        let rest = old.snapshot().since(&at_handover);
+        assert_eq!(rest.counters["outpost_requests_total{class=\"2xx\",proto=\"http/1.1\"}"], 1);
+        assert_eq!(
+            rest.counters.get("outpost_hellos_total{version=\"TLS1.0\",verdict=\"pass\"}"),
+            None
+        );
+        new.absorb(&rest);
+
+        let (old_final, new_final) = (old.snapshot(), new.snapshot());
+        let mut want = old_final.counters.clone();
+        *want
+            .entry("outpost_requests_total{class=\"2xx\",proto=\"http/1.1\"}".into())
+            .or_default() += 1;
+        assert_eq!(new_final.counters, want);
+        assert_eq!(new_final.histograms, old_final.histograms);
+        let text = new.render(None);
+        let now = samples(&text, false);
+        assert_eq!(now["outpost_request_duration_seconds_count"], "2", "{text}");
+        let old_text = old.render(None);
+        let sum = "outpost_request_duration_seconds_sum";
+        assert_eq!(now[sum], samples(&old_text, false)[sum], "{text}\n{old_text}");
+        assert_eq!(now["outpost_legacy_page_seconds_count"], "2", "{text}");
+        assert_eq!(now["outpost_connections_active"], "0", "{text}");
+    }
+
+    /// After the hand-over the old process shows its counters as sent (its gauges live), so
+    /// a scrape it still answers is never ahead of its successor; a failed upgrade thaws them.
+    #[test]
+    fn a_frozen_process_shows_its_snapshot() {
+        let m = Metrics::new();
+        counted(&m);
+        let sent = m.freeze();
+        counted(&m);
+        m.connection_opened();
+        let text = m.render(None);
+        let now = samples(&text, false);
+        assert_eq!(now["outpost_connections_total"], "1", "{text}");
+        assert_eq!(now["outpost_connections_active"], "3", "{text}");
+        assert_eq!(now["outpost_request_duration_seconds_count"], "1", "{text}");
+        assert_eq!(m.snapshot().since(&sent).counters["outpost_connections_total"], 2);
+        m.thaw();
+        let text = m.render(None);
+        assert_eq!(samples(&text, false)["outpost_connections_total"], "3", "{text}");
+    }
+
+    /// Series another build counts and this one does not know are left out, not misfiled.
+    #[test]
+    fn unknown_series_are_left_out() {
+        let m = Metrics::new();
+        let mut s = Snapshot::default();
+        s.counters.insert("outpost_future_total{kind=\"x\"}".into(), 5);
+        s.counters.insert("outpost_tls_ciphers_total{version=\"TLSv1.4\",cipher=\"X\"}".into(), 5);
+        s.counters.insert("outpost_connections_active".into(), 5);
+        s.histograms.insert("outpost_future_seconds".into(), BTreeMap::from([(10, 1)]));
+        m.absorb(&s);
+        assert_eq!(m.snapshot(), Snapshot::default());
+        let text = m.render(None);
+        assert!(!text.contains("future") && !text.contains("TLSv1.4"), "{text}");
+        assert!(text.lines().any(|l| l == "outpost_connections_active 0"), "{text}");
     }
 }

@@ -23,20 +23,24 @@ const READ_CHUNK: usize = 8192;
 pub type Respond = Rc<dyn Fn(Request<'static>) -> AdminFuture>;
 
 /// Serves `listener` until `stop` says so; then shuts the socket down unless `shared` (when
-/// given) handed it to a new process.
+/// given) handed it to a new process. Once it did, the new process alone accepts on it, and
+/// connections open here close after their next answer: every scrape of `/metrics` from then
+/// on reaches the process whose counters go on.
 pub async fn serve(
     listener: io::Listener,
     respond: Respond,
     mut stop: watch::Receiver<bool>,
     shared: Option<Arc<Shared>>,
 ) {
+    let mut drain = shared.as_ref().map(|s| s.drain_signal());
     loop {
         tokio::select! {
             biased;
             _ = drained(&mut stop) => break,
+            _ = handed_over(drain.as_mut(), shared.as_deref()) => break,
             r = listener.accept() => match r {
                 Ok((s, _)) => {
-                    io::spawn(connection(s, respond.clone()));
+                    io::spawn(connection(s, respond.clone(), shared.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -50,7 +54,18 @@ pub async fn serve(
     }
 }
 
-async fn connection(mut s: io::Stream, respond: Respond) {
+/// Resolves once `shared` handed the sockets over; never on a plain drain, nor without it.
+async fn handed_over(drain: Option<&mut watch::Receiver<bool>>, shared: Option<&Shared>) {
+    if let (Some(drain), Some(shared)) = (drain, shared) {
+        drained(drain).await;
+        if shared.handed_over() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+async fn connection(mut s: io::Stream, respond: Respond, shared: Option<Arc<Shared>>) {
     let limits = http::Limits::default();
     let mut buf = Vec::with_capacity(READ_CHUNK);
     for count in 1..=MAX_REQUESTS {
@@ -88,7 +103,9 @@ async fn connection(mut s: io::Stream, respond: Respond) {
                     return None;
                 }
             }
-            let keep_alive = req.keep_alive() && count < MAX_REQUESTS;
+            let keep_alive = req.keep_alive()
+                && count < MAX_REQUESTS
+                && !shared.as_ref().is_some_and(|s| s.handed_over());
             let head = req.method == "HEAD";
             let mut reply = respond(req).await;
             if head {

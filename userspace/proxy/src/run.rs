@@ -13,7 +13,7 @@ use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::{mpsc, Arc},
+    sync::{mpsc, Arc, Mutex},
     thread,
 };
 
@@ -90,7 +90,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-    let guard = admin::Guard::new(admin::AdminToken::load_or_create(&data_dir)?);
+    let token = admin::AdminToken::load_or_create(&data_dir)?;
 
     // Always running, so a reload can route to it even if the first config did not.
     let builtin = listen::bind_plain(([127, 0, 0, 1], 0).into())?;
@@ -111,11 +111,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     for source in opts.metrics {
         metrics.add_source(source);
     }
-    metrics.add_source(guard.metrics());
+    let guard = admin::Guard::new(token, metrics.clone());
     let shared = Shared::new(live, metrics, opts.kernel.clone());
 
+    // Before anything serves: the predecessor's counters are added to ours here.
     let mut inherited = match opts.upgrade {
-        true => Some(upgrade::take(&data_dir).context("taking over from the running edge")?),
+        true => Some(
+            upgrade::take(&data_dir, &shared.metrics)
+                .context("taking over from the running edge")?,
+        ),
         false => None,
     };
     let mut workers = match config.workers {
@@ -154,15 +158,17 @@ pub fn run(opts: RunOptions) -> Result<()> {
         _ => listen::bind_plain(config.admin)?,
     };
     let admin_addr = admin.local_addr()?;
+    let grace = ms(config.shutdown_grace_ms);
     let handover = {
         let https: Vec<(SocketAddr, Vec<&TcpListener>)> = bound
             .iter()
             .enumerate()
             .map(|(i, a)| (*a, per_worker.iter().map(|w| &w[i]).collect()))
             .collect();
-        upgrade::Handover::new(&https, &admin)?
+        upgrade::Handover::new(&https, &admin, grace)?
     };
-    let grace = ms(config.shutdown_grace_ms);
+    // The line to a successor, once one took over: what the drain counts goes there at the end.
+    let heir = Arc::new(Mutex::new(None));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -179,6 +185,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             guard,
             successor: opts.successor,
             handover: Some((data_dir.clone(), handover)),
+            heir: heir.clone(),
             on_handover: opts.on_handover,
         };
         thread::Builder::new().name("outpost-control".into()).spawn(move || {
@@ -224,6 +231,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
     stop_tx.send_replace(true);
     let _ = control.join();
+    // Nothing counts any more (workers and the admin listener are done).
+    if let Some(heir) = heir.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        heir.send_rest(&shared.metrics);
+    }
     match failure {
         Some(e) => Err(e),
         None => {
@@ -257,6 +268,8 @@ struct Control {
     successor: Option<Vec<std::ffi::OsString>>,
     /// The data directory and the sockets to offer a successor.
     handover: Option<(PathBuf, upgrade::Handover)>,
+    /// Set when a successor took the sockets.
+    heir: Arc<Mutex<Option<upgrade::Heir>>>,
     on_handover: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
@@ -306,9 +319,11 @@ impl Control {
         if let Some((dir, h)) = self.handover.take() {
             let shared = self.shared.clone();
             let on_handover = self.on_handover.take();
+            let slot = self.heir.clone();
             io::spawn(async move {
-                upgrade::offer(dir, h, shared.clone()).await;
-                if let (true, Some(f)) = (shared.handed_over(), on_handover) {
+                let Some(heir) = upgrade::offer(dir, h, shared).await else { return };
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(heir);
+                if let Some(f) = on_handover {
                     f();
                 }
             });
