@@ -2,7 +2,7 @@
 //! Each node serves; each writes its events into the one shared audit log that any node reads;
 //! `outpost-demo --nodes 2 --once` shows it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outpost_tests::{fleet::Fleet, netns};
 
@@ -36,4 +36,113 @@ fn demo_with_two_nodes() {
         assert!(out.stdout.contains(want), "no {want:?} in the demo's output:\n{out}");
     }
     assert!(!out.stdout.contains("UNEXPECTED"), "{out}");
+}
+
+/// A TLS 1.2-only client's verdict on node `i`: its HTTP status, or curl's error.
+fn tls12(f: &Fleet, i: usize) -> String {
+    let out =
+        f.curl(&["--tls-max", "1.2", "-o", "/dev/null", "-w", "%{http_code}", &f.url(i, "/x")]);
+    if out.success() {
+        out.stdout
+    } else {
+        "refused".into()
+    }
+}
+
+/// Node `i`'s fleet policy generation in force, from its /metrics.
+fn applied(f: &Fleet, i: usize) -> u64 {
+    let metrics = f.admin(i, "/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("outpost_fleet_policy_applied_generation "))
+        .unwrap_or_else(|| panic!("no applied generation in node {i}'s metrics:\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Waits until every running node in `nodes` has applied `generation` (bounded; the bench
+/// measures how fast).
+fn wait_applied(f: &Fleet, nodes: &[usize], generation: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !nodes.iter().all(|&i| applied(f, i) == generation) {
+        assert!(Instant::now() < deadline, "generation {generation} not applied everywhere");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn one_floor_policy_for_the_fleet() {
+    let mut f = Fleet::new(2, "[fleet]\nheartbeat_ms = 300\n");
+    assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["200", "200"], "each node's own [floor] is 1.2");
+
+    // One command, from node 1: both nodes refuse TLS 1.2 from then on.
+    let set = f.outpost_cli(0, &["policy", "set", "--fleet", "--min-version", "1.3"]).ok();
+    assert!(set.stdout.contains("generation 1: min-version TLS1.3"), "{set}");
+    wait_applied(&f, &[0, 1], 1);
+    assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["refused", "refused"]);
+    let v13 = f.curl(&["--tlsv1.3", "-o", "/dev/null", "-w", "%{http_code}", &f.url(1, "/x")]);
+    assert_eq!(v13.stdout, "200", "{v13}");
+
+    // Who set it, and who applied it; an audit event.
+    let show = json(&f.outpost_cli(1, &["policy", "show", "--fleet", "--json"]).ok().stdout);
+    assert_eq!(show["policy"]["generation"], 1, "{show}");
+    assert_eq!(show["policy"]["floor"]["min_version"], "TLS1.3", "{show}");
+    assert!(show["policy"]["set_by"].as_str().unwrap().ends_with("@edge-1"), "{show}");
+    for n in show["nodes"].as_array().unwrap() {
+        assert_eq!((&n["state"], &n["policy_generation"]), (&"live".into(), &1.into()), "{show}");
+    }
+    let audit = f.outpost_cli(1, &["audit", "--kind", "fleet.policy.set"]).ok();
+    assert!(audit.stdout.contains("generation 1"), "{audit}");
+
+    // A node that was down applies the current generation before it accepts a connection.
+    assert!(f.stop_node(1).is_some_and(|s| s.success()), "{}", f.log(1));
+    let status = json(&f.outpost_cli(0, &["fleet", "status", "--json"]).ok().stdout);
+    let states: Vec<(&str, &str)> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("edge-1", "live"), ("edge-2", "stopped")], "{status}");
+    f.outpost_cli(0, &["policy", "set", "--fleet", "--port-mode", "443=drop"]).ok();
+    wait_applied(&f, &[0], 2);
+    f.start_node(1);
+    assert_eq!(applied(&f, 1), 2, "{}", f.log(1));
+    assert_eq!(tls12(&f, 1), "refused");
+
+    // A generation this build cannot apply: each node keeps its floor and says why.
+    let bad = r#"{"generation":3,"set_by":"newer@build","set_at_ms":0,"floor":{"min_version":"TLS1.3","mode":"reject","redirect_rate":1,"redirect_per_source":1,"port_modes":{"443":"quarantine"}}}"#;
+    f.pg.psql(
+        "outpost",
+        &format!(
+            "UPDATE kv SET value = convert_to('{bad}', 'UTF8') \
+             WHERE ns = 'fleet.policy' AND key = 'current'"
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = json(&f.outpost_cli(0, &["fleet", "status", "--json"]).ok().stdout);
+        let errors: Vec<&str> =
+            status.as_array().unwrap().iter().filter_map(|n| n["policy_error"].as_str()).collect();
+        if errors.len() == 2 {
+            assert!(errors.iter().all(|e| e.contains("quarantine")), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no node reported the bad policy: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!([applied(&f, 0), applied(&f, 1)], [2, 2]);
+    assert!(f.admin(0, "/metrics").contains("outpost_fleet_policy_failures_total 1"));
+    assert_eq!(tls12(&f, 0), "refused", "the floor in force stays");
+
+    // Cleared: back to each node's own [floor].
+    let clear = f.outpost_cli(1, &["policy", "clear", "--fleet"]).ok();
+    assert!(clear.stdout.contains("generation 4: cleared"), "{clear}");
+    wait_applied(&f, &[0, 1], 4);
+    assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["200", "200"]);
+    let metrics = f.admin(0, "/metrics");
+    assert!(metrics.contains("outpost_fleet_nodes{state=\"live\"} 2"), "{metrics}");
 }

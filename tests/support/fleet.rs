@@ -159,7 +159,8 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("writing {}: {e}", node.config.display()));
     }
 
-    fn start_node(&mut self, i: usize) {
+    /// Starts node `i` (again); returns once its admin listener answers.
+    pub fn start_node(&mut self, i: usize) {
         let bin = self.outpost_bin.to_str().expect("UTF-8 path").to_owned();
         let node = &mut self.nodes[i];
         let config = node.config.to_str().expect("UTF-8 path");

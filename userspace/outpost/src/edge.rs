@@ -31,7 +31,7 @@ pub struct AuditConfig {
 }
 
 /// The sections this binary reads itself.
-pub const SECTIONS: [&str; 2] = ["store", "audit"];
+pub const SECTIONS: [&str; 3] = ["store", "audit", "fleet"];
 
 /// Reads a top-level section into `T`, defaults when absent.
 pub fn section<T: serde::de::DeserializeOwned + Default>(config: &Config, name: &str) -> Result<T> {

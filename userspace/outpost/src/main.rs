@@ -21,6 +21,7 @@ use userspace::UserStats;
 mod audit;
 mod check;
 mod edge;
+mod fleet;
 mod operator;
 mod userspace;
 
@@ -164,6 +165,11 @@ enum Command {
         #[arg(long, value_name = "FILE", env = "OUTPOST_ADMIN_TOKEN_FILE")]
         admin_token_file: Option<PathBuf>,
     },
+    /// The nodes sharing this store: `outpost fleet status`.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Hellos by offered version × verdict and parse outcomes from the XDP program, beside the
     /// userspace floor's counters of a running `outpost run` (read from its admin listener).
     Stats {
@@ -212,10 +218,52 @@ enum PolicyAction {
         /// `8443=default` goes back to --mode).
         #[arg(long, value_name = "PORT=MODE", value_delimiter = ',', value_parser = parse_port_mode)]
         port_mode: Vec<(u16, Option<Mode>)>,
+        /// Set the fleet's policy instead: a new generation in the store of --config, which
+        /// every node sharing that store applies within a second (see `outpost fleet status`).
+        /// What is not given stays as the fleet's policy has it, or, for the first, as this
+        /// config's [floor] has it.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: the config whose store the fleet shares (default ./outpost.toml).
+        #[arg(long, value_name = "FILE", requires = "fleet")]
+        config: Option<PathBuf>,
     },
+    /// Show the policy: the pinned maps', or with --fleet the fleet's (its generation, who set
+    /// it and when, and which nodes applied it).
     Show {
         #[arg(long)]
         json: bool,
+        /// The fleet's policy, from the store of --config.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: the config whose store the fleet shares (default ./outpost.toml).
+        #[arg(long, value_name = "FILE", requires = "fleet")]
+        config: Option<PathBuf>,
+    },
+    /// Clear the fleet's policy (a new generation without one): every node goes back to its
+    /// own [floor].
+    Clear {
+        /// Required: only the fleet's policy can be cleared.
+        #[arg(long, required = true)]
+        fleet: bool,
+        /// The config whose store the fleet shares (default ./outpost.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Every node in the store's registry: state (live; missing after three heartbeats
+    /// without a word; stopped cleanly), version, addresses, XDP interfaces, the policy
+    /// generation it applied and any policy it could not apply.
+    Status {
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Config file whose store the fleet shares (default ./outpost.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -244,6 +292,17 @@ enum CliMode {
     Drop,
     Reject,
     Redirect,
+}
+
+impl CliMode {
+    fn mode(self) -> Mode {
+        match self {
+            CliMode::Observe => Mode::Observe,
+            CliMode::Drop => Mode::Drop,
+            CliMode::Reject => Mode::Reject,
+            CliMode::Redirect => Mode::Redirect,
+        }
+    }
 }
 
 fn parse_rate(s: &str) -> Result<u32, String> {
@@ -408,6 +467,8 @@ fn run(cli: Cli) -> Result<()> {
                     redirect_per_source,
                     ports,
                     port_mode,
+                    fleet,
+                    config,
                 },
         } => {
             if min_version.is_none()
@@ -422,6 +483,17 @@ fn run(cli: Cli) -> Result<()> {
                      --redirect-per-source, --ports or --port-mode"
                 );
             }
+            if fleet {
+                let change = fleet::FloorChange {
+                    min_version,
+                    mode: mode.map(CliMode::mode),
+                    redirect_rate,
+                    redirect_per_source,
+                    ports,
+                    port_mode,
+                };
+                return fleet::set_policy(config.as_deref(), Some(change));
+            }
             let mut maps = dataplane::PinnedMaps::open(&pin_dir)?;
             let mut policy = maps.policy()?;
             if policy.configured == 0 {
@@ -431,12 +503,7 @@ fn run(cli: Cli) -> Result<()> {
                 policy.min_version = v as u8;
             }
             if let Some(m) = mode {
-                policy.mode = match m {
-                    CliMode::Observe => Mode::Observe,
-                    CliMode::Drop => Mode::Drop,
-                    CliMode::Reject => Mode::Reject,
-                    CliMode::Redirect => Mode::Redirect,
-                } as u8;
+                policy.mode = m.mode() as u8;
             }
             if let Some(r) = redirect_rate {
                 policy.redirect_rate = r;
@@ -460,7 +527,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", describe(&maps)?);
         }
-        Command::Policy { action: PolicyAction::Show { json } } => {
+        Command::Policy { action: PolicyAction::Clear { config, .. } } => {
+            fleet::set_policy(config.as_deref(), None)?;
+        }
+        Command::Policy { action: PolicyAction::Show { json, fleet: true, config } } => {
+            fleet::show_policy(config.as_deref(), json)?;
+        }
+        Command::Fleet { action: FleetAction::Status { json, config } } => {
+            fleet::status(config.as_deref(), json)?;
+        }
+        Command::Policy { action: PolicyAction::Show { json, .. } } => {
             let maps = dataplane::PinnedMaps::open(&pin_dir)?;
             let (policy, ports) = (maps.policy()?, maps.ports()?);
             let attached = dataplane::live_interfaces(&pin_dir)?;
@@ -662,27 +738,13 @@ fn serve(
     }
     let kernel: Option<Arc<dyn outpost_proxy::admin::KernelStats>> =
         (!no_xdp).then(|| Arc::new(KernelCounters::new(pin_dir)) as _);
-    // With the floor attached by this process, the config's policy is the kernel's too.
-    let on_config: Option<outpost_proxy::run::OnConfig> = iface.as_ref().map(|_| {
-        let pin_dir = pin_dir.to_owned();
-        Box::new(move |c: &outpost_proxy::config::Config| {
-            let ports: Vec<u16> = c.listen.iter().map(|a| a.port()).collect();
-            let pushed = dataplane::PinnedMaps::open(&pin_dir).and_then(|mut m| {
-                m.set_policy(c.floor.policy())?;
-                m.set_port_modes(&c.floor.port_modes())?;
-                m.set_ports(&ports)
-            });
-            match pushed {
-                Ok(()) => tracing::info!(
-                    "XDP policy: {}",
-                    describe_policy(&c.floor.policy(), &ports, &c.floor.port_modes())
-                ),
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "setting the XDP policy failed")
-                }
-            }
-        }) as outpost_proxy::run::OnConfig
-    });
+    // The config's floor, or the fleet's while one is set; with the XDP floor attached by this
+    // process, the kernel's too.
+    let floor = fleet::FloorState::new(attached_here.as_ref().map(|_| pin_dir.to_owned()));
+    let on_config: outpost_proxy::run::OnConfig = {
+        let floor = floor.clone();
+        Box::new(move |c: &outpost_proxy::config::Config| floor.on_config(c))
+    };
     // The store first: a database that cannot be reached is a clear error before anything
     // listens.
     let (_, cfg) = outpost_proxy::load_config(config.as_deref())?;
@@ -697,8 +759,23 @@ fn serve(
     };
     let (registry, mut metrics) = edge::registry(&store);
     metrics.extend([store_metrics, sink.metrics()]);
-    edge::node_event(&audit, "node.start", None);
     let handed_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The fleet's policy is applied before anything is accepted.
+    let interfaces = match no_xdp {
+        true => Vec::new(),
+        false => dataplane::live_interfaces(pin_dir).unwrap_or_default(),
+    };
+    let node = fleet::Node::new(
+        store.clone(),
+        edge::section(&cfg, "fleet")?,
+        &cfg,
+        interfaces,
+        floor.clone(),
+        handed_over.clone(),
+    );
+    let fleet = node.start()?;
+    metrics.push(node.metrics());
+    edge::node_event(&audit, "node.start", None);
     let result = outpost_proxy::run(outpost_proxy::RunOptions {
         config,
         io: io.map(|i| match i {
@@ -707,7 +784,8 @@ fn serve(
             CliIo::Compio => outpost_proxy::io::Backend::Compio,
         }),
         kernel,
-        on_config,
+        on_config: Some(on_config),
+        floor: floor.userspace(),
         registry,
         admin: edge::admin(&store),
         metrics,
@@ -719,6 +797,7 @@ fn serve(
             move || handed.store(true, std::sync::atomic::Ordering::SeqCst)
         })),
     });
+    fleet.stop();
     edge::node_event(&audit, "node.stop", result.as_ref().err().map(|e| format!("{e:#}")));
     sink.close();
     store.shutdown();

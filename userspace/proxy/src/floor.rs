@@ -12,9 +12,10 @@
 //! [`Budget`], the same token buckets with the same rates.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
-    sync::Mutex,
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
@@ -52,6 +53,42 @@ impl Rules {
     /// The mode for connections to `port`.
     pub fn mode_for(&self, port: u16) -> u8 {
         self.port_modes.get(&port).map_or(self.policy.mode, |m| *m as u8)
+    }
+}
+
+/// A floor policy set from outside the config file (the fleet's, see `outpost policy set
+/// --fleet`): while set, it replaces `[floor]`'s policy and port modes, across reloads;
+/// `max_hello_bytes` stays the config's. Read once per connection, before its first flight.
+#[derive(Default)]
+pub struct Override(RwLock<Option<Arc<Overriding>>>);
+
+/// What an [`Override`] puts in place of the config's floor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overriding {
+    pub policy: Policy,
+    pub port_modes: BTreeMap<u16, Mode>,
+}
+
+impl Override {
+    /// Sets (or, with `None`, clears) the override; connections accepted from now on use it.
+    pub fn set(&self, floor: Option<Overriding>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = floor.map(Arc::new);
+    }
+
+    pub fn get(&self) -> Option<Arc<Overriding>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rules for a new connection: `config`'s, or the override's policy and port modes.
+    pub fn rules<'a>(&self, config: &'a Rules) -> Cow<'a, Rules> {
+        match self.get() {
+            None => Cow::Borrowed(config),
+            Some(o) => Cow::Owned(Rules {
+                policy: o.policy,
+                port_modes: o.port_modes.clone(),
+                max_hello_bytes: config.max_hello_bytes,
+            }),
+        }
     }
 }
 

@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub successor: Option<Vec<std::ffi::OsString>>,
     /// Called once this process handed its sockets to a successor (before its drain).
     pub on_handover: Option<Box<dyn Fn() + Send + Sync>>,
+    /// A floor policy that replaces `[floor]`'s while set (the fleet's); the binary sets it.
+    pub floor: Arc<crate::floor::Override>,
 }
 
 /// Reads the configuration `outpost run` would use: `path`, else `./outpost.toml` when it
@@ -112,7 +114,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         metrics.add_source(source);
     }
     let guard = admin::Guard::new(token, metrics.clone());
-    let shared = Shared::new(live, metrics, opts.kernel.clone());
+    let shared = Shared::new(live, metrics, opts.kernel.clone(), opts.floor.clone());
 
     // Before anything serves: the predecessor's counters are added to ours here.
     let mut inherited = match opts.upgrade {

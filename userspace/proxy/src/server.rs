@@ -196,11 +196,13 @@ async fn establish(
     let metrics = &worker.shared.metrics;
     let deadline = Instant::now() + live.handshake_timeout;
     let shared = &worker.shared;
-    let first = match floor::check(&mut stream, &live.floor, peer, local, deadline, shared).await {
+    let rules = shared.floor.rules(&live.floor);
+    let first = match floor::check(&mut stream, &rules, peer, local, deadline, shared).await {
         floor::Outcome::Continue(bytes) => bytes,
         floor::Outcome::Legacy(bytes, version) => {
             // Beside the floor, not behind the router: no handler ever sees this connection.
             let responder = live.legacy.clone();
+            drop(rules);
             drop(live);
             legacy::respond(stream, bytes, version, &responder, metrics).await;
             return None;

@@ -104,6 +104,8 @@ pub struct Shared {
     /// The userspace floor's redirect budget (kept across reloads; the rates are the live
     /// policy's).
     pub budget: Budget,
+    /// The fleet's floor policy, when one is set (see [`crate::floor::Override`]).
+    pub floor: Arc<crate::floor::Override>,
     drain: watch::Sender<bool>,
     /// The listening sockets went to a new process (see `upgrade`): the drain must not shut
     /// them down.
@@ -115,12 +117,14 @@ impl Shared {
         live: Live,
         metrics: Arc<Metrics>,
         kernel: Option<Arc<dyn KernelStats>>,
+        floor: Arc<crate::floor::Override>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             live: RwLock::new(Arc::new(live)),
             metrics,
             kernel,
             budget: Budget::default(),
+            floor,
             drain: watch::Sender::new(false),
             handed_over: Default::default(),
         })
