@@ -17,8 +17,10 @@
 //! - `--floor-only`: the XDP floor alone in front of a TLS server that accepts every version,
 //!   mode by mode (observe, drop, reject).
 //! - `--nodes N` (2 to 9): a fleet instead (`outpost_tests::fleet`): N edge nodes, each in a
-//!   namespace of its own, sharing one PostgreSQL; a request to each, and the audit log every
-//!   node writes into the shared store, read from the first node.
+//!   namespace of its own, sharing one PostgreSQL; a request to each, the audit log every
+//!   node writes into the shared store, read from the first node, and one floor policy set for
+//!   the whole fleet (`policy set --fleet`) with the time each node took to apply it, and
+//!   `outpost fleet status`.
 
 use std::{process::ExitCode, thread, time::Duration};
 
@@ -114,6 +116,7 @@ fn fleet_demo(nodes: usize, once: bool) -> ExitCode {
     if !seen_all {
         println!("not every node's events are there   <- UNEXPECTED\n{audit}");
     }
+    all_as_expected &= fleet_policy_demo(&f);
     println!("\n== {} ==", if once { "--once: not serving" } else { "serving until Ctrl-C" });
     let bin = f.outpost_bin.canonicalize().unwrap_or_else(|_| f.outpost_bin.clone());
     println!("  ip netns exec {} curl -k {}", f.client_ns, f.url(1, "/hello"));
@@ -139,6 +142,54 @@ fn fleet_demo(nodes: usize, once: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// One floor policy for the fleet: set on one node, applied by all, how long each took; then
+/// cleared again, so the fleet serves TLS 1.2 as before. True when all went as expected.
+fn fleet_policy_demo(f: &Fleet) -> bool {
+    let mut ok = true;
+    let first = &f.nodes[0].name;
+    println!("\n== outpost policy set --fleet --min-version 1.3, on {first} ==");
+    let set = f.outpost_cli(0, &["policy", "set", "--fleet", "--min-version", "1.3"]);
+    println!("{}", set.stdout.trim_end());
+    ok &= set.success();
+    let generation = set
+        .stdout
+        .split_once("generation ")
+        .and_then(|(_, rest)| rest.split(':').next()?.parse::<u64>().ok());
+    let Some(generation) = generation else {
+        println!("no generation in its answer   <- UNEXPECTED\n{set}");
+        return false;
+    };
+    for (node, took) in f.nodes.iter().zip(f.wait_applied(generation, Duration::from_secs(10))) {
+        let mark = if took <= Duration::from_secs(1) { "" } else { "   <- over 1 s" };
+        println!(
+            "  {:<8} applied generation {generation} {took:>6.0?} after it was set{mark}",
+            node.name
+        );
+    }
+    println!("\n== a TLS 1.2 client against each node now ==");
+    for i in 0..f.nodes.len() {
+        let url = f.url(i, "/demo");
+        let out = f.curl(&["--tls-max", "1.2", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+        let refused = !out.success();
+        ok &= refused;
+        let mark = if refused { "" } else { "   <- UNEXPECTED" };
+        println!(
+            "{url:<32} {}{mark}",
+            if refused { "refused (TLS 1.2 is below the floor)" } else { "200" }
+        );
+    }
+    println!("\n== outpost fleet status, on {} ==", f.nodes[f.nodes.len() - 1].name);
+    let status = f.outpost_cli(f.nodes.len() - 1, &["fleet", "status"]);
+    println!("{}", status.stdout.trim_end());
+    ok &= status.success() && status.stdout.matches(" live ").count() == f.nodes.len();
+    println!("\n== outpost policy clear --fleet: each node's own [floor] again ==");
+    let clear = f.outpost_cli(0, &["policy", "clear", "--fleet"]);
+    println!("{}", clear.stdout.trim_end());
+    ok &= clear.success();
+    f.wait_applied(generation + 1, Duration::from_secs(10));
+    ok
 }
 
 fn edge_demo(once: bool) -> ExitCode {

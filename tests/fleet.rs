@@ -49,25 +49,8 @@ fn tls12(f: &Fleet, i: usize) -> String {
     }
 }
 
-/// Node `i`'s fleet policy generation in force, from its /metrics.
-fn applied(f: &Fleet, i: usize) -> u64 {
-    let metrics = f.admin(i, "/metrics");
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("outpost_fleet_policy_applied_generation "))
-        .unwrap_or_else(|| panic!("no applied generation in node {i}'s metrics:\n{metrics}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Waits until every running node in `nodes` has applied `generation` (bounded; the bench
-/// measures how fast).
-fn wait_applied(f: &Fleet, nodes: &[usize], generation: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !nodes.iter().all(|&i| applied(f, i) == generation) {
-        assert!(Instant::now() < deadline, "generation {generation} not applied everywhere");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// Bound on a policy reaching every node here (the fleet bench measures how fast it does).
+const LIMIT: Duration = Duration::from_secs(5);
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
@@ -81,7 +64,7 @@ fn one_floor_policy_for_the_fleet() {
     // One command, from node 1: both nodes refuse TLS 1.2 from then on.
     let set = f.outpost_cli(0, &["policy", "set", "--fleet", "--min-version", "1.3"]).ok();
     assert!(set.stdout.contains("generation 1: min-version TLS1.3"), "{set}");
-    wait_applied(&f, &[0, 1], 1);
+    f.wait_applied(1, LIMIT);
     assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["refused", "refused"]);
     let v13 = f.curl(&["--tlsv1.3", "-o", "/dev/null", "-w", "%{http_code}", &f.url(1, "/x")]);
     assert_eq!(v13.stdout, "200", "{v13}");
@@ -108,9 +91,9 @@ fn one_floor_policy_for_the_fleet() {
         .collect();
     assert_eq!(states, [("edge-1", "live"), ("edge-2", "stopped")], "{status}");
     f.outpost_cli(0, &["policy", "set", "--fleet", "--port-mode", "443=drop"]).ok();
-    wait_applied(&f, &[0], 2);
+    f.wait_applied(2, LIMIT);
     f.start_node(1);
-    assert_eq!(applied(&f, 1), 2, "{}", f.log(1));
+    assert_eq!(f.applied_generation(1), 2, "{}", f.log(1));
     assert_eq!(tls12(&f, 1), "refused");
 
     // A generation this build cannot apply: each node keeps its floor and says why.
@@ -134,14 +117,14 @@ fn one_floor_policy_for_the_fleet() {
         assert!(Instant::now() < deadline, "no node reported the bad policy: {status}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!([applied(&f, 0), applied(&f, 1)], [2, 2]);
+    assert_eq!([f.applied_generation(0), f.applied_generation(1)], [2, 2]);
     assert!(f.admin(0, "/metrics").contains("outpost_fleet_policy_failures_total 1"));
     assert_eq!(tls12(&f, 0), "refused", "the floor in force stays");
 
     // Cleared: back to each node's own [floor].
     let clear = f.outpost_cli(1, &["policy", "clear", "--fleet"]).ok();
     assert!(clear.stdout.contains("generation 4: cleared"), "{clear}");
-    wait_applied(&f, &[0, 1], 4);
+    f.wait_applied(4, LIMIT);
     assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["200", "200"]);
     let metrics = f.admin(0, "/metrics");
     assert!(metrics.contains("outpost_fleet_nodes{state=\"live\"} 2"), "{metrics}");

@@ -207,6 +207,50 @@ impl Fleet {
         self.nodes[i].outpost.as_ref().map(Daemon::stderr).unwrap_or_default()
     }
 
+    /// Node `i`'s fleet policy generation in force, from its /metrics.
+    #[track_caller]
+    pub fn applied_generation(&self, i: usize) -> u64 {
+        let metrics = self.admin(i, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("outpost_fleet_policy_applied_generation "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no applied generation in node {i}'s metrics:\n{metrics}"))
+    }
+
+    /// How long after the fleet policy's `generation` was set node `i` applied it, from the
+    /// node's log (`since_set_ms`: the set time is in the policy row, and every namespace
+    /// shares this host's clock). None while it has not.
+    pub fn applied_after(&self, i: usize, generation: u64) -> Option<Duration> {
+        let want = format!(" generation={generation} ");
+        self.log(i)
+            .lines()
+            .filter(|l| l.contains("fleet policy") && l.contains(&want))
+            .find_map(|l| l.split_once("since_set_ms=")?.1.split(' ').next()?.parse().ok())
+            .map(Duration::from_millis)
+    }
+
+    /// Waits (at most `limit`) until every running node applied `generation`; how long after
+    /// it was set each did, by node.
+    #[track_caller]
+    pub fn wait_applied(&self, generation: u64, limit: Duration) -> Vec<Duration> {
+        let deadline = std::time::Instant::now() + limit;
+        let running: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].outpost.is_some()).collect();
+        loop {
+            let took: Vec<Option<Duration>> =
+                running.iter().map(|&i| self.applied_after(i, generation)).collect();
+            if took.iter().all(Option::is_some) {
+                return took.into_iter().flatten().collect();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "generation {generation} not applied by every node within {limit:?}: {took:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops node `i` (SIGTERM, drain); its exit status.
     pub fn stop_node(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         self.nodes[i].outpost.take().and_then(|mut d| d.stop(STOP_LIMIT))

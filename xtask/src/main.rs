@@ -86,6 +86,9 @@ enum Bench {
     Websocket,
     /// HTTP/2 over TLS with h2load (64 connections x 10 streams): outpost against nginx.
     H2,
+    /// Time from `outpost policy set --fleet` to every node applying it, 2 and 8 nodes in
+    /// namespaces sharing one PostgreSQL, 50 changes each (root).
+    Fleet,
     /// Durable unique inserts per second through the store (embedded SQLite, PostgreSQL)
     /// beside pgbench on the same PostgreSQL, at 1, 16 and 256 callers.
     Store,
@@ -244,7 +247,8 @@ impl Prebuild {
             // The very commands `bench` runs, so their features match and nothing is built
             // twice.
             steps.push("cargo build --release -p outpost".to_owned());
-            for bin in ["xdp-bench", "store-bench", "reserve-bench", "outpost-load"] {
+            for bin in ["xdp-bench", "store-bench", "reserve-bench", "fleet-bench", "outpost-load"]
+            {
                 steps.push(format!("cargo build --release -p outpost-benches --bin {bin}"));
             }
             steps.push("cargo bench --no-run -p outpost-access --bench access".to_owned());
@@ -315,6 +319,11 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
         reserve = cargo(&["build", "--release", "-p", "outpost"])
             .and_then(|()| results_bench(root, "reserve-bench", tiny));
     }
+    let mut fleet = Ok(());
+    if let Bench::Fleet | Bench::All = which {
+        fleet = cargo(&["build", "--release", "-p", "outpost"])
+            .and_then(|()| results_bench(root, "fleet-bench", tiny));
+    }
     let mut access = Ok(());
     if let Bench::Access | Bench::All = which {
         access = cargo(&["build", "--release", "-p", "outpost"]).and_then(|()| {
@@ -333,6 +342,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
         Bench::Store => return store,
         Bench::Reserve => return reserve,
         Bench::Access => return access,
+        Bench::Fleet => return fleet,
         Bench::Proxy => "proxy",
         Bench::Handshake => "handshake",
         Bench::Flood => "flood",
@@ -356,7 +366,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     } else {
         load.env_remove("OUTPOST_BIN");
     }
-    run(&mut load).and(xdp).and(store).and(reserve).and(access)
+    run(&mut load).and(xdp).and(store).and(reserve).and(fleet).and(access)
 }
 
 /// `cargo xtask package`: the release binary, what it generates from its own CLI definition
