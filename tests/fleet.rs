@@ -128,4 +128,12 @@ fn one_floor_policy_for_the_fleet() {
     assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["200", "200"]);
     let metrics = f.admin(0, "/metrics");
     assert!(metrics.contains("outpost_fleet_nodes{state=\"live\"} 2"), "{metrics}");
+
+    // The row removed by hand: no fleet policy, generation 0 everywhere.
+    f.pg.psql("outpost", "DELETE FROM kv WHERE ns = 'fleet.policy'");
+    let deadline = Instant::now() + LIMIT;
+    while [f.applied_generation(0), f.applied_generation(1)] != [0, 0] {
+        assert!(Instant::now() < deadline, "the nodes still hold a fleet generation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

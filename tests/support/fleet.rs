@@ -41,7 +41,6 @@ pub const CLIENT_V4: &str = "198.18.20.2";
 const HUB_MAC: &str = "02:00:c6:12:14:01";
 /// The origin's port in the hub namespace.
 pub const ORIGIN_PORT: u16 = 8080;
-/// Each edge's admin listener, on its own namespace's loopback.
 
 pub(crate) const HUB_NS_PREFIX: &str = "oph-";
 pub(crate) const CLIENT_NS_PREFIX: &str = "opk-";

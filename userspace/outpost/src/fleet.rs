@@ -399,40 +399,60 @@ impl Node {
     /// Applies `current` if it is a generation this node has not applied (or given up on);
     /// true when something changed.
     fn apply(&self, current: Option<FleetPolicy>) -> bool {
-        let Some(p) = current else { return false };
+        let Some(p) = current else {
+            // No row at all (removed by hand, or a store emptied): no fleet policy, so this
+            // node's own [floor].
+            if self.lock_record().policy_generation == 0 {
+                return false;
+            }
+            tracing::warn!("the fleet's policy row is gone: back to this node's [floor]");
+            let kernel = self.floor.set_fleet(None);
+            let mut record = self.lock_record();
+            record.policy_generation = 0;
+            record.policy_error = kernel.err().map(|e| format!("the XDP maps: {e:#}"));
+            return true;
+        };
         self.seen_generation.store(p.generation, Relaxed);
         let applied = self.lock_record().policy_generation;
         if p.generation == applied || p.generation == self.failed_generation.load(Relaxed) {
             return false;
         }
-        let resolved = p.floor.as_ref().map(FloorSpec::resolve).transpose();
-        let result = resolved
-            .map_err(|e| anyhow!(e))
-            .and_then(|r| self.floor.set_fleet(r).context("setting the XDP maps"));
-        let mut record = self.lock_record();
-        match result {
-            Ok(()) => {
-                record.policy_generation = p.generation;
-                record.policy_error = None;
-                let took = now_ms().saturating_sub(p.set_at_ms);
-                match &p.floor {
-                    Some(f) => tracing::info!(
-                        generation = p.generation, set_by = %p.set_by, since_set_ms = took,
-                        "fleet policy applied: {}", f.describe()
-                    ),
-                    None => tracing::info!(
-                        generation = p.generation, set_by = %p.set_by, since_set_ms = took,
-                        "fleet policy cleared: back to this node's [floor]"
-                    ),
-                }
-            }
+        let resolved = match p.floor.as_ref().map(FloorSpec::resolve).transpose() {
+            Ok(r) => r,
             Err(e) => {
-                let why = format!("generation {}: {e:#}", p.generation);
+                // Nothing of it applies: the floor in force stays, here and in the kernel.
+                let why = format!("generation {}: {e}", p.generation);
                 tracing::error!(error = %why, "cannot apply the fleet's policy; keeping the floor in force");
                 self.failed_generation.store(p.generation, Relaxed);
                 self.failures.fetch_add(1, Relaxed);
-                record.policy_error = Some(why);
+                self.lock_record().policy_error = Some(why);
+                return true;
             }
+        };
+        // The userspace floor takes it whatever the kernel's maps do.
+        let kernel = self.floor.set_fleet(resolved);
+        let mut record = self.lock_record();
+        record.policy_generation = p.generation;
+        record.policy_error = None;
+        let took = now_ms().saturating_sub(p.set_at_ms);
+        match &p.floor {
+            Some(f) => tracing::info!(
+                generation = p.generation, set_by = %p.set_by, since_set_ms = took,
+                "fleet policy applied: {}", f.describe()
+            ),
+            None => tracing::info!(
+                generation = p.generation, set_by = %p.set_by, since_set_ms = took,
+                "fleet policy cleared: back to this node's [floor]"
+            ),
+        }
+        if let Err(e) = kernel {
+            let why = format!(
+                "generation {}: applied in userspace, but the XDP maps could not be set: {e:#}",
+                p.generation
+            );
+            tracing::error!(error = %why, "fleet policy: the kernel's floor is not the fleet's");
+            self.failures.fetch_add(1, Relaxed);
+            record.policy_error = Some(why);
         }
         true
     }
