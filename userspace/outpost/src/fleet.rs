@@ -685,13 +685,16 @@ pub fn set_policy(config: Option<&Path>, change: Option<FloorChange>) -> Result<
             Ok(Some(spec))
         })
         .await?;
-        let (kind, what) = match &written.floor {
-            Some(f) => ("fleet.policy.set", f.describe()),
-            None => ("fleet.policy.clear", "cleared: each node's own [floor]".into()),
+        let audit = Audit::new(node, None);
+        let (event, what) = match &written.floor {
+            Some(f) => (audit.event("fleet.policy.set", "success"), f.describe()),
+            None => (
+                audit.event("fleet.policy.clear", "success"),
+                "cleared: each node's own [floor]".into(),
+            ),
         };
         let line = format!("fleet policy generation {}: {what}", written.generation);
-        let event =
-            Audit::new(node, None).event(kind, "success").user(set_by.clone()).reason(line.clone());
+        let event = event.user(set_by.clone()).reason(line.clone());
         if let Err(e) = store.append_audit(vec![event]).await {
             eprintln!("warning: the policy is set, but its audit event was not written: {e}");
         }
