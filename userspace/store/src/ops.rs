@@ -123,6 +123,12 @@ pub(crate) enum Request {
         delay_ms: i64,
         error: String,
     },
+    /// Extends the lease of rows `owner` still holds (claimed, not completed or retried).
+    Renew {
+        ids: Vec<i64>,
+        owner: String,
+        lease_ms: i64,
+    },
     OutboxStats,
     AppendAudit(Vec<AuditEvent>),
     QueryAudit(AuditQuery),
@@ -137,7 +143,7 @@ pub(crate) const SWEEP_CHUNK: i64 = 5000;
 pub(crate) const OUTBOX_KEEP_DONE_MS: i64 = 24 * 3600 * 1000;
 
 /// Names for `outpost_store_ops_total{op}`, in [`Request::index`] order.
-pub(crate) const OP_NAMES: [&str; 15] = [
+pub(crate) const OP_NAMES: [&str; 16] = [
     "put",
     "get",
     "take",
@@ -153,6 +159,7 @@ pub(crate) const OP_NAMES: [&str; 15] = [
     "append_audit",
     "query_audit",
     "sweep",
+    "renew",
 ];
 
 impl Request {
@@ -173,6 +180,7 @@ impl Request {
             Request::AppendAudit(_) => 12,
             Request::QueryAudit(_) => 13,
             Request::Sweep => 14,
+            Request::Renew { .. } => 15,
         }
     }
 

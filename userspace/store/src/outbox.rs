@@ -114,6 +114,27 @@ impl Store {
         }
     }
 
+    /// Extends to `lease` from now the lease of those of `ids` that `owner` still holds (not
+    /// completed, retried, or claimed by someone else since); how many it extended. A sender
+    /// whose delivery outlasts a lease renews it, so no other sender claims a row it is still
+    /// delivering.
+    pub async fn renew(
+        &self,
+        ids: &[i64],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let req =
+            Request::Renew { ids: ids.to_vec(), owner: owner.into(), lease_ms: millis(lease) };
+        match self.call(req).await? {
+            Reply::Id(n) => Ok(n.max(0) as u64),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Rows not delivered yet and the age of the oldest. Also refreshes the outbox gauges.
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         match self.call(Request::OutboxStats).await? {
@@ -130,7 +151,9 @@ impl Store {
 /// JoinHandle (awaitable from any runtime).
 ///
 /// It claims up to [`WORKER_BATCH`] due rows under a [`WORKER_LEASE`] as `owner`, runs
-/// `deliver` on each (concurrently), completes the row on `Ok`, and on `Err` retries it after
+/// `deliver` on each (concurrently), renews the lease of the rows still in hand every third of
+/// it (so a slow delivery is not claimed and sent again by another sender: without a crash,
+/// each row is delivered once), completes the row on `Ok`, and on `Err` retries it after
 /// an exponential backoff: 1 s doubling per attempt up to 5 min, each delay jittered down to
 /// half so failing rows of many nodes do not retry in step. Idle, it waits [`WORKER_POLL`] or
 /// until this node enqueues. It stops when `stop` becomes true or its sender is dropped,
@@ -141,7 +164,23 @@ pub fn spawn_outbox_worker<F, Fut>(
     topic: &str,
     owner: String,
     deliver: F,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(OutboxItem) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    spawn_worker(store, topic, owner, deliver, stop, WORKER_LEASE)
+}
+
+/// [`spawn_outbox_worker`] with a lease of `lease`.
+fn spawn_worker<F, Fut>(
+    store: &Store,
+    topic: &str,
+    owner: String,
+    deliver: F,
     mut stop: watch::Receiver<bool>,
+    lease: Duration,
 ) -> tokio::task::JoinHandle<()>
 where
     F: Fn(OutboxItem) -> Fut + Send + Sync + 'static,
@@ -161,7 +200,7 @@ where
             let wake = store.outbox_wake().notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            let items = match store.claim(&topic, &owner, WORKER_BATCH, WORKER_LEASE).await {
+            let items = match store.claim(&topic, &owner, WORKER_BATCH, lease).await {
                 Ok(items) => {
                     store_errors = 0;
                     items
@@ -181,16 +220,30 @@ where
                 }
                 continue;
             }
+            let mut in_hand: Vec<i64> = items.iter().map(|i| i.id).collect();
             let mut running = JoinSet::new();
             for item in items {
                 let (id, attempts) = (item.id, item.attempts);
                 let fut = deliver(item);
                 running.spawn(async move { (id, attempts, fut.await) });
             }
-            while let Some(done) = running.join_next().await {
+            let mut renew =
+                tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+            loop {
+                let done = tokio::select! {
+                    done = running.join_next() => done,
+                    _ = renew.tick() => {
+                        // A failure is counted (`outpost_store_ops_total{op="renew"}`); the
+                        // next tick tries again before the lease runs out.
+                        let _ = store.renew(&in_hand, &owner, lease).await;
+                        continue;
+                    }
+                };
+                let Some(done) = done else { break };
                 // A delivery that panicked is retried like one that failed; its row's lease
                 // otherwise runs out and it is claimed again anyway.
                 let Ok((id, attempts, result)) = done else { continue };
+                in_hand.retain(|i| *i != id);
                 let _ = match result {
                     Ok(()) => store.complete(id, &owner).await,
                     Err(e) => store.retry(id, &owner, backoff(attempts), &e).await,
@@ -231,6 +284,62 @@ pub fn backoff(attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two senders on one topic, deliveries five leases long: each row is delivered once, as
+    /// the sender holding it renews its lease; without renewal the other claims it again.
+    #[test]
+    fn a_slow_delivery_keeps_its_lease() {
+        let dir = std::env::temp_dir().join(format!("outpost-outbox-renew-{}", std::process::id()));
+        let store = Store::open(&crate::StoreConfig::default(), &dir).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop_tx, stop) = watch::channel(false);
+        let lease = Duration::from_millis(200);
+        let workers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|owner| {
+                let delivered = delivered.clone();
+                spawn_worker(
+                    &store,
+                    "mail",
+                    owner.into(),
+                    move |item: OutboxItem| {
+                        let delivered = delivered.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(1000)).await;
+                            delivered.lock().unwrap().push(item.id);
+                            Ok(())
+                        }
+                    },
+                    stop.clone(),
+                    lease,
+                )
+            })
+            .collect();
+        rt.block_on(async {
+            for n in 0..3u8 {
+                store.enqueue("mail", &[n]).await.unwrap();
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while store.outbox_stats().await.unwrap().pending > 0 {
+                assert!(tokio::time::Instant::now() < deadline, "not delivered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Time for a second (wrong) delivery to land, were one under way.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            stop_tx.send_replace(true);
+            for w in workers {
+                w.await.unwrap();
+            }
+        });
+        let mut ids = delivered.lock().unwrap().clone();
+        ids.sort_unstable();
+        assert_eq!(ids.len(), 3, "each of 3 rows delivered once: {ids:?}");
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "a row was delivered twice");
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn backoff_doubles_to_five_minutes_with_jitter() {

@@ -123,6 +123,12 @@ const RETRY: &str = concat!(
     " + $3::int8, lease_until = NULL, owner = NULL, last_error = $4
      WHERE id = $1 AND owner = $2 AND done_at IS NULL"
 );
+const RENEW: &str = concat!(
+    "UPDATE outbox SET lease_until = ",
+    now!(),
+    " + $3::int8 WHERE id = ANY($1) AND owner = $2 AND done_at IS NULL
+     AND lease_until IS NOT NULL"
+);
 const STATS: &str =
     concat!("SELECT count(*), ", now!(), " - min(created_at) FROM outbox WHERE done_at IS NULL");
 /// All events in one statement (one round trip, atomic).
@@ -383,6 +389,9 @@ impl Pg {
             Request::Retry { id, owner, delay_ms, error } => Reply::Flag(
                 exec(c, RETRY, &[&id, &owner, &delay_ms, &error]).await.map_err(e)? == 1,
             ),
+            Request::Renew { ids, owner, lease_ms } => {
+                Reply::Id(exec(c, RENEW, &[&ids, &owner, &lease_ms]).await.map_err(e)? as i64)
+            }
             Request::OutboxStats => {
                 let row = query_opt(c, STATS, &[]).await.map_err(e)?;
                 let (pending, oldest): (i64, Option<i64>) = match row {

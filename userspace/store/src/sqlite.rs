@@ -652,6 +652,18 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
             .execute(params![id, owner, now.saturating_add(*delay_ms), error])?
                 == 1,
         ),
+        Request::Renew { ids, owner, lease_ms } => {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE outbox SET lease_until = ?3
+                 WHERE id = ?1 AND owner = ?2 AND done_at IS NULL AND lease_until IS NOT NULL",
+            )?;
+            let until = now.saturating_add(*lease_ms);
+            let mut renewed = 0;
+            for id in ids {
+                renewed += stmt.execute(params![id, owner, until])?;
+            }
+            Reply::Id(renewed as i64)
+        }
         Request::AppendAudit(events) => {
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO audit (time_ms, node, client, host, path, user_name, kind, outcome,

@@ -276,12 +276,20 @@ async fn outbox_lease_expires(h: Harness) {
     let a = s.claim("mail", "A", 1, ms(300)).await.expect("claim");
     assert_eq!(a.len(), 1);
     assert!(s.claim("mail", "B", 1, ms(300)).await.expect("claim").is_empty(), "lease holds");
+    // Renewed past the first lease: still A's.
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(s.renew(&[id, id + 100], "A", ms(600)).await, Ok(1), "{}: renew", h.name());
+    assert_eq!(s.renew(&[id], "B", ms(600)).await, Ok(0), "only the holder renews");
+    tokio::time::sleep(ms(300)).await;
+    assert!(s.claim("mail", "B", 1, ms(300)).await.expect("claim").is_empty(), "renewed");
     tokio::time::sleep(ms(500)).await;
     let b = s.claim("mail", "B", 1, Duration::from_secs(30)).await.expect("claim");
     assert_eq!(b.iter().map(|i| i.id).collect::<Vec<_>>(), [id], "{}: expired lease", h.name());
     assert_eq!(s.complete(id, "A").await, Ok(false), "A lost the row to B");
     assert_eq!(s.retry(id, "A", Duration::ZERO, "x").await, Ok(false));
+    assert_eq!(s.renew(&[id], "A", ms(600)).await, Ok(0), "A lost it");
     assert_eq!(s.complete(id, "B").await, Ok(true));
+    assert_eq!(s.renew(&[id], "B", ms(600)).await, Ok(0), "a completed row is not leased again");
     assert_eq!(s.outbox_stats().await.expect("stats").pending, 0);
 }
 
