@@ -71,19 +71,34 @@ fn csv(s: &str) -> String {
 /// Every reservation, in name order.
 pub async fn all(res: &Reservations) -> Result<Vec<View>, StoreError> {
     let mut out = Vec::new();
+    pages(res, |page| {
+        out.extend(page);
+        Ok::<_, StoreError>(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Every reservation in name order, handed to `each` a page (at most [`PAGE`]) at a time: a
+/// caller that writes each page out holds one page, however many there are.
+pub async fn pages<E: From<StoreError>>(
+    res: &Reservations,
+    mut each: impl FnMut(Vec<View>) -> Result<(), E>,
+) -> Result<(), E> {
     let mut after: Option<String> = None;
     loop {
-        let page = res.list(after.as_deref(), 1000).await?;
-        let full = page.len() == 1000;
-        for (name, row, _) in &page {
-            out.push(View::new(name, row));
-        }
-        match page.last() {
-            Some((n, _, _)) if full => after = Some(n.clone()),
-            _ => return Ok(out),
+        let page = res.list(after.as_deref(), PAGE).await?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|(n, _, _)| n.clone());
+        each(page.iter().map(|(name, row, _)| View::new(name, row)).collect())?;
+        if !full {
+            return Ok(());
         }
     }
 }
+
+/// Reservations per page of [`pages`].
+pub const PAGE: usize = 1000;
 
 pub async fn show(res: &Reservations, name: &str) -> Result<Option<View>, StoreError> {
     Ok(res.holder(name).await?.map(|row| View::new(name, &row)))

@@ -106,7 +106,18 @@ async fn run_async(cmd: Command, store: &Store) -> Result<()> {
             None => bail!("{name} is not reserved"),
         },
         Command::Export { csv: _ } => {
-            print!("{}", admin::export_csv(&admin::all(&res).await?));
+            // Streamed a page at a time: constant memory, the first rows out at once.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", View::CSV_HEADER)?;
+            admin::pages(&res, |page| {
+                for v in &page {
+                    writeln!(out, "{}", v.csv_line())?;
+                }
+                out.flush()?;
+                Ok::<_, anyhow::Error>(())
+            })
+            .await?;
         }
     }
     Ok(())

@@ -460,6 +460,9 @@ fn operator_tools_list_show_release_export() {
     assert!(ok && text.contains("g@example.com"), "{text}");
     let (ok, text) = cmd(&["export", "--csv"]);
     assert!(ok && text.starts_with("name,email,state,"), "{text}");
+    let (_, listed) = cmd(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("list --json");
+    assert_eq!(text.lines().count(), 1 + listed.as_array().unwrap().len(), "{text}");
     let (ok, text) = cmd(&["release", "gamma"]);
     assert!(ok && text.contains("released gamma"), "{text}");
     let (ok, text) = cmd(&["show", "gamma"]);
