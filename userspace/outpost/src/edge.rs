@@ -28,6 +28,16 @@ use serde::Deserialize;
 pub struct AuditConfig {
     /// Also append every event as one JSON line to this file (created `0600`). Default none.
     pub file: Option<PathBuf>,
+    /// Delete events from the store once they are this many days old, in bounded batches by
+    /// the store's sweeper. Default 0: kept for ever.
+    pub keep_days: u32,
+}
+
+impl AuditConfig {
+    /// How long events stay in the store (None: for ever).
+    pub fn retention(&self) -> Option<Duration> {
+        (self.keep_days > 0).then(|| Duration::from_secs(u64::from(self.keep_days) * 86_400))
+    }
 }
 
 /// The sections this binary reads itself.

@@ -751,6 +751,7 @@ fn serve(
     let store = edge::open_store(&cfg, upgrade)?;
     tracing::info!(store = %store.describe(), "store open");
     let audit_config: edge::AuditConfig = edge::section(&cfg, "audit")?;
+    store.set_audit_retention(audit_config.retention());
     let sink = Arc::new(edge::StoreAudit::new(store.clone(), &audit_config)?);
     let audit = outpost_api::Audit::new(cfg.node_name(), Some(sink.clone() as _));
     let store_metrics: outpost_proxy::metrics::MetricsSource = {

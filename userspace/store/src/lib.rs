@@ -62,7 +62,7 @@ use std::{
     path::Path,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -110,6 +110,8 @@ struct Inner {
     timeout: Duration,
     describe: String,
     closed: AtomicBool,
+    /// Audit events older than this many milliseconds are pruned by the sweeper; 0: kept.
+    audit_keep_ms: AtomicI64,
     /// Woken after a local enqueue, so this node's outbox workers need not wait for a poll.
     outbox_wake: Notify,
     /// Last: dropped after the backend has stopped using it.
@@ -376,12 +378,23 @@ impl Store {
         });
     }
 
+    /// Audit events older than `keep` are deleted by the sweeper, a bounded batch at a time
+    /// (`[audit] keep_days`); `None` keeps them all (the default).
+    pub fn set_audit_retention(&self, keep: Option<Duration>) {
+        let ms = keep.map_or(0, |k| millis(k).max(1));
+        self.inner.audit_keep_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// One sweep: rounds of bounded deletes until a round comes back short, then the gauges.
+    /// Each round is one short write (a background one on SQLite), so writers are never held
+    /// up for long, however much there is to delete.
     async fn sweep(&self) {
+        let keep = self.inner.audit_keep_ms.load(Ordering::Relaxed);
+        let audit_keep_ms = (keep > 0).then_some(keep);
         for _ in 0..100 {
-            match self.call(Request::Sweep).await {
-                Ok(Reply::Swept { values, outbox })
-                    if values as i64 >= ops::SWEEP_CHUNK || outbox as i64 >= ops::SWEEP_CHUNK => {}
+            match self.call(Request::Sweep { audit_keep_ms }).await {
+                Ok(Reply::Swept { values, outbox, audit })
+                    if [values, outbox, audit].iter().any(|n| *n as i64 >= ops::SWEEP_CHUNK) => {}
                 _ => break,
             }
         }
@@ -404,6 +417,7 @@ impl Inner {
             timeout: cfg.timeout(),
             describe,
             closed: AtomicBool::new(false),
+            audit_keep_ms: AtomicI64::new(0),
             outbox_wake: Notify::new(),
             rt,
         }

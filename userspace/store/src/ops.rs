@@ -132,8 +132,11 @@ pub(crate) enum Request {
     OutboxStats,
     AppendAudit(Vec<AuditEvent>),
     QueryAudit(AuditQuery),
-    /// One round of the sweeper: at most [`SWEEP_CHUNK`] rows of each kind.
-    Sweep,
+    /// One round of the sweeper: at most [`SWEEP_CHUNK`] rows of each kind; audit events older
+    /// than `audit_keep_ms` too, when set.
+    Sweep {
+        audit_keep_ms: Option<i64>,
+    },
 }
 
 /// Rows the sweeper deletes per request, so one sweep never holds the SQLite writer (or a
@@ -179,7 +182,7 @@ impl Request {
             Request::OutboxStats => 11,
             Request::AppendAudit(_) => 12,
             Request::QueryAudit(_) => 13,
-            Request::Sweep => 14,
+            Request::Sweep { .. } => 14,
             Request::Renew { .. } => 15,
         }
     }
@@ -199,7 +202,7 @@ impl Request {
     /// SQLite commits a batch of only these without syncing on its writer and syncs it on
     /// another thread, so they never hold up a request's write.
     pub(crate) fn is_background(&self) -> bool {
-        matches!(self, Request::AppendAudit(_) | Request::Sweep)
+        matches!(self, Request::AppendAudit(_) | Request::Sweep { .. })
     }
 
     /// Whether it may add outbox rows (local outbox workers are woken after it).
@@ -225,10 +228,12 @@ pub(crate) enum Reply {
     Claimed(Vec<OutboxItem>),
     Stats(OutboxStats),
     Audit(Vec<AuditEvent>),
-    /// Rows deleted by one sweep round: expired values, old finished outbox rows.
+    /// Rows deleted by one sweep round: expired values, old finished outbox rows, audit events
+    /// past their retention.
     Swept {
         values: u64,
         outbox: u64,
+        audit: u64,
     },
 }
 

@@ -155,6 +155,13 @@ const SWEEP_OUTBOX: &str = concat!(
     now!(),
     " - $2::int8 LIMIT $1)"
 );
+/// Audit events past their retention, oldest first (index `audit_time`).
+const SWEEP_AUDIT: &str = concat!(
+    "DELETE FROM audit WHERE id IN (
+         SELECT id FROM audit WHERE time_ms < ",
+    now!(),
+    " - $2::int8 ORDER BY time_ms LIMIT $1)"
+);
 /// Serializes migrations of every node starting at once ("outpost" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
 /// Attempts of a transaction that PostgreSQL aborted as a deadlock or serialization failure.
@@ -408,12 +415,16 @@ impl Pg {
                 Reply::Done
             }
             Request::QueryAudit(q) => Reply::Audit(query_audit(c, &q).await.map_err(e)?),
-            Request::Sweep => {
+            Request::Sweep { audit_keep_ms } => {
                 let values = exec(c, SWEEP_VALUES, &[&SWEEP_CHUNK]).await.map_err(e)?;
                 let outbox = exec(c, SWEEP_OUTBOX, &[&SWEEP_CHUNK, &OUTBOX_KEEP_DONE_MS])
                     .await
                     .map_err(e)?;
-                Reply::Swept { values, outbox }
+                let audit = match audit_keep_ms {
+                    Some(keep) => exec(c, SWEEP_AUDIT, &[&SWEEP_CHUNK, &keep]).await.map_err(e)?,
+                    None => 0,
+                };
+                Reply::Swept { values, outbox, audit }
             }
         })
     }

@@ -684,7 +684,7 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
             }
             Reply::Done
         }
-        Request::Sweep => {
+        Request::Sweep { audit_keep_ms } => {
             let values = conn
                 .prepare_cached(
                     "DELETE FROM kv WHERE (ns, key) IN (
@@ -697,7 +697,16 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
                          SELECT id FROM outbox WHERE done_at <= ?1 LIMIT ?2)",
                 )?
                 .execute(params![now - OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK])?;
-            Reply::Swept { values: values as u64, outbox: outbox as u64 }
+            let audit = match audit_keep_ms {
+                Some(keep) => conn
+                    .prepare_cached(
+                        "DELETE FROM audit WHERE id IN (
+                             SELECT id FROM audit WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
+                    )?
+                    .execute(params![now.saturating_sub(*keep), SWEEP_CHUNK])?,
+                None => 0,
+            };
+            Reply::Swept { values: values as u64, outbox: outbox as u64, audit: audit as u64 }
         }
         Request::Get { .. }
         | Request::Scan { .. }

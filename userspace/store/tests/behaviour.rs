@@ -15,6 +15,7 @@ both!(
     put_get_take_delete,
     expired_values_are_never_returned,
     sweeper_deletes_expired_values,
+    sweeper_prunes_old_audit_events,
     insert_conflicts_are_typed,
     txn_is_all_or_nothing,
     scan_orders_pages_and_filters,
@@ -81,6 +82,27 @@ async fn sweeper_deletes_expired_values(h: Harness) {
         tokio::time::sleep(ms(100)).await;
     }
     assert_eq!(s.get("sweep", "keep").await, Ok(Some(b"v".to_vec())));
+}
+
+async fn sweeper_prunes_old_audit_events(h: Harness) {
+    let s = h.open_with(StoreConfig { sweep_interval_ms: 200, ..h.cfg() });
+    let now = SystemTime::now();
+    let days = |d: u64| now - Duration::from_secs(d * 86_400);
+    // More old events than one round deletes: the sweep goes on in rounds.
+    let old: Vec<AuditEvent> = (0..12_000).map(|i| event(days(40) + ms(i), None, "old")).collect();
+    s.append_audit(old).await.expect("append");
+    let recent = vec![event(days(2), Some("alice"), "recent"), event(now, None, "recent")];
+    s.append_audit(recent.clone()).await.expect("append");
+    assert_eq!(h.scalar("SELECT count(*) FROM audit"), 12_002, "{}: nothing pruned yet", h.name());
+    s.set_audit_retention(Some(Duration::from_secs(30 * 86_400)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.scalar("SELECT count(*) FROM audit") != 2 {
+        assert!(std::time::Instant::now() < deadline, "{}: old events left", h.name());
+        tokio::time::sleep(ms(100)).await;
+    }
+    let q = AuditQuery { limit: 10, ..AuditQuery::default() };
+    let left = s.query_audit(&q).await.expect("query");
+    assert_eq!(left, recent);
 }
 
 async fn insert_conflicts_are_typed(h: Harness) {
