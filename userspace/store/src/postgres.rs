@@ -220,7 +220,10 @@ impl Pg {
                 pg.scrub(&why)
             ))
         };
-        let obj = match tokio::time::timeout(walk_limit, pg.pool.get()).await {
+        // A little past the walk's own bound, so that its answer (host by host) comes first.
+        let obj = match tokio::time::timeout(walk_limit + Duration::from_millis(200), pg.pool.get())
+            .await
+        {
             Ok(Ok(obj)) => obj,
             Ok(Err(e)) => {
                 return Err(fail(match (pg.hosts.last_failure(), e) {
