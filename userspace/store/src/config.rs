@@ -14,6 +14,8 @@ use crate::StoreError;
 pub struct StoreConfig {
     /// Default: none (embedded SQLite at `<data_dir>/outpost.db`). A PostgreSQL URL,
     /// `postgres://user:password@host:port/dbname`, to share the store between edge nodes.
+    /// Several hosts (`postgres://user:password@h1:5432,h2:5432/dbname`) for a primary and its
+    /// standbys: connections go to whichever takes writes, found again after a failover.
     pub url: Option<String>,
     /// Default: none. A file holding the PostgreSQL URL (first line), so the password can stay
     /// out of outpost.toml. Set `url` or `url_file`, not both.
@@ -23,8 +25,8 @@ pub struct StoreConfig {
     /// Default: 2000. Bound on any single operation, in milliseconds; past it the operation
     /// fails with a timeout (outcome unknown).
     pub timeout_ms: u64,
-    /// Default: 3000. Bound on establishing a PostgreSQL connection, at open and after the
-    /// database restarts, in milliseconds.
+    /// Default: 3000. Bound on establishing a PostgreSQL connection to one host, at open and
+    /// after the database restarts or fails over, in milliseconds.
     pub connect_timeout_ms: u64,
     /// Default: 30000. How often, in milliseconds, expired values and outbox rows finished more
     /// than a day ago are deleted, and the outbox gauges refreshed.
@@ -113,8 +115,8 @@ impl StoreConfig {
         }
     }
 
-    /// With a PostgreSQL URL: connects once within `limit` and runs `SELECT 1` (no migration,
-    /// nothing written). Returns the server, password hidden; `Ok(None)` for the embedded
+    /// With a PostgreSQL URL: connects once (each of its hosts within `limit`, until one takes
+    /// writes) and runs `SELECT 1` (no migration, nothing written). Returns the server, password hidden; `Ok(None)` for the embedded
     /// store. Blocks the calling thread (not for use inside a runtime).
     pub fn ping(&self, limit: Duration) -> Result<Option<String>, StoreError> {
         let Some(url) = self.resolve_url()? else { return Ok(None) };
@@ -182,6 +184,14 @@ mod tests {
             ),
             ("host=h password=x user=u", "host=h password=*** user=u"),
             ("postgres://u:p@h/db?sslmode=disable", "postgres://u:***@h/db?sslmode=disable"),
+            (
+                "postgres://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write",
+                "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write",
+            ),
+            (
+                "host=h1,h2 port=5432,5433 password=x target_session_attrs=read-write",
+                "host=h1,h2 port=5432,5433 password=*** target_session_attrs=read-write",
+            ),
         ] {
             assert_eq!(redact_url(url), want, "input {url}");
         }

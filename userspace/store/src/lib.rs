@@ -13,7 +13,8 @@
 //! - `postgres`: the shared backend: a connection pool on the store's runtime, the database's
 //!   clock, `SKIP LOCKED` claims, advisory-locked migrations; `postgres/batch.rs` commits
 //!   single-key writes that queue behind busy connections in groups, one pipelined
-//!   transaction each.
+//!   transaction each; `postgres/hosts.rs` picks, among the URL's hosts, the one that takes
+//!   writes (the primary, again after a failover).
 //! - `schema`: versioned migrations; a database newer than the binary is refused untouched.
 //! - [`outbox`]: at-least-once delivery ([`OutboxItem`], [`spawn_outbox_worker`]).
 //! - [`audit`]: the append-only audit log ([`AuditEvent`], [`AuditQuery`]).
@@ -32,7 +33,9 @@
 //!   is measured on the database's clock, so nodes whose clocks differ still agree.
 //! - Every operation is bounded by `timeout_ms`: past it, [`StoreError::Timeout`] (outcome
 //!   unknown). A PostgreSQL that went away gives [`StoreError::Unavailable`] quickly, and the
-//!   pool reconnects by itself once it is back.
+//!   pool reconnects by itself once it is back, or, with several hosts in the URL, once one of
+//!   them takes writes (a promoted standby). A write whose commit was cut off is reported as
+//!   Unavailable or Timeout (outcome unknown), never as done.
 //! - The methods are `async`, their futures are `Send`, and they can be awaited from any
 //!   runtime (tokio-uring workers, a current-thread runtime with a LocalSet, plain tokio): the
 //!   work runs on the store's own threads and runtime.
@@ -179,9 +182,10 @@ impl Store {
                 let rt = StoreRuntime::start(1)?;
                 let redacted = config::redact_url(&url);
                 let task_cfg = cfg.clone();
-                // The connect itself is bounded by connect_timeout inside; the margin covers
-                // migrations waiting on another node's migration lock.
-                let limit = cfg.connect_timeout() + cfg.timeout() + Duration::from_secs(30);
+                // The connect itself is bounded by connect_timeout per host inside; the margin
+                // covers migrations waiting on another node's migration lock.
+                let hosts = u32::try_from(postgres::host_count(&url)).unwrap_or(u32::MAX);
+                let limit = cfg.connect_timeout() * hosts + cfg.timeout() + Duration::from_secs(30);
                 let pg = match rt.block_on(limit, async move { Pg::open(&url, &task_cfg).await }) {
                     Ok(pg) => pg,
                     Err(e) => {

@@ -19,17 +19,24 @@
 //! they queue up behind busy connections (`batch`).
 //!
 //! A connection whose operation was cut short (timeout) is dropped, not returned to the pool:
-//! it may still be in the middle of a transaction. A connection broken by a restart reports
-//! closed and the pool discards it; the next checkout connects afresh.
+//! it may still be in the middle of a transaction. So is one whose operation found it unusable
+//! (`Unavailable`: lost, or its server shutting down or now read-only, as a demoted primary
+//! is). A connection broken by a restart reports closed and the pool discards it. The next
+//! checkout connects afresh, through the URL's host list (`hosts`): after a failover, to the
+//! new primary.
 
 mod batch;
+mod hosts;
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use tokio_postgres::{config::Host, error::SqlState, NoTls};
+use tokio_postgres::{config::Host, config::TargetSessionAttrs, error::SqlState};
 
 use crate::{
     audit::{AuditEvent, AuditQuery},
@@ -178,6 +185,7 @@ pub(crate) struct Pg {
     /// The password, scrubbed from any driver message before it becomes an error.
     secret: Option<String>,
     describe: String,
+    hosts: Arc<hosts::Hosts>,
 }
 
 impl Pg {
@@ -196,43 +204,49 @@ impl Pg {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .filter(|p| !p.is_empty());
         let describe = describe(&pgc);
-        let mgr = Manager::from_config(
+        let hosts = Arc::new(hosts::Hosts::new(&pgc, connect_timeout)?);
+        // Each host's attempt is bounded inside the walk; this only stops a checkout from
+        // waiting longer than a whole walk.
+        let walk_limit = hosts.walk_limit();
+        let mgr = Manager::from_connect(
             pgc,
-            NoTls,
+            hosts::Walk(hosts.clone()),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(mgr)
             .max_size(cfg.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(cfg.timeout()))
-            .create_timeout(Some(connect_timeout))
+            .create_timeout(Some(walk_limit + Duration::from_millis(100)))
             .recycle_timeout(Some(cfg.timeout()))
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the PostgreSQL pool: {e}")))?;
-        let pg = Pg { pool, writes: OnceLock::new(), timeout: cfg.timeout(), secret, describe };
+        let pg =
+            Pg { pool, writes: OnceLock::new(), timeout: cfg.timeout(), secret, describe, hosts };
 
-        // The first connection names the server and what failed; an unreachable or silent
-        // server fails within connect_timeout (the create timeout covers the TCP connect and
-        // the startup handshake alike).
-        let obj = match tokio::time::timeout(connect_timeout, pg.pool.get()).await {
+        // The first connection names the server and what failed, host by host; an unreachable
+        // or silent server fails within connect_timeout per host.
+        let fail = |why: String| {
+            StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                pg.describe,
+                pg.scrub(&why)
+            ))
+        };
+        // A little past the walk's own bound, so that its answer (host by host) comes first.
+        let obj = match tokio::time::timeout(walk_limit + Duration::from_millis(200), pg.pool.get())
+            .await
+        {
             Ok(Ok(obj)) => obj,
             Ok(Err(e)) => {
-                let why = match e {
-                    PoolError::Backend(e) => pg.message(&e),
-                    PoolError::Timeout(_) => format!("no answer within {connect_timeout:?}"),
-                    other => pg.scrub(&other.to_string()),
-                };
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to PostgreSQL at {}: {why}",
-                    pg.describe
-                )));
+                return Err(fail(match (pg.hosts.last_failure(), e) {
+                    (Some(why), PoolError::Backend(_)) => why,
+                    (_, PoolError::Backend(e)) => chain(&e),
+                    (_, PoolError::Timeout(_)) => format!("no answer within {walk_limit:?}"),
+                    (_, other) => other.to_string(),
+                }))
             }
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to PostgreSQL at {}: no answer within {connect_timeout:?}",
-                    pg.describe
-                )))
-            }
+            Err(_) => return Err(fail(format!("no answer within {walk_limit:?}"))),
         };
         let mut conn = Conn { obj: Some(obj) };
         pg.migrate(&mut conn).await?;
@@ -321,7 +335,7 @@ impl Pg {
         let obj = self.pool.get().await.map_err(|e| self.pool_err(e))?;
         let mut conn = Conn { obj: Some(obj) };
         let r = self.run(&mut conn, req).await;
-        conn.finish();
+        conn.release(r.as_ref().err());
         r
     }
 
@@ -461,7 +475,7 @@ impl Pg {
                 Ok(TxnOutcome::Committed(out)) => match tx.commit().await {
                     Ok(()) => return Ok(TxnOutcome::Committed(out)),
                     Err(e) if retryable(&e) && attempt < TXN_ATTEMPTS => continue,
-                    Err(e) => return Err(self.err(e)),
+                    Err(e) => return Err(self.commit_err(e)),
                 },
                 Ok(aborted) => {
                     tx.rollback().await.map_err(|e| self.err(e))?;
@@ -477,17 +491,21 @@ impl Pg {
     /// What the driver says, causes included ("error connecting to server: Connection
     /// refused"), without the password.
     fn message(&self, e: &tokio_postgres::Error) -> String {
-        if let Some(db) = e.as_db_error() {
-            return self.scrub(&format!("{}: {}", db.severity(), db.message()));
+        self.scrub(&chain(e))
+    }
+
+    /// A failed COMMIT: an ERROR from the server means it rolled back (a plain error);
+    /// anything else (the connection lost, the server shutting down or crashing as it
+    /// answered) leaves the outcome unknown, and the message says so.
+    fn commit_err(&self, e: tokio_postgres::Error) -> StoreError {
+        if commit_unknown(&e) {
+            StoreError::Unavailable(format!(
+                "connection lost during a commit, outcome unknown ({})",
+                self.message(&e)
+            ))
+        } else {
+            self.err(e)
         }
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        self.scrub(&msg)
     }
 
     /// A driver error as the store's; the password never survives into the message.
@@ -544,6 +562,15 @@ impl Conn {
         // Back to the pool (Object's own Drop); the Drop below then finds nothing.
         drop(self.obj.take());
     }
+
+    /// Back to the pool, unless the operation found the connection unusable: a lost one, or
+    /// one to a server that is shutting down or no longer takes writes (a demoted primary, a
+    /// standby). Dropped, it is closed, and the next checkout walks the host list again.
+    fn release(self, failed: Option<&StoreError>) {
+        if !matches!(failed, Some(StoreError::Unavailable(_))) {
+            self.finish();
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -554,21 +581,38 @@ impl Drop for Conn {
     }
 }
 
-/// `postgres://user:***@host:port/db`, from the parsed config: what the operator wrote, minus
-/// the password, with the defaults filled in.
 /// Parses a PostgreSQL URL the way [`Pg::open`] does, without connecting: `postgres://host`
-/// as written, its password hidden in any error.
+/// as written (or `postgres://h1,h2/db`, several hosts), its password hidden in any error.
+/// Unless the URL says otherwise, a connection is kept only on a server that takes writes
+/// (`target_session_attrs=read-write`): the store writes on every path, so a standby, or a
+/// primary demoted since, is passed over for the next host.
 pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    url.parse().map_err(|e| {
+    let mut pgc: tokio_postgres::Config = url.parse().map_err(|e| {
         StoreError::Config(format!(
             "invalid PostgreSQL url {}: {e}",
             crate::config::redact_url(url)
         ))
-    })
+    })?;
+    if !url.contains("target_session_attrs") {
+        pgc.target_session_attrs(TargetSessionAttrs::ReadWrite);
+    }
+    hosts::Hosts::new(&pgc, Duration::ZERO).map_err(|e| match e {
+        StoreError::Config(m) => {
+            StoreError::Config(format!("{m}: {}", crate::config::redact_url(url)))
+        }
+        e => e,
+    })?;
+    Ok(pgc)
 }
 
-/// Connects once and runs `SELECT 1`, within `limit`; no pool, no migration, nothing written
-/// (for `outpost check --connect`). Returns the server as [`describe`] shows it.
+/// How many hosts `url` names (1 if it does not parse: opening will say why).
+pub(crate) fn host_count(url: &str) -> usize {
+    parse_url(url).map(|c| c.get_hosts().len().max(c.get_hostaddrs().len()).max(1)).unwrap_or(1)
+}
+
+/// Connects once (each host of the URL within `limit`, as the pool does) and runs `SELECT 1`
+/// within `limit`; no pool, no migration, nothing written (for `outpost check --connect`).
+/// Returns the server as [`describe`] shows it.
 pub(crate) async fn ping(url: &str, limit: Duration) -> Result<String, StoreError> {
     let mut pgc = parse_url(url)?;
     pgc.connect_timeout(limit);
@@ -587,31 +631,34 @@ pub(crate) async fn ping(url: &str, limit: Duration) -> Result<String, StoreErro
     let fail = |why: String| {
         StoreError::Unavailable(format!("cannot connect to PostgreSQL at {shown}: {}", scrub(why)))
     };
-    let attempt = async {
-        let (client, connection) = pgc.connect(NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let ok = client.simple_query("SELECT 1").await.map(|_| ());
-        drop(client);
-        let _ = driver.await;
-        ok
-    };
-    match tokio::time::timeout(limit, attempt).await {
-        Ok(Ok(())) => Ok(shown.clone()),
-        Ok(Err(e)) => Err(fail(match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.severity(), db.message()),
-            None => {
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    source = s.source();
-                }
-                msg
-            }
-        })),
-        Err(_) => Err(fail(format!("no answer within {limit:?}"))),
+    // The same walk as the pool's: each host within `limit`, the read-write check included.
+    let hosts = hosts::Hosts::new(&pgc, limit)?;
+    let (client, connection) = hosts.connect().await.map_err(|f| fail(f.summary))?;
+    let driver = tokio::spawn(connection);
+    let ok = tokio::time::timeout(limit, client.simple_query("SELECT 1")).await;
+    drop(client);
+    let _ = tokio::time::timeout(limit, driver).await;
+    match ok {
+        Ok(Ok(_)) => Ok(shown.clone()),
+        Ok(Err(e)) => Err(fail(chain(&e))),
+        Err(_) => Err(fail(format!("no answer to SELECT 1 within {limit:?}"))),
     }
+}
+
+/// A driver error in one line: the server's message, or the error and its causes ("error
+/// connecting to server: Connection refused (os error 111)"). Not scrubbed.
+fn chain(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 fn describe(c: &tokio_postgres::Config) -> String {
@@ -647,6 +694,16 @@ fn unavailable(code: &SqlState) -> bool {
             SqlState::READ_ONLY_SQL_TRANSACTION,
         ]
         .contains(code)
+}
+
+/// A COMMIT that failed without the server saying it rolled back: the connection broke, or the
+/// server was shutting down or crashing (a FATAL may follow a commit already made locally, e.g.
+/// while it waited for a synchronous standby).
+fn commit_unknown(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => unavailable(code),
+        None => true,
+    }
 }
 
 fn retryable(e: &tokio_postgres::Error) -> bool {

@@ -6,6 +6,9 @@
 //! Works as root (CI): initdb and postgres refuse to run as root, so they run as the
 //! `postgres` system user (the directory is chowned to it); as any other user they run as
 //! that user.
+//!
+//! [`Replicated`] is a primary with a synchronous standby streaming from it, for failover
+//! tests: SIGKILL the primary, promote the standby.
 
 use std::{
     fs::File,
@@ -147,7 +150,10 @@ impl TestPostgres {
         // on a cold pool then times out for reasons production (release) never sees.
         std::fs::write(
             dir.path().join("data/pg_hba.conf"),
-            format!("local all all trust\nhost all all 127.0.0.1/32 md5\nhost all all {listen}/24 md5\n"),
+            format!(
+                "local all all trust\nlocal replication all trust\n\
+                 host all all 127.0.0.1/32 md5\nhost all all {listen}/24 md5\n"
+            ),
         )
         .expect("write pg_hba.conf");
         if let Some(u) = run_as {
@@ -356,6 +362,139 @@ impl TestPostgres {
         }
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// A primary and a standby streaming from it, each a [`TestPostgres`] on 127.0.0.1 with a port
+/// of its own. The standby is synchronous (`synchronous_standby_names = '*'` on the primary,
+/// `synchronous_commit = on` on both): the primary acknowledges a commit only once the standby
+/// has flushed it, so whatever a client saw committed survives losing the primary.
+pub struct Replicated {
+    pub primary: TestPostgres,
+    pub standby: TestPostgres,
+}
+
+impl Replicated {
+    /// Starts the primary (role and database `outpost`, as [`TestPostgres::start`]), clones
+    /// it with `pg_basebackup -R`, starts the standby, makes it synchronous and waits until the
+    /// primary reports it so. Panics with what went wrong.
+    pub fn start() -> Replicated {
+        let primary = TestPostgres::start();
+        let standby = primary.standby();
+        // Only now: with no standby, every commit would wait for one. On the primary alone
+        // (postgresql.auto.conf was copied before): once promoted, the standby waits for none.
+        primary.psql("postgres", "ALTER SYSTEM SET synchronous_standby_names = '*'");
+        primary.psql("postgres", "SELECT pg_reload_conf()");
+        let started = Instant::now();
+        loop {
+            let sync = primary.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+            );
+            if sync == "1" {
+                break;
+            }
+            assert!(
+                started.elapsed() < START_LIMIT,
+                "the standby did not become synchronous within {START_LIMIT:?} ({sync} sync); \
+                 standby log:\n{}",
+                standby.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Replicated { primary, standby }
+    }
+
+    /// `postgres://outpost:<password>@127.0.0.1:<primary>,127.0.0.1:<standby>/outpost
+    /// ?target_session_attrs=read-write`: whichever of the two takes writes.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://outpost:{}@127.0.0.1:{},127.0.0.1:{}/outpost?target_session_attrs=read-write",
+            self.primary.password,
+            self.primary.port,
+            self.standby.port
+        )
+    }
+
+    /// `pg_ctl promote -w` on the standby: returns once it takes writes.
+    pub fn promote_standby(&self) {
+        self.standby.promote();
+    }
+}
+
+impl TestPostgres {
+    /// A hot standby of this server: `pg_basebackup -R -X stream` over the Unix socket, then
+    /// started on a port of its own.
+    fn standby(&self) -> TestPostgres {
+        let dir = TempDir::new("outpost-pg-standby");
+        for sub in ["data", "sock"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("create standby dirs");
+        }
+        if let Some(u) = self.run_as {
+            chown_tree(dir.path(), u);
+        }
+        std::fs::set_permissions(dir.path().join("data"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod standby data dir");
+        let mut backup = Command::new(self.bin.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres"])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .current_dir(dir.path());
+        let out = as_user(&mut backup, self.run_as).output().unwrap_or_else(|e| {
+            panic!("cannot run {}: {e}", self.bin.join("pg_basebackup").display())
+        });
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut standby = TestPostgres {
+            bin: self.bin.clone(),
+            dir,
+            port: free_port(),
+            password: self.password.clone(),
+            run_as: self.run_as,
+            netns: None,
+            listen: self.listen.clone(),
+            child: Mutex::new(None),
+        };
+        for attempt in 1.. {
+            match standby.try_spawn_server() {
+                Ok(()) => break,
+                Err(e) if e.port_taken && attempt < 5 => standby.port = free_port(),
+                Err(e) => panic!("standby: {}", e.message),
+            }
+        }
+        standby
+    }
+
+    /// `pg_ctl promote -w`: a standby leaves recovery and takes writes. Panics if it does not
+    /// within 30 s.
+    pub fn promote(&self) {
+        let mut promote = Command::new(self.bin.join("pg_ctl"));
+        promote
+            .arg("promote")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-t", "30"])
+            .current_dir(self.dir.path());
+        let out = as_user(&mut promote, self.run_as)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.join("pg_ctl").display()));
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed ({}): {}{}\nlog:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
     }
 }
 

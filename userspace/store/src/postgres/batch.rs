@@ -12,8 +12,9 @@
 //! same key, as if they had run one after the other. Locks are taken in key order, so two
 //! batches do not deadlock on each other. If any statement fails (or the database refuses the
 //! COMMIT), the transaction is rolled back and every request runs again on its own, so only a
-//! request at fault fails. A COMMIT whose answer was lost (the connection broke) has an
-//! unknown outcome: every request of the batch gets `Unavailable`, as a lone statement would.
+//! request at fault fails. A COMMIT whose answer was lost (the connection broke, or the server
+//! went down as it answered) has an unknown outcome: every request of the batch gets
+//! `Unavailable`, as a lone statement would.
 
 use std::{
     collections::HashMap,
@@ -162,7 +163,11 @@ impl Pg {
                 Err(Failed::Unknown(e)) => writes.iter().map(|_| Err(e.clone())).collect(),
             }
         };
-        conn.finish();
+        conn.release(
+            results
+                .iter()
+                .find_map(|r| r.as_ref().err().filter(|e| matches!(e, StoreError::Unavailable(_)))),
+        );
         results
     }
 
@@ -216,14 +221,9 @@ impl Pg {
         }
         match tx.commit().await {
             Ok(()) => {}
-            // The server answered: it rolled the transaction back.
-            Err(e) if e.as_db_error().is_some() => return Err(Failed::RolledBack),
-            Err(e) => {
-                return Err(Failed::Unknown(StoreError::Unavailable(format!(
-                    "connection lost during a commit, outcome unknown ({})",
-                    self.message(&e)
-                ))))
-            }
+            Err(e) if super::commit_unknown(&e) => return Err(Failed::Unknown(self.commit_err(e))),
+            // The server answered with an ERROR: it rolled the transaction back.
+            Err(_) => return Err(Failed::RolledBack),
         }
         let replies: Vec<Reply> = replies.into_iter().flatten().collect();
         if replies.len() != batch.len() {
