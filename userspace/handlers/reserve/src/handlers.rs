@@ -144,7 +144,11 @@ impl Answer {
                 "The service is overloaded and could not finish your request; it may have \
                  gone through. Try again in a few seconds: repeating it is safe."
             }
-            _ => "The service is temporarily unavailable; nothing was saved. Try again in a few seconds.",
+            // A connection lost during a commit leaves its outcome unknown too.
+            _ => {
+                "The service is temporarily unavailable; your request may not have gone \
+                 through. Try again in a few seconds: repeating it is safe."
+            }
         };
         tracing::warn!(error = %e, "reserve: store unavailable");
         let mut a = Answer::error(503, "unavailable", message);
