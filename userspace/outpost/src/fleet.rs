@@ -665,13 +665,18 @@ pub fn set_policy(config: Option<&Path>, change: Option<FloorChange>) -> Result<
             Ok(Some(spec))
         })
         .await?;
-        let (kind, what) = match &written.floor {
-            Some(f) => ("fleet.policy.set", f.describe()),
-            None => ("fleet.policy.clear", "cleared: each node's own [floor]".into()),
+        let what = match &written.floor {
+            Some(f) => f.describe(),
+            None => "cleared: each node's own [floor]".into(),
         };
         let line = format!("fleet policy generation {}: {what}", written.generation);
-        let event =
-            Audit::new(node, None).event(kind, "success").user(set_by.clone()).reason(line.clone());
+        // Each kind written out at its `event(` call: the docs test finds kinds there.
+        let audit = Audit::new(node, None);
+        let event = match &written.floor {
+            Some(_) => audit.event("fleet.policy.set", "success"),
+            None => audit.event("fleet.policy.clear", "success"),
+        };
+        let event = event.user(set_by.clone()).reason(line.clone());
         if let Err(e) = store.append_audit(vec![event]).await {
             eprintln!("warning: the policy is set, but its audit event was not written: {e}");
         }
