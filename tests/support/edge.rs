@@ -846,7 +846,12 @@ say("done")
 /// GET `http://ADMIN/path` from inside `edge_ns`, with `ip netns exec`, as an operator there
 /// would, and with the admin token of `token` when given.
 pub(crate) fn admin_get(edge_ns: &str, path: &str, token: Option<&Path>) -> Output {
-    let url = format!("http://{ADMIN}{path}");
+    admin_get_at(edge_ns, ADMIN, path, token)
+}
+
+/// [`admin_get`] on an admin listener at `admin`, from `edge_ns`.
+pub(crate) fn admin_get_at(edge_ns: &str, admin: &str, path: &str, token: Option<&Path>) -> Output {
+    let url = format!("http://{admin}{path}");
     let mut argv = vec!["ip", "netns", "exec", edge_ns, "curl", "-sSf", "--max-time", "3"];
     let auth = token.map(|t| {
         let t = fs::read_to_string(t).unwrap_or_else(|e| panic!("{}: {e}", t.display()));

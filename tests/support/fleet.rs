@@ -10,6 +10,7 @@
 //!        client ns      edge-1 ns        edge-2 ns        ...
 //!      198.18.20.2    198.18.20.11:443  198.18.20.12:443
 //!                     admin 127.0.0.1:9901 in each
+//!                     (or <its address>:9901, with `Options::admin_on_lan`)
 //! ```
 //!
 //! Each edge runs `outpost run --no-xdp` (this topology is about shared state; the XDP floor
@@ -27,7 +28,7 @@ use std::{
 use outpost_store::testing::TestPostgres;
 
 use crate::{
-    edge::{admin_get, origin_script, ADMIN},
+    edge::{admin_get_at, origin_script, ADMIN},
     netns::{
         self, add_namespace, add_veth, check_prerequisites, host, outpost_bin, run, Daemon, Output,
         COMMAND_LIMIT, PYTHON,
@@ -41,6 +42,8 @@ pub const CLIENT_V4: &str = "198.18.20.2";
 const HUB_MAC: &str = "02:00:c6:12:14:01";
 /// The origin's port in the hub namespace.
 pub const ORIGIN_PORT: u16 = 8080;
+/// The admin listener's port with [`Options::admin_on_lan`].
+pub const ADMIN_PORT: u16 = 9901;
 
 pub(crate) const HUB_NS_PREFIX: &str = "oph-";
 pub(crate) const CLIENT_NS_PREFIX: &str = "opk-";
@@ -61,7 +64,18 @@ pub struct Node {
     pub addr: String,
     /// Its config file.
     pub config: PathBuf,
+    /// Its admin listener (`admin` in its config).
+    pub admin: String,
     outpost: Option<Daemon>,
+}
+
+/// How a [`Fleet`] is built.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Each edge's admin listener on its LAN address (`<addr>:9901`) instead of its own
+    /// loopback, so the hub (a Prometheus there) and the other nodes (`outpost stats --fleet`)
+    /// reach it, as on a management network.
+    pub admin_on_lan: bool,
 }
 
 /// The hub, the client, the edges and the database.
@@ -81,6 +95,11 @@ impl Fleet {
     /// with `extra` appended to its config (top-level keys are not allowed in `extra`: it comes
     /// after the `[store]` table). Returns once every edge answers on its admin listener.
     pub fn new(nodes: usize, extra: &str) -> Fleet {
+        Fleet::with_options(nodes, extra, Options::default())
+    }
+
+    /// [`Fleet::new`], built as `options` say.
+    pub fn with_options(nodes: usize, extra: &str, options: Options) -> Fleet {
         assert!((1..=9).contains(&nodes), "1 to 9 nodes");
         check_prerequisites();
         let outpost_bin = outpost_bin();
@@ -113,7 +132,12 @@ impl Fleet {
             fleet.wire(&ns, &format!("n{i}{pid}x{n}"), &addr);
             let name = format!("edge-{i}");
             let config = fleet.dir.join(format!("{name}.toml"));
-            fleet.nodes.push(Node { name, ns, addr, config, outpost: None });
+            let admin = if options.admin_on_lan {
+                format!("{addr}:{ADMIN_PORT}")
+            } else {
+                ADMIN.to_owned()
+            };
+            fleet.nodes.push(Node { name, ns, addr, config, admin, outpost: None });
             fleet.write_config(i - 1, extra);
             fleet.start_node(i - 1);
         }
@@ -145,13 +169,14 @@ impl Fleet {
         let data = self.dir.join(format!("{}-data", node.name));
         let url = self.pg.url().replace("127.0.0.1", HUB_V4);
         let text = format!(
-            "node = \"{}\"\nlisten = [\"{}:443\"]\nadmin = \"{ADMIN}\"\ndata_dir = \"{}\"\n\
+            "node = \"{}\"\nlisten = [\"{}:443\"]\nadmin = \"{}\"\ndata_dir = \"{}\"\n\
              workers = 2\nshutdown_grace_ms = 2000\n\n[store]\nurl = \"{url}\"\n\
              timeout_ms = 2000\nconnect_timeout_ms = 2000\n\n\
              [[routes]]\npath = \"/\"\n[routes.origin]\nservers = [\"{HUB_V4}:{ORIGIN_PORT}\"]\n\n\
              {extra}\n",
             node.name,
             node.addr,
+            node.admin,
             data.display()
         );
         fs::write(&node.config, text)
@@ -166,8 +191,8 @@ impl Fleet {
         let argv = [bin.as_str(), "run", "--no-xdp", "--config", config];
         let mut daemon =
             Daemon::start(&format!("outpost run ({})", node.name), Some(&node.ns), &argv);
-        let ns = node.ns.clone();
-        daemon.wait_ready(START_LIMIT, |_| admin_get(&ns, "/healthz", None).success());
+        let (ns, admin) = (node.ns.clone(), node.admin.clone());
+        daemon.wait_ready(START_LIMIT, |_| admin_get_at(&ns, &admin, "/healthz", None).success());
         node.outpost = Some(daemon);
     }
 
@@ -189,7 +214,7 @@ impl Fleet {
     pub fn admin(&self, i: usize, path: &str) -> String {
         let node = &self.nodes[i];
         let token = self.dir.join(format!("{}-data", node.name)).join("admin-token");
-        admin_get(&node.ns, path, Some(&token)).ok().stdout
+        admin_get_at(&node.ns, &node.admin, path, Some(&token)).ok().stdout
     }
 
     /// `outpost ARGS --config <node i's>` in node `i`'s namespace (the caller judges).
@@ -253,6 +278,16 @@ impl Fleet {
     /// Stops node `i` (SIGTERM, drain); its exit status.
     pub fn stop_node(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         self.nodes[i].outpost.take().and_then(|mut d| d.stop(STOP_LIMIT))
+    }
+
+    /// Kills node `i` (SIGKILL: no drain, its registry row is left as it was); panics unless
+    /// it is gone within the stop limit.
+    #[track_caller]
+    pub fn kill_node(&mut self, i: usize) {
+        let mut d = self.nodes[i].outpost.take().expect("node is running");
+        d.signal(libc::SIGKILL);
+        let status = d.wait_exit(STOP_LIMIT);
+        assert!(status.is_some(), "node {i} still running after SIGKILL:\n{}", d.report());
     }
 }
 

@@ -143,6 +143,16 @@ const TEST_PACKAGES: &[&str] = &[
 /// edge's flame graph (taskset, which pins the proxy bench's processes, is util-linux's);
 /// nghttp2-client for h2load, the h2 bench's client.
 const BENCH_PACKAGES: &[&str] = &["wrk", "linux-perf", "nghttp2-client"];
+/// Debian packages of daemons the tests start by themselves (tests/prometheus.rs: Prometheus
+/// scraping a fleet, `promtool` checking deploy/prometheus). Their postinst starts the service
+/// wherever it can (`invoke-rc.d`, `deb-systemd-invoke`), and `prometheus` recommends
+/// `prometheus-node-exporter`, another daemon: they are installed without recommends, under a
+/// `policy-rc.d` that refuses every start, and left disabled, so nothing is running after setup
+/// (a test's Prometheus listens on a port of its own, in a namespace).
+const SERVICE_PACKAGES: &[&str] = &["prometheus"];
+/// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before starting a service
+/// (exit 101: refused).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// npm projects of the tests (each with a package-lock.json): `npm ci` installs them.
 const NPM_PROJECTS: &[&str] = &[
     "userspace/handlers/access/tests/idp",
@@ -450,14 +460,20 @@ fn setup() -> Result<()> {
         .copied()
         .filter(|p| !installed(p))
         .collect();
+    let services: Vec<&str> = SERVICE_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() || !services.is_empty() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+    }
     if !missing.is_empty() {
         missing.sort();
         println!("xtask setup: installing {}", missing.join(" "));
-        run(Command::new("apt-get").args(["update", "-q"]))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !services.is_empty() {
+        install_services(&services)?;
     }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
@@ -513,6 +529,49 @@ fn setup() -> Result<()> {
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     println!("xtask setup: ready ({:.1?})", started.elapsed());
+    Ok(())
+}
+
+/// Installs `packages` (of [`SERVICE_PACKAGES`]) so that none of their services starts now or at
+/// boot: no recommends, a refusing `policy-rc.d` for the install (one already there, such as a
+/// container's, is left as it is), then disabled for sysvinit and systemd.
+fn install_services(packages: &[&str]) -> Result<()> {
+    println!("xtask setup: installing {} (services left stopped and disabled)", packages.join(" "));
+    let policy = Path::new(POLICY_RC_D);
+    let ours = !policy.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if ours {
+        std::fs::remove_file(policy).with_context(|| format!("removing {POLICY_RC_D}"))?;
+    }
+    installed?;
+    // Not at boot either. `systemctl disable` works without systemd running (it edits the
+    // unit's links, and the sysvinit ones through systemd-sysv-install); update-rc.d where there
+    // is no systemctl. Stopped, where systemd runs and started it anyway.
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let systemctl =
+        Path::new("/usr/bin/systemctl").is_file() || Path::new("/bin/systemctl").is_file();
+    for p in packages {
+        let unit = format!("{p}.service");
+        if systemctl && Path::new("/lib/systemd/system").join(&unit).is_file() {
+            run(Command::new("systemctl").args(["disable", &unit]))?;
+            if systemd {
+                run(Command::new("systemctl").args(["stop", &unit]))?;
+            }
+        } else if Path::new("/etc/init.d").join(p).is_file() {
+            run(Command::new("update-rc.d").args([p, "disable"]))?;
+        }
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@ mod audit;
 mod check;
 mod edge;
 mod fleet;
+mod fleet_stats;
 mod operator;
 mod userspace;
 
@@ -180,9 +181,21 @@ enum Command {
         /// Print again every SECS seconds, with the growth over the interval.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
-        /// Admin listener of the `outpost run` whose counters to show.
+        /// Admin listener of the `outpost run` whose counters to show (not used with --fleet).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "OUTPOST_ADMIN")]
         admin: SocketAddr,
+        /// The whole fleet: every live node of the registry (the store of --config), read
+        /// through its admin listener, kernel counters included, and summed. The kernel's
+        /// parse outcomes are not summed (they are not in /metrics).
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: a column per node beside the fleet's sum (rows zero everywhere left
+        /// out).
+        #[arg(long, requires = "fleet")]
+        by_node: bool,
+        /// With --fleet: the config whose store the fleet shares (default ./outpost.toml).
+        #[arg(long, value_name = "FILE", requires = "fleet")]
+        config: Option<PathBuf>,
     },
     /// Write the man pages (outpost.1, outpost-run.1, ...) into DIR (for packaging).
     #[command(hide = true)]
@@ -566,7 +579,10 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("warning: {w}");
             }
         }
-        Command::Stats { json, watch, admin } => {
+        Command::Stats { json, watch, fleet: true, by_node, config, .. } => {
+            fleet_stats::run(config.as_deref(), json, by_node, watch)?;
+        }
+        Command::Stats { json, watch, admin, .. } => {
             let snapshot = || -> Result<Snapshot> {
                 let kernel = dataplane::PinnedMaps::open(&pin_dir).and_then(|m| m.stats());
                 let user = UserStats::fetch(admin);

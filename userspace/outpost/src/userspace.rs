@@ -1,5 +1,6 @@
 //! The proxy's own counters, read from a running `outpost run` through its admin listener,
-//! so that `outpost stats` shows the kernel and userspace floors side by side.
+//! so that `outpost stats` shows the kernel and userspace floors side by side; for
+//! `outpost stats --fleet`, also the kernel's counters as that node's `/metrics` shows them.
 
 use std::{
     fmt::{self, Write as _},
@@ -38,16 +39,35 @@ pub struct UserStats {
 impl UserStats {
     /// Fetches and parses `/metrics` from the admin listener at `admin`.
     pub fn fetch(admin: SocketAddr) -> Result<UserStats> {
-        // `/metrics` is open: no token.
-        let (status, text) = admin_get(admin, "/metrics", None)?;
-        if status != 200 {
-            bail!("{admin}/metrics answered {status}");
+        Ok(UserStats::parse(&fetch_metrics(admin)?))
+    }
+
+    /// Adds another node's counters.
+    pub fn add(&mut self, other: &UserStats) {
+        add_versions(&mut self.versions, &other.versions);
+        for (c, o) in self.negotiated.iter_mut().zip(&other.negotiated) {
+            *c += o;
         }
-        let stats = UserStats::parse(&text);
-        if !text.contains("outpost_hellos_total") {
-            bail!("{admin} answered /metrics without outpost's counters");
+        for (row, other) in self.alpn.iter_mut().zip(&other.alpn) {
+            for (c, o) in row.iter_mut().zip(other) {
+                *c += o;
+            }
         }
-        Ok(stats)
+    }
+
+    /// Every row of [`fmt::Display`]'s tables but the versions': (table, row, count), for a
+    /// column per node.
+    pub fn rows(&self) -> Vec<(&'static str, String, u64)> {
+        let mut out = Vec::new();
+        for (n, c) in NEGOTIATED.iter().zip(self.negotiated) {
+            out.push(("negotiated (rustls)", (*n).to_owned(), c));
+        }
+        for (n, row) in NEGOTIATED.iter().zip(&self.alpn) {
+            for (a, c) in ALPNS.iter().zip(row) {
+                out.push(("ALPN (handshakes)", format!("{n} {a}"), *c));
+            }
+        }
+        out
     }
 
     /// Reads the counters out of Prometheus text; lines it does not know are skipped.
@@ -146,6 +166,54 @@ impl fmt::Display for UserStats {
     }
 }
 
+/// `GET /metrics` of the admin listener at `admin` (open: no token), checked to be outpost's.
+pub fn fetch_metrics(admin: SocketAddr) -> Result<String> {
+    let (status, text) = admin_get(admin, "/metrics", None)?;
+    if status != 200 {
+        bail!("{admin}/metrics answered {status}");
+    }
+    if !text.contains("outpost_hellos_total") {
+        bail!("{admin} answered /metrics without outpost's counters");
+    }
+    Ok(text)
+}
+
+/// The kernel's hellos as `/metrics` shows them (`outpost_kernel_hellos_total`); `None` when it
+/// shows none (`--no-xdp`, or no maps pinned on that node).
+pub fn parse_kernel(text: &str) -> Option<VersionTable> {
+    let mut t = VersionTable::default();
+    let mut seen = false;
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some(labels) = labels_of(series, "outpost_kernel_hellos_total") else { continue };
+        let Ok(value) = value.parse::<u64>() else { continue };
+        let version = Version::ALL.into_iter().find(|v| label(labels, "version") == Some(v.name()));
+        let verdict = Verdict::ALL.into_iter().find(|d| label(labels, "verdict") == Some(d.name()));
+        if let (Some(v), Some(d)) = (version, verdict) {
+            t[v as usize][d as usize] = value;
+            seen = true;
+        }
+    }
+    seen.then_some(t)
+}
+
+/// The node name a `/metrics` says it is (`outpost_node_info{node}`).
+pub fn parse_node(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| {
+        let (series, _) = line.rsplit_once(' ')?;
+        label(labels_of(series, "outpost_node_info")?, "node")
+    })
+}
+
+/// Adds a version table to another.
+pub fn add_versions(to: &mut VersionTable, t: &VersionTable) {
+    for (row, other) in to.iter_mut().zip(t) {
+        for (c, o) in row.iter_mut().zip(other) {
+            *c += o;
+        }
+    }
+}
+
 /// `name{labels}` → `labels`.
 fn labels_of<'a>(series: &'a str, name: &str) -> Option<&'a str> {
     series.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')
@@ -216,5 +284,17 @@ outpost_requests_total{class=\"2xx\"} 40
             "{table}"
         );
         assert_eq!(s.since(&s), UserStats::default());
+        let k = parse_kernel(text).expect("a kernel row");
+        assert_eq!(k[Version::Tls10 as usize][Verdict::Reject as usize], 9);
+        assert_eq!(k.iter().flatten().sum::<u64>(), 9);
+        assert_eq!(
+            parse_kernel("outpost_hellos_total{version=\"TLS1.0\",verdict=\"pass\"} 1"),
+            None
+        );
+        let mut twice = s.clone();
+        twice.add(&s);
+        assert_eq!(twice.since(&s), s);
+        assert!(twice.rows().contains(&("ALPN (handshakes)", "TLSv1.3 h2".into(), 8)));
+        assert_eq!(parse_node("outpost_node_info{node=\"edge-2\"} 1\n"), Some("edge-2"));
     }
 }

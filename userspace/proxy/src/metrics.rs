@@ -1,7 +1,11 @@
 //! Counters and the request latency histogram, rendered as Prometheus text on `/metrics`.
 //!
 //! Counters are relaxed atomics bumped on the request path. Latency goes into one
-//! hdrhistogram per worker (an uncontended lock per request); a scrape merges them.
+//! hdrhistogram per worker (an uncontended lock per request); a scrape merges them into the
+//! summary `outpost_request_duration_seconds`. The same latency also goes, by status class, into
+//! fixed buckets (relaxed atomics): the histogram `outpost_request_latency_seconds`, which, unlike
+//! a summary's quantiles, adds up across the nodes of a fleet (`histogram_quantile` over the sum of
+//! the nodes' buckets; deploy/prometheus records it).
 //!
 //! Counters and histograms go on across an upgrade: the old process sends a [`Snapshot`] to
 //! the new one, which [absorbs](Metrics::absorb) it, and later what it counted while draining
@@ -163,6 +167,77 @@ const LEGACY_TIME: &str = "outpost_legacy_page_seconds";
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// Time per legacy page in µs: 1 µs to 1 min.
 const LEGACY_MAX_US: u64 = 60_000_000;
+/// The histogram by status class, and the prefix of its keys in [`Snapshot::counters`].
+const CLASS_LATENCY: &str = "outpost_request_latency_seconds";
+/// Upper bounds of its buckets, µs (0.5 ms to 10 s, then +Inf): fixed, the same on every node and
+/// build, so the fleet's buckets add up. Below 0.5 ms a proxy's own answers sit; past 10 s only
+/// long polls and slow origins, which the summary's 0.999 quantile still shows.
+const CLASS_BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+/// Status classes, as `outpost_requests_total` and `outpost_request_latency_seconds` label them.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Request latency by status class in [`CLASS_BUCKETS_US`].
+#[derive(Default)]
+struct ClassLatency {
+    /// Requests by `[class][bucket]`, each bucket its own count (not cumulative); the last one
+    /// is past the largest bound.
+    buckets: [[AtomicU64; CLASS_BUCKETS_US.len() + 1]; CLASSES.len()],
+    /// Their latency added up, µs, by class.
+    sum_us: [AtomicU64; CLASSES.len()],
+}
+
+impl ClassLatency {
+    fn record(&self, status: u16, us: u64) {
+        let class = usize::from(status / 100).clamp(1, CLASSES.len()) - 1;
+        let bucket =
+            CLASS_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(CLASS_BUCKETS_US.len());
+        self.buckets[class][bucket].fetch_add(1, Relaxed);
+        self.sum_us[class].fetch_add(us, Relaxed);
+    }
+
+    /// Every atomic, by its key in [`Snapshot::counters`]: `<name>_own{class,le}` (a bucket's
+    /// own count, not the cumulative one `/metrics` shows) and `<name>_sum_us{class}`.
+    fn each(&self, mut f: impl FnMut(&str, &AtomicU64)) {
+        for (class, (row, sum)) in CLASSES.iter().zip(self.buckets.iter().zip(&self.sum_us)) {
+            for (i, a) in row.iter().enumerate() {
+                let le = CLASS_BUCKETS_US.get(i).map_or("+Inf".to_owned(), |&us| seconds(us));
+                f(&format!("{CLASS_LATENCY}_own{{class=\"{class}\",le=\"{le}\"}}"), a);
+            }
+            f(&format!("{CLASS_LATENCY}_sum_us{{class=\"{class}\"}}"), sum);
+        }
+    }
+
+    fn render(&self, o: &mut String) {
+        header(
+            o,
+            CLASS_LATENCY,
+            "histogram",
+            "Request latency by status class, in fixed buckets that add up across nodes.",
+        );
+        for (class, (row, sum)) in CLASSES.iter().zip(self.buckets.iter().zip(&self.sum_us)) {
+            let mut cumulative = 0;
+            for (i, a) in row.iter().enumerate() {
+                cumulative += a.load(Relaxed);
+                let le = CLASS_BUCKETS_US.get(i).map_or("+Inf".to_owned(), |&us| seconds(us));
+                let _ = writeln!(
+                    o,
+                    "{CLASS_LATENCY}_bucket{{class=\"{class}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = sum.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(o, "{CLASS_LATENCY}_sum{{class=\"{class}\"}} {sum}");
+            let _ = writeln!(o, "{CLASS_LATENCY}_count{{class=\"{class}\"}} {cumulative}");
+        }
+    }
+}
+
+/// µs as Prometheus writes seconds in `le` (`0.0005`, `1`, `2.5`).
+fn seconds(us: u64) -> String {
+    (us as f64 / 1e6).to_string()
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -188,6 +263,8 @@ pub struct Metrics {
     upstream_failures: [AtomicU64; 5],
     /// One per worker, and one per absorbed snapshot.
     histograms: Mutex<Vec<Hist>>,
+    /// The same latencies by status class, in fixed buckets; shared with every [`Latency`].
+    class_latency: Arc<ClassLatency>,
     after_started: AtomicU64,
     /// A gauge, apart from the counter: started work carried from a predecessor is not
     /// pending here.
@@ -358,7 +435,7 @@ impl Metrics {
     pub fn latency_recorder(&self) -> Latency {
         let h = Arc::new(Mutex::new(histogram(LATENCY_MAX_US)));
         lock(&self.histograms).push(h.clone());
-        Latency(h)
+        Latency { hist: h, by_class: self.class_latency.clone() }
     }
 
     /// Hellos counted by the userspace floor.
@@ -571,6 +648,7 @@ impl Metrics {
             let _ = writeln!(o, "outpost_upstream_failures_total{{kind=\"{name}\"}} {v}");
         }
         self.render_latency(&mut o);
+        self.class_latency.render(&mut o);
         self.render_legacy(&mut o);
         self.render_after_response(&mut o);
         self.render_upgraded(&mut o);
@@ -736,19 +814,26 @@ impl Metrics {
     }
 }
 
-/// One worker's latency histogram.
-pub struct Latency(Hist);
+/// One worker's latency histogram, and the buckets by status class all workers share.
+pub struct Latency {
+    hist: Hist,
+    by_class: Arc<ClassLatency>,
+}
 
 impl Latency {
-    pub fn record(&self, d: Duration) {
+    /// A request answered with `status` took `d`.
+    pub fn record(&self, status: u16, d: Duration) {
         let us = (d.as_micros() as u64).clamp(1, LATENCY_MAX_US);
-        let _ = lock(&self.0).record(us);
+        let _ = lock(&self.hist).record(us);
+        self.by_class.record(status, us);
     }
 }
 
 /// What a process counted, for its successor: every counter series with a value (gauges are
 /// each process's own), and each histogram's recorded buckets. Series or histograms one side
-/// does not know (another build's) are left out by the other.
+/// does not know (another build's) are left out by the other. The fixed buckets of
+/// `outpost_request_latency_seconds` travel as counters, under keys of their own (see
+/// `ClassLatency::each`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// By series as `/metrics` shows it (`name{labels}`); zeros left out.
@@ -837,8 +922,10 @@ impl Metrics {
     }
 
     /// Every counter held in an atomic, by its series as [`Metrics::render`] writes it (the
-    /// cipher counts, in a map, are apart). A test checks the two agree.
+    /// cipher counts, in a map, are apart), then the class latency buckets by their own keys.
+    /// A test checks the two agree.
     fn each_counter(&self, mut f: impl FnMut(&str, &AtomicU64)) {
+        self.class_latency.each(&mut f);
         for v in Version::ALL {
             for d in Verdict::ALL {
                 let (v, d, a) = (v.name(), d.name(), &self.hellos[v as usize][d as usize]);
@@ -965,7 +1052,7 @@ mod tests {
         m.alpn(rustls::ProtocolVersion::TLSv1_3, crate::tls::Alpn::H2);
         m.h2_refused(H2Refusal::RapidReset);
         let l = m.latency_recorder();
-        l.record(Duration::from_millis(2));
+        l.record(200, Duration::from_millis(2));
         m.hello(Version::Tls11, Verdict::Redirect);
         m.legacy_page(Version::Tls11, PageKind::Html, Duration::from_millis(3));
         m.legacy_end(LegacyEnd::TimedOut);
@@ -1007,6 +1094,56 @@ mod tests {
         );
     }
 
+    /// The class histogram: cumulative buckets, a bucket's bound inclusive, `+Inf` = `_count`,
+    /// every class present; the buckets of two nodes add up to those of one that saw both.
+    #[test]
+    fn latency_by_class_is_a_histogram() {
+        let m = Metrics::new();
+        let (w1, w2) = (m.latency_recorder(), m.latency_recorder());
+        w1.record(200, Duration::from_micros(400));
+        w2.record(204, Duration::from_micros(500));
+        w1.record(200, Duration::from_millis(30));
+        w1.record(503, Duration::from_secs(20));
+        w2.record(99, Duration::from_millis(1));
+        let text = m.render(None);
+        let now = samples(&text, false);
+        let name = "outpost_request_latency_seconds";
+        for (series, value) in [
+            ("_bucket{class=\"2xx\",le=\"0.0005\"}", "2"),
+            ("_bucket{class=\"2xx\",le=\"0.025\"}", "2"),
+            ("_bucket{class=\"2xx\",le=\"0.05\"}", "3"),
+            ("_bucket{class=\"2xx\",le=\"10\"}", "3"),
+            ("_bucket{class=\"2xx\",le=\"+Inf\"}", "3"),
+            ("_count{class=\"2xx\"}", "3"),
+            ("_sum{class=\"2xx\"}", "0.0309"),
+            ("_bucket{class=\"5xx\",le=\"10\"}", "0"),
+            ("_bucket{class=\"5xx\",le=\"+Inf\"}", "1"),
+            ("_count{class=\"1xx\"}", "1"),
+            ("_count{class=\"3xx\"}", "0"),
+        ] {
+            let series = format!("{name}{series}");
+            assert_eq!(now.get(&series).map(String::as_str), Some(value), "{series} in\n{text}");
+        }
+        assert!(text.contains("# TYPE outpost_request_latency_seconds histogram"), "{text}");
+        let buckets =
+            now.keys().filter(|k| k.starts_with("outpost_request_latency_seconds_")).count();
+        assert_eq!(buckets, 5 * (CLASS_BUCKETS_US.len() + 1 + 2), "{text}");
+
+        // Two nodes' buckets, added as Prometheus adds them, are the buckets of both.
+        let (a, b, both) = (Metrics::new(), Metrics::new(), Metrics::new());
+        for (i, us) in [300, 700, 4_000, 90_000, 2_000_000, 30_000_000].into_iter().enumerate() {
+            let node = if i % 2 == 0 { &a } else { &b };
+            node.latency_recorder().record(200, Duration::from_micros(us));
+            both.latency_recorder().record(200, Duration::from_micros(us));
+        }
+        let (ta, tb, tboth) = (a.render(None), b.render(None), both.render(None));
+        let (sa, sb, sboth) = (samples(&ta, false), samples(&tb, false), samples(&tboth, false));
+        for (series, v) in sboth.iter().filter(|(k, _)| k.contains("_bucket{class=\"2xx\"")) {
+            let sum: u64 = [&sa, &sb].iter().map(|s| s[series].parse::<u64>().unwrap()).sum();
+            assert_eq!(sum.to_string(), *v, "{series}:\n{ta}\n{tb}");
+        }
+    }
+
     /// The sample lines of `text`, by series; with `counters`, only those of counter families.
     fn samples(text: &str, counters: bool) -> BTreeMap<String, String> {
         let mut kinds = BTreeMap::new();
@@ -1037,7 +1174,7 @@ mod tests {
         old.admin_refused(AdminRefusal::Token);
         old.upgraded_opened();
         old.after_response_started();
-        old.latency_recorder().record(Duration::from_millis(3));
+        old.latency_recorder().record(404, Duration::from_millis(3));
         old.legacy_page(Version::Tls10, PageKind::Text, Duration::from_millis(40));
     }
 
@@ -1060,7 +1197,20 @@ mod tests {
             let got = snap.counters.get(series).map(u64::to_string);
             assert_eq!(got.as_deref(), Some(value.as_str()), "{series} in\n{text}\n{snap:?}");
         }
-        assert_eq!(snap.counters.len(), rendered.len(), "{snap:?}");
+        // The class histogram travels under keys of its own: its buckets' own counts.
+        let (class, plain): (Vec<_>, Vec<_>) =
+            snap.counters.iter().partition(|(k, _)| k.starts_with(CLASS_LATENCY));
+        assert_eq!(plain.len(), rendered.len(), "{snap:?}");
+        assert_eq!(class.len(), CLASSES.len() * (CLASS_BUCKETS_US.len() + 2), "{snap:?}");
+        let now = samples(&text, false);
+        let own =
+            |le: &str| snap.counters[&format!("{CLASS_LATENCY}_own{{class=\"3xx\",le=\"{le}\"}}")];
+        let cumulative: u64 = own("0.0005") + own("0.001");
+        assert_eq!(
+            now["outpost_request_latency_seconds_bucket{class=\"3xx\",le=\"0.001\"}"],
+            cumulative.to_string(),
+            "{text}"
+        );
     }
 
     /// Old process: snapshot at the hand-over, counts on while draining, sends the rest. The
@@ -1091,6 +1241,8 @@ mod tests {
             ("outpost_after_response_total", "1"),
             ("outpost_after_response_pending", "0"),
             ("outpost_request_duration_seconds_count", "1"),
+            ("outpost_request_latency_seconds_count{class=\"4xx\"}", "1"),
+            ("outpost_request_latency_seconds_bucket{class=\"4xx\",le=\"0.005\"}", "1"),
             ("outpost_legacy_page_seconds_count", "1"),
         ] {
             assert_eq!(now.get(series).map(String::as_str), Some(value), "{series} in\n{text}");
@@ -1117,6 +1269,7 @@ mod tests {
         let text = new.render(None);
         let now = samples(&text, false);
         assert_eq!(now["outpost_request_duration_seconds_count"], "2", "{text}");
+        assert_eq!(now["outpost_request_latency_seconds_count{class=\"4xx\"}"], "2", "{text}");
         let old_text = old.render(None);
         let sum = "outpost_request_duration_seconds_sum";
         assert_eq!(now[sum], samples(&old_text, false)[sum], "{text}\n{old_text}");

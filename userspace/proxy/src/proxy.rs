@@ -188,7 +188,7 @@ pub(crate) async fn handle<'a, D: Downstream>(
             Err(e) if e.status() == 400 && matches!(e.kind, ErrorKind::BadRequest(_))
         );
         worker.shared.metrics.request(x.ds.proto(), p.status, malformed);
-        worker.latency.record(elapsed);
+        worker.latency.record(p.status, elapsed);
     }
     if let Some(chain) = chain.as_mut() {
         let summary = Summary {
