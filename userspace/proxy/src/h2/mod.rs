@@ -117,6 +117,9 @@ async fn drive(
     let mut drain = worker.shared.drain_signal();
     let mut first = true;
     let mut closing = false;
+    // One refusal per connection: our budget and h2's own limits can both catch one attack
+    // (a reset flood trips both), and whichever is first is the one counted.
+    let mut refusal_counted = false;
     loop {
         let live = worker.shared.live();
         // A connection without streams in flight may idle for as long as HTTP/1.1's.
@@ -130,7 +133,8 @@ async fn drive(
         let next = tokio::select! {
             biased;
             _ = refused.notified() => {
-                if let Some(why) = io.refused() {
+                if let Some(why) = io.refused().filter(|_| !refusal_counted) {
+                    refusal_counted = true;
                     metrics.h2_refused(why);
                     tracing::debug!(reason = ?why, "HTTP/2 client over its budget");
                 }
@@ -162,7 +166,9 @@ async fn drive(
                 });
             }
             Ok(Some(Err(e))) => {
-                count_error(metrics, &e, &io.goaway_debug());
+                if !refusal_counted {
+                    count_error(metrics, &e, &io.goaway_debug());
+                }
                 tracing::debug!(error = %e, "HTTP/2 connection failed");
                 break;
             }
