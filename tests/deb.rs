@@ -64,7 +64,7 @@ fn the_package_installs_a_service_that_checks_out_and_purges_clean() {
         .args(["/usr/bin/outpost", "check", "--config", "/etc/outpost/outpost.toml"]));
     assert!(!check.to_lowercase().contains("problem"), "{check}");
 
-    // The unit as installed, man pages, completions.
+    // The unit as installed, man pages, completions, the Prometheus and Grafana files.
     let unit = "/usr/lib/systemd/system/outpost.service";
     run(Command::new("systemd-analyze").args(["verify", unit]));
     for f in [
@@ -73,6 +73,12 @@ fn the_package_installs_a_service_that_checks_out_and_purges_clean() {
         "/usr/share/bash-completion/completions/outpost",
         "/usr/share/zsh/vendor-completions/_outpost",
         "/usr/share/fish/vendor_completions.d/outpost.fish",
+        "/usr/share/outpost/prometheus/prometheus.yml",
+        "/usr/share/outpost/prometheus/outpost.rules.yml",
+        "/usr/share/outpost/prometheus/outpost.alerts.yml",
+        "/usr/share/outpost/prometheus/targets/outpost.yml",
+        "/usr/share/outpost/grafana/outpost-fleet.json",
+        "/usr/share/doc/outpost/fleet.md",
     ] {
         assert!(Path::new(f).is_file(), "{f} is not installed");
     }
