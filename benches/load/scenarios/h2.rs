@@ -100,17 +100,7 @@ pub(super) fn h2(ctx: &Ctx) -> Result<ScenarioReport> {
         ratio(a, b),
         ratio(pa, pb)
     ));
-    t.notes.push(split.describe());
-    t.notes.push(format!(
-        "other work on the machine: up to {:.2} CPUs during a run",
-        rounds.others_cpus_max()
-    ));
-    t.notes.push(negotiated_note(
-        systems
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| rounds.runs[i].first().map(|m| (s.name.as_str(), &m.run))),
-    ));
+    t.notes.extend(rounds.notes(&systems, &split));
     t.notes.push(
         "client: Debian's h2load (nghttp2, OpenSSL), one thread per client CPU; latency from its \
          per-request log (request start to the end of its response)."

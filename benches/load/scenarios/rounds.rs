@@ -130,6 +130,24 @@ impl Rounds {
         self.row(i, systems[i].tls).ok().map(|r| r.p99_us as f64)
     }
 
+    /// The notes every interleaved scenario prints under its table: the CPU split, the other
+    /// work on the machine, and what each system negotiated.
+    pub fn notes(&self, systems: &[Sys], split: &Split) -> [String; 3] {
+        [
+            split.describe(),
+            format!(
+                "other work on the machine: up to {:.2} CPUs during a run",
+                self.others_cpus_max()
+            ),
+            negotiated_note(
+                systems
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| self.runs[i].first().map(|m| (s.name.as_str(), &m.run))),
+            ),
+        ]
+    }
+
     /// Most CPUs other work used during any run (CPU seconds over wall seconds).
     pub fn others_cpus_max(&self) -> f64 {
         self.runs

@@ -106,17 +106,7 @@ pub(super) fn websocket(ctx: &Ctx) -> Result<ScenarioReport> {
             ratio(rounds.median_p99(&systems, a), rounds.median_p99(&systems, b)),
         ));
     }
-    t.notes.push(split.describe());
-    t.notes.push(format!(
-        "other work on the machine: up to {:.2} CPUs during a run",
-        rounds.others_cpus_max()
-    ));
-    t.notes.push(negotiated_note(
-        systems
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| rounds.runs[i].first().map(|m| (s.name.as_str(), &m.run))),
-    ));
+    t.notes.extend(rounds.notes(&systems, &split));
     t.notes.push(
         "client: outpost-load gen --op ws (hand-rolled RFC 6455 framing, benches/load/ws.rs); \
          latency from the message's write to its whole echo; the direct row's CPU is the origin's."
