@@ -466,12 +466,11 @@ impl Node {
         if self.handed_over.load(Relaxed) {
             return;
         }
-        let bytes = {
+        let (name, bytes) = {
             let mut r = self.lock_record();
             r.seen_ms = now_ms();
-            serde_json::to_vec(&*r).unwrap_or_default()
+            (r.name.clone(), serde_json::to_vec(&*r).unwrap_or_default())
         };
-        let name = self.lock_record().name.clone();
         let ttl = Duration::from_millis(self.cfg.prune_after_ms.max(self.cfg.heartbeat_ms));
         match self.store.put(NODES, &name, &bytes, Some(ttl)).await {
             Ok(()) => *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes),
@@ -563,7 +562,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-async fn read_policy(store: &Store) -> Result<Option<FleetPolicy>> {
+/// The fleet's policy row, if one was ever set.
+pub async fn read_policy(store: &Store) -> Result<Option<FleetPolicy>> {
     match store.get(POLICY_NS, POLICY_KEY).await? {
         None => Ok(None),
         Some(bytes) => Ok(Some(
@@ -625,11 +625,6 @@ pub async fn write_policy(
         }
     }
     bail!("the fleet's policy kept changing under this write; try again")
-}
-
-/// For the CLI: the current policy row.
-pub async fn current_policy(store: &Store) -> Result<Option<FleetPolicy>> {
-    read_policy(store).await
 }
 
 /// What `outpost policy set --fleet` changes; what is `None` (or empty) stays.
@@ -707,7 +702,7 @@ pub fn set_policy(config: Option<&Path>, change: Option<FloorChange>) -> Result<
 pub fn show_policy(config: Option<&Path>, json: bool) -> Result<()> {
     let (_, cfg) = outpost_proxy::load_config(config)?;
     with_store(&cfg, |store| async move {
-        let policy = current_policy(&store).await?;
+        let policy = read_policy(&store).await?;
         let nodes = list_nodes(&store).await?;
         let now = now_ms();
         if json {
@@ -756,7 +751,7 @@ pub fn status(config: Option<&Path>, json: bool) -> Result<()> {
     let (_, cfg) = outpost_proxy::load_config(config)?;
     with_store(&cfg, |store| async move {
         let nodes = list_nodes(&store).await?;
-        let generation = current_policy(&store).await?.map_or(0, |p| p.generation);
+        let generation = read_policy(&store).await?.map_or(0, |p| p.generation);
         let now = now_ms();
         if json {
             let rows: Vec<_> = nodes
@@ -866,7 +861,7 @@ mod tests {
             Ok(None)
         }));
         assert_eq!((first.generation, cleared.unwrap().generation), (1, 2));
-        let now = rt.block_on(current_policy(&store)).unwrap().unwrap();
+        let now = rt.block_on(read_policy(&store)).unwrap().unwrap();
         assert_eq!((now.generation, now.floor, now.set_by.as_str()), (2, None, "b@n"));
         drop(store);
         let _ = std::fs::remove_dir_all(dir);

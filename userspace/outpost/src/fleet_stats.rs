@@ -15,7 +15,6 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
     thread,
-    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Result};
@@ -61,21 +60,9 @@ pub fn run(config: Option<&Path>, json: bool, by_node: bool, watch: Option<u64>)
         let rows = rt.block_on(list_nodes(&store))?;
         FleetStats::read(rows)
     };
-    let result = (|| {
-        let mut last = read()?;
-        last.show(json, by_node);
-        let Some(secs) = watch else { return Ok(()) };
-        let secs = secs.max(1);
-        loop {
-            thread::sleep(Duration::from_secs(secs));
-            let now = read()?;
-            if !json {
-                println!("--- last {secs}s ---");
-            }
-            now.since(&last).show(json, by_node);
-            last = now;
-        }
-    })();
+    let result = read().and_then(|first| {
+        crate::show_watching(first, watch, json, read, FleetStats::since, |s| s.show(json, by_node))
+    });
     store.shutdown();
     result
 }

@@ -598,22 +598,35 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("warning: {w}");
             }
             last.warning = warning;
-            last.show(json, admin);
-            if let Some(secs) = watch {
-                let secs = secs.max(1);
-                loop {
-                    thread::sleep(Duration::from_secs(secs));
-                    let now = snapshot()?;
-                    if !json {
-                        println!("--- last {secs}s ---");
-                    }
-                    now.since(&last).show(json, admin);
-                    last = now;
-                }
-            }
+            show_watching(last, watch, json, snapshot, Snapshot::since, |s| s.show(json, admin))?;
         }
     }
     Ok(())
+}
+
+/// Shows `first`; with `--watch SECS`, then every SECS seconds the growth since the reading
+/// before (`since`), until interrupted or a reading fails.
+fn show_watching<T>(
+    first: T,
+    watch: Option<u64>,
+    json: bool,
+    mut read: impl FnMut() -> Result<T>,
+    since: impl Fn(&T, &T) -> T,
+    show: impl Fn(&T),
+) -> Result<()> {
+    show(&first);
+    let Some(secs) = watch else { return Ok(()) };
+    let secs = secs.max(1);
+    let mut last = first;
+    loop {
+        thread::sleep(Duration::from_secs(secs));
+        let now = read()?;
+        if !json {
+            println!("--- last {secs}s ---");
+        }
+        show(&since(&now, &last));
+        last = now;
+    }
 }
 
 /// What `outpost stats` shows: the kernel's counters, or why there are none, and the
