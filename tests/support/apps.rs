@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use outpost_testkit::html_unescape as unescape;
 use serde_json::{json, Value};
 
 use crate::{
@@ -602,38 +603,6 @@ fn attr(tag: &str, name: &str) -> Option<String> {
     let start = tag.find(&key)? + key.len();
     let end = tag[start..].find('"')?;
     Some(unescape(&tag[start..start + end]))
-}
-
-/// Undoes HTML escaping (askama writes `&#x2f;` and friends).
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let Some(end) = rest[i..].find(';') else { break };
-        let entity = &rest[i + 1..i + end];
-        let c = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            e => e
-                .strip_prefix("#x")
-                .map_or_else(
-                    || e.strip_prefix('#')?.parse().ok(),
-                    |h| u32::from_str_radix(h, 16).ok(),
-                )
-                .and_then(char::from_u32),
-        };
-        match c {
-            Some(c) => out.push(c),
-            None => out.push_str(&rest[i..=i + end]),
-        }
-        rest = &rest[i + end + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The text between the first `start` and the next `end`.

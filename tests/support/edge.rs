@@ -357,30 +357,7 @@ impl Edge {
     /// Lines of that name whose labels include the ones given are summed
     /// (`outpost_requests_total{class="2xx"}` counts every `proto`).
     pub fn metric_in(metrics: &str, series: &str) -> Option<u64> {
-        let split = |s: &'_ str| -> (String, Vec<String>) {
-            match s.split_once('{') {
-                Some((n, rest)) => (
-                    n.to_owned(),
-                    rest.trim_end_matches('}')
-                        .split(',')
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                ),
-                None => (s.to_owned(), Vec::new()),
-            }
-        };
-        let (name, want) = split(series);
-        let mut sum = None;
-        for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-            let Some((s, value)) = line.rsplit_once(' ') else { continue };
-            let (n, labels) = split(s);
-            if n == name && want.iter().all(|w| labels.contains(w)) {
-                let v: u64 = value.trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"));
-                *sum.get_or_insert(0) += v;
-            }
-        }
-        sum
+        outpost_testkit::metric_in(metrics, series)
     }
 
     /// The value of one series on `/metrics` now; panics if it is missing.

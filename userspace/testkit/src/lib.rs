@@ -308,7 +308,7 @@ pub fn metric_in(text: &str, series: &str) -> Option<u64> {
         let Some((s, value)) = line.rsplit_once(' ') else { continue };
         let (n, labels) = split_series(s);
         if n == name && want.iter().all(|w| labels.contains(w)) {
-            let v: u64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+            let v: u64 = value.trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"));
             *sum.get_or_insert(0) += v;
         }
     }
@@ -781,4 +781,38 @@ macro_rules! each_backend {
             }
         }
     )*};
+}
+
+/// Undoes HTML escaping in a page's text or attribute (askama writes `&#47;`, `&#x2f;` and
+/// friends).
+pub fn html_unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let Some(end) = rest[i..].find(';') else {
+            out.push_str(&rest[i..]);
+            return out;
+        };
+        let ent = &rest[i + 1..i + end];
+        let c = match ent {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            e if e.starts_with("#x") => {
+                u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32)
+            }
+            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
+            _ => None,
+        };
+        match c {
+            Some(c) => out.push(c),
+            None => out.push_str(&rest[i..=i + end]),
+        }
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use outpost_testkit::html_unescape as unescape;
 pub use outpost_testkit::{free_port, Origin, Outpost, TempDir};
 use reqwest::{blocking::Client, cookie::Jar, header::HeaderMap, redirect::Policy};
 
@@ -637,39 +638,6 @@ fn attr(tag: &str, name: &str) -> Option<String> {
     let start = tag.find(&key)? + key.len();
     let end = tag[start..].find('"')?;
     Some(unescape(&tag[start..start + end]))
-}
-
-/// Undoes HTML attribute escaping (askama writes `&#47;` and friends).
-pub fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let Some(end) = rest[i..].find(';') else {
-            out.push_str(&rest[i..]);
-            return out;
-        };
-        let ent = &rest[i + 1..i + end];
-        let c = match ent {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            e if e.starts_with("#x") => {
-                u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32)
-            }
-            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match c {
-            Some(c) => out.push(c),
-            None => out.push_str(&rest[i..=i + end]),
-        }
-        rest = &rest[i + end + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Checks the flags every Set-Cookie of the flow must carry.
