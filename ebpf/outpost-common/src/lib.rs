@@ -8,6 +8,8 @@
 //!   the other.
 //! - [`maps`]: `#[repr(C)]` keys and values of the BPF maps, their names, and the parse
 //!   outcome counters.
+//! - [`record`]: what a decided hello looked like (the fields of its JA4 fingerprint, its
+//!   server name, its source network), sent by the kernel through a ring buffer.
 //! - `testing` (feature `std`): a ClientHello builder for tests.
 #![no_std]
 
@@ -17,6 +19,7 @@ extern crate std;
 pub mod budget;
 pub mod hello;
 pub mod maps;
+pub mod record;
 #[cfg(feature = "std")]
 pub mod testing;
 pub mod version;

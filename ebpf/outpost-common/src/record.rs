@@ -1,0 +1,114 @@
+//! What a decided ClientHello looked like: the fields a client fingerprint (JA4) needs, the
+//! server name and the source network, in one fixed-size `#[repr(C)]` record.
+//!
+//! The kernel fills one per sampled hello while it classifies it and sends it to userspace
+//! through a ring buffer; userspace fills the same record from the hellos it reads itself
+//! (the userspace floor). Lists keep wire order with GREASE values (RFC 8701) left out; a list
+//! longer than its array keeps its first entries, counts all of them, and sets a
+//! `TRUNCATED_*` flag, so a fingerprint is never computed from a partial list as if whole.
+
+/// Cipher suites kept.
+pub const RECORD_CIPHERS: usize = 96;
+/// Extension types kept.
+pub const RECORD_EXTENSIONS: usize = 40;
+/// Signature algorithms kept.
+pub const RECORD_SIGALGS: usize = 48;
+/// Bytes of the server name kept.
+pub const RECORD_SNI: usize = 64;
+
+/// The hello carried a `server_name` extension.
+pub const FLAG_SNI: u8 = 1;
+/// The hello carried an `application_layer_protocol_negotiation` extension.
+pub const FLAG_ALPN: u8 = 1 << 1;
+/// More cipher suites than [`RECORD_CIPHERS`].
+pub const TRUNCATED_CIPHERS: u8 = 1 << 2;
+/// More extensions than [`RECORD_EXTENSIONS`].
+pub const TRUNCATED_EXTENSIONS: u8 = 1 << 3;
+/// More signature algorithms than [`RECORD_SIGALGS`].
+pub const TRUNCATED_SIGALGS: u8 = 1 << 4;
+/// A server name longer than [`RECORD_SNI`] (the first bytes are kept).
+pub const TRUNCATED_SNI: u8 = 1 << 5;
+/// The hello spanned more than one TCP segment (the kernel followed the flow).
+pub const FLAG_FOLLOWED: u8 = 1 << 6;
+
+/// One decided ClientHello.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloRecord {
+    /// The client's network: the address with all but the first 24 (IPv4) or 48 (IPv6) bits
+    /// zeroed, stored as [`crate::maps::FlowKey::src`] stores an address.
+    pub src_net: [u32; 4],
+    /// 4 or 6.
+    pub family: u8,
+    /// The offered [`crate::Version`], as `u8`.
+    pub version: u8,
+    /// The [`crate::Verdict`] given, as `u8`.
+    pub verdict: u8,
+    /// `FLAG_*` and `TRUNCATED_*` bits.
+    pub flags: u8,
+    /// Destination port (host order).
+    pub dport: u16,
+    /// `legacy_version` of the hello (wire value).
+    pub legacy_version: u16,
+    /// Highest non-GREASE value in `supported_versions` (wire value), 0 without the extension.
+    pub max_supported: u16,
+    /// Length of the first ALPN protocol name (0 without ALPN); with its first and last byte.
+    pub alpn_len: u8,
+    pub alpn_first: u8,
+    pub alpn_last: u8,
+    /// Bytes of `sni` used.
+    pub sni_len: u8,
+    /// Non-GREASE cipher suites, extensions and signature algorithms in the hello (all of
+    /// them, also those past the arrays).
+    pub n_ciphers: u16,
+    pub n_extensions: u16,
+    pub n_sigalgs: u16,
+    pub _pad: u16,
+    pub ciphers: [u16; RECORD_CIPHERS],
+    pub extensions: [u16; RECORD_EXTENSIONS],
+    pub sigalgs: [u16; RECORD_SIGALGS],
+    /// The server name's first bytes (as sent; not validated).
+    pub sni: [u8; RECORD_SNI],
+}
+
+impl HelloRecord {
+    pub const fn new() -> Self {
+        HelloRecord {
+            src_net: [0; 4],
+            family: 0,
+            version: 0,
+            verdict: 0,
+            flags: 0,
+            dport: 0,
+            legacy_version: 0,
+            max_supported: 0,
+            alpn_len: 0,
+            alpn_first: 0,
+            alpn_last: 0,
+            sni_len: 0,
+            n_ciphers: 0,
+            n_extensions: 0,
+            n_sigalgs: 0,
+            _pad: 0,
+            ciphers: [0; RECORD_CIPHERS],
+            extensions: [0; RECORD_EXTENSIONS],
+            sigalgs: [0; RECORD_SIGALGS],
+            sni: [0; RECORD_SNI],
+        }
+    }
+}
+
+impl Default for HelloRecord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether `v` is a GREASE value (RFC 8701: `0x?a?a` with both bytes equal).
+#[inline(always)]
+pub const fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && (v >> 8) == (v & 0xff)
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for HelloRecord {}
