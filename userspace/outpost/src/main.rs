@@ -816,6 +816,7 @@ fn serve(
         kernel,
         on_config: Some(on_config),
         floor: floor.userspace(),
+        hellos: None,
         registry,
         admin: edge::admin(&store),
         metrics,

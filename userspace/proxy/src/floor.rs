@@ -22,6 +22,7 @@ use std::{
 use outpost_common::{
     budget::{Bucket, SourceKey},
     maps::words,
+    record::HelloRecord,
     HelloParser, Mode, Policy, Progress, Verdict, Version,
 };
 
@@ -39,6 +40,19 @@ pub const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02,
 /// Bytes asked for per read of the first flight: a typical hello fits, a post-quantum one
 /// (~1.9 kB) too.
 const READ_CHUNK: usize = 4096;
+
+/// Where the floor describes the hellos it reads: the binary's table of clients (`[clients]`),
+/// which the proxy knows only through this trait. Not given when the XDP program in front
+/// records the hellos itself (they would be counted twice).
+pub trait HelloSink: Send + Sync {
+    /// Whether this connection's hello is to be recorded (the sampling rate); asked once per
+    /// connection, before its first byte is read.
+    fn sample(&self) -> bool;
+    /// The record of a decided hello, with its verdict.
+    fn record(&self, record: &HelloRecord);
+    /// A sampled first flight that was not a readable hello (counted, never shown).
+    fn unreadable(&self);
+}
 
 /// The floor of one configuration generation.
 #[derive(Clone, Debug)]

@@ -68,6 +68,8 @@ pub struct RunOptions {
     pub on_handover: Option<Box<dyn Fn() + Send + Sync>>,
     /// A floor policy that replaces `[floor]`'s while set (the fleet's); the binary sets it.
     pub floor: Arc<crate::floor::Override>,
+    /// Where the userspace floor records the hellos it reads (the binary's client table).
+    pub hellos: Option<Arc<dyn crate::floor::HelloSink>>,
 }
 
 /// Reads the configuration `outpost run` would use: `path`, else `./outpost.toml` when it
@@ -114,7 +116,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         metrics.add_source(source);
     }
     let guard = admin::Guard::new(token, metrics.clone());
-    let shared = Shared::new(live, metrics, opts.kernel.clone(), opts.floor.clone());
+    let shared = Shared::new(live, metrics, opts.kernel.clone(), opts.floor.clone(), opts.hellos.clone());
 
     // Before anything serves: the predecessor's counters are added to ours here.
     let mut inherited = match opts.upgrade {

@@ -106,6 +106,8 @@ pub struct Shared {
     pub budget: Budget,
     /// The fleet's floor policy, when one is set (see [`crate::floor::Override`]).
     pub floor: Arc<crate::floor::Override>,
+    /// Where the userspace floor records the hellos it reads, when it does.
+    pub hellos: Option<Arc<dyn crate::floor::HelloSink>>,
     drain: watch::Sender<bool>,
     /// The listening sockets went to a new process (see `upgrade`): the drain must not shut
     /// them down.
@@ -118,6 +120,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         kernel: Option<Arc<dyn KernelStats>>,
         floor: Arc<crate::floor::Override>,
+        hellos: Option<Arc<dyn crate::floor::HelloSink>>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             live: RwLock::new(Arc::new(live)),
@@ -125,6 +128,7 @@ impl Shared {
             kernel,
             budget: Budget::default(),
             floor,
+            hellos,
             drain: watch::Sender::new(false),
             handed_over: Default::default(),
         })
