@@ -77,7 +77,7 @@ pub struct BenchArgs {
     /// Seconds per measured run (overrides the size's default).
     #[arg(long)]
     pub seconds: Option<f64>,
-    /// Interleaved rounds per system in websocket and h2 (overrides the size's default).
+    /// Interleaved rounds per system in proxy, websocket and h2 (overrides the size's default).
     #[arg(long)]
     pub rounds: Option<usize>,
 }
@@ -99,6 +99,8 @@ struct Sizes {
     timeouts: EdgeConf,
     /// websocket and h2: interleaved rounds per system.
     rounds: usize,
+    /// proxy: interleaved rounds per system and client (the median is the row).
+    proxy_rounds: usize,
     ws_conns: usize,
     ws_run: f64,
     h2_conns: usize,
@@ -125,6 +127,7 @@ impl Sizes {
                 origin_pool: 64,
             },
             rounds: 3,
+            proxy_rounds: 5,
             ws_conns: 64,
             ws_run: 5.0,
             h2_conns: 64,
@@ -150,6 +153,7 @@ impl Sizes {
                 origin_pool: 64,
             },
             rounds: 1,
+            proxy_rounds: 1,
             ws_conns: 8,
             ws_run: 1.0,
             h2_conns: 8,
@@ -191,7 +195,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         (sizes.run, sizes.ws_run, sizes.h2_run) = (s, s, s);
     }
     if let Some(r) = args.rounds {
-        sizes.rounds = r.max(1);
+        (sizes.rounds, sizes.proxy_rounds) = (r.max(1), r.max(1));
     }
     let outpost = args.outpost.clone().filter(|p| p.is_file());
     let outpost_run = systems::outpost_available(outpost.as_deref()).map_err(|e| format!("{e:#}"));
@@ -678,8 +682,8 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     let mut closed = Table::new(
         format!(
             "proxy: keep-alive HTTPS GET, TLS 1.3, closed loop, {} connections, per system: \
-             outpost-load gen {} s, then wrk {wrk_seconds} s",
-            z.proxy_conns, z.run
+             outpost-load gen {} s, then wrk {wrk_seconds} s; median of {} interleaved rounds",
+            z.proxy_conns, z.run, z.proxy_rounds
         ),
         &[
             "system",
@@ -690,6 +694,7 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
             "p99.9 ms",
             "max ms",
             "errors",
+            "req/s min-max (rounds)",
             "edge CPU s",
             "edge µs/req",
             "client CPU s",
@@ -698,64 +703,93 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     );
     let mut closed_panel =
         Panel { title: "proxy: closed loop (max throughput); dashed: wrk".into(), series: vec![] };
-    // Per client, per system: the measured run, or why there is none.
-    let mut results: [Vec<(String, Result<Measured, String>)>; 2] = [Vec::new(), Vec::new()];
-    for s in &systems {
-        let (target, edge) = match s.target(origin_addr) {
-            Ok(t) => t,
-            Err(why) => {
-                closed.unavailable(&s.name, why);
-                for r in &mut results {
-                    r.push((s.name.clone(), Err(format!("not available: {why}"))));
-                }
-                continue;
-            }
-        };
-        for (c, client) in CLIENTS.iter().enumerate() {
-            let label = format!("proxy closed {} {client}", s.name);
-            let measured = match (c, &wrk_ready) {
-                (0, _) => {
-                    let mut args = base.clone();
-                    args.label = label;
-                    args.target = target;
-                    args.tls = s.tls;
-                    measure(edge, &origin, || ctx.gen_on(args, &Place::Host, &split.client))
-                }
-                (_, Err(why)) => Err(anyhow::anyhow!("{why}")),
-                (_, Ok(())) => {
-                    let stem = format!(
-                        "{:03}-{}",
-                        ctx.seq.fetch_add(1, Ordering::Relaxed),
-                        sanitize(&label)
-                    );
-                    let run = WrkRun {
-                        label,
-                        target,
-                        tls: s.tls,
-                        host: base.host.clone(),
-                        connections: z.proxy_conns,
-                        threads: split.client.threads_or(2),
-                        seconds: wrk_seconds,
-                        timeout_s: base.timeout as u64,
-                        pin: &split.client,
-                    };
-                    measure(edge, &origin, || run.run(&ctx.work, &ctx.runs, &stem))
-                }
-            };
-            let m = match measured {
-                Ok(m) => m,
-                Err(e) => {
-                    procs::check_interrupted()?;
-                    closed.unavailable(&format!("{} ({client})", s.name), &format!("{e:#}"));
-                    results[c].push((s.name.clone(), Err(format!("not available: {e:#}"))));
+    // Per client, per system: every round's run, or why there is none. The systems take turns
+    // (round r starts r systems later), and each client runs right after the other against the
+    // same system, so that other work on the machine falls on all of them alike.
+    let n = systems.len();
+    let mut runs: [Vec<Vec<Measured>>; 2] =
+        [(0..n).map(|_| Vec::new()).collect(), (0..n).map(|_| Vec::new()).collect()];
+    let mut failed: [Vec<Option<String>>; 2] = [vec![None; n], vec![None; n]];
+    for round in 0..z.proxy_rounds {
+        for k in 0..n {
+            let i = (k + round) % n;
+            let s = &systems[i];
+            let Ok((target, edge)) = s.target(origin_addr) else { continue };
+            for (c, client) in CLIENTS.iter().enumerate() {
+                if failed[c][i].is_some() {
                     continue;
                 }
-            };
+                let label = format!("proxy closed {} {client} round {}", s.name, round + 1);
+                let measured = match (c, &wrk_ready) {
+                    (0, _) => {
+                        let mut args = base.clone();
+                        args.label = label;
+                        args.target = target;
+                        args.tls = s.tls;
+                        measure(edge, &origin, || ctx.gen_on(args, &Place::Host, &split.client))
+                    }
+                    (_, Err(why)) => Err(anyhow::anyhow!("{why}")),
+                    (_, Ok(())) => {
+                        let stem = format!(
+                            "{:03}-{}",
+                            ctx.seq.fetch_add(1, Ordering::Relaxed),
+                            sanitize(&label)
+                        );
+                        let run = WrkRun {
+                            label,
+                            target,
+                            tls: s.tls,
+                            host: base.host.clone(),
+                            connections: z.proxy_conns,
+                            threads: split.client.threads_or(2),
+                            seconds: wrk_seconds,
+                            timeout_s: base.timeout as u64,
+                            pin: &split.client,
+                        };
+                        measure(edge, &origin, || run.run(&ctx.work, &ctx.runs, &stem))
+                    }
+                };
+                match measured {
+                    Ok(m) => runs[c][i].push(m),
+                    Err(e) => {
+                        procs::check_interrupted()?;
+                        failed[c][i] = Some(format!("{e:#}"));
+                    }
+                }
+                origin.check_alive()?;
+            }
+        }
+    }
+    // Each row is the run of median req/s among its rounds, with the spread beside it.
+    let mut results: [Vec<(String, Result<Measured, String>)>; 2] = [Vec::new(), Vec::new()];
+    for (i, s) in systems.iter().enumerate() {
+        if let Err(why) = s.target(origin_addr) {
+            closed.unavailable(&s.name, why);
+            for c in 0..CLIENTS.len() {
+                results[c].push((s.name.clone(), Err(format!("not available: {why}"))));
+            }
+            continue;
+        }
+        for (c, client) in CLIENTS.iter().enumerate() {
+            let mut mine = std::mem::take(&mut runs[c][i]);
+            if let Some(why) = failed[c][i].take().filter(|_| mine.is_empty()) {
+                closed.unavailable(&format!("{} ({client})", s.name), &why);
+                results[c].push((s.name.clone(), Err(format!("not available: {why}"))));
+                continue;
+            }
+            mine.sort_by(|a, b| a.run.throughput.total_cmp(&b.run.throughput));
+            let (min, max) = (
+                mine.first().map_or(0.0, |m| m.run.throughput),
+                mine.last().map_or(0.0, |m| m.run.throughput),
+            );
+            let rounds = mine.len();
+            let Some(m) = (rounds > 0).then(|| mine.swap_remove(rounds / 2)) else { continue };
             let r = &m.run;
             let cpu = if s.tls { m.edge_cpu_s } else { m.origin_cpu_s };
             let mut row = vec![s.name.clone(), (*client).to_owned()];
             row.extend(latency_cells(r));
             row.extend([
+                format!("{min:.0}-{max:.0} ({rounds})"),
                 format!("{cpu:.2}"),
                 format!("{:.1}", cpu * 1e6 / r.ok.max(1) as f64),
                 format!("{:.2}", r.client_cpu_s),
@@ -765,7 +799,6 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
             let name = if c == 0 { s.name.clone() } else { format!("{} ({client})", s.name) };
             closed_panel.series.push(series(&name, r, system_color(&s.name), c == 1));
             results[c].push((s.name.clone(), Ok(m)));
-            origin.check_alive()?;
         }
     }
     let run = |c: usize, name: &str| {
@@ -855,7 +888,9 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     }
     both.notes.push(split.describe());
     both.notes.push(
-        "ratio rows: req/s and p99 of the first system over the second's, each client on its own."
+        "ratio rows: req/s and p99 of the first system over the second's, each client on its own; \
+         each system's row is its round of median req/s (the spread of its rounds in the table \
+         above)."
             .into(),
     );
 
@@ -1045,17 +1080,18 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
     let mut t = Table::new(
         format!(
             "handshake: a new connection per request, full TLS 1.3 handshake (no resumption, \
-             ECDSA P-256, X25519) + GET, closed loop, {} connections, {} s per system",
-            z.handshake_conns, z.run
+             ECDSA P-256, X25519) + GET, closed loop, {} connections, {} s per run, median of \
+             {} interleaved rounds",
+            z.handshake_conns, z.run, z.proxy_rounds
         ),
         &[
             "system",
             "handshakes/s",
+            "min-max",
             "p50 ms",
             "p99 ms",
             "p99.9 ms",
             "errors",
-            "edge CPU s",
             "edge µs/hs",
             "client CPU s",
             "others CPU s",
@@ -1063,50 +1099,55 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
     );
     let mut panel =
         Panel { title: "handshake: new connection + GET (closed loop)".into(), series: vec![] };
-    let mut rows = Vec::new();
-    for s in &systems {
-        let running = match &s.running {
-            Ok(r) => r,
-            Err(why) => {
-                t.unavailable(&s.name, why);
-                continue;
-            }
-        };
+    let rounds = Rounds::run_n(z.proxy_rounds, &systems, &origin, |s, target, round| {
         let mut args = base.clone();
-        args.label = format!("handshake {}", s.name);
-        args.target = loopback(running.port);
-        match measure(Some(running), &origin, || ctx.gen(args, &Place::Host)) {
-            Ok(m) => {
-                let r = &m.run;
+        args.label = format!("handshake {} round {round}", s.name);
+        args.target = target;
+        ctx.gen(args, &Place::Host)
+    })?;
+    for (i, s) in systems.iter().enumerate() {
+        match rounds.row(i, s.tls) {
+            Err(why) => t.unavailable(&s.name, why),
+            Ok(row) => {
                 t.row(vec![
                     s.name.clone(),
-                    format!("{:.0}", r.throughput),
-                    ms(r.latency.p50_us),
-                    ms(r.latency.p99_us),
-                    ms(r.latency.p999_us),
-                    errors_cell(r),
-                    format!("{:.2}", m.edge_cpu_s),
-                    format!("{:.0}", m.edge_cpu_s * 1e6 / r.ok.max(1) as f64),
-                    format!("{:.2}", r.client_cpu_s),
-                    format!("{:.2}", m.others_cpu_s()),
+                    format!("{:.0}", row.rps),
+                    format!("{:.0}-{:.0}", row.min, row.max),
+                    ms(row.p50_us),
+                    ms(row.p99_us),
+                    ms(row.p999_us),
+                    row.errors.to_string(),
+                    format!("{:.0}", row.edge_us_per_op),
+                    format!("{:.2}", row.client_cpu_s),
+                    format!("{:.2}", row.others_cpu_s),
                 ]);
-                panel.series.push(series(&s.name, r, system_color(&s.name), false));
-                rows.push((s.name.clone(), m));
-            }
-            Err(e) => {
-                procs::check_interrupted()?;
-                t.unavailable(&s.name, &format!("{e:#}"));
+                panel.series.push(series(
+                    &s.name,
+                    &row.median_run.run,
+                    system_color(&s.name),
+                    false,
+                ));
             }
         }
     }
-    let hs = |name: &str| rows.iter().find(|(n, _)| n == name).map(|(_, m)| m.run.throughput);
-    t.notes.push(negotiated_note(rows.iter().map(|(n, m)| (n.as_str(), &m.run))));
+    let hs = |name: &str| rounds.median_rps(&systems, name);
+    t.notes.push(negotiated_note(
+        systems
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| rounds.runs[i].first().map(|m| (s.name.as_str(), &m.run))),
+    ));
     t.notes.push(format!(
-        "outpost uring / nginx handshakes/s: {};  outpost epoll / nginx: {};  outpost compio / \
-         nginx: {}",
+        "outpost uring / nginx handshakes/s: {} (target >= 1.5: {});  outpost epoll / nginx: {};  \
+         outpost compio / nginx: {}",
         ratio(hs("outpost uring"), hs("nginx")),
+        target_verdict(hs("outpost uring"), hs("nginx"), 1.5),
         ratio(hs("outpost epoll"), hs("nginx")),
         ratio(hs("outpost compio"), hs("nginx"))
+    ));
+    t.notes.push(format!(
+        "other work on the machine: up to {:.2} CPUs during a run",
+        rounds.others_cpus_max()
     ));
     t.notes.push(
         "The client does the same work for every system (it verifies the handshake signature; \
@@ -1114,7 +1155,7 @@ fn handshake(ctx: &Ctx) -> Result<ScenarioReport> {
             .into(),
     );
     let json = json!({
-        "runs": rows.iter().map(|(n, m)| json!({"system": n, "measured": m.json()})).collect::<Vec<_>>(),
+        "rounds": rounds.json(&systems),
         "unavailable": unavailable_json(&systems),
     });
     Ok(ScenarioReport { name: "handshake".into(), tables: vec![t], json, panels: vec![panel] })

@@ -50,6 +50,16 @@ impl Rounds {
         ctx: &Ctx,
         systems: &[Sys],
         origin: &Running,
+        load: impl FnMut(&Sys, SocketAddr, usize) -> Result<RunResult>,
+    ) -> Result<Rounds> {
+        Self::run_n(ctx.sizes.rounds, systems, origin, load)
+    }
+
+    /// [`Rounds::run`] with `rounds` rounds.
+    pub fn run_n(
+        rounds: usize,
+        systems: &[Sys],
+        origin: &Running,
         mut load: impl FnMut(&Sys, SocketAddr, usize) -> Result<RunResult>,
     ) -> Result<Rounds> {
         let origin_addr = loopback(origin.port);
@@ -57,7 +67,7 @@ impl Rounds {
         let mut runs: Vec<Vec<Measured>> = (0..n).map(|_| Vec::new()).collect();
         let mut failed: Vec<Option<String>> =
             systems.iter().map(|s| s.target(origin_addr).err().map(str::to_owned)).collect();
-        for round in 0..ctx.sizes.rounds {
+        for round in 0..rounds {
             for k in 0..n {
                 let i = (k + round) % n;
                 if failed[i].is_some() {
