@@ -28,15 +28,12 @@ use core::fmt;
 use std::str::FromStr;
 
 use outpost_common::record::{
-    HelloRecord, FLAG_ALPN, FLAG_SNI, RECORD_CIPHERS, RECORD_EXTENSIONS, RECORD_SIGALGS,
-    TRUNCATED_CIPHERS, TRUNCATED_EXTENSIONS, TRUNCATED_SIGALGS,
+    HelloRecord, FLAG_ALPN, FLAG_PARTIAL, FLAG_SNI, RECORD_CIPHERS, RECORD_EXTENSIONS,
+    RECORD_SIGALGS, TRUNCATED_CIPHERS, TRUNCATED_EXTENSIONS, TRUNCATED_SIGALGS,
 };
 use outpost_common::Version;
 use sha2::{Digest, Sha256};
 
-/// outpost-common's `FLAG_PARTIAL` (branch wt-kernel): the record stops before the end of the
-/// hello. Taken from there once merged.
-const FLAG_PARTIAL: u8 = 1 << 7;
 /// `server_name`, left out of the extension hash (its presence is the `d`/`i`).
 const EXT_SNI: u16 = 0x0000;
 /// `application_layer_protocol_negotiation`, left out of the extension hash.

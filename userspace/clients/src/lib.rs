@@ -10,10 +10,12 @@
 //! - [`simulate`](mod@simulate): the share of hellos, clients and server names a proposed floor would refuse.
 //! - [`metrics`]: Prometheus text for the top fingerprints and the table's own counters.
 //! - [`text`]: escaping of attacker-controlled bytes, the CLI table.
+//! - [`flight`]: the userspace path, a first flight to a record (or an error to count).
 //!
 //! Records come from the kernel (a ring buffer of [`HelloRecord`]s) or from the userspace
 //! floor, which reads the first flight itself and fills the same record.
 
+pub mod flight;
 pub mod ja4;
 pub mod metrics;
 pub mod names;
