@@ -18,7 +18,26 @@
 //! The state is a small `#[repr(C)]` value so the kernel can keep it in a map between
 //! segments. Work per call is bounded by a step budget (each step reads one field, skips one
 //! span, or reads one record header), which keeps the eBPF verifier's job small.
+//!
+//! # Recording
+//!
+//! The same state machine also fills a [`HelloRecord`] when driven through
+//! [`HelloParser::advance_recording`] (or [`record_hello`] for a whole first flight): it then
+//! reads the cipher suites, every extension type and the contents of `server_name`,
+//! `application_layer_protocol_negotiation` and `signature_algorithms` instead of skipping
+//! them, and reads to the end of the hello before it decides, so that the record is whole even
+//! when `supported_versions` comes early. It decides the same version as the plain mode: the
+//! first `supported_versions` counts, and a hello that breaks the framing after that extension
+//! was read is still decided by it (the record then carries [`FLAG_PARTIAL`]). What a recorded
+//! extension holds inside is never a reason to fail a hello: an inconsistent inner length ends
+//! the recording of that extension, and the rest of it is skipped as the plain mode skips it.
+//! Lists are read in runs of fewer than [`RUN_BYTES`] per step, values that straddle a chunk or
+//! record boundary a field at a time. A parser is driven in one mode from its first byte on.
 
+use crate::record::{
+    is_grease, HelloRecord, FLAG_ALPN, FLAG_PARTIAL, FLAG_SNI, RECORD_SNI, TRUNCATED_CIPHERS,
+    TRUNCATED_EXTENSIONS, TRUNCATED_SIGALGS, TRUNCATED_SNI,
+};
 use crate::version::Version;
 
 /// A bounded byte cursor over one chunk of the stream.
@@ -29,6 +48,17 @@ pub trait Input {
     fn byte(&self, i: usize) -> u8;
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// The `N` bytes from `i` (the parser only asks for `i + N <= len()`). Inputs that can check
+    /// their bounds once for all of them override it (the kernel: one check rather than `N`,
+    /// which the verifier would follow as `N` branches).
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, i: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (k, b) in out.iter_mut().enumerate() {
+            *b = self.byte(i + k);
+        }
+        out
     }
 }
 
@@ -82,6 +112,18 @@ pub enum Malformed {
 
 /// `supported_versions` (RFC 8446 §4.2.1).
 const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
+/// `server_name` (RFC 6066 §3).
+const EXT_SERVER_NAME: u16 = 0x0000;
+/// `application_layer_protocol_negotiation` (RFC 7301).
+const EXT_ALPN: u16 = 0x0010;
+/// `signature_algorithms` (RFC 8446 §4.2.3).
+const EXT_SIGNATURE_ALGORITHMS: u16 = 0x000d;
+/// `host_name`, the only `NameType` of `server_name`.
+const SNI_HOST_NAME: u32 = 0;
+/// A recording step reads fewer than this many bytes of a list (cipher suites, signature
+/// algorithms) or of the server name: a run, made of unrolled blocks of 16, 8, 4, 2 and 1
+/// bytes.
+pub const RUN_BYTES: u32 = 32;
 /// TLS record content type of handshake messages.
 const RECORD_HANDSHAKE: u8 = 0x16;
 
@@ -120,6 +162,21 @@ mod state {
     pub const SV_LEN: u8 = 11;
     pub const SV_VERSION: u8 = 12;
     pub const FINISHED: u8 = 13;
+    // Recording only; all above FINISHED, so inside the record and the hello for `consume`.
+    /// Cipher suites, in runs (a value that straddles a boundary as a field).
+    pub const CIPHER: u8 = 14;
+    pub const SNI_LIST_LEN: u8 = 15;
+    pub const SNI_TYPE: u8 = 16;
+    pub const SNI_NAME_LEN: u8 = 17;
+    /// The server name's bytes, in runs.
+    pub const SNI_NAME: u8 = 18;
+    pub const ALPN_LIST_LEN: u8 = 19;
+    pub const ALPN_PROTO_LEN: u8 = 20;
+    pub const ALPN_FIRST: u8 = 21;
+    pub const ALPN_LAST: u8 = 22;
+    pub const SIGALGS_LEN: u8 = 23;
+    /// Signature algorithms, in runs (a value that straddles a boundary as a field).
+    pub const SIGALG: u8 = 24;
 }
 
 /// Bytes each field state reads.
@@ -133,11 +190,51 @@ const fn width(s: u8) -> u32 {
     }
 }
 
+/// Bytes each field state reads when recording.
+#[inline(always)]
+const fn recording_width(s: u8) -> u32 {
+    match s {
+        state::SNI_TYPE
+        | state::SNI_NAME
+        | state::ALPN_PROTO_LEN
+        | state::ALPN_FIRST
+        | state::ALPN_LAST => 1,
+        _ => width(s),
+    }
+}
+
 /// Record header: type(1) version(2) length(2).
 const RECORD_HEADER: u32 = 5;
 const FLAG_SEEN_RECORD: u8 = 1;
+/// Recording: the first `supported_versions` was read whole; `best` is the answer.
+const FLAG_SV_READ: u8 = 1 << 1;
 
-/// Resumable ClientHello parser; see the module docs. 32 bytes, all-zero when new.
+/// What a mode does with what it reads: nothing (the plain classifier) or fill a record. A
+/// constant per mode, so the plain mode compiles to the classifier without recording.
+trait Sink {
+    const RECORDING: bool;
+    fn record(&mut self) -> Option<&mut HelloRecord>;
+}
+
+struct NoRecord;
+
+impl Sink for NoRecord {
+    const RECORDING: bool = false;
+    #[inline(always)]
+    fn record(&mut self) -> Option<&mut HelloRecord> {
+        None
+    }
+}
+
+impl Sink for HelloRecord {
+    const RECORDING: bool = true;
+    #[inline(always)]
+    fn record(&mut self) -> Option<&mut HelloRecord> {
+        Some(self)
+    }
+}
+
+/// Resumable ClientHello parser; see the module docs. 40 bytes, all-zero when new.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HelloParser {
@@ -151,8 +248,9 @@ pub struct HelloParser {
     msg_left: u32,
     /// Payload bytes left in the current record; 0 means a record header comes next.
     rec_left: u16,
-    /// Bytes left of the `supported_versions` extension being read.
-    sv_left: u16,
+    /// Bytes left of the list being read: `supported_versions`, and when recording the cipher
+    /// suites, signature algorithms, or server name bytes still to copy.
+    list_left: u16,
     legacy_version: u16,
     /// Best [`Version`] in `supported_versions` so far, as `Version as u8 + 1`; 0 for none.
     best: u8,
@@ -161,6 +259,9 @@ pub struct HelloParser {
     rec_have: u8,
     flags: u8,
     _pad: u8,
+    /// Recording: `msg_left` where the extension being read inside ends.
+    ext_end: u16,
+    _pad2: [u8; 6],
 }
 
 impl HelloParser {
@@ -171,7 +272,7 @@ impl HelloParser {
             skip: 0,
             msg_left: 0,
             rec_left: 0,
-            sv_left: 0,
+            list_left: 0,
             legacy_version: 0,
             best: 0,
             state: state::START,
@@ -179,6 +280,8 @@ impl HelloParser {
             rec_have: 0,
             flags: 0,
             _pad: 0,
+            ext_end: 0,
+            _pad2: [0; 6],
         }
     }
 
@@ -203,13 +306,56 @@ impl HelloParser {
         Progress::OutOfSteps
     }
 
+    /// [`feed`](Self::feed) in the recording mode: `rec` (new, or filled by the earlier
+    /// chunks of the same hello) is filled as far as the chunk goes.
+    pub fn feed_recording<I: Input + ?Sized>(
+        &mut self,
+        input: &I,
+        rec: &mut HelloRecord,
+    ) -> Progress {
+        let mut pos = 0usize;
+        for _ in 0..input.len() + 2 {
+            if let Some(p) = self.advance_recording(input, &mut pos, rec) {
+                return p;
+            }
+        }
+        self.state = state::FINISHED;
+        Progress::OutOfSteps
+    }
+
     /// One step over `input` from `*pos`: `None` to go on, or the answer for this chunk
     /// ([`Progress::NeedMore`] once it is used up). For callers that drive the loop themselves
     /// (the kernel, through `bpf_loop`).
     #[inline(always)]
     pub fn advance<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> Option<Progress> {
+        self.advance_in(input, pos, &mut NoRecord)
+    }
+
+    /// [`advance`](Self::advance) in the recording mode, filling `rec` (which starts as
+    /// [`HelloRecord::new`]). With [`Progress::Decided`], `rec.version` holds the version;
+    /// `verdict`, `dport` and the source network are the caller's to fill.
+    #[inline(always)]
+    pub fn advance_recording<I: Input + ?Sized>(
+        &mut self,
+        input: &I,
+        pos: &mut usize,
+        rec: &mut HelloRecord,
+    ) -> Option<Progress> {
+        self.advance_in(input, pos, rec)
+    }
+
+    #[inline(always)]
+    fn advance_in<I: Input + ?Sized, R: Sink>(
+        &mut self,
+        input: &I,
+        pos: &mut usize,
+        sink: &mut R,
+    ) -> Option<Progress> {
         let len = input.len();
-        let p = self.step(input, pos, len);
+        let mut p = self.step(input, pos, len, sink);
+        if R::RECORDING {
+            p = self.settle(p, sink);
+        }
         if p != Progress::NeedMore {
             if p != Progress::Malformed(Malformed::Finished) {
                 self.state = state::FINISHED;
@@ -222,6 +368,26 @@ impl HelloParser {
         None
     }
 
+    /// Recording: a hello that breaks the framing after its `supported_versions` was read is
+    /// decided by it, as the plain mode (which stops there) decides it; the record says it is
+    /// cut short. The decided version goes into the record.
+    #[inline(always)]
+    fn settle<R: Sink>(&self, p: Progress, sink: &mut R) -> Progress {
+        let p = match p {
+            Progress::Malformed(m) if m != Malformed::Finished && self.sv_read() => {
+                if let Some(r) = sink.record() {
+                    r.flags |= FLAG_PARTIAL;
+                }
+                Progress::Decided(self.best_version())
+            }
+            p => p,
+        };
+        if let (Progress::Decided(v), Some(r)) = (p, sink.record()) {
+            r.version = v as u8;
+        }
+        p
+    }
+
     /// The hello can end (and be decided) with no further byte: all of it was read.
     #[inline(always)]
     fn can_finish_without_bytes(&self) -> bool {
@@ -230,12 +396,21 @@ impl HelloParser {
             && (self.state == state::EXTENSIONS_LEN || self.state == state::EXT_HEADER)
     }
 
-    /// One step: a decision from what is known, one record header, one skip, or one field.
-    /// Returns `NeedMore` to go on.
+    /// One step: a decision from what is known, one record header, one skip, one field, or
+    /// (recording) one run of a list. Returns `NeedMore` to go on.
     #[inline(always)]
-    fn step<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize, len: usize) -> Progress {
+    fn step<I: Input + ?Sized, R: Sink>(
+        &mut self,
+        input: &I,
+        pos: &mut usize,
+        len: usize,
+        sink: &mut R,
+    ) -> Progress {
         // The hello ended without (more) extensions: decided by what was read.
         if self.can_finish_without_bytes() {
+            if R::RECORDING && self.sv_read() {
+                return Progress::Decided(self.best_version());
+            }
             return Progress::Decided(self.offered());
         }
         if self.state == state::FINISHED {
@@ -266,7 +441,18 @@ impl HelloParser {
             self.consume(pos, n);
             return Progress::NeedMore;
         }
-        let want = width(self.state);
+        if R::RECORDING && self.have == 0 {
+            if self.state == state::SNI_NAME {
+                return self.name_run(input, pos, avail, sink);
+            }
+            if (self.state == state::CIPHER || self.state == state::SIGALG)
+                && avail >= 2
+                && self.list_left >= 2
+            {
+                return self.list_run(input, pos, avail, sink);
+            }
+        }
+        let want = if R::RECORDING { recording_width(self.state) } else { width(self.state) };
         if self.state >= state::LEGACY_VERSION && want - self.have as u32 > self.msg_left {
             return Progress::Malformed(match self.state {
                 state::LEGACY_VERSION..=state::EXTENSIONS_LEN => Malformed::FieldLength,
@@ -287,7 +473,90 @@ impl HelloParser {
         if self.have as u32 == want {
             self.acc = 0;
             self.have = 0;
-            return self.field(acc);
+            return self.field(acc, sink);
+        }
+        Progress::NeedMore
+    }
+
+    /// Recording: as many whole cipher suites or signature algorithms as are in this chunk and
+    /// record, up to 15 (a run).
+    #[inline(always)]
+    fn list_run<I: Input + ?Sized, R: Sink>(
+        &mut self,
+        input: &I,
+        pos: &mut usize,
+        avail: u32,
+        sink: &mut R,
+    ) -> Progress {
+        let values = min(min(avail, self.list_left as u32), RUN_BYTES - 1) / 2;
+        if let Some(r) = sink.record() {
+            let cipher = self.state == state::CIPHER;
+            let mut at = *pos;
+            // Unrolled blocks of 8, 4, 2 and 1 values chosen by the bits of `values`: the
+            // verifier follows four branches, not a loop whose every iteration depends on it.
+            if values & 8 != 0 {
+                list_block(&input.bytes::<16>(at), r, cipher);
+                at += 16;
+            }
+            if values & 4 != 0 {
+                list_block(&input.bytes::<8>(at), r, cipher);
+                at += 8;
+            }
+            if values & 2 != 0 {
+                list_block(&input.bytes::<4>(at), r, cipher);
+                at += 4;
+            }
+            if values & 1 != 0 {
+                list_block(&input.bytes::<2>(at), r, cipher);
+            }
+        }
+        self.list_left -= (2 * values) as u16;
+        self.consume(pos, 2 * values);
+        if self.list_left == 0 {
+            self.list_done();
+        }
+        Progress::NeedMore
+    }
+
+    /// Recording: as many bytes of the server name as are in this chunk and record, up to 31
+    /// (a run).
+    #[inline(always)]
+    fn name_run<I: Input + ?Sized, R: Sink>(
+        &mut self,
+        input: &I,
+        pos: &mut usize,
+        avail: u32,
+        sink: &mut R,
+    ) -> Progress {
+        let n = min(min(avail, self.list_left as u32), RUN_BYTES - 1);
+        if let Some(r) = sink.record() {
+            let (mut from, mut to) = (*pos, r.sni_len as usize);
+            // Blocks as in `list_run`.
+            if n & 16 != 0 {
+                name_block(&input.bytes::<16>(from), r, to);
+                (from, to) = (from + 16, to + 16);
+            }
+            if n & 8 != 0 {
+                name_block(&input.bytes::<8>(from), r, to);
+                (from, to) = (from + 8, to + 8);
+            }
+            if n & 4 != 0 {
+                name_block(&input.bytes::<4>(from), r, to);
+                (from, to) = (from + 4, to + 4);
+            }
+            if n & 2 != 0 {
+                name_block(&input.bytes::<2>(from), r, to);
+                (from, to) = (from + 2, to + 2);
+            }
+            if n & 1 != 0 {
+                name_block(&input.bytes::<1>(from), r, to);
+            }
+            r.sni_len = min(r.sni_len as u32 + n, RECORD_SNI as u32) as u8;
+        }
+        self.list_left -= n as u16;
+        self.consume(pos, n);
+        if self.list_left == 0 {
+            self.extension_done();
         }
         Progress::NeedMore
     }
@@ -348,7 +617,7 @@ impl HelloParser {
 
     /// A whole field `v` of the current state was read.
     #[inline(always)]
-    fn field(&mut self, v: u32) -> Progress {
+    fn field<R: Sink>(&mut self, v: u32, sink: &mut R) -> Progress {
         match self.state {
             state::SSL2_HEAD => {
                 // 2-byte header with the high bit set, then CLIENT-HELLO.
@@ -359,6 +628,9 @@ impl HelloParser {
                 self.state = state::SSL2_VERSION;
             }
             state::SSL2_VERSION => {
+                if let Some(r) = sink.record() {
+                    r.legacy_version = v as u16;
+                }
                 // SSL 2.0 (0x0002), or an SSLv3/TLS client in SSLv2-compatible format.
                 return if v == 0x0002 || v >> 8 == 0x03 {
                     Progress::Decided(Version::Sslv2)
@@ -381,6 +653,9 @@ impl HelloParser {
             }
             state::LEGACY_VERSION => {
                 self.legacy_version = v as u16;
+                if let Some(r) = sink.record() {
+                    r.legacy_version = v as u16;
+                }
                 self.skip = RANDOM_LEN;
                 self.state = state::SESSION_ID_LEN;
             }
@@ -395,8 +670,13 @@ impl HelloParser {
                 if v < 2 || v & 1 != 0 || v > self.msg_left {
                     return Progress::Malformed(Malformed::FieldLength);
                 }
-                self.skip = v;
-                self.state = state::COMPRESSION_LEN;
+                if R::RECORDING {
+                    self.list_left = v as u16;
+                    self.state = state::CIPHER;
+                } else {
+                    self.skip = v;
+                    self.state = state::COMPRESSION_LEN;
+                }
             }
             state::COMPRESSION_LEN => {
                 if v < 1 || v > self.msg_left {
@@ -417,22 +697,35 @@ impl HelloParser {
                 if ext_len > self.msg_left {
                     return Progress::Malformed(Malformed::ExtensionLength);
                 }
-                if (v >> 16) as u16 == EXT_SUPPORTED_VERSIONS {
+                let typ = (v >> 16) as u16;
+                if R::RECORDING && (typ != EXT_SUPPORTED_VERSIONS || self.sv_read()) {
+                    // Only the first `supported_versions` decides, as in the plain mode.
+                    self.extension(typ, ext_len, sink);
+                } else if typ == EXT_SUPPORTED_VERSIONS {
+                    if let Some(r) = sink.record() {
+                        push(
+                            &mut r.extensions,
+                            &mut r.n_extensions,
+                            &mut r.flags,
+                            TRUNCATED_EXTENSIONS,
+                            typ,
+                        );
+                    }
                     // list length(1) + two bytes per version, at least one.
                     if ext_len < 3 || ext_len & 1 == 0 {
                         return Progress::Malformed(Malformed::SupportedVersions);
                     }
-                    self.sv_left = ext_len as u16;
+                    self.list_left = ext_len as u16;
                     self.state = state::SV_LEN;
                 } else {
                     self.skip = ext_len;
                 }
             }
             state::SV_LEN => {
-                if v + 1 != self.sv_left as u32 {
+                if v + 1 != self.list_left as u32 {
                     return Progress::Malformed(Malformed::SupportedVersions);
                 }
-                self.sv_left = v as u16;
+                self.list_left = v as u16;
                 self.state = state::SV_VERSION;
             }
             state::SV_VERSION => {
@@ -441,17 +734,165 @@ impl HelloParser {
                         self.best = version as u8 + 1;
                     }
                 }
-                self.sv_left -= 2;
-                if self.sv_left == 0 {
-                    return Progress::Decided(match self.best {
-                        0 => Version::Unknown,
-                        b => Version::from_u8(b - 1).unwrap_or(Version::Unknown),
-                    });
+                if let Some(r) = sink.record() {
+                    if !is_grease(v as u16) && v as u16 > r.max_supported {
+                        r.max_supported = v as u16;
+                    }
+                }
+                self.list_left -= 2;
+                if self.list_left == 0 {
+                    if R::RECORDING {
+                        // Read on to the end of the hello, for the rest of the record.
+                        self.flags |= FLAG_SV_READ;
+                        self.state = state::EXT_HEADER;
+                    } else {
+                        return Progress::Decided(self.best_version());
+                    }
                 }
             }
+            _ if R::RECORDING => self.recorded_field(v, sink),
             _ => return Progress::Malformed(Malformed::Finished),
         }
         Progress::NeedMore
+    }
+
+    /// Recording: an extension header of type `typ` (not the deciding `supported_versions`)
+    /// was read; its body comes next.
+    #[inline(always)]
+    fn extension<R: Sink>(&mut self, typ: u16, ext_len: u32, sink: &mut R) {
+        self.skip = ext_len;
+        let Some(r) = sink.record() else { return };
+        push(&mut r.extensions, &mut r.n_extensions, &mut r.flags, TRUNCATED_EXTENSIONS, typ);
+        // `ext_len <= msg_left`, which is at most the extension block's u16 length.
+        self.ext_end = (self.msg_left - ext_len) as u16;
+        // A repeated extension (a protocol error the handshake refuses) is not read again.
+        let next = match typ {
+            EXT_SERVER_NAME if r.flags & FLAG_SNI == 0 => {
+                r.flags |= FLAG_SNI;
+                state::SNI_LIST_LEN
+            }
+            EXT_ALPN if r.flags & FLAG_ALPN == 0 => {
+                r.flags |= FLAG_ALPN;
+                state::ALPN_LIST_LEN
+            }
+            EXT_SIGNATURE_ALGORITHMS if r.n_sigalgs == 0 => state::SIGALGS_LEN,
+            _ => return,
+        };
+        self.skip = 0;
+        self.enter(next);
+    }
+
+    /// Recording: a whole field of a state inside a recorded list or extension was read.
+    #[inline(always)]
+    fn recorded_field<R: Sink>(&mut self, v: u32, sink: &mut R) {
+        let Some(r) = sink.record() else { return };
+        let left = self.extension_left();
+        match self.state {
+            state::CIPHER | state::SIGALG => {
+                // A value that straddled a chunk or record boundary.
+                list_value(r, self.state == state::CIPHER, v as u16);
+                self.list_left = self.list_left.saturating_sub(2);
+                if self.list_left == 0 {
+                    self.list_done();
+                }
+            }
+            // The list's length is not needed: the name's own length bounds what is read.
+            state::SNI_LIST_LEN => self.enter(state::SNI_TYPE),
+            state::SNI_TYPE if v == SNI_HOST_NAME => self.enter(state::SNI_NAME_LEN),
+            state::SNI_NAME_LEN if v > 0 && v <= left => {
+                if v > RECORD_SNI as u32 {
+                    r.flags |= TRUNCATED_SNI;
+                }
+                self.list_left = min(v, RECORD_SNI as u32) as u16;
+                self.state = state::SNI_NAME;
+            }
+            state::ALPN_LIST_LEN => self.enter(state::ALPN_PROTO_LEN),
+            state::ALPN_PROTO_LEN if v > 0 && v <= left => {
+                r.alpn_len = v as u8;
+                self.enter(state::ALPN_FIRST);
+            }
+            state::ALPN_FIRST => {
+                r.alpn_first = v as u8;
+                r.alpn_last = v as u8;
+                if r.alpn_len > 1 {
+                    self.skip = r.alpn_len as u32 - 2;
+                    self.enter(state::ALPN_LAST);
+                } else {
+                    self.extension_done();
+                }
+            }
+            state::ALPN_LAST => {
+                r.alpn_last = v as u8;
+                self.extension_done();
+            }
+            state::SIGALGS_LEN if v > 0 && v & 1 == 0 && v <= left => {
+                self.list_left = v as u16;
+                self.state = state::SIGALG;
+            }
+            // An inner length that cannot be right, or a name that is not a host name: the
+            // rest of the extension is skipped.
+            _ => self.extension_done(),
+        }
+    }
+
+    /// Recording: bytes left of the extension being read inside.
+    #[inline(always)]
+    fn extension_left(&self) -> u32 {
+        self.msg_left.saturating_sub(self.ext_end as u32)
+    }
+
+    /// Recording: moves to inner state `s` if its field (after `skip`) is inside the extension,
+    /// else skips what is left of it.
+    #[inline(always)]
+    fn enter(&mut self, s: u8) {
+        if self.skip + recording_width(s) > self.extension_left() {
+            self.extension_done();
+        } else {
+            self.state = s;
+        }
+    }
+
+    /// Recording: the rest of the extension read inside is skipped; the next header follows.
+    #[inline(always)]
+    fn extension_done(&mut self) {
+        self.skip = self.extension_left();
+        self.state = state::EXT_HEADER;
+    }
+
+    /// Recording: the cipher suites or the signature algorithms were read whole.
+    #[inline(always)]
+    fn list_done(&mut self) {
+        if self.state == state::CIPHER {
+            self.state = state::COMPRESSION_LEN;
+        } else {
+            self.extension_done();
+        }
+    }
+
+    /// Recording: whether the first `supported_versions` was read whole.
+    #[inline(always)]
+    fn sv_read(&self) -> bool {
+        self.flags & FLAG_SV_READ != 0
+    }
+
+    /// The best known version in `supported_versions`.
+    #[inline(always)]
+    fn best_version(&self) -> Version {
+        match self.best {
+            0 => Version::Unknown,
+            b => Version::from_u8(b - 1).unwrap_or(Version::Unknown),
+        }
+    }
+
+    /// Recording: the offered version once it is conclusive before the end of the hello (its
+    /// `supported_versions` was read whole), for a caller that cannot read to the end (the
+    /// kernel, when it cannot follow the flow). `None` in the plain mode, which decides there.
+    pub fn conclusive(&self) -> Option<Version> {
+        if self.sv_read() {
+            Some(self.best_version())
+        } else {
+            None
+        }
     }
 
     /// The version offered by a hello without `supported_versions`.
@@ -471,6 +912,63 @@ impl HelloParser {
     }
 }
 
+/// Recording: a block of cipher suites or signature algorithms, as read from the wire.
+#[inline(always)]
+fn list_block<const N: usize>(bytes: &[u8; N], r: &mut HelloRecord, cipher: bool) {
+    for k in 0..N / 2 {
+        list_value(r, cipher, (bytes[2 * k] as u16) << 8 | bytes[2 * k + 1] as u16);
+    }
+}
+
+/// Recording: a block of the server name's bytes, stored from `sni[to]` on.
+#[inline(always)]
+fn name_block<const N: usize>(bytes: &[u8; N], r: &mut HelloRecord, to: usize) {
+    for (k, b) in bytes.iter().enumerate() {
+        // `list_left` never reaches past the end of `sni` (it starts at most RECORD_SNI, with
+        // `sni_len` 0), so the mask alone bounds the index: beside a comparison the compiler
+        // drops it, and the verifier loses the bound when the comparison is made on a copy of
+        // the index.
+        if let Some(slot) = r.sni.get_mut((to + k) & (RECORD_SNI - 1)) {
+            *slot = *b;
+        }
+    }
+}
+
+/// Recording: a cipher suite or signature algorithm, GREASE left out.
+#[inline(always)]
+fn list_value(r: &mut HelloRecord, cipher: bool, v: u16) {
+    if cipher {
+        push(&mut r.ciphers, &mut r.n_ciphers, &mut r.flags, TRUNCATED_CIPHERS, v);
+    } else {
+        push(&mut r.sigalgs, &mut r.n_sigalgs, &mut r.flags, TRUNCATED_SIGALGS, v);
+    }
+}
+
+/// Appends `v` to `list` unless it is GREASE, counting it also when the list is full (which
+/// sets `truncated`).
+#[inline(always)]
+fn push<const N: usize>(list: &mut [u16; N], n: &mut u16, flags: &mut u8, truncated: u8, v: u16) {
+    if is_grease(v) {
+        return;
+    }
+    // The count goes through memory (a map value, in the kernel) rather than a register from
+    // one value to the next: the verifier then sees each push start from the same unknown
+    // count, instead of a range one higher per push that it would explore apart.
+    // SAFETY: a valid, aligned `u16`.
+    let i = unsafe { core::ptr::read_volatile(n) };
+    if (i as usize) < N {
+        // Masked as well as compared: the verifier bounds the store by the mask even where the
+        // compiler compares a copy of the index.
+        if let Some(slot) = list.get_mut(i as usize & (N.next_power_of_two() - 1)) {
+            *slot = v;
+        }
+    } else {
+        *flags |= truncated;
+    }
+    // A list of u16 values in at most 2^16 bytes never counts to 2^16.
+    *n = i.wrapping_add(1);
+}
+
 #[inline(always)]
 fn min(a: u32, b: u32) -> u32 {
     if a < b {
@@ -483,6 +981,18 @@ fn min(a: u32, b: u32) -> u32 {
 /// Classifies a whole first flight at once.
 pub fn classify(first_flight: &[u8]) -> Progress {
     HelloParser::new().feed(first_flight)
+}
+
+/// Classifies a whole first flight at once in the recording mode: the answer, and the record
+/// when the hello was decided (its `verdict`, `dport` and source network are the caller's to
+/// fill). The answer is always [`classify`]'s.
+pub fn record_hello(first_flight: &[u8]) -> (Progress, Option<HelloRecord>) {
+    let mut rec = HelloRecord::new();
+    let p = HelloParser::new().feed_recording(first_flight, &mut rec);
+    match p {
+        Progress::Decided(_) => (p, Some(rec)),
+        _ => (p, None),
+    }
 }
 
 #[cfg(feature = "user")]

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`budget`]: the redirect budget (token buckets per source network and in all).
 //! - [`hello`]: the ClientHello classifier, a resumable parser over a bounded byte cursor. The
-//!   kernel feeds it TCP segments one at a time; userspace feeds it whatever it has read.
+//!   kernel feeds it TCP segments one at a time; userspace feeds it whatever it has read. In
+//!   its recording mode it also fills a [`record::HelloRecord`].
 //! - [`version`]: protocol versions, policy modes and verdicts, and how a policy maps one to
 //!   the other.
 //! - [`maps`]: `#[repr(C)]` keys and values of the BPF maps, their names, and the parse
@@ -24,5 +25,6 @@ pub mod record;
 pub mod testing;
 pub mod version;
 
-pub use hello::{may_start_hello, HelloParser, Input, Malformed, Progress};
+pub use hello::{may_start_hello, record_hello, HelloParser, Input, Malformed, Progress};
+pub use record::HelloRecord;
 pub use version::{Mode, Policy, Verdict, Version};

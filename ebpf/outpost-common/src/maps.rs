@@ -40,6 +40,16 @@ pub const REDIRECT_GLOBAL: &str = "redirect_global";
 /// own; a legacy hello without an entry (the kernel left it to userspace) is budgeted there.
 pub const REDIRECTS: &str = "redirects";
 
+/// Ring buffer of [`crate::record::HelloRecord`]s: one per sampled decided hello. Pinned, so a
+/// process other than the loader (`outpost` reading records) can consume it; one consumer at a
+/// time, as every record goes to whichever reader takes it first.
+pub const HELLO_RECORDS: &str = "hello_records";
+/// One [`RecordConfig`] (array): whether hellos are recorded, and one in how many.
+pub const RECORD_CONFIG: &str = "record_config";
+/// LRU hash [`FlowKey`] → [`crate::record::HelloRecord`]: the records of sampled hellos being
+/// followed across segments, until they are decided.
+pub const RECORD_FLOWS: &str = "record_flows";
+
 /// Names of the XDP programs in the object.
 pub const PROG_FLOOR: &str = "outpost_xdp";
 /// Counts and passes: the benchmark's baseline.
@@ -63,11 +73,32 @@ pub const REDIRECT_SOURCE_CAPACITY: u32 = 65536;
 /// Entries of the [`REDIRECTS`] map: redirected connections not yet taken by userspace (it
 /// takes each within a round trip; the budget bounds how many arrive per second).
 pub const REDIRECT_CAPACITY: u32 = 16384;
+/// Bytes of the [`HELLO_RECORDS`] ring (a power of two, a multiple of the page size): about
+/// 450 records of 568 bytes (record and ring header) for the consumer to fall behind by.
+pub const HELLO_RECORDS_BYTES: u32 = 256 * 1024;
+/// Entries of the [`RECORD_FLOWS`] map: sampled hellos in flight across segments.
+pub const RECORD_FLOW_CAPACITY: u32 = 4096;
 /// Segments a hello is followed across before it is left to userspace.
 pub const MAX_HELLO_SEGMENTS: u32 = 4;
 /// Parser steps the kernel takes per segment (a step reads a field or skips a span). A
 /// typical browser hello needs about 60.
 pub const KERNEL_STEPS: usize = 160;
+
+/// Parser steps the kernel takes per segment of a sampled hello, read in the recording mode:
+/// lists come in runs of `hello::RUN_BYTES`, but every extension takes a step or three. A
+/// browser hello of ~1.9 kB needs about 90.
+pub const KERNEL_RECORD_STEPS: usize = 256;
+
+/// Whether and how often the kernel records hellos ([`RECORD_CONFIG`]). All-zero (the map as
+/// created) is off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordConfig {
+    /// Non-zero: record.
+    pub enabled: u32,
+    /// Record one hello in `sample` on each CPU (1: every hello); 0 records none.
+    pub sample: u32,
+}
 
 /// Slots of the [`VERSION_STATS`] counters.
 pub const VERSION_SLOTS: u32 = (Version::COUNT * Verdict::COUNT) as u32;
@@ -123,10 +154,16 @@ pub enum Outcome {
     /// A new connection on the four-tuple of a dropped or rejected flow (a reused source
     /// port): the old flow is forgotten and the new hello judged on its own.
     FlowReused = 19,
+    /// A sampled hello's record went into the [`HELLO_RECORDS`] ring.
+    RecordSent = 20,
+    /// A sampled hello's record was lost: the ring was full (no consumer, or a slow one), or
+    /// its partial record was evicted while the hello was followed. The hello was handled all
+    /// the same.
+    RecordDropped = 21,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 20] = [
+    pub const ALL: [Outcome; 22] = [
         Outcome::Packets,
         Outcome::NotIp,
         Outcome::NotTcp,
@@ -147,6 +184,8 @@ impl Outcome {
         Outcome::ResetClient,
         Outcome::RewriteFailed,
         Outcome::FlowReused,
+        Outcome::RecordSent,
+        Outcome::RecordDropped,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -173,6 +212,8 @@ impl Outcome {
             Outcome::ResetClient => "reset_to_client",
             Outcome::RewriteFailed => "rewrite_failed",
             Outcome::FlowReused => "blocked_flow_reused",
+            Outcome::RecordSent => "hello_record_sent",
+            Outcome::RecordDropped => "hello_record_dropped",
         }
     }
 }
@@ -229,7 +270,10 @@ pub struct FlowState {
     pub segments: u8,
     /// [`FlowPhase`].
     pub phase: u8,
-    pub _pad: [u8; 6],
+    /// Following: non-zero when the hello is sampled; `parser` is then in the recording mode
+    /// and the record so far is in [`RECORD_FLOWS`].
+    pub recording: u8,
+    pub _pad: [u8; 5],
 }
 
 #[cfg(feature = "std")]
@@ -273,7 +317,13 @@ impl FlowState {
     /// sequence number is a new connection on the same four-tuple, whose initial sequence
     /// number is random. Wraps around like TCP sequence space.
     pub fn covers(&self, seq: u32) -> bool {
-        seq.wrapping_sub(self.first_seq) <= self.next_seq.wrapping_sub(self.first_seq)
+        Self::covers_seq(self.first_seq, self.next_seq, seq)
+    }
+
+    /// [`covers`](Self::covers) for a flow's `first_seq` and `next_seq` copied out of the map.
+    #[inline(always)]
+    pub fn covers_seq(first_seq: u32, next_seq: u32, seq: u32) -> bool {
+        seq.wrapping_sub(first_seq) <= next_seq.wrapping_sub(first_seq)
     }
 }
 
@@ -284,6 +334,7 @@ mod pod {
     unsafe impl aya::Pod for Policy {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for RecordConfig {}
     unsafe impl aya::Pod for crate::budget::SourceKey {}
     unsafe impl aya::Pod for crate::budget::Bucket {}
 }
@@ -334,7 +385,8 @@ mod tests {
             first_seq,
             segments: 0,
             phase: FlowPhase::Rejected as u8,
-            _pad: [0; 6],
+            recording: 0,
+            _pad: [0; 5],
         };
         let f = flow(1000, 1517);
         for seq in [1000, 1200, 1517] {
@@ -351,9 +403,11 @@ mod tests {
 
     #[test]
     fn layouts_are_stable() {
-        assert_eq!(size_of::<HelloParser>(), 32);
+        assert_eq!(size_of::<HelloParser>(), 40);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowState>(), 48);
+        assert_eq!(size_of::<FlowState>(), 56);
+        assert_eq!(size_of::<RecordConfig>(), 8);
+        assert_eq!(size_of::<crate::record::HelloRecord>(), 472);
         assert_eq!(size_of::<crate::Policy>(), 12);
         assert_eq!(size_of::<crate::budget::SourceKey>(), 20);
         assert_eq!(size_of::<crate::budget::Bucket>(), 16);

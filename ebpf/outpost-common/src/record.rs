@@ -13,7 +13,7 @@ pub const RECORD_CIPHERS: usize = 96;
 pub const RECORD_EXTENSIONS: usize = 40;
 /// Signature algorithms kept.
 pub const RECORD_SIGALGS: usize = 48;
-/// Bytes of the server name kept.
+/// Bytes of the server name kept (a power of two: the kernel masks indexes with it).
 pub const RECORD_SNI: usize = 64;
 
 /// The hello carried a `server_name` extension.
@@ -30,6 +30,11 @@ pub const TRUNCATED_SIGALGS: u8 = 1 << 4;
 pub const TRUNCATED_SNI: u8 = 1 << 5;
 /// The hello spanned more than one TCP segment (the kernel followed the flow).
 pub const FLAG_FOLLOWED: u8 = 1 << 6;
+/// The record stops before the end of the hello: its version was conclusive (its
+/// `supported_versions` read whole) and then the hello broke a framing rule, or the kernel
+/// could not follow the rest of it (not in linear data, out of order, too many segments, no
+/// room to keep it). Lists and counts hold what came before; a fingerprint from it is partial.
+pub const FLAG_PARTIAL: u8 = 1 << 7;
 
 /// One decided ClientHello.
 #[repr(C)]

@@ -4,15 +4,16 @@
 use crate::packet::Segment;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use outpost_common::{
     budget::{Bucket, SourceKey},
     maps::{
-        FlowKey, FlowState, Outcome, FLOW_CAPACITY, FLOW_FILTER_SLOTS, PORT_MODE_CAPACITY,
-        PORT_WORDS, REDIRECT_CAPACITY, REDIRECT_SOURCE_CAPACITY, VERSION_SLOTS,
+        FlowKey, FlowState, Outcome, RecordConfig, FLOW_CAPACITY, FLOW_FILTER_SLOTS,
+        HELLO_RECORDS_BYTES, PORT_MODE_CAPACITY, PORT_WORDS, RECORD_FLOW_CAPACITY,
+        REDIRECT_CAPACITY, REDIRECT_SOURCE_CAPACITY, VERSION_SLOTS,
     },
-    HelloParser, Policy,
+    HelloParser, HelloRecord, Policy,
 };
 
 /// The policy: floor and mode. Written by `outpost policy set`.
@@ -62,6 +63,21 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(
 #[map(name = "flow_filter")]
 pub static FLOW_FILTER: Array<u64> = Array::with_max_entries(FLOW_FILTER_SLOTS, 0);
 
+/// Records of sampled hellos, for userspace (`outpost_common::maps::HELLO_RECORDS`). Pinned,
+/// so the reader need not be the loader.
+#[map(name = "hello_records")]
+pub static HELLO_RECORDS: RingBuf = RingBuf::pinned(HELLO_RECORDS_BYTES, 0);
+
+/// Whether hellos are recorded, and one in how many. Pinned, like the policy: a reload keeps
+/// what userspace set; as created it is off.
+#[map(name = "record_config")]
+pub static RECORD_CONFIG: Array<RecordConfig> = Array::pinned(1, 0);
+
+/// The records so far of sampled hellos followed across segments. Not pinned, as [`FLOWS`].
+#[map(name = "record_flows")]
+pub static RECORD_FLOWS: LruHashMap<FlowKey, HelloRecord> =
+    LruHashMap::with_max_entries(RECORD_FLOW_CAPACITY, 0);
+
 /// Per-packet working state, kept in a map rather than on the stack so the verifier sees its
 /// fields as unknown values. The segment found by the walk goes through here, so that the
 /// many shapes of headers (VLAN tags, IP options, extension headers) converge into one state
@@ -79,6 +95,29 @@ pub struct Scratch {
     pub steps: u32,
     /// The encoded answer (`tls::encode`).
     pub result: u32,
+    /// The hello being read: where it began, how (`tls::Hello`).
+    pub hello: Hello,
+    /// A flow state about to be inserted into [`FLOWS`] (`tls::staged`).
+    pub flow: FlowState,
+    /// Hellos seen on this CPU since the last one sampled for recording. Kept here rather than
+    /// in a map of its own: the entry is looked up for every hello anyway.
+    pub since_sampled: u32,
+    /// The record of a sampled hello being read: filled by the parser, sent from here (it is
+    /// too large for the BPF stack).
+    pub record: HelloRecord,
+}
+
+/// The hello in the scratch entry's parser, as `tls::begin` found it.
+#[derive(Clone, Copy)]
+pub struct Hello {
+    /// Sequence number of its first byte (an earlier segment when followed).
+    pub first_seq: u32,
+    /// Segments of it seen before this one.
+    pub segments: u32,
+    /// Non-zero when its flow was found in `FLOWS`.
+    pub known: u32,
+    /// How it is read: `tls::RECORD_OFF`, `RECORD_ON` or `RECORD_LOST`.
+    pub recording: u32,
 }
 
 #[map(name = "scratch")]

@@ -285,4 +285,15 @@ impl Input for Payload<'_> {
             Err(_) => 0,
         }
     }
+
+    /// One bounds check for the `N` bytes (the recording mode reads lists and the server name
+    /// in blocks this way).
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, i: usize) -> [u8; N] {
+        match ptr_at::<[u8; N]>(self.ctx, self.off + (i & PAYLOAD_MASK)) {
+            // SAFETY: ptr_at checked the N bytes are inside the packet.
+            Ok(p) => unsafe { *p },
+            Err(_) => [0; N],
+        }
+    }
 }

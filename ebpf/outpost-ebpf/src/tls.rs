@@ -11,38 +11,72 @@ use aya_ebpf::{
 use outpost_common::{
     budget::{Bucket, SourceKey},
     maps::{
-        flow_slot, version_slot, FlowKey, FlowPhase, FlowState, Outcome, KERNEL_STEPS,
-        MAX_HELLO_SEGMENTS,
+        flow_slot, version_slot, FlowKey, FlowPhase, FlowState, Outcome, KERNEL_RECORD_STEPS,
+        KERNEL_STEPS, MAX_HELLO_SEGMENTS,
     },
-    may_start_hello, HelloParser, Input, Malformed, Mode, Policy, Progress, Verdict, Version,
+    may_start_hello,
+    record::{FLAG_FOLLOWED, FLAG_PARTIAL},
+    HelloParser, HelloRecord, Input, Malformed, Mode, Policy, Progress, Verdict, Version,
 };
 
 use crate::{
     maps::{
-        bump, count, mode_for, policy, FLOWS, FLOW_FILTER, REDIRECTS, REDIRECT_GLOBAL,
-        REDIRECT_SOURCES, SCRATCH, VERSION_STATS,
+        bump, count, mode_for, policy, Hello, Scratch, FLOWS, FLOW_FILTER, HELLO_RECORDS,
+        RECORD_CONFIG, RECORD_FLOWS, REDIRECTS, REDIRECT_GLOBAL, REDIRECT_SOURCES, SCRATCH,
+        VERSION_STATS,
     },
     packet::{Payload, Segment, TCP_RST},
     reset,
 };
 
 /// Handles a segment to a protected port that carries payload, FIN or RST.
+///
+/// In three parts: [`begin`] finds the flow and sets up the parser (and the record of a sampled
+/// hello) in the scratch entry, the classifier runs, and [`finish`] acts on the answer. What
+/// the first part found goes through the scratch entry ([`Hello`]) and is read back: the
+/// verifier then checks the classifier and what follows once, not once per way the first part
+/// can take (a new hello or a followed one, sampled or not).
+#[inline(always)]
 pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+    let s = unsafe { &mut *s };
+    if let Some(action) = begin(ctx, seg, s) {
+        return action;
+    }
+    let payload = Payload::new(ctx, seg);
+    // SAFETY: a field of this CPU's scratch entry.
+    let progress = if unsafe { read_volatile(&s.hello.recording) } == RECORD_OFF || !RECORDING_WIRED
+    {
+        classify(ctx, &payload)
+    } else {
+        classify_recording(ctx, &payload)
+    };
+    // SAFETY: as above.
+    let hello = unsafe { read_volatile(&s.hello) };
+    finish(ctx, seg, s, &payload, progress, &hello)
+}
+
+/// Finds the segment's flow and handles what needs no parser; else sets up the parser, the
+/// record when the hello is sampled, and `s.hello`, and returns `None`.
+#[inline(always)]
+fn begin(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> Option<u32> {
     let has_payload = seg.payload_len > 0;
     // Every segment with payload (or closing the flow) looks for state of its flow first: a
     // continuation of a hello can start with any byte. The filter answers for most of them
     // (application data of flows never tracked) without the hash lookup; the entry consulted
     // it (`untracked_data`).
-    let mut known = if seg.maybe_tracked {
-        // SAFETY: a plain value copied out of the map.
-        FLOWS.get_ptr(seg.key).map(|p| unsafe { *p })
-    } else {
-        None
-    };
+    let found = if seg.maybe_tracked { FLOWS.get_ptr(seg.key) } else { None };
+    // The flow's scalars are copied; its parser goes straight into the scratch entry if the
+    // hello goes on (a flow state on the stack took the program past the kernel's limit).
+    // SAFETY: a plain value in the map.
+    let mut known = found.map(|p| unsafe { Known::of(&*p) });
     if let Some(flow) = known {
         if flow.phase != FlowPhase::Following as u8 {
-            if flow.covers(seg.seq) {
-                return blocked_flow(ctx, seg, &flow);
+            if FlowState::covers_seq(flow.first_seq, flow.next_seq, seg.seq) {
+                return Some(blocked_flow(ctx, seg, flow.phase));
             }
             // A new connection on the four-tuple of a blocked one (the client reused its
             // source port): the old verdict is not this connection's.
@@ -52,58 +86,131 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
         }
     }
     if !has_payload {
-        if seg.flags & TCP_RST != 0 && known.is_some() {
-            flow_remove(&seg.key);
+        if let Some(flow) = known {
+            if seg.flags & TCP_RST != 0 {
+                forget(&seg.key, flow.recording);
+            }
         }
         count(Outcome::NoPayload);
-        return xdp_action::XDP_PASS;
+        return Some(xdp_action::XDP_PASS);
     }
-    let payload = Payload::new(ctx, seg);
-    let (mut parser, segments) = match known {
-        Some(flow) => {
+    match (known, found) {
+        (Some(flow), Some(p)) => {
             if seg.seq == flow.first_seq {
                 // The hello's first segment again (a retransmission): already seen.
-                return xdp_action::XDP_PASS;
+                return Some(xdp_action::XDP_PASS);
             }
             if seg.seq != flow.next_seq {
                 // Out of order: the stream cannot be followed here.
-                flow_remove(&seg.key);
+                forget(&seg.key, flow.recording);
                 count(Outcome::ToUserspace);
-                return xdp_action::XDP_PASS;
+                return Some(xdp_action::XDP_PASS);
             }
-            (flow.parser, flow.segments as u32)
+            // SAFETY: the entry found above; a plain value.
+            s.parser = unsafe { (*p).parser };
+            let recording = if flow.recording == 0 {
+                RECORD_OFF
+            } else if let Some(r) = RECORD_FLOWS.get_ptr(seg.key) {
+                // SAFETY: both are map values; the copy goes from one to the other.
+                unsafe { core::ptr::copy_nonoverlapping(r, &mut s.record, 1) };
+                RECORD_ON
+            } else {
+                // Evicted: the parser goes on in its mode, into a record nobody will see.
+                clear_record(s);
+                RECORD_LOST
+            };
+            s.hello = Hello {
+                first_seq: flow.first_seq,
+                segments: flow.segments as u32,
+                known: 1,
+                recording,
+            };
         }
-        None => {
+        _ => {
             // Application data and other protocols: no parser run for them.
+            let payload = Payload::new(ctx, seg);
             if payload.len() > 0 && !may_start_hello(payload.byte(0)) {
                 count(Outcome::NotHello);
-                return xdp_action::XDP_PASS;
+                return Some(xdp_action::XDP_PASS);
             }
-            (HelloParser::new(), 0)
-        }
-    };
-    let progress = classify(ctx, &mut parser, &payload);
-    let followed = segments > 0;
-    // Where the hello began: this segment, or the first one followed.
-    let first_seq = known.map_or(seg.seq, |f| f.first_seq);
-    match progress {
-        Progress::Decided(version) => {
-            count(if followed { Outcome::DecidedLater } else { Outcome::DecidedFirst });
-            decide(ctx, seg, version, followed, first_seq)
-        }
-        Progress::NeedMore if payload.complete(seg) && segments + 1 < MAX_HELLO_SEGMENTS => {
-            let state = FlowState {
-                parser,
-                next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
-                first_seq,
-                segments: (segments + 1) as u8,
-                phase: FlowPhase::Following as u8,
-                _pad: [0; 6],
+            s.parser = HelloParser::new();
+            let recording = if sampled(s) {
+                clear_record(s);
+                RECORD_ON
+            } else {
+                RECORD_OFF
             };
-            if !flow_insert(&seg.key, &state, known.is_some()) {
+            s.hello = Hello { first_seq: seg.seq, segments: 0, known: 0, recording };
+        }
+    }
+    None
+}
+
+/// Acts on the classifier's answer for the hello described by `hello`.
+#[inline(always)]
+fn finish(
+    ctx: &XdpContext,
+    seg: &Segment,
+    s: &mut Scratch,
+    payload: &Payload<'_>,
+    progress: Progress,
+    hello: &Hello,
+) -> u32 {
+    let (segments, recording) = (hello.segments, hello.recording);
+    let followed = segments > 0;
+    let can_follow = payload.complete(seg) && segments + 1 < MAX_HELLO_SEGMENTS;
+    // Recording reads to the end of the hello; when its version was conclusive earlier (its
+    // `supported_versions` read), the plain mode would have decided already. Such a hello is
+    // followed on only if it passes (for the rest of its record); any other verdict is given
+    // now, in the segment where the plain mode gives it, with the record cut short.
+    let conclusive = match progress {
+        Progress::NeedMore | Progress::OutOfSteps if recording != RECORD_OFF => {
+            s.parser.conclusive()
+        }
+        _ => None,
+    };
+    let decided = match (progress, conclusive) {
+        (Progress::Decided(version), _) => Some(version),
+        (_, Some(version))
+            if !can_follow
+                || progress != Progress::NeedMore
+                || verdict_in_policy(&policy(), seg, version) != Verdict::Pass =>
+        {
+            s.record.flags |= FLAG_PARTIAL;
+            Some(version)
+        }
+        _ => None,
+    };
+    if let Some(version) = decided {
+        count(if followed { Outcome::DecidedLater } else { Outcome::DecidedFirst });
+        return decide(ctx, s, seg, version, followed, hello.first_seq, recording);
+    }
+    match progress {
+        Progress::NeedMore if can_follow => {
+            let state = staged(
+                s,
+                FlowState {
+                    parser: s.parser,
+                    next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
+                    first_seq: hello.first_seq,
+                    segments: (segments + 1) as u8,
+                    phase: FlowPhase::Following as u8,
+                    recording: (recording != RECORD_OFF) as u8,
+                    _pad: [0; 5],
+                },
+            );
+            if !flow_insert(&seg.key, state, hello.known != 0) {
+                // Left to userspace, which records the hellos it decides itself.
                 count(Outcome::FlowTableFull);
+                if followed && recording != RECORD_OFF {
+                    let _ = RECORD_FLOWS.remove(&seg.key);
+                }
             } else {
                 count(Outcome::FollowNext);
+                if recording == RECORD_ON {
+                    // If the table refuses, the next segment finds no record and loses it.
+                    let _ = RECORD_FLOWS.insert(&seg.key, &s.record, 0);
+                }
             }
             xdp_action::XDP_PASS
         }
@@ -114,10 +221,78 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
                 _ => Outcome::ToUserspace,
             });
             if followed {
-                flow_remove(&seg.key);
+                forget(&seg.key, recording as u8);
             }
             xdp_action::XDP_PASS
         }
+    }
+}
+
+/// What the hello logic needs of a flow found in [`FLOWS`], besides its parser.
+#[derive(Clone, Copy)]
+struct Known {
+    first_seq: u32,
+    next_seq: u32,
+    segments: u8,
+    phase: u8,
+    recording: u8,
+}
+
+impl Known {
+    #[inline(always)]
+    fn of(f: &FlowState) -> Known {
+        Known {
+            first_seq: f.first_seq,
+            next_seq: f.next_seq,
+            segments: f.segments,
+            phase: f.phase,
+            recording: f.recording,
+        }
+    }
+}
+
+/// How a hello is read: plainly, into a record, or into a record that was lost (its partial
+/// record evicted while the flow was followed).
+pub const RECORD_OFF: u32 = 0;
+pub const RECORD_ON: u32 = 1;
+pub const RECORD_LOST: u32 = 2;
+/// Work in progress: the recording loop is not in the program yet, and no hello is sampled.
+const RECORDING_WIRED: bool = false;
+
+/// Whether a new hello is recorded: recording on, and the `sample`th hello on this CPU since
+/// the last one recorded.
+#[inline(always)]
+fn sampled(s: &mut Scratch) -> bool {
+    if !RECORDING_WIRED {
+        return false;
+    }
+    let Some(config) = RECORD_CONFIG.get(0) else {
+        return false;
+    };
+    if config.enabled == 0 || config.sample == 0 {
+        return false;
+    }
+    s.since_sampled += 1;
+    if s.since_sampled < config.sample {
+        return false;
+    }
+    s.since_sampled = 0;
+    true
+}
+
+/// Zeroes the scratch record in place: `HelloRecord::new()` would be built on the stack first.
+#[inline(always)]
+fn clear_record(s: &mut Scratch) {
+    // SAFETY: a map value of plain integers, for which all-zero is `HelloRecord::new()`.
+    unsafe { core::ptr::write_bytes(&mut s.record, 0, 1) };
+}
+
+/// Forgets the followed flow `key` and, if it was sampled, its partial record.
+#[inline(always)]
+fn forget(key: &FlowKey, recording: u8) {
+    flow_remove(key);
+    if recording != 0 {
+        let _ = RECORD_FLOWS.remove(key);
     }
 }
 
@@ -144,6 +319,14 @@ fn flow_may_exist(key: &FlowKey) -> bool {
         // Unreachable (the slot is masked), but an unknown answer must mean "look".
         None => true,
     }
+}
+
+/// `state` written to the scratch entry, from where it is inserted: map memory rather than
+/// the stack, which the hello logic keeps within the kernel's limit.
+#[inline(always)]
+fn staged(s: &mut Scratch, state: FlowState) -> &FlowState {
+    s.flow = state;
+    &s.flow
 }
 
 /// Inserts or replaces the state of `key`; false if the table refused. `known`: the flow was
@@ -209,7 +392,8 @@ fn decode(r: u32) -> Progress {
     }
 }
 
-/// Runs the classifier over the payload, resuming `parser`, for at most [`KERNEL_STEPS`] steps.
+/// Runs the classifier over the payload, resuming the parser in the scratch entry, for at most
+/// [`KERNEL_STEPS`] steps.
 ///
 /// The loop is bounded for the verifier by `may_goto` ([`can_loop`]) rather than by its
 /// counter: everything it carries from one step to the next lives in the per-CPU scratch
@@ -218,18 +402,10 @@ fn decode(r: u32) -> Progress {
 /// iteration. Unlike `bpf_loop`, no call and return per step (the return is the expensive part
 /// on CPUs with return-stack mitigations).
 #[inline(always)]
-fn classify(ctx: &XdpContext, parser: &mut HelloParser, input: &Payload<'_>) -> Progress {
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
+    let Some(s) = start_loop(input) else {
         return Progress::OutOfSteps;
     };
-    // SAFETY: this CPU's scratch entry; nothing else runs on this CPU meanwhile.
-    let s = unsafe { &mut *s };
-    s.parser = *parser;
-    s.off = input.offset() as u32;
-    s.len = input.len() as u32;
-    s.pos = 0;
-    s.steps = 0;
-    s.result = OUT_OF_STEPS;
     // One way out, at the top: leaving from where the answer is found would have the code
     // after the loop verified once per exit.
     while can_loop() && s.result == OUT_OF_STEPS && s.steps < KERNEL_STEPS as u32 {
@@ -242,11 +418,45 @@ fn classify(ctx: &XdpContext, parser: &mut HelloParser, input: &Payload<'_>) -> 
             s.result = encode(p);
         }
     }
-    *parser = s.parser;
     // Read back rather than forwarded from the exits: as one unknown value, the code after
     // the loop is verified once, not once per way out of it.
     // SAFETY: a field of this CPU's scratch entry.
     decode(unsafe { read_volatile(&s.result) })
+}
+
+/// [`classify`] in the recording mode, into the scratch entry's record, for at most
+/// [`KERNEL_RECORD_STEPS`] steps. A loop of its own, so the plain one stays as it was.
+#[inline(always)]
+fn classify_recording(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
+    let Some(s) = start_loop(input) else {
+        return Progress::OutOfSteps;
+    };
+    while can_loop() && s.result == OUT_OF_STEPS && s.steps < KERNEL_RECORD_STEPS as u32 {
+        s.steps += 1;
+        let input = Payload::at(ctx, s.off as usize, s.len as usize);
+        let mut pos = s.pos as usize;
+        let step = s.parser.advance_recording(&input, &mut pos, &mut s.record);
+        s.pos = pos as u32;
+        if let Some(p) = step {
+            s.result = encode(p);
+        }
+    }
+    // SAFETY: a field of this CPU's scratch entry.
+    decode(unsafe { read_volatile(&s.result) })
+}
+
+/// The scratch entry set up for a classifier loop over `input`.
+#[inline(always)]
+fn start_loop(input: &Payload<'_>) -> Option<&'static mut Scratch> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch entry; nothing else runs on this CPU meanwhile.
+    let s = unsafe { &mut *s };
+    s.off = input.offset() as u32;
+    s.len = input.len() as u32;
+    s.pos = 0;
+    s.steps = 0;
+    s.result = OUT_OF_STEPS;
+    Some(s)
 }
 
 /// `may_goto`: false when the kernel's loop budget for this run is spent (millions of
@@ -262,22 +472,31 @@ fn can_loop() -> bool {
     true
 }
 
+/// The verdict the policy gives `version` on the segment's port, before the redirect budget.
+#[inline(always)]
+fn verdict_in_policy(policy: &Policy, seg: &Segment, version: Version) -> Verdict {
+    // A hello that meets the floor passes in every mode: the port's own is not looked up.
+    let verdict = policy.verdict_in(Mode::Drop as u8, version);
+    if verdict == Verdict::Pass {
+        return verdict;
+    }
+    policy.verdict_in(mode_for(policy, u16::from_be(seg.key.dport)), version)
+}
+
 /// A hello's version is known: count it and apply the policy. `first_seq` is where the hello
-/// began (an earlier segment when it was followed).
+/// began (an earlier segment when it was followed); `recording`, how it was read.
 #[inline(always)]
 fn decide(
     ctx: &XdpContext,
+    s: &mut Scratch,
     seg: &Segment,
     version: Version,
     followed: bool,
     first_seq: u32,
+    recording: u32,
 ) -> u32 {
     let policy = policy();
-    // A hello that meets the floor passes in every mode: the port's own is not looked up.
-    let mut verdict = policy.verdict_in(Mode::Drop as u8, version);
-    if verdict != Verdict::Pass {
-        verdict = policy.verdict_in(mode_for(&policy, u16::from_be(seg.key.dport)), version);
-    }
+    let mut verdict = verdict_in_policy(&policy, seg, version);
     // Only a redirect needs the time (a helper call: not paid by the other verdicts).
     let now = if verdict == Verdict::Redirect {
         // SAFETY: a helper without arguments.
@@ -289,6 +508,9 @@ fn decide(
         verdict = Verdict::Reject;
     }
     bump(&VERSION_STATS, version_slot(version, verdict));
+    if recording != RECORD_OFF {
+        send_record(s, seg, version, verdict, followed, recording);
+    }
     let phase = match verdict {
         Verdict::Pass | Verdict::Redirect => {
             if followed {
@@ -303,17 +525,21 @@ fn decide(
         Verdict::Drop => FlowPhase::Dropped,
         Verdict::Reject => FlowPhase::Rejected,
     };
-    let state = FlowState {
-        parser: HelloParser::new(),
-        next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
-        first_seq,
-        segments: 0,
-        phase: phase as u8,
-        _pad: [0; 6],
-    };
     // Remembered so that retransmissions are handled without being counted again; if the
     // table refuses, a retransmission is classified (and counted) afresh, which still blocks it.
-    let _ = flow_insert(&seg.key, &state, followed);
+    let state = staged(
+        s,
+        FlowState {
+            parser: HelloParser::new(),
+            next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
+            first_seq,
+            segments: 0,
+            phase: phase as u8,
+            recording: 0,
+            _pad: [0; 5],
+        },
+    );
+    let _ = flow_insert(&seg.key, state, followed);
     if verdict == Verdict::Drop {
         return xdp_action::XDP_DROP;
     }
@@ -326,6 +552,40 @@ fn decide(
             count(Outcome::RewriteFailed);
             xdp_action::XDP_DROP
         }
+    }
+}
+
+/// Completes the scratch record of a decided hello with what the parser does not know and
+/// sends it. A full ring loses the record, never delays the packet: it is counted.
+#[inline(always)]
+fn send_record(
+    s: &mut Scratch,
+    seg: &Segment,
+    version: Version,
+    verdict: Verdict,
+    followed: bool,
+    recording: u32,
+) {
+    if followed {
+        let _ = RECORD_FLOWS.remove(&seg.key);
+    }
+    if recording != RECORD_ON {
+        count(Outcome::RecordDropped);
+        return;
+    }
+    let r = &mut s.record;
+    // The client's network, never its address.
+    r.src_net = SourceKey::of(&seg.key.src, seg.key.family).addr;
+    r.family = seg.key.family;
+    r.version = version as u8;
+    r.verdict = verdict as u8;
+    r.dport = u16::from_be(seg.key.dport);
+    if followed {
+        r.flags |= FLAG_FOLLOWED;
+    }
+    match HELLO_RECORDS.output::<HelloRecord>(&*r, 0) {
+        Ok(()) => count(Outcome::RecordSent),
+        Err(_) => count(Outcome::RecordDropped),
     }
 }
 
@@ -393,14 +653,14 @@ unsafe fn atomic_add(p: *mut u64, v: u64) {
 
 /// A segment of a flow whose hello was dropped or rejected.
 #[inline(always)]
-fn blocked_flow(ctx: &XdpContext, seg: &Segment, flow: &FlowState) -> u32 {
+fn blocked_flow(ctx: &XdpContext, seg: &Segment, phase: u8) -> u32 {
     if seg.flags & TCP_RST != 0 {
         // The client gave up: let the server clean up too, and forget the flow.
         flow_remove(&seg.key);
         return xdp_action::XDP_PASS;
     }
     count(Outcome::FlowRepeat);
-    if flow.phase == FlowPhase::Dropped as u8 {
+    if phase == FlowPhase::Dropped as u8 {
         return xdp_action::XDP_DROP;
     }
     match reset::to_client(ctx, seg) {

@@ -19,16 +19,19 @@
 //!   and ALPN are left out; without signature algorithms the string hashed has no `_`.
 //!
 //! A list longer than the record keeps cannot be hashed: [`ja4`] answers
-//! [`Ja4Error::Truncated`], never a fingerprint of a partial list. The protocol is always `t`:
+//! [`Ja4Error::Truncated`] (or [`Ja4Error::Partial`] for a record that stops before the end of
+//! its hello), never a fingerprint of a partial list. An SSLv2-format hello has none either
+//! ([`Ja4Error::Sslv2Format`]; no reference computes one). The protocol is always `t`:
 //! outpost reads TLS over TCP only.
 
 use core::fmt;
 use std::str::FromStr;
 
 use outpost_common::record::{
-    HelloRecord, FLAG_ALPN, FLAG_SNI, RECORD_CIPHERS, RECORD_EXTENSIONS, RECORD_SIGALGS,
-    TRUNCATED_CIPHERS, TRUNCATED_EXTENSIONS, TRUNCATED_SIGALGS,
+    HelloRecord, FLAG_ALPN, FLAG_PARTIAL, FLAG_SNI, RECORD_CIPHERS, RECORD_EXTENSIONS,
+    RECORD_SIGALGS, TRUNCATED_CIPHERS, TRUNCATED_EXTENSIONS, TRUNCATED_SIGALGS,
 };
+use outpost_common::Version;
 use sha2::{Digest, Sha256};
 
 /// `server_name`, left out of the extension hash (its presence is the `d`/`i`).
@@ -51,6 +54,12 @@ pub enum Ja4Error {
     /// A list (ciphers, extensions or signature algorithms) was longer than the record keeps:
     /// its hash would be of a partial list. The `TRUNCATED_*` flags of the record.
     Truncated(u8),
+    /// The record stops before the end of the hello (`FLAG_PARTIAL`: the version was
+    /// conclusive, then the hello broke off or could not be followed): its lists are partial.
+    Partial,
+    /// An SSLv2-format hello: its 3-byte cipher specs and missing extensions have no JA4
+    /// (the spec names `s2` but neither it nor any implementation says how to read one).
+    Sslv2Format,
 }
 
 impl fmt::Display for Ja4Error {
@@ -69,6 +78,8 @@ impl fmt::Display for Ja4Error {
                 }
                 write!(f, "the record keeps only part of its {}", lists.join(", "))
             }
+            Ja4Error::Partial => f.write_str("the record stops before the end of the hello"),
+            Ja4Error::Sslv2Format => f.write_str("an SSLv2-format hello has no JA4"),
         }
     }
 }
@@ -178,6 +189,12 @@ struct Lists<'a> {
 
 impl<'a> Lists<'a> {
     fn of(rec: &'a HelloRecord) -> Result<Lists<'a>, Ja4Error> {
+        if rec.version == Version::Sslv2 as u8 {
+            return Err(Ja4Error::Sslv2Format);
+        }
+        if rec.flags & FLAG_PARTIAL != 0 {
+            return Err(Ja4Error::Partial);
+        }
         // A count past the array without its flag is a truncation all the same.
         let mut cut = rec.flags & (TRUNCATED_CIPHERS | TRUNCATED_EXTENSIONS | TRUNCATED_SIGALGS);
         for (n, cap, bit) in [
@@ -306,6 +323,7 @@ mod tests {
     /// The spec's own example (JA4.md, "Example" and "Raw Output").
     fn spec_example() -> HelloRecord {
         let mut r = HelloRecord::new();
+        r.version = Version::Tls13 as u8; // new() says SSLv2 (0)
         let ciphers = [
             0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014,
             0x009c, 0x009d, 0x002f, 0x0035,
@@ -397,7 +415,9 @@ mod tests {
         r.flags &= !FLAG_SNI;
         assert_eq!(&a_of(&r)[3..4], "i");
         let mut cap = HelloRecord::new();
+        cap.version = Version::Tls12 as u8;
         cap.n_ciphers = 96;
+        assert_eq!(two_digits(150), *b"99");
         assert_eq!(&a_of(&cap)[4..6], "96");
     }
 
@@ -441,6 +461,17 @@ mod tests {
         let mut r = spec_example();
         r.flags |= outpost_common::record::TRUNCATED_SNI;
         assert!(ja4(&r).is_ok(), "a long server name does not touch the hashes");
+        r.flags |= FLAG_PARTIAL;
+        assert_eq!((ja4(&r), ja4_r(&r)), (Err(Ja4Error::Partial), Err(Ja4Error::Partial)));
+    }
+
+    #[test]
+    fn sslv2_format_hellos_have_none() {
+        let mut r = spec_example();
+        r.version = Version::Sslv2 as u8;
+        assert_eq!(ja4(&r), Err(Ja4Error::Sslv2Format));
+        r.version = Version::Tls10 as u8;
+        assert!(ja4(&r).is_ok(), "only the classifier's SSLv2 verdict counts, not the fields");
     }
 
     #[test]

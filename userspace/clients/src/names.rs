@@ -48,7 +48,7 @@ const NAMES: &[(&str, &str)] = &[
     ("t10d090600_c491f621fb4c_195413a0cc0f", "Python 3.11 ssl TLSv1"),
     // openssl s_client -tls1 (3.0.19) to an address; also Python 3.11 ssl TLSv1 without
     // server_hostname.
-    ("t10i090500_c491f621fb4c_195413a0cc0f", "OpenSSL 3.0 TLSv1 client (s_client -tls1, Python)"),
+    ("t10i090500_c491f621fb4c_195413a0cc0f", "OpenSSL 3.0 TLSv1 (s_client -tls1, Python)"),
     // gnutls-cli 3.7.9 --priority NORMAL:-VERS-ALL:+VERS-TLS1.0.
     ("t10d080900_051fb07a0855_f8a36b20a605", "gnutls-cli 3.7 TLS1.0"),
     // curl 7.88.1 / OpenSSL 3.0.19 --tlsv1.1 --tls-max 1.1.

@@ -65,7 +65,7 @@ pub fn ago(now_ms: u64, then_ms: u64) -> String {
 /// Widest server name shown in the CLI table (longer ones end in `…`).
 const SNI_WIDTH: usize = 40;
 /// Widest client name shown.
-const NAME_WIDTH: usize = 34;
+const NAME_WIDTH: usize = 44;
 
 /// The CLI table: count, share of `total`, version, verdict, JA4, name, SNI, ALPN, last seen
 /// (relative to `now_ms`). Rows come as given (already sorted and cut by the query).
