@@ -31,7 +31,7 @@
 //! was read is still decided by it (the record then carries [`FLAG_PARTIAL`]). What a recorded
 //! extension holds inside is never a reason to fail a hello: an inconsistent inner length ends
 //! the recording of that extension, and the rest of it is skipped as the plain mode skips it.
-//! Lists are read in runs of fewer than [`RUN_BYTES`] per step, values that straddle a chunk or
+//! Lists are read in blocks of up to [`RUN_BYTES`] per step, values that straddle a chunk or
 //! record boundary a field at a time. A parser is driven in one mode from its first byte on.
 
 use crate::record::{
@@ -49,16 +49,31 @@ pub trait Input {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The `N` bytes from `i` (the parser only asks for `i + N <= len()`). Inputs that can check
-    /// their bounds once for all of them override it (the kernel: one check rather than `N`,
-    /// which the verifier would follow as `N` branches).
+    /// Calls `f` with each of the `N` bytes from `i` (the parser only asks for `i + N <= len()`)
+    /// and returns true; false, calling nothing, when the input cannot give them (the parser
+    /// then gives up, [`Progress::OutOfSteps`]). Inputs that can check their bounds once for all
+    /// of them override it: the kernel, where `N` checks are `N` branches for the verifier to
+    /// follow.
     #[inline(always)]
-    fn bytes<const N: usize>(&self, i: usize) -> [u8; N] {
-        let mut out = [0u8; N];
-        for (k, b) in out.iter_mut().enumerate() {
-            *b = self.byte(i + k);
+    fn each_byte<const N: usize>(&self, i: usize, mut f: impl FnMut(usize, u8)) -> bool {
+        if i + N > self.len() {
+            return false;
         }
-        out
+        for k in 0..N {
+            f(k, self.byte(i + k));
+        }
+        true
+    }
+    /// [`each_byte`](Self::each_byte) for the `N` big-endian `u16` values from `i`.
+    #[inline(always)]
+    fn each_be16<const N: usize>(&self, i: usize, mut f: impl FnMut(u16)) -> bool {
+        if i + 2 * N > self.len() {
+            return false;
+        }
+        for k in 0..N {
+            f((self.byte(i + 2 * k) as u16) << 8 | self.byte(i + 2 * k + 1) as u16);
+        }
+        true
     }
 }
 
@@ -120,9 +135,9 @@ const EXT_ALPN: u16 = 0x0010;
 const EXT_SIGNATURE_ALGORITHMS: u16 = 0x000d;
 /// `host_name`, the only `NameType` of `server_name`.
 const SNI_HOST_NAME: u32 = 0;
-/// A recording step reads fewer than this many bytes of a list (cipher suites, signature
-/// algorithms) or of the server name: a run, made of unrolled blocks of 16, 8, 4, 2 and 1
-/// bytes.
+/// A recording step reads at most this many bytes of a list (cipher suites, signature
+/// algorithms) or of the server name: one unrolled block of 32, 16, 8, 4, 2 (or, of the name,
+/// 1) bytes, the largest that fits.
 pub const RUN_BYTES: u32 = 32;
 /// TLS record content type of handshake messages.
 const RECORD_HANDSHAKE: u8 = 0x16;
@@ -478,8 +493,8 @@ impl HelloParser {
         Progress::NeedMore
     }
 
-    /// Recording: as many whole cipher suites or signature algorithms as are in this chunk and
-    /// record, up to 15 (a run).
+    /// Recording: whole cipher suites or signature algorithms from this chunk and record, as
+    /// one block of 16, 8, 4, 2 or 1 values: the largest that fits.
     #[inline(always)]
     fn list_run<I: Input + ?Sized, R: Sink>(
         &mut self,
@@ -488,38 +503,58 @@ impl HelloParser {
         avail: u32,
         sink: &mut R,
     ) -> Progress {
-        let values = min(min(avail, self.list_left as u32), RUN_BYTES - 1) / 2;
-        if let Some(r) = sink.record() {
-            let cipher = self.state == state::CIPHER;
-            let mut at = *pos;
-            // Unrolled blocks of 8, 4, 2 and 1 values chosen by the bits of `values`: the
-            // verifier follows four branches, not a loop whose every iteration depends on it.
-            if values & 8 != 0 {
-                list_block(&input.bytes::<16>(at), r, cipher);
-                at += 16;
-            }
-            if values & 4 != 0 {
-                list_block(&input.bytes::<8>(at), r, cipher);
-                at += 8;
-            }
-            if values & 2 != 0 {
-                list_block(&input.bytes::<4>(at), r, cipher);
-                at += 4;
-            }
-            if values & 1 != 0 {
-                list_block(&input.bytes::<2>(at), r, cipher);
-            }
-        }
-        self.list_left -= (2 * values) as u16;
-        self.consume(pos, 2 * values);
+        let values = min(avail, self.list_left as u32) / 2;
+        // One block a step, of a size known to the compiler: the verifier follows five ways
+        // through a step, where blocks chosen by each bit of `values` made it follow every
+        // combination of them through the rest of the step.
+        let taken = if values >= 16 {
+            self.list_block::<_, _, 16>(input, *pos, sink)
+        } else if values >= 8 {
+            self.list_block::<_, _, 8>(input, *pos, sink)
+        } else if values >= 4 {
+            self.list_block::<_, _, 4>(input, *pos, sink)
+        } else if values >= 2 {
+            self.list_block::<_, _, 2>(input, *pos, sink)
+        } else {
+            self.list_block::<_, _, 1>(input, *pos, sink)
+        };
+        let Some(n) = taken else {
+            return Progress::OutOfSteps;
+        };
+        self.list_left -= n as u16;
+        self.consume(pos, n);
         if self.list_left == 0 {
             self.list_done();
         }
         Progress::NeedMore
     }
 
-    /// Recording: as many bytes of the server name as are in this chunk and record, up to 31
-    /// (a run).
+    /// Recording: the `N` values at `at` of the list being read; the bytes taken, or `None`
+    /// when the input cannot give them (it promised them: the parser gives up).
+    #[inline(always)]
+    fn list_block<I: Input + ?Sized, R: Sink, const N: usize>(
+        &self,
+        input: &I,
+        at: usize,
+        sink: &mut R,
+    ) -> Option<u32> {
+        let Some(r) = sink.record() else {
+            return Some(2 * N as u32);
+        };
+        let ok = if self.state == state::CIPHER {
+            input.each_be16::<N>(at, |v| {
+                push(&mut r.ciphers, &mut r.n_ciphers, &mut r.flags, TRUNCATED_CIPHERS, v)
+            })
+        } else {
+            input.each_be16::<N>(at, |v| {
+                push(&mut r.sigalgs, &mut r.n_sigalgs, &mut r.flags, TRUNCATED_SIGALGS, v)
+            })
+        };
+        ok.then_some(2 * N as u32)
+    }
+
+    /// Recording: bytes of the server name from this chunk and record, as one block of 32, 16,
+    /// 8, 4, 2 or 1 bytes: the largest that fits (one a step, as in `list_run`).
     #[inline(always)]
     fn name_run<I: Input + ?Sized, R: Sink>(
         &mut self,
@@ -528,31 +563,23 @@ impl HelloParser {
         avail: u32,
         sink: &mut R,
     ) -> Progress {
-        let n = min(min(avail, self.list_left as u32), RUN_BYTES - 1);
-        if let Some(r) = sink.record() {
-            let (mut from, mut to) = (*pos, r.sni_len as usize);
-            // Blocks as in `list_run`.
-            if n & 16 != 0 {
-                name_block(&input.bytes::<16>(from), r, to);
-                (from, to) = (from + 16, to + 16);
-            }
-            if n & 8 != 0 {
-                name_block(&input.bytes::<8>(from), r, to);
-                (from, to) = (from + 8, to + 8);
-            }
-            if n & 4 != 0 {
-                name_block(&input.bytes::<4>(from), r, to);
-                (from, to) = (from + 4, to + 4);
-            }
-            if n & 2 != 0 {
-                name_block(&input.bytes::<2>(from), r, to);
-                (from, to) = (from + 2, to + 2);
-            }
-            if n & 1 != 0 {
-                name_block(&input.bytes::<1>(from), r, to);
-            }
-            r.sni_len = min(r.sni_len as u32 + n, RECORD_SNI as u32) as u8;
-        }
+        let n = min(avail, self.list_left as u32);
+        let taken = if n >= 32 {
+            name_block::<_, _, 32>(input, *pos, sink)
+        } else if n >= 16 {
+            name_block::<_, _, 16>(input, *pos, sink)
+        } else if n >= 8 {
+            name_block::<_, _, 8>(input, *pos, sink)
+        } else if n >= 4 {
+            name_block::<_, _, 4>(input, *pos, sink)
+        } else if n >= 2 {
+            name_block::<_, _, 2>(input, *pos, sink)
+        } else {
+            name_block::<_, _, 1>(input, *pos, sink)
+        };
+        let Some(n) = taken else {
+            return Progress::OutOfSteps;
+        };
         self.list_left -= n as u16;
         self.consume(pos, n);
         if self.list_left == 0 {
@@ -912,26 +939,28 @@ impl HelloParser {
     }
 }
 
-/// Recording: a block of cipher suites or signature algorithms, as read from the wire.
+/// Recording: the `N` bytes at `at` of the server name, stored after those read before.
 #[inline(always)]
-fn list_block<const N: usize>(bytes: &[u8; N], r: &mut HelloRecord, cipher: bool) {
-    for k in 0..N / 2 {
-        list_value(r, cipher, (bytes[2 * k] as u16) << 8 | bytes[2 * k + 1] as u16);
-    }
-}
-
-/// Recording: a block of the server name's bytes, stored from `sni[to]` on.
-#[inline(always)]
-fn name_block<const N: usize>(bytes: &[u8; N], r: &mut HelloRecord, to: usize) {
-    for (k, b) in bytes.iter().enumerate() {
-        // `list_left` never reaches past the end of `sni` (it starts at most RECORD_SNI, with
-        // `sni_len` 0), so the mask alone bounds the index: beside a comparison the compiler
-        // drops it, and the verifier loses the bound when the comparison is made on a copy of
-        // the index.
+fn name_block<I: Input + ?Sized, R: Sink, const N: usize>(
+    input: &I,
+    at: usize,
+    sink: &mut R,
+) -> Option<u32> {
+    let Some(r) = sink.record() else {
+        return Some(N as u32);
+    };
+    let to = r.sni_len as usize;
+    let ok = input.each_byte::<N>(at, |k, b| {
+        // The name's length left never reaches past the end of `sni` (it starts at most
+        // RECORD_SNI, with `sni_len` 0), so the mask alone bounds the index: beside a
+        // comparison the compiler drops it, and the verifier loses the bound when the
+        // comparison is made on a copy of the index.
         if let Some(slot) = r.sni.get_mut((to + k) & (RECORD_SNI - 1)) {
-            *slot = *b;
+            *slot = b;
         }
-    }
+    });
+    r.sni_len = min((to + N) as u32, RECORD_SNI as u32) as u8;
+    ok.then_some(N as u32)
 }
 
 /// Recording: a cipher suite or signature algorithm, GREASE left out.

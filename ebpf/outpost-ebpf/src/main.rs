@@ -41,7 +41,10 @@ pub fn outpost_xdp(ctx: XdpContext) -> u32 {
             };
             // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
             unsafe { (*scratch).seg = seg };
-            segment(ctx.ctx)
+            match segment(ctx.ctx) {
+                tls::RECORD => tls::record(&ctx),
+                action => action,
+            }
         }
         Err(outcome) => {
             maps::count(outcome);
@@ -72,6 +75,23 @@ fn segment(ctx: *mut xdp_md) -> u32 {
     // read makes the compiler take the values from the map.
     let seg = unsafe { core::ptr::read_volatile(&(*scratch).seg) };
     tls::handle(&ctx, &seg)
+}
+
+/// One step of the recording classifier (`tls::record_step`), as a global function: the
+/// verifier checks it once, on its own, where it prunes well; inside the classifier's loop it
+/// compares whole states and followed every branch of a step's blocks of values apart.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn outpost_record_step(ctx: *mut xdp_md) -> u32 {
+    tls::record_step(&XdpContext::new(ctx));
+    0
+}
+
+/// The end of a sampled hello's handling, after the recording classifier (`tls::record`): a
+/// function of its own, beside [`segment`] rather than under it, for the kernel's stack limit.
+#[inline(never)]
+fn finish_recorded(ctx: *mut xdp_md, progress: u32) -> u32 {
+    tls::finish_recorded(&XdpContext::new(ctx), progress)
 }
 
 #[xdp]

@@ -90,7 +90,7 @@ pub struct Scratch {
     pub off: u32,
     pub len: u32,
     /// Bytes consumed so far.
-    pub pos: u32,
+    pub pos: usize,
     /// Parser steps taken so far.
     pub steps: u32,
     /// The encoded answer (`tls::encode`).

@@ -287,13 +287,31 @@ impl Input for Payload<'_> {
     }
 
     /// One bounds check for the `N` bytes (the recording mode reads lists and the server name
-    /// in blocks this way).
+    /// in blocks this way), and loads straight from the packet (no copy on the stack, which
+    /// would differ from one step of the classifier's loop to the next).
     #[inline(always)]
-    fn bytes<const N: usize>(&self, i: usize) -> [u8; N] {
-        match ptr_at::<[u8; N]>(self.ctx, self.off + (i & PAYLOAD_MASK)) {
+    fn each_byte<const N: usize>(&self, i: usize, mut f: impl FnMut(usize, u8)) -> bool {
+        let Ok(p) = ptr_at::<[u8; N]>(self.ctx, self.off + (i & PAYLOAD_MASK)) else {
+            return false;
+        };
+        let p = p as *const u8;
+        for k in 0..N {
             // SAFETY: ptr_at checked the N bytes are inside the packet.
-            Ok(p) => unsafe { *p },
-            Err(_) => [0; N],
+            f(k, unsafe { *p.add(k) });
         }
+        true
+    }
+
+    #[inline(always)]
+    fn each_be16<const N: usize>(&self, i: usize, mut f: impl FnMut(u16)) -> bool {
+        let Ok(p) = ptr_at::<[[u8; 2]; N]>(self.ctx, self.off + (i & PAYLOAD_MASK)) else {
+            return false;
+        };
+        let p = p as *const [u8; 2];
+        for k in 0..N {
+            // SAFETY: as above; one load of two bytes (see `load16`).
+            f(u16::from_be(load16(unsafe { p.add(k) })));
+        }
+        true
     }
 }

@@ -29,13 +29,18 @@ use crate::{
     reset,
 };
 
-/// Handles a segment to a protected port that carries payload, FIN or RST.
+/// What [`handle`] returns for a sampled hello: not an XDP action, but "read it in the recording
+/// mode" ([`record`], from the program's entry).
+pub const RECORD: u32 = u32::MAX;
+
+/// Handles a segment to a protected port that carries payload, FIN or RST, except for a
+/// sampled hello, for which it returns [`RECORD`] with everything set up for [`record`].
 ///
 /// In three parts: [`begin`] finds the flow and sets up the parser (and the record of a sampled
 /// hello) in the scratch entry, the classifier runs, and [`finish`] acts on the answer. What
 /// the first part found goes through the scratch entry ([`Hello`]) and is read back: the
 /// verifier then checks the classifier and what follows once, not once per way the first part
-/// can take (a new hello or a followed one, sampled or not).
+/// can take (a new hello or a followed one).
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
@@ -46,17 +51,51 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     if let Some(action) = begin(ctx, seg, s) {
         return action;
     }
-    let payload = Payload::new(ctx, seg);
     // SAFETY: a field of this CPU's scratch entry.
-    let progress = if unsafe { read_volatile(&s.hello.recording) } == RECORD_OFF || !RECORDING_WIRED
-    {
-        classify(ctx, &payload)
-    } else {
-        classify_recording(ctx, &payload)
-    };
+    if unsafe { read_volatile(&s.hello.recording) } != RECORD_OFF {
+        return RECORD;
+    }
+    let payload = Payload::new(ctx, seg);
+    let progress = classify(ctx, &payload);
     // SAFETY: as above.
     let hello = unsafe { read_volatile(&s.hello) };
     finish(ctx, seg, s, &payload, progress, &hello)
+}
+
+/// Reads the sampled hello that [`handle`] set up in the recording mode, and acts on the answer
+/// as [`handle`] does ([`finish`]).
+///
+/// Called from the program's entry rather than from [`handle`]: each recording step is a call
+/// (`outpost_record_step`), whose frame the kernel adds to those of its callers, and the hello
+/// logic's frame with the entry's left it no room.
+#[inline(always)]
+pub fn record(ctx: &XdpContext) -> u32 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+    let s = unsafe { &mut *s };
+    // SAFETY: as above; read back, as in `segment`.
+    let seg = unsafe { read_volatile(&s.seg) };
+    let payload = Payload::new(ctx, &seg);
+    let progress = classify_recording(ctx, &payload);
+    crate::finish_recorded(ctx.ctx, encode(progress))
+}
+
+/// The part of [`record`] after the classifier, a function of its own (see [`record`]).
+#[inline(always)]
+pub fn finish_recorded(ctx: &XdpContext, progress: u32) -> u32 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+    let s = unsafe { &mut *s };
+    // SAFETY: as above.
+    let seg = unsafe { read_volatile(&s.seg) };
+    // SAFETY: as above.
+    let hello = unsafe { read_volatile(&s.hello) };
+    let payload = Payload::new(ctx, &seg);
+    finish(ctx, &seg, s, &payload, decode(progress), &hello)
 }
 
 /// Finds the segment's flow and handles what needs no parser; else sets up the parser, the
@@ -187,29 +226,28 @@ fn finish(
     }
     match progress {
         Progress::NeedMore if can_follow => {
-            let state = staged(
+            // Written field by field into the scratch entry: built whole, it went through
+            // the stack.
+            s.flow.parser = s.parser;
+            stage(
                 s,
-                FlowState {
-                    parser: s.parser,
-                    next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
-                    first_seq: hello.first_seq,
-                    segments: (segments + 1) as u8,
-                    phase: FlowPhase::Following as u8,
-                    recording: (recording != RECORD_OFF) as u8,
-                    _pad: [0; 5],
-                },
+                seg.seq.wrapping_add(seg.payload_len as u32),
+                hello.first_seq,
+                (segments + 1) as u8,
+                FlowPhase::Following,
+                (recording != RECORD_OFF) as u8,
             );
-            if !flow_insert(&seg.key, state, hello.known != 0) {
+            if !flow_insert(&seg.key, &s.flow, hello.known != 0) {
                 // Left to userspace, which records the hellos it decides itself.
                 count(Outcome::FlowTableFull);
                 if followed && recording != RECORD_OFF {
-                    let _ = RECORD_FLOWS.remove(&seg.key);
+                    forget_record(&seg.key);
                 }
             } else {
                 count(Outcome::FollowNext);
                 if recording == RECORD_ON {
                     // If the table refuses, the next segment finds no record and loses it.
-                    let _ = RECORD_FLOWS.insert(&seg.key, &s.record, 0);
+                    keep_record(&seg.key, &s.record);
                 }
             }
             xdp_action::XDP_PASS
@@ -256,16 +294,10 @@ impl Known {
 pub const RECORD_OFF: u32 = 0;
 pub const RECORD_ON: u32 = 1;
 pub const RECORD_LOST: u32 = 2;
-/// Work in progress: the recording loop is not in the program yet, and no hello is sampled.
-const RECORDING_WIRED: bool = false;
-
 /// Whether a new hello is recorded: recording on, and the `sample`th hello on this CPU since
 /// the last one recorded.
 #[inline(always)]
 fn sampled(s: &mut Scratch) -> bool {
-    if !RECORDING_WIRED {
-        return false;
-    }
     let Some(config) = RECORD_CONFIG.get(0) else {
         return false;
     };
@@ -292,8 +324,20 @@ fn clear_record(s: &mut Scratch) {
 fn forget(key: &FlowKey, recording: u8) {
     flow_remove(key);
     if recording != 0 {
-        let _ = RECORD_FLOWS.remove(key);
+        forget_record(key);
     }
+}
+
+/// Keeps the partial record of the sampled hello of `key` until its next segment (by
+/// reference: the map's helpers copy it from the scratch entry, never the stack).
+#[inline(always)]
+fn keep_record(key: &FlowKey, record: &HelloRecord) {
+    let _ = RECORD_FLOWS.insert(key, record, 0);
+}
+
+#[inline(always)]
+fn forget_record(key: &FlowKey) {
+    let _ = RECORD_FLOWS.remove(key);
 }
 
 /// Whether `seg` is application data (or another protocol) of a flow that is not tracked:
@@ -321,12 +365,18 @@ fn flow_may_exist(key: &FlowKey) -> bool {
     }
 }
 
-/// `state` written to the scratch entry, from where it is inserted: map memory rather than
-/// the stack, which the hello logic keeps within the kernel's limit.
+/// Fills the scratch entry's flow state (its parser is set by the caller), from where it is
+/// inserted: map memory rather than the stack, which the hello logic keeps within the kernel's
+/// limit (with the recording step's frame on top of it).
 #[inline(always)]
-fn staged(s: &mut Scratch, state: FlowState) -> &FlowState {
-    s.flow = state;
-    &s.flow
+fn stage(s: &mut Scratch, next_seq: u32, first_seq: u32, segments: u8, phase: FlowPhase, rec: u8) {
+    let f = &mut s.flow;
+    f.next_seq = next_seq;
+    f.first_seq = first_seq;
+    f.segments = segments;
+    f.phase = phase as u8;
+    f.recording = rec;
+    f._pad = [0; 5];
 }
 
 /// Inserts or replaces the state of `key`; false if the table refused. `known`: the flow was
@@ -411,9 +461,9 @@ fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
     while can_loop() && s.result == OUT_OF_STEPS && s.steps < KERNEL_STEPS as u32 {
         s.steps += 1;
         let input = Payload::at(ctx, s.off as usize, s.len as usize);
-        let mut pos = s.pos as usize;
+        let mut pos = s.pos;
         let step = s.parser.advance(&input, &mut pos);
-        s.pos = pos as u32;
+        s.pos = pos;
         if let Some(p) = step {
             s.result = encode(p);
         }
@@ -432,17 +482,27 @@ fn classify_recording(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
         return Progress::OutOfSteps;
     };
     while can_loop() && s.result == OUT_OF_STEPS && s.steps < KERNEL_RECORD_STEPS as u32 {
-        s.steps += 1;
-        let input = Payload::at(ctx, s.off as usize, s.len as usize);
-        let mut pos = s.pos as usize;
-        let step = s.parser.advance_recording(&input, &mut pos, &mut s.record);
-        s.pos = pos as u32;
-        if let Some(p) = step {
-            s.result = encode(p);
-        }
+        crate::outpost_record_step(ctx.ctx);
     }
     // SAFETY: a field of this CPU's scratch entry.
     decode(unsafe { read_volatile(&s.result) })
+}
+
+/// One step of [`classify_recording`] over the payload described in the scratch entry.
+#[inline(always)]
+pub fn record_step(ctx: &XdpContext) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+    let s = unsafe { &mut *s };
+    s.steps += 1;
+    let input = Payload::at(ctx, s.off as usize, s.len as usize);
+    // The position stays in the entry (not a copy on the stack: the frame of this step adds to
+    // the hello logic's, under the kernel's 512 bytes).
+    if let Some(p) = s.parser.advance_recording(&input, &mut s.pos, &mut s.record) {
+        s.result = encode(p);
+    }
 }
 
 /// The scratch entry set up for a classifier loop over `input`.
@@ -527,19 +587,9 @@ fn decide(
     };
     // Remembered so that retransmissions are handled without being counted again; if the
     // table refuses, a retransmission is classified (and counted) afresh, which still blocks it.
-    let state = staged(
-        s,
-        FlowState {
-            parser: HelloParser::new(),
-            next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
-            first_seq,
-            segments: 0,
-            phase: phase as u8,
-            recording: 0,
-            _pad: [0; 5],
-        },
-    );
-    let _ = flow_insert(&seg.key, state, followed);
+    s.flow.parser = HelloParser::new();
+    stage(s, seg.seq.wrapping_add(seg.payload_len as u32), first_seq, 0, phase, 0);
+    let _ = flow_insert(&seg.key, &s.flow, followed);
     if verdict == Verdict::Drop {
         return xdp_action::XDP_DROP;
     }
@@ -567,7 +617,7 @@ fn send_record(
     recording: u32,
 ) {
     if followed {
-        let _ = RECORD_FLOWS.remove(&seg.key);
+        forget_record(&seg.key);
     }
     if recording != RECORD_ON {
         count(Outcome::RecordDropped);

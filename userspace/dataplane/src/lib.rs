@@ -9,7 +9,10 @@
 //!   pins; what `outpost policy`, `outpost stats` and `outpost run` use, with or without a
 //!   loaded object.
 //! - [`Stats`]: a summed snapshot of the per-CPU counters, as a table or JSON.
+//! - [`HelloRecords`]: the records of sampled hellos, from the kernel's pinned ring buffer
+//!   (recording is switched on with [`PinnedMaps::set_recording`]).
 
+mod records;
 mod stats;
 
 use std::{
@@ -28,9 +31,11 @@ use aya::{
 };
 use outpost_common::maps::{self as names, FlowKey, PORT_WORDS, VERSION_SLOTS};
 pub use outpost_common::{
-    maps::{Outcome, PIN_DIR},
+    maps::{Outcome, RecordConfig, PIN_DIR},
+    record::HelloRecord,
     Mode, Policy, Verdict, Version,
 };
+pub use records::HelloRecords;
 pub use stats::{versions_json, versions_since, write_versions, Stats, VersionTable};
 
 /// The eBPF object, built by this crate's build script.
@@ -375,6 +380,7 @@ pub struct PinnedMaps {
     version_stats: PerCpuArray<MapData, u64>,
     parse_stats: PerCpuArray<MapData, u64>,
     redirects: HashMap<MapData, FlowKey, u64>,
+    record_config: Array<MapData, RecordConfig>,
 }
 
 /// A redirect recorded by the kernel longer ago than this belongs to an earlier connection on
@@ -418,6 +424,7 @@ impl PinnedMaps {
                 version_stats: PerCpuArray::try_from(Map::PerCpuArray(version_stats))?,
                 parse_stats: PerCpuArray::try_from(Map::PerCpuArray(open(names::PARSE_STATS)?))?,
                 redirects: HashMap::try_from(Map::LruHashMap(open(names::REDIRECTS)?))?,
+                record_config: Array::try_from(Map::Array(open(names::RECORD_CONFIG)?))?,
             })
         })();
         maps.with_context(stale)
@@ -494,6 +501,22 @@ impl PinnedMaps {
         let Ok(at) = self.redirects.get(key, 0) else { return false };
         let _ = self.redirects.remove(key);
         monotonic_ns().saturating_sub(at) <= REDIRECT_MAX_AGE.as_nanos() as u64
+    }
+
+    /// Whether the kernel records hellos into the `hello_records` ring, and one in how many
+    /// (`sample`: 1 records every hello; each CPU counts its own). Off (`enabled` false or
+    /// `sample` 0) until set: a new load starts off, a reload keeps the setting. Read the
+    /// records with [`HelloRecords`].
+    pub fn set_recording(&mut self, enabled: bool, sample: u32) -> Result<()> {
+        let config = RecordConfig { enabled: enabled as u32, sample };
+        Ok(self.record_config.set(0, config, 0)?)
+    }
+
+    /// The recording setting in force: `(enabled, sample)`; recording is on when both are
+    /// non-zero.
+    pub fn recording(&self) -> Result<(bool, u32)> {
+        let c = self.record_config.get(&0, 0)?;
+        Ok((c.enabled != 0, c.sample))
     }
 
     /// Sums the per-CPU counters.

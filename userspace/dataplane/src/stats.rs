@@ -68,6 +68,17 @@ impl Stats {
         self.outcomes[outcome as usize]
     }
 
+    /// Records of sampled hellos the kernel put in its ring.
+    pub fn records_sent(&self) -> u64 {
+        self.outcome(Outcome::RecordSent)
+    }
+
+    /// Records of sampled hellos lost: the ring was full (no reader, or a slow one), or the
+    /// partial record of a followed hello was evicted.
+    pub fn records_dropped(&self) -> u64 {
+        self.outcome(Outcome::RecordDropped)
+    }
+
     /// Counter growth since `earlier`.
     pub fn since(&self, earlier: &Stats) -> Stats {
         let mut d = self.clone();

@@ -1,0 +1,122 @@
+//! Records of the hellos the kernel sampled ([`HelloRecord`]), read from its pinned ring buffer.
+//!
+//! The ring has one consumer position, in memory the kernel shares with every process that
+//! opens it: each record goes to whichever reader takes it first. Run one reader at a time (the
+//! process that serves the records on, or a CLI that prints them), never one per worker.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::maps::{Map, MapData, RingBuf};
+use outpost_common::{maps as names, record::HelloRecord};
+
+/// A reader of the `hello_records` ring pinned under a pin directory. Not a loader: any
+/// process with CAP_BPF can open it while the program is loaded.
+///
+/// Blocking: [`wait`](Self::wait), then [`next`](Self::next) until it says `None`. With tokio,
+/// register it (it is [`AsRawFd`]) with `tokio::io::unix::AsyncFd` and drain it each time the
+/// descriptor is readable:
+///
+/// ```no_run
+/// # async fn f() -> anyhow::Result<()> {
+/// # use tokio::io::unix::AsyncFd;
+/// let pins = std::path::Path::new(outpost_dataplane::PIN_DIR);
+/// let records = outpost_dataplane::HelloRecords::open(pins)?;
+/// let mut fd = AsyncFd::new(records)?;
+/// loop {
+///     let mut ready = fd.readable_mut().await?;
+///     while let Some(record) = ready.get_inner_mut().next() {
+///         println!("{:?}", record.version);
+///     }
+///     ready.clear_ready();
+/// }
+/// # }
+/// ```
+pub struct HelloRecords {
+    ring: RingBuf<MapData>,
+    /// Entries of another size than a record (a program from another version): skipped.
+    skipped: u64,
+}
+
+impl HelloRecords {
+    pub fn open(pin_dir: &Path) -> Result<HelloRecords> {
+        let path = pin_dir.join(names::HELLO_RECORDS);
+        let data = MapData::from_pin(&path).map_err(|e| {
+            if path.exists() {
+                anyhow!("opening {}: {e}", path.display())
+            } else {
+                anyhow!(
+                    "no ring of hello records pinned at {} (outpost is not loaded, or is of a \
+                     version without one)",
+                    path.display()
+                )
+            }
+        })?;
+        let ring = RingBuf::try_from(Map::RingBuf(data))
+            .with_context(|| format!("{} is not a ring buffer", path.display()))?;
+        Ok(HelloRecords { ring, skipped: 0 })
+    }
+
+    /// The next record, if one is waiting; never blocks.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<HelloRecord> {
+        loop {
+            let item = self.ring.next()?;
+            if item.len() == size_of::<HelloRecord>() {
+                // SAFETY: as many bytes as a record, which is plain integers (any bytes are a
+                // valid value); read unaligned, as the ring promises 8-byte alignment only.
+                return Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+            self.skipped += 1;
+        }
+    }
+
+    /// Takes every record waiting into `out`; how many.
+    pub fn drain(&mut self, out: &mut Vec<HelloRecord>) -> usize {
+        let before = out.len();
+        while let Some(r) = self.next() {
+            out.push(r);
+        }
+        out.len() - before
+    }
+
+    /// Blocks until a record is waiting or `timeout` passes (`None`: no limit); whether one
+    /// is. The kernel wakes readers as records arrive (it may batch wake-ups under load).
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let mut pfd = libc::pollfd { fd: self.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        loop {
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc >= 0 {
+                return Ok(rc > 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Entries skipped because they were not the size of a record.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+impl AsFd for HelloRecords {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
+
+impl AsRawFd for HelloRecords {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
