@@ -162,7 +162,8 @@ const NPM_PROJECTS: &[&str] = &[
 /// PyPI peers of the tests, pinned, installed into the virtual environment [`PY_VENV`]:
 /// tlslite-ng builds raw TLS records for the record-layer conformance tests; `websockets` and
 /// `h2` are real WebSocket and HTTP/2 peers.
-const PY_PACKAGES: &[&str] = &["tlslite-ng==0.8.2", "websockets==15.0.1", "h2==4.2.0"];
+const PY_PACKAGES: &[&str] =
+    &["tlslite-ng==0.8.2", "websockets==15.0.1", "h2==4.2.0", "ja4plus==1.4.0"];
 /// Where the tests' Python lives (tests find it at `<workspace>/target/py/bin/python`).
 const PY_VENV: &str = "target/py";
 const BPF_LINKER_VERSION: &str = "0.13.0";

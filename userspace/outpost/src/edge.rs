@@ -41,7 +41,7 @@ impl AuditConfig {
 }
 
 /// The sections this binary reads itself.
-pub const SECTIONS: [&str; 3] = ["store", "audit", "fleet"];
+pub const SECTIONS: [&str; 4] = ["store", "audit", "fleet", "clients"];
 
 /// Reads a top-level section into `T`, defaults when absent.
 pub fn section<T: serde::de::DeserializeOwned + Default>(config: &Config, name: &str) -> Result<T> {
@@ -283,7 +283,7 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("since {s:?}: {e} (try 30m, 1h, 2d)"))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

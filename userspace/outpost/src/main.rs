@@ -20,6 +20,7 @@ use userspace::UserStats;
 
 mod audit;
 mod check;
+mod clients;
 mod edge;
 mod fleet;
 mod fleet_stats;
@@ -197,6 +198,42 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "fleet")]
         config: Option<PathBuf>,
     },
+    /// Who connects: hellos by client fingerprint (JA4), server name (SNI), first ALPN, offered
+    /// version and verdict, most first, from the running edge's table (see [clients] in the
+    /// config). With --watch and no edge answering, reads the XDP program's records itself.
+    Clients {
+        /// Only hellos offering this version (1.0, 1.1, 1.2, 1.3, ssl3, ssl2).
+        #[arg(long, value_parser = clients::parse_version)]
+        version: Option<Version>,
+        /// Only hellos given this verdict (pass, drop, reject, redirect).
+        #[arg(long, value_parser = clients::parse_verdict)]
+        verdict: Option<outpost_common::Verdict>,
+        /// Only hellos naming this server (`*.example.com`: names under it; `-`: no name).
+        #[arg(long, value_name = "HOST")]
+        sni: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// JSON instead of a table (rows, the `other` row, totals).
+        #[arg(long)]
+        json: bool,
+        /// Print again every SECS seconds. With no edge answering at --admin, read the XDP
+        /// program's records here (recording turned on while it runs).
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+        /// With --watch and no edge: record one hello in this many.
+        #[arg(long, default_value_t = 1, requires = "watch")]
+        sample: u32,
+        /// Admin listener of the running edge.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "OUTPOST_ADMIN")]
+        admin: SocketAddr,
+        /// Config file whose data directory holds the admin token (default ./outpost.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The admin token to send, instead of `admin-token` in the data directory of --config.
+        #[arg(long, value_name = "FILE", env = "OUTPOST_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
+    },
     /// Write the man pages (outpost.1, outpost-run.1, ...) into DIR (for packaging).
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
@@ -252,6 +289,24 @@ enum PolicyAction {
         /// With --fleet: the config whose store the fleet shares (default ./outpost.toml).
         #[arg(long, value_name = "FILE", requires = "fleet")]
         config: Option<PathBuf>,
+    },
+    /// What a floor would refuse, before it is set: from the running edge's table of clients,
+    /// the share of hellos below it, and which clients (JA4, name) and server names those are.
+    Simulate {
+        /// The floor to try: 1.0, 1.1, 1.2, 1.3 (or ssl3).
+        #[arg(long, value_parser = parse_version)]
+        min_version: Version,
+        #[arg(long)]
+        json: bool,
+        /// Admin listener of the running edge.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "OUTPOST_ADMIN")]
+        admin: SocketAddr,
+        /// Config file whose data directory holds the admin token (default ./outpost.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The admin token to send, instead of `admin-token` in the data directory of --config.
+        #[arg(long, value_name = "FILE", env = "OUTPOST_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Clear the fleet's policy (a new generation without one): every node goes back to its
     /// own [floor].
@@ -540,6 +595,29 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", describe(&maps)?);
         }
+        Command::Policy {
+            action: PolicyAction::Simulate { min_version, json, admin, config, admin_token_file },
+        } => {
+            let cred = operator::Credential::find(admin_token_file.as_deref(), config.as_deref())?;
+            clients::simulate_floor(min_version, json, admin, cred.token())
+                .map_err(|e| cred.explain(e))?;
+        }
+        Command::Clients {
+            version,
+            verdict,
+            sni,
+            top,
+            json,
+            watch,
+            sample,
+            admin,
+            config,
+            admin_token_file,
+        } => {
+            let cred = operator::Credential::find(admin_token_file.as_deref(), config.as_deref())?;
+            let args = clients::ShowArgs { version, verdict, sni, top, json, watch, sample };
+            clients::show(&args, admin, cred.token(), &pin_dir).map_err(|e| cred.explain(e))?;
+        }
         Command::Policy { action: PolicyAction::Clear { config, .. } } => {
             fleet::set_policy(config.as_deref(), None)?;
         }
@@ -805,6 +883,19 @@ fn serve(
     );
     let fleet = node.start()?;
     metrics.push(node.metrics());
+    // Who connects: from the XDP program's records while it runs, else from the userspace
+    // floor's hellos.
+    let clients_config: clients::ClientsConfig = edge::section(&cfg, "clients")?;
+    let clients = clients_config.enabled.then(|| clients::Clients::new(&clients_config));
+    let mut admin = edge::admin(&store);
+    if let Some(c) = &clients {
+        metrics.push(c.metrics());
+        admin.extend(c.admin());
+    }
+    let reader = match (&clients, no_xdp) {
+        (Some(c), false) => Some(clients::KernelReader::start(pin_dir, c.clone())),
+        _ => None,
+    };
     edge::node_event(&audit, "node.start", None);
     let result = outpost_proxy::run(outpost_proxy::RunOptions {
         config,
@@ -816,9 +907,9 @@ fn serve(
         kernel,
         on_config: Some(on_config),
         floor: floor.userspace(),
-        hellos: None,
+        hellos: clients.clone().map(|c| c as _),
         registry,
-        admin: edge::admin(&store),
+        admin,
         metrics,
         audit: Some(sink.clone()),
         upgrade,
@@ -829,6 +920,9 @@ fn serve(
         })),
     });
     fleet.stop();
+    if let Some(r) = reader {
+        r.stop(handed_over.load(std::sync::atomic::Ordering::SeqCst));
+    }
     edge::node_event(&audit, "node.stop", result.as_ref().err().map(|e| format!("{e:#}")));
     sink.close();
     store.shutdown();

@@ -388,7 +388,10 @@ fn help(path: &[String]) -> (Vec<String>, BTreeSet<String>) {
                         .take_while(|b| b.is_ascii_alphanumeric() || *b == b'-')
                         .map(char::from)
                         .collect();
-                    if f != "--help" && f != "--version" {
+                    // clap's own; `outpost clients --version V` is a filter, not these.
+                    let generated =
+                        f == "--help" || (f == "--version" && t.contains("Print version"));
+                    if !generated {
                         flags.insert(f);
                     }
                 }

@@ -133,6 +133,15 @@ pub async fn check(
     let metrics: &Metrics = &shared.metrics;
     let max_bytes = rules.max_hello_bytes;
     let mut parser = HelloParser::new();
+    // A sampled hello is read to its end (the recording mode decides only there), so that its
+    // record is whole.
+    let sink = shared.hellos.as_deref().filter(|s| s.sample());
+    let mut record = sink.map(|_| Box::new(HelloRecord::new()));
+    let unreadable = || {
+        if let Some(s) = sink {
+            s.unreadable();
+        }
+    };
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let decided = loop {
         let start = buf.len();
@@ -152,19 +161,26 @@ pub async fn check(
                 return Outcome::Gone;
             }
         }
-        match parser.feed(&buf[start..]) {
+        let progress = match record.as_deref_mut() {
+            Some(rec) => parser.feed_recording(&buf[start..], rec),
+            None => parser.feed(&buf[start..]),
+        };
+        match progress {
             Progress::NeedMore if buf.len() < max_bytes => continue,
             Progress::NeedMore | Progress::OutOfSteps => {
                 metrics.hello_unclassified(Unclassified::TooLong);
+                unreadable();
                 return Outcome::Continue(buf);
             }
             Progress::NotHello => {
                 metrics.hello_unclassified(Unclassified::NotHello);
+                unreadable();
                 return Outcome::Continue(buf);
             }
             Progress::Malformed(_) => {
                 // rustls refuses it with an alert of its own; counted here.
                 metrics.hello_unclassified(Unclassified::Malformed);
+                unreadable();
                 return Outcome::Continue(buf);
             }
             Progress::Decided(v) => break v,
@@ -181,6 +197,12 @@ pub async fn check(
         verdict = Verdict::Reject;
     }
     metrics.hello(decided, verdict);
+    if let (Some(sink), Some(mut rec)) = (sink, record) {
+        rec.verdict = verdict as u8;
+        rec.dport = listener.port();
+        (rec.src_net, rec.family) = words(network_of(peer.ip()));
+        sink.record(&rec);
+    }
     match verdict {
         Verdict::Pass => Outcome::Continue(buf),
         Verdict::Redirect => Outcome::Legacy(buf, decided),
@@ -195,6 +217,19 @@ pub async fn check(
             stream.shutdown_write();
             Outcome::Refused
         }
+    }
+}
+
+/// The network a client's address is kept as: IPv4 /24, IPv6 /48 (the redirect budget's and
+/// the kernel records' unit), never the address itself.
+fn network_of(ip: IpAddr) -> IpAddr {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
     }
 }
 

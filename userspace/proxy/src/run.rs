@@ -116,7 +116,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         metrics.add_source(source);
     }
     let guard = admin::Guard::new(token, metrics.clone());
-    let shared = Shared::new(live, metrics, opts.kernel.clone(), opts.floor.clone(), opts.hellos.clone());
+    let shared =
+        Shared::new(live, metrics, opts.kernel.clone(), opts.floor.clone(), opts.hellos.clone());
 
     // Before anything serves: the predecessor's counters are added to ours here.
     let mut inherited = match opts.upgrade {
