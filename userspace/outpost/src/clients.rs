@@ -191,6 +191,12 @@ impl KernelReader {
         KernelReader { pin_dir: pin_dir.to_owned(), run, thread }
     }
 
+    /// The flag the thread reads on while true; storing false stops it within a poll (at a
+    /// hand-over, so that only the new process reads).
+    pub fn running(&self) -> Arc<AtomicBool> {
+        self.run.clone()
+    }
+
     /// Stops reading. `hand_over`: a new process reads from now on; recording stays on.
     pub fn stop(mut self, hand_over: bool) {
         self.run.store(false, Relaxed);

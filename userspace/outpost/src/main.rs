@@ -916,7 +916,14 @@ fn serve(
         successor,
         on_handover: Some(Box::new({
             let handed = handed_over.clone();
-            move || handed.store(true, std::sync::atomic::Ordering::SeqCst)
+            // The new process reads the kernel's records from now on: one reader at a time.
+            let reading = reader.as_ref().map(clients::KernelReader::running);
+            move || {
+                handed.store(true, std::sync::atomic::Ordering::SeqCst);
+                if let Some(r) = &reading {
+                    r.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         })),
     });
     fleet.stop();
