@@ -47,7 +47,39 @@ macro_rules! both_floors {
     )*};
 }
 
-both_floors!(real_clients_show_with_the_reference_ja4, random_hellos_keep_the_table_bounded);
+both_floors!(
+    real_clients_show_with_the_reference_ja4,
+    random_hellos_keep_the_table_bounded,
+    disabled_records_nothing,
+);
+
+/// `[clients] enabled = false`: no table, no endpoint, no series, and the kernel makes no
+/// records.
+fn disabled_records_nothing(floor: Floor) {
+    let edge = Edge::new(floor, "[clients]\nenabled = false\n");
+    for client in [Client::OpensslTls10, Client::CurlDefault] {
+        println!("{}", edge.run_client(client, Family::V4, CLIENT_WAIT).line());
+    }
+    let config = edge.dir.join("outpost.toml");
+    let argv = [
+        edge.outpost_bin.to_str().expect("UTF-8 path"),
+        "clients",
+        "--admin",
+        ADMIN,
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+    ];
+    let out = netns::run(Some(&edge.edge_ns), &argv, Duration::from_secs(15));
+    assert!(!out.success() && out.stderr.contains("answered 404"), "{out}");
+    let metrics = edge.metrics();
+    assert!(!metrics.contains("outpost_client_hellos_total"), "{metrics}");
+    if floor == Floor::Xdp {
+        let stats = edge.kernel_stats();
+        assert_eq!(stats["parse"]["hello_record_sent"].as_u64(), Some(0), "{stats}");
+        // The hellos were decided all the same.
+        assert_eq!(stats["versions"]["TLS1.0"]["reject"].as_u64(), Some(1), "{stats}");
+    }
+}
 
 /// With the XDP floor attached by `outpost attach` and no edge running, `outpost clients
 /// --watch` reads the kernel's records itself: hellos of one segment and of two (followed
