@@ -76,6 +76,12 @@ impl Harness {
         out
     }
 
+    /// Where the object's maps are pinned (a reader of the records in another thread opens
+    /// them from here).
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
     /// The ring reader, for waiting on it.
     pub fn records(&self) -> &HelloRecords {
         &self.records
