@@ -9,7 +9,9 @@ use aya::{
     maps::{Array, Map, MapData},
     programs::{TestRun, TestRunOptions},
 };
-use dataplane::{Dataplane, Mode, Outcome, PinnedMaps, Stats, Verdict, Version};
+use dataplane::{
+    Dataplane, HelloRecord, HelloRecords, Mode, Outcome, PinnedMaps, Stats, Verdict, Version,
+};
 use outpost_common::{budget::Bucket, maps::FlowKey};
 
 use crate::packet::{hex, Packet};
@@ -36,6 +38,7 @@ pub struct Harness {
     dp: Dataplane,
     maps: PinnedMaps,
     pin_dir: PathBuf,
+    records: HelloRecords,
 }
 
 /// What one run returned.
@@ -54,7 +57,34 @@ impl Harness {
             "loading the XDP object (these tests need root and a kernel with BPF_PROG_TEST_RUN)",
         )?;
         let maps = dp.maps()?;
-        Ok(Harness { dp, maps, pin_dir })
+        // Opened from the pin, as a reader other than the loader opens it.
+        let records = HelloRecords::open(&pin_dir)?;
+        Ok(Harness { dp, maps, pin_dir, records })
+    }
+
+    /// Switches the kernel's recording of hellos (see `PinnedMaps::set_recording`).
+    pub fn set_recording(&mut self, enabled: bool, sample: u32) -> Result<()> {
+        self.maps.set_recording(enabled, sample)?;
+        ensure!(self.maps.recording()? == (enabled, sample), "recording setting not kept");
+        Ok(())
+    }
+
+    /// Every hello record waiting in the ring.
+    pub fn take_records(&mut self) -> Vec<HelloRecord> {
+        let mut out = Vec::new();
+        self.records.drain(&mut out);
+        out
+    }
+
+    /// Where the object's maps are pinned (a reader of the records in another thread opens
+    /// them from here).
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
+    /// The ring reader, for waiting on it.
+    pub fn records(&self) -> &HelloRecords {
+        &self.records
     }
 
     pub fn set_policy(&mut self, min: Version, mode: Mode, ports: &[u16]) -> Result<()> {
@@ -112,6 +142,27 @@ impl Harness {
     pub fn verified_insns(&mut self, program: &str) -> Result<Option<u32>> {
         Ok(self.dp.program(program)?.info()?.verified_instruction_count())
     }
+}
+
+/// Keeps the calling thread on one CPU: BPF_PROG_TEST_RUN runs the program on the caller's
+/// CPU, and the kernel samples hellos per CPU, so "one in N" is exact only on one.
+pub fn stay_on_one_cpu() -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|c| libc::CPU_ISSET(*c, &set))
+            .ok_or_else(|| anyhow!("no CPU in this thread's affinity"))?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Harness {
