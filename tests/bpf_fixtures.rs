@@ -22,13 +22,15 @@ fn fixture_table() {
     assert!(failed.is_empty(), "{} of {} rows failed: {failed:#?}", failed.len(), rows.len());
 }
 
-/// The program stays well inside the verifier's budget (1M processed instructions).
+/// The program stays well inside the verifier's budget (1M processed instructions). About
+/// 98,000 with hello recording: 52,000 before it, and each step the global function
+/// `outpost_record_step` takes per call adds some 10,000 (it takes 4).
 #[test]
 fn verifier_headroom() {
     let mut h = Harness::new("verifier").expect("loading the XDP program");
     let insns =
         h.verified_insns(PROG_FLOOR).unwrap().expect("kernel reports verified_insns (5.16+)");
-    assert!(insns < 100_000, "verifier processed {insns} instructions: too close to the limit");
+    assert!(insns < 150_000, "verifier processed {insns} instructions: too close to the limit");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -76,6 +76,12 @@ pub const REDIRECT_CAPACITY: u32 = 16384;
 /// Bytes of the [`HELLO_RECORDS`] ring (a power of two, a multiple of the page size): about
 /// 450 records of 568 bytes (record and ring header) for the consumer to fall behind by.
 pub const HELLO_RECORDS_BYTES: u32 = 256 * 1024;
+/// Bytes of records waiting in [`HELLO_RECORDS`] from which the kernel wakes the reader (about
+/// 64 records, an eighth of the ring). Below it a record is sent without a wake-up: one per
+/// record, the ring's default while the reader keeps up, cost more than the rest of recording
+/// together. A reader waits with a timeout (`HelloRecords::POLL`), which bounds how long a
+/// lone record waits.
+pub const HELLO_RECORDS_WAKE_BYTES: u64 = 32 * 1024;
 /// Entries of the [`RECORD_FLOWS`] map: sampled hellos in flight across segments.
 pub const RECORD_FLOW_CAPACITY: u32 = 4096;
 /// Segments a hello is followed across before it is left to userspace.

@@ -77,13 +77,13 @@ fn segment(ctx: *mut xdp_md) -> u32 {
     tls::handle(&ctx, &seg)
 }
 
-/// One step of the recording classifier (`tls::record_step`), as a global function: the
+/// Steps of the recording classifier (`tls::record_steps`), as a global function: the
 /// verifier checks it once, on its own, where it prunes well; inside the classifier's loop it
 /// compares whole states and followed every branch of a step's blocks of values apart.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn outpost_record_step(ctx: *mut xdp_md) -> u32 {
-    tls::record_step(&XdpContext::new(ctx));
+    tls::record_steps(&XdpContext::new(ctx));
     0
 }
 

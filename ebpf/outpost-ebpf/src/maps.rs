@@ -83,6 +83,11 @@ pub static RECORD_FLOWS: LruHashMap<FlowKey, HelloRecord> =
 /// many shapes of headers (VLAN tags, IP options, extension headers) converge into one state
 /// before the hello logic; the classifier's loop body likewise converges after a step or two
 /// instead of being explored once per parser state.
+///
+/// `#[repr(C)]`, with the record last after 8-byte fields, so that `parser`, `flow` and
+/// `record` sit at multiples of 8 and are cleared and copied a word at a time
+/// (`tls::zero_words`).
+#[repr(C)]
 pub struct Scratch {
     pub seg: Segment,
     pub parser: HelloParser,
@@ -97,15 +102,21 @@ pub struct Scratch {
     pub result: u32,
     /// The hello being read: where it began, how (`tls::Hello`).
     pub hello: Hello,
-    /// A flow state about to be inserted into [`FLOWS`] (`tls::staged`).
-    pub flow: FlowState,
     /// Hellos seen on this CPU since the last one sampled for recording. Kept here rather than
     /// in a map of its own: the entry is looked up for every hello anyway.
     pub since_sampled: u32,
+    pub _pad: u32,
+    /// A flow state about to be inserted into [`FLOWS`] (`tls::stage`).
+    pub flow: FlowState,
     /// The record of a sampled hello being read: filled by the parser, sent from here (it is
     /// too large for the BPF stack).
     pub record: HelloRecord,
 }
+
+// Word-aligned, for `tls::zero_words` and `tls::copy_words`.
+const _: () = assert!(core::mem::offset_of!(Scratch, parser) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Scratch, flow) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Scratch, record) % 8 == 0);
 
 /// The hello in the scratch entry's parser, as `tls::begin` found it.
 #[derive(Clone, Copy)]

@@ -3,6 +3,11 @@
 //! The ring has one consumer position, in memory the kernel shares with every process that
 //! opens it: each record goes to whichever reader takes it first. Run one reader at a time (the
 //! process that serves the records on, or a CLI that prints them), never one per worker.
+//!
+//! The kernel wakes a sleeping reader only once a batch of records is waiting
+//! (`HELLO_RECORDS_WAKE_BYTES`, about 64): a wake-up per record cost more than recording the
+//! hello. A reader therefore also looks every [`HelloRecords::POLL`] or so, which bounds how
+//! long a lone record waits; [`HelloRecords::wait`] with that timeout does both.
 
 use std::{
     io,
@@ -18,22 +23,23 @@ use outpost_common::{maps as names, record::HelloRecord};
 /// A reader of the `hello_records` ring pinned under a pin directory. Not a loader: any
 /// process with CAP_BPF can open it while the program is loaded.
 ///
-/// Blocking: [`wait`](Self::wait), then [`next`](Self::next) until it says `None`. With tokio,
-/// register it (it is [`AsRawFd`]) with `tokio::io::unix::AsyncFd` and drain it each time the
-/// descriptor is readable:
+/// Blocking: [`wait`](Self::wait) with [`POLL`](Self::POLL), then [`next`](Self::next) until it
+/// says `None`. With tokio, register it (it is [`AsRawFd`]) with `tokio::io::unix::AsyncFd`
+/// and drain it when the descriptor is readable or `POLL` has passed:
 ///
 /// ```no_run
 /// # async fn f() -> anyhow::Result<()> {
 /// # use tokio::io::unix::AsyncFd;
-/// let pins = std::path::Path::new(outpost_dataplane::PIN_DIR);
-/// let records = outpost_dataplane::HelloRecords::open(pins)?;
+/// use outpost_dataplane::HelloRecords;
+/// let records = HelloRecords::open(std::path::Path::new(outpost_dataplane::PIN_DIR))?;
 /// let mut fd = AsyncFd::new(records)?;
 /// loop {
-///     let mut ready = fd.readable_mut().await?;
-///     while let Some(record) = ready.get_inner_mut().next() {
+///     if let Ok(ready) = tokio::time::timeout(HelloRecords::POLL, fd.readable_mut()).await {
+///         ready?.clear_ready();
+///     }
+///     while let Some(record) = fd.get_mut().next() {
 ///         println!("{:?}", record.version);
 ///     }
-///     ready.clear_ready();
 /// }
 /// # }
 /// ```
@@ -44,6 +50,9 @@ pub struct HelloRecords {
 }
 
 impl HelloRecords {
+    /// How often a reader looks for records without being woken.
+    pub const POLL: Duration = Duration::from_millis(100);
+
     pub fn open(pin_dir: &Path) -> Result<HelloRecords> {
         let path = pin_dir.join(names::HELLO_RECORDS);
         let data = MapData::from_pin(&path).map_err(|e| {
@@ -85,8 +94,8 @@ impl HelloRecords {
         out.len() - before
     }
 
-    /// Blocks until a record is waiting or `timeout` passes (`None`: no limit); whether one
-    /// is. The kernel wakes readers as records arrive (it may batch wake-ups under load).
+    /// Blocks until a record is waiting or `timeout` passes (`None`: until the kernel wakes it,
+    /// which it does for a batch only); whether one is.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
         let mut pfd = libc::pollfd { fd: self.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
