@@ -113,8 +113,9 @@ pub(crate) enum Request {
         limit: i64,
         lease_ms: i64,
     },
+    /// Marks delivered those of `ids` that `owner` still holds; how many.
     Complete {
-        id: i64,
+        ids: Vec<i64>,
         owner: String,
     },
     Retry {
@@ -196,13 +197,6 @@ impl Request {
                 | Request::OutboxStats
                 | Request::QueryAudit(_)
         )
-    }
-
-    /// Writes no request waits on: audit events (written after the response) and sweeps.
-    /// SQLite commits a batch of only these without syncing on its writer and syncs it on
-    /// another thread, so they never hold up a request's write.
-    pub(crate) fn is_background(&self) -> bool {
-        matches!(self, Request::AppendAudit(_) | Request::Sweep { .. })
     }
 
     /// Whether it may add outbox rows (local outbox workers are woken after it).
