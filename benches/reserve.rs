@@ -6,16 +6,21 @@
 //! of `POST /reserve` (JSON) over keep-alive TLS connections: requests are sent at their
 //! scheduled times whatever the answers, and latency runs from the scheduled time (no
 //! coordinated omission). The rate starts at 100/s and grows by half each step until p99
-//! passes 100 ms, errors pass 1 %, or the edge falls behind the schedule: the last step
-//! before that is the knee. Then a run at 80 % of the knee.
+//! passes 100 ms, errors pass 1 %, or the edge falls behind the schedule, twice in a row at
+//! the same rate (a machine shared with others stalls now and then): the last step before
+//! that is the knee. Then a run at 80 % of the knee.
 //!
 //! Traffic: mostly distinct names and emails; 2 % go to a hot set of 20 names, contended
 //! from distinct emails. Reported per store: durable reservations/s (201s) at the knee, p50
 //! and p99, p99 at 80 % of the knee, and names held twice: a hot name answered 201 for two
 //! emails, or a 201 the store does not hold afterwards (must be 0). For PostgreSQL, pgbench
 //! runs the reservation's own transaction (the statements the store sends for it: two unique
-//! inserts, two upserts, the outbox row) straight against the same database, and the ratio
-//! is reported. Markdown on stdout, JSON under `<results>/<UTC stamp>/reserve.json`.
+//! inserts, two upserts, the outbox row) straight against the same database with 16 clients
+//! (the store's pool), statement by statement and in pipeline mode, and the ratios are
+//! reported. Mail: the SMTP sink counts mails per recipient; every reservation acknowledged
+//! must get exactly one (duplicates and missing mails are reported). `--preload N` adds the
+//! same spike on a store preloaded with N reservations (`reserve_scale.rs`). Markdown on
+//! stdout, JSON under `<results>/<UTC stamp>/reserve.json`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -247,6 +252,7 @@ fn run_store(
     ));
     merge(&mut hot, h);
     acked.extend(a);
+    let mut retried = false;
     for _ in 0..max_steps {
         let (s, h, a) =
             rt.block_on(run_step(&client, args.connections, rate, step, &mut seq, store));
@@ -261,9 +267,16 @@ fn run_store(
         acked.extend(a);
         let over = s.over_knee();
         steps.push(s);
+        if over && !retried {
+            // Once more at the same rate: on a shared machine one stall of someone else's
+            // (a build's fsync) can push a 5 s step over; a real knee is over twice in a row.
+            retried = true;
+            continue;
+        }
         if over || rate >= args.max_rate {
             break;
         }
+        retried = false;
         rate = (rate * 3 / 2).min(args.max_rate);
     }
     let knee = steps.iter().rev().find(|s| !s.over_knee()).cloned();
@@ -518,7 +531,8 @@ impl Edge {
              public_url = \"https://{HOST}:{https}\"\nsecret_file = \"{}\"\n\
              [reserve.smtp]\nhost = \"127.0.0.1\"\nport = {smtp}\n\
              [reserve.limits]\nreserve_per_ip_per_minute = 100000000\n\
-             reserve_per_email_per_hour = 100000000\n{extra}",
+             reserve_per_email_per_hour = 100000000\n\
+             availability_per_ip_per_minute = 100000000\n{extra}",
             dir.join("data").display(),
             secret.display()
         );

@@ -78,8 +78,8 @@ impl Dialect {
         let step = SPREAD_DAYS * DAY_MS / n.max(1) as i64;
         if self.pg {
             format!(
-                "CREATE TEMP TABLE pre AS SELECT i::int8 AS i, {now} - ({n} - i) * {step} AS t, \
-                 i % 10 = 0 AS pending FROM generate_series(0, {n} - 1) AS i;"
+                "CREATE TEMP TABLE pre AS SELECT i, {now} - ({n} - i) * {step} AS t, \
+                 i % 10 = 0 AS pending FROM generate_series(0::int8, {n} - 1) AS i;"
             )
         } else {
             format!(
@@ -106,7 +106,7 @@ impl Dialect {
     /// `n` rows of `pre` as i over [0, n).
     fn numbers(&self, n: u64) -> String {
         if self.pg {
-            format!("(SELECT i::int8 AS i FROM generate_series(0, {n} - 1) AS i) AS s")
+            format!("(SELECT i FROM generate_series(0::int8, {n} - 1) AS i) AS s")
         } else {
             format!(
                 "(WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < {n}) \
@@ -186,7 +186,9 @@ pub(super) fn preload(work: &Path, pg: Option<&TestPostgres>, n: u64) -> Result<
     match pg {
         Some(pg) => {
             pg.psql("outpost", &reservations_sql(&Dialect { pg: true }, n, now));
-            pg.psql("outpost", "VACUUM ANALYZE kv; VACUUM ANALYZE audit;");
+            // One statement each: psql runs several as one transaction, VACUUM runs in none.
+            pg.psql("outpost", "VACUUM ANALYZE kv");
+            pg.psql("outpost", "VACUUM ANALYZE audit");
         }
         None => outpost_store::testing::sqlite_bulk(
             &work.join("data"),
@@ -351,7 +353,7 @@ pub(super) fn after_spike(
     match pg {
         Some(pg) => {
             pg.psql("outpost", &audit_sql(&d, more, now_ms()));
-            pg.psql("outpost", "VACUUM ANALYZE audit;");
+            pg.psql("outpost", "VACUUM ANALYZE audit");
         }
         None => outpost_store::testing::sqlite_bulk(
             &work.join("data"),
