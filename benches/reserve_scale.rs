@@ -189,6 +189,8 @@ pub(super) fn preload(work: &Path, pg: Option<&TestPostgres>, n: u64) -> Result<
             // One statement each: psql runs several as one transaction, VACUUM runs in none.
             pg.psql("outpost", "VACUUM ANALYZE kv");
             pg.psql("outpost", "VACUUM ANALYZE audit");
+            // The load's pages on disk now, not in a checkpoint during the spike.
+            pg.psql("outpost", "CHECKPOINT");
         }
         None => outpost_store::testing::sqlite_bulk(
             &work.join("data"),
@@ -354,6 +356,7 @@ pub(super) fn after_spike(
         Some(pg) => {
             pg.psql("outpost", &audit_sql(&d, more, now_ms()));
             pg.psql("outpost", "VACUUM ANALYZE audit");
+            pg.psql("outpost", "CHECKPOINT");
         }
         None => outpost_store::testing::sqlite_bulk(
             &work.join("data"),

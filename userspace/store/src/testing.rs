@@ -629,17 +629,23 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 /// Runs `sql` (any number of statements) on the embedded store of `data_dir`, straight through
-/// SQLite, without syncing: for benchmarks that bulk-load a store no edge has open, as a
-/// backup restore would. Ends with a checkpoint that empties the WAL. Panics with SQLite's
-/// error.
+/// SQLite, syncing only at the end: for benchmarks that bulk-load a store no edge has open, as
+/// a backup restore would. Ends with a checkpoint that empties the WAL and an fsync of the
+/// database, so that what comes next does not wait for the kernel to write the load back.
+/// Panics with SQLite's error.
 pub fn sqlite_bulk(data_dir: &Path, sql: &str) {
     let path = data_dir.join("outpost.db");
     let conn = rusqlite::Connection::open(&path)
         .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     conn.execute_batch("PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;")
         .and_then(|()| conn.execute_batch(sql))
+        .and_then(|()| conn.execute_batch("PRAGMA synchronous=FULL"))
         .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
         .unwrap_or_else(|e| panic!("bulk SQL on {} failed: {e}", path.display()));
+    drop(conn);
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .unwrap_or_else(|e| panic!("cannot sync {}: {e}", path.display()));
 }
 
 /// The rows of one query on the embedded store of `data_dir` (read-only), each column as text
