@@ -98,9 +98,9 @@ impl Dialect {
     }
     fn expiry_key(&self, until: &str) -> String {
         if self.pg {
-            format!("lpad(({until})::text, 20, '0') || '/p' || i")
+            format!("lpad(({until})::text, 20, '0') || '/pre' || i")
         } else {
-            format!("printf('%020d/p%d', {until}, i)")
+            format!("printf('%020d/pre%d', {until}, i)")
         }
     }
     /// `n` rows of `pre` as i over [0, n).
@@ -118,46 +118,48 @@ impl Dialect {
 
 /// N reservations as the reserve handler writes them (name, email, token rows; an expiry
 /// marker for the pending tenth), and their audit events (a reservation each, a confirmation
-/// for the confirmed ones), spread over the last [`SPREAD_DAYS`].
+/// for the confirmed ones), spread over the last [`SPREAD_DAYS`]. Names `pre<i>`, emails
+/// `q<i>@preload.example`: none is a name or an email the spike sends (`e<n>`, `p<n>`,
+/// `hot-<n>`, `b<n>@bench.example`), so the spike's reservations are all new ones.
 fn reservations_sql(d: &Dialect, n: u64, now: i64) -> String {
     let hold_left = 12 * 3_600_000;
     let until = format!("CASE WHEN pending THEN {now} + {hold_left} ELSE t + {DAY_MS} END");
     let state = "CASE WHEN pending THEN 'pending' ELSE 'confirmed' END";
     let live = format!("CASE WHEN pending THEN {now} + {hold_left} END");
     let name = d.blob(&format!(
-        "'{{\"email\":\"p' || i || '@preload.example\",\"state\":\"' || {state} || \
+        "'{{\"email\":\"q' || i || '@preload.example\",\"state\":\"' || {state} || \
          '\",\"created_ms\":' || t || ',\"hold_until_ms\":' || ({until}) || \
          CASE WHEN pending THEN ',\"mails\":[' || t || ']}}' ELSE ',\"confirmed_ms\":' || t || '}}' END"
     ));
     let email = d.blob(&format!(
-        "'{{\"name\":\"p' || i || '\",\"state\":\"' || {state} || '\",\"created_ms\":' || t || '}}'"
+        "'{{\"name\":\"pre' || i || '\",\"state\":\"' || {state} || '\",\"created_ms\":' || t || '}}'"
     ));
     let token = d.blob(&format!(
-        "'{{\"name\":\"p' || i || '\",\"email\":\"p' || i || '@preload.example\",\"created_ms\":' \
+        "'{{\"name\":\"pre' || i || '\",\"email\":\"q' || i || '@preload.example\",\"created_ms\":' \
          || t || ',\"hold_until_ms\":' || ({until}) || ',\"used\":' || \
          CASE WHEN pending THEN 'false' ELSE 'true' END || '}}'"
     ));
     let marker = d.blob(&format!(
-        "'{{\"name\":\"p' || i || '\",\"email\":\"p' || i || '@preload.example\",\"created_ms\":' || t || '}}'"
+        "'{{\"name\":\"pre' || i || '\",\"email\":\"q' || i || '@preload.example\",\"created_ms\":' || t || '}}'"
     ));
     let grace = 30 * DAY_MS;
     format!(
         "{series}
          INSERT INTO kv (ns, key, value, expires_at)
-           SELECT 'reserve.name', 'p' || i, {name}, {live} FROM pre;
+           SELECT 'reserve.name', 'pre' || i, {name}, {live} FROM pre;
          INSERT INTO kv (ns, key, value, expires_at)
-           SELECT 'reserve.email', 'p' || i || '@preload.example', {email}, {live} FROM pre;
+           SELECT 'reserve.email', 'q' || i || '@preload.example', {email}, {live} FROM pre;
          INSERT INTO kv (ns, key, value, expires_at)
            SELECT 'reserve.token', {tok}, {token}, ({until}) + {grace} FROM pre;
          INSERT INTO kv (ns, key, value, expires_at)
            SELECT 'reserve.expiry', {ekey}, {marker}, {now} + {hold_left} + {grace}
            FROM pre WHERE pending;
          INSERT INTO audit (time_ms, node, client, host, path, user_name, kind, outcome, reason)
-           SELECT t, 'preload', '127.0.0.1', '{HOST}', '/reserve', 'p' || i || '@preload.example',
-                  'reserve.reserve', 'success', 'pending p' || i FROM pre;
+           SELECT t, 'preload', '127.0.0.1', '{HOST}', '/reserve', 'q' || i || '@preload.example',
+                  'reserve.reserve', 'success', 'pending pre' || i FROM pre;
          INSERT INTO audit (time_ms, node, client, host, path, user_name, kind, outcome, reason)
            SELECT t + 60000, 'preload', '127.0.0.1', '{HOST}', '/confirm',
-                  'p' || i || '@preload.example', 'reserve.confirm', 'success', 'p' || i
+                  'q' || i || '@preload.example', 'reserve.confirm', 'success', 'pre' || i
            FROM pre WHERE NOT pending;
          DROP TABLE pre;",
         series = d.series(n, now),
@@ -291,7 +293,7 @@ async fn availability(client: &Client, n: u64, checks: u64) -> Result<(u64, u64)
             break;
         }
         let name =
-            if k % 2 == 0 { format!("p{}", (k * 7919) % n.max(1)) } else { format!("free{k}") };
+            if k % 2 == 0 { format!("pre{}", (k * 7919) % n.max(1)) } else { format!("free{k}") };
         let started = Instant::now();
         let status = conn.get(&format!("/api/availability?name={name}")).await?;
         if status != 200 {
@@ -330,7 +332,7 @@ pub(super) fn after_spike(
     // Paging: the first page, one from the middle, the last.
     let mut list = Vec::new();
     for (label, after) in [("first", None), ("middle", Some(n / 2)), ("end", Some(n - n / 1000))] {
-        let after_arg = after.map(|a| format!("p{a}"));
+        let after_arg = after.map(|a| format!("pre{a}"));
         let mut a = vec!["reservations", "list", "--limit", "100"];
         if let Some(x) = &after_arg {
             a.extend(["--after", x]);

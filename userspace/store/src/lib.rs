@@ -399,17 +399,23 @@ impl Store {
     }
 
     /// One sweep: rounds of bounded deletes until a round comes back short, then the gauges.
-    /// Each round is one short write, so writers are never held up for long, however much
-    /// there is to delete.
+    /// Each round is one short write, and the next waits as long as it took, so a long prune
+    /// (a million old audit events) takes at most half of the writer (SQLite) or of a
+    /// connection (PostgreSQL) however much there is to delete: writers queue behind one
+    /// round at most.
     async fn sweep(&self) {
         let keep = self.inner.audit_keep_ms.load(Ordering::Relaxed);
         let audit_keep_ms = (keep > 0).then_some(keep);
-        for _ in 0..100 {
+        for _ in 0..1000 {
+            let started = Instant::now();
             match self.call(Request::Sweep { audit_keep_ms }).await {
                 Ok(Reply::Swept { values, outbox, audit })
-                    if [values, outbox, audit].iter().any(|n| *n as i64 >= ops::SWEEP_CHUNK) => {}
+                    if values as i64 >= ops::SWEEP_CHUNK
+                        || outbox as i64 >= ops::SWEEP_CHUNK
+                        || audit as i64 >= ops::AUDIT_SWEEP_CHUNK => {}
                 _ => break,
             }
+            tokio::time::sleep(started.elapsed().max(Duration::from_millis(5))).await;
         }
         // outbox_stats refreshes the gauges as a side effect.
         let _ = self.outbox_stats().await;

@@ -43,7 +43,7 @@ use crate::{
     config::StoreConfig,
     ops::{
         from_unix_ms, millis, Abort, Inserted, Op, Record, Reply, Request, TxnOutcome,
-        OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
+        AUDIT_SWEEP_CHUNK, OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
     },
     outbox::{OutboxItem, OutboxStats},
     schema, StoreError,
@@ -432,7 +432,9 @@ impl Pg {
                     .await
                     .map_err(e)?;
                 let audit = match audit_keep_ms {
-                    Some(keep) => exec(c, SWEEP_AUDIT, &[&SWEEP_CHUNK, &keep]).await.map_err(e)?,
+                    Some(keep) => {
+                        exec(c, SWEEP_AUDIT, &[&AUDIT_SWEEP_CHUNK, &keep]).await.map_err(e)?
+                    }
                     None => 0,
                 };
                 Reply::Swept { values, outbox, audit }

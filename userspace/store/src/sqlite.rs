@@ -42,7 +42,7 @@ use crate::{
     metrics::StoreMetrics,
     ops::{
         from_unix_ms, now_ms, Abort, Inserted, Op, Record, Reply, Request, TxnOutcome,
-        OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
+        AUDIT_SWEEP_CHUNK, OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
     },
     outbox::{OutboxItem, OutboxStats},
     schema, StoreError,
@@ -52,6 +52,8 @@ use crate::{
 pub(crate) const MAX_BATCH: usize = 512;
 /// Reader threads (read-only connections).
 const READERS: usize = 2;
+/// Page cache of the writer's connection, KiB (grown as used; SQLite's default is 2 MiB).
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Writer commits between two checkpoints. A login is about seven commits of a few pages, so
 /// the WAL stays around SQLite's own 1000-page default.
 const CHECKPOINT_EVERY: u32 = 256;
@@ -155,6 +157,11 @@ impl Sqlite {
         migrate(&conn, &pending).map_err(|e| classify(e, &path))?;
         // From here on the syncer makes commits durable before anyone is told (module docs).
         conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(|e| classify(e, &path))?;
+        // The pages a write walks (interior pages of every index, the leaves random keys such
+        // as token hashes land on) stay in the writer's own cache instead of being read back
+        // from the kernel's at each write once the store outgrows SQLite's 2 MiB default.
+        conn.execute_batch(&format!("PRAGMA cache_size=-{WRITER_CACHE_KIB}"))
+            .map_err(|e| classify(e, &path))?;
 
         let (wtx, wrx) = mpsc::channel::<Job>();
         let (rtx, rrx) = mpsc::channel::<Job>();
@@ -706,7 +713,7 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
                         "DELETE FROM audit WHERE id IN (
                              SELECT id FROM audit WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
                     )?
-                    .execute(params![now.saturating_sub(*keep), SWEEP_CHUNK])?,
+                    .execute(params![now.saturating_sub(*keep), AUDIT_SWEEP_CHUNK])?,
                 None => 0,
             };
             Reply::Swept { values: values as u64, outbox: outbox as u64, audit: audit as u64 }
