@@ -219,7 +219,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn count(work: &Path, pg: Option<&TestPostgres>, sql: &str) -> u64 {
+pub(super) fn count(work: &Path, pg: Option<&TestPostgres>, sql: &str) -> u64 {
     let text = match pg {
         Some(pg) => pg.psql("outpost", sql),
         None => outpost_store::testing::sqlite_rows(&work.join("data"), sql)
@@ -461,4 +461,56 @@ pub(super) fn after_spike(
         p99_with_prune_us: pruning.p99_us,
         pruned,
     })
+}
+
+/// The preloaded store against the empty one of the same run, and what was measured at size.
+pub(super) fn render(r: &Report, sc: &Scale, all: &[Report]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let empty = all.iter().find(|e| e.store == r.store && e.scale.is_none());
+    let rate = |x: &Report| x.knee.as_ref().map(|k| k.created_per_sec());
+    let p99 = |x: &Report| x.knee.as_ref().map(|k| k.p99_us as f64);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    };
+    let _ = writeln!(
+        s,
+        "\n{}, {} reservations preloaded in {:.0} s: knee throughput {} the empty store's \
+         (target >= 0.9x), p99 at the knee {} (target <= 1.2x)",
+        r.store,
+        sc.preload,
+        sc.preload_secs,
+        ratio(rate(r), empty.and_then(rate)),
+        ratio(p99(r), empty.and_then(p99)),
+    );
+    let _ = writeln!(s, "- reservations list, 100 a page (CLI wall time): {:?} ms", sc.list);
+    let _ = writeln!(
+        s,
+        "- reservations export --csv: first row {:.1} ms, {} rows in {:.1} s, max RSS {} KiB",
+        sc.export_first_row_ms, sc.export_rows, sc.export_secs, sc.export_max_rss_kb
+    );
+    for (k, v, _) in &sc.audit {
+        let _ = writeln!(
+            s,
+            "- outpost audit {k} on {} events (CLI wall time, 5 runs): {v:.0?} ms",
+            sc.audit_events
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- availability: client p50 {} us, p99 {} us; the edge's own p99 {} us (target <= 1 ms)",
+        sc.avail_client_p50_us,
+        sc.avail_client_p99_us,
+        sc.avail_server_p99_us.map_or("-".into(), |v| format!("{v:.0}"))
+    );
+    let _ = writeln!(
+        s,
+        "- writers at {}/s: p99 {:.1} ms without a prune, {:.1} ms while keep_days pruned {} events",
+        sc.prune_rate,
+        sc.p99_without_prune_us as f64 / 1000.0,
+        sc.p99_with_prune_us as f64 / 1000.0,
+        sc.pruned
+    );
+    s
 }
