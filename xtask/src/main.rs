@@ -95,7 +95,12 @@ enum Bench {
     /// A launch spike on the reservation page: open loop over TLS through a real edge,
     /// ramping until p99 passes 100 ms, embedded and PostgreSQL, beside pgbench running the
     /// reservation's own transaction.
-    Reserve,
+    Reserve {
+        /// Also the same spike on each store preloaded in bulk with this many reservations and
+        /// their audit log, then list, export, audit queries, availability and a prune there.
+        #[arg(long)]
+        preload: Option<u64>,
+    },
     /// Access: keep-alive req/s of a protected route against the same route unprotected,
     /// server-side time of /login, /callback and the code redemption, logins per second with a
     /// real identity provider in the loop.
@@ -326,9 +331,13 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
         store = results_bench(root, "store-bench", tiny);
     }
     let mut reserve = Ok(());
-    if let Bench::Reserve | Bench::All = which {
-        reserve = cargo(&["build", "--release", "-p", "outpost"])
-            .and_then(|()| results_bench(root, "reserve-bench", tiny));
+    if let Bench::Reserve { .. } | Bench::All = which {
+        reserve = cargo(&["build", "--release", "-p", "outpost"]).and_then(|()| match which {
+            Bench::Reserve { preload: Some(n) } => {
+                results_bench_with(root, "reserve-bench", tiny, &["--preload", &n.to_string()])
+            }
+            _ => results_bench(root, "reserve-bench", tiny),
+        });
     }
     let mut fleet = Ok(());
     if let Bench::Fleet | Bench::All = which {
@@ -351,7 +360,7 @@ fn bench(root: &Path, which: Bench, tiny: bool) -> Result<()> {
     let scenario = match which {
         Bench::Xdp { .. } => return xdp,
         Bench::Store => return store,
-        Bench::Reserve => return reserve,
+        Bench::Reserve { .. } => return reserve,
         Bench::Access => return access,
         Bench::Fleet => return fleet,
         Bench::Proxy => "proxy",
@@ -430,8 +439,14 @@ fn package(root: &Path) -> Result<PathBuf> {
 /// Builds and runs the bench binary `bin` of outpost-benches, which writes under results/ and
 /// takes `--tiny`; the release `outpost` is the edge it measures, when it needs one.
 fn results_bench(root: &Path, bin: &str, tiny: bool) -> Result<()> {
+    results_bench_with(root, bin, tiny, &[])
+}
+
+/// [`results_bench`] with more arguments for the bench.
+fn results_bench_with(root: &Path, bin: &str, tiny: bool, args: &[&str]) -> Result<()> {
     cargo(&["build", "--release", "-p", "outpost-benches", "--bin", bin])?;
     let mut cmd = Command::new(release_bin(root, bin));
+    cmd.args(args);
     cmd.arg("--results").arg(root.join("results"));
     cmd.env("OUTPOST_BIN", release_bin(root, "outpost"));
     if tiny {

@@ -8,12 +8,14 @@
 //! - [`error`]: [`StoreError`], one line, no secrets.
 //! - `ops`: [`Op`], [`TxnOutcome`], [`Inserted`], [`Record`]; the internal request both
 //!   backends execute.
-//! - `sqlite`: the embedded backend: one writer thread with group commit (one fsync per batch),
-//!   reader threads, the data directory's lock.
+//! - `sqlite`: the embedded backend: one writer thread with group commit, a syncer thread that
+//!   fsyncs the WAL for every batch committed since its last sync before answering them, reader
+//!   threads, a checkpoint thread, the data directory's lock.
 //! - `postgres`: the shared backend: a connection pool on the store's runtime, the database's
 //!   clock, `SKIP LOCKED` claims, advisory-locked migrations; `postgres/batch.rs` commits
 //!   single-key writes that queue behind busy connections in groups, one pipelined
-//!   transaction each; `postgres/hosts.rs` picks, among the URL's hosts, the one that takes
+//!   transaction each; `postgres/txn.rs` runs a [`Store::txn`] in two round trips (its
+//!   statements pipelined); `postgres/hosts.rs` picks, among the URL's hosts, the one that takes
 //!   writes (the primary, again after a failover).
 //! - `schema`: versioned migrations; a database newer than the binary is refused untouched.
 //! - [`outbox`]: at-least-once delivery ([`OutboxItem`], [`spawn_outbox_worker`]).
@@ -23,8 +25,9 @@
 //! - `testing` (feature `testing`): a real PostgreSQL started by a test, temp directories.
 //!
 //! # Guarantees
-//! - An operation that returned `Ok` is durable: SQLite commits with `synchronous=FULL` (an
-//!   acknowledged write survives SIGKILL and power loss), PostgreSQL commits before answering.
+//! - An operation that returned `Ok` is durable: SQLite answers only once the WAL holding its
+//!   commit is fsynced (an acknowledged write survives SIGKILL and power loss), PostgreSQL
+//!   commits before answering.
 //! - Every decision that must not be lost or made twice — [`Store::take`], [`Store::insert`],
 //!   [`Store::txn`], [`Store::claim`] — is made by the database in one statement or one
 //!   transaction, never as check-then-write in the caller. A key taken on one node is gone for
@@ -117,6 +120,8 @@ struct Inner {
     audit_keep_ms: AtomicI64,
     /// Woken after a local enqueue, so this node's outbox workers need not wait for a poll.
     outbox_wake: Notify,
+    /// Audit appends waiting to be written together.
+    audit_queue: audit::AuditQueue,
     /// Last: dropped after the backend has stopped using it.
     rt: StoreRuntime,
 }
@@ -362,6 +367,10 @@ impl Store {
         &self.inner.outbox_wake
     }
 
+    pub(crate) fn audit_queue(&self) -> &audit::AuditQueue {
+        &self.inner.audit_queue
+    }
+
     pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
         self.inner.rt.handle()
     }
@@ -390,17 +399,23 @@ impl Store {
     }
 
     /// One sweep: rounds of bounded deletes until a round comes back short, then the gauges.
-    /// Each round is one short write (a background one on SQLite), so writers are never held
-    /// up for long, however much there is to delete.
+    /// Each round is one short write, and the next waits as long as it took, so a long prune
+    /// (a million old audit events) takes at most half of the writer (SQLite) or of a
+    /// connection (PostgreSQL) however much there is to delete: writers queue behind one
+    /// round at most.
     async fn sweep(&self) {
         let keep = self.inner.audit_keep_ms.load(Ordering::Relaxed);
         let audit_keep_ms = (keep > 0).then_some(keep);
-        for _ in 0..100 {
+        for _ in 0..1000 {
+            let started = Instant::now();
             match self.call(Request::Sweep { audit_keep_ms }).await {
                 Ok(Reply::Swept { values, outbox, audit })
-                    if [values, outbox, audit].iter().any(|n| *n as i64 >= ops::SWEEP_CHUNK) => {}
+                    if values as i64 >= ops::SWEEP_CHUNK
+                        || outbox as i64 >= ops::SWEEP_CHUNK
+                        || audit as i64 >= ops::AUDIT_SWEEP_CHUNK => {}
                 _ => break,
             }
+            tokio::time::sleep(started.elapsed().max(Duration::from_millis(5))).await;
         }
         // outbox_stats refreshes the gauges as a side effect.
         let _ = self.outbox_stats().await;
@@ -423,6 +438,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             audit_keep_ms: AtomicI64::new(0),
             outbox_wake: Notify::new(),
+            audit_queue: audit::AuditQueue::default(),
             rt,
         }
     }
@@ -506,7 +522,7 @@ impl Drop for Bounded {
     }
 }
 
-fn shut_down() -> StoreError {
+pub(crate) fn shut_down() -> StoreError {
     StoreError::Unavailable("the store is shut down".into())
 }
 

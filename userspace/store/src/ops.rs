@@ -113,8 +113,9 @@ pub(crate) enum Request {
         limit: i64,
         lease_ms: i64,
     },
+    /// Marks delivered those of `ids` that `owner` still holds; how many.
     Complete {
-        id: i64,
+        ids: Vec<i64>,
         owner: String,
     },
     Retry {
@@ -132,8 +133,8 @@ pub(crate) enum Request {
     OutboxStats,
     AppendAudit(Vec<AuditEvent>),
     QueryAudit(AuditQuery),
-    /// One round of the sweeper: at most [`SWEEP_CHUNK`] rows of each kind; audit events older
-    /// than `audit_keep_ms` too, when set.
+    /// One round of the sweeper: at most [`SWEEP_CHUNK`] expired values and finished outbox
+    /// rows; at most [`AUDIT_SWEEP_CHUNK`] audit events older than `audit_keep_ms`, when set.
     Sweep {
         audit_keep_ms: Option<i64>,
     },
@@ -142,6 +143,11 @@ pub(crate) enum Request {
 /// Rows the sweeper deletes per request, so one sweep never holds the SQLite writer (or a
 /// PostgreSQL lock) for long; it repeats while a round comes back full.
 pub(crate) const SWEEP_CHUNK: i64 = 5000;
+/// Audit events the sweeper deletes per request: each is a row and three index entries, and
+/// the writer's other requests wait for the batch it is in. A million-event prune made of
+/// 5,000-event rounds back to back held SQLite writers for seconds; rounds of 1,000 with a
+/// pause as long as the round (see `Store::sweep`) leave them at least half the writer.
+pub(crate) const AUDIT_SWEEP_CHUNK: i64 = 1000;
 /// Finished outbox rows are kept this long (for inspection) before the sweeper deletes them.
 pub(crate) const OUTBOX_KEEP_DONE_MS: i64 = 24 * 3600 * 1000;
 
@@ -196,13 +202,6 @@ impl Request {
                 | Request::OutboxStats
                 | Request::QueryAudit(_)
         )
-    }
-
-    /// Writes no request waits on: audit events (written after the response) and sweeps.
-    /// SQLite commits a batch of only these without syncing on its writer and syncs it on
-    /// another thread, so they never hold up a request's write.
-    pub(crate) fn is_background(&self) -> bool {
-        matches!(self, Request::AppendAudit(_) | Request::Sweep { .. })
     }
 
     /// Whether it may add outbox rows (local outbox workers are woken after it).

@@ -43,7 +43,7 @@ use crate::{
     config::StoreConfig,
     ops::{
         from_unix_ms, millis, Abort, Inserted, Op, Record, Reply, Request, TxnOutcome,
-        OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
+        AUDIT_SWEEP_CHUNK, OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
     },
     outbox::{OutboxItem, OutboxStats},
     schema, StoreError,
@@ -62,6 +62,8 @@ macro_rules! live {
         concat!("(expires_at IS NULL OR expires_at > ", now!(), ")")
     };
 }
+
+mod txn;
 
 const PUT: &str = concat!(
     "INSERT INTO kv (ns, key, value, expires_at) VALUES ($1, $2, $3, ",
@@ -122,7 +124,7 @@ const CLAIM: &str = concat!(
 const COMPLETE: &str = concat!(
     "UPDATE outbox SET done_at = ",
     now!(),
-    ", lease_until = NULL WHERE id = $1 AND owner = $2 AND done_at IS NULL"
+    ", lease_until = NULL WHERE id = ANY($1) AND owner = $2 AND done_at IS NULL"
 );
 const RETRY: &str = concat!(
     "UPDATE outbox SET attempts = attempts + 1, next_at = ",
@@ -143,11 +145,6 @@ const AUDIT_APPEND: &str =
     "INSERT INTO audit (time_ms, node, client, host, path, user_name, kind, outcome, reason)
      SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
                           $6::text[], $7::text[], $8::text[], $9::text[])";
-const AUDIT_QUERY: &str =
-    "SELECT time_ms, node, client, host, path, user_name, kind, outcome, reason FROM audit
-     WHERE ($1::int8 IS NULL OR time_ms >= $1) AND ($2::text IS NULL OR user_name = $2)
-       AND ($3::text IS NULL OR kind = $3)
-     ORDER BY time_ms DESC, id DESC LIMIT $4";
 /// The outer condition is checked again: a row re-put after the subquery saw it survives.
 const SWEEP_VALUES: &str = concat!(
     "DELETE FROM kv WHERE (ns, key) IN (
@@ -404,8 +401,8 @@ impl Pg {
                 items.sort_by_key(|i| i.id);
                 Reply::Claimed(items)
             }
-            Request::Complete { id, owner } => {
-                Reply::Flag(exec(c, COMPLETE, &[&id, &owner]).await.map_err(e)? == 1)
+            Request::Complete { ids, owner } => {
+                Reply::Id(exec(c, COMPLETE, &[&ids, &owner]).await.map_err(e)? as i64)
             }
             Request::Retry { id, owner, delay_ms, error } => Reply::Flag(
                 exec(c, RETRY, &[&id, &owner, &delay_ms, &error]).await.map_err(e)? == 1,
@@ -435,7 +432,9 @@ impl Pg {
                     .await
                     .map_err(e)?;
                 let audit = match audit_keep_ms {
-                    Some(keep) => exec(c, SWEEP_AUDIT, &[&SWEEP_CHUNK, &keep]).await.map_err(e)?,
+                    Some(keep) => {
+                        exec(c, SWEEP_AUDIT, &[&AUDIT_SWEEP_CHUNK, &keep]).await.map_err(e)?
+                    }
                     None => 0,
                 };
                 Reply::Swept { values, outbox, audit }
@@ -464,28 +463,6 @@ impl Pg {
             // The live row was taken or expired between the two statements: try again.
         }
         Err(StoreError::Other(format!("insert {ns}/{key}: the key kept changing hands")))
-    }
-
-    async fn txn(&self, conn: &mut Conn, ops: &[Op]) -> Result<TxnOutcome, StoreError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let tx = conn.client().transaction().await.map_err(|e| self.err(e))?;
-            match txn_ops(&tx, ops).await {
-                Ok(TxnOutcome::Committed(out)) => match tx.commit().await {
-                    Ok(()) => return Ok(TxnOutcome::Committed(out)),
-                    Err(e) if retryable(&e) && attempt < TXN_ATTEMPTS => continue,
-                    Err(e) => return Err(self.commit_err(e)),
-                },
-                Ok(aborted) => {
-                    tx.rollback().await.map_err(|e| self.err(e))?;
-                    return Ok(aborted);
-                }
-                // Dropping `tx` rolls back.
-                Err(e) if retryable(&e) && attempt < TXN_ATTEMPTS => continue,
-                Err(e) => return Err(self.err(e)),
-            }
-        }
     }
 
     /// What the driver says, causes included ("error connecting to server: Connection
@@ -848,7 +825,20 @@ async fn query_audit<C: GenericClient>(
 ) -> Result<Vec<AuditEvent>, tokio_postgres::Error> {
     let since = q.since.map(crate::ops::unix_ms);
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let rows = query(c, AUDIT_QUERY, &[&since, &q.user, &q.kind, &limit]).await?;
+    // Only the filters that are set, so that the plan starts at `since` in the time index.
+    let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(4);
+    if let Some(since) = &since {
+        args.push(since);
+    }
+    if let Some(user) = &q.user {
+        args.push(user);
+    }
+    if let Some(kind) = &q.kind {
+        args.push(kind);
+    }
+    args.push(&limit);
+    let sql = crate::audit::query_sql(q, "$");
+    let rows = c.query(&c.prepare_cached(&sql).await?, &args).await?;
     let mut events = Vec::with_capacity(rows.len());
     for r in rows.iter().rev() {
         events.push(AuditEvent {

@@ -1,19 +1,23 @@
-//! Embedded SQLite: `<data_dir>/outpost.db`, WAL, `synchronous=FULL`.
+//! Embedded SQLite: `<data_dir>/outpost.db`, WAL; nothing is acknowledged before the WAL
+//! holding it is fsynced.
 //!
 //! One writer thread owns the read-write connection and commits in groups: it takes a request,
 //! drains whatever else is queued (up to [`MAX_BATCH`]), runs them all in one `BEGIN IMMEDIATE`
-//! transaction with each request inside its own SAVEPOINT, and commits once, so one fsync
-//! covers the batch. A request that aborts or fails rolls back to its savepoint and leaves the
-//! others alone; callers are answered only after COMMIT returned, so an acknowledged write is
-//! on disk. Every decision (take, unique insert, compare-and-set, claim) is made inside that
-//! single writer, so check-then-write within a request is atomic by construction.
+//! transaction with each request inside its own SAVEPOINT, and commits once. A request that
+//! aborts or fails rolls back to its savepoint and leaves the others alone. Every decision
+//! (take, unique insert, compare-and-set, claim) is made inside that single writer, so
+//! check-then-write within a request is atomic by construction.
 //!
-//! The writer's thread waits on nothing but requests' own fsyncs. A batch of background
-//! writes only (audit events, written after the response, and sweeps) commits with
-//! `synchronous=NORMAL` and its callers are answered by the syncer thread once it has synced
-//! the WAL: still on disk when acknowledged, but the fsync no longer sits in front of the next
-//! login's write. The syncer also runs the WAL checkpoints (`PASSIVE`, which never blocks the
-//! writer), so no commit carries one.
+//! The writer never waits for the disk: it commits with `synchronous=NORMAL` (COMMIT returns
+//! once the WAL frames are written) and hands the batch's answers to the syncer thread, which
+//! fdatasyncs the WAL and only then answers them, one fsync for every batch committed since
+//! its last. Meanwhile the writer runs the next batch, so the fsync of one group overlaps the
+//! work of the next instead of sitting in front of it. An acknowledged write is on disk
+//! exactly as with `synchronous=FULL` (an fsync of the WAL covers every frame written before
+//! it, whichever connection wrote it, and recovery replays every complete committed
+//! transaction in it); a crash before the sync loses only writes nobody was told of. The
+//! WAL checkpoints (`PASSIVE`, which never blocks the writer) run on a thread of their own, so
+//! neither a commit nor an answer waits for one.
 //!
 //! Reads go to [`READERS`] reader threads with read-only connections: WAL lets them run beside
 //! the writer and see every commit that has been acknowledged.
@@ -38,7 +42,7 @@ use crate::{
     metrics::StoreMetrics,
     ops::{
         from_unix_ms, now_ms, Abort, Inserted, Op, Record, Reply, Request, TxnOutcome,
-        OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
+        AUDIT_SWEEP_CHUNK, OUTBOX_KEEP_DONE_MS, SWEEP_CHUNK,
     },
     outbox::{OutboxItem, OutboxStats},
     schema, StoreError,
@@ -48,6 +52,8 @@ use crate::{
 pub(crate) const MAX_BATCH: usize = 512;
 /// Reader threads (read-only connections).
 const READERS: usize = 2;
+/// Page cache of the writer's connection, KiB (grown as used; SQLite's default is 2 MiB).
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Writer commits between two checkpoints. A login is about seven commits of a few pages, so
 /// the WAL stays around SQLite's own 1000-page default.
 const CHECKPOINT_EVERY: u32 = 256;
@@ -59,21 +65,34 @@ struct Job {
     reply: ReplyTx,
 }
 
-/// Work the writer hands to the syncer thread.
-enum SyncJob {
-    /// Answers of a batch committed without a sync: sent once the WAL is on disk.
-    Answer(Vec<(ReplyTx, Result<Reply, StoreError>)>),
-    /// [`CHECKPOINT_EVERY`] commits since the last checkpoint.
-    Checkpoint,
+/// Answers of a committed batch, sent by the syncer once the WAL is on disk.
+type Answers = Vec<(ReplyTx, Result<Reply, StoreError>)>;
+
+/// How many batches the syncer has synced, so that the writer stays at most one batch ahead
+/// of the disk: it runs and commits a batch while the previous one is being synced, then
+/// waits for that sync before taking the next. Left to run ahead it would commit many small
+/// batches, each rewriting the same hot pages into the WAL; paced, a batch is whatever queued
+/// during one fsync, as when the writer synced itself, and the fsync overlaps the next
+/// batch's work instead of adding to it.
+#[derive(Default)]
+struct Synced {
+    upto: Mutex<u64>,
+    changed: std::sync::Condvar,
 }
 
-/// Where a batch's commit is made durable.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SyncAt {
-    /// `synchronous=FULL`: the writer fsyncs the WAL before COMMIT returns.
-    Commit,
-    /// `synchronous=NORMAL`: COMMIT returns once the WAL is written; the syncer fsyncs it.
-    Syncer,
+impl Synced {
+    fn set(&self, generation: u64) {
+        let mut upto = self.upto.lock().unwrap_or_else(|e| e.into_inner());
+        *upto = (*upto).max(generation);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `generation` is synced. Pacing only (every answer waits for its own sync
+    /// regardless), so a syncer that stopped answering holds the writer back a second at most.
+    fn wait(&self, generation: u64) {
+        let upto = self.upto.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.changed.wait_timeout_while(upto, Duration::from_secs(1), |u| *u < generation);
+    }
 }
 
 pub(crate) struct Sqlite {
@@ -128,20 +147,30 @@ impl Sqlite {
                 path.display()
             )));
         }
-        // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
-        // loss, not only a crash of this process. No automatic checkpoint: it would run inside
-        // a COMMIT, with that batch's callers waiting; the syncer runs them instead.
+        // FULL while migrating (its commit is durable when open returns). No automatic
+        // checkpoint: it would run inside a COMMIT, with that batch's callers waiting; a
+        // thread of its own runs them instead.
         conn.execute_batch(
             "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(|e| classify(e, &path))?;
         migrate(&conn, &pending).map_err(|e| classify(e, &path))?;
+        // From here on the syncer makes commits durable before anyone is told (module docs).
+        conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(|e| classify(e, &path))?;
+        // The pages a write walks (interior pages of every index, the leaves random keys such
+        // as token hashes land on) stay in the writer's own cache instead of being read back
+        // from the kernel's at each write once the store outgrows SQLite's 2 MiB default.
+        conn.execute_batch(&format!("PRAGMA cache_size=-{WRITER_CACHE_KIB}"))
+            .map_err(|e| classify(e, &path))?;
 
         let (wtx, wrx) = mpsc::channel::<Job>();
         let (rtx, rrx) = mpsc::channel::<Job>();
-        let (stx, srx) = mpsc::channel::<SyncJob>();
+        let (stx, srx) = mpsc::channel::<(u64, Answers)>();
+        let synced = Arc::new(Synced::default());
+        // One checkpoint asked for at a time: a request while one is pending is dropped.
+        let (ctx, crx) = mpsc::sync_channel::<()>(1);
         let rrx = Arc::new(Mutex::new(rrx));
-        let mut threads = Vec::with_capacity(2 + READERS);
+        let mut threads = Vec::with_capacity(3 + READERS);
         for i in 0..READERS {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let rconn =
@@ -153,16 +182,17 @@ impl Sqlite {
             })?);
         }
         // Read-write, for checkpoints only.
+        let cconn = Connection::open_with_flags(&path, flags).map_err(|e| classify(e, &path))?;
+        cconn.busy_timeout(busy).map_err(|e| classify(e, &path))?;
+        threads.push(spawn("outpost-store-ckpt", move || checkpoint_loop(cconn, crx))?);
         let wal = wal_path(&path);
-        let sconn = Connection::open_with_flags(&path, flags).map_err(|e| classify(e, &path))?;
-        sconn.busy_timeout(busy).map_err(|e| classify(e, &path))?;
-        let (smetrics, spath) = (metrics.clone(), path.clone());
+        let (smetrics, spath, ssynced) = (metrics.clone(), path.clone(), synced.clone());
         threads.push(spawn("outpost-store-sync", move || {
-            syncer_loop(sconn, &wal, srx, &smetrics, &spath)
+            syncer_loop(&wal, srx, &ssynced, &smetrics, &spath)
         })?);
         let (wmetrics, wpath) = (metrics.clone(), path.clone());
         threads.push(spawn("outpost-store-w", move || {
-            writer_loop(conn, wrx, &stx, &wmetrics, &wpath)
+            writer_loop(conn, wrx, &stx, &synced, &ctx, &wmetrics, &wpath)
         })?);
         metrics.set_sqlite_connections(2 + READERS as i64);
         Ok(Sqlite {
@@ -362,14 +392,15 @@ fn migrate(conn: &Connection, pending: &[&(i64, &str)]) -> rusqlite::Result<()> 
 fn writer_loop(
     conn: Connection,
     rx: mpsc::Receiver<Job>,
-    syncer: &mpsc::Sender<SyncJob>,
+    syncer: &mpsc::Sender<(u64, Answers)>,
+    synced: &Synced,
+    checkpointer: &mpsc::SyncSender<()>,
     metrics: &StoreMetrics,
     path: &Path,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // What the connection is set to; None after a failed change, so the next batch sets it.
-    let mut mode = Some(SyncAt::Commit);
     let mut since_checkpoint = 0u32;
+    let mut generation = 0u64;
     while let Ok(job) = rx.recv() {
         batch.push(job);
         while batch.len() < MAX_BATCH {
@@ -378,30 +409,14 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let want = if batch.iter().all(|j| j.req.is_background()) {
-            SyncAt::Syncer
-        } else {
-            SyncAt::Commit
-        };
-        if mode != Some(want) {
-            let pragma = match want {
-                SyncAt::Commit => "PRAGMA synchronous=FULL",
-                SyncAt::Syncer => "PRAGMA synchronous=NORMAL",
-            };
-            mode = conn.execute_batch(pragma).ok().map(|()| want);
+        if commit_batch(&conn, &mut batch, generation + 1, syncer, metrics, path) {
+            generation += 1;
+            synced.wait(generation - 1);
         }
-        if mode != Some(want) {
-            // Never commit a request's write with less than FULL.
-            let e = StoreError::Other(format!("{}: cannot set the sync mode", path.display()));
-            metrics.in_flight(-(batch.len() as i64));
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(e.clone()));
-            }
-            continue;
-        }
-        commit_batch(&conn, &mut batch, want, syncer, metrics, path);
         since_checkpoint += 1;
-        if since_checkpoint >= CHECKPOINT_EVERY && syncer.send(SyncJob::Checkpoint).is_ok() {
+        if since_checkpoint >= CHECKPOINT_EVERY {
+            // Full: one is pending already, which will cover these commits too.
+            let _ = checkpointer.try_send(());
             since_checkpoint = 0;
         }
     }
@@ -409,23 +424,24 @@ fn writer_loop(
     let _ = conn.close();
 }
 
-/// Runs `batch` in one transaction, one savepoint per request, one COMMIT; then answers, or
-/// (`SyncAt::Syncer`) has the syncer answer once the WAL is on disk.
+/// Runs `batch` in one transaction, one savepoint per request, one COMMIT; then has the syncer
+/// answer once the WAL is on disk. True when it handed the commit to the syncer as
+/// `generation`.
 fn commit_batch(
     conn: &Connection,
     batch: &mut Vec<Job>,
-    sync: SyncAt,
-    syncer: &mpsc::Sender<SyncJob>,
+    generation: u64,
+    syncer: &mpsc::Sender<(u64, Answers)>,
     metrics: &StoreMetrics,
     path: &Path,
-) {
+) -> bool {
     // A caller that gave up (timed out) would never learn the outcome, and a `take` done for
     // it would lose the value: such requests are dropped unexecuted.
     let before = batch.len();
     batch.retain(|j| !j.reply.is_closed());
     metrics.in_flight(-((before - batch.len()) as i64));
     if batch.is_empty() {
-        return;
+        return false;
     }
     let now = now_ms();
     let mut results = Vec::with_capacity(batch.len());
@@ -457,19 +473,16 @@ fn commit_batch(
     })();
     metrics.record_batch(batch.len());
     match outcome {
-        Ok(()) if sync == SyncAt::Syncer => {
-            let answers = batch.drain(..).map(|j| j.reply).zip(results).collect();
-            if let Err(mpsc::SendError(SyncJob::Answer(answers))) =
-                syncer.send(SyncJob::Answer(answers))
-            {
-                // The syncer is gone (it outlives the writer, so only by a panic): sync here.
-                answer_synced(answers, &wal_path(path), metrics, path);
-            }
-        }
         Ok(()) => {
-            metrics.in_flight(-(batch.len() as i64));
-            for (job, r) in batch.drain(..).zip(results) {
-                let _ = job.reply.send(r);
+            let answers = batch.drain(..).map(|j| j.reply).zip(results).collect();
+            match syncer.send((generation, answers)) {
+                Ok(()) => true,
+                Err(mpsc::SendError((_, answers))) => {
+                    // The syncer is gone (it outlives the writer, so only by a panic): sync
+                    // here.
+                    answer_synced(answers, &wal_path(path), metrics, path);
+                    false
+                }
             }
         }
         Err(e) => {
@@ -480,50 +493,44 @@ fn commit_batch(
             for job in batch.drain(..) {
                 let _ = job.reply.send(Err(e.clone()));
             }
+            false
         }
     }
 }
 
-/// Syncs the WAL for batches the writer committed without a sync, then answers them; runs the
-/// checkpoints. Stops once the writer is gone and everything it handed over is answered.
+/// Syncs the WAL for batches the writer committed, then answers them: one fsync for every
+/// batch queued meanwhile. Stops once the writer is gone and everything it handed over is
+/// answered.
 fn syncer_loop(
-    conn: Connection,
     wal: &Path,
-    rx: mpsc::Receiver<SyncJob>,
+    rx: mpsc::Receiver<(u64, Answers)>,
+    synced: &Synced,
     metrics: &StoreMetrics,
     path: &Path,
 ) {
-    while let Ok(job) = rx.recv() {
-        let mut answers = Vec::new();
-        let mut checkpoint = false;
-        // One fsync for everything queued meanwhile.
-        for job in std::iter::once(job).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-            match job {
-                SyncJob::Answer(a) => answers.extend(a),
-                SyncJob::Checkpoint => checkpoint = true,
-            }
+    while let Ok((mut generation, mut answers)) = rx.recv() {
+        while let Ok((g, more)) = rx.try_recv() {
+            generation = g;
+            answers.extend(more);
         }
-        if !answers.is_empty() {
-            answer_synced(answers, wal, metrics, path);
-        }
-        if checkpoint {
-            // PASSIVE: copies what no reader still needs and never waits for the writer; what
-            // it leaves is copied next time. A failure (another process checkpointing) only
-            // lets the WAL grow until the next one.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        }
+        answer_synced(answers, wal, metrics, path);
+        synced.set(generation);
+    }
+}
+
+/// Runs a WAL checkpoint each time the writer asks. PASSIVE: copies what no reader still needs
+/// and never waits for the writer; what it leaves is copied next time. A failure (another
+/// process checkpointing) only lets the WAL grow until the next one. Stops with the writer.
+fn checkpoint_loop(conn: Connection, rx: mpsc::Receiver<()>) {
+    while rx.recv().is_ok() {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     }
     let _ = conn.close();
 }
 
 /// fdatasync of the WAL file: every commit written to it so far is then on disk, whichever
 /// connection wrote it. Then the answers go out.
-fn answer_synced(
-    answers: Vec<(ReplyTx, Result<Reply, StoreError>)>,
-    wal: &Path,
-    metrics: &StoreMetrics,
-    path: &Path,
-) {
+fn answer_synced(answers: Answers, wal: &Path, metrics: &StoreMetrics, path: &Path) {
     let synced = File::open(wal).and_then(|f| f.sync_data()).map_err(|e| {
         StoreError::Unavailable(format!("{}: cannot sync the WAL: {e}", path.display()))
     });
@@ -635,14 +642,17 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
             items.sort_by_key(|i| i.id);
             Reply::Claimed(items)
         }
-        Request::Complete { id, owner } => Reply::Flag(
-            conn.prepare_cached(
+        Request::Complete { ids, owner } => {
+            let mut stmt = conn.prepare_cached(
                 "UPDATE outbox SET done_at = ?3, lease_until = NULL
                  WHERE id = ?1 AND owner = ?2 AND done_at IS NULL",
-            )?
-            .execute(params![id, owner, now])?
-                == 1,
-        ),
+            )?;
+            let mut done = 0;
+            for id in ids {
+                done += stmt.execute(params![id, owner, now])?;
+            }
+            Reply::Id(done as i64)
+        }
         Request::Retry { id, owner, delay_ms, error } => Reply::Flag(
             conn.prepare_cached(
                 "UPDATE outbox SET attempts = attempts + 1, next_at = ?3, lease_until = NULL,
@@ -703,7 +713,7 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
                         "DELETE FROM audit WHERE id IN (
                              SELECT id FROM audit WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
                     )?
-                    .execute(params![now.saturating_sub(*keep), SWEEP_CHUNK])?,
+                    .execute(params![now.saturating_sub(*keep), AUDIT_SWEEP_CHUNK])?,
                 None => 0,
             };
             Reply::Swept { values: values as u64, outbox: outbox as u64, audit: audit as u64 }
@@ -726,20 +736,35 @@ fn apply_read(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
             .optional()?,
         ),
         Request::Scan { ns, after, limit } => {
-            let mut stmt = conn.prepare_cached(
-                "SELECT key, value, expires_at FROM kv
-                 WHERE ns = ?1 AND (?2 IS NULL OR key > ?2)
-                   AND (expires_at IS NULL OR expires_at > ?3)
-                 ORDER BY key LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(params![ns, after, now, limit], |r| {
+            // Two statements, not `(?2 IS NULL OR key > ?2)`: SQLite plans a statement once,
+            // and only a plain `key > ?` starts a page at its cursor in the primary key (the
+            // other form walks the namespace from its first key on every page).
+            let record = |r: &rusqlite::Row<'_>| {
                 Ok(Record {
                     key: r.get(0)?,
                     value: r.get(1)?,
                     expires_at: r.get::<_, Option<i64>>(2)?.map(from_unix_ms),
                 })
-            })?;
-            Reply::Records(rows.collect::<rusqlite::Result<_>>()?)
+            };
+            let records = match after {
+                None => conn
+                    .prepare_cached(
+                        "SELECT key, value, expires_at FROM kv
+                         WHERE ns = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+                         ORDER BY key LIMIT ?3",
+                    )?
+                    .query_map(params![ns, now, limit], record)?
+                    .collect::<rusqlite::Result<_>>()?,
+                Some(after) => conn
+                    .prepare_cached(
+                        "SELECT key, value, expires_at FROM kv
+                         WHERE ns = ?1 AND key > ?2 AND (expires_at IS NULL OR expires_at > ?3)
+                         ORDER BY key LIMIT ?4",
+                    )?
+                    .query_map(params![ns, after, now, limit], record)?
+                    .collect::<rusqlite::Result<_>>()?,
+            };
+            Reply::Records(records)
         }
         Request::OutboxStats => {
             let (pending, oldest): (i64, Option<i64>) = conn
@@ -763,15 +788,22 @@ fn apply_read(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
 }
 
 fn query_audit(conn: &Connection, q: &AuditQuery) -> Res<Vec<AuditEvent>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT time_ms, node, client, host, path, user_name, kind, outcome, reason FROM audit
-         WHERE (?1 IS NULL OR time_ms >= ?1) AND (?2 IS NULL OR user_name = ?2)
-           AND (?3 IS NULL OR kind = ?3)
-         ORDER BY time_ms DESC, id DESC LIMIT ?4",
-    )?;
+    let mut stmt = conn.prepare_cached(&crate::audit::query_sql(q, "?"))?;
     let since = q.since.map(crate::ops::unix_ms);
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![since, q.user, q.kind, limit], |r| {
+    // The statement names only the filters that are set, numbered in this order.
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(4);
+    if let Some(since) = &since {
+        args.push(since);
+    }
+    if let Some(user) = &q.user {
+        args.push(user);
+    }
+    if let Some(kind) = &q.kind {
+        args.push(kind);
+    }
+    args.push(&limit);
+    let rows = stmt.query_map(args.as_slice(), |r| {
         Ok(AuditEvent {
             time: from_unix_ms(r.get(0)?),
             node: r.get(1)?,
@@ -828,12 +860,28 @@ fn insert(
     exp: Option<i64>,
     now: i64,
 ) -> Res<Option<Vec<u8>>> {
-    // One writer thread: nothing can slip between this read and the write below.
-    if let Some(existing) = current(conn, ns, key, now)? {
-        return Ok(Some(existing));
+    // One statement in the common case: it creates the row or replaces an expired one, and
+    // returns a row only when it wrote. Only a live row (a conflict) is read back, and one
+    // writer thread means nothing slips in between.
+    let wrote = conn
+        .prepare_cached(
+            "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (ns, key) DO UPDATE
+             SET value = excluded.value, expires_at = excluded.expires_at
+             WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= ?5
+             RETURNING 1",
+        )?
+        .query_row(params![ns, key, value, exp, now], |_| Ok(()))
+        .optional()?;
+    if wrote.is_some() {
+        return Ok(None);
     }
-    put(conn, ns, key, value, exp)?;
-    Ok(None)
+    match current(conn, ns, key, now)? {
+        Some(existing) => Ok(Some(existing)),
+        None => Err(Failure::Store(StoreError::Other(format!(
+            "insert {ns}/{key}: neither written nor held"
+        )))),
+    }
 }
 
 fn enqueue(conn: &Connection, topic: &str, payload: &[u8], now: i64) -> Res<i64> {

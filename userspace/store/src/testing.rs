@@ -627,3 +627,50 @@ pub fn random_hex(bytes: usize) -> String {
         .unwrap_or_else(|e| panic!("cannot read /dev/urandom: {e}"));
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Runs `sql` (any number of statements) on the embedded store of `data_dir`, straight through
+/// SQLite, syncing only at the end: for benchmarks that bulk-load a store no edge has open, as
+/// a backup restore would. Ends with a checkpoint that empties the WAL and an fsync of the
+/// database, so that what comes next does not wait for the kernel to write the load back.
+/// Panics with SQLite's error.
+pub fn sqlite_bulk(data_dir: &Path, sql: &str) {
+    let path = data_dir.join("outpost.db");
+    let conn = rusqlite::Connection::open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    conn.execute_batch("PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;")
+        .and_then(|()| conn.execute_batch(sql))
+        .and_then(|()| conn.execute_batch("PRAGMA synchronous=FULL"))
+        .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
+        .unwrap_or_else(|e| panic!("bulk SQL on {} failed: {e}", path.display()));
+    drop(conn);
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .unwrap_or_else(|e| panic!("cannot sync {}: {e}", path.display()));
+}
+
+/// The rows of one query on the embedded store of `data_dir` (read-only), each column as text
+/// (NULL as an empty string): `EXPLAIN QUERY PLAN`, counts.
+pub fn sqlite_rows(data_dir: &Path, sql: &str) -> Vec<Vec<String>> {
+    use rusqlite::types::ValueRef;
+    let path = data_dir.join("outpost.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql:?}: {e}"));
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Null => String::new(),
+                        ValueRef::Integer(v) => v.to_string(),
+                        ValueRef::Real(v) => v.to_string(),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into(),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+    rows.unwrap_or_else(|e| panic!("{sql:?}: {e}"))
+}

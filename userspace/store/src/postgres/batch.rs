@@ -96,7 +96,7 @@ enum Step {
     ReadLocked,
 }
 
-type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(super) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Pg {
     /// Starts the dispatcher on the current runtime: it forms a batch whenever one of
@@ -260,7 +260,7 @@ fn first_statement<'a, C: deadpool_postgres::GenericClient>(
 
 /// Polls every future in order on each pass, so their statements are queued on the connection
 /// in that order (tokio-postgres pipelines them); all outputs, in order.
-async fn join_all<'a, T>(futs: impl Iterator<Item = BoxFut<'a, T>>) -> Vec<T> {
+pub(super) async fn join_all<'a, T>(futs: impl Iterator<Item = BoxFut<'a, T>>) -> Vec<T> {
     let mut futs: Vec<Option<BoxFut<'a, T>>> = futs.map(Some).collect();
     let mut out: Vec<Option<T>> = futs.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
