@@ -22,7 +22,7 @@ fn example_config_is_the_default() {
     let store: StoreConfig = parsed.sections.remove("store").expect("[store]").try_into().unwrap();
     assert_eq!(store, StoreConfig::default(), "{path}: [store] is not the default");
     // The binary's own sections: every key commented out, so every key at its default.
-    for section in ["audit", "fleet"] {
+    for section in ["audit", "fleet", "clients"] {
         let table = parsed.sections.remove(section).unwrap_or_else(|| panic!("no [{section}]"));
         assert!(table.as_table().is_some_and(|t| t.is_empty()), "{path}: [{section}] sets a key");
     }
@@ -39,6 +39,7 @@ fn example_config_names_every_section() {
         "[store]",
         "[audit]",
         "[fleet]",
+        "[clients]",
         "[after_response]",
         "[[routes]]",
         "[routes.origin]",
