@@ -338,6 +338,11 @@ fn an_origin_dying_mid_stream_closes_the_client(io: &str) {
     assert!(origin.exited_within(Duration::from_secs(5)), "the origin did not die");
     upgraded_closed(&o);
     assert_eq!(o.metric("outpost_upgraded_connections_total"), 1);
+    // Counted gone just after the socket closes: wait for the gauge to come down.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while o.metric("outpost_connections_active") != 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(o.metric("outpost_connections_active"), 0, "{}", o.metrics());
 }
 
