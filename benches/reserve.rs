@@ -332,6 +332,9 @@ fn run_store(
         acked.iter().filter(|(n, e)| held.get(n).map(String::as_str) != Some(e.as_str())).count()
             as u64;
     drop(edge);
+    // Counted again now that the sender is gone, to compare with what the outbox still holds.
+    std::thread::sleep(Duration::from_millis(500));
+    let (duplicate_mails, missing_mails) = smtp.duplicates_and_missing(&acked);
     // A mail not delivered by now is either still queued in the outbox (the sender is behind:
     // slow, not lost) or lost; the outbox tells which.
     let queued_mails = scale::count(

@@ -139,9 +139,9 @@ fn reservations_sql(d: &Dialect, n: u64, now: i64) -> String {
          || t || ',\"hold_until_ms\":' || ({until}) || ',\"used\":' || \
          CASE WHEN pending THEN 'false' ELSE 'true' END || '}}'"
     ));
-    let marker = d.blob(&format!(
-        "'{{\"name\":\"pre' || i || '\",\"email\":\"q' || i || '@preload.example\",\"created_ms\":' || t || '}}'"
-    ));
+    let marker = d.blob(
+        "'{\"name\":\"pre' || i || '\",\"email\":\"q' || i || '@preload.example\",\"created_ms\":' || t || '}'",
+    );
     let grace = 30 * DAY_MS;
     format!(
         "{series}

@@ -17,6 +17,9 @@ use crate::{
 /// Events per write at most: bounds one write's time on SQLite's writer.
 const MAX_GROUP: usize = 1024;
 
+/// Where one caller's append is answered.
+type Answer = oneshot::Sender<Result<(), StoreError>>;
+
 /// Appends waiting for the one in flight.
 #[derive(Default)]
 pub(crate) struct AuditQueue {
@@ -26,7 +29,7 @@ pub(crate) struct AuditQueue {
 #[derive(Default)]
 struct Queued {
     /// Each caller's events and where its answer goes, in arrival order.
-    jobs: Vec<(Vec<AuditEvent>, oneshot::Sender<Result<(), StoreError>>)>,
+    jobs: Vec<(Vec<AuditEvent>, Answer)>,
     /// A flusher task is running: it takes what is queued when its write is done.
     flushing: bool,
 }

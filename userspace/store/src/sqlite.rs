@@ -17,7 +17,8 @@
 //! it, whichever connection wrote it, and recovery replays every complete committed
 //! transaction in it); a crash before the sync loses only writes nobody was told of. The
 //! WAL checkpoints (`PASSIVE`, which never blocks the writer) run on a thread of their own, so
-//! neither a commit nor an answer waits for one.
+//! neither a commit nor an answer waits for one; the writer finishes each one between two
+//! batches, so that the WAL starts over instead of growing (see `checkpoint_loop`).
 //!
 //! Reads go to [`READERS`] reader threads with read-only connections: WAL lets them run beside
 //! the writer and see every commit that has been acknowledged.
@@ -29,7 +30,10 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, RwLock,
+    },
     thread::JoinHandle,
     time::Duration,
 };
@@ -52,6 +56,8 @@ use crate::{
 pub(crate) const MAX_BATCH: usize = 512;
 /// Reader threads (read-only connections).
 const READERS: usize = 2;
+/// Batches the writer may commit before the syncer has synced the previous ones.
+const AHEAD: u64 = 1;
 /// Page cache of the writer's connection, KiB (grown as used; SQLite's default is 2 MiB).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Writer commits between two checkpoints. A login is about seven commits of a few pages, so
@@ -184,7 +190,9 @@ impl Sqlite {
         // Read-write, for checkpoints only.
         let cconn = Connection::open_with_flags(&path, flags).map_err(|e| classify(e, &path))?;
         cconn.busy_timeout(busy).map_err(|e| classify(e, &path))?;
-        threads.push(spawn("outpost-store-ckpt", move || checkpoint_loop(cconn, crx))?);
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let ccaught = caught_up.clone();
+        threads.push(spawn("outpost-store-ckpt", move || checkpoint_loop(cconn, crx, &ccaught))?);
         let wal = wal_path(&path);
         let (smetrics, spath, ssynced) = (metrics.clone(), path.clone(), synced.clone());
         threads.push(spawn("outpost-store-sync", move || {
@@ -192,7 +200,7 @@ impl Sqlite {
         })?);
         let (wmetrics, wpath) = (metrics.clone(), path.clone());
         threads.push(spawn("outpost-store-w", move || {
-            writer_loop(conn, wrx, &stx, &synced, &ctx, &wmetrics, &wpath)
+            writer_loop(conn, wrx, &stx, &synced, (&ctx, &caught_up), &wmetrics, &wpath)
         })?);
         metrics.set_sqlite_connections(2 + READERS as i64);
         Ok(Sqlite {
@@ -394,7 +402,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Job>,
     syncer: &mpsc::Sender<(u64, Answers)>,
     synced: &Synced,
-    checkpointer: &mpsc::SyncSender<()>,
+    (checkpointer, caught_up): (&mpsc::SyncSender<()>, &AtomicBool),
     metrics: &StoreMetrics,
     path: &Path,
 ) {
@@ -411,7 +419,12 @@ fn writer_loop(
         }
         if commit_batch(&conn, &mut batch, generation + 1, syncer, metrics, path) {
             generation += 1;
-            synced.wait(generation - 1);
+            synced.wait(generation - AHEAD);
+        }
+        if caught_up.swap(false, Ordering::AcqRel) {
+            // No transaction is open between batches: the rest of the WAL is copied and the
+            // next commit starts it over (see checkpoint_loop).
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
         since_checkpoint += 1;
         if since_checkpoint >= CHECKPOINT_EVERY {
@@ -521,9 +534,17 @@ fn syncer_loop(
 /// Runs a WAL checkpoint each time the writer asks. PASSIVE: copies what no reader still needs
 /// and never waits for the writer; what it leaves is copied next time. A failure (another
 /// process checkpointing) only lets the WAL grow until the next one. Stops with the writer.
-fn checkpoint_loop(conn: Connection, rx: mpsc::Receiver<()>) {
+///
+/// A checkpoint running beside a busy writer never catches up with it, and SQLite starts the
+/// WAL over only once everything in it is copied: left alone, the WAL grew by gigabytes under
+/// a steady load, and every page lookup and the recovery after a crash with it. So once this
+/// thread has copied the bulk, it tells the writer (`caught_up`), which copies the few frames
+/// written meanwhile itself, between two batches; the WAL then starts over at its next commit.
+fn checkpoint_loop(conn: Connection, rx: mpsc::Receiver<()>, caught_up: &AtomicBool) {
     while rx.recv().is_ok() {
-        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).is_ok() {
+            caught_up.store(true, Ordering::Release);
+        }
     }
     let _ = conn.close();
 }
