@@ -64,16 +64,8 @@ pub fn record_first_flight(first_flight: &[u8]) -> Result<HelloRecord, FlightErr
 /// Sets the record's source network from the peer's address: its /24 (IPv4, also an
 /// IPv4-mapped IPv6 address) or /48 (IPv6), stored as the kernel stores it.
 pub fn set_source(rec: &mut HelloRecord, peer: IpAddr) {
-    let (mut words, family) = outpost_common::maps::words(peer);
-    if family == 4 {
-        let o = words[0].to_ne_bytes();
-        words[0] = u32::from_ne_bytes([o[0], o[1], o[2], 0]);
-    } else {
-        let o = words[1].to_ne_bytes();
-        words[1] = u32::from_ne_bytes([o[0], o[1], 0, 0]);
-        words[2] = 0;
-        words[3] = 0;
-    }
-    rec.src_net = words;
+    // The redirect budget's network: the kernel sets records' the same way.
+    let (words, family) = outpost_common::maps::words(peer);
+    rec.src_net = outpost_common::budget::SourceKey::of(&words, family).addr;
     rec.family = family;
 }

@@ -200,7 +200,8 @@ pub async fn check(
     if let (Some(sink), Some(mut rec)) = (sink, record) {
         rec.verdict = verdict as u8;
         rec.dport = listener.port();
-        (rec.src_net, rec.family) = words(network_of(peer.ip()));
+        let (src, family) = words(peer.ip());
+        (rec.src_net, rec.family) = (SourceKey::of(&src, family).addr, family);
         sink.record(&rec);
     }
     match verdict {
@@ -217,19 +218,6 @@ pub async fn check(
             stream.shutdown_write();
             Outcome::Refused
         }
-    }
-}
-
-/// The network a client's address is kept as: IPv4 /24, IPv6 /48 (the redirect budget's and
-/// the kernel records' unit), never the address itself.
-fn network_of(ip: IpAddr) -> IpAddr {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
     }
 }
 
