@@ -31,21 +31,7 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// The server name the named client sends.
 const NAME: &str = "app.edge.test";
 
-/// Runs `$name(floor)` as `$name::xdp` and `$name::no_xdp`.
-macro_rules! both_floors {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn xdp() {
-                super::$name(outpost_tests::edge::Floor::Xdp)
-            }
-            #[test]
-            fn no_xdp() {
-                super::$name(outpost_tests::edge::Floor::Userspace)
-            }
-        }
-    )*};
-}
+use outpost_tests::both_floors;
 
 both_floors!(
     real_clients_show_with_the_reference_ja4,

@@ -37,21 +37,7 @@ const SESSION_LIMIT: Duration = Duration::from_secs(5);
 /// How long a SIGHUP may take to show in outpost's log.
 const RELOAD_LIMIT: Duration = Duration::from_secs(5);
 
-/// Runs `$name(floor)` as `$name::xdp` and `$name::no_xdp`.
-macro_rules! both_floors {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn xdp() {
-                super::$name(outpost_tests::edge::Floor::Xdp)
-            }
-            #[test]
-            fn no_xdp() {
-                super::$name(outpost_tests::edge::Floor::Userspace)
-            }
-        }
-    )*};
-}
+use outpost_tests::both_floors;
 
 both_floors!(
     modern_clients_reach_the_origin_with_forwarding_headers,

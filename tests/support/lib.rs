@@ -21,3 +21,20 @@ pub mod fixtures;
 pub mod fleet;
 pub mod netns;
 pub mod packet;
+
+/// Runs `$name(floor)` as `$name::xdp` and `$name::no_xdp`.
+#[macro_export]
+macro_rules! both_floors {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn xdp() {
+                super::$name(outpost_tests::edge::Floor::Xdp)
+            }
+            #[test]
+            fn no_xdp() {
+                super::$name(outpost_tests::edge::Floor::Userspace)
+            }
+        }
+    )*};
+}
