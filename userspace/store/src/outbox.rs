@@ -48,6 +48,9 @@ pub const WORKER_BATCH: usize = 16;
 pub const WORKER_POLL: Duration = Duration::from_millis(500);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The longest a worker waits before asking a store that failed again: a store that is back
+/// (a promoted standby, a restarted primary) is used within this, not after a mail's backoff.
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 impl Store {
     /// Adds a row for `topic`; returns its id.
@@ -61,7 +64,9 @@ impl Store {
 
     /// Leases up to `limit` due rows of `topic` to `owner` for `lease`, oldest due first.
     /// Concurrent claimers (other workers, other nodes) never get the same row while a lease
-    /// holds.
+    /// holds. Rows still leased to `owner` itself are due to it again: an owner claims only
+    /// with nothing in hand, so such a row is one whose claim it never heard back from (the
+    /// store failed over while answering), and it need not wait out its lease.
     pub async fn claim(
         &self,
         topic: &str,
@@ -214,9 +219,9 @@ where
                     items
                 }
                 Err(_) => {
-                    // The store is down or slow: back off like a failing delivery.
+                    // The store is down or slow: back off, but never long.
                     store_errors = store_errors.saturating_add(1);
-                    if wait(&mut stop, backoff(store_errors - 1), None).await {
+                    if wait(&mut stop, store_backoff(store_errors - 1), None).await {
                         return;
                     }
                     continue;
@@ -228,7 +233,11 @@ where
                 }
                 continue;
             }
+            let claimed = tokio::time::Instant::now();
             let mut in_hand: Vec<i64> = items.iter().map(|i| i.id).collect();
+            // Delivered rows whose completion the store did not take (it failed over meanwhile):
+            // completed again once it answers, so they are not sent twice when the lease ends.
+            let mut unconfirmed: Vec<i64> = Vec::new();
             let mut running = JoinSet::new();
             for item in items {
                 let (id, attempts) = (item.id, item.attempts);
@@ -267,10 +276,28 @@ where
                         }
                     }
                 }
-                let _ = store.complete_all(&delivered, &owner).await;
+                if store.complete_all(&delivered, &owner).await.is_err() {
+                    unconfirmed.extend(delivered);
+                }
+            }
+            let mut attempt = 0;
+            while !unconfirmed.is_empty() && claimed.elapsed() < lease {
+                if wait(&mut stop, store_backoff(attempt), None).await {
+                    return;
+                }
+                attempt = attempt.saturating_add(1);
+                if store.complete_all(&unconfirmed, &owner).await.is_ok() {
+                    unconfirmed.clear();
+                }
             }
         }
     })
+}
+
+/// The wait before asking a failing store again: 250 ms doubling to [`STORE_BACKOFF_MAX`],
+/// jittered into its upper half.
+fn store_backoff(failures: u32) -> Duration {
+    jitter((Duration::from_millis(250) * (1u32 << failures.min(8))).min(STORE_BACKOFF_MAX))
 }
 
 /// Sleeps `d`, or until woken or told to stop; true when told to stop.
@@ -294,7 +321,11 @@ async fn wait(
 
 /// 1 s × 2^attempts, capped at 5 min, jittered uniformly into its upper half.
 pub fn backoff(attempts: u32) -> Duration {
-    let full = BACKOFF_FIRST.saturating_mul(1u32 << attempts.min(16)).min(BACKOFF_MAX);
+    jitter(BACKOFF_FIRST.saturating_mul(1u32 << attempts.min(16)).min(BACKOFF_MAX))
+}
+
+/// `full` scaled by a uniform factor in [0.5, 1].
+fn jitter(full: Duration) -> Duration {
     // RandomState is seeded per instance: a cheap random source without a dependency.
     let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
     let frac = 0.5 + (r % 1_000_000) as f64 / 2_000_000.0;
@@ -359,6 +390,15 @@ mod tests {
         assert_eq!(ids.len(), 3, "a row was delivered twice");
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failing_store_is_asked_again_within_seconds() {
+        for (failures, full) in [(0, 250), (1, 500), (3, 2000), (4, 4000), (30, 4000)] {
+            let d = store_backoff(failures);
+            let full = Duration::from_millis(full);
+            assert!(d >= full / 2 && d <= full, "failures {failures}: {d:?} vs {full:?}");
+        }
     }
 
     #[test]

@@ -116,7 +116,7 @@ const CLAIM: &str = concat!(
          SELECT id FROM outbox
          WHERE topic = $1 AND done_at IS NULL AND next_at <= ",
     now!(),
-    " AND (lease_until IS NULL OR lease_until <= ",
+    " AND (lease_until IS NULL OR owner = $2 OR lease_until <= ",
     now!(),
     ") ORDER BY next_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
      RETURNING id, topic, payload, attempts, created_at"

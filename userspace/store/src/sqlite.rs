@@ -636,7 +636,7 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
                  WHERE id IN (
                      SELECT id FROM outbox
                      WHERE topic = ?3 AND done_at IS NULL AND next_at <= ?4
-                       AND (lease_until IS NULL OR lease_until <= ?4)
+                       AND (lease_until IS NULL OR owner = ?2 OR lease_until <= ?4)
                      ORDER BY next_at, id LIMIT ?5)
                  RETURNING id, topic, payload, attempts, created_at",
             )?;
