@@ -310,8 +310,39 @@ fn pgbench(
 ) -> Result<Run> {
     // pgbench's clock starts before its connections are up, and 256 of them take a while on
     // a busy machine: at least 3 s, or a short run measures nothing. Its rate excludes the
-    // connection time either way.
+    // connection time either way. A run that still logged nothing (the machine was that busy)
+    // is run once more, four times as long; only then is it the bench's failure.
     let secs = length.as_secs().max(3);
+    match pgbench_once(pg, script, work, callers, secs)? {
+        (run, _) if !run.hist.is_empty() => Ok(run),
+        (_, stdout) => {
+            eprintln!(
+                "store-bench: pgbench at {callers} callers logged no transaction in {secs} s \
+                 ({}); once more for {} s",
+                stdout
+                    .lines()
+                    .filter(|l| l.contains("tps") || l.contains("failed"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                secs * 4
+            );
+            let (run, stdout) = pgbench_once(pg, script, work, callers, secs * 4)?;
+            if run.hist.is_empty() {
+                bail!("pgbench at {callers} callers logged no transaction twice: {stdout}");
+            }
+            Ok(run)
+        }
+    }
+}
+
+/// One pgbench run of `secs`; the run and pgbench's report.
+fn pgbench_once(
+    pg: &TestPostgres,
+    script: &Path,
+    work: &Path,
+    callers: usize,
+    secs: u64,
+) -> Result<(Run, String)> {
     let logs = work.join(format!("pgbench-{callers}"));
     // Fresh per run: pgbench names its logs by PID and thread, and we read them all.
     let _ = std::fs::remove_dir_all(&logs);
@@ -360,7 +391,7 @@ fn pgbench(
         Some(tps) if tps > 0.0 => hist.len() as f64 / tps,
         _ => secs as f64,
     };
-    Ok(Run { seconds, hist, errors: failed })
+    Ok((Run { seconds, hist, errors: failed }, stdout.into_owned()))
 }
 
 fn new_hist() -> Histogram<u64> {
