@@ -42,7 +42,7 @@ mod records {
     use dataplane::{HelloRecord, Mode, Outcome, Policy, Verdict, Version};
     use outpost_common::{
         hello::{record_hello, HelloParser},
-        maps::PROG_FLOOR,
+        maps::{HELLO_RECORDS_BYTES, PROG_FLOOR},
         record::{FLAG_FOLLOWED, FLAG_PARTIAL},
         testing::{ClientHello, EXT_ALPN, EXT_SERVER_NAME},
         Progress,
@@ -276,7 +276,9 @@ mod records {
         h.set_recording(true, 1).unwrap();
         let flight = capture("openssl-tls1_0");
         let before = h.stats().unwrap();
-        let n = 800u16;
+        // More than the ring holds: this hello goes as its bytes, in the smallest entry (256
+        // bytes and the ring's 8-byte header).
+        let n = (HELLO_RECORDS_BYTES as usize / (256 + 8) + 200) as u16;
         for i in 0..n {
             let packet = Packet::tcp4(30000 + i, 443, &flight);
             let got = h.run(PROG_FLOOR, &packet.build(), 1).unwrap();

@@ -105,7 +105,8 @@ pub struct Scratch {
     /// Hellos seen on this CPU since the last one sampled for recording. Kept here rather than
     /// in a map of its own: the entry is looked up for every hello anyway.
     pub since_sampled: u32,
-    pub _pad: u32,
+    /// Bytes of a sampled hello sent as its bytes (`tls::send_bytes`): it ends there.
+    pub hello_len: u32,
     /// A flow state about to be inserted into [`FLOWS`] (`tls::stage`).
     pub flow: FlowState,
     /// The record of a sampled hello being read: filled by the parser, sent from here (it is
@@ -127,7 +128,7 @@ pub struct Hello {
     pub segments: u32,
     /// Non-zero when its flow was found in `FLOWS`.
     pub known: u32,
-    /// How it is read: `tls::RECORD_OFF`, `RECORD_ON` or `RECORD_LOST`.
+    /// How it is read: `tls::RECORD_OFF`, `RECORD_BYTES`, `RECORD_ON` or `RECORD_LOST`.
     pub recording: u32,
 }
 

@@ -1,5 +1,10 @@
 //! Records of the hellos the kernel sampled ([`HelloRecord`]), read from its pinned ring buffer.
 //!
+//! The kernel sends a hello decided whole in its first segment as its bytes
+//! ([`HelloBytes`](outpost_common::record::HelloBytes)), and others as the record it filled;
+//! [`HelloRecords::next`] makes a record of the first kind with the host's parser, so a reader
+//! sees records only.
+//!
 //! The ring has one consumer position, in memory the kernel shares with every process that
 //! opens it: each record goes to whichever reader takes it first. Run one reader at a time (the
 //! process that serves the records on, or a CLI that prints them), never one per worker.
@@ -18,7 +23,11 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Map, MapData, RingBuf};
-use outpost_common::{maps as names, record::HelloRecord};
+use outpost_common::{
+    hello::record_of_bytes,
+    maps as names,
+    record::{BytesHeader, HelloRecord, BYTES_CLASSES},
+};
 
 /// A reader of the `hello_records` ring pinned under a pin directory. Not a loader: any
 /// process with CAP_BPF can open it while the program is loaded.
@@ -45,7 +54,7 @@ use outpost_common::{maps as names, record::HelloRecord};
 /// ```
 pub struct HelloRecords {
     ring: RingBuf<MapData>,
-    /// Entries of another size than a record (a program from another version): skipped.
+    /// Entries of neither size (a program from another version): skipped.
     skipped: u64,
 }
 
@@ -80,6 +89,13 @@ impl HelloRecords {
                 // SAFETY: as many bytes as a record, which is plain integers (any bytes are a
                 // valid value); read unaligned, as the ring promises 8-byte alignment only.
                 return Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+            let head_len = size_of::<BytesHeader>();
+            if BYTES_CLASSES.iter().any(|n| item.len() == head_len + n) {
+                // SAFETY: as above, for the header at the start of the entry.
+                let head: BytesHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                // The parse is on the reader's time, not the kernel's.
+                return Some(record_of_bytes(&head, &item[head_len..]));
             }
             self.skipped += 1;
         }
