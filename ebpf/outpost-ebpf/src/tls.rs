@@ -30,7 +30,7 @@ use crate::{
         RECORD_CONFIG, RECORD_FLOWS, REDIRECTS, REDIRECT_GLOBAL, REDIRECT_SOURCES, SCRATCH,
         VERSION_STATS,
     },
-    packet::{Payload, Segment, TCP_RST},
+    packet::{Payload, Segment, PAYLOAD_MASK, TCP_RST},
     reset,
 };
 
@@ -70,9 +70,7 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     }
     let payload = Payload::new(ctx, seg);
     let progress = classify(ctx, &payload);
-    // SAFETY: as above.
-    let hello = unsafe { read_volatile(&s.hello) };
-    if hello.recording == RECORD_BYTES && !bytes_will_do(s, &payload, progress) {
+    if recording == RECORD_BYTES && !bytes_will_do(s, seg, &payload, progress) {
         // Read again from its first byte, in the recording mode.
         // SAFETY: the scratch entry's parser; all-zero is `HelloParser::new()`.
         unsafe { zero_words(&mut s.parser) };
@@ -81,14 +79,23 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
         unsafe { write_volatile(&mut s.hello.recording, RECORD_ON) };
         return RECORD;
     }
-    finish(ctx, seg, s, &payload, progress, &hello)
+    // Both read back: the verifier then goes on from one state whichever way the check went,
+    // rather than checking what follows once per answer it knows there.
+    // SAFETY: fields of this CPU's scratch entry.
+    let (hello, progress) = unsafe { (read_volatile(&s.hello), decode(read_volatile(&s.result))) };
+    finish::<true>(ctx, seg, s, &payload, progress, &hello)
 }
 
 /// Whether a sampled hello read plainly needs no second reading: decided, and ending in this
-/// segment's linear data within [`MAX_HELLO_BYTES`] (its length goes into `s.hello_len`), or
-/// not a hello (nothing to record: the recording mode would find the same).
+/// segment's linear data within [`MAX_HELLO_BYTES`] (its length and connection go into
+/// `s.bytes`), or not a hello (nothing to record: the recording mode would find the same).
 #[inline(always)]
-fn bytes_will_do(s: &mut Scratch, payload: &Payload<'_>, progress: Progress) -> bool {
+fn bytes_will_do(
+    s: &mut Scratch,
+    seg: &Segment,
+    payload: &Payload<'_>,
+    progress: Progress,
+) -> bool {
     match progress {
         Progress::Decided(_) => {
             let Some(rest) = s.parser.rest_in_record() else {
@@ -98,7 +105,12 @@ fn bytes_will_do(s: &mut Scratch, payload: &Payload<'_>, progress: Progress) -> 
             if end > payload.len() as u64 || end > MAX_HELLO_BYTES as u64 {
                 return false;
             }
-            s.hello_len = end as u32;
+            let b = &mut s.bytes;
+            b.src_net = SourceKey::of(&seg.key.src, seg.key.family).addr;
+            b.family = seg.key.family;
+            b.flags = 0;
+            b.dport = u16::from_be(seg.key.dport);
+            b.len = end as u16;
             true
         }
         // Broken before its `supported_versions` was read (else it was decided): the recording
@@ -141,7 +153,8 @@ pub fn finish_recorded(ctx: &XdpContext, progress: u32) -> u32 {
     // SAFETY: as above.
     let hello = unsafe { read_volatile(&s.hello) };
     let payload = Payload::new(ctx, &seg);
-    finish(ctx, &seg, s, &payload, decode(progress), &hello)
+    // Never a hello to send as bytes: read in the recording mode, it has its record.
+    finish::<false>(ctx, &seg, s, &payload, decode(progress), &hello)
 }
 
 /// Finds the segment's flow and handles what needs no parser; else sets up the parser, the
@@ -228,9 +241,11 @@ fn begin(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> Option<u32> {
     None
 }
 
-/// Acts on the classifier's answer for the hello described by `hello`.
+/// Acts on the classifier's answer for the hello described by `hello`. `BYTES`: the hello may
+/// be one to send as its bytes (`RECORD_BYTES`); false after the recording mode, so that the
+/// call which sends them is not there, for the verifier or the kernel's stack limit.
 #[inline(always)]
-fn finish(
+fn finish<const BYTES: bool>(
     ctx: &XdpContext,
     seg: &Segment,
     s: &mut Scratch,
@@ -265,7 +280,7 @@ fn finish(
     };
     if let Some(version) = decided {
         count(if followed { Outcome::DecidedLater } else { Outcome::DecidedFirst });
-        return decide(ctx, s, seg, version, followed, hello.first_seq, recording);
+        return decide::<BYTES>(ctx, s, seg, version, followed, hello.first_seq, recording);
     }
     match progress {
         Progress::NeedMore if can_follow => {
@@ -645,7 +660,7 @@ fn verdict_in_policy(policy: &Policy, seg: &Segment, version: Version) -> Verdic
 /// A hello's version is known: count it and apply the policy. `first_seq` is where the hello
 /// began (an earlier segment when it was followed); `recording`, how it was read.
 #[inline(always)]
-fn decide(
+fn decide<const BYTES: bool>(
     ctx: &XdpContext,
     s: &mut Scratch,
     seg: &Segment,
@@ -667,8 +682,10 @@ fn decide(
         verdict = Verdict::Reject;
     }
     bump(&VERSION_STATS, version_slot(version, verdict));
-    if recording == RECORD_BYTES {
-        send_bytes(ctx, s, seg, version, verdict);
+    if BYTES && recording == RECORD_BYTES {
+        s.bytes.version = version as u8;
+        s.bytes.verdict = verdict as u8;
+        crate::outpost_send_bytes(ctx.ctx);
     } else if recording != RECORD_OFF {
         send_record(s, seg, version, verdict, followed, recording);
     }
@@ -741,32 +758,33 @@ fn send_record(
     }
 }
 
-/// Sends the first `s.hello_len` bytes of the segment's payload, the whole of a sampled hello
-/// decided in it, with what the kernel knows of it besides ([`BytesHeader`]), in the smallest
-/// entry that holds them. Userspace makes the record (`hello::record_of_bytes`). A full ring
-/// loses it, as in [`send_record`].
+/// Sends the first `s.bytes.len` bytes of the payload of the segment in the scratch entry, the
+/// whole of a sampled hello decided in it, with what the kernel knows of it besides
+/// (`s.bytes`), in the smallest entry that holds them. Userspace makes the record
+/// (`hello::record_of_bytes`). A full ring loses it, as in [`send_record`].
+///
+/// Called through the global function `outpost_send_bytes`, which the verifier checks once
+/// rather than on every way to a decision; all it needs is in the scratch entry, as its frame
+/// adds to the hello logic's under the kernel's 512 bytes.
 #[inline(always)]
-fn send_bytes(ctx: &XdpContext, s: &Scratch, seg: &Segment, version: Version, verdict: Verdict) {
-    // SAFETY: a field of this CPU's scratch entry.
-    let n = unsafe { read_volatile(&s.hello_len) } as usize;
-    let head = BytesHeader {
-        src_net: SourceKey::of(&seg.key.src, seg.key.family).addr,
-        family: seg.key.family,
-        version: version as u8,
-        verdict: verdict as u8,
-        flags: 0,
-        dport: u16::from_be(seg.key.dport),
-        len: n as u16,
+pub fn send_bytes(ctx: &XdpContext) {
+    let Some(s) = SCRATCH.get_ptr(0) else {
+        return;
     };
-    let off = seg.payload as u32;
+    // SAFETY: this CPU's scratch entry, whose segment and header were written for this packet.
+    let (n, off) =
+        unsafe { (read_volatile(&(*s).bytes.len) as usize, read_volatile(&(*s).seg.payload)) };
+    let off = (off & PAYLOAD_MASK) as u32;
+    // SAFETY: as above.
+    let head = unsafe { &(*s).bytes };
     let sent = if n <= BYTES_CLASSES[0] {
-        send_as::<{ BYTES_CLASSES[0] }>(ctx, &head, off, n)
+        send_as::<{ BYTES_CLASSES[0] }>(ctx, head, off, n)
     } else if n <= BYTES_CLASSES[1] {
-        send_as::<{ BYTES_CLASSES[1] }>(ctx, &head, off, n)
+        send_as::<{ BYTES_CLASSES[1] }>(ctx, head, off, n)
     } else if n <= BYTES_CLASSES[2] {
-        send_as::<{ BYTES_CLASSES[2] }>(ctx, &head, off, n)
+        send_as::<{ BYTES_CLASSES[2] }>(ctx, head, off, n)
     } else {
-        send_as::<{ BYTES_CLASSES[3] }>(ctx, &head, off, n)
+        send_as::<{ BYTES_CLASSES[3] }>(ctx, head, off, n)
     };
     count(if sent { Outcome::RecordSent } else { Outcome::RecordDropped });
 }
@@ -775,25 +793,33 @@ fn send_bytes(ctx: &XdpContext, s: &Scratch, seg: &Segment, version: Version, ve
 /// the ring (`bpf_xdp_load_bytes`), with no copy on the way.
 #[inline(always)]
 fn send_as<const N: usize>(ctx: &XdpContext, head: &BytesHeader, off: u32, n: usize) -> bool {
-    let flags = wake_flags(size_of::<HelloBytes<N>>());
     let Some(mut entry) = HELLO_RECORDS.reserve::<HelloBytes<N>>(0) else {
         return false;
     };
     let e = entry.as_mut_ptr();
     // At least one byte and at most N, in a form the verifier bounds the helper's length by.
     let len = (n as u32).clamp(1, N as u32);
-    // SAFETY: the entry is ours until submitted or discarded; `len` bytes fit its array.
+    // SAFETY: the entry is ours until submitted or discarded, 8-byte aligned like the scratch
+    // entry's header; `len` bytes fit its array.
     let rc = unsafe {
-        (*e).head = *head;
+        copy_words(&raw mut (*e).head, head);
         bpf_xdp_load_bytes(ctx.ctx, off, (&raw mut (*e).bytes).cast(), len)
     };
     if rc != 0 {
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         return false;
     }
-    entry.submit(flags);
+    // Asked after the reserve, which counts the entry as waiting already: fewer values live
+    // across the helper calls, which kept this function's frame within the kernel's limit.
+    let waiting = HELLO_RECORDS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = (size_of::<HelloBytes<N>>() + RING_HEADER) as u64;
+    let crossing = waiting >= HELLO_RECORDS_WAKE_BYTES && waiting < HELLO_RECORDS_WAKE_BYTES + size;
+    entry.submit((if crossing { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }) as u64);
     true
 }
+
+/// Bytes of the header the ring puts before each entry.
+const RING_HEADER: usize = 8;
 
 /// Submit flags for an entry of `size` bytes: the reader is woken when it takes what is
 /// waiting past the threshold, once per batch (each wake-up is an interrupt); a reader that
