@@ -10,9 +10,9 @@
 //! process that serves the records on, or a CLI that prints them), never one per worker.
 //!
 //! The kernel wakes a sleeping reader only once a batch of records is waiting
-//! (`HELLO_RECORDS_WAKE_BYTES`, about 64): a wake-up per record cost more than recording the
-//! hello. A reader therefore also looks every [`HelloRecords::POLL`] or so, which bounds how
-//! long a lone record waits; [`HelloRecords::wait`] with that timeout does both.
+//! (`HELLO_RECORDS_WAKE_BYTES`, a quarter of the ring): a wake-up per record cost more than
+//! recording the hello. A reader therefore also looks every [`HelloRecords::POLL`] or so, which
+//! bounds how long a lone record waits; [`HelloRecords::wait`] with that timeout does both.
 
 use std::{
     io,
