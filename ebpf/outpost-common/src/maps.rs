@@ -418,6 +418,8 @@ mod tests {
         assert_eq!(size_of::<FlowState>(), 56);
         assert_eq!(size_of::<RecordConfig>(), 8);
         assert_eq!(size_of::<crate::record::HelloRecord>(), 472);
+        assert_eq!(size_of::<crate::record::BytesHeader>(), 24);
+        assert_eq!(size_of::<crate::record::HelloBytes<232>>(), 256);
         assert_eq!(size_of::<crate::Policy>(), 12);
         assert_eq!(size_of::<crate::budget::SourceKey>(), 20);
         assert_eq!(size_of::<crate::budget::Bucket>(), 16);

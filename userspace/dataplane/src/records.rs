@@ -56,6 +56,8 @@ pub struct HelloRecords {
     ring: RingBuf<MapData>,
     /// Entries of neither size (a program from another version): skipped.
     skipped: u64,
+    /// Records made here from a hello's bytes.
+    from_bytes: u64,
 }
 
 impl HelloRecords {
@@ -77,7 +79,7 @@ impl HelloRecords {
         })?;
         let ring = RingBuf::try_from(Map::RingBuf(data))
             .with_context(|| format!("{} is not a ring buffer", path.display()))?;
-        Ok(HelloRecords { ring, skipped: 0 })
+        Ok(HelloRecords { ring, skipped: 0, from_bytes: 0 })
     }
 
     /// The next record, if one is waiting; never blocks.
@@ -95,7 +97,9 @@ impl HelloRecords {
                 // SAFETY: as above, for the header at the start of the entry.
                 let head: BytesHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                 // The parse is on the reader's time, not the kernel's.
-                return Some(record_of_bytes(&head, &item[head_len..]));
+                let record = record_of_bytes(&head, &item[head_len..]);
+                self.from_bytes += 1;
+                return Some(record);
             }
             self.skipped += 1;
         }
@@ -131,6 +135,12 @@ impl HelloRecords {
     /// Entries skipped because they were not the size of a record.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// Records made so far from hellos the kernel sent as their bytes (the others came as the
+    /// records it filled).
+    pub fn from_bytes(&self) -> u64 {
+        self.from_bytes
     }
 }
 
