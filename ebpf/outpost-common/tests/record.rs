@@ -603,10 +603,11 @@ fn a_hello_sent_as_bytes_gives_the_record_of_the_recording_mode() {
     assert!(as_bytes > total / 5, "only {as_bytes} of {total} hellos would go as bytes");
 }
 
-/// A hello in several TLS records never ends "in the current record" until its last one: the
-/// kernel reads such a hello in the recording mode instead.
+/// A hello decided before its last TLS record does not end "in the current record": the kernel
+/// reads such a hello in the recording mode instead (one decided in its last record goes as
+/// bytes, record headers and all, which the host parser reads as it reads any first flight).
 #[test]
-fn a_hello_over_several_records_is_not_sent_as_bytes() {
+fn a_hello_decided_before_its_last_record_is_not_sent_as_bytes() {
     let flight = browser_like().record_size(50).build();
     let mut plain = HelloParser::new();
     let mut pos = 0;
