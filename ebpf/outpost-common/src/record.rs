@@ -164,7 +164,7 @@ const _: () = {
     let mut i = 0;
     while i < BYTES_CLASSES.len() {
         let size = size_of::<BytesHeader>() + BYTES_CLASSES[i];
-        assert!(size % 8 == 0 && size != size_of::<HelloRecord>());
+        assert!(size.is_multiple_of(8) && size != size_of::<HelloRecord>());
         i += 1;
     }
 };
