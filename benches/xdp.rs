@@ -76,6 +76,11 @@ fn main() -> Result<()> {
         true,
     ));
 
+    // Diagnostics: `XDP_BENCH_ONLY=<text>` runs only the rows whose name contains it.
+    if let Some(only) = std::env::var_os("XDP_BENCH_ONLY") {
+        let only = only.to_string_lossy().into_owned();
+        rows.retain(|(name, _, _)| name.contains(&only));
+    }
     println!("BPF_PROG_TEST_RUN, {repeat} runs per row, medians of {ROUNDS} interleaved rounds, observe mode\n");
     println!(
         "{:<36} {:>9} {:>10} {:>11} {:>7} {:>10} {:>8}",

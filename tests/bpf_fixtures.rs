@@ -23,8 +23,9 @@ fn fixture_table() {
 }
 
 /// The program stays well inside the verifier's budget (1M processed instructions). About
-/// 98,000 with hello recording: 52,000 before it, and each step the global function
-/// `outpost_record_step` takes per call adds some 10,000 (it takes 4).
+/// 108,000 with hello recording (2026-12-05): 52,000 before it; each step the global function
+/// `outpost_record_step` takes per call adds some 10,000 (it takes 4), and sending a hello as
+/// its bytes (`outpost_send_bytes`, and the check that it can go so) some 9,000.
 #[test]
 fn verifier_headroom() {
     let mut h = Harness::new("verifier").expect("loading the XDP program");
@@ -42,7 +43,7 @@ mod records {
     use dataplane::{HelloRecord, Mode, Outcome, Policy, Verdict, Version};
     use outpost_common::{
         hello::{record_hello, HelloParser},
-        maps::PROG_FLOOR,
+        maps::{HELLO_RECORDS_BYTES, PROG_FLOOR},
         record::{FLAG_FOLLOWED, FLAG_PARTIAL},
         testing::{ClientHello, EXT_ALPN, EXT_SERVER_NAME},
         Progress,
@@ -136,7 +137,9 @@ mod records {
     }
 
     /// Every capture and crafted hello, over IPv4 and IPv6, gives one record: the host's,
-    /// with the verdict given, the port and the client's network.
+    /// with the verdict given, the port and the client's network. Those that end in the TLS
+    /// record where they are decided come as their bytes; the one decided in its first record
+    /// of several, as the record the kernel's recording mode filled.
     #[test]
     fn every_hello_gives_the_host_record() {
         let mut h = harness("rec-host");
@@ -150,6 +153,11 @@ mod records {
             "browser-like in records of 50".into(),
             browser_like(100).record_size(50).build(),
         ));
+        let early = ClientHello::tls(0x0303)
+            .supported_versions(&[0x0304, 0x0303])
+            .extension(0x0033, &[0x11; 100])
+            .record_size(50);
+        flights.push(("supported_versions first, in records of 50".into(), early.build()));
         let before = h.stats().unwrap();
         let mut port = 21000;
         for (name, flight) in &flights {
@@ -163,7 +171,11 @@ mod records {
                 let what = format!("{name} (v6={v6})");
                 run(&mut h, &what, &packet, XDP_PASS);
                 let verdict = verdict_of(flight);
+                let from_bytes = h.records().from_bytes();
                 one_record(&mut h, &what, &expected(flight, &packet, verdict));
+                let as_bytes = h.records().from_bytes() > from_bytes;
+                let early = name.starts_with("supported_versions first");
+                assert_eq!(as_bytes, !early, "{what}: sent as its bytes");
             }
         }
         let delta = h.stats().unwrap().since(&before);
@@ -213,7 +225,9 @@ mod records {
             run(&mut h, name, &second, XDP_PASS);
             let mut want = expected(flight, &first, verdict_of(flight));
             want.flags |= FLAG_FOLLOWED;
+            let from_bytes = h.records().from_bytes();
             one_record(&mut h, name, &want);
+            assert_eq!(h.records().from_bytes(), from_bytes, "{name}: the kernel's record");
         }
     }
 
@@ -276,7 +290,9 @@ mod records {
         h.set_recording(true, 1).unwrap();
         let flight = capture("openssl-tls1_0");
         let before = h.stats().unwrap();
-        let n = 800u16;
+        // More than the ring holds: this hello goes as its bytes, in the smallest entry (256
+        // bytes and the ring's 8-byte header).
+        let n = (HELLO_RECORDS_BYTES as usize / (256 + 8) + 200) as u16;
         for i in 0..n {
             let packet = Packet::tcp4(30000 + i, 443, &flight);
             let got = h.run(PROG_FLOOR, &packet.build(), 1).unwrap();

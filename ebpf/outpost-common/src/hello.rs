@@ -35,8 +35,8 @@
 //! record boundary a field at a time. A parser is driven in one mode from its first byte on.
 
 use crate::record::{
-    is_grease, HelloRecord, FLAG_ALPN, FLAG_PARTIAL, FLAG_SNI, RECORD_SNI, TRUNCATED_CIPHERS,
-    TRUNCATED_EXTENSIONS, TRUNCATED_SIGALGS, TRUNCATED_SNI,
+    is_grease, BytesHeader, HelloRecord, FLAG_ALPN, FLAG_PARTIAL, FLAG_SNI, RECORD_SNI,
+    TRUNCATED_CIPHERS, TRUNCATED_EXTENSIONS, TRUNCATED_SIGALGS, TRUNCATED_SNI,
 };
 use crate::version::Version;
 
@@ -928,6 +928,20 @@ impl HelloParser {
         Version::from_wire(self.legacy_version).unwrap_or(Version::Unknown)
     }
 
+    /// Bytes of the hello after those consumed, when all of them are in the current TLS record
+    /// (none of its record headers is still to come): the hello ends that many bytes on. For a
+    /// caller that hands a decided hello on whole (the kernel, which sends the bytes of one that
+    /// ends in its first segment); `None` when the hello goes on into another record. An
+    /// SSLv2-format hello is decided by its first five bytes, which is where it ends for this.
+    #[inline(always)]
+    pub fn rest_in_record(&self) -> Option<u32> {
+        if self.msg_left <= self.rec_left as u32 {
+            Some(self.msg_left)
+        } else {
+            None
+        }
+    }
+
     /// `legacy_version` of the hello, once read (0 before).
     pub fn legacy_version(&self) -> u16 {
         self.legacy_version
@@ -1022,6 +1036,30 @@ pub fn record_hello(first_flight: &[u8]) -> (Progress, Option<HelloRecord>) {
         Progress::Decided(_) => (p, Some(rec)),
         _ => (p, None),
     }
+}
+
+/// The record of a hello the kernel sent as its bytes ([`HelloBytes`](crate::record::HelloBytes)):
+/// [`record_hello`] over them, completed with what the kernel knew (`head`). The kernel sends
+/// only hellos it decided whole from these bytes, so the host parser decides the same; should
+/// it not (a kernel of another version), the record keeps the kernel's version with nothing
+/// read and [`FLAG_PARTIAL`], so that it is still counted and never fingerprinted as whole.
+pub fn record_of_bytes(head: &BytesHeader, bytes: &[u8]) -> HelloRecord {
+    let bytes = &bytes[..min(head.len as u32, bytes.len() as u32) as usize];
+    let mut r = match record_hello(bytes) {
+        (Progress::Decided(_), Some(r)) => r,
+        _ => {
+            let mut r = HelloRecord::new();
+            r.flags = FLAG_PARTIAL;
+            r
+        }
+    };
+    r.src_net = head.src_net;
+    r.family = head.family;
+    r.version = head.version;
+    r.verdict = head.verdict;
+    r.flags |= head.flags;
+    r.dport = head.dport;
+    r
 }
 
 #[cfg(feature = "user")]

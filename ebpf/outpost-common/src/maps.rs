@@ -74,14 +74,18 @@ pub const REDIRECT_SOURCE_CAPACITY: u32 = 65536;
 /// takes each within a round trip; the budget bounds how many arrive per second).
 pub const REDIRECT_CAPACITY: u32 = 16384;
 /// Bytes of the [`HELLO_RECORDS`] ring (a power of two, a multiple of the page size): about
-/// 450 records of 568 bytes (record and ring header) for the consumer to fall behind by.
-pub const HELLO_RECORDS_BYTES: u32 = 256 * 1024;
-/// Bytes of records waiting in [`HELLO_RECORDS`] from which the kernel wakes the reader (about
-/// 64 records, an eighth of the ring). Below it a record is sent without a wake-up: one per
+/// 4,000 hellos sent as their bytes (264 bytes with the ring's header, for most of them), or
+/// 2,000 records of 480, for the consumer to fall behind by.
+pub const HELLO_RECORDS_BYTES: u32 = 1024 * 1024;
+/// Bytes of records waiting in [`HELLO_RECORDS`] from which the kernel wakes the reader (a
+/// quarter of the ring: about 1,000 small entries). Below it a record is sent without a
+/// wake-up. Each wake-up is an interrupt the sending CPU raises (a VM exit in a guest): one per
 /// record, the ring's default while the reader keeps up, cost more than the rest of recording
-/// together. A reader waits with a timeout (`HelloRecords::POLL`), which bounds how long a
-/// lone record waits.
-pub const HELLO_RECORDS_WAKE_BYTES: u64 = 32 * 1024;
+/// together, and one per 32 KiB of a 256 KiB ring still cost 20-40 ns a record (2026-12-05).
+/// A reader waits with a timeout (`HelloRecords::POLL`), which bounds how long a lone record
+/// waits. A ring pinned by an older version (256 KiB) never reaches it: its reader wakes on the
+/// timeout only, until `outpost detach --all --purge`.
+pub const HELLO_RECORDS_WAKE_BYTES: u64 = 256 * 1024;
 /// Entries of the [`RECORD_FLOWS`] map: sampled hellos in flight across segments.
 pub const RECORD_FLOW_CAPACITY: u32 = 4096;
 /// Segments a hello is followed across before it is left to userspace.
@@ -414,6 +418,8 @@ mod tests {
         assert_eq!(size_of::<FlowState>(), 56);
         assert_eq!(size_of::<RecordConfig>(), 8);
         assert_eq!(size_of::<crate::record::HelloRecord>(), 472);
+        assert_eq!(size_of::<crate::record::BytesHeader>(), 24);
+        assert_eq!(size_of::<crate::record::HelloBytes<232>>(), 256);
         assert_eq!(size_of::<crate::Policy>(), 12);
         assert_eq!(size_of::<crate::budget::SourceKey>(), 20);
         assert_eq!(size_of::<crate::budget::Bucket>(), 16);

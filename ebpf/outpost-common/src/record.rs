@@ -1,9 +1,12 @@
 //! What a decided ClientHello looked like: the fields a client fingerprint (JA4) needs, the
 //! server name and the source network, in one fixed-size `#[repr(C)]` record.
 //!
-//! The kernel fills one per sampled hello while it classifies it and sends it to userspace
-//! through a ring buffer; userspace fills the same record from the hellos it reads itself
-//! (the userspace floor). Lists keep wire order with GREASE values (RFC 8701) left out; a list
+//! The kernel sends one per sampled hello to userspace through a ring buffer, in one of two
+//! forms: a hello decided whole in its first segment goes as its bytes with what the kernel
+//! alone knows ([`HelloBytes`]), from which userspace makes the record with the same parser
+//! (`hello::record_of_bytes`); a hello followed across segments, or decided before its end,
+//! goes as the record the kernel filled while it read it. Userspace fills the same record from
+//! the hellos it reads itself (the userspace floor). Lists keep wire order with GREASE values (RFC 8701) left out; a list
 //! longer than its array keeps its first entries, counts all of them, and sets a
 //! `TRUNCATED_*` flag, so a fingerprint is never computed from a partial list as if whole.
 
@@ -117,3 +120,51 @@ pub const fn is_grease(v: u16) -> bool {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HelloRecord {}
+
+/// What the kernel knows of a hello it sends as bytes ([`HelloBytes`]): the fields of a
+/// [`HelloRecord`] that are not in the hello.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BytesHeader {
+    /// As [`HelloRecord::src_net`].
+    pub src_net: [u32; 4],
+    /// 4 or 6.
+    pub family: u8,
+    /// The offered [`crate::Version`] the kernel decided, as `u8`.
+    pub version: u8,
+    /// The [`crate::Verdict`] given, as `u8`.
+    pub verdict: u8,
+    /// `FLAG_*` bits the kernel sets (none so far: such a hello was neither followed nor cut).
+    pub flags: u8,
+    /// Destination port (host order).
+    pub dport: u16,
+    /// Bytes of the hello in [`HelloBytes::bytes`], from its first record header on.
+    pub len: u16,
+}
+
+/// A hello decided whole in its first segment, as the kernel sends it: its first `head.len`
+/// bytes, in a ring entry of one of a few sizes ([`BYTES_CLASSES`]), as a ring entry's size
+/// must be known when the program is verified. The sizes differ from a [`HelloRecord`]'s, which
+/// is how a reader tells the two apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HelloBytes<const N: usize> {
+    pub head: BytesHeader,
+    pub bytes: [u8; N],
+}
+
+/// Hello bytes each size of [`HelloBytes`] holds, smallest first: entries of 256, 512, 1,024 and
+/// 1,536 bytes. The largest takes the whole payload of a 1,500-byte frame; a longer hello is
+/// sent as a record the kernel fills.
+pub const BYTES_CLASSES: [usize; 4] = [232, 488, 1000, 1512];
+/// The most hello bytes an entry holds.
+pub const MAX_HELLO_BYTES: usize = BYTES_CLASSES[BYTES_CLASSES.len() - 1];
+
+const _: () = {
+    let mut i = 0;
+    while i < BYTES_CLASSES.len() {
+        let size = size_of::<BytesHeader>() + BYTES_CLASSES[i];
+        assert!(size.is_multiple_of(8) && size != size_of::<HelloRecord>());
+        i += 1;
+    }
+};

@@ -87,6 +87,16 @@ pub extern "C" fn outpost_record_step(ctx: *mut xdp_md) -> u32 {
     0
 }
 
+/// Sends a sampled hello decided whole in its segment as its bytes (`tls::send_bytes`): a
+/// global function, verified once on its own instead of on each way to a decision (the
+/// classifier's and the recording one's).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn outpost_send_bytes(ctx: *mut xdp_md) -> u32 {
+    tls::send_bytes(&XdpContext::new(ctx));
+    0
+}
+
 /// The end of a sampled hello's handling, after the recording classifier (`tls::record`): a
 /// function of its own, beside [`segment`] rather than under it, for the kernel's stack limit.
 #[inline(never)]

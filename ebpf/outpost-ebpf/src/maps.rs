@@ -13,6 +13,7 @@ use outpost_common::{
         HELLO_RECORDS_BYTES, PORT_MODE_CAPACITY, PORT_WORDS, RECORD_FLOW_CAPACITY,
         REDIRECT_CAPACITY, REDIRECT_SOURCE_CAPACITY, VERSION_SLOTS,
     },
+    record::BytesHeader,
     HelloParser, HelloRecord, Policy,
 };
 
@@ -106,6 +107,10 @@ pub struct Scratch {
     /// in a map of its own: the entry is looked up for every hello anyway.
     pub since_sampled: u32,
     pub _pad: u32,
+    /// The header of a sampled hello sent as its bytes (`tls::send_bytes`), filled as its
+    /// fields become known: its length and connection when it is found whole, the version and
+    /// verdict when they are decided.
+    pub bytes: BytesHeader,
     /// A flow state about to be inserted into [`FLOWS`] (`tls::stage`).
     pub flow: FlowState,
     /// The record of a sampled hello being read: filled by the parser, sent from here (it is
@@ -117,6 +122,7 @@ pub struct Scratch {
 const _: () = assert!(core::mem::offset_of!(Scratch, parser) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(Scratch, flow) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(Scratch, record) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Scratch, bytes) % 8 == 0);
 
 /// The hello in the scratch entry's parser, as `tls::begin` found it.
 #[derive(Clone, Copy)]
@@ -127,7 +133,7 @@ pub struct Hello {
     pub segments: u32,
     /// Non-zero when its flow was found in `FLOWS`.
     pub known: u32,
-    /// How it is read: `tls::RECORD_OFF`, `RECORD_ON` or `RECORD_LOST`.
+    /// How it is read: `tls::RECORD_OFF`, `RECORD_BYTES`, `RECORD_ON` or `RECORD_LOST`.
     pub recording: u32,
 }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
         xdp_action, BPF_EXIST, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
         BPF_RB_NO_WAKEUP,
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use outpost_common::{
@@ -18,7 +18,9 @@ use outpost_common::{
         KERNEL_RECORD_STEPS, KERNEL_STEPS, MAX_HELLO_SEGMENTS,
     },
     may_start_hello,
-    record::{FLAG_FOLLOWED, FLAG_PARTIAL},
+    record::{
+        BytesHeader, HelloBytes, BYTES_CLASSES, FLAG_FOLLOWED, FLAG_PARTIAL, MAX_HELLO_BYTES,
+    },
     HelloRecord, Input, Malformed, Mode, Policy, Progress, Verdict, Version,
 };
 
@@ -28,16 +30,22 @@ use crate::{
         RECORD_CONFIG, RECORD_FLOWS, REDIRECTS, REDIRECT_GLOBAL, REDIRECT_SOURCES, SCRATCH,
         VERSION_STATS,
     },
-    packet::{Payload, Segment, TCP_RST},
+    packet::{Payload, Segment, PAYLOAD_MASK, TCP_RST},
     reset,
 };
 
-/// What [`handle`] returns for a sampled hello: not an XDP action, but "read it in the recording
-/// mode" ([`record`], from the program's entry).
+/// What [`handle`] returns for a sampled hello to be read in the recording mode: not an XDP
+/// action, but "read it so" ([`record`], from the program's entry).
 pub const RECORD: u32 = u32::MAX;
 
 /// Handles a segment to a protected port that carries payload, FIN or RST, except for a
-/// sampled hello, for which it returns [`RECORD`] with everything set up for [`record`].
+/// sampled hello that must be read in the recording mode, for which it returns [`RECORD`] with
+/// everything set up for [`record`].
+///
+/// A sampled new hello is first read as any other: when it is decided and ends in this segment
+/// (nearly all of them), its bytes go to userspace, which makes the record with the same parser
+/// (`send_bytes`); the recording mode, which costs several times the plain one in the kernel,
+/// is left to hellos followed across segments or decided before their end.
 ///
 /// In three parts: [`begin`] finds the flow and sets up the parser (and the record of a sampled
 /// hello) in the scratch entry, the classifier runs, and [`finish`] acts on the answer. What
@@ -54,15 +62,62 @@ pub fn handle(ctx: &XdpContext, seg: &Segment) -> u32 {
     if let Some(action) = begin(ctx, seg, s) {
         return action;
     }
+    // A followed hello being recorded goes on in the recording mode.
     // SAFETY: a field of this CPU's scratch entry.
-    if unsafe { read_volatile(&s.hello.recording) } != RECORD_OFF {
+    let recording = unsafe { read_volatile(&s.hello.recording) };
+    if recording == RECORD_ON || recording == RECORD_LOST {
         return RECORD;
     }
     let payload = Payload::new(ctx, seg);
     let progress = classify(ctx, &payload);
-    // SAFETY: as above.
-    let hello = unsafe { read_volatile(&s.hello) };
-    finish(ctx, seg, s, &payload, progress, &hello)
+    if recording == RECORD_BYTES && !bytes_will_do(s, seg, &payload, progress) {
+        // Read again from its first byte, in the recording mode.
+        // SAFETY: the scratch entry's parser; all-zero is `HelloParser::new()`.
+        unsafe { zero_words(&mut s.parser) };
+        clear_record(s);
+        // SAFETY: a field of this CPU's scratch entry.
+        unsafe { write_volatile(&mut s.hello.recording, RECORD_ON) };
+        return RECORD;
+    }
+    // Both read back: the verifier then goes on from one state whichever way the check went,
+    // rather than checking what follows once per answer it knows there.
+    // SAFETY: fields of this CPU's scratch entry.
+    let (hello, progress) = unsafe { (read_volatile(&s.hello), decode(read_volatile(&s.result))) };
+    finish::<true>(ctx, seg, s, &payload, progress, &hello)
+}
+
+/// Whether a sampled hello read plainly needs no second reading: decided, and ending in this
+/// segment's linear data within [`MAX_HELLO_BYTES`] (its length and connection go into
+/// `s.bytes`), or not a hello (nothing to record: the recording mode would find the same).
+#[inline(always)]
+fn bytes_will_do(
+    s: &mut Scratch,
+    seg: &Segment,
+    payload: &Payload<'_>,
+    progress: Progress,
+) -> bool {
+    match progress {
+        Progress::Decided(_) => {
+            let Some(rest) = s.parser.rest_in_record() else {
+                return false;
+            };
+            let end = s.pos as u64 + rest as u64;
+            if end > payload.len() as u64 || end > MAX_HELLO_BYTES as u64 {
+                return false;
+            }
+            let b = &mut s.bytes;
+            b.src_net = SourceKey::of(&seg.key.src, seg.key.family).addr;
+            b.family = seg.key.family;
+            b.flags = 0;
+            b.dport = u16::from_be(seg.key.dport);
+            b.len = end as u16;
+            true
+        }
+        // Broken before its `supported_versions` was read (else it was decided): the recording
+        // mode would not decide it either.
+        Progress::NotHello | Progress::Malformed(_) => true,
+        Progress::NeedMore | Progress::OutOfSteps => false,
+    }
 }
 
 /// Reads the sampled hello that [`handle`] set up in the recording mode, and acts on the answer
@@ -98,7 +153,8 @@ pub fn finish_recorded(ctx: &XdpContext, progress: u32) -> u32 {
     // SAFETY: as above.
     let hello = unsafe { read_volatile(&s.hello) };
     let payload = Payload::new(ctx, &seg);
-    finish(ctx, &seg, s, &payload, decode(progress), &hello)
+    // Never a hello to send as bytes: read in the recording mode, it has its record.
+    finish::<false>(ctx, &seg, s, &payload, decode(progress), &hello)
 }
 
 /// Finds the segment's flow and handles what needs no parser; else sets up the parser, the
@@ -178,21 +234,18 @@ fn begin(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> Option<u32> {
             }
             // SAFETY: the scratch entry's parser; all-zero is `HelloParser::new()`.
             unsafe { zero_words(&mut s.parser) };
-            let recording = if sampled(s) {
-                clear_record(s);
-                RECORD_ON
-            } else {
-                RECORD_OFF
-            };
+            let recording = if sampled(s) { RECORD_BYTES } else { RECORD_OFF };
             s.hello = Hello { first_seq: seg.seq, segments: 0, known: 0, recording };
         }
     }
     None
 }
 
-/// Acts on the classifier's answer for the hello described by `hello`.
+/// Acts on the classifier's answer for the hello described by `hello`. `BYTES`: the hello may
+/// be one to send as its bytes (`RECORD_BYTES`); false after the recording mode, so that the
+/// call which sends them is not there, for the verifier or the kernel's stack limit.
 #[inline(always)]
-fn finish(
+fn finish<const BYTES: bool>(
     ctx: &XdpContext,
     seg: &Segment,
     s: &mut Scratch,
@@ -227,7 +280,7 @@ fn finish(
     };
     if let Some(version) = decided {
         count(if followed { Outcome::DecidedLater } else { Outcome::DecidedFirst });
-        return decide(ctx, s, seg, version, followed, hello.first_seq, recording);
+        return decide::<BYTES>(ctx, s, seg, version, followed, hello.first_seq, recording);
     }
     match progress {
         Progress::NeedMore if can_follow => {
@@ -296,10 +349,12 @@ impl Known {
 }
 
 /// How a hello is read: plainly, into a record, or into a record that was lost (its partial
-/// record evicted while the flow was followed).
+/// record evicted while the flow was followed); or, sampled, plainly, to be sent as its bytes
+/// if it is decided whole in its first segment (else it is read again into a record).
 pub const RECORD_OFF: u32 = 0;
 pub const RECORD_ON: u32 = 1;
 pub const RECORD_LOST: u32 = 2;
+pub const RECORD_BYTES: u32 = 3;
 /// Whether a new hello is recorded: recording on, and the `sample`th hello on this CPU since
 /// the last one recorded.
 #[inline(always)]
@@ -605,7 +660,7 @@ fn verdict_in_policy(policy: &Policy, seg: &Segment, version: Version) -> Verdic
 /// A hello's version is known: count it and apply the policy. `first_seq` is where the hello
 /// began (an earlier segment when it was followed); `recording`, how it was read.
 #[inline(always)]
-fn decide(
+fn decide<const BYTES: bool>(
     ctx: &XdpContext,
     s: &mut Scratch,
     seg: &Segment,
@@ -627,7 +682,11 @@ fn decide(
         verdict = Verdict::Reject;
     }
     bump(&VERSION_STATS, version_slot(version, verdict));
-    if recording != RECORD_OFF {
+    if BYTES && recording == RECORD_BYTES {
+        s.bytes.version = version as u8;
+        s.bytes.verdict = verdict as u8;
+        crate::outpost_send_bytes(ctx.ctx);
+    } else if recording != RECORD_OFF {
         send_record(s, seg, version, verdict, followed, recording);
     }
     let phase = match verdict {
@@ -693,16 +752,84 @@ fn send_record(
     if followed {
         r.flags |= FLAG_FOLLOWED;
     }
-    // The reader is woken when this record takes what is waiting past the threshold, once per
-    // batch (each wake-up is an interrupt); a reader that looks on its own sees the rest.
-    let waiting = HELLO_RECORDS.query(BPF_RB_AVAIL_DATA as u64);
-    let crossing = waiting < HELLO_RECORDS_WAKE_BYTES
-        && waiting + size_of::<HelloRecord>() as u64 >= HELLO_RECORDS_WAKE_BYTES;
-    let flags = if crossing { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-    match HELLO_RECORDS.output::<HelloRecord>(&*r, flags as u64) {
+    match HELLO_RECORDS.output::<HelloRecord>(&*r, wake_flags(size_of::<HelloRecord>())) {
         Ok(()) => count(Outcome::RecordSent),
         Err(_) => count(Outcome::RecordDropped),
     }
+}
+
+/// Sends the first `s.bytes.len` bytes of the payload of the segment in the scratch entry, the
+/// whole of a sampled hello decided in it, with what the kernel knows of it besides
+/// (`s.bytes`), in the smallest entry that holds them. Userspace makes the record
+/// (`hello::record_of_bytes`). A full ring loses it, as in [`send_record`].
+///
+/// Called through the global function `outpost_send_bytes`, which the verifier checks once
+/// rather than on every way to a decision; all it needs is in the scratch entry, as its frame
+/// adds to the hello logic's under the kernel's 512 bytes.
+#[inline(always)]
+pub fn send_bytes(ctx: &XdpContext) {
+    let Some(s) = SCRATCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, whose segment and header were written for this packet.
+    let (n, off) =
+        unsafe { (read_volatile(&(*s).bytes.len) as usize, read_volatile(&(*s).seg.payload)) };
+    let off = (off & PAYLOAD_MASK) as u32;
+    // SAFETY: as above.
+    let head = unsafe { &(*s).bytes };
+    let sent = if n <= BYTES_CLASSES[0] {
+        send_as::<{ BYTES_CLASSES[0] }>(ctx, head, off, n)
+    } else if n <= BYTES_CLASSES[1] {
+        send_as::<{ BYTES_CLASSES[1] }>(ctx, head, off, n)
+    } else if n <= BYTES_CLASSES[2] {
+        send_as::<{ BYTES_CLASSES[2] }>(ctx, head, off, n)
+    } else {
+        send_as::<{ BYTES_CLASSES[3] }>(ctx, head, off, n)
+    };
+    count(if sent { Outcome::RecordSent } else { Outcome::RecordDropped });
+}
+
+/// [`send_bytes`] into an entry of `N` hello bytes: the bytes go straight from the packet into
+/// the ring (`bpf_xdp_load_bytes`), with no copy on the way.
+#[inline(always)]
+fn send_as<const N: usize>(ctx: &XdpContext, head: &BytesHeader, off: u32, n: usize) -> bool {
+    let Some(mut entry) = HELLO_RECORDS.reserve::<HelloBytes<N>>(0) else {
+        return false;
+    };
+    let e = entry.as_mut_ptr();
+    // At least one byte and at most N, in a form the verifier bounds the helper's length by.
+    let len = (n as u32).clamp(1, N as u32);
+    // SAFETY: the entry is ours until submitted or discarded, 8-byte aligned like the scratch
+    // entry's header; `len` bytes fit its array.
+    let rc = unsafe {
+        copy_words(&raw mut (*e).head, head);
+        bpf_xdp_load_bytes(ctx.ctx, off, (&raw mut (*e).bytes).cast(), len)
+    };
+    if rc != 0 {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return false;
+    }
+    // Asked after the reserve, which counts the entry as waiting already: fewer values live
+    // across the helper calls, which kept this function's frame within the kernel's limit.
+    let waiting = HELLO_RECORDS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = (size_of::<HelloBytes<N>>() + RING_HEADER) as u64;
+    let crossing = waiting >= HELLO_RECORDS_WAKE_BYTES && waiting < HELLO_RECORDS_WAKE_BYTES + size;
+    entry.submit((if crossing { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }) as u64);
+    true
+}
+
+/// Bytes of the header the ring puts before each entry.
+const RING_HEADER: usize = 8;
+
+/// Submit flags for an entry of `size` bytes: the reader is woken when it takes what is
+/// waiting past the threshold, once per batch (each wake-up is an interrupt); a reader that
+/// looks on its own sees the rest.
+#[inline(always)]
+fn wake_flags(size: usize) -> u64 {
+    let waiting = HELLO_RECORDS.query(BPF_RB_AVAIL_DATA as u64);
+    let crossing =
+        waiting < HELLO_RECORDS_WAKE_BYTES && waiting + size as u64 >= HELLO_RECORDS_WAKE_BYTES;
+    (if crossing { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }) as u64
 }
 
 /// Takes a redirect token from the hello's source network, then from the whole data plane:
