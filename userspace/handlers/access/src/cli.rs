@@ -47,8 +47,9 @@ pub enum Command {
             conflicts_with = "session"
         )]
         user: Option<String>,
-        /// One session: its store key, the `sid` of its app tokens.
-        #[arg(long, value_name = "ID")]
+        /// One session: its store key, the `sid` of its app tokens. Keys are base64url and
+        /// may begin with `-`, so the value is taken as given.
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         session: Option<String>,
     },
 }
@@ -335,5 +336,23 @@ mod tests {
     fn dates() {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13:20");
+    }
+
+    /// Session keys are base64url: one in 64 begins with `-`, and must not be read as a flag.
+    #[test]
+    fn a_session_key_may_begin_with_a_dash() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: Command,
+        }
+        let key = "-p9zvjXG3FWORxhe8IexcyYO6ixzrUjK5-730qHeBq0";
+        let cli = <Cli as clap::Parser>::try_parse_from(["access", "revoke", "--session", key])
+            .expect("parses");
+        let Command::Revoke { session, user } = cli.command else { panic!("not revoke") };
+        assert_eq!(session.as_deref(), Some(key));
+        assert_eq!(user, None);
+        // Without a value it is still an error, not the next flag taken as the key.
+        assert!(<Cli as clap::Parser>::try_parse_from(["access", "revoke", "--session"]).is_err());
     }
 }
