@@ -107,11 +107,13 @@ pub(crate) enum Request {
         topic: String,
         payload: Vec<u8>,
     },
+    /// Leases due rows to `owner`; with `own`, rows still leased to `owner` are due too.
     Claim {
         topic: String,
         owner: String,
         limit: i64,
         lease_ms: i64,
+        own: bool,
     },
     /// Marks delivered those of `ids` that `owner` still holds; how many.
     Complete {

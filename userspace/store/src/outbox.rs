@@ -7,13 +7,14 @@
 //! lease to expire and the row to be claimed again, so delivery is at least once.
 
 use std::{
+    collections::HashMap,
     future::Future,
     hash::{BuildHasher, Hasher},
-    sync::Arc,
+    pin::Pin,
     time::{Duration, SystemTime},
 };
 
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{sync::watch, task::JoinSet, time::Instant};
 
 use crate::{
     ops::{millis, Reply, Request},
@@ -64,15 +65,37 @@ impl Store {
 
     /// Leases up to `limit` due rows of `topic` to `owner` for `lease`, oldest due first.
     /// Concurrent claimers (other workers, other nodes) never get the same row while a lease
-    /// holds. Rows still leased to `owner` itself are due to it again: an owner claims only
-    /// with nothing in hand, so such a row is one whose claim it never heard back from (the
-    /// store failed over while answering), and it need not wait out its lease.
+    /// holds, the claimer's own leases included.
     pub async fn claim(
         &self,
         topic: &str,
         owner: &str,
         limit: usize,
         lease: Duration,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.claim_rows(topic, owner, limit, lease, false).await
+    }
+
+    /// [`claim`](Self::claim) by an owner with nothing in hand: rows still leased to `owner`
+    /// are due to it again, since such a row is one whose claim it never heard back from (the
+    /// store failed over while answering), and need not wait out its lease.
+    pub async fn reclaim(
+        &self,
+        topic: &str,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.claim_rows(topic, owner, limit, lease, true).await
+    }
+
+    async fn claim_rows(
+        &self,
+        topic: &str,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        own: bool,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -82,6 +105,7 @@ impl Store {
             owner: owner.into(),
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
             lease_ms: millis(lease),
+            own,
         };
         match self.call(req).await? {
             Reply::Claimed(items) => Ok(items),
@@ -163,10 +187,12 @@ impl Store {
 /// Starts a background sender for `topic` on the store's runtime and returns its tokio
 /// JoinHandle (awaitable from any runtime).
 ///
-/// It claims up to [`WORKER_BATCH`] due rows under a [`WORKER_LEASE`] as `owner`, runs
-/// `deliver` on each (concurrently), renews the lease of the rows still in hand every third of
+/// It claims due rows in batches of [`WORKER_BATCH`] under a [`WORKER_LEASE`] as `owner`
+/// (the next batch while one is delivering: up to two batches in flight), runs `deliver` on
+/// each (concurrently), renews the lease of the rows still in hand every third of
 /// it (so a slow delivery is not claimed and sent again by another sender: without a crash,
-/// each row is delivered once), completes the row on `Ok`, and on `Err` retries it after
+/// each row is delivered once), completes the rows delivered (together, by one write) on
+/// `Ok`, and on `Err` retries it after
 /// an exponential backoff: 1 s doubling per attempt up to 5 min, each delay jittered down to
 /// half so failing rows of many nodes do not retry in step. Idle, it waits [`WORKER_POLL`] or
 /// until this node enqueues. It stops when `stop` becomes true or its sender is dropped,
@@ -192,7 +218,7 @@ fn spawn_worker<F, Fut>(
     topic: &str,
     owner: String,
     deliver: F,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     lease: Duration,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -201,122 +227,196 @@ where
 {
     let store = store.clone();
     let topic = topic.to_owned();
-    let deliver = Arc::new(deliver);
     store.handle().clone().spawn(async move {
-        let mut store_errors = 0u32;
+        let worker = Worker { store: &store, topic: &topic, owner: &owner, lease };
+        worker.run(deliver, stop).await;
+    })
+}
+
+/// Rows a worker has in flight at most: one batch delivering while the next is claimed.
+const IN_FLIGHT_MAX: usize = 2 * WORKER_BATCH;
+
+type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One outbox worker's loop (see [`spawn_outbox_worker`]).
+///
+/// Claims, deliveries and completions overlap: the next batch is claimed once the deliveries
+/// in flight leave room for it, and the rows delivered meanwhile are completed together by one
+/// write while the deliveries go on, so no batch waits for a store write to start and each
+/// write carries whatever finished since the last.
+struct Worker<'a> {
+    store: &'a Store,
+    topic: &'a str,
+    owner: &'a str,
+    lease: Duration,
+}
+
+impl<'a> Worker<'a> {
+    async fn run<F, Fut>(&self, deliver: F, mut stop: watch::Receiver<bool>)
+    where
+        F: Fn(OutboxItem) -> Fut,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (store, lease) = (self.store, self.lease);
+        // Rows leased to this worker and not yet completed or given back, each with when its
+        // lease (as last granted) runs out: delivering, or delivered and awaiting completion.
+        let mut held: HashMap<i64, Instant> = HashMap::new();
+        let mut running: JoinSet<Result<(), String>> = JoinSet::new();
+        let mut tasks: HashMap<tokio::task::Id, (i64, u32)> = HashMap::new();
+        // Delivered rows not yet completed.
+        let mut delivered: Vec<i64> = Vec::new();
+        let mut claiming: Option<StoreFuture<'a, Result<Vec<OutboxItem>, StoreError>>> = None;
+        let mut completing: Option<StoreFuture<'a, (Vec<i64>, Result<u64, StoreError>)>> = None;
+        let (mut claim_at, mut complete_at) = (Instant::now(), Instant::now());
+        let (mut claim_failures, mut complete_failures) = (0u32, 0u32);
+        let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wake = Box::pin(store.outbox_wake().notified());
+        let mut stopping = *stop.borrow();
         loop {
-            if *stop.borrow() {
+            let now = Instant::now();
+            let room = running.len() + WORKER_BATCH <= IN_FLIGHT_MAX;
+            if claiming.is_none() && !stopping && room && now >= claim_at {
+                // Registered before the claim, so an enqueue committed after the claim looked
+                // is not missed.
+                wake = Box::pin(store.outbox_wake().notified());
+                wake.as_mut().enable();
+                // Holding nothing, rows still leased to this owner are claims it never heard
+                // back from; holding some, they are in flight.
+                let own = held.is_empty();
+                let limit = IN_FLIGHT_MAX - running.len();
+                claiming =
+                    Some(Box::pin(store.claim_rows(self.topic, self.owner, limit, lease, own)));
+            }
+            if completing.is_none() && !delivered.is_empty() && now >= complete_at {
+                let ids = std::mem::take(&mut delivered);
+                let owner = self.owner;
+                completing = Some(Box::pin(async move {
+                    let done = store.complete_all(&ids, owner).await;
+                    (ids, done)
+                }));
+            }
+            if stopping && claiming.is_none() && running.is_empty() && completing.is_none() {
+                // Delivered rows whose completion failed are left to their leases: sent again
+                // after them (at least once).
                 return;
             }
-            // Registered before the claim, so an enqueue committed after the claim looked is
-            // not missed.
-            let wake = store.outbox_wake().notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            let items = match store.claim(&topic, &owner, WORKER_BATCH, lease).await {
-                Ok(items) => {
-                    store_errors = 0;
-                    items
-                }
-                Err(_) => {
-                    // The store is down or slow: back off, but never long.
-                    store_errors = store_errors.saturating_add(1);
-                    if wait(&mut stop, store_backoff(store_errors - 1), None).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if items.is_empty() {
-                if wait(&mut stop, WORKER_POLL, Some(wake)).await {
-                    return;
-                }
-                continue;
-            }
-            let claimed = tokio::time::Instant::now();
-            let mut in_hand: Vec<i64> = items.iter().map(|i| i.id).collect();
-            // Delivered rows whose completion the store did not take (it failed over meanwhile):
-            // completed again once it answers, so they are not sent twice when the lease ends.
-            let mut unconfirmed: Vec<i64> = Vec::new();
-            let mut running = JoinSet::new();
-            for item in items {
-                let (id, attempts) = (item.id, item.attempts);
-                let fut = deliver(item);
-                running.spawn(async move { (id, attempts, fut.await) });
-            }
-            let mut renew =
-                tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
-            loop {
-                let done = tokio::select! {
-                    done = running.join_next() => done,
-                    _ = renew.tick() => {
-                        // A failure is counted (`outpost_store_ops_total{op="renew"}`); the
-                        // next tick tries again before the lease runs out.
-                        let _ = store.renew(&in_hand, &owner, lease).await;
-                        continue;
-                    }
-                };
-                let Some(done) = done else { break };
-                // Every delivery that finished meanwhile (while the last completion was being
-                // written, under load) is completed by one write: a mail costs the store its
-                // reservation's transaction and a fraction of a write, not a write of its own.
-                let mut delivered = Vec::new();
-                let finished = std::iter::once(done)
-                    .chain(std::iter::from_fn(|| running.try_join_next()))
-                    .collect::<Vec<_>>();
-                for done in finished {
-                    // A delivery that panicked is retried like one that failed; its row's
-                    // lease otherwise runs out and it is claimed again anyway.
-                    let Ok((id, attempts, result)) = done else { continue };
-                    in_hand.retain(|i| *i != id);
-                    match result {
-                        Ok(()) => delivered.push(id),
-                        Err(e) => {
-                            let _ = store.retry(id, &owner, backoff(attempts), &e).await;
+            // The next moment something is due without an event: a claim or a completion.
+            let claim_due = (claiming.is_none() && !stopping && room).then_some(claim_at);
+            let complete_due =
+                (completing.is_none() && !delivered.is_empty()).then_some(complete_at);
+            let due = claim_due.into_iter().chain(complete_due).min();
+            tokio::select! {
+                claimed = pending_or(&mut claiming) => {
+                    claiming = None;
+                    let now = Instant::now();
+                    match claimed {
+                        Ok(items) => {
+                            claim_failures = 0;
+                            // Fewer than asked for: the due rows are all out; look again
+                            // when woken or after the poll.
+                            let limit = IN_FLIGHT_MAX - running.len();
+                            claim_at = if items.len() < limit { now + WORKER_POLL } else { now };
+                            for item in items {
+                                held.insert(item.id, now + lease);
+                                let (id, attempts) = (item.id, item.attempts);
+                                let task = running.spawn(deliver(item));
+                                tasks.insert(task.id(), (id, attempts));
+                            }
+                        }
+                        Err(_) => {
+                            // The store is down or slow: back off, but never long.
+                            claim_at = now + store_backoff(claim_failures);
+                            claim_failures = claim_failures.saturating_add(1);
                         }
                     }
                 }
-                if store.complete_all(&delivered, &owner).await.is_err() {
-                    unconfirmed.extend(delivered);
+                (ids, done) = pending_or(&mut completing) => {
+                    completing = None;
+                    match done {
+                        Ok(_) => {
+                            complete_failures = 0;
+                            for id in &ids {
+                                held.remove(id);
+                            }
+                        }
+                        Err(_) => {
+                            // The store did not take them (it failed over meanwhile): written
+                            // again once it answers, while their leases hold, so they are not
+                            // sent twice when a lease ends.
+                            let now = Instant::now();
+                            complete_at = now + store_backoff(complete_failures);
+                            complete_failures = complete_failures.saturating_add(1);
+                            for id in ids {
+                                match held.get(&id) {
+                                    Some(until) if *until > now => delivered.push(id),
+                                    _ => {
+                                        held.remove(&id);
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
-            }
-            let mut attempt = 0;
-            while !unconfirmed.is_empty() && claimed.elapsed() < lease {
-                if wait(&mut stop, store_backoff(attempt), None).await {
-                    return;
+                Some(done) = running.join_next_with_id() => {
+                    // Every delivery that finished meanwhile (while a store write was under
+                    // way, under load) joins the next completion: a mail costs the store its
+                    // reservation's transaction and a fraction of a write, not a write of its
+                    // own.
+                    let finished = std::iter::once(done)
+                        .chain(std::iter::from_fn(|| running.try_join_next_with_id()))
+                        .collect::<Vec<_>>();
+                    for done in finished {
+                        let (task, result) = match done {
+                            Ok((task, result)) => (task, result),
+                            // A delivery that panicked is retried like one that failed.
+                            Err(e) => (e.id(), Err("the delivery panicked".to_owned())),
+                        };
+                        let Some((id, attempts)) = tasks.remove(&task) else { continue };
+                        match result {
+                            Ok(()) => delivered.push(id),
+                            Err(e) => {
+                                held.remove(&id);
+                                let _ = store.retry(id, self.owner, backoff(attempts), &e).await;
+                            }
+                        }
+                    }
                 }
-                attempt = attempt.saturating_add(1);
-                if store.complete_all(&unconfirmed, &owner).await.is_ok() {
-                    unconfirmed.clear();
+                _ = renew.tick(), if !held.is_empty() => {
+                    // A failure is counted (`outpost_store_ops_total{op="renew"}`); the next
+                    // tick tries again before the lease runs out.
+                    let ids: Vec<i64> = held.keys().copied().collect();
+                    let asked = Instant::now();
+                    if store.renew(&ids, self.owner, lease).await.is_ok() {
+                        for until in held.values_mut() {
+                            *until = asked + lease;
+                        }
+                    }
+                }
+                _ = wake.as_mut(), if claim_failures == 0 && claim_due.is_some_and(|at| at > now) => {
+                    claim_at = Instant::now();
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or(now)), if due.is_some_and(|at| at > now) => {}
+                changed = stop.changed(), if !stopping => {
+                    stopping = changed.is_err() || *stop.borrow();
                 }
             }
         }
-    })
+    }
+}
+
+/// The output of the future in `slot`; pending forever when there is none.
+async fn pending_or<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The wait before asking a failing store again: 250 ms doubling to [`STORE_BACKOFF_MAX`],
 /// jittered into its upper half.
 fn store_backoff(failures: u32) -> Duration {
     jitter((Duration::from_millis(250) * (1u32 << failures.min(8))).min(STORE_BACKOFF_MAX))
-}
-
-/// Sleeps `d`, or until woken or told to stop; true when told to stop.
-async fn wait(
-    stop: &mut watch::Receiver<bool>,
-    d: Duration,
-    wake: Option<std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>>,
-) -> bool {
-    let woken = async {
-        match wake {
-            Some(w) => w.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = woken => false,
-        changed = stop.changed() => changed.is_err() || *stop.borrow(),
-    }
 }
 
 /// 1 s × 2^attempts, capped at 5 min, jittered uniformly into its upper half.
@@ -334,6 +434,11 @@ fn jitter(full: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
     use super::*;
 
     /// Two senders on one topic, deliveries five leases long: each row is delivered once, as
@@ -388,6 +493,74 @@ mod tests {
         assert_eq!(ids.len(), 3, "each of 3 rows delivered once: {ids:?}");
         ids.dedup();
         assert_eq!(ids.len(), 3, "a row was delivered twice");
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// One sender, deliveries held until released: it claims the next batch while the first
+    /// is delivering (two batches in flight, not one), never claims its own rows in flight
+    /// again, and delivers each row once.
+    #[test]
+    fn the_next_batch_is_claimed_while_one_delivers() {
+        let dir = std::env::temp_dir().join(format!("outpost-outbox-roll-{}", std::process::id()));
+        let store = Store::open(&crate::StoreConfig::default(), &dir).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rows = 3 * IN_FLIGHT_MAX;
+        let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (in_flight, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (stop_tx, stop) = watch::channel(false);
+        rt.block_on(async {
+            for n in 0..rows {
+                store.enqueue("mail", &n.to_le_bytes()).await.unwrap();
+            }
+        });
+        let worker = {
+            let (delivered, in_flight, most, gate) =
+                (delivered.clone(), in_flight.clone(), most.clone(), gate.clone());
+            spawn_outbox_worker(
+                &store,
+                "mail",
+                "one".into(),
+                move |item: OutboxItem| {
+                    let (delivered, in_flight, most, gate) =
+                        (delivered.clone(), in_flight.clone(), most.clone(), gate.clone());
+                    async move {
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        gate.acquire().await.unwrap().forget();
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        delivered.lock().unwrap().push(item.id);
+                        Ok(())
+                    }
+                },
+                stop,
+            )
+        };
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            // Let deliveries through one at a time, each only once the sender had the chance
+            // to claim more.
+            while delivered.lock().unwrap().len() < rows {
+                assert!(tokio::time::Instant::now() < deadline, "not delivered");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if in_flight.load(Ordering::SeqCst) > 0 {
+                    gate.add_permits(1);
+                }
+            }
+            while store.outbox_stats().await.unwrap().pending > 0 {
+                assert!(tokio::time::Instant::now() < deadline, "not completed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop_tx.send_replace(true);
+            worker.await.unwrap();
+        });
+        assert_eq!(most.load(Ordering::SeqCst), IN_FLIGHT_MAX, "deliveries in flight at most");
+        let mut ids = delivered.lock().unwrap().clone();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), rows, "each row delivered once");
+        assert_eq!(delivered.lock().unwrap().len(), rows, "a row was delivered twice");
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -116,7 +116,7 @@ const CLAIM: &str = concat!(
          SELECT id FROM outbox
          WHERE topic = $1 AND done_at IS NULL AND next_at <= ",
     now!(),
-    " AND (lease_until IS NULL OR owner = $2 OR lease_until <= ",
+    " AND (lease_until IS NULL OR ($5::bool AND owner = $2) OR lease_until <= ",
     now!(),
     ") ORDER BY next_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
      RETURNING id, topic, payload, attempts, created_at"
@@ -381,9 +381,9 @@ impl Pg {
                     .map_err(e)?
                     .ok_or_else(|| StoreError::Other("enqueue returned no id".into()))?,
             ),
-            Request::Claim { topic, owner, limit, lease_ms } => {
+            Request::Claim { topic, owner, limit, lease_ms, own } => {
                 let rows =
-                    query(c, CLAIM, &[&topic, &owner, &lease_ms, &limit]).await.map_err(e)?;
+                    query(c, CLAIM, &[&topic, &owner, &lease_ms, &limit, &own]).await.map_err(e)?;
                 let mut items = Vec::with_capacity(rows.len());
                 for r in rows {
                     let id: i64 = r.try_get(0).map_err(e)?;

@@ -630,18 +630,18 @@ fn apply_write(conn: &Connection, req: &Request, now: i64) -> Res<Reply> {
         }
         Request::Txn(ops) => Reply::Txn(txn(conn, ops, now)?),
         Request::Enqueue { topic, payload } => Reply::Id(enqueue(conn, topic, payload, now)?),
-        Request::Claim { topic, owner, limit, lease_ms } => {
+        Request::Claim { topic, owner, limit, lease_ms, own } => {
             let mut stmt = conn.prepare_cached(
                 "UPDATE outbox SET lease_until = ?1, owner = ?2
                  WHERE id IN (
                      SELECT id FROM outbox
                      WHERE topic = ?3 AND done_at IS NULL AND next_at <= ?4
-                       AND (lease_until IS NULL OR owner = ?2 OR lease_until <= ?4)
+                       AND (lease_until IS NULL OR (?6 AND owner = ?2) OR lease_until <= ?4)
                      ORDER BY next_at, id LIMIT ?5)
                  RETURNING id, topic, payload, attempts, created_at",
             )?;
             let rows = stmt.query_map(
-                params![now.saturating_add(*lease_ms), owner, topic, now, limit],
+                params![now.saturating_add(*lease_ms), owner, topic, now, limit, own],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?)),
             )?;
             let mut items = Vec::new();

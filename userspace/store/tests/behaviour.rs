@@ -261,8 +261,10 @@ async fn outbox_claim_complete_retry(h: Harness) {
     let b = s.claim("mail", "B", 10, lease).await.expect("claim");
     assert_eq!(b.iter().map(|i| i.id).collect::<Vec<_>>(), ids[2..], "leased rows are skipped");
     assert!(s.claim("mail", "D", 10, lease).await.expect("claim").is_empty(), "all leased");
-    // B claims again only when it lost the answer to its claim: it gets its own rows back.
-    let b_again = s.claim("mail", "B", 10, lease).await.expect("claim");
+    // B's own leases hold against B too (it claims more while it delivers)...
+    assert!(s.claim("mail", "B", 10, lease).await.expect("claim").is_empty(), "B's own lease");
+    // ...unless it holds nothing: then it lost the answer to its claim and gets its rows back.
+    let b_again = s.reclaim("mail", "B", 10, lease).await.expect("claim");
     assert_eq!(b_again.iter().map(|i| i.id).collect::<Vec<_>>(), ids[2..], "B's own rows");
 
     assert_eq!(s.complete(ids[0], "B").await, Ok(false), "not B's row");

@@ -36,11 +36,14 @@ use crate::{
 /// Sends the mails of one configuration.
 ///
 /// SMTP connections are pooled and reused (lettre's pool, at most `[reserve.smtp]
-/// concurrency`). The pool spawns its own tasks when built and when dropped, so it is built on
+/// concurrency`: as many mails are sent at once, the rest wait their turn, since the pool
+/// would open a connection for each and close the surplus after one mail). The pool spawns its own tasks when built and when dropped, so it is built on
 /// first use, on the runtime of the sender that uses it (the store's), and dropped there too.
 pub struct Mailer {
     builder: AsyncSmtpTransportBuilder,
     transport: OnceLock<(AsyncSmtpTransport<Tokio1Executor>, tokio::runtime::Handle)>,
+    /// One per connection the pool may keep: a mail is sent holding one.
+    sending: tokio::sync::Semaphore,
     from: Mailbox,
     public_url: String,
     zone: String,
@@ -75,6 +78,7 @@ impl Mailer {
         Ok(Mailer {
             builder: b,
             transport: OnceLock::new(),
+            sending: tokio::sync::Semaphore::new(s.concurrency.max(1)),
             from,
             public_url: cfg.public_url(),
             zone: cfg.zone.clone(),
@@ -99,6 +103,9 @@ impl Mailer {
         let (transport, _) = self
             .transport
             .get_or_init(|| (self.builder.clone().build(), tokio::runtime::Handle::current()));
+        let Ok(_turn) = self.sending.acquire().await else {
+            return Err("the mailer is closed".into());
+        };
         match transport.send(msg).await {
             Ok(_) => {
                 tracing::info!(id = item.id, name = %job.name, attempts = item.attempts, "reserve: confirmation mail sent");
