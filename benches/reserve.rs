@@ -176,6 +176,8 @@ struct Report {
     missing_mails: u64,
     /// Mails still in the outbox when the edge stopped (queued, not lost).
     queued_mails: u64,
+    /// Mails delivered a second while the edge, idle after the ramp, sent its backlog.
+    mail_drain_per_sec: Option<f64>,
     pgbench_tps: Option<f64>,
     /// The same transaction with pgbench's pipeline mode: one round trip per transaction.
     pgbench_pipelined_tps: Option<f64>,
@@ -195,6 +197,7 @@ impl Report {
             "duplicate_mails": self.duplicate_mails,
             "missing_mails": self.missing_mails,
             "queued_mails": self.queued_mails,
+            "mail_drain_per_sec": self.mail_drain_per_sec,
             "pgbench_reservation_txn_tps": self.pgbench_tps,
             "pgbench_pipelined_txn_tps": self.pgbench_pipelined_tps,
             "ratio_to_pgbench": self.ratio(),
@@ -293,11 +296,20 @@ fn run_store(
     let knee = steps.iter().rev().find(|s| !s.over_knee()).cloned();
     // The ramp's last steps leave mail queued; the 80 % run measures a settled edge.
     let total_created = acked.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let (drain_start, drained_before) = (Instant::now(), smtp.delivered());
+    let deadline = drain_start + Duration::from_secs(120);
     while smtp.delivered() < total_created && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("  mail: {} of {total_created} delivered before the 80 % run", smtp.delivered());
+    let drained = smtp.delivered() - drained_before;
+    // The sender's own pace, measured only over a backlog worth a second or more.
+    let mail_drain_per_sec = (drain_start.elapsed() >= Duration::from_secs(1))
+        .then(|| drained as f64 / drain_start.elapsed().as_secs_f64());
+    eprintln!(
+        "  mail: {} of {total_created} delivered before the 80 % run ({})",
+        smtp.delivered(),
+        mail_drain_per_sec.map_or("no backlog".into(), |r| format!("backlog sent at {r:.0}/s")),
+    );
     let at_80 = match &knee {
         Some(k) => {
             let r = (k.rate * 4 / 5).max(1);
@@ -379,6 +391,7 @@ fn run_store(
         duplicate_mails,
         missing_mails,
         queued_mails,
+        mail_drain_per_sec,
         pgbench_tps,
         pgbench_pipelined_tps,
         scale,
