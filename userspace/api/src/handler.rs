@@ -405,14 +405,14 @@ impl<H: Handler> ErasedHandler for Named<H> {
         s: &'a mut Session<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<Flow>> {
-        Pooled::future(self.1.request_filter(s, ctx_of(ctx)))
+        Pooled::future_with(|| self.1.request_filter(s, ctx_of(ctx)))
     }
     fn upstream_peer<'a>(
         &'a self,
         s: &'a mut Session<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<Peer>> {
-        Pooled::future(self.1.upstream_peer(s, ctx_of(ctx)))
+        Pooled::future_with(|| self.1.upstream_peer(s, ctx_of(ctx)))
     }
     fn fail_to_connect(&self, s: &Session<'_>, p: &Peer, ctx: &mut dyn Any, e: &Error) -> bool {
         self.1.fail_to_connect(s, p, ctx_of(ctx), e)
@@ -426,7 +426,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
         up: &'a mut Request<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>> {
-        Pooled::future(self.1.upstream_request_filter(s, up, ctx_of(ctx)))
+        Pooled::future_with(|| self.1.upstream_request_filter(s, up, ctx_of(ctx)))
     }
     fn response_filter<'a>(
         &'a self,
@@ -434,7 +434,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
         r: &'a mut Response<'_>,
         ctx: &'a mut dyn Any,
     ) -> PhaseFuture<'a, Result<()>> {
-        Pooled::future(self.1.response_filter(s, r, ctx_of(ctx)))
+        Pooled::future_with(|| self.1.response_filter(s, r, ctx_of(ctx)))
     }
     fn logging(&self, s: &Session<'_>, sum: &Summary, e: Option<&Error>, ctx: &mut dyn Any) {
         self.1.logging(s, sum, e, ctx_of(ctx))

@@ -86,6 +86,14 @@ impl<T> Pooled<T> {
     /// Moves `value` into a block of this thread's pool (or its own allocation if it does not
     /// fit one).
     pub fn new(value: T) -> Pooled<T> {
+        Pooled::new_with(|| value)
+    }
+
+    /// The value `make` returns, written straight into its block: the block is taken first,
+    /// so a large value (a request's future, some KiB) is built where it stays rather than on
+    /// the stack and then copied, as passing it to [`new`](Self::new) does.
+    #[inline(always)]
+    pub fn new_with(make: impl FnOnce() -> T) -> Pooled<T> {
         let layout = Layout::new::<T>();
         let (raw, storage) = if layout.size() == 0 {
             (NonNull::<T>::dangling().cast::<u8>(), Storage::None)
@@ -97,9 +105,13 @@ impl<T> Pooled<T> {
             (allocate(layout), Storage::Own(layout))
         };
         let ptr = raw.cast::<T>();
+        // Owns the block until the value is in it: a `make` that panics gives it back.
+        let empty = Empty { ptr: raw, storage };
         // SAFETY: `ptr` is valid for a write of `T` (sized and aligned for it, or dangling and
-        // `T` zero-sized), and holds no value yet.
-        unsafe { ptr.as_ptr().write(value) };
+        // `T` zero-sized), and holds no value yet. Written as `make` returns it, so that the
+        // value can be built in the block itself.
+        unsafe { ptr.as_ptr().write(make()) };
+        std::mem::forget(empty);
         Pooled { ptr, storage, _owns: PhantomData }
     }
 }
@@ -108,6 +120,14 @@ impl<'a, O> Pooled<dyn Future<Output = O> + 'a> {
     /// `fut`, pooled (a pooled value never moves, so it is pinned where it is).
     pub fn future(fut: impl Future<Output = O> + 'a) -> Self {
         let (ptr, storage) = Pooled::new(fut).into_raw();
+        Pooled { ptr, storage, _owns: PhantomData }
+    }
+
+    /// The future `make` returns, pooled and built in place (see [`Pooled::new_with`]):
+    /// `Pooled::future_with(|| handle(req))` costs no copy of `handle`'s state.
+    #[inline(always)]
+    pub fn future_with<F: Future<Output = O> + 'a>(make: impl FnOnce() -> F) -> Self {
+        let (ptr, storage) = Pooled::new_with(make).into_raw();
         Pooled { ptr, storage, _owns: PhantomData }
     }
 }
@@ -138,29 +158,51 @@ fn allocate(layout: Layout) -> NonNull<u8> {
 
 impl<T: ?Sized> Drop for Pooled<T> {
     fn drop(&mut self) {
-        let raw = self.ptr.cast::<u8>();
         // SAFETY: `ptr` holds a live `T` that this value owns; it is not used again.
         unsafe { self.ptr.as_ptr().drop_in_place() };
-        match self.storage {
-            Storage::None => {}
-            // SAFETY: allocated in `new` with this very layout, and no longer used.
-            Storage::Own(layout) => unsafe { alloc::dealloc(raw.as_ptr(), layout) },
-            Storage::Block(class) => {
-                // Kept for reuse unless the list is full (or the thread is exiting).
-                let kept = FREE
-                    .try_with(|f| {
-                        let list = &mut f.borrow_mut().0[class];
-                        let keep = list.len() < KEEP;
-                        if keep {
-                            list.push(raw);
-                        }
-                        keep
-                    })
-                    .unwrap_or(false);
-                if !kept {
-                    // SAFETY: a block, allocated with its class's layout, owned by nobody else.
-                    unsafe { alloc::dealloc(raw.as_ptr(), block_layout(class)) };
-                }
+        // SAFETY: the memory came from `storage` and holds nothing live any more.
+        unsafe { give_back(self.ptr.cast::<u8>(), self.storage) };
+    }
+}
+
+/// A block taken for a value not yet written into it (see [`Pooled::new_with`]).
+struct Empty {
+    ptr: NonNull<u8>,
+    storage: Storage,
+}
+
+impl Drop for Empty {
+    fn drop(&mut self) {
+        // SAFETY: the block came from `storage` and holds no value.
+        unsafe { give_back(self.ptr, self.storage) };
+    }
+}
+
+/// Returns memory that came from `storage` to the thread's pool (or the allocator).
+///
+/// # Safety
+/// `raw` was obtained for `storage` as [`Pooled::new_with`] does, holds no live value, and is
+/// not used again.
+unsafe fn give_back(raw: NonNull<u8>, storage: Storage) {
+    match storage {
+        Storage::None => {}
+        // SAFETY: allocated in `new_with` with this very layout, and no longer used.
+        Storage::Own(layout) => unsafe { alloc::dealloc(raw.as_ptr(), layout) },
+        Storage::Block(class) => {
+            // Kept for reuse unless the list is full (or the thread is exiting).
+            let kept = FREE
+                .try_with(|f| {
+                    let list = &mut f.borrow_mut().0[class];
+                    let keep = list.len() < KEEP;
+                    if keep {
+                        list.push(raw);
+                    }
+                    keep
+                })
+                .unwrap_or(false);
+            if !kept {
+                // SAFETY: a block, allocated with its class's layout, owned by nobody else.
+                unsafe { alloc::dealloc(raw.as_ptr(), block_layout(class)) };
             }
         }
     }
@@ -273,5 +315,20 @@ mod tests {
         let never: Pooled<dyn Future<Output = ()>> = Pooled::future(async move { drop(held) });
         drop(never);
         assert_eq!(drops.get(), 2);
+    }
+
+    #[test]
+    fn a_value_built_in_place_is_the_value_and_a_failed_build_gives_its_block_back() {
+        let built = Pooled::new_with(|| [7u8; 4096]);
+        assert!(built.iter().all(|&b| b == 7));
+        drop(built);
+        let free = || FREE.with(|f| f.borrow().0[1].len());
+        let before = free();
+        assert!(before >= 1, "the block of the value above was kept");
+        let failed = std::panic::catch_unwind(|| {
+            Pooled::new_with(|| -> [u8; 4096] { panic!("the value could not be made") })
+        });
+        assert!(failed.is_err());
+        assert_eq!(free(), before, "the block taken for it is back in the pool");
     }
 }

@@ -158,8 +158,10 @@ async fn drive(
                 let ds = H2Stream::new(body, respond, live.body_timeout, metrics.clone());
                 open.open.set(open.open.get() + 1);
                 let guard = StreamGuard(open.clone());
-                // Pooled: the request path's future is large, and spawning would move it.
-                let task = Pooled::future(stream(worker.clone(), live, client.clone(), parts, ds));
+                // Pooled, and built there: the request path's future is large, and spawning
+                // (or pooling it once built) would copy it.
+                let (worker, client) = (worker.clone(), client.clone());
+                let task = Pooled::future_with(|| stream(worker, live, client, parts, ds));
                 seam::spawn(async move {
                     task.await;
                     drop(guard);
@@ -215,7 +217,8 @@ async fn stream(
     if let Err(e) = proxy::normalise(&worker, &live, &client, &mut req) {
         return refuse(&worker, &mut ds, &e).await;
     }
-    proxy::handle(&worker, &live, &mut ds, &client, req).await;
+    // Pooled, and built there, so that this future stays small (see `drive`).
+    Pooled::future_with(|| proxy::handle(&worker, &live, &mut ds, &client, req)).await;
 }
 
 /// The stream's head as the one request every later step reads (see the module docs); the
