@@ -105,9 +105,11 @@ pub struct SmtpConfig {
     pub password_env: Option<String>,
     /// Bound on one delivery (connect, dialogue, data), in milliseconds. Default 10000.
     pub timeout_ms: u64,
-    /// SMTP connections this node keeps open at most (reused from mail to mail). Default 16.
+    /// SMTP connections this node keeps open at most (reused from mail to mail), and so mails
+    /// it sends at once. Default 16.
     pub concurrency: usize,
-    /// Outbox senders on this node, each delivering up to 16 mails at once. Default 2.
+    /// Outbox senders on this node, each with up to 32 mails in hand (a batch of 16 delivering
+    /// while the next is claimed). Default 2.
     pub senders: usize,
 }
 
