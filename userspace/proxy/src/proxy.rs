@@ -149,9 +149,7 @@ pub(crate) async fn handle<'a, D: Downstream>(
     let (result, mut chain) = match route {
         Some(route) => {
             let mut chain = Chain::new(&live.router.filters, &route.handler);
-            // Pooled and built in place: `handle`'s own future then holds a pointer, not the
-            // phases' several KiB, and neither is copied to be awaited.
-            let r = Pooled::future_with(|| phases(worker, &mut chain, &mut x, &mut p)).await;
+            let r = phases(worker, &mut chain, &mut x, &mut p).await;
             (r, Some(chain))
         }
         None => (Err(Error::new(ErrorKind::NoRoute, ErrorSource::Downstream, "routing")), None),
@@ -306,8 +304,7 @@ async fn phases<D: Downstream>(
     let (up_req, head) = upstream_head(chain, x, upgrade).await?;
     let (peer, up, reused) = connect(worker, chain, x).await?;
     p.upstream = Some(peer.addr);
-    let o = Origin { peer, up, reused, up_req, head, upgrade };
-    Pooled::future_with(|| forward(worker, chain, x, p, o)).await
+    forward(worker, chain, x, p, Origin { peer, up, reused, up_req, head, upgrade }).await
 }
 
 /// Runs every filter's and the handler's `request_filter`; true when one answered (and its

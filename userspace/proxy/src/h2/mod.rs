@@ -217,8 +217,7 @@ async fn stream(
     if let Err(e) = proxy::normalise(&worker, &live, &client, &mut req) {
         return refuse(&worker, &mut ds, &e).await;
     }
-    // Pooled, and built there, so that this future stays small (see `drive`).
-    Pooled::future_with(|| proxy::handle(&worker, &live, &mut ds, &client, req)).await;
+    proxy::handle(&worker, &live, &mut ds, &client, req).await;
 }
 
 /// The stream's head as the one request every later step reads (see the module docs); the

@@ -197,8 +197,6 @@ impl Downstream for H2Stream {
         let mut head = ::http::Response::new(());
         *head.status_mut() = status(reply.status);
         let fields = head.headers_mut();
-        // Room for them all at once, rather than grown field by field.
-        fields.reserve(reply.headers.len() + 1);
         for h in &reply.headers {
             if h.name.eq_ignore_ascii_case("content-length") {
                 continue;
@@ -230,7 +228,6 @@ impl Downstream for H2Stream {
         let mut head = ::http::Response::new(());
         *head.status_mut() = status(resp.status);
         let fields = head.headers_mut();
-        fields.reserve(resp.headers.len() + 1);
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 continue;
