@@ -269,6 +269,8 @@ impl<'a> Worker<'a> {
         let mut completing: Option<StoreFuture<'a, (Vec<i64>, Result<u64, StoreError>)>> = None;
         let (mut claim_at, mut complete_at) = (Instant::now(), Instant::now());
         let (mut claim_failures, mut complete_failures) = (0u32, 0u32);
+        // Rows the claim in flight asked for.
+        let mut asked = 0;
         let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wake = Box::pin(store.outbox_wake().notified());
@@ -284,9 +286,9 @@ impl<'a> Worker<'a> {
                 // Holding nothing, rows still leased to this owner are claims it never heard
                 // back from; holding some, they are in flight.
                 let own = held.is_empty();
-                let limit = IN_FLIGHT_MAX - running.len();
+                asked = IN_FLIGHT_MAX - running.len();
                 claiming =
-                    Some(Box::pin(store.claim_rows(self.topic, self.owner, limit, lease, own)));
+                    Some(Box::pin(store.claim_rows(self.topic, self.owner, asked, lease, own)));
             }
             if completing.is_none() && !delivered.is_empty() && now >= complete_at {
                 let ids = std::mem::take(&mut delivered);
@@ -315,8 +317,7 @@ impl<'a> Worker<'a> {
                             claim_failures = 0;
                             // Fewer than asked for: the due rows are all out; look again
                             // when woken or after the poll.
-                            let limit = IN_FLIGHT_MAX - running.len();
-                            claim_at = if items.len() < limit { now + WORKER_POLL } else { now };
+                            claim_at = if items.len() < asked { now + WORKER_POLL } else { now };
                             for item in items {
                                 held.insert(item.id, now + lease);
                                 let (id, attempts) = (item.id, item.attempts);
