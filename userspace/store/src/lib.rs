@@ -122,6 +122,9 @@ struct Inner {
     outbox_wake: Notify,
     /// Audit appends waiting to be written together.
     audit_queue: audit::AuditQueue,
+    /// The outbox workers' runtime ([`StoreRuntime::start_background`]), started with the
+    /// first worker.
+    background: std::sync::OnceLock<Option<StoreRuntime>>,
     /// Last: dropped after the backend has stopped using it.
     rt: StoreRuntime,
 }
@@ -375,6 +378,13 @@ impl Store {
         self.inner.rt.handle()
     }
 
+    /// The runtime for the outbox workers: lower priority, started on first use (the store's
+    /// own runtime if it cannot be).
+    pub(crate) fn background(&self) -> &tokio::runtime::Handle {
+        let bg = self.inner.background.get_or_init(|| StoreRuntime::start_background().ok());
+        bg.as_ref().map_or_else(|| self.handle(), StoreRuntime::handle)
+    }
+
     /// Deletes expired values and old finished outbox rows every `every`, and refreshes the
     /// outbox gauges. Holds the store weakly: it never keeps a dropped store alive.
     fn spawn_sweeper(&self, every: Duration) {
@@ -439,6 +449,7 @@ impl Inner {
             audit_keep_ms: AtomicI64::new(0),
             outbox_wake: Notify::new(),
             audit_queue: audit::AuditQueue::default(),
+            background: std::sync::OnceLock::new(),
             rt,
         }
     }
@@ -475,6 +486,9 @@ impl Inner {
             // Commits and answers what is queued before the threads exit.
             BackendImpl::Sqlite(s) => s.shutdown(),
             BackendImpl::Postgres(pg) => pg.close(),
+        }
+        if let Some(Some(bg)) = self.background.get() {
+            bg.stop();
         }
         self.rt.stop();
     }

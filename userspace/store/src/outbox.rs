@@ -227,7 +227,7 @@ where
 {
     let store = store.clone();
     let topic = topic.to_owned();
-    store.handle().clone().spawn(async move {
+    store.background().clone().spawn(async move {
         let worker = Worker { store: &store, topic: &topic, owner: &owner, lease };
         worker.run(deliver, stop).await;
     })

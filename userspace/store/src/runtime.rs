@@ -9,6 +9,19 @@ use tokio::{runtime::Handle, sync::oneshot};
 
 use crate::StoreError;
 
+/// The niceness of the background runtime's thread (0 is the default, 19 the lowest).
+pub(crate) const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to `nice` (on Linux a thread has its own).
+/// Best effort: a failure leaves the thread at the default priority.
+fn lower_priority(nice: i32) {
+    // SAFETY: plain syscalls on the calling thread, no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}
+
 thread_local! {
     /// Set on the runtime's threads: a store dropped there must not join its own runtime.
     static ON_STORE_RUNTIME: Cell<bool> = const { Cell::new(false) };
@@ -25,10 +38,31 @@ impl StoreRuntime {
     /// also owns (and finally drops) it, so dropping never happens inside someone's async
     /// context.
     pub(crate) fn start(workers: usize) -> Result<StoreRuntime, StoreError> {
+        StoreRuntime::start_named(workers, "outpost-store", 0)
+    }
+
+    /// The runtime for work that may wait (the outbox workers' deliveries): one thread at
+    /// `nice` [`BACKGROUND_NICE`], so that when the CPU is short (a launch spike) the request
+    /// path and the store's own I/O come first, and mail goes at full speed again when it is
+    /// not. Store operations the work awaits still run on the store runtime.
+    pub(crate) fn start_background() -> Result<StoreRuntime, StoreError> {
+        StoreRuntime::start_named(1, "outpost-outbox", BACKGROUND_NICE)
+    }
+
+    fn start_named(
+        workers: usize,
+        name: &'static str,
+        nice: i32,
+    ) -> Result<StoreRuntime, StoreError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
-            .thread_name("outpost-store")
-            .on_thread_start(|| ON_STORE_RUNTIME.with(|f| f.set(true)))
+            .thread_name(name)
+            .on_thread_start(move || {
+                ON_STORE_RUNTIME.with(|f| f.set(true));
+                if nice != 0 {
+                    lower_priority(nice);
+                }
+            })
             .enable_all()
             .build()
             .map_err(|e| StoreError::Other(format!("cannot start the store runtime: {e}")))?;
