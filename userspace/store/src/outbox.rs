@@ -241,9 +241,9 @@ type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// One outbox worker's loop (see [`spawn_outbox_worker`]).
 ///
 /// Claims, deliveries and completions overlap: the next batch is claimed once the deliveries
-/// in flight leave room for it, and the rows delivered meanwhile are completed together by one
-/// write while the deliveries go on, so no batch waits for a store write to start and each
-/// write carries whatever finished since the last.
+/// in flight leave room for it, and the rows delivered are completed a batch's worth at a time
+/// (or once nothing else is in flight) by one write while the deliveries go on, so no batch
+/// waits for a store write to start and the store sees about two writes a batch.
 struct Worker<'a> {
     store: &'a Store,
     topic: &'a str,
@@ -290,7 +290,12 @@ impl<'a> Worker<'a> {
                 claiming =
                     Some(Box::pin(store.claim_rows(self.topic, self.owner, asked, lease, own)));
             }
-            if completing.is_none() && !delivered.is_empty() && now >= complete_at {
+            // Completions wait for a batch's worth, or for the last delivery in flight: each is
+            // a write (a commit on PostgreSQL), and one a mail or two would double the store's
+            // commits during a spike.
+            let complete_ready =
+                delivered.len() >= WORKER_BATCH || (!delivered.is_empty() && running.is_empty());
+            if completing.is_none() && complete_ready && now >= complete_at {
                 let ids = std::mem::take(&mut delivered);
                 let owner = self.owner;
                 completing = Some(Box::pin(async move {
@@ -305,8 +310,7 @@ impl<'a> Worker<'a> {
             }
             // The next moment something is due without an event: a claim or a completion.
             let claim_due = (claiming.is_none() && !stopping && room).then_some(claim_at);
-            let complete_due =
-                (completing.is_none() && !delivered.is_empty()).then_some(complete_at);
+            let complete_due = (completing.is_none() && complete_ready).then_some(complete_at);
             let due = claim_due.into_iter().chain(complete_due).min();
             tokio::select! {
                 claimed = pending_or(&mut claiming) => {
