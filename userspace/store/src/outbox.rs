@@ -391,10 +391,10 @@ impl<'a> Worker<'a> {
                     // A failure is counted (`outpost_store_ops_total{op="renew"}`); the next
                     // tick tries again before the lease runs out.
                     let ids: Vec<i64> = held.keys().copied().collect();
-                    let asked = Instant::now();
+                    let renewed = Instant::now();
                     if store.renew(&ids, self.owner, lease).await.is_ok() {
                         for until in held.values_mut() {
-                            *until = asked + lease;
+                            *until = renewed + lease;
                         }
                     }
                 }
