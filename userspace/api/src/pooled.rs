@@ -119,8 +119,7 @@ impl<T> Pooled<T> {
 impl<'a, O> Pooled<dyn Future<Output = O> + 'a> {
     /// `fut`, pooled (a pooled value never moves, so it is pinned where it is).
     pub fn future(fut: impl Future<Output = O> + 'a) -> Self {
-        let (ptr, storage) = Pooled::new(fut).into_raw();
-        Pooled { ptr, storage, _owns: PhantomData }
+        Pooled::future_with(|| fut)
     }
 
     /// The future `make` returns, pooled and built in place (see [`Pooled::new_with`]):

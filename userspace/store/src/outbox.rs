@@ -237,6 +237,8 @@ where
 const IN_FLIGHT_MAX: usize = 2 * WORKER_BATCH;
 
 type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A completion in flight: the rows it writes, and how the store answered.
+type Completion<'a> = StoreFuture<'a, (Vec<i64>, Result<u64, StoreError>)>;
 
 /// One outbox worker's loop (see [`spawn_outbox_worker`]).
 ///
@@ -266,7 +268,7 @@ impl<'a> Worker<'a> {
         // Delivered rows not yet completed.
         let mut delivered: Vec<i64> = Vec::new();
         let mut claiming: Option<StoreFuture<'a, Result<Vec<OutboxItem>, StoreError>>> = None;
-        let mut completing: Option<StoreFuture<'a, (Vec<i64>, Result<u64, StoreError>)>> = None;
+        let mut completing: Option<Completion<'a>> = None;
         let (mut claim_at, mut complete_at) = (Instant::now(), Instant::now());
         let (mut claim_failures, mut complete_failures) = (0u32, 0u32);
         // Rows the claim in flight asked for.

@@ -19,7 +19,7 @@ use lettre::{
     message::{Mailbox, MultiPart},
     transport::smtp::{
         authentication::{Credentials, DEFAULT_MECHANISMS},
-        client::{AsyncSmtpConnection, TlsParameters},
+        client::{AsyncSmtpConnection, Tls, TlsParameters},
         extension::ClientId,
     },
     Message,
@@ -51,8 +51,8 @@ const IDLE_CHECKED: Duration = Duration::from_secs(1);
 pub struct Mailer {
     host: String,
     port: u16,
-    starttls: StartTls,
-    tls: Option<TlsParameters>,
+    /// How the connection is protected, with its TLS parameters (lettre's form).
+    tls: Tls,
     hello: ClientId,
     credentials: Option<Credentials>,
     timeout: Duration,
@@ -73,9 +73,12 @@ impl Mailer {
             .from_address()
             .parse()
             .with_context(|| format!("[reserve.smtp] from {:?}", cfg.from_address()))?;
+        let params = || TlsParameters::new(s.host.clone()).context("[reserve.smtp] TLS setup");
         let tls = match s.starttls {
-            StartTls::Never => None,
-            _ => Some(TlsParameters::new(s.host.clone()).context("[reserve.smtp] TLS setup")?),
+            StartTls::Never => Tls::None,
+            StartTls::Opportunistic => Tls::Opportunistic(params()?),
+            StartTls::Required => Tls::Required(params()?),
+            StartTls::Tls => Tls::Wrapper(params()?),
         };
         let credentials = match &s.username {
             Some(user) => Some(Credentials::new(user.clone(), smtp_password(cfg)?)),
@@ -84,7 +87,6 @@ impl Mailer {
         Ok(Mailer {
             host: s.host.clone(),
             port: s.port,
-            starttls: s.starttls,
             tls,
             hello: ClientId::default(),
             credentials,
@@ -175,8 +177,8 @@ impl Mailer {
     /// A new connection: TCP (`TCP_NODELAY`), EHLO, STARTTLS as configured, AUTH when a
     /// username is set.
     async fn connect(&self) -> Result<AsyncSmtpConnection, Failed> {
-        let mut conn = match (self.starttls, &self.tls) {
-            (StartTls::Tls, Some(tls)) => {
+        let mut conn = match &self.tls {
+            Tls::Wrapper(tls) => {
                 AsyncSmtpConnection::connect_tokio1(
                     (self.host.as_str(), self.port),
                     Some(self.timeout),
@@ -194,11 +196,11 @@ impl Mailer {
                 AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await?
             }
         };
-        match (self.starttls, &self.tls) {
-            (StartTls::Opportunistic, Some(tls)) if conn.can_starttls() => {
+        match &self.tls {
+            Tls::Opportunistic(tls) if conn.can_starttls() => {
                 conn.starttls(tls.clone(), &self.hello).await?;
             }
-            (StartTls::Required, Some(tls)) => conn.starttls(tls.clone(), &self.hello).await?,
+            Tls::Required(tls) => conn.starttls(tls.clone(), &self.hello).await?,
             _ => {}
         }
         if let Some(credentials) = &self.credentials {
