@@ -27,9 +27,17 @@ use std::{
 const CLASSES: [usize; 2] = [512, 16 * 1024];
 /// Alignment of every pooled block.
 const ALIGN: usize = 16;
-/// Blocks kept per thread and class (32 KiB and 1 MiB at most); more are freed when returned,
-/// so a burst of concurrent requests does not stay resident.
-const KEEP: usize = 64;
+/// Free blocks kept per thread and class at most (512 KiB and 16 MiB): enough for the
+/// requests in flight on a busy worker (an HTTP/2 bench keeps 640 streams open at once), whose
+/// blocks would otherwise go back to the allocator and come out of it again on every turn of
+/// the load.
+const KEEP_MAX: usize = 1024;
+/// Blocks a thread keeps whatever its load.
+const KEEP_MIN: usize = 64;
+/// Takes from a class between two trims: a burst does not stay resident for long. Blocks that
+/// stayed free for a whole period (the fewest the list held during it) were not needed: all
+/// but `KEEP_MIN` of those go back to the allocator.
+const PERIOD: u32 = 4096;
 
 fn block_layout(class: usize) -> Layout {
     // Constant, valid layouts: each class is a multiple of ALIGN, a power of two.
@@ -44,15 +52,60 @@ fn class_of(layout: Layout) -> Option<usize> {
     CLASSES.iter().position(|&size| layout.size() <= size)
 }
 
+/// The thread's free blocks of one class, and how few it held since the last trim.
+struct FreeList {
+    blocks: Vec<NonNull<u8>>,
+    /// The fewest blocks free at any moment of this period.
+    low: usize,
+    /// Takes in this period.
+    takes: u32,
+}
+
+impl FreeList {
+    const fn new() -> FreeList {
+        FreeList { blocks: Vec::new(), low: 0, takes: 0 }
+    }
+
+    fn take(&mut self, class: usize) -> NonNull<u8> {
+        let block = self.blocks.pop();
+        self.low = self.low.min(self.blocks.len());
+        self.takes += 1;
+        if self.takes == PERIOD {
+            self.trim(class);
+        }
+        block.unwrap_or_else(|| allocate(block_layout(class)))
+    }
+
+    /// Keeps `block` unless the list is full; false if the caller must free it.
+    fn give(&mut self, block: NonNull<u8>) -> bool {
+        let keep = self.blocks.len() < KEEP_MAX;
+        if keep {
+            self.blocks.push(block);
+        }
+        keep
+    }
+
+    /// Ends a period: frees what it never needed, down to `KEEP_MIN`.
+    fn trim(&mut self, class: usize) {
+        let surplus = self.low.min(self.blocks.len().saturating_sub(KEEP_MIN));
+        for b in self.blocks.drain(..surplus) {
+            // SAFETY: every block in a list was allocated with its class's layout and is
+            // owned by the list alone.
+            unsafe { alloc::dealloc(b.as_ptr(), block_layout(class)) };
+        }
+        self.low = self.blocks.len();
+        self.takes = 0;
+    }
+}
+
 /// The thread's free blocks, by class; freed with the thread.
-struct FreeLists([Vec<NonNull<u8>>; CLASSES.len()]);
+struct FreeLists([FreeList; CLASSES.len()]);
 
 impl Drop for FreeLists {
     fn drop(&mut self) {
         for (class, list) in self.0.iter_mut().enumerate() {
-            for b in list.drain(..) {
-                // SAFETY: every block in a list was allocated with its class's layout and is
-                // owned by the list alone.
+            for b in list.blocks.drain(..) {
+                // SAFETY: as in `FreeList::trim`.
                 unsafe { alloc::dealloc(b.as_ptr(), block_layout(class)) };
             }
         }
@@ -60,7 +113,8 @@ impl Drop for FreeLists {
 }
 
 thread_local! {
-    static FREE: RefCell<FreeLists> = const { RefCell::new(FreeLists([Vec::new(), Vec::new()])) };
+    static FREE: RefCell<FreeLists> =
+        const { RefCell::new(FreeLists([FreeList::new(), FreeList::new()])) };
 }
 
 /// Where a value's memory came from, and so how to give it back.
@@ -98,9 +152,7 @@ impl<T> Pooled<T> {
         let (raw, storage) = if layout.size() == 0 {
             (NonNull::<T>::dangling().cast::<u8>(), Storage::None)
         } else if let Some(class) = class_of(layout) {
-            let reused = FREE.with(|f| f.borrow_mut().0[class].pop());
-            let block = reused.unwrap_or_else(|| allocate(block_layout(class)));
-            (block, Storage::Block(class))
+            (FREE.with(|f| f.borrow_mut().0[class].take(class)), Storage::Block(class))
         } else {
             (allocate(layout), Storage::Own(layout))
         };
@@ -190,14 +242,7 @@ unsafe fn give_back(raw: NonNull<u8>, storage: Storage) {
         Storage::Block(class) => {
             // Kept for reuse unless the list is full (or the thread is exiting).
             let kept = FREE
-                .try_with(|f| {
-                    let list = &mut f.borrow_mut().0[class];
-                    let keep = list.len() < KEEP;
-                    if keep {
-                        list.push(raw);
-                    }
-                    keep
-                })
+                .try_with(|f| f.borrow_mut().0[class].give(raw))
                 .unwrap_or(false);
             if !kept {
                 // SAFETY: a block, allocated with its class's layout, owned by nobody else.
@@ -321,7 +366,7 @@ mod tests {
         let built = Pooled::new_with(|| [7u8; 4096]);
         assert!(built.iter().all(|&b| b == 7));
         drop(built);
-        let free = || FREE.with(|f| f.borrow().0[1].len());
+        let free = || FREE.with(|f| f.borrow().0[1].blocks.len());
         let before = free();
         assert!(before >= 1, "the block of the value above was kept");
         let failed = std::panic::catch_unwind(|| {
@@ -329,5 +374,20 @@ mod tests {
         });
         assert!(failed.is_err());
         assert_eq!(free(), before, "the block taken for it is back in the pool");
+    }
+
+    #[test]
+    fn a_burst_is_kept_for_reuse_and_given_back_once_a_period_leaves_it_unused() {
+        let free = || FREE.with(|f| f.borrow().0[1].blocks.len());
+        let burst: Vec<_> = (0..KEEP_MAX + 100).map(|_| Pooled::new([1u8; 4096])).collect();
+        drop(burst);
+        assert_eq!(free(), KEEP_MAX, "a burst's blocks are kept, up to the bound");
+        // A steady load of one request at a time: the burst's blocks are not needed.
+        for _ in 0..2 * PERIOD {
+            drop(Pooled::new([2u8; 4096]));
+        }
+        // The trim runs in a take: the block taken then comes back on top of `KEEP_MIN`.
+        assert!(free() <= KEEP_MIN + 1, "{} blocks still kept after two periods", free());
+        assert!(free() >= 1, "the block in use is still reused");
     }
 }

@@ -228,6 +228,8 @@ impl Downstream for H2Stream {
         let mut head = ::http::Response::new(());
         *head.status_mut() = status(resp.status);
         let fields = head.headers_mut();
+        // Sized once (the fields and a content-length): no growth per field.
+        fields.reserve(resp.headers.len() + 1);
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 continue;
