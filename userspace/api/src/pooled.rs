@@ -241,9 +241,7 @@ unsafe fn give_back(raw: NonNull<u8>, storage: Storage) {
         Storage::Own(layout) => unsafe { alloc::dealloc(raw.as_ptr(), layout) },
         Storage::Block(class) => {
             // Kept for reuse unless the list is full (or the thread is exiting).
-            let kept = FREE
-                .try_with(|f| f.borrow_mut().0[class].give(raw))
-                .unwrap_or(false);
+            let kept = FREE.try_with(|f| f.borrow_mut().0[class].give(raw)).unwrap_or(false);
             if !kept {
                 // SAFETY: a block, allocated with its class's layout, owned by nobody else.
                 unsafe { alloc::dealloc(raw.as_ptr(), block_layout(class)) };
