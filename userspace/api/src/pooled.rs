@@ -27,17 +27,67 @@ use std::{
 const CLASSES: [usize; 2] = [512, 16 * 1024];
 /// Alignment of every pooled block.
 const ALIGN: usize = 16;
-/// Free blocks kept per thread and class at most (512 KiB and 16 MiB): enough for the
-/// requests in flight on a busy worker (an HTTP/2 bench keeps 640 streams open at once), whose
-/// blocks would otherwise go back to the allocator and come out of it again on every turn of
-/// the load.
-const KEEP_MAX: usize = 1024;
-/// Blocks a thread keeps whatever its load.
-const KEEP_MIN: usize = 64;
-/// Takes from a class between two trims: a burst does not stay resident for long. Blocks that
-/// stayed free for a whole period (the fewest the list held during it) were not needed: all
-/// but `KEEP_MIN` of those go back to the allocator.
-const PERIOD: u32 = 4096;
+/// Free blocks kept per thread and class: at least 64, and up to 1024 (512 KiB and 16 MiB) while
+/// the load needs them (see [`Spares`]): an HTTP/2 bench keeps 640 streams open at once on one
+/// worker, whose blocks would otherwise go back to the allocator and come out of it again on
+/// every turn of the load.
+const KEEP: (usize, usize) = (64, 1024);
+
+/// Spare values kept for reuse (free blocks, I/O buffers): at most `max`, and what a busy
+/// period needed. A period is [`Spares::PERIOD`] takes; the values that stayed spare through a
+/// whole period (the fewest the list held during it) were not needed, and all but `min` of
+/// them are dropped when it ends. A burst is so kept while the load lasts and given back as it
+/// falls; if no more takes come, what is kept stays (at most `max`) until the thread ends.
+pub struct Spares<T> {
+    items: Vec<T>,
+    /// Kept whatever the load, and at most.
+    min: usize,
+    max: usize,
+    /// The fewest spare at any moment of this period.
+    low: usize,
+    /// Takes in this period.
+    takes: u32,
+}
+
+impl<T> Spares<T> {
+    pub const PERIOD: u32 = 4096;
+
+    pub const fn new(min: usize, max: usize) -> Spares<T> {
+        Spares { items: Vec::new(), min, max, low: 0, takes: 0 }
+    }
+
+    /// The most recently given spare, if any (counted: a period ends every `PERIOD` takes).
+    pub fn take(&mut self) -> Option<T> {
+        let item = self.items.pop();
+        self.low = self.low.min(self.items.len());
+        self.takes += 1;
+        if self.takes == Self::PERIOD {
+            // Not needed all period long: the oldest go.
+            let surplus = self.low.min(self.items.len().saturating_sub(self.min));
+            self.items.drain(..surplus);
+            self.low = self.items.len();
+            self.takes = 0;
+        }
+        item
+    }
+
+    /// Keeps `item`, or gives it back when `max` are kept already.
+    pub fn give(&mut self, item: T) -> Option<T> {
+        if self.items.len() >= self.max {
+            return Some(item);
+        }
+        self.items.push(item);
+        None
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
 
 fn block_layout(class: usize) -> Layout {
     // Constant, valid layouts: each class is a multiple of ALIGN, a power of two.
@@ -52,69 +102,36 @@ fn class_of(layout: Layout) -> Option<usize> {
     CLASSES.iter().position(|&size| layout.size() <= size)
 }
 
-/// The thread's free blocks of one class, and how few it held since the last trim.
-struct FreeList {
-    blocks: Vec<NonNull<u8>>,
-    /// The fewest blocks free at any moment of this period.
-    low: usize,
-    /// Takes in this period.
-    takes: u32,
+/// A free block of a class, owned: freed when dropped.
+struct Block {
+    raw: NonNull<u8>,
+    class: usize,
 }
 
-impl FreeList {
-    const fn new() -> FreeList {
-        FreeList { blocks: Vec::new(), low: 0, takes: 0 }
+impl Block {
+    fn take(class: usize) -> NonNull<u8> {
+        let spare = FREE.with(|f| f.borrow_mut()[class].take());
+        spare.map_or_else(|| allocate(block_layout(class)), Block::into_raw)
     }
 
-    fn take(&mut self, class: usize) -> NonNull<u8> {
-        let block = self.blocks.pop();
-        self.low = self.low.min(self.blocks.len());
-        self.takes += 1;
-        if self.takes == PERIOD {
-            self.trim(class);
-        }
-        block.unwrap_or_else(|| allocate(block_layout(class)))
-    }
-
-    /// Keeps `block` unless the list is full; false if the caller must free it.
-    fn give(&mut self, block: NonNull<u8>) -> bool {
-        let keep = self.blocks.len() < KEEP_MAX;
-        if keep {
-            self.blocks.push(block);
-        }
-        keep
-    }
-
-    /// Ends a period: frees what it never needed, down to `KEEP_MIN`.
-    fn trim(&mut self, class: usize) {
-        let surplus = self.low.min(self.blocks.len().saturating_sub(KEEP_MIN));
-        for b in self.blocks.drain(..surplus) {
-            // SAFETY: every block in a list was allocated with its class's layout and is
-            // owned by the list alone.
-            unsafe { alloc::dealloc(b.as_ptr(), block_layout(class)) };
-        }
-        self.low = self.blocks.len();
-        self.takes = 0;
+    fn into_raw(self) -> NonNull<u8> {
+        let raw = self.raw;
+        std::mem::forget(self);
+        raw
     }
 }
 
-/// The thread's free blocks, by class; freed with the thread.
-struct FreeLists([FreeList; CLASSES.len()]);
-
-impl Drop for FreeLists {
+impl Drop for Block {
     fn drop(&mut self) {
-        for (class, list) in self.0.iter_mut().enumerate() {
-            for b in list.blocks.drain(..) {
-                // SAFETY: as in `FreeList::trim`.
-                unsafe { alloc::dealloc(b.as_ptr(), block_layout(class)) };
-            }
-        }
+        // SAFETY: a block is allocated with its class's layout and owned by `self` alone.
+        unsafe { alloc::dealloc(self.raw.as_ptr(), block_layout(self.class)) };
     }
 }
 
 thread_local! {
-    static FREE: RefCell<FreeLists> =
-        const { RefCell::new(FreeLists([FreeList::new(), FreeList::new()])) };
+    /// The thread's free blocks, by class; freed with the thread.
+    static FREE: RefCell<[Spares<Block>; CLASSES.len()]> =
+        const { RefCell::new([Spares::new(KEEP.0, KEEP.1), Spares::new(KEEP.0, KEEP.1)]) };
 }
 
 /// Where a value's memory came from, and so how to give it back.
@@ -152,7 +169,7 @@ impl<T> Pooled<T> {
         let (raw, storage) = if layout.size() == 0 {
             (NonNull::<T>::dangling().cast::<u8>(), Storage::None)
         } else if let Some(class) = class_of(layout) {
-            (FREE.with(|f| f.borrow_mut().0[class].take(class)), Storage::Block(class))
+            (Block::take(class), Storage::Block(class))
         } else {
             (allocate(layout), Storage::Own(layout))
         };
@@ -240,12 +257,9 @@ unsafe fn give_back(raw: NonNull<u8>, storage: Storage) {
         // SAFETY: allocated in `new_with` with this very layout, and no longer used.
         Storage::Own(layout) => unsafe { alloc::dealloc(raw.as_ptr(), layout) },
         Storage::Block(class) => {
-            // Kept for reuse unless the list is full (or the thread is exiting).
-            let kept = FREE.try_with(|f| f.borrow_mut().0[class].give(raw)).unwrap_or(false);
-            if !kept {
-                // SAFETY: a block, allocated with its class's layout, owned by nobody else.
-                unsafe { alloc::dealloc(raw.as_ptr(), block_layout(class)) };
-            }
+            // Kept for reuse unless enough are (or the thread is exiting): else freed.
+            let block = Block { raw, class };
+            let _freed = FREE.try_with(|f| f.borrow_mut()[class].give(block));
         }
     }
 }
@@ -364,7 +378,7 @@ mod tests {
         let built = Pooled::new_with(|| [7u8; 4096]);
         assert!(built.iter().all(|&b| b == 7));
         drop(built);
-        let free = || FREE.with(|f| f.borrow().0[1].blocks.len());
+        let free = || FREE.with(|f| f.borrow()[1].len());
         let before = free();
         assert!(before >= 1, "the block of the value above was kept");
         let failed = std::panic::catch_unwind(|| {
@@ -376,16 +390,16 @@ mod tests {
 
     #[test]
     fn a_burst_is_kept_for_reuse_and_given_back_once_a_period_leaves_it_unused() {
-        let free = || FREE.with(|f| f.borrow().0[1].blocks.len());
-        let burst: Vec<_> = (0..KEEP_MAX + 100).map(|_| Pooled::new([1u8; 4096])).collect();
+        let free = || FREE.with(|f| f.borrow()[1].len());
+        let burst: Vec<_> = (0..KEEP.1 + 100).map(|_| Pooled::new([1u8; 4096])).collect();
         drop(burst);
-        assert_eq!(free(), KEEP_MAX, "a burst's blocks are kept, up to the bound");
+        assert_eq!(free(), KEEP.1, "a burst's blocks are kept, up to the bound");
         // A steady load of one request at a time: the burst's blocks are not needed.
-        for _ in 0..2 * PERIOD {
+        for _ in 0..2 * Spares::<Block>::PERIOD {
             drop(Pooled::new([2u8; 4096]));
         }
-        // The trim runs in a take: the block taken then comes back on top of `KEEP_MIN`.
-        assert!(free() <= KEEP_MIN + 1, "{} blocks still kept after two periods", free());
+        // The trim runs in a take: the block taken then comes back on top of the minimum.
+        assert!(free() <= KEEP.0 + 1, "{} blocks still kept after two periods", free());
         assert!(free() >= 1, "the block in use is still reused");
     }
 }
