@@ -38,7 +38,7 @@ const KEEP: (usize, usize) = (64, 1024);
 /// whole period (the fewest the list held during it) were not needed, and all but `min` of
 /// them are dropped when it ends. A burst is so kept while the load lasts and given back as it
 /// falls; if no more takes come, what is kept stays (at most `max`) until the thread ends.
-pub struct Spares<T> {
+struct Spares<T> {
     items: Vec<T>,
     /// Kept whatever the load, and at most.
     min: usize,
@@ -50,14 +50,14 @@ pub struct Spares<T> {
 }
 
 impl<T> Spares<T> {
-    pub const PERIOD: u32 = 4096;
+    const PERIOD: u32 = 4096;
 
-    pub const fn new(min: usize, max: usize) -> Spares<T> {
+    const fn new(min: usize, max: usize) -> Spares<T> {
         Spares { items: Vec::new(), min, max, low: 0, takes: 0 }
     }
 
     /// The most recently given spare, if any (counted: a period ends every `PERIOD` takes).
-    pub fn take(&mut self) -> Option<T> {
+    fn take(&mut self) -> Option<T> {
         let item = self.items.pop();
         self.low = self.low.min(self.items.len());
         self.takes += 1;
@@ -72,7 +72,7 @@ impl<T> Spares<T> {
     }
 
     /// Keeps `item`, or gives it back when `max` are kept already.
-    pub fn give(&mut self, item: T) -> Option<T> {
+    fn give(&mut self, item: T) -> Option<T> {
         if self.items.len() >= self.max {
             return Some(item);
         }
@@ -80,12 +80,9 @@ impl<T> Spares<T> {
         None
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 }
 
