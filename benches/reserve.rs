@@ -7,8 +7,10 @@
 //! scheduled times whatever the answers, and latency runs from the scheduled time (no
 //! coordinated omission). The rate starts at 100/s and grows by half each step until p99
 //! passes 100 ms, errors pass 1 %, or the edge falls behind the schedule, twice in a row at
-//! the same rate (a machine shared with others stalls now and then): the last step before
-//! that is the knee. Then a run at 80 % of the knee.
+//! the same rate (a machine shared with others stalls now and then). Once the mail queued by
+//! then is out, steps 15 % apart climb from the last rate under that to the rate over it, so
+//! that the knee, the highest rate held, is known to within 15 % rather than the ramp's 50 %.
+//! Then a run at 80 % of the knee.
 //!
 //! Traffic: mostly distinct names and emails; 2 % go to a hot set of 20 names, contended
 //! from distinct emails. Reported per store: durable reservations/s (201s) at the knee, p50
@@ -85,6 +87,10 @@ mod scale;
 const HOST: &str = "reserve.example.test";
 const HOT_NAMES: usize = 20;
 const P99_KNEE: Duration = Duration::from_millis(100);
+/// The finer steps between the ramp's last rate under the knee and the rate over it: +15 %.
+const REFINE_PERCENT: u64 = 115;
+/// How long a queued mail backlog may take to go out before the next phase starts anyway.
+const MAIL_DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -293,23 +299,53 @@ fn run_store(
         retried = false;
         rate = (rate * 3 / 2).min(args.max_rate);
     }
-    let knee = steps.iter().rev().find(|s| !s.over_knee()).cloned();
-    // The ramp's last steps leave mail queued; the 80 % run measures a settled edge.
+    // The ramp's last steps leave mail queued; what follows measures a settled edge.
     let total_created = acked.len() as u64;
     let (drain_start, drained_before) = (Instant::now(), smtp.delivered());
-    let deadline = drain_start + Duration::from_secs(120);
-    while smtp.delivered() < total_created && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    smtp.wait_for(total_created, MAIL_DRAIN_LIMIT);
     let drained = smtp.delivered() - drained_before;
     // The sender's own pace, measured only over a backlog worth a second or more.
     let mail_drain_per_sec = (drain_start.elapsed() >= Duration::from_secs(1))
         .then(|| drained as f64 / drain_start.elapsed().as_secs_f64());
     eprintln!(
-        "  mail: {} of {total_created} delivered before the 80 % run ({})",
+        "  mail: {} of {total_created} delivered ({})",
         smtp.delivered(),
         mail_drain_per_sec.map_or("no backlog".into(), |r| format!("backlog sent at {r:.0}/s")),
     );
+    // The ramp's steps are x1.5 apart, so its knee is known to within half of itself: finer
+    // steps between the last rate under it and the rate over it place it closer.
+    let under = steps.iter().rev().find(|s| !s.over_knee()).map(|s| s.rate);
+    if let (Some(under), true) = (under, steps.last().is_some_and(Step::over_knee)) {
+        let over = rate;
+        let mut r = under * REFINE_PERCENT / 100;
+        let mut retried = false;
+        while r < over {
+            let (s, h, a) =
+                rt.block_on(run_step(&client, args.connections, r, step, &mut seq, store));
+            eprintln!(
+                "  {r:>6}/s (refining): {} created/s, p99 {:.1} ms, {} errors",
+                s.created_per_sec() as u64,
+                s.p99_us as f64 / 1000.0,
+                s.errors
+            );
+            merge(&mut hot, h);
+            acked.extend(a);
+            let past = s.over_knee();
+            steps.push(s);
+            if past && !retried {
+                retried = true;
+                continue;
+            }
+            if past {
+                break;
+            }
+            retried = false;
+            r = r * REFINE_PERCENT / 100;
+        }
+        smtp.wait_for(acked.len() as u64, MAIL_DRAIN_LIMIT);
+    }
+    // The highest rate held: the ramp's, or a finer step's above it.
+    let knee = steps.iter().filter(|s| !s.over_knee()).max_by_key(|s| s.rate).cloned();
     let at_80 = match &knee {
         Some(k) => {
             let r = (k.rate * 4 / 5).max(1);
@@ -681,6 +717,14 @@ impl Smtp {
         self.delivered.load(Ordering::Relaxed)
     }
 
+    /// Until `total` mails are delivered, or `limit` has passed.
+    fn wait_for(&self, total: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.delivered() < total && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// (mails beyond the first to one recipient, acknowledged reservations with no mail).
     fn duplicates_and_missing(&self, acked: &[(String, String)]) -> (u64, u64) {
         let to = self.to.lock().unwrap_or_else(|e| e.into_inner());
@@ -898,8 +942,10 @@ fn render(reports: &[Report], step: Duration, tiny: bool, stamp: &str) -> String
     let _ = writeln!(
         s,
         "\nreserve-bench {stamp}{size}: open-loop POST /reserve over keep-alive TLS, {} s steps \
-         from 100/s (x1.5) until p99 > 100 ms; 2 % of requests on {HOT_NAMES} hot names. \
-         Load generator, edge, database and SMTP sink share the machine's cores; the 80 % run starts once the ramp's mail is delivered.\n",
+         from 100/s (x1.5) until p99 > 100 ms, then x1.15 from the last rate under that (the \
+         knee: the highest rate held); 2 % of requests on {HOT_NAMES} hot names. Load \
+         generator, edge, database and SMTP sink share the machine's cores; the finer steps and \
+         the 80 % run start once the mail queued before them is delivered.\n",
         step.as_secs()
     );
     let _ = writeln!(
