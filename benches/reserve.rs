@@ -343,6 +343,11 @@ fn run_store(
             r = r * REFINE_PERCENT / 100;
         }
         smtp.wait_for(acked.len() as u64, MAIL_DRAIN_LIMIT);
+        // The steps over the knee leave the edge work to finish after their mail is out (the
+        // store's checkpoints and sweeps): the 80 % run measures a settled edge, as after the
+        // ramp.
+        let (waited, busy) = edge.settle();
+        eprintln!("  settled after {:.1} s ({busy:.0} % of a CPU in its last second)", waited);
     }
     // The highest rate held: the ramp's, or a finer step's above it.
     let knee = steps.iter().filter(|s| !s.over_knee()).max_by_key(|s| s.rate).cloned();
@@ -581,6 +586,31 @@ struct Edge {
 }
 
 impl Edge {
+    /// Waits until the edge has spent under 5 % of a CPU over a second (at most 30 s):
+    /// (seconds waited, its CPU share in the last second, in %).
+    fn settle(&self) -> (f64, f64) {
+        let ticks = || -> Option<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+            // After the command name (which may hold spaces): state is field 3, utime 14.
+            let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let start = Instant::now();
+        let mut busy = 100.0;
+        while start.elapsed() < Duration::from_secs(30) {
+            let Some(before) = ticks() else { break };
+            std::thread::sleep(Duration::from_secs(1));
+            let Some(after) = ticks() else { break };
+            busy = (after - before) as f64 / hz * 100.0;
+            if busy < 5.0 {
+                break;
+            }
+        }
+        (start.elapsed().as_secs_f64(), busy)
+    }
+
     /// `store`: more keys of `[store]`; `extra`: more configuration, after the rest (whole
     /// sections).
     fn start(
