@@ -254,53 +254,24 @@ fn run_store(
     };
     let smtp = Smtp::start(rt)?;
     let edge = Edge::start(outpost, work.path(), smtp.port, pg.as_ref().map(|p| p.url()), "", "")?;
-    let client = Arc::new(Client::new(edge.https));
-    let mut seq = 0u64;
-    let mut steps = Vec::new();
-    let mut hot: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut acked: Vec<(String, String)> = Vec::new();
-    let mut rate = 100u64;
-    let max_steps = if args.tiny { 4 } else { 40 };
-    // Warm-up: connections, the pool, the caches. Its reservations count like the others'.
-    let (_, h, a) = rt.block_on(run_step(
-        &client,
-        args.connections,
-        100,
-        Duration::from_secs(1),
-        &mut seq,
+    let mut spike = Spike {
+        rt,
+        client: Arc::new(Client::new(edge.https)),
+        conns: args.connections,
         store,
-    ));
-    merge(&mut hot, h);
-    acked.extend(a);
-    let mut retried = false;
-    for _ in 0..max_steps {
-        let (s, h, a) =
-            rt.block_on(run_step(&client, args.connections, rate, step, &mut seq, store));
-        eprintln!(
-            "  {rate:>6}/s: {} created/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
-            s.created_per_sec() as u64,
-            s.p50_us as f64 / 1000.0,
-            s.p99_us as f64 / 1000.0,
-            s.errors
-        );
-        merge(&mut hot, h);
-        acked.extend(a);
-        let over = s.over_knee();
-        steps.push(s);
-        if over && !retried {
-            // Once more at the same rate: on a shared machine one stall of someone else's
-            // (a build's fsync) can push a 5 s step over; a real knee is over twice in a row.
-            retried = true;
-            continue;
-        }
-        if over || rate >= args.max_rate {
-            break;
-        }
-        retried = false;
-        rate = (rate * 3 / 2).min(args.max_rate);
-    }
+        seq: 0,
+        steps: Vec::new(),
+        hot: BTreeMap::new(),
+        acked: Vec::new(),
+    };
+    // Warm-up: connections, the pool, the caches. Its reservations count like the others'.
+    spike.run(100, Duration::from_secs(1));
+    let max_steps = if args.tiny { 4 } else { 40 };
+    let max_rate = args.max_rate;
+    let over = spike
+        .climb(100, "", step, max_steps, |r| (r < max_rate).then(|| (r * 3 / 2).min(max_rate)));
     // The ramp's last steps leave mail queued; what follows measures a settled edge.
-    let total_created = acked.len() as u64;
+    let total_created = spike.acked.len() as u64;
     let (drain_start, drained_before) = (Instant::now(), smtp.delivered());
     smtp.wait_for(total_created, MAIL_DRAIN_LIMIT);
     let drained = smtp.delivered() - drained_before;
@@ -314,35 +285,13 @@ fn run_store(
     );
     // The ramp's steps are x1.5 apart, so its knee is known to within half of itself: finer
     // steps between the last rate under it and the rate over it place it closer.
-    let under = steps.iter().rev().find(|s| !s.over_knee()).map(|s| s.rate);
-    if let (Some(under), true) = (under, steps.last().is_some_and(Step::over_knee)) {
-        let over = rate;
-        let mut r = under * REFINE_PERCENT / 100;
-        let mut retried = false;
-        while r < over {
-            let (s, h, a) =
-                rt.block_on(run_step(&client, args.connections, r, step, &mut seq, store));
-            eprintln!(
-                "  {r:>6}/s (refining): {} created/s, p99 {:.1} ms, {} errors",
-                s.created_per_sec() as u64,
-                s.p99_us as f64 / 1000.0,
-                s.errors
-            );
-            merge(&mut hot, h);
-            acked.extend(a);
-            let past = s.over_knee();
-            steps.push(s);
-            if past && !retried {
-                retried = true;
-                continue;
-            }
-            if past {
-                break;
-            }
-            retried = false;
-            r = r * REFINE_PERCENT / 100;
-        }
-        smtp.wait_for(acked.len() as u64, MAIL_DRAIN_LIMIT);
+    let under = spike.steps.iter().rev().find(|s| !s.over_knee()).map(|s| s.rate);
+    let finer = |r: u64| Some(r * REFINE_PERCENT / 100).filter(|&n| n < over);
+    if let (Some(first), true) =
+        (under.and_then(finer), spike.steps.last().is_some_and(Step::over_knee))
+    {
+        spike.climb(first, " (refining)", step, usize::MAX, finer);
+        smtp.wait_for(spike.acked.len() as u64, MAIL_DRAIN_LIMIT);
         // The steps over the knee leave the edge work to finish after their mail is out (the
         // store's checkpoints and sweeps): the 80 % run measures a settled edge, as after the
         // ramp.
@@ -350,19 +299,14 @@ fn run_store(
         eprintln!("  settled after {:.1} s ({busy:.0} % of a CPU in its last second)", waited);
     }
     // The highest rate held: the ramp's, or a finer step's above it.
-    let knee = steps.iter().filter(|s| !s.over_knee()).max_by_key(|s| s.rate).cloned();
-    let at_80 = match &knee {
-        Some(k) => {
-            let r = (k.rate * 4 / 5).max(1);
-            let (s, h, a) =
-                rt.block_on(run_step(&client, args.connections, r, step * 2, &mut seq, store));
-            eprintln!("  80 % of the knee ({r}/s): p99 {:.1} ms", s.p99_us as f64 / 1000.0);
-            merge(&mut hot, h);
-            acked.extend(a);
-            Some(s)
-        }
-        None => None,
-    };
+    let knee = spike.steps.iter().filter(|s| !s.over_knee()).max_by_key(|s| s.rate).cloned();
+    let at_80 = knee.as_ref().map(|k| {
+        let r = (k.rate * 4 / 5).max(1);
+        let s = spike.run(r, step * 2);
+        eprintln!("  80 % of the knee ({r}/s): p99 {:.1} ms", s.p99_us as f64 / 1000.0);
+        s
+    });
+    let Spike { mut seq, steps, hot, acked, .. } = spike;
     // Every acknowledged reservation's mail, then: exactly one each.
     let total_created = acked.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -449,6 +393,75 @@ struct Job {
     at: Instant,
     name: String,
     email: String,
+}
+
+/// The spike on one edge: its steps so far, and every reservation they were answered 201 for.
+struct Spike<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    client: Arc<Client>,
+    conns: usize,
+    store: &'a str,
+    /// Numbers the names and emails, never one twice.
+    seq: u64,
+    steps: Vec<Step>,
+    /// Hot names and the emails each was answered 201 for.
+    hot: BTreeMap<String, BTreeSet<String>>,
+    /// (name, email) of every 201.
+    acked: Vec<(String, String)>,
+}
+
+impl Spike<'_> {
+    /// One step, its answers counted (not added to `steps`).
+    fn run(&mut self, rate: u64, len: Duration) -> Step {
+        let (s, hot, acked) = self.rt.block_on(run_step(
+            &self.client,
+            self.conns,
+            rate,
+            len,
+            &mut self.seq,
+            self.store,
+        ));
+        merge(&mut self.hot, hot);
+        self.acked.extend(acked);
+        s
+    }
+
+    /// Steps of `len` from `rate`, each next one at `next(rate)`, until one is past the knee
+    /// twice in a row at the same rate (on a shared machine one stall of someone else's, a
+    /// build's fsync, can push a step over; a real knee is over twice), `next` gives none, or
+    /// `max_steps` have run. The rate it stopped at.
+    fn climb(
+        &mut self,
+        mut rate: u64,
+        label: &str,
+        len: Duration,
+        max_steps: usize,
+        next: impl Fn(u64) -> Option<u64>,
+    ) -> u64 {
+        let mut retried = false;
+        for _ in 0..max_steps {
+            let s = self.run(rate, len);
+            eprintln!(
+                "  {rate:>6}/s{label}: {} created/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+                s.created_per_sec() as u64,
+                s.p50_us as f64 / 1000.0,
+                s.p99_us as f64 / 1000.0,
+                s.errors
+            );
+            let over = s.over_knee();
+            self.steps.push(s);
+            if over && !retried {
+                retried = true;
+                continue;
+            }
+            match next(rate) {
+                Some(n) if !over => rate = n,
+                _ => break,
+            }
+            retried = false;
+        }
+        rate
+    }
 }
 
 /// One open-loop step at `rate` for `len`: (summary, hot names' 201 emails, every 201).

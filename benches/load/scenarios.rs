@@ -765,8 +765,8 @@ fn proxy(ctx: &Ctx) -> Result<ScenarioReport> {
     for (i, s) in systems.iter().enumerate() {
         if let Err(why) = s.target(origin_addr) {
             closed.unavailable(&s.name, why);
-            for c in 0..CLIENTS.len() {
-                results[c].push((s.name.clone(), Err(format!("not available: {why}"))));
+            for r in &mut results {
+                r.push((s.name.clone(), Err(format!("not available: {why}"))));
             }
             continue;
         }

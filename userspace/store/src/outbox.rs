@@ -483,9 +483,9 @@ mod tests {
             for n in 0..3u8 {
                 store.enqueue("mail", &[n]).await.unwrap();
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(10);
             while store.outbox_stats().await.unwrap().pending > 0 {
-                assert!(tokio::time::Instant::now() < deadline, "not delivered");
+                assert!(Instant::now() < deadline, "not delivered");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             // Time for a second (wrong) delivery to land, were one under way.
@@ -545,18 +545,18 @@ mod tests {
             )
         };
         rt.block_on(async {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(10);
             // Let deliveries through one at a time, each only once the sender had the chance
             // to claim more.
             while delivered.lock().unwrap().len() < rows {
-                assert!(tokio::time::Instant::now() < deadline, "not delivered");
+                assert!(Instant::now() < deadline, "not delivered");
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 if in_flight.load(Ordering::SeqCst) > 0 {
                     gate.add_permits(1);
                 }
             }
             while store.outbox_stats().await.unwrap().pending > 0 {
-                assert!(tokio::time::Instant::now() < deadline, "not completed");
+                assert!(Instant::now() < deadline, "not completed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             stop_tx.send_replace(true);
