@@ -426,6 +426,14 @@ fn a_primary_turned_read_only_is_left_for_the_next_host() {
 
     a.psql("postgres", "ALTER SYSTEM SET default_transaction_read_only = on");
     a.psql("postgres", "SELECT pg_reload_conf()");
+    // pg_reload_conf only signals the postmaster. Once a new session sees the setting, the
+    // postmaster has reloaded and signalled every backend, and an idle one applies it before
+    // its next command; before that, the next write may still land on a.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.psql("postgres", "SHOW default_transaction_read_only") != "on" {
+        assert!(Instant::now() < deadline, "a never turned read-only");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Every pooled connection to a may fail once; then the writes land on b.
     let mut errors = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
