@@ -43,16 +43,39 @@ pub fn tool(name: &str) -> &str {
 /// A port that was free a moment ago, and never handed out before in this process. Tests of
 /// one binary run in parallel, and outpost listens with SO_REUSEPORT: two edges given the same
 /// port would both bind it and share each other's connections, so no port is given twice.
+///
+/// Taken below the kernel's ephemeral range: a port from `bind(:0)` is one that any outgoing
+/// connection may be given in the moment between the test freeing it and its server binding
+/// it (a test opening connections by the hundred beside another starting an edge lost its port
+/// so: `Address already in use`). Below the range, nothing takes a port unless asked.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let (low, high) = below_ephemeral();
+    let span = usize::from(high - low);
+    // Each process starts elsewhere in the range: test binaries of other runs may hold ports.
+    let start = (std::process::id() as usize).wrapping_mul(7919);
+    for _ in 0..span {
+        let port = low + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
+    panic!("no free port in {low}..{high}");
+}
+
+/// Ports below the ephemeral range (`net.ipv4.ip_local_port_range`), and above the
+/// privileged ones: 16384..32768 with the kernel's default range.
+fn below_ephemeral() -> (u16, u16) {
+    let first = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(first >= 4096, "the ephemeral port range starts at {first}: too low for the tests");
+    (first / 2, first)
 }
 
 /// A fresh temporary directory, removed on drop.
