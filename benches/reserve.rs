@@ -83,6 +83,10 @@ struct Args {
 
 #[path = "reserve_scale.rs"]
 mod scale;
+// The load bench's /proc readings (the edge's CPU time); the rest of it is not used here.
+#[allow(dead_code)]
+#[path = "load/procs.rs"]
+mod procs;
 
 const HOST: &str = "reserve.example.test";
 const HOT_NAMES: usize = 20;
@@ -602,21 +606,12 @@ impl Edge {
     /// Waits until the edge has spent under 5 % of a CPU over a second (at most 30 s):
     /// (seconds waited, its CPU share in the last second, in %).
     fn settle(&self) -> (f64, f64) {
-        let ticks = || -> Option<u64> {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-            // After the command name (which may hold spaces): state is field 3, utime 14.
-            let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        };
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let start = Instant::now();
         let mut busy = 100.0;
         while start.elapsed() < Duration::from_secs(30) {
-            let Some(before) = ticks() else { break };
+            let before = procs::tree_cpu_seconds(self.child.id());
             std::thread::sleep(Duration::from_secs(1));
-            let Some(after) = ticks() else { break };
-            busy = (after - before) as f64 / hz * 100.0;
+            busy = (procs::tree_cpu_seconds(self.child.id()) - before) * 100.0;
             if busy < 5.0 {
                 break;
             }

@@ -33,7 +33,7 @@ const ALIGN: usize = 16;
 /// every turn of the load.
 const KEEP: (usize, usize) = (64, 1024);
 
-/// Spare values kept for reuse (free blocks, I/O buffers): at most `max`, and what a busy
+/// Spare values kept for reuse (here, free blocks): at most `max`, and what a busy
 /// period needed. A period is [`Spares::PERIOD`] takes; the values that stayed spare through a
 /// whole period (the fewest the list held during it) were not needed, and all but `min` of
 /// them are dropped when it ends. A burst is so kept while the load lasts and given back as it
