@@ -209,7 +209,8 @@ async fn establish(
         }
         floor::Outcome::Refused | floor::Outcome::Gone => return None,
     };
-    let mut tls = match TlsConn::new(stream, live.tls.clone(), first, live.body_timeout) {
+    let config = live.tls.for_first_flight(&first).clone();
+    let mut tls = match TlsConn::new(stream, config, first, live.body_timeout) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot start TLS");

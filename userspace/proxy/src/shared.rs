@@ -26,7 +26,7 @@ use crate::{
 /// configuration, floor) and again for each request (routes), so a reload never touches an
 /// open connection.
 pub struct Live {
-    pub tls: Arc<rustls::ServerConfig>,
+    pub tls: crate::tls::ServerConfigs,
     pub router: Router,
     pub floor: Rules,
     /// The legacy responder, with the same certificates as `tls`.
@@ -68,6 +68,7 @@ impl Live {
         env: &BuildEnv,
     ) -> Result<(Live, Vec<Background>)> {
         let tls = crate::tls::server_config(&config.tls, &config.data_dir(), config.http.h2)?;
+        let tls = crate::tls::ServerConfigs::new(tls);
         let legacy = Arc::new(Responder::new(config)?);
         let (router, background) = Router::build(config, registry, env)?;
         let h = &config.http;

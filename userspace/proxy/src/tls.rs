@@ -43,18 +43,76 @@ const SELF_SIGNED_BASE: [&str; 2] = ["localhost", "127.0.0.1"];
 /// Ciphertext read size: one full TLS record plus its header and tag.
 const READ_CHUNK: usize = io::buf::SIZE;
 
-/// Builds the rustls server configuration from `[tls]`: TLS 1.3 and 1.2 only (ring provider),
-/// ALPN `h2` (when `h2`, preferred) and `http/1.1`, certificates by SNI.
+/// The edge's TLS 1.3 and 1.2 suites, in the order it prefers them when the client has AES
+/// hardware (as BoringSSL orders them): AES-128-GCM first, whose handshake hashes with SHA-256
+/// (in hardware here) where AES-256-GCM's SHA-384 cost a full handshake as much as its X25519.
+/// Both AES-GCM suites are as strong as TLS needs; AES-128-GCM is TLS 1.3's mandatory suite.
+const SUITES: [rustls::SupportedCipherSuite; 9] = {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+};
+
+/// The server configurations of one generation: the same certificates, versions and ALPN,
+/// chosen per connection by the client's first cipher suite.
+pub struct ServerConfigs {
+    /// The edge's order ([`SUITES`]) decides.
+    ours: Arc<ServerConfig>,
+    /// The client's order decides: for a client that names ChaCha20-Poly1305 first, which is
+    /// how one without AES hardware says so (OpenSSL's `PRIORITIZE_CHACHA`).
+    theirs: Arc<ServerConfig>,
+}
+
+impl ServerConfigs {
+    pub fn new(ours: Arc<ServerConfig>) -> ServerConfigs {
+        let mut theirs = (*ours).clone();
+        theirs.ignore_client_order = false;
+        ServerConfigs { ours, theirs: Arc::new(theirs) }
+    }
+
+    /// The configuration for a connection whose first flight (read by the floor) is `first`.
+    pub fn for_first_flight(&self, first: &[u8]) -> &Arc<ServerConfig> {
+        let (_, hello) = outpost_common::hello::record_hello(first);
+        match hello {
+            Some(h) if h.n_ciphers > 0 && is_chacha(h.ciphers[0]) => &self.theirs,
+            _ => &self.ours,
+        }
+    }
+}
+
+/// ChaCha20-Poly1305 suites of TLS 1.3 (RFC 8446) and TLS 1.2 (RFC 7905).
+fn is_chacha(suite: u16) -> bool {
+    matches!(suite, 0x1303 | 0xcca8 | 0xcca9)
+}
+
+/// Builds the rustls server configuration from `[tls]`: TLS 1.3 and 1.2 only, the aws-lc-rs
+/// provider (its X25519 costs half of ring's) with [`SUITES`] in the edge's order, the
+/// X25519MLKEM768 hybrid preferred when the client offers it, ALPN `h2` (when `h2`,
+/// preferred) and `http/1.1`, certificates by SNI.
 pub fn server_config(tls: &TlsConfig, data_dir: &Path, h2: bool) -> Result<Arc<ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: SUITES.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    });
     let resolver = SniResolver::build(&cert_files(tls, data_dir)?, |cert, key| {
         load_key(cert, key, &provider)
     })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("rustls refused TLS 1.2/1.3 with the ring provider")?
+        .context("rustls refused TLS 1.2/1.3 with the aws-lc-rs provider")?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    // Our order of suites decides ([`ServerConfigs`] keeps a twin where the client's does).
+    config.ignore_client_order = true;
     // The server's order decides (rustls picks the first of ours the client offers).
     config.alpn_protocols = match h2 {
         true => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
@@ -982,6 +1040,97 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The suite a full handshake settles on, in memory: the client offers `suites` in this
+    /// order (and TLS 1.3 only when `tls13`), the edge picks its configuration by the
+    /// ClientHello as it does for a connection.
+    fn negotiated_suite(
+        configs: &ServerConfigs,
+        suites: &[rustls::SupportedCipherSuite],
+        tls13: bool,
+    ) -> rustls::CipherSuite {
+        let provider = Arc::new(CryptoProvider {
+            cipher_suites: suites.to_vec(),
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        });
+        let versions: &[&rustls::SupportedProtocolVersion] = match tls13 {
+            true => &[&rustls::version::TLS13],
+            false => &[&rustls::version::TLS12],
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(outpost_testkit::tls::AnyCert::new())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut first = Vec::new();
+        client.write_tls(&mut first).unwrap();
+        let mut server = rustls::ServerConnection::new(configs.for_first_flight(&first).clone())
+            .unwrap();
+        let mut to_server = &first[..];
+        server.read_tls(&mut to_server).unwrap();
+        server.process_new_packets().unwrap();
+        while server.is_handshaking() || client.is_handshaking() {
+            let mut wire = Vec::new();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut &wire[..]).unwrap();
+            client.process_new_packets().unwrap();
+            wire.clear();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut &wire[..]).unwrap();
+            server.process_new_packets().unwrap();
+        }
+        server.negotiated_cipher_suite().unwrap().suite()
+    }
+
+    /// The edge's order decides (AES-128-GCM first) unless the client names ChaCha20-Poly1305
+    /// first; a suite the client alone offers is still taken.
+    #[test]
+    fn the_edge_prefers_aes_128_unless_the_client_puts_chacha_first() {
+        use rustls::{crypto::aws_lc_rs::cipher_suite as cs, CipherSuite as S};
+        let dir = std::env::temp_dir().join(format!("outpost-suites-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
+        let configs = ServerConfigs::new(server_config(&tls, &dir, true).unwrap());
+        let (aes256, aes128, chacha) = (
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        );
+        let cases = [
+            // OpenSSL's and rustls' own client order.
+            (vec![aes256, aes128, chacha], true, S::TLS13_AES_128_GCM_SHA256),
+            // A client without AES hardware.
+            (vec![chacha, aes128, aes256], true, S::TLS13_CHACHA20_POLY1305_SHA256),
+            (vec![aes256], true, S::TLS13_AES_256_GCM_SHA384),
+            (vec![aes256, chacha], true, S::TLS13_AES_256_GCM_SHA384),
+            (
+                vec![
+                    cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                    cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                ],
+                false,
+                S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ),
+            (
+                vec![
+                    cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                    cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                ],
+                false,
+                S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ),
+        ];
+        for (offered, tls13, expected) in cases {
+            let names: Vec<_> = offered.iter().map(|s| s.suite()).collect();
+            assert_eq!(negotiated_suite(&configs, &offered, tls13), expected, "{names:?}");
+        }
+        // Not a hello at all: the edge's own configuration, rustls answers it.
+        assert!(Arc::ptr_eq(configs.for_first_flight(b"GET / HTTP/1.1\r\n"), &configs.ours));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Larger than two records, so records are split across reads and writes both ways.
     const PAYLOAD: usize = 40_000;
 
@@ -991,7 +1140,7 @@ mod tests {
     ) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(CryptoProvider {
             cipher_suites: vec![suite],
-            ..rustls::crypto::ring::default_provider()
+            ..rustls::crypto::aws_lc_rs::default_provider()
         });
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[suite.version()])
@@ -1038,7 +1187,7 @@ mod tests {
     /// several records; then plain HTTP, which gets an alert.
     #[test]
     fn tls_conn_echoes_resumes_and_alerts() {
-        use rustls::crypto::ring::cipher_suite as cs;
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
         use std::io::Read as _;
         let dir = std::env::temp_dir().join(format!("outpost-tlsconn-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
