@@ -1066,8 +1066,8 @@ mod tests {
         let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let mut first = Vec::new();
         client.write_tls(&mut first).unwrap();
-        let mut server = rustls::ServerConnection::new(configs.for_first_flight(&first).clone())
-            .unwrap();
+        let mut server =
+            rustls::ServerConnection::new(configs.for_first_flight(&first).clone()).unwrap();
         let mut to_server = &first[..];
         server.read_tls(&mut to_server).unwrap();
         server.process_new_packets().unwrap();
