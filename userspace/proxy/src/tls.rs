@@ -1084,7 +1084,7 @@ mod tests {
         // The client offers the post-quantum hybrid (aws-lc-rs' default order) beside X25519;
         // TLS 1.2 has no hybrid.
         let group = server.negotiated_key_exchange_group().unwrap().name();
-        let hybrid =
+        let expected =
             if tls13 { rustls::NamedGroup::X25519MLKEM768 } else { rustls::NamedGroup::X25519 };
         assert_eq!(group, expected, "TLS 1.3: {tls13}");
         server.negotiated_cipher_suite().unwrap().suite()
