@@ -17,8 +17,9 @@
 //! it, whichever connection wrote it, and recovery replays every complete committed
 //! transaction in it); a crash before the sync loses only writes nobody was told of. The
 //! WAL checkpoints (`PASSIVE`, which never blocks the writer) run on a thread of their own, so
-//! neither a commit nor an answer waits for one; the writer finishes each one between two
-//! batches, so that the WAL starts over instead of growing (see `checkpoint_loop`).
+//! neither a commit nor an answer waits for one, and that thread also syncs the database file
+//! after each pass; the writer finishes each checkpoint between two batches, copying only the
+//! last few frames, so that the WAL starts over instead of growing (see `checkpoint_loop`).
 //!
 //! Reads go to [`READERS`] reader threads with read-only connections: WAL lets them run beside
 //! the writer and see every commit that has been acknowledged.
@@ -35,7 +36,7 @@ use std::{
         mpsc, Arc, Mutex, RwLock,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
@@ -60,9 +61,17 @@ const READERS: usize = 2;
 const AHEAD: u64 = 1;
 /// Page cache of the writer's connection, KiB (grown as used; SQLite's default is 2 MiB).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
-/// Writer commits between two checkpoints. A login is about seven commits of a few pages, so
-/// the WAL stays around SQLite's own 1000-page default.
-const CHECKPOINT_EVERY: u32 = 256;
+/// Writer commits between two checkpoint passes: each copies what the WAL holds into the
+/// database file and syncs it, so that one sync writes little beside the syncer's.
+const COPY_EVERY: u32 = 64;
+/// Every this many rounds of passes, the checkpoint is finished and the WAL starts over (about every 256
+/// commits: a login is about seven commits of a few pages, so the WAL stays around SQLite's own
+/// 1000-page default).
+const FINISH_EVERY: u32 = 4;
+/// A checkpoint pass this short leaves the writer little to copy (see `checkpoint_loop`).
+const CATCH_UP_PASS: Duration = Duration::from_millis(10);
+/// Passes before a finish at most: each copies what was written during the one before.
+const CATCH_UP_PASSES: usize = 4;
 
 pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, StoreError>>;
 
@@ -192,7 +201,11 @@ impl Sqlite {
         cconn.busy_timeout(busy).map_err(|e| classify(e, &path))?;
         let caught_up = Arc::new(AtomicBool::new(false));
         let ccaught = caught_up.clone();
-        threads.push(spawn("outpost-store-ckpt", move || checkpoint_loop(cconn, crx, &ccaught))?);
+        // The checkpoint thread's own handle of the file, for the syncs after its passes.
+        let db = File::open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        threads
+            .push(spawn("outpost-store-ckpt", move || checkpoint_loop(cconn, db, crx, &ccaught))?);
         let wal = wal_path(&path);
         let (smetrics, spath, ssynced) = (metrics.clone(), path.clone(), synced.clone());
         threads.push(spawn("outpost-store-sync", move || {
@@ -407,7 +420,7 @@ fn writer_loop(
     path: &Path,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut since_checkpoint = 0u32;
+    let mut since_pass = 0u32;
     let mut generation = 0u64;
     while let Ok(job) = rx.recv() {
         batch.push(job);
@@ -426,14 +439,15 @@ fn writer_loop(
             // next commit starts it over (see checkpoint_loop).
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
-        since_checkpoint += 1;
-        if since_checkpoint >= CHECKPOINT_EVERY {
+        since_pass += 1;
+        if since_pass >= COPY_EVERY {
             // Full: one is pending already, which will cover these commits too.
             let _ = checkpointer.try_send(());
-            since_checkpoint = 0;
+            since_pass = 0;
         }
     }
-    // Every sender is gone: queued work was drained above. Closing checkpoints the WAL.
+    // Every sender is gone: queued work was drained above. What is left in the WAL is copied
+    // by whichever connection closes last, or recovered by the next open.
     let _ = conn.close();
 }
 
@@ -540,9 +554,33 @@ fn syncer_loop(
 /// a steady load, and every page lookup and the recovery after a crash with it. So once this
 /// thread has copied the bulk, it tells the writer (`caught_up`), which copies the few frames
 /// written meanwhile itself, between two batches; the WAL then starts over at its next commit.
-fn checkpoint_loop(conn: Connection, rx: mpsc::Receiver<()>, caught_up: &AtomicBool) {
+///
+/// SQLite syncs the database file only in the checkpoint that reaches the end of the WAL: that
+/// is the writer's, which would then write out every page this thread copied, with commits
+/// waiting behind it (40-90 ms at 10,000 reservations/s, benches/README). So this thread syncs
+/// the file after each pass itself, one pass every [`COPY_EVERY`] commits so that each sync is
+/// small (a large one slows the syncer's WAL syncs beside it). Every [`FINISH_EVERY`]th round
+/// finishes: it passes again over what was written meanwhile until a pass is short
+/// ([`CATCH_UP_PASS`], at most [`CATCH_UP_PASSES`]), so that the writer's share is a few
+/// milliseconds of frames. SQLite's own sync in the writer's step still comes before the WAL
+/// can start over, so these syncs only move work off the writer.
+fn checkpoint_loop(conn: Connection, db: File, rx: mpsc::Receiver<()>, caught_up: &AtomicBool) {
+    let mut rounds = 0u32;
     while rx.recv().is_ok() {
-        if conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).is_ok() {
+        rounds = rounds.wrapping_add(1);
+        let finish = rounds.is_multiple_of(FINISH_EVERY);
+        let passes = if finish { CATCH_UP_PASSES } else { 1 };
+        let mut copied = false;
+        for _ in 0..passes {
+            let started = Instant::now();
+            copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).is_ok();
+            // A failed sync is left to SQLite's, which reports it.
+            let _ = db.sync_data();
+            if !copied || started.elapsed() < CATCH_UP_PASS {
+                break;
+            }
+        }
+        if copied && finish {
             caught_up.store(true, Ordering::Release);
         }
     }
