@@ -45,8 +45,21 @@ pub struct Harness {
 pub struct Run {
     pub action: u32,
     pub output: Vec<u8>,
-    /// Mean time per run as the kernel measured it.
+    /// Mean time per run as the kernel measured it, truncated to whole nanoseconds.
     pub per_run: Duration,
+    /// Mean time per run from this thread's CPU time around the call, in nanoseconds with
+    /// their fractions: the kernel's figure is whole nanoseconds, a step of 15 % against a
+    /// baseline of 6 ns. It includes the call's own setup (a few µs, negligible over a million
+    /// runs) and excludes time the thread spent off its CPU, as the kernel's does.
+    pub cpu_ns: f64,
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 impl Harness {
@@ -133,9 +146,11 @@ impl Harness {
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
         opts.repeat = repeat;
+        let start = thread_cpu();
         let r = prog.test_run(opts).map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e}"))?;
+        let cpu_ns = (thread_cpu() - start).as_nanos() as f64 / repeat.max(1) as f64;
         out.truncate(r.data_size_out as usize);
-        Ok(Run { action: r.return_value, output: out, per_run: r.duration })
+        Ok(Run { action: r.return_value, output: out, per_run: r.duration, cpu_ns })
     }
 
     /// The verifier's count of processed instructions for `program`.

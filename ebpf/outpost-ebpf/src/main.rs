@@ -30,26 +30,26 @@ const FAIL_POLICY: u32 = xdp_action::XDP_PASS;
 #[xdp]
 pub fn outpost_xdp(ctx: XdpContext) -> u32 {
     maps::count(Outcome::Packets);
-    match packet::walk(&ctx, maps::port_protected) {
-        Ok(mut seg) => {
-            if tls::untracked_data(&ctx, &mut seg) {
-                maps::count(Outcome::NotHello);
-                return xdp_action::XDP_PASS;
-            }
-            let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
-                return FAIL_POLICY;
-            };
-            // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
-            unsafe { (*scratch).seg = seg };
-            match segment(ctx.ctx) {
-                tls::RECORD => tls::record(&ctx),
-                action => action,
-            }
-        }
+    let hdrs = match packet::walk(&ctx, maps::port_protected) {
+        Ok(hdrs) => hdrs,
         Err(outcome) => {
             maps::count(outcome);
-            FAIL_POLICY
+            return FAIL_POLICY;
         }
+    };
+    let maybe_tracked = tls::flow_may_exist(hdrs.flow_slot());
+    if tls::untracked_data(&ctx, &hdrs, maybe_tracked) {
+        maps::count(Outcome::NotHello);
+        return xdp_action::XDP_PASS;
+    }
+    let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
+        return FAIL_POLICY;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+    unsafe { (*scratch).seg = hdrs.segment(maybe_tracked) };
+    match segment(ctx.ctx) {
+        tls::RECORD => tls::record(&ctx),
+        action => action,
     }
 }
 

@@ -8,7 +8,10 @@ use network_types::{
     tcp::TcpHdr,
     vlan::VlanHdr,
 };
-use outpost_common::{maps::FlowKey, maps::Outcome, Input};
+use outpost_common::{
+    maps::{flow_slot, flow_slot_v4, FlowKey, Outcome},
+    Input,
+};
 
 /// EtherTypes, host order.
 const ETH_P_IPV4: u16 = 0x0800;
@@ -111,17 +114,34 @@ pub struct Segment {
     pub flags: u8,
     pub ipv6: bool,
     /// What the flow filter said of the four-tuple: false proves the flow is not tracked.
-    /// True (look) until the filter is consulted, once per segment, before the hello logic.
+    /// The entry consults it, once per segment, before the hello logic.
     pub maybe_tracked: bool,
+}
+
+/// A TCP segment to a protected port that carries payload, FIN or RST, as far as [`walk`] read
+/// it. The four-tuple and sequence numbers stay in the packet until asked for: most such
+/// segments (application data of flows not tracked) pass with only the filter's slot read
+/// ([`Headers::flow_slot`]), and only the rest go on to the hello logic with a whole
+/// [`Segment`] ([`Headers::segment`]).
+#[derive(Clone, Copy)]
+pub struct Headers {
+    /// The IP header, checked by [`ptr_at`] for the family's fixed header (20 or 40 bytes).
+    ip: *const u8,
+    /// The TCP header, checked by [`ptr_at`] for its fixed 20 bytes.
+    tcp: *const TcpHdr,
+    pub l3: usize,
+    pub l4: usize,
+    pub payload: usize,
+    pub payload_len: usize,
+    pub flags: u8,
+    pub ipv6: bool,
 }
 
 /// Walks to the TCP header. `Err` carries why the packet is not for us (it passes), which
 /// includes a segment without payload that neither closes nor resets the flow (SYN, pure ACK):
-/// nothing to classify and no flow state to consult. The four-tuple and sequence numbers are
-/// read only once the segment is known to be for us, so that the packets that are not (most
-/// of them: other ports, ACKs) do not load them.
+/// nothing to classify and no flow state to consult.
 #[inline(always)]
-pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment, Outcome> {
+pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Headers, Outcome> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l3 = EthHdr::LEN;
@@ -133,10 +153,10 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
         ether_type = u16::from_be(unsafe { (*vlan).ether_type });
         l3 += VlanHdr::LEN;
     }
-    let (l4, ip_end, ipv6) = match ether_type {
+    let (ip, l4, ip_end, ipv6) = match ether_type {
         ETH_P_IPV4 => {
-            let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-            let ip = unsafe { &*ip };
+            let p: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+            let ip = unsafe { &*p };
             let ihl = ((ip.vihl & 0x0f) as usize) * 4;
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
                 return Err(Outcome::Truncated);
@@ -151,11 +171,11 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
             if tot_len < ihl {
                 return Err(Outcome::Truncated);
             }
-            (l3 + ihl, l3 + tot_len, false)
+            (p as *const u8, l3 + ihl, l3 + tot_len, false)
         }
         ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
-            let ip = unsafe { &*ip };
+            let p: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+            let ip = unsafe { &*p };
             let mut next = ip.next_hdr;
             let mut off = l3 + Ipv6Hdr::LEN;
             let ip_end = off + u16::from_be(load16(&ip.payload_len)) as usize;
@@ -178,19 +198,17 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
                     _ => Outcome::NotTcp,
                 });
             }
-            (off, ip_end, true)
+            (p as *const u8, off, ip_end, true)
         }
         _ => return Err(Outcome::NotIp),
     };
     let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
-    let tcp = unsafe { &*tcp };
-    let dport = u16::from_be(load16(&tcp.dest));
+    let dport = u16::from_be(load16(unsafe { &(*tcp).dest }));
     if !protected(dport) {
         return Err(Outcome::OtherPort);
     }
-    // Data offset and flags: bytes 12 and 13 of the header.
-    let bits: *const [u8; 2] = ptr_at(ctx, l4 + 12)?;
-    let bits = unsafe { *bits };
+    // Data offset and flags: bytes 12 and 13 of the header, inside the 20 checked.
+    let bits = unsafe { *((tcp as *const u8).add(12) as *const [u8; 2]) };
     let doff = ((bits[0] >> 4) as usize) * 4;
     let payload = l4 + doff;
     if doff < TcpHdr::LEN || payload > ip_end {
@@ -199,34 +217,68 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Segment
     if payload == ip_end && bits[1] & (TCP_FIN | TCP_RST) == 0 {
         return Err(Outcome::NoPayload);
     }
-    let mut key = FlowKey::default();
-    if ipv6 {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
-        let ip = unsafe { &*ip };
-        copy_words(&mut key.src, &ip.src_addr);
-        copy_words(&mut key.dst, &ip.dst_addr);
-        key.family = 6;
-    } else {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-        let ip = unsafe { &*ip };
-        key.src[0] = load32(&ip.src_addr);
-        key.dst[0] = load32(&ip.dst_addr);
-        key.family = 4;
+    Ok(Headers { ip, tcp, l3, l4, payload, payload_len: ip_end - payload, flags: bits[1], ipv6 })
+}
+
+impl Headers {
+    /// The [`FLOW_FILTER`](outpost_common::maps::FLOW_FILTER) slot of the segment's flow: for
+    /// IPv4 from the four words it hashes, read straight from the packet.
+    #[inline(always)]
+    pub fn flow_slot(&self) -> u32 {
+        if self.ipv6 {
+            return flow_slot(&self.key());
+        }
+        // SAFETY: the walk checked the IPv4 header's 20 bytes and the TCP header's 20.
+        let (ip, tcp) = unsafe { (&*(self.ip as *const Ipv4Hdr), &*self.tcp) };
+        flow_slot_v4(
+            load32(&ip.src_addr),
+            load32(&ip.dst_addr),
+            load16(&tcp.source),
+            load16(&tcp.dest),
+        )
     }
-    key.sport = load16(&tcp.source);
-    key.dport = load16(&tcp.dest);
-    Ok(Segment {
-        key,
-        l3,
-        l4,
-        payload,
-        payload_len: ip_end - payload,
-        seq: u32::from_be(load32(&tcp.seq)),
-        ack_seq: u32::from_be(load32(&tcp.ack_seq)),
-        flags: bits[1],
-        ipv6,
-        maybe_tracked: true,
-    })
+
+    /// The segment's four-tuple, as [`FlowKey`] stores it.
+    #[inline(always)]
+    fn key(&self) -> FlowKey {
+        let mut key = FlowKey::default();
+        // SAFETY: the walk checked the family's fixed IP header and the TCP header's 20 bytes.
+        unsafe {
+            if self.ipv6 {
+                let ip = &*(self.ip as *const Ipv6Hdr);
+                copy_words(&mut key.src, &ip.src_addr);
+                copy_words(&mut key.dst, &ip.dst_addr);
+                key.family = 6;
+            } else {
+                let ip = &*(self.ip as *const Ipv4Hdr);
+                key.src[0] = load32(&ip.src_addr);
+                key.dst[0] = load32(&ip.dst_addr);
+                key.family = 4;
+            }
+            key.sport = load16(&(*self.tcp).source);
+            key.dport = load16(&(*self.tcp).dest);
+        }
+        key
+    }
+
+    /// The whole segment, for the hello logic. `maybe_tracked`: what the filter said.
+    #[inline(always)]
+    pub fn segment(&self, maybe_tracked: bool) -> Segment {
+        // SAFETY: the walk checked the TCP header's 20 bytes.
+        let tcp = unsafe { &*self.tcp };
+        Segment {
+            key: self.key(),
+            l3: self.l3,
+            l4: self.l4,
+            payload: self.payload,
+            payload_len: self.payload_len,
+            seq: u32::from_be(load32(&tcp.seq)),
+            ack_seq: u32::from_be(load32(&tcp.ack_seq)),
+            flags: self.flags,
+            ipv6: self.ipv6,
+            maybe_tracked,
+        }
+    }
 }
 
 #[inline(always)]
@@ -248,9 +300,15 @@ pub struct Payload<'a> {
 impl<'a> Payload<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a XdpContext, seg: &Segment) -> Payload<'a> {
-        let off = seg.payload & PAYLOAD_MASK;
+        Payload::of(ctx, seg.payload, seg.payload_len)
+    }
+
+    /// The payload at `payload` of `payload_len` bytes (per the IP header).
+    #[inline(always)]
+    pub fn of(ctx: &'a XdpContext, payload: usize, payload_len: usize) -> Payload<'a> {
+        let off = payload & PAYLOAD_MASK;
         let visible = ctx.data_end().saturating_sub(ctx.data() + off);
-        let len = if seg.payload_len < visible { seg.payload_len } else { visible };
+        let len = if payload_len < visible { payload_len } else { visible };
         Payload { ctx, off, len: len & PAYLOAD_MASK }
     }
 

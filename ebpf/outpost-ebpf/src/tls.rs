@@ -30,7 +30,7 @@ use crate::{
         RECORD_CONFIG, RECORD_FLOWS, REDIRECTS, REDIRECT_GLOBAL, REDIRECT_SOURCES, SCRATCH,
         VERSION_STATS,
     },
-    packet::{Payload, Segment, PAYLOAD_MASK, TCP_RST},
+    packet::{Headers, Payload, Segment, PAYLOAD_MASK, TCP_RST},
     reset,
 };
 
@@ -431,25 +431,26 @@ fn forget_record(key: &FlowKey) {
     let _ = RECORD_FLOWS.remove(key);
 }
 
-/// Whether `seg` is application data (or another protocol) of a flow that is not tracked:
-/// the bulk of the traffic, which passes as `NotHello` without the parser. Decided in the
-/// entry, before the segment takes the round trip through the scratch map, so that only
-/// segments that go on to [`handle`] pay for it. The filter comes first: a continuation of a
-/// tracked hello can start with any byte. Its answer is kept in the segment for [`handle`].
+/// Whether the segment is application data (or another protocol) of a flow that is not
+/// tracked: the bulk of the traffic, which passes as `NotHello` without the parser. Decided in
+/// the entry from the packet's headers, before the four-tuple and sequence numbers are read and
+/// the segment takes the round trip through the scratch map, so that only segments that go on
+/// to [`handle`] pay for those. `maybe_tracked` is the filter's answer
+/// ([`flow_may_exist`]), which comes first: a continuation of a tracked hello can start with
+/// any byte.
 #[inline(always)]
-pub fn untracked_data(ctx: &XdpContext, seg: &mut Segment) -> bool {
-    seg.maybe_tracked = flow_may_exist(&seg.key);
-    if seg.payload_len == 0 || seg.maybe_tracked {
+pub fn untracked_data(ctx: &XdpContext, hdrs: &Headers, maybe_tracked: bool) -> bool {
+    if hdrs.payload_len == 0 || maybe_tracked {
         return false;
     }
-    let payload = Payload::new(ctx, seg);
+    let payload = Payload::of(ctx, hdrs.payload, hdrs.payload_len);
     payload.len() > 0 && !may_start_hello(payload.byte(0))
 }
 
-/// Whether a flow keyed `key` may be in [`FLOWS`]; false only when none can be.
+/// Whether a flow in filter slot `slot` may be in [`FLOWS`]; false only when none can be.
 #[inline(always)]
-fn flow_may_exist(key: &FlowKey) -> bool {
-    match FLOW_FILTER.get(flow_slot(key)) {
+pub fn flow_may_exist(slot: u32) -> bool {
+    match FLOW_FILTER.get(slot) {
         Some(n) => *n != 0,
         // Unreachable (the slot is masked), but an unknown answer must mean "look".
         None => true,
