@@ -310,7 +310,7 @@ fn segment_rows(rows: &mut Vec<Fixture>) {
                 None,
             )
             .counts(Version::Tls13, Verdict::Pass, 1)
-            .outcome(Outcome::FollowNext, 1)
+            .outcome(Outcome::FollowNext, 2)
             .outcome(Outcome::DecidedLater, 1),
     );
     let sport = port();
@@ -386,7 +386,8 @@ fn policy_rows(rows: &mut Vec<Fixture>) {
             .step(p.build(), XDP_DROP, None)
             .step(p.clone().flags(RST | ACK).build(), XDP_PASS, None)
             .counts(Version::Tls10, Verdict::Drop, 1)
-            .outcome(Outcome::DecidedFirst, 1),
+            .outcome(Outcome::DecidedFirst, 1)
+            .outcome(Outcome::FlowRepeat, 1),
     );
     for v6 in [false, true] {
         let p =

@@ -123,7 +123,9 @@ pub const fn version_slot(version: Version, verdict: Verdict) -> u32 {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// Every packet the program saw.
+    /// Every packet the program saw. Not counted by the kernel, which counts each packet once,
+    /// by what became of it (one of [`Outcome::TERMINAL`], as the benchmark's baseline counts
+    /// each packet once): userspace sums those into this slot (`Stats`).
     Packets = 0,
     /// Not IPv4/IPv6 (ARP, LLDP, more than two VLAN tags, …): passed.
     NotIp = 1,
@@ -145,7 +147,8 @@ pub enum Outcome {
     DecidedFirst = 9,
     /// A hello decided from a later segment.
     DecidedLater = 10,
-    /// A hello that ends past this segment: followed to the next one.
+    /// A hello that ends past this segment: followed to the next one (also the first segment
+    /// of a followed hello seen again, a retransmission: still followed).
     FollowNext = 11,
     /// A hello left to userspace: out of order, too many segments, or too many steps.
     ToUserspace = 12,
@@ -153,7 +156,8 @@ pub enum Outcome {
     Malformed = 13,
     /// The flow table was full and refused a hello to follow: left to userspace.
     FlowTableFull = 14,
-    /// A segment of a dropped or rejected flow (a retransmission): handled, not counted again.
+    /// A later segment of a dropped or rejected flow (a retransmission, or the client's reset):
+    /// handled, the hello not counted again.
     FlowRepeat = 15,
     /// Reject: the hello was turned into a reset to the server.
     ResetServer = 16,
@@ -198,6 +202,28 @@ impl Outcome {
         Outcome::RecordDropped,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// The outcomes that end a packet's handling: the kernel counts every packet in exactly one
+    /// of them (the others come on top: a reset sent, a record sent, a reused flow), so that a
+    /// packet that passes early costs one counter, as the baseline's; their sum is
+    /// [`Outcome::Packets`].
+    pub const TERMINAL: [Outcome; 15] = [
+        Outcome::NotIp,
+        Outcome::NotTcp,
+        Outcome::Fragment,
+        Outcome::ExtHeaders,
+        Outcome::Truncated,
+        Outcome::OtherPort,
+        Outcome::NoPayload,
+        Outcome::NotHello,
+        Outcome::DecidedFirst,
+        Outcome::DecidedLater,
+        Outcome::FollowNext,
+        Outcome::ToUserspace,
+        Outcome::Malformed,
+        Outcome::FlowTableFull,
+        Outcome::FlowRepeat,
+    ];
 
     /// The name used by `outpost stats` and `/metrics`.
     pub const fn name(self) -> &'static str {

@@ -195,7 +195,9 @@ fn begin(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> Option<u32> {
     match (known, found) {
         (Some(flow), Some(p)) => {
             if seg.seq == flow.first_seq {
-                // The hello's first segment again (a retransmission): already seen.
+                // The hello's first segment again (a retransmission): already seen; the hello
+                // is still followed.
+                count(Outcome::FollowNext);
                 return Some(xdp_action::XDP_PASS);
             }
             if seg.seq != flow.next_seq {
@@ -898,12 +900,12 @@ unsafe fn atomic_add(p: *mut u64, v: u64) {
 /// A segment of a flow whose hello was dropped or rejected.
 #[inline(always)]
 fn blocked_flow(ctx: &XdpContext, seg: &Segment, phase: u8) -> u32 {
+    count(Outcome::FlowRepeat);
     if seg.flags & TCP_RST != 0 {
         // The client gave up: let the server clean up too, and forget the flow.
         flow_remove(&seg.key);
         return xdp_action::XDP_PASS;
     }
-    count(Outcome::FlowRepeat);
     if phase == FlowPhase::Dropped as u8 {
         return xdp_action::XDP_DROP;
     }

@@ -531,6 +531,9 @@ impl PinnedMaps {
         for o in Outcome::ALL {
             s.outcomes[o as usize] = self.parse_stats.get(&(o as u32), 0)?.iter().sum();
         }
+        // The kernel counts each packet once, by its outcome (`Outcome::TERMINAL`).
+        s.outcomes[Outcome::Packets as usize] =
+            Outcome::TERMINAL.iter().map(|o| s.outcomes[*o as usize]).sum();
         Ok(s)
     }
 }
