@@ -169,6 +169,12 @@ fn walk_rows(rows: &mut Vec<Fixture>) {
     ));
     rows.push(pass_row("SYN", Packet::tcp4(port(), 443, &[]).flags(SYN), Outcome::NoPayload));
     rows.push(pass_row("pure ACK", Packet::tcp4(port(), 443, &[]).flags(ACK), Outcome::NoPayload));
+    // Checked before the port, which a segment without payload does not need.
+    rows.push(pass_row(
+        "pure ACK to an unprotected port",
+        Packet::tcp4(port(), 8080, &[]).flags(ACK),
+        Outcome::NoPayload,
+    ));
     rows.push(pass_row(
         "HTTP request on 443",
         Packet::tcp4(port(), 443, b"GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n"),
@@ -319,6 +325,30 @@ fn segment_rows(rows: &mut Vec<Fixture>) {
             .step(Packet::tcp4(sport, 443, &big10[..MSS]).seq(1000).build(), XDP_PASS, None)
             .step(Packet::tcp4(sport, 443, &big10[MSS..]).seq(9999).build(), XDP_PASS, None)
             .outcome(Outcome::FollowNext, 1)
+            .outcome(Outcome::ToUserspace, 1),
+    );
+    // A continuation that happens to start like an application-data record passes unread (no
+    // flow lookup for those): the hello goes on out of order and is left to userspace.
+    let sport = port();
+    let mut looks_like_data = big10[MSS..].to_vec();
+    looks_like_data[..3].copy_from_slice(&[0x17, 0x03, 0x03]);
+    rows.push(
+        Fixture::new("continuation starting 17 03 03: passed unread, the hello left to userspace")
+            .step(Packet::tcp4(sport, 443, &big10[..MSS]).seq(1000).build(), XDP_PASS, None)
+            .step(
+                Packet::tcp4(sport, 443, &looks_like_data[..200]).seq(1000 + MSS as u32).build(),
+                XDP_PASS,
+                None,
+            )
+            .step(
+                Packet::tcp4(sport, 443, &looks_like_data[200..])
+                    .seq(1000 + MSS as u32 + 200)
+                    .build(),
+                XDP_PASS,
+                None,
+            )
+            .outcome(Outcome::FollowNext, 1)
+            .outcome(Outcome::NotHello, 1)
             .outcome(Outcome::ToUserspace, 1),
     );
     // A hello spread over more segments than the kernel follows.

@@ -149,6 +149,17 @@ const RECORD_HANDSHAKE: u8 = 0x16;
 pub fn may_start_hello(first: u8) -> bool {
     first == RECORD_HANDSHAKE || first & 0x80 != 0
 }
+/// Whether a segment whose first three bytes are `head` starts a TLS application-data record
+/// (content type 23, record version 3.1 to 3.3): the first segment of nearly every request on
+/// an established connection. Such a segment is not a hello, and the XDP program passes it
+/// without looking for its flow (see `tls::untracked_data` in `outpost-ebpf` for why that is
+/// safe for the rare continuation of a followed hello that starts with these bytes).
+#[inline(always)]
+pub fn starts_app_data(head: [u8; 3]) -> bool {
+    head[0] == RECORD_APPLICATION_DATA && head[1] == 0x03 && head[2].wrapping_sub(1) < 3
+}
+/// TLS content type of application data.
+const RECORD_APPLICATION_DATA: u8 = 0x17;
 /// Handshake message type of ClientHello (also the SSLv2 CLIENT-HELLO message type).
 const CLIENT_HELLO: u8 = 0x01;
 /// Largest TLSPlaintext fragment.

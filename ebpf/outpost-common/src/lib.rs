@@ -25,6 +25,8 @@ pub mod record;
 pub mod testing;
 pub mod version;
 
-pub use hello::{may_start_hello, record_hello, HelloParser, Input, Malformed, Progress};
+pub use hello::{
+    may_start_hello, record_hello, starts_app_data, HelloParser, Input, Malformed, Progress,
+};
 pub use record::HelloRecord;
 pub use version::{Mode, Policy, Verdict, Version};

@@ -139,7 +139,8 @@ pub enum Outcome {
     Truncated = 5,
     /// TCP to a port that is not protected.
     OtherPort = 6,
-    /// TCP to a protected port without payload (SYN, ACK, FIN, RST).
+    /// TCP without payload: SYN or ACK to any port (checked before the port), or FIN or RST to
+    /// a protected port of no flow being handled.
     NoPayload = 7,
     /// Payload that does not start a ClientHello (and no hello is being followed).
     NotHello = 8,

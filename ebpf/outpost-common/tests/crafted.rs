@@ -685,3 +685,19 @@ fn captures() -> Vec<(String, Vec<u8>, Version)> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The heads the XDP program passes without looking for the flow: application-data records of
+/// TLS 1.0-1.3, and nothing the classifier could take for the start of a hello.
+#[test]
+fn application_data_heads() {
+    use outpost_common::{may_start_hello, starts_app_data};
+    for v in 1..=3 {
+        assert!(starts_app_data([0x17, 0x03, v]), "17 03 {v:02x}");
+    }
+    for head in [[0x17, 0x03, 0x00], [0x17, 0x03, 0x04], [0x17, 0x02, 0x03], [0x16, 0x03, 0x03]] {
+        assert!(!starts_app_data(head), "{head:02x?}");
+    }
+    let record = [0x17, 0x03, 0x03, 0x00, 0x20];
+    assert_eq!(classify(&record[..]), Progress::NotHello, "the classifier agrees");
+    assert!(!may_start_hello(0x17));
+}

@@ -138,34 +138,39 @@ pub struct Headers {
 }
 
 /// Walks to the TCP header. `Err` carries why the packet is not for us (it passes), which
-/// includes a segment without payload that neither closes nor resets the flow (SYN, pure ACK):
-/// nothing to classify and no flow state to consult.
+/// includes a segment without payload that neither closes nor resets the flow (SYN, pure ACK),
+/// to any port: nothing to classify and no flow state to consult.
 #[inline(always)]
 pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Headers, Outcome> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l3 = EthHdr::LEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
-            break;
+    // IPv4 untagged, the common case, first: one comparison before the IP header.
+    if ether_type != ETH_P_IPV4 {
+        for _ in 0..MAX_VLAN_TAGS {
+            if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+                break;
+            }
+            let vlan: *const VlanHdr = ptr_at(ctx, l3)?;
+            ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+            l3 += VlanHdr::LEN;
         }
-        let vlan: *const VlanHdr = ptr_at(ctx, l3)?;
-        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
-        l3 += VlanHdr::LEN;
     }
     let (ip, l4, ip_end, ipv6) = match ether_type {
         ETH_P_IPV4 => {
             let p: *const Ipv4Hdr = ptr_at(ctx, l3)?;
             let ip = unsafe { &*p };
+            // The protocol first: whatever else is wrong with a packet that is not TCP, it
+            // passes as it came (every fragment carries the protocol).
+            if ip.proto != IPPROTO_TCP {
+                return Err(Outcome::NotTcp);
+            }
             let ihl = ((ip.vihl & 0x0f) as usize) * 4;
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
                 return Err(Outcome::Truncated);
             }
             if u16::from_be(load16(&ip.frags)) & (IPV4_MF | IPV4_OFFSET) != 0 {
                 return Err(Outcome::Fragment);
-            }
-            if ip.proto != IPPROTO_TCP {
-                return Err(Outcome::NotTcp);
             }
             let tot_len = u16::from_be(load16(&ip.tot_len)) as usize;
             if tot_len < ihl {
@@ -203,10 +208,6 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Headers
         _ => return Err(Outcome::NotIp),
     };
     let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
-    let dport = u16::from_be(load16(unsafe { &(*tcp).dest }));
-    if !protected(dport) {
-        return Err(Outcome::OtherPort);
-    }
     // Data offset and flags: bytes 12 and 13 of the header, inside the 20 checked.
     let bits = unsafe { *((tcp as *const u8).add(12) as *const [u8; 2]) };
     let doff = ((bits[0] >> 4) as usize) * 4;
@@ -214,8 +215,15 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Headers
     if doff < TcpHdr::LEN || payload > ip_end {
         return Err(Outcome::Truncated);
     }
+    // Before the port: a segment without payload that neither closes nor resets (a pure ACK,
+    // most of what a server receives while it sends) needs nothing of any port, not even the
+    // lookup that tells whether its port is protected.
     if payload == ip_end && bits[1] & (TCP_FIN | TCP_RST) == 0 {
         return Err(Outcome::NoPayload);
+    }
+    let dport = u16::from_be(load16(unsafe { &(*tcp).dest }));
+    if !protected(dport) {
+        return Err(Outcome::OtherPort);
     }
     Ok(Headers { ip, tcp, l3, l4, payload, payload_len: ip_end - payload, flags: bits[1], ipv6 })
 }
