@@ -53,9 +53,17 @@ pub fn outpost_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
     unsafe { (*scratch).seg = hdrs.segment(maybe_tracked) };
     match segment(ctx.ctx) {
-        tls::RECORD => tls::record(&ctx),
+        tls::RECORD => record(ctx.ctx),
         action => action,
     }
+}
+
+/// A sampled hello read in the recording mode ([`tls::record`]): a function of its own, beside
+/// [`segment`], so that its loop's `may_goto` counter, which the kernel sets up on entry to
+/// the function that holds the loop, is not set up for every packet in the entry.
+#[inline(never)]
+fn record(ctx: *mut xdp_md) -> u32 {
+    tls::record(&XdpContext::new(ctx))
 }
 
 /// The segment in this CPU's scratch entry, which goes on to the hello logic ([`tls::handle`]).
