@@ -79,6 +79,11 @@ struct Args {
     /// and the prune.
     #[arg(long, default_value_t = 10_000_000)]
     audit_events: u64,
+    /// Diagnostics: PostgreSQL runs with `pg_stat_statements`, and the statements that took
+    /// the most of its time during the spike (calls, total and mean time, rows) are printed
+    /// before pgbench runs.
+    #[arg(long)]
+    pg_statements: bool,
 }
 
 #[path = "reserve_scale.rs"]
@@ -245,6 +250,14 @@ fn run_store(
     let work = TempDir::new("reserve-bench");
     let pg = match store {
         "embedded" => None,
+        "postgres" if args.pg_statements => {
+            let pg = TestPostgres::start_with(&[
+                "shared_preload_libraries=pg_stat_statements",
+                "pg_stat_statements.track=all",
+            ]);
+            pg.psql("outpost", "CREATE EXTENSION pg_stat_statements");
+            Some(pg)
+        }
         "postgres" => Some(TestPostgres::start()),
         other => bail!("unknown store {other:?}: embedded or postgres"),
     };
@@ -362,6 +375,18 @@ fn run_store(
         )?),
         None => None,
     };
+    if let Some(pg) = pg.as_ref().filter(|_| args.pg_statements) {
+        eprintln!("  statements by PostgreSQL time (calls | total ms | mean us | rows | query):");
+        let top = pg.psql(
+            "outpost",
+            "SELECT calls, round(total_exec_time), round(mean_exec_time * 1000), rows, \
+             left(regexp_replace(query, '\\s+', ' ', 'g'), 110) \
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 20",
+        );
+        for line in top.lines() {
+            eprintln!("    {line}");
+        }
+    }
     // Against the same database the edge used, once the edge is gone.
     let (pgbench_tps, pgbench_pipelined_tps) = match &pg {
         Some(pg) => (

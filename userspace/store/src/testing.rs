@@ -77,6 +77,8 @@ pub struct TestPostgres {
     /// listens on there.
     netns: Option<String>,
     listen: String,
+    /// More `-c name=value` settings for the server (see [`start_with`](Self::start_with)).
+    settings: Vec<String>,
     child: Mutex<Option<Child>>,
 }
 
@@ -105,17 +107,23 @@ impl TestPostgres {
     /// initdb, start, wait until it accepts connections, create role and database `outpost`
     /// (the role with a random password). Panics with what went wrong.
     pub fn start() -> TestPostgres {
-        TestPostgres::start_on(None, "127.0.0.1")
+        TestPostgres::start_on(None, "127.0.0.1", &[])
+    }
+
+    /// As [`start`](Self::start), with more server settings (`name=value`, as `postgres -c`
+    /// takes them), such as `shared_preload_libraries=pg_stat_statements` for a diagnostic.
+    pub fn start_with(settings: &[&str]) -> TestPostgres {
+        TestPostgres::start_on(None, "127.0.0.1", settings)
     }
 
     /// As [`start`](Self::start), but inside network namespace `netns` (through `nsenter`),
     /// listening on `addr` there, for clients in other namespaces (a fleet of edge nodes).
     /// Setup still goes through the Unix socket, which the file system shares.
     pub fn start_in_namespace(netns: &str, addr: &str) -> TestPostgres {
-        TestPostgres::start_on(Some(netns.to_owned()), addr)
+        TestPostgres::start_on(Some(netns.to_owned()), addr, &[])
     }
 
-    fn start_on(netns: Option<String>, listen: &str) -> TestPostgres {
+    fn start_on(netns: Option<String>, listen: &str, settings: &[&str]) -> TestPostgres {
         let bin = find_bin();
         let run_as = run_as();
         let dir = TempDir::new("outpost-pg");
@@ -167,6 +175,7 @@ impl TestPostgres {
             run_as,
             netns,
             listen: listen.to_owned(),
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
             child: Mutex::new(None),
         };
         // The port was free when the kernel named it; another test starting a server at the
@@ -313,6 +322,7 @@ impl TestPostgres {
             // many connections, and the tests' psql.
             .args(["-c", "max_connections=600", "-c", "shared_buffers=128MB"])
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s]))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -462,6 +472,7 @@ impl TestPostgres {
             run_as: self.run_as,
             netns: None,
             listen: self.listen.clone(),
+            settings: self.settings.clone(),
             child: Mutex::new(None),
         };
         for attempt in 1.. {
