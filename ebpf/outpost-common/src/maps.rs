@@ -204,27 +204,12 @@ impl Outcome {
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
-    /// The outcomes that end a packet's handling: the kernel counts every packet in exactly one
-    /// of them (the others come on top: a reset sent, a record sent, a reused flow), so that a
-    /// packet that passes early costs one counter, as the baseline's; their sum is
-    /// [`Outcome::Packets`].
-    pub const TERMINAL: [Outcome; 15] = [
-        Outcome::NotIp,
-        Outcome::NotTcp,
-        Outcome::Fragment,
-        Outcome::ExtHeaders,
-        Outcome::Truncated,
-        Outcome::OtherPort,
-        Outcome::NoPayload,
-        Outcome::NotHello,
-        Outcome::DecidedFirst,
-        Outcome::DecidedLater,
-        Outcome::FollowNext,
-        Outcome::ToUserspace,
-        Outcome::Malformed,
-        Outcome::FlowTableFull,
-        Outcome::FlowRepeat,
-    ];
+    /// The outcomes that end a packet's handling, `NotIp` to `FlowRepeat` in [`ALL`](Self::ALL):
+    /// the kernel counts every packet in exactly one of them (the others come on top: a reset
+    /// sent, a record sent, a reused flow), so that a packet that passes early costs one
+    /// counter, as the baseline's; their sum is [`Outcome::Packets`].
+    pub const TERMINAL: &'static [Outcome] =
+        Self::ALL.split_at(Outcome::FlowRepeat as usize + 1).0.split_at(Outcome::NotIp as usize).1;
 
     /// The name used by `outpost stats` and `/metrics`.
     pub const fn name(self) -> &'static str {
@@ -406,6 +391,16 @@ mod tests {
         assert!(seen.iter().all(|s| *s));
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
+        }
+    }
+
+    #[test]
+    fn terminal_outcomes_are_not_ip_to_flow_repeat() {
+        let t = Outcome::TERMINAL;
+        assert_eq!((t.len(), t[0], t[t.len() - 1]), (15, Outcome::NotIp, Outcome::FlowRepeat));
+        for o in [Outcome::Packets, Outcome::ResetServer, Outcome::RecordSent, Outcome::FlowReused]
+        {
+            assert!(!t.contains(&o), "{o:?}");
         }
     }
 
