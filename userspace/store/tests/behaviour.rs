@@ -468,3 +468,67 @@ async fn metrics_render_prometheus(h: Harness) {
         }
     }
 }
+
+/// PostgreSQL: the statements that find outbox rows by id (complete, renew, retry) look each
+/// row up by its primary key. Written with `done_at IS NULL`, the planner served them from the
+/// partial index `outbox_due` (topic, next_at, id), a scan of the whole queue per call (a
+/// spike's mail completions then cost PostgreSQL as much as its reservations, benches/README).
+/// Each statement's text is taken from `pg_stat_activity` as the store sent it, and explained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_by_id_are_found_by_primary_key_on_postgres() {
+    let h = Harness::postgres("outbox_rows_by_id");
+    let Some((pg, db, _)) = h.pg.clone() else { unreachable!("a PostgreSQL harness") };
+    let s = h.open();
+    let lease = Duration::from_secs(30);
+    for _ in 0..2000 {
+        s.enqueue("mail", b"a mail").await.expect("enqueue");
+    }
+    let ids: Vec<i64> =
+        s.claim("mail", "w", 100, lease).await.expect("claim").into_iter().map(|i| i.id).collect();
+    assert_eq!(ids.len(), 100);
+    // A few ids, as a sender's batch holds; the table never analyzed, as during a spike before
+    // autovacuum comes round.
+    let list = |ids: &[i64]| {
+        format!("'{{{}}}'", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+    };
+    let cases: [(&str, &str, String); 3] = [
+        (
+            "UPDATE outbox SET lease_until%WHERE id = ANY",
+            "int8[], text, int8",
+            format!("{}, 'w', 30000", list(&ids[..5])),
+        ),
+        (
+            "UPDATE outbox SET attempts",
+            "int8, text, int8, text",
+            format!("{}, 'w', 1000, 'e'", ids[0]),
+        ),
+        ("UPDATE outbox SET done_at", "int8[], text", format!("{}, 'w'", list(&ids[1..6]))),
+    ];
+    assert_eq!(s.renew(&ids, "w", lease).await, Ok(100));
+    let sent = |prefix: &str| {
+        pg.psql(
+            &db,
+            &format!(
+                "SELECT query FROM pg_stat_activity WHERE datname = '{db}' \
+                 AND query LIKE '{prefix}%' LIMIT 1"
+            ),
+        )
+    };
+    let mut statements = vec![sent(cases[0].0)];
+    assert!(s.retry(ids[0], "w", Duration::from_secs(1), "e").await.expect("retry"));
+    statements.push(sent(cases[1].0));
+    assert_eq!(s.complete_all(&ids[1..], "w").await, Ok(99));
+    statements.push(sent(cases[2].0));
+    for ((prefix, types, args), sql) in cases.iter().zip(&statements) {
+        assert!(
+            sql.starts_with("UPDATE outbox"),
+            "{prefix}: the store's statement not seen: {sql:?}"
+        );
+        let plan = pg
+            .psql(&db, &format!("PREPARE by_id({types}) AS {sql}; EXPLAIN EXECUTE by_id({args})"));
+        assert!(
+            plan.contains("outbox_pkey") && !plan.contains("outbox_due"),
+            "{prefix}: not by primary key:\n{plan}"
+        );
+    }
+}
