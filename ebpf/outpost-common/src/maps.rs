@@ -257,10 +257,9 @@ pub struct FlowKey {
 /// The [`FLOW_FILTER`] slot of `key`: a multiplicative hash of the four-tuple's words.
 #[inline(always)]
 pub fn flow_slot(key: &FlowKey) -> u32 {
-    let mut h = key.src[0] ^ key.dst[0].rotate_left(7);
+    let mut h = v4_words(key.src[0], key.dst[0], key.sport, key.dport);
     h ^= (key.src[1] ^ key.src[2] ^ key.src[3]).rotate_left(13);
     h ^= (key.dst[1] ^ key.dst[2] ^ key.dst[3]).rotate_left(19);
-    h ^= ((key.sport as u32) << 16) | key.dport as u32;
     mix_slot(h)
 }
 
@@ -269,7 +268,13 @@ pub fn flow_slot(key: &FlowKey) -> u32 {
 /// words are zero. The XDP program's path for data segments reads only these.
 #[inline(always)]
 pub fn flow_slot_v4(src: u32, dst: u32, sport: u16, dport: u16) -> u32 {
-    mix_slot(src ^ dst.rotate_left(7) ^ (((sport as u32) << 16) | dport as u32))
+    mix_slot(v4_words(src, dst, sport, dport))
+}
+
+/// The words every four-tuple's slot hashes: the first of each address and the ports.
+#[inline(always)]
+fn v4_words(src: u32, dst: u32, sport: u16, dport: u16) -> u32 {
+    src ^ dst.rotate_left(7) ^ (((sport as u32) << 16) | dport as u32)
 }
 
 #[inline(always)]

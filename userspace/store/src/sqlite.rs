@@ -64,9 +64,9 @@ const WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Writer commits between two checkpoint passes: each copies what the WAL holds into the
 /// database file and syncs it, so that one sync writes little beside the syncer's.
 const COPY_EVERY: u32 = 64;
-/// Every this many rounds of passes, the checkpoint is finished and the WAL starts over (about every 256
-/// commits: a login is about seven commits of a few pages, so the WAL stays around SQLite's own
-/// 1000-page default).
+/// Every this many rounds of passes, the checkpoint is finished and the WAL starts over (about
+/// every 256 commits: a login is about seven commits of a few pages, so the WAL stays around
+/// SQLite's own 1000-page default).
 const FINISH_EVERY: u32 = 4;
 /// A checkpoint pass this short leaves the writer little to copy (see `checkpoint_loop`).
 const CATCH_UP_PASS: Duration = Duration::from_millis(10);
