@@ -367,6 +367,13 @@ impl Edge {
         Edge::metric_in(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
     }
 
+    /// Asserts that the counter `series` is `want`, waiting for a count that lags its
+    /// response (see `outpost_testkit::expect_counter`).
+    #[track_caller]
+    pub fn expect_metric(&self, series: &str, want: u64) {
+        outpost_testkit::expect_counter(|| self.metrics(), series, want)
+    }
+
     /// `outpost --pin-dir <this edge's> ARGS`, in the edge namespace; panics on failure.
     #[track_caller]
     pub fn outpost_cli(&self, args: &[&str]) -> Output {

@@ -234,7 +234,7 @@ fn request_shapes_have_one_authority() {
         }
     }
     assert!(failures.is_empty(), "{}\n\nedge log:\n{}", failures.join("\n"), o.log());
-    assert_eq!(o.metric("outpost_requests_refused_total{status=\"405\"}"), 1, "{}", o.metrics());
+    o.expect_metric("outpost_requests_refused_total{status=\"405\"}", 1);
 }
 
 /// Client fields the edge owns never reach an origin, whatever their spelling; with

@@ -70,10 +70,10 @@ fn modern_clients_reach_the_origin_with_forwarding_headers(io: &str) {
     assert_eq!(text.matches("origin a").count(), 3);
     let connects: Vec<&str> = text.lines().filter(|l| l.len() == 1).collect();
     assert_eq!(connects, ["1", "0", "0"], "the connection was not kept alive: {text}");
-    assert_eq!(o.metric("outpost_tls_handshakes_total{version=\"TLSv1.2\"}"), 1);
-    assert_eq!(o.metric("outpost_tls_handshakes_total{version=\"TLSv1.3\"}"), 3);
-    assert_eq!(o.metric("outpost_hellos_total{version=\"TLS1.3\",verdict=\"pass\"}"), 3);
-    assert_eq!(o.metric("outpost_requests_total{class=\"2xx\"}"), 6);
+    o.expect_metric("outpost_tls_handshakes_total{version=\"TLSv1.2\"}", 1);
+    o.expect_metric("outpost_tls_handshakes_total{version=\"TLSv1.3\"}", 3);
+    o.expect_metric("outpost_hellos_total{version=\"TLS1.3\",verdict=\"pass\"}", 3);
+    o.expect_metric("outpost_requests_total{class=\"2xx\"}", 6);
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 6);
 }
 
@@ -96,9 +96,9 @@ fn legacy_clients_are_refused_by_the_userspace_floor(io: &str) {
     );
     let out = curl(&[&CURL_TLS1_0[..], &["--connect-timeout", "3", &o.url("/")]].concat());
     assert_eq!(out.status.code(), Some(35), "curl TLS 1.0: {out:?}");
-    assert_eq!(o.metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"reject\"}"), 2);
-    assert_eq!(o.metric("outpost_hellos_total{version=\"TLS1.1\",verdict=\"reject\"}"), 1);
-    assert_eq!(o.metric("outpost_tls_handshakes_total{version=\"TLSv1.2\"}"), 0);
+    o.expect_metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"reject\"}", 2);
+    o.expect_metric("outpost_hellos_total{version=\"TLS1.1\",verdict=\"reject\"}", 1);
+    o.expect_metric("outpost_tls_handshakes_total{version=\"TLSv1.2\"}", 0);
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
 
     // Drop mode: closed without a word. Observe mode: counted as passed, and rustls (TLS
@@ -112,7 +112,7 @@ fn legacy_clients_are_refused_by_the_userspace_floor(io: &str) {
     let (code, text) =
         s_client(o.https, &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"], b"", Duration::from_secs(5));
     assert!(code != Some(0) && !text.contains("alert protocol version"), "drop mode:\n{text}");
-    assert_eq!(o.metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"drop\"}"), 1);
+    o.expect_metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"drop\"}", 1);
     o.rewrite_config(&format!(
         "[floor]\nmode = \"observe\"\n{}",
         route("*", "/", &[origin.addr()], "")
@@ -122,8 +122,8 @@ fn legacy_clients_are_refused_by_the_userspace_floor(io: &str) {
     let (code, text) =
         s_client(o.https, &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"], b"", Duration::from_secs(5));
     assert!(code != Some(0) && text.contains("alert handshake failure"), "observe mode:\n{text}");
-    assert_eq!(o.metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"pass\"}"), 1);
-    assert_eq!(o.metric("outpost_tls_handshake_failures_total"), 1);
+    o.expect_metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"pass\"}", 1);
+    o.expect_metric("outpost_tls_handshake_failures_total", 1);
 }
 
 fn origin_down_is_502_within_a_second(io: &str) {
@@ -135,7 +135,7 @@ fn origin_down_is_502_within_a_second(io: &str) {
         assert!(text.starts_with("{\"error\": "), "not a JSON error: {text}");
         assert!(took < Duration::from_secs(1), "502 took {took:?}");
     }
-    assert_eq!(o.metric("outpost_requests_total{class=\"5xx\"}"), 3);
+    o.expect_metric("outpost_requests_total{class=\"5xx\"}", 3);
 }
 
 fn one_origin_down_every_request_succeeds(io: &str) {
@@ -151,7 +151,7 @@ fn one_origin_down_every_request_succeeds(io: &str) {
         let text = stdout(&out);
         assert!(text.ends_with("\n200") && text.contains("origin up"), "request {i}: {text}");
     }
-    assert_eq!(o.metric("outpost_requests_total{class=\"2xx\"}"), 20);
+    o.expect_metric("outpost_requests_total{class=\"2xx\"}", 20);
     // The dead server was tried at most once, then marked down (passive health), unless the
     // first active health check got there first.
     assert!(o.metric("outpost_upstream_failures_total{kind=\"connect\"}") <= 1);
@@ -207,9 +207,9 @@ fn limits_answer_431_413_400(io: &str) {
     assert!(text.starts_with("HTTP/1.1 400 ") && text.contains("{\"error\": "), "{text}");
     let (_, text) = s_client(o.https, &[], b"GET / HTTP/1.1\r\n\r\n", Duration::from_secs(5));
     assert!(text.starts_with("HTTP/1.1 400 "), "no Host: {text}");
-    assert_eq!(o.metric("outpost_requests_refused_total{status=\"431\"}"), 1);
-    assert_eq!(o.metric("outpost_requests_refused_total{status=\"413\"}"), 2);
-    assert_eq!(o.metric("outpost_requests_malformed_total"), 2);
+    o.expect_metric("outpost_requests_refused_total{status=\"431\"}", 1);
+    o.expect_metric("outpost_requests_refused_total{status=\"413\"}", 2);
+    o.expect_metric("outpost_requests_malformed_total", 2);
     assert_eq!(
         origin.requests.load(std::sync::atomic::Ordering::Relaxed),
         0,
@@ -240,7 +240,7 @@ fn slowloris_is_cut_off(io: &str) {
     assert!(cut_while_trickling, "a 9 s trickle was not cut off: {}", s.text());
     assert!(s.closed_within(Duration::from_secs(3)), "still open: {}", s.text());
     assert!(s.text().starts_with("HTTP/1.1 408 "), "{}", s.text());
-    assert_eq!(o.metric("outpost_requests_refused_total{status=\"408\"}"), 1);
+    o.expect_metric("outpost_requests_refused_total{status=\"408\"}", 1);
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
@@ -261,7 +261,7 @@ fn idle_keepalive_connections_are_closed(io: &str) {
     while o.metric("outpost_connections_active") != 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(o.metric("outpost_connections_active"), 0);
+    o.expect_metric("outpost_connections_active", 0);
 }
 
 fn chunked_bodies_stream_both_ways(io: &str) {
@@ -348,7 +348,7 @@ fn sighup_reload_keeps_an_open_keepalive_connection(io: &str) {
     assert!(s.send(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert!(s.read_until("origin b", Duration::from_secs(5)), "{}", s.text());
     assert!(!s.closed_within(Duration::ZERO));
-    assert_eq!(o.metric("outpost_connections_total"), 1);
+    o.expect_metric("outpost_connections_total", 1);
     // A broken config is refused and the running one kept.
     o.rewrite_config("[[routes]]\nbogus = 1\n");
     o.signal(libc::SIGHUP);
@@ -444,9 +444,9 @@ fn unclassified_first_flights_are_counted(io: &str) {
         // Whatever came back is a TLS alert record, never HTTP.
         assert!(answer.is_empty() || answer[0] == 0x15, "{bytes:?} got {answer:?}");
     }
-    assert_eq!(o.metric("outpost_hellos_unclassified_total{reason=\"malformed\"}"), 1);
-    assert_eq!(o.metric("outpost_hellos_unclassified_total{reason=\"not_hello\"}"), 1);
-    assert_eq!(o.metric("outpost_tls_handshake_failures_total"), 2);
+    o.expect_metric("outpost_hellos_unclassified_total{reason=\"malformed\"}", 1);
+    o.expect_metric("outpost_hellos_unclassified_total{reason=\"not_hello\"}", 1);
+    o.expect_metric("outpost_tls_handshake_failures_total", 2);
 }
 
 fn a_burst_of_first_flights_is_read_on_every_connection(io: &str) {

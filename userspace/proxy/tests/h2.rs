@@ -97,13 +97,13 @@ fn curl_and_nghttp_reach_the_origin_over_h2(io: &str) {
     assert!(out.status.success(), "nghttp: {text} {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(text.matches(" 200 ").count(), 40, "{text}");
     assert!(took < Duration::from_secs(6), "40 streams took {took:?}: not concurrent");
-    assert_eq!(o.metric("outpost_requests_total{class=\"2xx\",proto=\"h2\"}"), 44);
-    assert_eq!(o.metric("outpost_requests_total{class=\"2xx\",proto=\"http/1.1\"}"), 0);
-    assert_eq!(o.metric("outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"h2\"}"), 5);
+    o.expect_metric("outpost_requests_total{class=\"2xx\",proto=\"h2\"}", 44);
+    o.expect_metric("outpost_requests_total{class=\"2xx\",proto=\"http/1.1\"}", 0);
+    o.expect_metric("outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"h2\"}", 5);
     // HTTP/1.1 still, when the client asks for it.
     let out = curl(&["-w", "\n%{http_version}", &o.url("/one")]);
     assert!(stdout(&out).ends_with("\n1.1"), "{}", stdout(&out));
-    assert_eq!(o.metric("outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"http/1.1\"}"), 1);
+    o.expect_metric("outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"http/1.1\"}", 1);
 }
 
 /// One edge for the attack tests (uring, the default backend), with small limits so each
@@ -123,7 +123,7 @@ fn rapid_reset_is_a_goaway_after_bounded_work() {
     let (origin, o) = attack_edge();
     let v = attack(&o, "rapid_reset", 1000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"rapid_reset\"}"), 1);
+    o.expect_metric("outpost_h2_refused_total{reason=\"rapid_reset\"}", 1);
     // Bounded work: far fewer origin requests than streams opened.
     let reached = origin.requests.load(std::sync::atomic::Ordering::Relaxed);
     assert!(reached < 500, "{reached} requests reached the origin: {v}");
@@ -135,7 +135,7 @@ fn continuation_flood_is_a_goaway() {
     let (_origin, o) = attack_edge();
     let v = attack(&o, "continuation", 1000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"continuation_flood\"}"), 1);
+    o.expect_metric("outpost_h2_refused_total{reason=\"continuation_flood\"}", 1);
     still_serves(&o, "CONTINUATION flood");
 }
 
@@ -144,21 +144,21 @@ fn hpack_bomb_is_a_goaway_and_a_big_head_is_431() {
     let (origin, o) = attack_edge();
     let v = attack(&o, "hpack_bomb", 8000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"header_list_too_large\"}"), 1);
+    o.expect_metric("outpost_h2_refused_total{reason=\"header_list_too_large\"}", 1);
     // Over max_head_bytes as HTTP/1.1 counts a head, under h2's own limit: our 431, counted as
     // HTTP/1.1's are; the connection goes on.
     let v = attack(&o, "big_head", 0);
     assert_eq!(v["status"], 431, "{v}");
     assert_eq!(v["after"], 200, "{v}");
-    assert_eq!(o.metric("outpost_requests_refused_total{status=\"431\"}"), 1);
-    assert_eq!(o.metric("outpost_requests_total{class=\"4xx\",proto=\"h2\"}"), 1);
+    o.expect_metric("outpost_requests_refused_total{status=\"431\"}", 1);
+    o.expect_metric("outpost_requests_total{class=\"4xx\",proto=\"h2\"}", 1);
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
     // Over the advertised SETTINGS_MAX_HEADER_LIST_SIZE (2 × 16 KiB + 32 × 100 bytes), under
     // four times it (~85 KB decoded): h2 answers 431 on the stream itself; counted all the same.
     let v = attack(&o, "hpack_bomb", 20);
     assert_eq!(v["status"], 431, "{v}");
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"header_list_over_limit\"}"), 1);
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"header_list_too_large\"}"), 1);
+    o.expect_metric("outpost_h2_refused_total{reason=\"header_list_over_limit\"}", 1);
+    o.expect_metric("outpost_h2_refused_total{reason=\"header_list_too_large\"}", 1);
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
@@ -169,7 +169,7 @@ fn ping_and_settings_floods_are_goaways() {
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
     let v = attack(&o, "settings_flood", 1000);
     assert_eq!(v["goaway"], ENHANCE_YOUR_CALM, "{v}");
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"control_flood\"}"), 2);
+    o.expect_metric("outpost_h2_refused_total{reason=\"control_flood\"}", 2);
     still_serves(&o, "PING and SETTINGS floods");
 }
 
@@ -179,7 +179,7 @@ fn streams_over_the_limit_are_refused() {
     let v = attack(&o, "streams", 30);
     assert_eq!(v["done"], 10, "{v}");
     assert_eq!(v["refused"], 20, "{v}");
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"too_many_streams\"}"), 20);
+    o.expect_metric("outpost_h2_refused_total{reason=\"too_many_streams\"}", 20);
     still_serves(&o, "too many streams");
 }
 
@@ -192,7 +192,7 @@ fn a_shut_window_resets_its_stream_within_the_body_timeout() {
     let took = v["seconds"].as_f64().unwrap();
     assert!((0.9..4.0).contains(&took), "reset after {took} s: {v}");
     assert_eq!(v["after"], 200, "{v}");
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"send_stalled\"}"), 1);
+    o.expect_metric("outpost_h2_refused_total{reason=\"send_stalled\"}", 1);
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn expect_100_continue_gets_its_100_before_the_body() {
     // The origin gets no `expect`: the edge answered it.
     assert!(!body.to_ascii_lowercase().contains("expect"), "{v}");
     // The 100 is ours, not a refusal.
-    assert_eq!(o.metric("outpost_h2_refused_total{reason=\"header_list_over_limit\"}"), 0);
+    o.expect_metric("outpost_h2_refused_total{reason=\"header_list_over_limit\"}", 0);
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn cookies_are_joined_and_authority_must_match_host() {
     assert_eq!(body.matches("header cookie").count(), 1, "{body}");
     assert_eq!(body.matches("header host").count(), 1, "{body}");
     assert_eq!(v["mismatch"], 400, "{v}");
-    assert_eq!(o.metric("outpost_requests_malformed_total"), 1);
+    o.expect_metric("outpost_requests_malformed_total", 1);
 }
 
 const PROTOCOL_ERROR: u64 = 0x1;
@@ -244,6 +244,6 @@ fn a_websocket_handshake_over_h2_is_not_upgraded() {
     let body = v["plain_body"].as_str().unwrap();
     assert!(body.contains("header sec-websocket-version: 13\n"), "{body}");
     assert!(!body.contains("header upgrade") && !body.contains("header connection: upgrade"));
-    assert_eq!(o.metric("outpost_upgraded_connections_total"), 0);
+    o.expect_metric("outpost_upgraded_connections_total", 0);
     still_serves(&o, "a WebSocket handshake");
 }

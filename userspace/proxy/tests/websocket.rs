@@ -236,13 +236,13 @@ fn messages_pings_and_close_codes_pass_through(io: &str) {
     assert_eq!(v["close_code"], 4000, "{v}");
     assert_eq!(v["close_reason"], "client done", "{v}");
     upgraded_closed(&o);
-    assert_eq!(o.metric("outpost_upgraded_connections_total"), 2);
+    o.expect_metric("outpost_upgraded_connections_total", 2);
     // 2 MiB of random bytes at least each way (compressed text shrinks; random bytes do not).
     for direction in ["client_to_origin", "origin_to_client"] {
         let n = o.metric(&format!("outpost_upgraded_bytes_total{{direction=\"{direction}\"}}"));
         assert!(n > 1 << 20, "{direction}: {n} bytes");
     }
-    assert_eq!(o.metric("outpost_requests_total{class=\"1xx\"}"), 2);
+    o.expect_metric("outpost_requests_total{class=\"1xx\"}", 2);
 }
 
 fn the_origin_closing_passes_its_code(io: &str) {
@@ -272,7 +272,7 @@ fn a_refused_handshake_is_an_ordinary_response(io: &str) {
     let text = s.text();
     assert!(text.starts_with("HTTP/1.1 403 "), "{text}");
     assert!(!text.contains("101"), "{text}");
-    assert_eq!(o.metric("outpost_upgraded_connections_total"), 0);
+    o.expect_metric("outpost_upgraded_connections_total", 0);
 }
 
 /// Against the echo origin, which shows what it received and never switches: a WebSocket
@@ -318,14 +318,14 @@ fn only_websocket_upgrades_without_a_body_are_forwarded(io: &str) {
         // Not hop-by-hop: it goes through either way.
         assert_eq!(answer.contains("header sec-websocket-key: "), request.contains("Sec-"));
     }
-    assert_eq!(o.metric("outpost_upgraded_connections_total"), 0);
+    o.expect_metric("outpost_upgraded_connections_total", 0);
     // Counted once the response is out: the last one may be read before it is counted.
     let deadline = Instant::now() + Duration::from_secs(5);
     while o.metric("outpost_requests_total{class=\"2xx\"}") < requests.len() as u64 {
         assert!(Instant::now() < deadline, "requests not counted:\n{}", o.metrics());
         thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(o.metric("outpost_requests_total{class=\"2xx\"}"), requests.len() as u64);
+    o.expect_metric("outpost_requests_total{class=\"2xx\"}", requests.len() as u64);
 }
 
 fn an_origin_dying_mid_stream_closes_the_client(io: &str) {
@@ -337,7 +337,7 @@ fn an_origin_dying_mid_stream_closes_the_client(io: &str) {
     assert!(secs(&v, "seconds") < 3.0, "the client waited for the close: {v}");
     assert!(origin.exited_within(Duration::from_secs(5)), "the origin did not die");
     upgraded_closed(&o);
-    assert_eq!(o.metric("outpost_upgraded_connections_total"), 1);
+    o.expect_metric("outpost_upgraded_connections_total", 1);
     // Counted gone just after the socket closes: wait for the gauge to come down.
     let deadline = Instant::now() + Duration::from_secs(3);
     while o.metric("outpost_connections_active") != 0 && Instant::now() < deadline {
@@ -406,12 +406,12 @@ fn a_browser_page_speaks_websocket_through_the_edge(io: &str) {
     assert_eq!(v["code"], 4001, "{v}");
     assert_eq!(v["reason"], "page done", "{v}");
     upgraded_closed(&o);
-    assert_eq!(o.metric("outpost_upgraded_connections_total"), 1);
+    o.expect_metric("outpost_upgraded_connections_total", 1);
     // The page came over HTTP/2; the WebSocket took an HTTP/1.1 connection of its own (no
     // RFC 8441), its 101 counted there.
     let m = o.metrics();
     assert!(o.metric("outpost_requests_total{class=\"2xx\",proto=\"h2\"}") >= 1, "{m}");
-    assert_eq!(o.metric("outpost_requests_total{class=\"1xx\",proto=\"http/1.1\"}"), 1, "{m}");
+    o.expect_metric("outpost_requests_total{class=\"1xx\",proto=\"http/1.1\"}", 1);
 }
 
 /// Proxies to one server, and asks the core to end each upgraded connection once `revoke`

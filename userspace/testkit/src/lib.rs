@@ -308,6 +308,31 @@ impl Outpost {
         let text = self.metrics();
         metric_in(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
     }
+
+    /// Asserts that the counter `series` is `want`, waiting for it: see [`expect_counter`].
+    #[track_caller]
+    pub fn expect_metric(&self, series: &str, want: u64) {
+        expect_counter(|| self.metrics(), series, want)
+    }
+}
+
+/// Asserts that the counter `series` on the `/metrics` that `scrape` fetches is `want`. A
+/// request is counted once its response is written, so a client can hold its answer a moment
+/// before the count moves: a count below `want` is read again for up to 2 s; one above it
+/// fails at once (counters only grow).
+#[track_caller]
+pub fn expect_counter(scrape: impl Fn() -> String, series: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = scrape();
+        let got = metric_in(&text, series);
+        match got {
+            Some(v) if v == want => return,
+            Some(v) if v < want && Instant::now() < deadline => {}
+            _ => panic!("{series} is {got:?}, not {want}, in /metrics:\n{text}"),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Drop for Outpost {

@@ -109,8 +109,8 @@ fn without_the_token_nothing_but_health_and_metrics_and_nothing_changes() {
     assert!(!reserved(&edge), "the operator's release did not free the name");
 
     // Refusals are counted; the token is in no log and no answer.
-    assert_eq!(edge.metric("outpost_admin_refused_total{reason=\"token\"}"), 8);
-    assert_eq!(edge.metric("outpost_admin_refused_total{reason=\"browser\"}"), 5);
+    edge.expect_metric("outpost_admin_refused_total{reason=\"token\"}", 8);
+    edge.expect_metric("outpost_admin_refused_total{reason=\"browser\"}", 5);
     assert!(!edge.log().contains(&token), "the admin token reached the log");
 }
 
@@ -156,5 +156,5 @@ fn chromium_on_another_site_releases_nothing() {
     assert_eq!(r["file"]["origin"], "null", "{r}");
     assert_eq!(r["export"]["status"], 401, "a navigation to the export: {r}");
     assert!(reserved(&edge), "a web page released the name: {r}");
-    assert_eq!(edge.metric("outpost_admin_refused_total{reason=\"browser\"}"), 5, "{r}");
+    edge.expect_metric("outpost_admin_refused_total{reason=\"browser\"}", 5);
 }
