@@ -185,6 +185,18 @@ fn walk_rows(rows: &mut Vec<Fixture>) {
         Packet::tcp4(port(), 443, &[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]),
         Outcome::NotHello,
     ));
+    // Also checked before the port: application data is no hello wherever it goes.
+    rows.push(pass_row(
+        "TLS application data to an unprotected port",
+        Packet::tcp4(port(), 8080, &[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]),
+        Outcome::NotHello,
+    ));
+    // A record that closes its flow goes on to the port and the flow, as a FIN must.
+    rows.push(pass_row(
+        "TLS application data with FIN to an unprotected port",
+        Packet::tcp4(port(), 8080, &[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]).flags(ACK | FIN),
+        Outcome::OtherPort,
+    ));
     // Ethernet padding after the datagram must not be read as payload, and is cut with it.
     let p = Packet::tcp4(port(), 443, &hello).trailer(&[0xee; 6]);
     rows.push(Fixture::new("Ethernet padding after the hello").rejected_first(&p, Version::Tls10));

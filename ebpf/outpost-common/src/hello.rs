@@ -152,7 +152,7 @@ pub fn may_start_hello(first: u8) -> bool {
 /// Whether a segment whose first three bytes are `head` starts a TLS application-data record
 /// (content type 23, record version 3.1 to 3.3): the first segment of nearly every request on
 /// an established connection. Such a segment is not a hello, and the XDP program passes it
-/// without looking for its flow (see `tls::app_data` in `outpost-ebpf` for why that is
+/// without looking for its flow (see `packet::app_data` in `outpost-ebpf` for why that is
 /// safe for the rare continuation of a followed hello that starts with these bytes).
 #[inline(always)]
 pub fn starts_app_data(head: [u8; 3]) -> bool {

@@ -137,12 +137,15 @@ pub enum Outcome {
     ExtHeaders = 4,
     /// Headers cut short or inconsistent (lengths past the packet): passed.
     Truncated = 5,
-    /// TCP to a port that is not protected.
+    /// TCP to a port that is not protected (but for what `NoPayload` and `NotHello` count
+    /// before the port).
     OtherPort = 6,
     /// TCP without payload: SYN or ACK to any port (checked before the port), or FIN or RST to
     /// a protected port of no flow being handled.
     NoPayload = 7,
-    /// Payload that does not start a ClientHello (and no hello is being followed).
+    /// Payload that does not start a ClientHello (and no hello is being followed); a segment
+    /// that starts a TLS application-data record and neither closes nor resets, to any port
+    /// (checked before the port).
     NotHello = 8,
     /// A hello decided from its first segment.
     DecidedFirst = 9,

@@ -38,10 +38,6 @@ pub fn outpost_xdp(ctx: XdpContext) -> u32 {
             return FAIL_POLICY;
         }
     };
-    if tls::app_data(&ctx, &hdrs) {
-        maps::count(Outcome::NotHello);
-        return xdp_action::XDP_PASS;
-    }
     let maybe_tracked = tls::flow_may_exist(hdrs.flow_slot());
     if tls::untracked_data(&ctx, &hdrs, maybe_tracked) {
         maps::count(Outcome::NotHello);

@@ -10,7 +10,7 @@ use network_types::{
 };
 use outpost_common::{
     maps::{flow_slot, flow_slot_v4, FlowKey, Outcome},
-    Input,
+    starts_app_data, Input,
 };
 
 /// EtherTypes, host order.
@@ -138,8 +138,9 @@ pub struct Headers {
 }
 
 /// Walks to the TCP header. `Err` carries why the packet is not for us (it passes), which
-/// includes a segment without payload that neither closes nor resets the flow (SYN, pure ACK),
-/// to any port: nothing to classify and no flow state to consult.
+/// includes, to any port, a segment that neither closes nor resets the flow and carries no
+/// payload (SYN, pure ACK) or starts a TLS application-data record: nothing to classify and no
+/// flow state to consult.
 #[inline(always)]
 pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Headers, Outcome> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
@@ -215,17 +216,48 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Headers
     if doff < TcpHdr::LEN || payload > ip_end {
         return Err(Outcome::Truncated);
     }
-    // Before the port: a segment without payload that neither closes nor resets (a pure ACK,
-    // most of what a server receives while it sends) needs nothing of any port, not even the
-    // lookup that tells whether its port is protected.
-    if payload == ip_end && bits[1] & (TCP_FIN | TCP_RST) == 0 {
-        return Err(Outcome::NoPayload);
+    // Before the port, to any port: segments that neither close nor reset and either carry
+    // nothing (a pure ACK, most of what a server receives while it sends) or start a TLS
+    // application-data record (the first segment of nearly every request on an established
+    // connection) need nothing of the port, not even the lookup that tells whether it is
+    // protected. See [`app_data`] for why the second kind passes without its flow.
+    if bits[1] & (TCP_FIN | TCP_RST) == 0 {
+        if payload == ip_end {
+            return Err(Outcome::NoPayload);
+        }
+        if app_data(ctx, payload, ip_end) {
+            return Err(Outcome::NotHello);
+        }
     }
     let dport = u16::from_be(load16(unsafe { &(*tcp).dest }));
     if !protected(dport) {
         return Err(Outcome::OtherPort);
     }
     Ok(Headers { ip, tcp, l3, l4, payload, payload_len: ip_end - payload, flags: bits[1], ipv6 })
+}
+
+/// Whether the payload at `payload` (up to `ip_end`) starts a TLS application-data record.
+/// Such a segment passes as `NotHello` without its flow being looked for, not even in the
+/// filter (whose slot takes a hash of the four-tuple).
+///
+/// The one segment that could want a lookup and starts so is the continuation of a hello
+/// being followed that happens to start with these three bytes (its bytes are the hello's, any
+/// of them): it passes unread, the next segment then arrives out of order for the followed
+/// flow, and the hello is left to userspace, which decides it with the same classifier
+/// (`ToUserspace`), as for any hello the kernel cannot follow. A sender can cause that at will
+/// anyway (by reordering its segments): it gains nothing here. The flows already blocked see
+/// only retransmitted hellos from their clients, which never send application data before a
+/// handshake.
+#[inline(always)]
+fn app_data(ctx: &XdpContext, payload: usize, ip_end: usize) -> bool {
+    if ip_end - payload < 3 {
+        return false;
+    }
+    match ptr_at::<[u8; 3]>(ctx, payload) {
+        // SAFETY: ptr_at checked the three bytes are in the packet.
+        Ok(head) => starts_app_data(unsafe { *head }),
+        Err(_) => false,
+    }
 }
 
 impl Headers {

@@ -21,7 +21,7 @@ use outpost_common::{
     record::{
         BytesHeader, HelloBytes, BYTES_CLASSES, FLAG_FOLLOWED, FLAG_PARTIAL, MAX_HELLO_BYTES,
     },
-    starts_app_data, HelloRecord, Input, Malformed, Mode, Policy, Progress, Verdict, Version,
+    HelloRecord, Input, Malformed, Mode, Policy, Progress, Verdict, Version,
 };
 
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
         RECORD_CONFIG, RECORD_FLOWS, REDIRECTS, REDIRECT_GLOBAL, REDIRECT_SOURCES, SCRATCH,
         VERSION_STATS,
     },
-    packet::{ptr_at, Headers, Payload, Segment, PAYLOAD_MASK, TCP_FIN, TCP_RST},
+    packet::{Headers, Payload, Segment, PAYLOAD_MASK, TCP_RST},
     reset,
 };
 
@@ -431,31 +431,6 @@ fn keep_record(key: &FlowKey, record: &HelloRecord) {
 #[inline(always)]
 fn forget_record(key: &FlowKey) {
     let _ = RECORD_FLOWS.remove(key);
-}
-
-/// Whether the segment starts a TLS application-data record and neither closes nor resets its
-/// flow: the first segment of nearly every request on an established connection, which passes
-/// as `NotHello` without its flow being looked for, not even in the filter (whose slot takes a
-/// hash of the four-tuple).
-///
-/// The one segment that could want a lookup and starts so is the continuation of a hello
-/// being followed that happens to start with these three bytes (its bytes are the hello's, any
-/// of them): it passes unread, the next segment then arrives out of order for the followed
-/// flow, and the hello is left to userspace, which decides it with the same classifier
-/// (`ToUserspace`), as for any hello the kernel cannot follow. A sender can cause that at will
-/// anyway (by reordering its segments): it gains nothing here. The flows already blocked see
-/// only retransmitted hellos from their clients, which never send application data before a
-/// handshake.
-#[inline(always)]
-pub fn app_data(ctx: &XdpContext, hdrs: &Headers) -> bool {
-    if hdrs.flags & (TCP_FIN | TCP_RST) != 0 || hdrs.payload_len < 3 {
-        return false;
-    }
-    let Ok(head) = ptr_at::<[u8; 3]>(ctx, hdrs.payload) else {
-        return false;
-    };
-    // SAFETY: ptr_at checked the three bytes are in the packet.
-    starts_app_data(unsafe { *head })
 }
 
 /// Whether the segment is application data (or another protocol) of a flow that is not
