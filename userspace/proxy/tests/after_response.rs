@@ -14,13 +14,15 @@ use outpost_api::{erase, BuildEnv, Built, Flow, Handler, Reply, RouteFactory, Ro
 use outpost_proxy::{Registry, RunOptions};
 use outpost_testkit::{curl, http_get, stdout, wait_for_admin, InProcessConfig, TempDir};
 
-/// How long each piece of left-behind work takes.
-const WORK: Duration = Duration::from_secs(5);
+/// How long each piece of left-behind work takes once the test lets it start.
+const WORK: Duration = Duration::from_secs(1);
 
-/// Answers `done <id>` at once; after the response, waits [`WORK`] and appends `<id>` to a
-/// file.
+/// Answers `done <id>` at once; after the response, waits for the test's gate (a file), then
+/// [`WORK`], and appends `<id>` to a file. The gate, not a timer, keeps the work pending while
+/// the test checks the responses, however long a loaded machine takes to run them.
 struct Slow {
     log: PathBuf,
+    gate: PathBuf,
 }
 
 impl Handler for Slow {
@@ -29,9 +31,12 @@ impl Handler for Slow {
 
     async fn request_filter(&self, s: &mut Session<'_>, _: &mut ()) -> outpost_api::Result<Flow> {
         let id = s.query().unwrap_or("none").to_owned();
-        let log = self.log.clone();
+        let (log, gate) = (self.log.clone(), self.gate.clone());
         let line = format!("{id}\n");
         s.after_response(async move {
+            while !gate.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             tokio::time::sleep(WORK).await;
             use std::io::Write as _;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -41,14 +46,18 @@ impl Handler for Slow {
     }
 }
 
-struct SlowFactory(PathBuf);
+struct SlowFactory {
+    log: PathBuf,
+    gate: PathBuf,
+}
 
 impl RouteFactory for SlowFactory {
     fn name(&self) -> &'static str {
         "slow"
     }
     fn build(&self, _: &RouteSpec<'_>, _: &BuildEnv) -> Result<Built> {
-        Ok(Built { handler: erase("slow", Slow { log: self.0.clone() }), background: Vec::new() })
+        let slow = Slow { log: self.log.clone(), gate: self.gate.clone() };
+        Ok(Built { handler: erase("slow", slow), background: Vec::new() })
     }
 }
 
@@ -56,22 +65,22 @@ fn finished(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
-fn metric(admin: u16, series: &str) -> u64 {
-    let (_, text) = http_get(admin, "/metrics").expect("metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+/// Asserts `series` reaches `want` (work is counted once its response is written).
+fn expect_metric(admin: u16, series: &str, want: u64) {
+    let scrape = || http_get(admin, "/metrics").expect("metrics").1;
+    outpost_testkit::expect_counter(scrape, series, want);
 }
 
 #[test]
 fn work_after_the_response_never_delays_it_is_bounded_and_survives_sigterm() {
     let dir = TempDir::new("after");
     let log = dir.0.join("finished.log");
+    let gate = dir.0.join("gate");
     let InProcessConfig { path: config, https, admin } = InProcessConfig::write(
         &dir,
         "shutdown_grace_ms = 10000\n[after_response]\nmax_pending = 2\n[[routes]]\nhandler = \"slow\"\n",
     );
-    let registry = Registry::new().route(SlowFactory(log.clone()));
+    let registry = Registry::new().route(SlowFactory { log: log.clone(), gate: gate.clone() });
     let server = thread::spawn(move || {
         outpost_proxy::run(RunOptions { config: Some(config), registry, ..RunOptions::default() })
     });
@@ -89,11 +98,14 @@ fn work_after_the_response_never_delays_it_is_bounded_and_survives_sigterm() {
             finished(&log)
         );
     }
-    assert_eq!(metric(admin, "outpost_after_response_total"), 2);
-    assert_eq!(metric(admin, "outpost_after_response_dropped_total"), 3);
-    assert_eq!(metric(admin, "outpost_after_response_pending"), 2);
+    expect_metric(admin, "outpost_after_response_total", 2);
+    expect_metric(admin, "outpost_after_response_dropped_total", 3);
+    expect_metric(admin, "outpost_after_response_pending", 2);
+    assert!(finished(&log).is_empty(), "work finished before its gate: {:?}", finished(&log));
 
-    // SIGTERM now: the drain waits for the accepted work.
+    // The work may start, and SIGTERM comes at once: the drain waits for the accepted work
+    // (a second still to go).
+    std::fs::write(&gate, b"").unwrap();
     // SAFETY: a signal to this process; outpost's control thread handles it.
     assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
     let result = server.join().expect("run panicked");
