@@ -457,7 +457,9 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (stop_tx, stop) = watch::channel(false);
-        let lease = Duration::from_millis(200);
+        // A delivery lasts more than three leases; a lease long enough that a loaded machine's
+        // stalls (a writer's fsync, the scheduler) do not outlast it between renewals.
+        let lease = Duration::from_millis(600);
         let workers: Vec<_> = ["a", "b"]
             .into_iter()
             .map(|owner| {
@@ -469,7 +471,7 @@ mod tests {
                     move |item: OutboxItem| {
                         let delivered = delivered.clone();
                         async move {
-                            tokio::time::sleep(Duration::from_millis(1000)).await;
+                            tokio::time::sleep(Duration::from_millis(2000)).await;
                             delivered.lock().unwrap().push(item.id);
                             Ok(())
                         }
@@ -483,13 +485,13 @@ mod tests {
             for n in 0..3u8 {
                 store.enqueue("mail", &[n]).await.unwrap();
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(20);
             while store.outbox_stats().await.unwrap().pending > 0 {
                 assert!(Instant::now() < deadline, "not delivered");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             // Time for a second (wrong) delivery to land, were one under way.
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+            tokio::time::sleep(Duration::from_millis(2400)).await;
             stop_tx.send_replace(true);
             for w in workers {
                 w.await.unwrap();
