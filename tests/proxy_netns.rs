@@ -170,8 +170,7 @@ fn modern_clients_reach_the_origin_with_forwarding_headers(floor: Floor) {
         let series = format!("outpost_tls_handshakes_total{{version=\"{version}\"}}");
         assert_eq!(Edge::metric_in(&metrics, &series), Some(n), "{series}:\n{metrics}");
     }
-    let ok = Edge::metric_in(&metrics, "outpost_requests_total{class=\"2xx\"}");
-    assert_eq!(ok, Some(3), "{metrics}");
+    edge.expect_metric("outpost_requests_total{class=\"2xx\"}", 3);
 }
 
 /// Every legacy client, over IPv4, and openssl's TLS 1.0 over IPv6 too.

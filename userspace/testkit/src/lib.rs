@@ -314,6 +314,24 @@ impl Outpost {
     pub fn expect_metric(&self, series: &str, want: u64) {
         expect_counter(|| self.metrics(), series, want)
     }
+
+    /// The value of `series` once `ok` holds for it, read again for up to 3 s (a gauge that
+    /// comes down after a close, a count that lags its response); panics with `/metrics` if
+    /// it never does.
+    #[track_caller]
+    pub fn wait_metric(&self, series: &str, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let text = self.metrics();
+            match metric_in(&text, series) {
+                Some(v) if ok(v) => return v,
+                got if Instant::now() >= deadline => {
+                    panic!("{series} is {got:?}, not {what}, in /metrics:\n{text}")
+                }
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
 }
 
 /// Asserts that the counter `series` on the `/metrics` that `scrape` fetches is `want`. A

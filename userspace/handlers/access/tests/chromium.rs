@@ -167,7 +167,10 @@ fn login_flow_in_chromium_with_and_without_javascript() {
     let r = run_browser(&s, false, &out, "alice@example.test");
     seen += check(&s, &r, &out, false);
     // The edge agrees: every request Chromium made was an h2 stream.
-    let h2 = s.edge.metric("outpost_requests_total{proto=\"h2\"}") - h2_before;
+    let counted = |n| n >= h2_before + seen;
+    let h2 =
+        s.edge.wait_metric("outpost_requests_total{proto=\"h2\"}", "one per response", counted)
+            - h2_before;
     let h11 = s.edge.metric("outpost_requests_total{proto=\"http/1.1\"}") - h11_before;
     assert!(h2 >= seen, "{seen} responses seen, {h2} h2 requests counted:\n{}", s.edge.metrics());
     assert_eq!(h11, 0, "HTTP/1.1 requests during the runs:\n{}", s.edge.metrics());

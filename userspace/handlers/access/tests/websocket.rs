@@ -139,5 +139,5 @@ fn a_websocket_to_a_protected_app_needs_a_login_outlives_its_token_and_ends_at_l
         closed_in <= Duration::from_millis(2500),
         "closed {closed_in:?} after the logout: {report}"
     );
-    assert_eq!(edge.metric("outpost_upgraded_connections"), 0, "{}", edge.metrics());
+    edge.wait_metric("outpost_upgraded_connections", "0", |n| n == 0);
 }

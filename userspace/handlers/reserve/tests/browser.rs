@@ -117,7 +117,9 @@ fn chromium_reserves_through_the_form_and_confirms_from_the_mail() {
     assert_eq!(r["fqdn"], format!("plain-form.{ZONE}"), "{r}");
     seen += check_h2(&r, &base, &[200, 201], false);
     // The edge agrees: every request Chromium made was an h2 stream.
-    let h2 = edge.metric("outpost_requests_total{proto=\"h2\"}") - h2_before;
+    let counted = |n| n >= h2_before + seen;
+    let h2 = edge.wait_metric("outpost_requests_total{proto=\"h2\"}", "one per response", counted)
+        - h2_before;
     let h11 = edge.metric("outpost_requests_total{proto=\"http/1.1\"}") - h11_before;
     assert!(h2 >= seen, "{seen} responses seen, {h2} h2 requests counted:\n{}", edge.metrics());
     assert_eq!(h11, 0, "HTTP/1.1 requests during the runs:\n{}", edge.metrics());
