@@ -22,10 +22,12 @@ use outpost_tests::{
     netns::{self, hellos, Client, ClientOutcome, ClientResult, Family},
 };
 
-/// A legacy client learns it is refused within this long, start-up of the client process
-/// included (with XDP: a reset answering its first retransmission of the hello, RTO ≥ 200 ms;
-/// without: a TLS alert at once).
-const REFUSED_WITHIN: Duration = Duration::from_secs(1);
+/// A legacy client learns it is refused within this long, start-up of the client process in
+/// its namespace included (with XDP: a reset answering its first retransmission of the hello,
+/// RTO ≥ 200 ms; without: a TLS alert at once). The second is the wire's (`tests/netns.rs`
+/// times the reset from the SYN in a capture); a process's start takes up to another on a
+/// loaded machine, as there.
+const REFUSED_WITHIN: Duration = Duration::from_secs(2);
 /// How long a legacy client waits before giving up (it should never need to).
 const CLIENT_WAIT: Duration = Duration::from_secs(3);
 /// An origin that refuses connections makes a 502 in well under a second.
@@ -553,8 +555,9 @@ fn demo_once_shows_the_edge_at_work() {
 
 /// The help link every redirect test configures.
 const HELP_URL: &str = "https://help.example/tls";
-/// An old client gets its page within this long, its own start-up included.
-const PAGE_WITHIN: Duration = Duration::from_secs(1);
+/// An old client gets its page within this long, its own start-up included (a second for
+/// the page, and as much again for starting a client process on a loaded machine).
+const PAGE_WITHIN: Duration = Duration::from_secs(2);
 /// What every 403 page of the legacy responder says (text and HTML alike).
 const REQUIRED: &str = "TLS 1.2 or newer is required";
 /// Internet Explorer 8 on Windows XP: TLS 1.0 at most, and no text/html in its Accept.
@@ -843,6 +846,7 @@ const MISBEHAVING_SCRIPT: &str = r#"
 import socket, ssl, sys, time, warnings
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 host, port, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+begun = time.monotonic()
 raw = socket.create_connection((host, port), timeout=6)
 data = b""
 if case == "garbage":
@@ -868,17 +872,26 @@ else:
             data += chunk
     except (OSError, ssl.SSLError) as e:
         pass
-print(f"{time.monotonic() - start:.3f}")
+end = time.monotonic()
+print(f"{end - start:.3f} {end - begun:.3f}")
 print(data.decode("latin-1"))
 "#;
 
-fn misbehave(edge: &Edge, args: &[&str]) -> (Duration, netns::Output) {
+/// Runs the misbehaving client: (the time from its handshake's end, or from its first byte
+/// for `garbage`, to the connection's end; the time from before its connect; its output).
+fn misbehave(edge: &Edge, args: &[&str]) -> (Duration, Duration, netns::Output) {
     let port = HTTPS_PORT.to_string();
     let argv = [&[netns::PYTHON, "-c", MISBEHAVING_SCRIPT, EDGE_V4, &port][..], args].concat();
     let out = netns::run(Some(&edge.client_ns), &argv, Duration::from_secs(10));
     assert!(out.success(), "{out}");
-    let secs: f64 = out.stdout.lines().next().and_then(|l| l.parse().ok()).expect("seconds");
-    (Duration::from_secs_f64(secs), out)
+    let times: Vec<f64> = out
+        .stdout
+        .lines()
+        .next()
+        .map(|l| l.split(' ').filter_map(|t| t.parse().ok()).collect())
+        .unwrap_or_default();
+    assert_eq!(times.len(), 2, "no times from the client:\n{out}");
+    (Duration::from_secs_f64(times[0]), Duration::from_secs_f64(times[1]), out)
 }
 
 fn redirect_responder_limits_hold(floor: Floor) {
@@ -886,14 +899,16 @@ fn redirect_responder_limits_hold(floor: Floor) {
     let edge = Edge::with(floor, "redirect", &[HTTPS_PORT], &extra);
     let _turn = turn();
     // 2 s in all from the hand-over: a client that says nothing after its handshake is closed.
-    let (took, out) = misbehave(&edge, &["silent"]);
+    // Timed from before the client's connect, which comes before the hand-over; the upper
+    // bound leaves a second for a loaded machine's timers.
+    let (_, took, out) = misbehave(&edge, &["silent"]);
     assert!(
-        took > Duration::from_millis(1500) && took < Duration::from_millis(2500),
+        took > Duration::from_millis(1900) && took < Duration::from_millis(3000),
         "a silent client was closed after {took:?} (limit: 2 s from the hand-over):\n{out}"
     );
     assert!(!out.stdout.contains("403"), "answered without a request:\n{out}");
     // 8 KiB of head: past it, the plain-text answer at once, not a wait for the rest.
-    let (took, out) = misbehave(&edge, &["big-head"]);
+    let (took, _, out) = misbehave(&edge, &["big-head"]);
     assert!(
         out.stdout.contains("HTTP/1.1 403 Forbidden") && out.stdout.contains(REQUIRED),
         "{out}"
@@ -903,7 +918,7 @@ fn redirect_responder_limits_hold(floor: Floor) {
     let mut bytes = capture("openssl-tls1_0");
     bytes.extend([0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0x00, 0x00, 0x00]);
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let (_, out) = misbehave(&edge, &["garbage", &hex]);
+    let (_, _, out) = misbehave(&edge, &["garbage", &hex]);
     assert!(!out.stdout.contains("403"), "{out}");
 
     let metrics = edge.metrics();
