@@ -337,13 +337,26 @@ fn policy_set_redirect_budgets_legacy_hellos_at_once_without_a_detach() {
     let runs: Vec<(Client, Family)> = legacy.iter().map(|&c| (c, Family::V4)).collect();
     let results = t.run_clients(&runs, TLS_PORT, WAIT, &[]);
     report("redirect, per-source budget 2/s", &results);
-    let completed = results.iter().filter(|r| matches!(r.outcome, ClientOutcome::Completed(_)));
+    let completed =
+        results.iter().filter(|r| matches!(r.outcome, ClientOutcome::Completed(_))).count();
     let refused = results.iter().filter(|r| r.outcome == ClientOutcome::Refused).count();
-    assert_eq!((completed.count(), refused), (2, 2), "two passed on, two rejected");
+    // Two at once, and one more for each half second the four took to send their hellos (the
+    // bucket refills at 2/s): on a loaded machine, starting four client processes can spread
+    // them that much. Every client's whole run bounds that spread.
+    let spread = results.iter().map(ClientResult::elapsed).max().unwrap_or_default();
+    let refilled = (spread.as_secs_f64() * 2.0).floor() as usize;
+    assert_eq!(completed + refused, 4, "each either passed on or rejected");
+    assert!(
+        completed >= 2 && completed <= 2 + refilled,
+        "{completed} passed on, {refused} rejected, within {spread:?} (budget 2, 2/s)"
+    );
+    if refilled == 0 {
+        assert_eq!((completed, refused), (2, 2), "two passed on, two rejected");
+    }
     let delta = stats_delta(&before, &t.stats());
     let redirected: u64 = ["TLS1.0", "TLS1.1"].iter().map(|v| hellos(&delta, v, "redirect")).sum();
     let rejected: u64 = ["TLS1.0", "TLS1.1"].iter().map(|v| hellos(&delta, v, "reject")).sum();
-    assert_eq!((redirected, rejected), (2, 2), "counted: {delta}");
+    assert_eq!((redirected, rejected), (completed as u64, refused as u64), "counted: {delta}");
     // Modern clients are not budgeted.
     let modern = t.run_clients(&[(Client::OpensslTls13, Family::V4)], TLS_PORT, WAIT, &[]);
     modern.iter().for_each(assert_completed);
