@@ -222,7 +222,8 @@ fn postgres_restart_under_load() {
 
     let slowest = all.iter().map(|(_, d, _)| *d).max().unwrap();
     assert!(
-        slowest <= timeout + Duration::from_millis(500),
+        // A margin for a loaded machine's scheduling, as in failover.rs.
+        slowest <= timeout + Duration::from_millis(1500),
         "an operation took {slowest:?}, beyond the {timeout:?} timeout"
     );
     // Finished before the stop began (one in flight at that moment may fail, rightly).
