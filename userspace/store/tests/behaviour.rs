@@ -49,17 +49,17 @@ async fn put_get_take_delete(h: Harness) {
 
 async fn expired_values_are_never_returned(h: Harness) {
     let s = h.open();
-    s.put("n", "short", b"v", Some(ms(300))).await.expect("put ttl");
+    s.put("n", "short", b"v", Some(ms(900))).await.expect("put ttl");
     s.put("n", "long", b"w", Some(Duration::from_secs(3600))).await.expect("put ttl");
     assert_eq!(s.get("n", "short").await, Ok(Some(b"v".to_vec())));
-    tokio::time::sleep(ms(600)).await;
+    tokio::time::sleep(ms(1800)).await;
     assert_eq!(s.get("n", "short").await, Ok(None), "{}: expired value returned", h.name());
     assert_eq!(s.take("n", "short").await, Ok(None), "take of an expired value");
     let keys: Vec<String> =
         s.scan("n", None, 10).await.expect("scan").into_iter().map(|r| r.key).collect();
     assert_eq!(keys, ["long"], "scan must skip expired values");
-    s.put("n", "short", b"v", Some(ms(200))).await.expect("put ttl");
-    tokio::time::sleep(ms(400)).await;
+    s.put("n", "short", b"v", Some(ms(600))).await.expect("put ttl");
+    tokio::time::sleep(ms(1200)).await;
     assert_eq!(s.delete("n", "short").await, Ok(false), "deleting an expired value");
     let out = s.txn(vec![Op::Take { ns: "n".into(), key: "short".into() }]).await.expect("txn");
     assert_eq!(out, TxnOutcome::Aborted { op: 0, why: Abort::Missing });
@@ -114,9 +114,9 @@ async fn insert_conflicts_are_typed(h: Harness) {
     );
     assert_eq!(s.get("r", "name").await, Ok(Some(b"alice".to_vec())), "conflict wrote");
     // An expired holder does not conflict: it is replaced.
-    s.put("r", "lapsed", b"old", Some(ms(200))).await.expect("put");
+    s.put("r", "lapsed", b"old", Some(ms(600))).await.expect("put");
     assert!(matches!(s.insert("r", "lapsed", b"x", None).await, Ok(Inserted::Conflict { .. })));
-    tokio::time::sleep(ms(400)).await;
+    tokio::time::sleep(ms(1200)).await;
     assert_eq!(
         s.insert("r", "lapsed", b"new", Some(Duration::from_secs(60))).await,
         Ok(Inserted::Done)
@@ -300,23 +300,23 @@ async fn outbox_claim_complete_retry(h: Harness) {
 async fn outbox_lease_expires(h: Harness) {
     let s = h.open();
     let id = s.enqueue("mail", b"m").await.expect("enqueue");
-    let a = s.claim("mail", "A", 1, ms(300)).await.expect("claim");
+    let a = s.claim("mail", "A", 1, ms(900)).await.expect("claim");
     assert_eq!(a.len(), 1);
-    assert!(s.claim("mail", "B", 1, ms(300)).await.expect("claim").is_empty(), "lease holds");
+    assert!(s.claim("mail", "B", 1, ms(900)).await.expect("claim").is_empty(), "lease holds");
     // Renewed past the first lease: still A's.
-    tokio::time::sleep(ms(200)).await;
-    assert_eq!(s.renew(&[id, id + 100], "A", ms(600)).await, Ok(1), "{}: renew", h.name());
-    assert_eq!(s.renew(&[id], "B", ms(600)).await, Ok(0), "only the holder renews");
-    tokio::time::sleep(ms(300)).await;
-    assert!(s.claim("mail", "B", 1, ms(300)).await.expect("claim").is_empty(), "renewed");
-    tokio::time::sleep(ms(500)).await;
+    tokio::time::sleep(ms(600)).await;
+    assert_eq!(s.renew(&[id, id + 100], "A", ms(1800)).await, Ok(1), "{}: renew", h.name());
+    assert_eq!(s.renew(&[id], "B", ms(1800)).await, Ok(0), "only the holder renews");
+    tokio::time::sleep(ms(900)).await;
+    assert!(s.claim("mail", "B", 1, ms(900)).await.expect("claim").is_empty(), "renewed");
+    tokio::time::sleep(ms(1500)).await;
     let b = s.claim("mail", "B", 1, Duration::from_secs(30)).await.expect("claim");
     assert_eq!(b.iter().map(|i| i.id).collect::<Vec<_>>(), [id], "{}: expired lease", h.name());
     assert_eq!(s.complete(id, "A").await, Ok(false), "A lost the row to B");
     assert_eq!(s.retry(id, "A", Duration::ZERO, "x").await, Ok(false));
-    assert_eq!(s.renew(&[id], "A", ms(600)).await, Ok(0), "A lost it");
+    assert_eq!(s.renew(&[id], "A", ms(1800)).await, Ok(0), "A lost it");
     assert_eq!(s.complete(id, "B").await, Ok(true));
-    assert_eq!(s.renew(&[id], "B", ms(600)).await, Ok(0), "a completed row is not leased again");
+    assert_eq!(s.renew(&[id], "B", ms(1800)).await, Ok(0), "a completed row is not leased again");
     assert_eq!(s.outbox_stats().await.expect("stats").pending, 0);
 }
 
