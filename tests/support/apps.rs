@@ -61,8 +61,9 @@ pub(crate) const TEMP_DIR_PREFIX: &str = "outpost-apps-";
 /// /etc/netns: files `ip netns exec NS` puts over /etc.
 pub(crate) const ETC_NETNS: &str = "/etc/netns";
 
-/// How long the provider and the mail sink may take to listen (node loads oidc-provider).
-const START_LIMIT: Duration = Duration::from_secs(20);
+/// How long the provider and the mail sink may take to listen (node loads oidc-provider and
+/// makes an RSA key: 20 s were once not enough on a loaded CI machine).
+const START_LIMIT: Duration = Duration::from_secs(90);
 /// How long the confirmation mail may take: the outbox sends at once.
 const MAIL_LIMIT: Duration = Duration::from_secs(10);
 /// Longest one curl may take (its own `--max-time` is 10 s).

@@ -172,8 +172,22 @@ impl Idp {
             });
         }
         self.child = Some(child);
-        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            panic!("the OpenID provider did not start; its output:\n{}", self.log());
+        // Node loads a few hundred modules and makes an RSA key before it listens: seconds on
+        // a loaded machine (20 s were once not enough in CI). A provider that exits is reported
+        // at once.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                panic!(
+                    "the OpenID provider did not start ({}); its output:\n{}",
+                    exited.map_or("still running after 90 s".into(), |s| format!("exit {s}")),
+                    self.log()
+                );
+            }
         }
     }
 
