@@ -336,17 +336,18 @@ impl Outpost {
 
 /// Asserts that the counter `series` on the `/metrics` that `scrape` fetches is `want`. A
 /// request is counted once its response is written, so a client can hold its answer a moment
-/// before the count moves: a count below `want` is read again for up to 2 s; one above it
-/// fails at once (counters only grow).
+/// before the count moves: a count below `want` (or a series not yet shown) is read again for
+/// up to 2 s; one above it fails at once (counters only grow).
 #[track_caller]
 pub fn expect_counter(scrape: impl Fn() -> String, series: &str, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let text = scrape();
         let got = metric_in(&text, series);
+        let below = got.map_or(want > 0, |v| v < want);
         match got {
             Some(v) if v == want => return,
-            Some(v) if v < want && Instant::now() < deadline => {}
+            _ if below && Instant::now() < deadline => {}
             _ => panic!("{series} is {got:?}, not {want}, in /metrics:\n{text}"),
         }
         thread::sleep(Duration::from_millis(20));
