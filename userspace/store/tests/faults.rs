@@ -107,7 +107,19 @@ fn sqlite_second_open_is_locked() {
         ))
     );
     drop(first);
-    let again = h.open();
+    // Free again once the store is gone. The sweeper may hold it for the length of a sweep
+    // (its first runs at open), after which the last reference goes on the store's runtime:
+    // wait for that, not for a fixed moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match Store::open(&StoreConfig::default(), h.dir.path()) {
+            Ok(s) => break s,
+            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open after the first store was dropped: {e}"),
+        }
+    };
     drop(again);
 }
 
