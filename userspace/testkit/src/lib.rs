@@ -315,22 +315,10 @@ impl Outpost {
         expect_counter(|| self.metrics(), series, want)
     }
 
-    /// The value of `series` once `ok` holds for it, read again for up to 3 s (a gauge that
-    /// comes down after a close, a count that lags its response); panics with `/metrics` if
-    /// it never does.
+    /// The value of `series` once `ok` holds for it: see [`wait_series`].
     #[track_caller]
     pub fn wait_metric(&self, series: &str, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let text = self.metrics();
-            match metric_in(&text, series) {
-                Some(v) if ok(v) => return v,
-                got if Instant::now() >= deadline => {
-                    panic!("{series} is {got:?}, not {what}, in /metrics:\n{text}")
-                }
-                _ => thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        wait_series(|| self.metrics(), series, what, ok)
     }
 }
 
@@ -340,17 +328,45 @@ impl Outpost {
 /// up to 2 s; one above it fails at once (counters only grow).
 #[track_caller]
 pub fn expect_counter(scrape: impl Fn() -> String, series: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let over = |got: Option<u64>| got.map_or(want == 0, |v| v > want);
+    poll_series(scrape, series, Duration::from_secs(2), &want.to_string(), |v| v == want, over);
+}
+
+/// The value of `series` on the `/metrics` that `scrape` fetches once `ok` holds for it, read
+/// again for up to 3 s (a gauge that comes down after a close, a count that lags its
+/// response); panics with `/metrics`, saying it is not `what`, if it never does.
+#[track_caller]
+pub fn wait_series(
+    scrape: impl Fn() -> String,
+    series: &str,
+    what: &str,
+    ok: impl Fn(u64) -> bool,
+) -> u64 {
+    poll_series(scrape, series, Duration::from_secs(3), what, ok, |_| false)
+}
+
+/// Reads `series` until `ok` holds for it (its value is returned), `hopeless` says it never
+/// will, or `limit` passes (both panic with `/metrics`).
+#[track_caller]
+fn poll_series(
+    scrape: impl Fn() -> String,
+    series: &str,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(u64) -> bool,
+    hopeless: impl Fn(Option<u64>) -> bool,
+) -> u64 {
+    let deadline = Instant::now() + limit;
     loop {
         let text = scrape();
         let got = metric_in(&text, series);
-        let below = got.map_or(want > 0, |v| v < want);
         match got {
-            Some(v) if v == want => return,
-            _ if below && Instant::now() < deadline => {}
-            _ => panic!("{series} is {got:?}, not {want}, in /metrics:\n{text}"),
+            Some(v) if ok(v) => return v,
+            _ if hopeless(got) || Instant::now() >= deadline => {
+                panic!("{series} is {got:?}, not {what}, in /metrics:\n{text}")
+            }
+            _ => thread::sleep(Duration::from_millis(20)),
         }
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -882,4 +898,27 @@ pub fn html_unescape(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use std::{cell::Cell, panic, time::Instant};
+
+    use super::expect_counter;
+
+    #[test]
+    fn a_count_below_is_read_again_and_one_above_fails_at_once() {
+        let n = Cell::new(0);
+        let rising = || {
+            n.set(n.get() + 1);
+            format!("outpost_requests_total{{class=\"2xx\"}} {}\n", n.get())
+        };
+        expect_counter(rising, "outpost_requests_total{class=\"2xx\"}", 3);
+        assert_eq!(n.get(), 3);
+        let started = Instant::now();
+        let over = panic::catch_unwind(|| expect_counter(|| "c 5\n".into(), "c", 3));
+        assert!(over.is_err() && started.elapsed().as_millis() < 500);
+        let missing = panic::catch_unwind(|| expect_counter(|| "d 1\n".into(), "c", 0));
+        assert!(missing.is_err());
+    }
 }
