@@ -70,8 +70,18 @@ fn one_floor_policy_for_the_fleet() {
     let v13 = f.curl(&["--tlsv1.3", "-o", "/dev/null", "-w", "%{http_code}", &f.url(1, "/x")]);
     assert_eq!(v13.stdout, "200", "{v13}");
 
-    // Who set it, and who applied it; an audit event.
-    let show = json(&f.outpost_cli(1, &["policy", "show", "--fleet", "--json"]).ok().stdout);
+    // Who set it, and who applied it; an audit event. A node logs the change before its row
+    // says so (its next write, at once), so the rows are read until both have it.
+    let deadline = Instant::now() + LIMIT;
+    let show = loop {
+        let show = json(&f.outpost_cli(1, &["policy", "show", "--fleet", "--json"]).ok().stdout);
+        let nodes = show["nodes"].as_array().unwrap();
+        if nodes.len() == 2 && nodes.iter().all(|n| n["policy_generation"] == 1) {
+            break show;
+        }
+        assert!(Instant::now() < deadline, "the rows do not say generation 1: {show}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(show["policy"]["generation"], 1, "{show}");
     assert_eq!(show["policy"]["floor"]["min_version"], "TLS1.3", "{show}");
     assert!(show["policy"]["set_by"].as_str().unwrap().ends_with("@edge-1"), "{show}");
@@ -119,7 +129,7 @@ fn one_floor_policy_for_the_fleet() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!([f.applied_generation(0), f.applied_generation(1)], [2, 2]);
-    assert!(f.admin(0, "/metrics").contains("outpost_fleet_policy_failures_total 1"));
+    f.wait_metric_line(0, "outpost_fleet_policy_failures_total 1", LIMIT);
     assert_eq!(tls12(&f, 0), "refused", "the floor in force stays");
 
     // Cleared: back to each node's own [floor].
@@ -127,8 +137,9 @@ fn one_floor_policy_for_the_fleet() {
     assert!(clear.stdout.contains("generation 4: cleared"), "{clear}");
     f.wait_applied(4, LIMIT);
     assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["200", "200"]);
-    let metrics = f.admin(0, "/metrics");
-    assert!(metrics.contains("outpost_fleet_nodes{state=\"live\"} 2"), "{metrics}");
+    // The registry's counts are node 1's reading at its last heartbeat (node 2's restart may
+    // be newer than that).
+    f.wait_metric_line(0, "outpost_fleet_nodes{state=\"live\"} 2", LIMIT);
 
     // The row removed by hand: no fleet policy, generation 0 everywhere.
     f.pg.psql("outpost", "DELETE FROM kv WHERE ns = 'fleet.policy'");
