@@ -22,8 +22,9 @@ use support::*;
 
 /// `[store] timeout_ms` of both nodes.
 const TIMEOUT: Duration = Duration::from_millis(1000);
-/// Beyond `timeout_ms` for one request: a fresh connection to an unoptimized build.
-const MARGIN: Duration = Duration::from_millis(1000);
+/// Beyond `timeout_ms` for one request: a fresh connection to an unoptimized build on a busy
+/// machine. Far below what an unbounded wait on a dead server takes (minutes).
+const MARGIN: Duration = Duration::from_millis(1500);
 
 /// One request to an edge that needs the store (starting the login, the callback, redeeming
 /// the code).

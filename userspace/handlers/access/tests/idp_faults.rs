@@ -39,8 +39,10 @@ fn provider_down_slow_or_refusing_gives_a_clear_page_within_the_bound() {
     let r = b.nav(&cb);
     let took = t.elapsed();
     assert_clear_page(&r, 502, "not answering");
+    // The bound, not the provider's 8 s: the page came before the provider would have answered
+    // (with room for a loaded machine's handshake and request around it).
     assert!(
-        took >= Duration::from_millis(4500) && took < Duration::from_millis(7000),
+        took >= Duration::from_millis(4500) && took < Duration::from_millis(7800),
         "took {took:?}"
     );
     s.expect_event("access.login", "error", "did not answer in time");
