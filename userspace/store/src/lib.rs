@@ -69,7 +69,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicI64, Ordering},
-        Arc,
+        Arc, Weak,
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -103,11 +103,27 @@ pub enum Backend {
     Postgres,
 }
 
-/// The store. Cheap to clone (an `Arc`); `Send + Sync`. The last clone dropped shuts it down
-/// (see [`Store::shutdown`]).
+/// The store. Cheap to clone (two `Arc`s); `Send + Sync`. The last clone dropped shuts it
+/// down (see [`Store::shutdown`]) before the drop returns, whatever the store's own background
+/// work is doing: the embedded store's directory lock is free again then.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Shared by every clone handed out; `None` in the store's own background work (the
+    /// sweeper), which never keeps a dropped store open.
+    _handle: Option<Arc<Handle>>,
+}
+
+/// Shuts the store down when the last clone handed out goes, even while the sweeper holds it
+/// for a sweep.
+struct Handle(Weak<Inner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.shutdown();
+        }
+    }
 }
 
 struct Inner {
@@ -214,7 +230,8 @@ impl Store {
                 Inner::new(BackendImpl::Postgres(pg), metrics, cfg, describe, rt)
             }
         };
-        let store = Store { inner: Arc::new(inner) };
+        let inner = Arc::new(inner);
+        let store = Store { _handle: Some(Arc::new(Handle(Arc::downgrade(&inner)))), inner };
         store.spawn_sweeper(Duration::from_millis(cfg.sweep_interval_ms));
         Ok(store)
     }
@@ -395,7 +412,7 @@ impl Store {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let store = Store { inner };
+                let store = Store { inner, _handle: None };
                 store.sweep().await;
             }
         });

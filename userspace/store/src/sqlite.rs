@@ -116,8 +116,8 @@ pub(crate) struct Sqlite {
     readers: RwLock<Option<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<StoreMetrics>,
-    /// Holds the flock until the store is dropped (`None` for an operator tool's store).
-    _lock: Option<File>,
+    /// Holds the flock until the store shuts down (`None` for an operator tool's store).
+    lock: Mutex<Option<File>>,
 }
 
 impl Sqlite {
@@ -222,7 +222,7 @@ impl Sqlite {
             readers: RwLock::new(Some(rtx)),
             threads: Mutex::new(threads),
             metrics,
-            _lock: lock,
+            lock: Mutex::new(lock),
         })
     }
 
@@ -263,6 +263,8 @@ impl Sqlite {
         for t in threads {
             let _ = t.join();
         }
+        // Nothing writes any more: the directory is free for the next process.
+        drop(self.lock.lock().map(|mut l| l.take()));
     }
 }
 
