@@ -32,6 +32,24 @@ struct Queued {
     jobs: Vec<(Vec<AuditEvent>, Answer)>,
     /// A flusher task is running: it takes what is queued when its write is done.
     flushing: bool,
+    /// The store shut down: appends fail at once.
+    closed: bool,
+}
+
+impl AuditQueue {
+    /// The store is shutting down: appends still queued (a flusher's task ends with the
+    /// store's runtime, possibly between two writes) are answered with the shutdown's error,
+    /// not left waiting, and later ones fail at once.
+    pub(crate) fn close(&self) {
+        let jobs = {
+            let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            q.closed = true;
+            std::mem::take(&mut q.jobs)
+        };
+        for (_, reply) in jobs {
+            let _ = reply.send(Err(crate::shut_down()));
+        }
+    }
 }
 
 /// One audit event: the handler API's type (handlers emit it, the store keeps it), with
@@ -56,7 +74,6 @@ impl Default for AuditQuery {
 }
 
 impl Store {
-    /// Appends `events` in one transaction.
     /// Appends `events` in one transaction (shared with other callers' events: see the module
     /// docs); returns once they are durable.
     pub async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
@@ -66,6 +83,9 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut q = self.audit_queue().state.lock().unwrap_or_else(|e| e.into_inner());
+            if q.closed {
+                return Err(crate::shut_down());
+            }
             q.jobs.push((events, tx));
             !std::mem::replace(&mut q.flushing, true)
         };

@@ -508,6 +508,7 @@ impl Inner {
             bg.stop();
         }
         self.rt.stop();
+        self.audit_queue.close();
     }
 }
 

@@ -1033,12 +1033,15 @@ mod tests {
             .build()
             .unwrap();
         let answered = std::sync::Arc::new(AtomicUsize::new(0));
+        let audited = std::sync::Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..400)
             .map(|i| {
-                let (s, answered) = (store.clone(), answered.clone());
+                let (s, answered, audited) = (store.clone(), answered.clone(), audited.clone());
                 rt.spawn(async move {
                     let r = if i % 2 == 0 {
-                        s.append_audit(vec![event(i)]).await
+                        let r = s.append_audit(vec![event(i)]).await;
+                        audited.fetch_add(usize::from(r.is_ok()), Ordering::SeqCst);
+                        r
                     } else {
                         s.put("q", &format!("k{i}"), b"v", None).await
                     };
@@ -1047,7 +1050,11 @@ mod tests {
                 })
             })
             .collect();
-        while answered.load(Ordering::SeqCst) < 50 {
+        // Shut down in the middle: some answered, audit appends among them (they are written
+        // in paced groups, puts one by one).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while answered.load(Ordering::SeqCst) < 50 || audited.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no audit append answered");
             std::thread::yield_now();
         }
         store.shutdown();
