@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use outpost_testkit::{status_and_edge_time, STATUS_AND_TIME};
 use outpost_tests::{
     edge::{
         Edge, Floor, TlsSession, CLIENT_V4, EDGE_INNER_V4, EDGE_INNER_V6, EDGE_V4, EDGE_V6,
@@ -105,25 +106,11 @@ fn assert_kernel_series(floor: Floor, metrics: &str) {
     }
 }
 
-/// curl's `-w` line after the body ([`STATUS_AND_TIME`]): the status, and the time from the
-/// end of the handshake to the last byte.
+/// The status and the edge's time of a curl run with `-w` [`STATUS_AND_TIME`].
 fn status_and_time(out: &netns::Output) -> (u16, Duration) {
-    let last = out.stdout.lines().last().unwrap_or_default();
-    let mut words = last.split_whitespace();
-    let status = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-    let mut time = || words.next().and_then(|w| w.parse::<f64>().ok());
-    let secs = match (time(), time()) {
-        (Some(handshaken), Some(total)) => total - handshaken,
-        _ => f64::MAX,
-    };
-    (status, Duration::from_secs_f64(secs.clamp(0.0, 1e6)))
+    let (_, status, took) = status_and_edge_time(&out.stdout);
+    (status, took)
 }
-
-/// curl's `-w` for [`status_and_time`]: the status, then the times of the end of the
-/// handshake and of the last byte. The edge's time is the difference: starting curl in a
-/// namespace and the handshake are left out, as on a loaded machine they alone vary by more
-/// than a bound here.
-const STATUS_AND_TIME: &str = "\n%{http_code} %{time_appconnect} %{time_total}\n";
 
 fn modern_clients_reach_the_origin_with_forwarding_headers(floor: Floor) {
     let edge = Edge::new(floor, "");

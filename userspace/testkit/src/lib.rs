@@ -408,8 +408,6 @@ fn split_series(series: &str) -> (&str, Vec<&str>) {
     }
 }
 
-/// Waits until an edge run in-process (`outpost_proxy::run` on a thread of the test) answers
-/// on its admin listener; panics after 10 s.
 /// The config of an edge run inside the test's own process (`outpost_proxy::run`): listen
 /// and admin on free loopback ports, `data_dir` under `dir`, one worker, then `extra`.
 pub struct InProcessConfig {
@@ -435,6 +433,8 @@ impl InProcessConfig {
     }
 }
 
+/// Waits until an edge run in-process (`outpost_proxy::run` on a thread of the test) answers
+/// on its admin listener; panics after 10 s.
 pub fn wait_for_admin(admin: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_get(admin, "/healthz").is_none() {
@@ -532,6 +532,27 @@ pub fn curl(args: &[&str]) -> Output {
         Command::new(tool("curl")).args(["-sk", "--http1.1", "--max-time", "10"]).args(args),
         Duration::from_secs(12),
     )
+}
+
+/// curl's `-w` for [`status_and_edge_time`]: after the body, a line with the status and the
+/// times of the end of the TLS handshake and of the last byte.
+pub const STATUS_AND_TIME: &str = "\n%{http_code} %{time_appconnect} %{time_total}\n";
+
+/// What curl wrote with `-w` [`STATUS_AND_TIME`]: the body, the status (0: none), and the
+/// edge's time, from the end of the TLS handshake to the last byte (a million seconds when
+/// curl wrote no times, so any bound fails). Starting curl and the handshake are left out: on
+/// a loaded machine they alone vary by more than the bounds tests set on the edge.
+pub fn status_and_edge_time(out: &str) -> (&str, u16, Duration) {
+    let out = out.strip_suffix('\n').unwrap_or(out);
+    let (body, last) = out.rsplit_once('\n').unwrap_or(("", out));
+    let mut words = last.split_whitespace();
+    let status = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let mut time = || words.next().and_then(|w| w.parse::<f64>().ok());
+    let secs = match (time(), time()) {
+        (Some(handshaken), Some(total)) => total - handshaken,
+        _ => f64::MAX,
+    };
+    (body, status, Duration::from_secs_f64(secs.clamp(0.0, 1e6)))
 }
 
 /// `openssl s_client` sending `input` once connected: (exit code, stdout + stderr).
@@ -898,6 +919,22 @@ pub fn html_unescape(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod curl_tests {
+    use std::time::Duration;
+
+    use super::status_and_edge_time;
+
+    #[test]
+    fn body_status_and_the_time_after_the_handshake() {
+        let (body, status, took) = status_and_edge_time("{\"error\": 1}\n502 0.250 0.375\n");
+        assert_eq!((body, status, took), ("{\"error\": 1}", 502, Duration::from_millis(125)));
+        assert_eq!(status_and_edge_time("\n200 0.1 0.2\n").0, "");
+        let (_, status, took) = status_and_edge_time("curl: (7) refused");
+        assert_eq!((status, took), (0, Duration::from_secs(1_000_000)));
+    }
 }
 
 #[cfg(test)]
