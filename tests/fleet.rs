@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use outpost_testkit::{expect_counter, wait_series};
 use outpost_tests::{fleet::Fleet, netns};
 
 #[test]
@@ -129,7 +130,7 @@ fn one_floor_policy_for_the_fleet() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!([f.applied_generation(0), f.applied_generation(1)], [2, 2]);
-    f.wait_metric_line(0, "outpost_fleet_policy_failures_total 1", LIMIT);
+    expect_counter(|| f.admin(0, "/metrics"), "outpost_fleet_policy_failures_total", 1);
     assert_eq!(tls12(&f, 0), "refused", "the floor in force stays");
 
     // Cleared: back to each node's own [floor].
@@ -139,7 +140,7 @@ fn one_floor_policy_for_the_fleet() {
     assert_eq!([tls12(&f, 0), tls12(&f, 1)], ["200", "200"]);
     // The registry's counts are node 1's reading at its last heartbeat (node 2's restart may
     // be newer than that).
-    f.wait_metric_line(0, "outpost_fleet_nodes{state=\"live\"} 2", LIMIT);
+    wait_series(|| f.admin(0, "/metrics"), "outpost_fleet_nodes{state=\"live\"}", "2", |n| n == 2);
 
     // The row removed by hand: no fleet policy, generation 0 everywhere.
     f.pg.psql("outpost", "DELETE FROM kv WHERE ns = 'fleet.policy'");

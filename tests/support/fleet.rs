@@ -217,24 +217,6 @@ impl Fleet {
         admin_get_at(&node.ns, &node.admin, path, Some(&token)).ok().stdout
     }
 
-    /// Waits (at most `limit`) until node `i`'s /metrics holds the line `want`, for values a
-    /// node refreshes on its own beat (the registry's counts); panics with the last scrape.
-    #[track_caller]
-    pub fn wait_metric_line(&self, i: usize, want: &str, limit: Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let metrics = self.admin(i, "/metrics");
-            if metrics.lines().any(|l| l == want) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {want:?} in node {i}'s metrics within {limit:?}:\n{metrics}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// `outpost ARGS --config <node i's>` in node `i`'s namespace (the caller judges).
     pub fn outpost_cli(&self, i: usize, args: &[&str]) -> Output {
         let node = &self.nodes[i];
