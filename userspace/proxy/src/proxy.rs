@@ -44,6 +44,8 @@ use crate::{
 const MAX_CONNECT_ATTEMPTS: usize = 8;
 /// Read size on origin connections (pooled buffers, see [`io::buf`]).
 const UPSTREAM_READ: usize = io::buf::SIZE;
+/// A buffer with less room than this left grows to [`UPSTREAM_READ`] before the next read.
+const UPSTREAM_READ_MIN: usize = 512;
 /// Limits on origins' responses: larger heads than clients may send, bodies unbounded (they
 /// stream).
 const UPSTREAM_LIMITS: http::Limits =
@@ -354,7 +356,8 @@ async fn upstream_head<'r, D: Downstream>(
         h.upstream_request_filter(&mut x.session(), &mut up_req, &mut **ctx).await?;
     }
     frame_request(&mut up_req.headers, x.body);
-    let mut head = io::buf::take();
+    // Small: a request head is a few hundred bytes (it grows for a larger one).
+    let mut head = io::buf::take_idle();
     http::write_request_head(&up_req.method, &up_req.target, &up_req.headers, &mut head);
     Ok((up_req, head))
 }
@@ -422,14 +425,18 @@ async fn forward<D: Downstream>(
     p: &mut Progress,
     o: Origin<'_>,
 ) -> Result<Option<Upgraded>> {
-    let Origin { peer, mut up, reused, up_req, head, upgrade } = o;
+    let Origin { peer, mut up, reused, up_req, mut head, upgrade } = o;
     let body = x.body;
-    let mut rbuf = io::buf::take();
+    // The response head and a small body fit in a small buffer; a larger response grows it
+    // to a full-size one at its second read (`read_response_head`, `relay_body`). With many
+    // requests in flight (HTTP/2), full-size buffers for every request waiting on its origin
+    // were most of the memory a request touched.
+    let mut rbuf = io::buf::take_idle();
     let mut retried = false;
     // The response head is parsed where it was read, and borrows its fields from `rbuf` until
     // it has been written for the client; the body after it is streamed from there.
     let (resp, head_len) = 'exchange: loop {
-        let failed = match send_request(&mut up, x.ds, &head, body, &peer).await {
+        let failed = match send_request(&mut up, x.ds, &mut head, body, &peer).await {
             Err(e) => e,
             Ok(()) => {
                 let deadline = Instant::now() + peer.response_timeout;
@@ -619,18 +626,18 @@ async fn relay_body<D: Downstream>(
             p.started = true;
             ds.send_response(wire, false).await?;
         }
-        let (res, b) =
-            match io::timeout(body_timeout, up.read(std::mem::take(rbuf), UPSTREAM_READ)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    return Err(Error::because(
-                        ErrorKind::UpstreamTimeout,
-                        ErrorSource::Upstream,
-                        "response body too slow",
-                        e,
-                    ))
-                }
-            };
+        let want = read_size(rbuf);
+        let (res, b) = match io::timeout(body_timeout, up.read(std::mem::take(rbuf), want)).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Error::because(
+                    ErrorKind::UpstreamTimeout,
+                    ErrorSource::Upstream,
+                    "response body too slow",
+                    e,
+                ))
+            }
+        };
         *rbuf = b;
         if res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "reading the response body")?
             == 0
@@ -664,18 +671,26 @@ fn frame_request(headers: &mut http::Headers<'_>, body: Body) {
     }
 }
 
-/// Sends the head and the body (read from the client as it goes).
+/// Sends the head and the body (read from the client as it goes). `head` is sent as it is
+/// when there is no body, and is whole again on return (a retry sends it again).
 async fn send_request<D: Downstream>(
     up: &mut io::Stream,
     ds: &mut D,
-    head: &[u8],
+    head: &mut Vec<u8>,
     body: Body,
     peer: &Peer,
 ) -> Result<()> {
+    if body == Body::Empty {
+        let (res, b) = io::timeout(peer.response_timeout, up.write_all(std::mem::take(head)))
+            .await
+            .or_err(ErrorKind::UpstreamTimeout, ErrorSource::Upstream, "sending the request")?;
+        *head = b;
+        return res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "sending the request");
+    }
     let mut out = io::buf::take();
     out.extend_from_slice(head);
     let mut plain = Vec::new();
-    let mut more = body != Body::Empty;
+    let mut more = true;
     while more {
         plain.clear();
         more = Downstream::read_body(ds, &mut plain).await?;
@@ -696,18 +711,27 @@ async fn send_request<D: Downstream>(
     Ok(())
 }
 
+/// How much the next read from the origin into `rbuf` asks for: the room it has, while that
+/// is worth a read (a small buffer, see `forward`), else a full-size read.
+fn read_size(rbuf: &Vec<u8>) -> usize {
+    match rbuf.capacity() - rbuf.len() {
+        room if room >= UPSTREAM_READ_MIN => room,
+        _ => UPSTREAM_READ,
+    }
+}
+
 /// Reads more of the response head into `rbuf`, by `deadline`.
 async fn read_response_head(
     up: &mut io::Stream,
     rbuf: &mut Vec<u8>,
     deadline: Instant,
 ) -> Result<()> {
-    let (res, b) =
-        io::timeout_at(deadline, up.read(std::mem::take(rbuf), UPSTREAM_READ)).await.or_err(
-            ErrorKind::UpstreamTimeout,
-            ErrorSource::Upstream,
-            "waiting for the response head",
-        )?;
+    let want = read_size(rbuf);
+    let (res, b) = io::timeout_at(deadline, up.read(std::mem::take(rbuf), want)).await.or_err(
+        ErrorKind::UpstreamTimeout,
+        ErrorSource::Upstream,
+        "waiting for the response head",
+    )?;
     *rbuf = b;
     if res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "reading the response head")? == 0 {
         return Err(Error::new(

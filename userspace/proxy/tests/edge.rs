@@ -21,6 +21,7 @@ each_backend!(
     slowloris_is_cut_off,
     idle_keepalive_connections_are_closed,
     chunked_bodies_stream_both_ways,
+    large_response_heads_and_bodies_arrive_whole,
     sighup_reload_keeps_an_open_keepalive_connection,
     sigterm_finishes_the_request_in_flight,
     no_config_serves_the_builtin_page,
@@ -215,6 +216,33 @@ fn limits_answer_431_413_400(io: &str) {
         0,
         "a refused request reached the origin"
     );
+}
+
+/// Responses read from the origin in more than one read: a head larger than the first read,
+/// a body many reads long, and both in the same segments. Each arrives whole and in order, on
+/// HTTP/1.1 and HTTP/2, on a fresh and on a pooled origin connection.
+fn large_response_heads_and_bodies_arrive_whole(io: &str) {
+    let origin = Origin::start("a");
+    let o = Outpost::start(io, &route("*", "/", &[origin.addr()], ""));
+    for proto in ["--http1.1", "--http2"] {
+        for (head, body) in [(100, 100), (900, 500), (3000, 10), (20_000, 0), (5000, 300_000)] {
+            let path = format!("/large/{head}/{body}");
+            let out = run_client(
+                Command::new(tool("curl"))
+                    .args(["-sk", proto, "--max-time", "10", "-D", "-"])
+                    .arg(o.url(&path)),
+                Duration::from_secs(12),
+            );
+            assert!(out.status.success(), "{proto} {path}: {out:?}");
+            let text = &out.stdout;
+            let split = text.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+            let (h, b) = (String::from_utf8_lossy(&text[..split]), &text[split + 4..]);
+            assert!(h.contains(" 200"), "{proto} {path}: {h}");
+            let pad = format!("x-pad: {}", "p".repeat(head));
+            assert!(h.to_ascii_lowercase().contains(&pad), "{proto} {path}: no whole X-Pad");
+            assert!(b == large_body(body).as_slice(), "{proto} {path}: body of {}", b.len());
+        }
+    }
 }
 
 fn slowloris_is_cut_off(io: &str) {

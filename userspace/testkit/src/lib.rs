@@ -497,7 +497,8 @@ pub fn http_request(
     Some(Answer { status, head: head.to_owned(), body: body.to_owned() })
 }
 
-/// Runs a client command, killing it after `limit`.
+/// Runs a client command, killing it after `limit`. Its output is read as it comes: a client
+/// that writes more than a pipe holds does not stall on it.
 pub fn run_client(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -505,8 +506,18 @@ pub fn run_client(cmd: &mut Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     wait_or_kill(&mut child, limit);
-    child.wait_with_output().unwrap()
+    let status = child.wait().unwrap();
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// Waits up to `limit` for `child` to exit, killing it then if it has not.
@@ -660,6 +671,8 @@ impl Drop for TlsSession {
 /// - `/health`: an empty response with the status in [`Origin::health`].
 /// - `/delay/<ms>`: answers after a pause.
 /// - `/chunks/<n>/<pause ms>`: a chunked body of n chunks `chunk <i>\n`, pausing between.
+/// - `/large/<h>/<n>`: a head with an `X-Pad` field of h bytes and a body of n bytes (a
+///   pattern [`large_body`] makes), sent together.
 /// - anything else: echoes the request: its name, method, target, headers, body framing,
 ///   length and a checksum of the (dechunked) body.
 pub struct Origin {
@@ -789,6 +802,16 @@ fn serve_origin(s: TcpStream, name: &str, requests: &AtomicUsize, health: &Atomi
             thread::sleep(Duration::from_millis(ms.parse().unwrap()));
             let b = format!("delayed {ms} by {name}\n");
             send(&mut w, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{b}", b.len()))
+        } else if let Some(spec) = target.strip_prefix("/large/") {
+            let (h, n) = spec.split_once('/').unwrap();
+            let (h, n): (usize, usize) = (h.parse().unwrap(), n.parse().unwrap());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nX-Pad: {}\r\nContent-Length: {n}\r\n{conn}\r\n",
+                "p".repeat(h)
+            );
+            let mut out = head.into_bytes();
+            out.extend_from_slice(&large_body(n));
+            w.write_all(&out).is_ok()
         } else if let Some(spec) = target.strip_prefix("/chunks/") {
             let (n, pause) = spec.split_once('/').unwrap();
             let (n, pause): (usize, u64) = (n.parse().unwrap(), pause.parse().unwrap());
@@ -831,6 +854,12 @@ fn serve_origin(s: TcpStream, name: &str, requests: &AtomicUsize, health: &Atomi
 /// formatted piece.
 fn send(w: &mut TcpStream, text: String) -> bool {
     w.write_all(text.as_bytes()).is_ok()
+}
+
+/// The body of the test origin's `/large/<h>/<n>`: n bytes of a pattern that does not repeat
+/// within a read, so a misplaced or repeated piece shows.
+pub fn large_body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + ((i * 7 + i / 26) % 26) as u8).collect()
 }
 
 /// A checksum the test and the origin agree on (FNV-1a).

@@ -124,7 +124,9 @@ impl Listener {
         let (s, a) = match &self.0 {
             ListenerInner::Uring(l) => l.accept().await.map(|(s, a)| (Stream::Uring(s), a))?,
             ListenerInner::Epoll(l) => l.accept().await.map(|(s, a)| (Stream::Epoll(s), a))?,
-            ListenerInner::Compio(l) => l.accept().await.map(|(s, a)| (Stream::Compio(s), a))?,
+            ListenerInner::Compio(l) => {
+                l.accept().await.map(|(s, a)| (Stream::Compio(Box::new(s)), a))?
+            }
         };
         // No TCP_NODELAY call here: accepted sockets inherit it from the listener, which
         // `listen` sets (one setsockopt per listener, not one per connection).
@@ -163,7 +165,9 @@ pub const IDLE_READ: usize = 1000;
 pub enum Stream {
     Uring(uring::Stream),
     Epoll(epoll::Stream),
-    Compio(compio::Stream),
+    /// Boxed: compio's stream is 208 bytes against tokio-uring's 8, and a stream is moved (into
+    /// and out of the pool, through the request path's futures) several times a request.
+    Compio(Box<compio::Stream>),
 }
 
 impl Stream {
@@ -172,7 +176,9 @@ impl Stream {
         let s = match current()? {
             Backend::Uring => Stream::Uring(uring::Stream::connect(addr, limit).await?),
             Backend::Epoll => Stream::Epoll(epoll::Stream::connect(addr, limit).await?),
-            Backend::Compio => Stream::Compio(compio::Stream::connect(addr, limit).await?),
+            Backend::Compio => {
+                Stream::Compio(Box::new(compio::Stream::connect(addr, limit).await?))
+            }
         };
         s.set_nodelay();
         Ok(s)
