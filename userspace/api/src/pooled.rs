@@ -23,11 +23,11 @@ use std::{
 };
 
 /// The block sizes, smallest first: handler contexts and phase futures fit the first; a whole
-/// request's future (the core's, some KiB) the second.
-const CLASSES: [usize; 2] = [512, 16 * 1024];
+/// request's future (the core's: 4 KiB for HTTP/1.1, 6.5 KiB for an HTTP/2 stream) the second.
+const CLASSES: [usize; 2] = [512, 8 * 1024];
 /// Alignment of every pooled block.
 const ALIGN: usize = 16;
-/// Free blocks kept per thread and class: at least 64, and up to 1024 (512 KiB and 16 MiB) while
+/// Free blocks kept per thread and class: at least 64, and up to 1024 (512 KiB and 8 MiB) while
 /// the load needs them (see [`Spares`]): an HTTP/2 bench keeps 640 streams open at once on one
 /// worker, whose blocks would otherwise go back to the allocator and come out of it again on
 /// every turn of the load.

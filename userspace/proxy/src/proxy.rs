@@ -91,7 +91,7 @@ impl Chain {
 
 /// One request's parts that handlers see, lent to a [`Session`] for each phase.
 struct Exchange<'a, D> {
-    req: Request<'a>,
+    req: &'a Request<'a>,
     client: &'a ClientInfo,
     ds: &'a mut D,
     /// How the request body is delimited (the client's framing; it goes upstream so).
@@ -101,7 +101,7 @@ struct Exchange<'a, D> {
 
 impl<D: Downstream> Exchange<'_, D> {
     fn session(&mut self) -> Session<'_> {
-        Session::new(&self.req, self.client, &mut *self.ds, &mut self.after)
+        Session::new(self.req, self.client, &mut *self.ds, &mut self.after)
     }
 }
 
@@ -129,15 +129,17 @@ pub(crate) fn normalise(
 /// Serves one request; returns whether the connection stays open (HTTP/1.1).
 ///
 /// `req` borrows its fields from the head's buffer for as long as `ds` and `client` are lent.
+/// It is lent too, not moved: a request is large (its fields inline), and each move of it
+/// through the futures is a copy.
 pub(crate) async fn handle<'a, D: Downstream>(
     worker: &Rc<Worker>,
     live: &Live,
     ds: &'a mut D,
     client: &'a ClientInfo,
-    req: Request<'a>,
+    req: &'a Request<'a>,
 ) -> bool {
     let started = Instant::now();
-    let body = ds.start_body(&req, live.limits.max_body_bytes);
+    let body = ds.start_body(req, live.limits.max_body_bytes);
     let mut p = Progress {
         keep_alive: req.keep_alive() && !worker.shared.draining(),
         ..Progress::default()
@@ -303,10 +305,10 @@ async fn phases<D: Downstream>(
     }
     // The one upgrade the edge forwards, and only where there is a connection to switch.
     let upgrade = x.req.websocket_upgrade() && x.ds.upgradable().is_some();
-    let (up_req, head) = upstream_head(chain, x, upgrade).await?;
+    let UpstreamHead { head, idempotent } = upstream_head(chain, x, upgrade).await?;
     let (peer, up, reused) = connect(worker, chain, x).await?;
     p.upstream = Some(peer.addr);
-    forward(worker, chain, x, p, Origin { peer, up, reused, up_req, head, upgrade }).await
+    forward(worker, chain, x, p, Origin { peer, up, reused, head, idempotent, upgrade }).await
 }
 
 /// Runs every filter's and the handler's `request_filter`; true when one answered (and its
@@ -334,17 +336,24 @@ async fn request_filters<D: Downstream>(
     Ok(false)
 }
 
-/// The request for the origin, built from the normalised one and edited by the handlers, and
-/// its head as it goes on the wire (in a pooled buffer). `upgrade`: a WebSocket handshake to
-/// forward as one.
-async fn upstream_head<'r, D: Downstream>(
+/// The request for the origin as it goes on the wire.
+struct UpstreamHead {
+    /// The head, in a pooled buffer.
+    head: Vec<u8>,
+    /// Its method may be sent twice with the effect of once (a retry may send it again).
+    idempotent: bool,
+}
+
+/// The request for the origin, built from the normalised one and edited by the handlers (see
+/// [`UpstreamHead`]). `upgrade`: a WebSocket handshake to forward as one.
+async fn upstream_head<D: Downstream>(
     chain: &mut Chain,
-    x: &mut Exchange<'r, D>,
+    x: &mut Exchange<'_, D>,
     upgrade: bool,
-) -> Result<(Request<'r>, Vec<u8>)> {
+) -> Result<UpstreamHead> {
     // Fields still borrowed from the client's head: copying the request copies no bytes. The
     // target is origin-form and `Host` the authority already (`http::normalise`).
-    let mut up_req = x.req.clone();
+    let mut up_req = Request::clone(x.req);
     http::remove_hop_by_hop(&mut up_req.headers);
     up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
     // Its `Sec-WebSocket-*` fields are end to end already.
@@ -359,7 +368,9 @@ async fn upstream_head<'r, D: Downstream>(
     // Small: a request head is a few hundred bytes (it grows for a larger one).
     let mut head = io::buf::take_idle();
     http::write_request_head(&up_req.method, &up_req.target, &up_req.headers, &mut head);
-    Ok((up_req, head))
+    // Only the head goes on: the request itself is large (its fields inline), and moving it
+    // through the futures after this costs a copy each time.
+    Ok(UpstreamHead { head, idempotent: idempotent(&up_req.method) })
 }
 
 /// A connection to the origin the handler picked (pooled when one is idle): the peer, the
@@ -403,15 +414,16 @@ async fn connect<D: Downstream>(
 }
 
 /// The origin side of one exchange.
-struct Origin<'r> {
+struct Origin {
     peer: Peer,
     up: io::Stream,
     /// `up` came from the pool (the origin may have closed it meanwhile).
     reused: bool,
-    up_req: Request<'r>,
-    /// `up_req`'s head on the wire.
+    /// The request's head on the wire.
     head: Vec<u8>,
-    /// `up_req` is a WebSocket handshake: a `101` to it switches the connection.
+    /// The request's method is idempotent (see [`UpstreamHead`]).
+    idempotent: bool,
+    /// The request is a WebSocket handshake: a `101` to it switches the connection.
     upgrade: bool,
 }
 
@@ -423,9 +435,9 @@ async fn forward<D: Downstream>(
     chain: &mut Chain,
     x: &mut Exchange<'_, D>,
     p: &mut Progress,
-    o: Origin<'_>,
+    o: Origin,
 ) -> Result<Option<Upgraded>> {
-    let Origin { peer, mut up, reused, up_req, mut head, upgrade } = o;
+    let Origin { peer, mut up, reused, mut head, idempotent, upgrade } = o;
     let body = x.body;
     // The response head and a small body fit in a small buffer; a larger response grows it
     // to a full-size one at its second read (`read_response_head`, `relay_body`). With many
@@ -435,7 +447,7 @@ async fn forward<D: Downstream>(
     let mut retried = false;
     // The response head is parsed where it was read, and borrows its fields from `rbuf` until
     // it has been written for the client; the body after it is streamed from there.
-    let (resp, head_len) = 'exchange: loop {
+    let (mut resp, head_len) = 'exchange: loop {
         let failed = match send_request(&mut up, x.ds, &mut head, body, &peer).await {
             Err(e) => e,
             Ok(()) => {
@@ -486,7 +498,7 @@ async fn forward<D: Downstream>(
             && !retried
             && body == Body::Empty
             && ((failed.kind == ErrorKind::UpstreamIo && rbuf.is_empty())
-                || (failed.kind == ErrorKind::InvalidResponse && idempotent(&up_req.method)));
+                || (failed.kind == ErrorKind::InvalidResponse && idempotent));
         if retry {
             retried = true;
             drop(up);
@@ -511,7 +523,9 @@ async fn forward<D: Downstream>(
     };
     let mut wire = head;
     wire.clear();
-    let next = respond(chain, x, p, resp, &mut wire).await?;
+    // Lent, not moved: a response head is large (its fields inline), and a move is a copy.
+    let next = respond(chain, x, p, &mut resp, &mut wire).await?;
+    drop(resp);
     // The head is written: `resp` let go of `rbuf`, where the body (or the WebSocket) starts
     // after it.
     rbuf.drain(..head_len);
@@ -556,7 +570,7 @@ async fn respond<D: Downstream>(
     chain: &mut Chain,
     x: &mut Exchange<'_, D>,
     p: &mut Progress,
-    mut resp: Response<'_>,
+    resp: &mut Response<'_>,
     wire: &mut Vec<u8>,
 ) -> Result<Next> {
     if resp.status == 101 {
@@ -566,7 +580,7 @@ async fn respond<D: Downstream>(
         http::remove_hop_by_hop(&mut resp.headers);
         resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
         for (h, ctx) in chain.links.iter_mut().rev() {
-            h.response_filter(&mut x.session(), &mut resp, &mut **ctx).await?;
+            h.response_filter(&mut x.session(), resp, &mut **ctx).await?;
         }
         resp.headers.push(Header::borrowed("Connection", b"upgrade"));
         resp.headers.push(Header::borrowed("Upgrade", b"websocket"));
@@ -589,10 +603,10 @@ async fn respond<D: Downstream>(
     http::remove_hop_by_hop(&mut resp.headers);
     // The route's handler first, then the filters outside it.
     for (h, ctx) in chain.links.iter_mut().rev() {
-        h.response_filter(&mut x.session(), &mut resp, &mut **ctx).await?;
+        h.response_filter(&mut x.session(), resp, &mut **ctx).await?;
     }
     // Re-framed for the client.
-    x.ds.response_head(&mut resp, resp_body, content_length, &mut p.keep_alive, wire);
+    x.ds.response_head(resp, resp_body, content_length, &mut p.keep_alive, wire);
     p.status = resp.status;
     Ok(Next::Body { origin_keep_alive, body: resp_body })
 }

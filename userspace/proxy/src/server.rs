@@ -331,7 +331,8 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
         // Out of line (see `connection`), so the idle wait stays small; in a pooled block, so
         // that takes no allocation per request.
         let keep_alive =
-            Pooled::future_with(|| proxy::handle(worker, &live, ds, client, req)).await;
+            Pooled::future_with(|| proxy::handle(worker, &live, ds, client, &req)).await;
+        drop(req);
         io::buf::give(head);
         // A drain that began during this request, after its response promised keep-alive: the
         // client may be sending its next request already. After a hand-over that one is

@@ -217,7 +217,7 @@ async fn stream(
     if let Err(e) = proxy::normalise(&worker, &live, &client, &mut req) {
         return refuse(&worker, &mut ds, &e).await;
     }
-    proxy::handle(&worker, &live, &mut ds, &client, req).await;
+    proxy::handle(&worker, &live, &mut ds, &client, &req).await;
 }
 
 /// The stream's head as the one request every later step reads (see the module docs); the
