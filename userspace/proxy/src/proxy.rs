@@ -641,7 +641,8 @@ async fn relay_body<D: Downstream>(
             ds.send_response(wire, false).await?;
         }
         let want = read_size(rbuf);
-        let (res, b) = match io::timeout(body_timeout, up.read(std::mem::take(rbuf), want)).await {
+        let read = std::pin::pin!(up.read(std::mem::take(rbuf), want));
+        let (res, b) = match io::timeout(body_timeout, read).await {
             Ok(r) => r,
             Err(e) => {
                 return Err(Error::because(
@@ -695,9 +696,13 @@ async fn send_request<D: Downstream>(
     peer: &Peer,
 ) -> Result<()> {
     if body == Body::Empty {
-        let (res, b) = io::timeout(peer.response_timeout, up.write_all(std::mem::take(head)))
-            .await
-            .or_err(ErrorKind::UpstreamTimeout, ErrorSource::Upstream, "sending the request")?;
+        // Pinned where it is built, as in `tls` (a copy of the future less).
+        let write = std::pin::pin!(up.write_all(std::mem::take(head)));
+        let (res, b) = io::timeout(peer.response_timeout, write).await.or_err(
+            ErrorKind::UpstreamTimeout,
+            ErrorSource::Upstream,
+            "sending the request",
+        )?;
         *head = b;
         return res.or_err(ErrorKind::UpstreamIo, ErrorSource::Upstream, "sending the request");
     }
@@ -741,7 +746,8 @@ async fn read_response_head(
     deadline: Instant,
 ) -> Result<()> {
     let want = read_size(rbuf);
-    let (res, b) = io::timeout_at(deadline, up.read(std::mem::take(rbuf), want)).await.or_err(
+    let read = std::pin::pin!(up.read(std::mem::take(rbuf), want));
+    let (res, b) = io::timeout_at(deadline, read).await.or_err(
         ErrorKind::UpstreamTimeout,
         ErrorSource::Upstream,
         "waiting for the response head",
@@ -759,7 +765,8 @@ async fn read_response_head(
 
 /// Sends `out` to the origin; an origin that stops reading for `limit` is given up on.
 async fn write_upstream(up: &mut io::Stream, out: Vec<u8>, limit: Duration) -> Result<Vec<u8>> {
-    let (res, mut out) = io::timeout(limit, up.write_all(out)).await.or_err(
+    let write = std::pin::pin!(up.write_all(out));
+    let (res, mut out) = io::timeout(limit, write).await.or_err(
         ErrorKind::UpstreamTimeout,
         ErrorSource::Upstream,
         "sending the request",

@@ -713,7 +713,10 @@ impl TlsConn {
             return Ok(());
         }
         let out = std::mem::take(&mut self.wbuf);
-        let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
+        // Pinned where it is built: a write's future is some hundred bytes, and the timeout
+        // holding it by value copied it on every write.
+        let write = std::pin::pin!(self.stream.write_all(out));
+        let (res, buf) = io::timeout(self.write_timeout, write).await?;
         io::buf::give(buf);
         res
     }
@@ -936,7 +939,8 @@ impl TlsWriter<'_> {
         // Cleared once the whole write is done: a write dropped before leaves the connection
         // torn.
         *self.torn = true;
-        let (res, buf) = io::timeout(self.write_timeout, self.stream.write_all(out)).await?;
+        let write = std::pin::pin!(self.stream.write_all(out));
+        let (res, buf) = io::timeout(self.write_timeout, write).await?;
         io::buf::give(buf);
         res?;
         *self.torn = false;

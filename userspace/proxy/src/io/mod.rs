@@ -372,7 +372,7 @@ async fn tokio_connect(addr: SocketAddr, limit: Duration) -> io::Result<tokio::n
 pub fn timeout<F: Future>(limit: Duration, fut: F) -> Timeout<F> {
     match CURRENT.with(Cell::get) {
         Some(Backend::Compio) => Timeout::compio(std::time::Instant::now() + limit, fut),
-        _ => Timeout { inner: TimeoutInner::Tokio { t: tokio::time::timeout(limit, fut) } },
+        _ => Timeout { inner: TimeoutInner::Tokio { fut, sleep: tokio::time::sleep(limit) } },
     }
 }
 
@@ -382,7 +382,7 @@ pub fn timeout_at<F: Future>(deadline: std::time::Instant, fut: F) -> Timeout<F>
     match CURRENT.with(Cell::get) {
         Some(Backend::Compio) => Timeout::compio(deadline, fut),
         _ => Timeout {
-            inner: TimeoutInner::Tokio { t: tokio::time::timeout_at(deadline.into(), fut) },
+            inner: TimeoutInner::Tokio { fut, sleep: tokio::time::sleep_until(deadline.into()) },
         },
     }
 }
@@ -397,10 +397,11 @@ pin_project_lite::pin_project! {
 }
 
 pin_project_lite::pin_project! {
-    /// The timer of the runtime on the thread that made it.
+    /// The timer of the runtime on the thread that made it. The future is held beside its
+    /// timer rather than inside tokio's `Timeout`, which would move it once more.
     #[project = TimeoutProj]
     enum TimeoutInner<F> {
-        Tokio { #[pin] t: tokio::time::Timeout<F> },
+        Tokio { #[pin] fut: F, #[pin] sleep: tokio::time::Sleep },
         Compio { #[pin] fut: F, sleep: compio::Sleep },
     }
 }
@@ -417,7 +418,12 @@ impl<F: Future> Future for Timeout<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().inner.project() {
-            TimeoutProj::Tokio { t } => t.poll(cx).map(|r| r.map_err(|_| Elapsed)),
+            TimeoutProj::Tokio { fut, sleep } => {
+                if let Poll::Ready(out) = fut.poll(cx) {
+                    return Poll::Ready(Ok(out));
+                }
+                sleep.poll(cx).map(|()| Err(Elapsed))
+            }
             TimeoutProj::Compio { fut, sleep } => {
                 if let Poll::Ready(out) = fut.poll(cx) {
                     return Poll::Ready(Ok(out));
