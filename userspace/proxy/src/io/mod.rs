@@ -370,46 +370,55 @@ async fn tokio_connect(addr: SocketAddr, limit: Duration) -> io::Result<tokio::n
 // out of line, each I/O operation's future (up to 550 bytes) was copied twice more on its way.
 #[inline(always)]
 pub fn timeout<F: Future>(limit: Duration, fut: F) -> Timeout<F> {
-    match CURRENT.with(Cell::get) {
-        Some(Backend::Compio) => Timeout::compio(std::time::Instant::now() + limit, fut),
-        _ => Timeout { inner: TimeoutInner::Tokio { fut, sleep: tokio::time::sleep(limit) } },
-    }
+    let timer = match CURRENT.with(Cell::get) {
+        Some(Backend::Compio) => {
+            Timer::Compio { sleep: compio::sleep_until(std::time::Instant::now() + limit) }
+        }
+        _ => Timer::Tokio { sleep: tokio::time::sleep(limit) },
+    };
+    Timeout { fut, timer }
 }
 
 /// Runs `fut` until `deadline` (see [`timeout`]).
 #[inline(always)]
 pub fn timeout_at<F: Future>(deadline: std::time::Instant, fut: F) -> Timeout<F> {
-    match CURRENT.with(Cell::get) {
-        Some(Backend::Compio) => Timeout::compio(deadline, fut),
-        _ => Timeout {
-            inner: TimeoutInner::Tokio { fut, sleep: tokio::time::sleep_until(deadline.into()) },
-        },
-    }
+    let timer = match CURRENT.with(Cell::get) {
+        Some(Backend::Compio) => Timer::Compio { sleep: compio::sleep_until(deadline) },
+        _ => Timer::Tokio { sleep: tokio::time::sleep_until(deadline.into()) },
+    };
+    Timeout { fut, timer }
 }
 
 pin_project_lite::pin_project! {
-    /// [`timeout`] and [`timeout_at`]: the output of the wrapped future, or [`Elapsed`].
+    /// [`timeout`] and [`timeout_at`]: the output of the wrapped future, or [`Elapsed`]. The
+    /// future is held beside its timer rather than inside tokio's `Timeout`, which would move
+    /// it once more.
     #[must_use = "futures do nothing unless polled"]
     pub struct Timeout<F> {
         #[pin]
-        inner: TimeoutInner<F>,
+        fut: F,
+        #[pin]
+        timer: Timer,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The timer of the runtime on the thread that made it. The future is held beside its
-    /// timer rather than inside tokio's `Timeout`, which would move it once more.
-    #[project = TimeoutProj]
-    enum TimeoutInner<F> {
-        Tokio { #[pin] fut: F, #[pin] sleep: tokio::time::Sleep },
-        Compio { #[pin] fut: F, sleep: compio::Sleep },
+    /// The timer of the runtime on the thread that made it.
+    #[project = TimerProj]
+    enum Timer {
+        Tokio { #[pin] sleep: tokio::time::Sleep },
+        Compio { sleep: compio::Sleep },
     }
 }
 
-impl<F> Timeout<F> {
-    #[inline(always)]
-    fn compio(deadline: std::time::Instant, fut: F) -> Timeout<F> {
-        Timeout { inner: TimeoutInner::Compio { fut, sleep: compio::sleep_until(deadline) } }
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            TimerProj::Tokio { sleep } => sleep.poll(cx),
+            TimerProj::Compio { sleep } => sleep.as_mut().poll(cx),
+        }
     }
 }
 
@@ -417,20 +426,11 @@ impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
-            TimeoutProj::Tokio { fut, sleep } => {
-                if let Poll::Ready(out) = fut.poll(cx) {
-                    return Poll::Ready(Ok(out));
-                }
-                sleep.poll(cx).map(|()| Err(Elapsed))
-            }
-            TimeoutProj::Compio { fut, sleep } => {
-                if let Poll::Ready(out) = fut.poll(cx) {
-                    return Poll::Ready(Ok(out));
-                }
-                sleep.as_mut().poll(cx).map(|()| Err(Elapsed))
-            }
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
         }
+        this.timer.poll(cx).map(|()| Err(Elapsed))
     }
 }
 
