@@ -227,12 +227,7 @@ fn large_response_heads_and_bodies_arrive_whole(io: &str) {
     for proto in ["--http1.1", "--http2"] {
         for (head, body) in [(100, 100), (900, 500), (3000, 10), (20_000, 0), (5000, 300_000)] {
             let path = format!("/large/{head}/{body}");
-            let out = run_client(
-                Command::new(tool("curl"))
-                    .args(["-sk", proto, "--max-time", "10", "-D", "-"])
-                    .arg(o.url(&path)),
-                Duration::from_secs(12),
-            );
+            let out = curl(&[proto, "-D", "-", &o.url(&path)]);
             assert!(out.status.success(), "{proto} {path}: {out:?}");
             let text = &out.stdout;
             let split = text.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
