@@ -126,7 +126,7 @@ pub enum Malformed {
 }
 
 /// `supported_versions` (RFC 8446 §4.2.1).
-const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
+pub(crate) const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
 /// `server_name` (RFC 6066 §3).
 const EXT_SERVER_NAME: u16 = 0x0000;
 /// `application_layer_protocol_negotiation` (RFC 7301).
@@ -140,7 +140,7 @@ const SNI_HOST_NAME: u32 = 0;
 /// 1) bytes, the largest that fits.
 pub const RUN_BYTES: u32 = 32;
 /// TLS record content type of handshake messages.
-const RECORD_HANDSHAKE: u8 = 0x16;
+pub(crate) const RECORD_HANDSHAKE: u8 = 0x16;
 
 /// Whether a stream whose first byte is `first` can be a ClientHello: a TLS handshake record,
 /// or an SSLv2-format record header (high bit set). Anything else is not a hello, whatever
@@ -161,12 +161,12 @@ pub fn starts_app_data(head: [u8; 3]) -> bool {
 /// TLS content type of application data.
 const RECORD_APPLICATION_DATA: u8 = 0x17;
 /// Handshake message type of ClientHello (also the SSLv2 CLIENT-HELLO message type).
-const CLIENT_HELLO: u8 = 0x01;
+pub(crate) const CLIENT_HELLO: u8 = 0x01;
 /// Largest TLSPlaintext fragment.
-const MAX_RECORD: u16 = 1 << 14;
+pub(crate) const MAX_RECORD: u16 = 1 << 14;
 /// legacy_version(2) + random(32) + session id len(1) + ciphers len(2) + one cipher(2) +
 /// compression len(1) + one method(1).
-const MIN_HELLO_BODY: u32 = 41;
+pub(crate) const MIN_HELLO_BODY: u32 = 41;
 /// Bytes of random between legacy_version and the session id.
 const RANDOM_LEN: u32 = 32;
 /// Bytes of an SSLv2 CLIENT-HELLO after its 2-byte header: type, version, three lengths.

@@ -5,6 +5,8 @@
 //! - [`hello`]: the ClientHello classifier, a resumable parser over a bounded byte cursor. The
 //!   kernel feeds it TCP segments one at a time; userspace feeds it whatever it has read. In
 //!   its recording mode it also fills a [`record::HelloRecord`].
+//! - [`quick`]: a straight read of the common hello (decided in its first record and chunk),
+//!   which gives the classifier's answer or leaves the hello to it.
 //! - [`version`]: protocol versions, policy modes and verdicts, and how a policy maps one to
 //!   the other.
 //! - [`maps`]: `#[repr(C)]` keys and values of the BPF maps, their names, and the parse
@@ -20,6 +22,7 @@ extern crate std;
 pub mod budget;
 pub mod hello;
 pub mod maps;
+pub mod quick;
 pub mod record;
 #[cfg(feature = "std")]
 pub mod testing;

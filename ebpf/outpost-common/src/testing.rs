@@ -384,3 +384,29 @@ fn put_vec16(out: &mut Vec<u8>, data: &[u8]) {
     put_u16(out, u16::try_from(data.len()).expect("vector over 65535 bytes"));
     out.extend_from_slice(data);
 }
+
+/// Holds the quick reader ([`crate::quick`]) to the parser on `input`: where it answers, it
+/// answers what the parser answers for the same bytes fed whole, and ends the hello where the
+/// parser does. Returns whether it answered.
+pub fn quick_agrees(what: &str, input: &[u8]) -> bool {
+    use crate::hello::{HelloParser, Progress};
+    let Some((version, quick)) = crate::quick::quick_classify(input) else {
+        return false;
+    };
+    let mut parser = HelloParser::new();
+    let mut pos = 0;
+    let mut answer = None;
+    for _ in 0..input.len() + 2 {
+        answer = parser.advance(input, &mut pos);
+        if answer.is_some() {
+            break;
+        }
+    }
+    assert_eq!(answer, Some(Progress::Decided(version)), "{what}: quick read of {input:02x?}");
+    assert_eq!(
+        quick.hello_end(),
+        parser.rest_in_record().map(|rest| (pos as u32) + rest),
+        "{what}: the hello's end, quick read of {input:02x?}"
+    );
+    true
+}

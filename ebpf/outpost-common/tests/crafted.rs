@@ -486,6 +486,39 @@ fn feeding_after_the_answer_is_finished() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The quick read (`outpost_common::quick`); every case above and below also holds it to the
+// parser wherever it answers.
+
+/// It decides every capture of a TLS hello (each is whole in one record), and every prefix of
+/// one either as the parser does or not at all.
+#[test]
+fn quick_read_decides_every_tls_capture() {
+    for (name, bytes, _) in captures() {
+        let tls = bytes[0] == 0x16;
+        assert_eq!(testing::quick_agrees(&name, &bytes), tls, "{name}");
+        for cut in 0..bytes.len() {
+            testing::quick_agrees(&format!("{name} cut at {cut}"), &bytes[..cut]);
+        }
+    }
+}
+
+/// It leaves to the parser what it does not read itself: a hello in two records, a segment
+/// that ends before `supported_versions`, a version list longer than it reads.
+#[test]
+fn quick_read_gives_up_where_the_parser_must_read() {
+    let (hello, _) = hello_around_supported_versions();
+    let whole = hello.clone().build();
+    assert!(testing::quick_agrees("one record", &whole));
+    assert!(!testing::quick_agrees("records of 100", &hello.clone().record_size(100).build()));
+    let sv = whole.windows(2).position(|w| w == [0x00, 0x2b]).unwrap();
+    assert!(!testing::quick_agrees("cut before supported_versions", &whole[..sv + 4]));
+    let long: Vec<u16> = GREASE.iter().copied().chain([0x0304]).collect();
+    let long = ClientHello::tls(0x0303).supported_versions(&long).build();
+    assert_eq!(classify(&long), decided(Version::Tls13));
+    assert!(!testing::quick_agrees("17 versions", &long));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Random input
 
 #[test]
@@ -562,6 +595,7 @@ fn splits_agree(what: &str, input: &[u8], rng: &mut XorShift) {
     let run = || {
         let whole = classify(input);
         assert_ne!(whole, Progress::OutOfSteps, "{what}: feed ran out of steps: {}", hex(input));
+        testing::quick_agrees(what, input);
         for cut in &cuts {
             let mut chunks = Vec::new();
             let mut from = 0;
@@ -620,6 +654,7 @@ fn check(what: &str, flight: &[u8], want: Progress) {
 
 fn check_whole_and_bytewise(what: &str, flight: &[u8], want: Progress) {
     assert_eq!(classify(flight), want, "{what}: {}", hex(flight));
+    testing::quick_agrees(what, flight);
     assert_eq!(feed_chunks(flight.chunks(1)), want, "{what}: byte at a time: {}", hex(flight));
 }
 

@@ -13,6 +13,7 @@ use outpost_common::{
         HELLO_RECORDS_BYTES, PORT_MODE_CAPACITY, PORT_WORDS, RECORD_FLOW_CAPACITY,
         REDIRECT_CAPACITY, REDIRECT_SOURCE_CAPACITY, VERSION_SLOTS,
     },
+    quick::QuickHello,
     record::BytesHeader,
     HelloParser, HelloRecord, Policy,
 };
@@ -106,7 +107,11 @@ pub struct Scratch {
     /// Hellos seen on this CPU since the last one sampled for recording. Kept here rather than
     /// in a map of its own: the entry is looked up for every hello anyway.
     pub since_sampled: u32,
-    pub _pad: u32,
+    /// Whether the quick read decided the hello, and where it ends (`tls::QUICK_NONE`,
+    /// `QUICK_PAST_RECORD`, or `QUICK_END` plus `QuickHello::hello_end`).
+    pub quick_end: u32,
+    /// The quick read's state between its steps (`tls::quick`).
+    pub quick: QuickHello,
     /// The header of a sampled hello sent as its bytes (`tls::send_bytes`), filled as its
     /// fields become known: its length and connection when it is found whole, the version and
     /// verdict when they are decided.

@@ -45,6 +45,21 @@ const OFFSET_MASK: usize = 0x7fff;
 /// masked with it so the verifier sees them bounded.
 pub const PAYLOAD_MASK: usize = 0x3fff;
 
+/// `v`, as a value the compiler knows nothing of (`barrier_var` in libbpf): a mask applied to
+/// it stays in the program even where the compiler can prove it changes nothing, because the
+/// verifier, which tracks less, may need it to bound an offset. One register move (an empty
+/// template leaves a line-info entry the kernel refuses).
+#[inline(always)]
+#[cfg_attr(not(target_arch = "bpf"), allow(unused_mut))]
+fn opaque(mut v: usize) -> usize {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: a move of the register to itself.
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack));
+    }
+    v
+}
+
 /// A pointer to a `T` at `off` bytes into the packet, if the packet holds all of it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Outcome> {
@@ -389,7 +404,7 @@ impl Input for Payload<'_> {
     /// would differ from one step of the classifier's loop to the next).
     #[inline(always)]
     fn each_byte<const N: usize>(&self, i: usize, mut f: impl FnMut(usize, u8)) -> bool {
-        let Ok(p) = ptr_at::<[u8; N]>(self.ctx, self.off + (i & PAYLOAD_MASK)) else {
+        let Ok(p) = ptr_at::<[u8; N]>(self.ctx, self.off + (opaque(i) & PAYLOAD_MASK)) else {
             return false;
         };
         let p = p as *const u8;

@@ -18,6 +18,7 @@ use outpost_common::{
         KERNEL_RECORD_STEPS, KERNEL_STEPS, MAX_HELLO_SEGMENTS,
     },
     may_start_hello,
+    quick::{Quick, QuickHello, QUICK_EXTENSIONS},
     record::{
         BytesHeader, HelloBytes, BYTES_CLASSES, FLAG_FOLLOWED, FLAG_PARTIAL, MAX_HELLO_BYTES,
     },
@@ -98,10 +99,11 @@ fn bytes_will_do(
 ) -> bool {
     match progress {
         Progress::Decided(_) => {
-            let Some(rest) = s.parser.rest_in_record() else {
-                return false;
+            let end = match (s.quick_end, s.parser.rest_in_record()) {
+                (QUICK_NONE, Some(rest)) => s.pos as u64 + rest as u64,
+                (QUICK_NONE, None) | (QUICK_PAST_RECORD, _) => return false,
+                (quick, _) => (quick - QUICK_END) as u64,
             };
-            let end = s.pos as u64 + rest as u64;
             if end > payload.len() as u64 || end > MAX_HELLO_BYTES as u64 {
                 return false;
             }
@@ -549,6 +551,15 @@ fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
     let Some(s) = start_loop(input) else {
         return Progress::OutOfSteps;
     };
+    // SAFETY: a field of this CPU's scratch entry.
+    unsafe { write_volatile(&mut s.quick_end, QUICK_NONE) };
+    // A new hello is read quickly first; the parser reads it from its first byte if that
+    // gives up (`outpost_common::quick`).
+    if s.hello.segments == 0 {
+        quick(ctx, s);
+        // SAFETY: a field of this CPU's scratch entry.
+        unsafe { write_volatile(&mut s.steps, 0) };
+    }
     // One way out, at the top: leaving from where the answer is found would have the code
     // after the loop verified once per exit.
     while can_loop() && s.result == OUT_OF_STEPS && s.steps < KERNEL_STEPS as u32 {
@@ -566,6 +577,34 @@ fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
     // SAFETY: a field of this CPU's scratch entry.
     decode(unsafe { read_volatile(&s.result) })
 }
+
+/// The quick read of a new hello in the scratch entry's payload: on an answer, `s.result` and
+/// `s.quick_end` hold it; else nothing is changed but `s.quick` and `s.steps`. Its loop is
+/// bounded and converges for the verifier as [`classify`]'s does: its state lives in the
+/// scratch entry.
+#[inline(always)]
+fn quick(ctx: &XdpContext, s: &mut Scratch) {
+    let input = Payload::at(ctx, s.off as usize, s.len as usize);
+    let mut q = QuickHello::default();
+    let mut step = q.start(&input);
+    s.quick = q;
+    while can_loop() && step == Quick::More && s.steps < QUICK_EXTENSIONS {
+        s.steps += 1;
+        let input = Payload::at(ctx, s.off as usize, s.len as usize);
+        step = s.quick.extension(&input);
+    }
+    if let Quick::Decided(version) = step {
+        s.result = encode(Progress::Decided(version));
+        s.quick_end = s.quick.hello_end().map_or(QUICK_PAST_RECORD, |end| end + QUICK_END);
+    }
+}
+
+/// `Scratch::quick_end`: the parser decided (or nothing did yet).
+const QUICK_NONE: u32 = 0;
+/// The quick read decided a hello that goes on past its first record.
+const QUICK_PAST_RECORD: u32 = 1;
+/// The quick read decided a hello that ends at `quick_end - QUICK_END` in its first record.
+const QUICK_END: u32 = 2;
 
 /// [`classify`] in the recording mode, into the scratch entry's record, for at most
 /// [`KERNEL_RECORD_STEPS`] steps. A loop of its own, so the plain one stays as it was.

@@ -1,0 +1,226 @@
+//! A quick read of the common ClientHello: a TLS hello whose deciding bytes all lie in its first
+//! record and in the chunk at hand (in the kernel, the segment that starts the connection's
+//! stream). Nearly every hello is one.
+//!
+//! [`HelloParser`](crate::HelloParser) reads any hello, in any number of records and segments,
+//! a field per step, with its state kept between steps (in the kernel, in a map, so that the
+//! verifier checks one step). That costs some 130 BPF instructions a field. This reader walks
+//! the same fields straight through: the fixed part at known offsets, then one extension header
+//! per step, and reads `supported_versions` when it meets it. It answers only
+//! [`Quick::Decided`], with the answer the parser gives the same bytes, or
+//! [`Quick::GiveUp`], for anything it does not read itself (an SSLv2-format hello, a record or
+//! segment boundary before the decision, a long version list, any broken length or framing
+//! rule), and the caller then runs the parser from the first byte as before. So it can never
+//! decide differently from the parser; the tests hold it to that on captures, crafted,
+//! random and mutated input.
+
+use core::cmp::min;
+
+use crate::{
+    hello::{
+        Input, CLIENT_HELLO, EXT_SUPPORTED_VERSIONS, MAX_RECORD, MIN_HELLO_BODY, RECORD_HANDSHAKE,
+    },
+    version::Version,
+};
+
+/// Extension headers a caller reads at most ([`QuickHello::extension`] calls), beyond which it
+/// gives up: browsers send 10-20 extensions.
+pub const QUICK_EXTENSIONS: u32 = 32;
+/// Versions of `supported_versions` read at most (browsers offer 2-4, GREASE included).
+const QUICK_VERSIONS: usize = 8;
+/// Record header, handshake type and length, legacy_version, random, session id length.
+const FIXED: u32 = 5 + 4 + 2 + 32 + 1;
+
+/// How a step of [`QuickHello`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quick {
+    /// Read on: the next extension header.
+    More,
+    /// The version the parser decides for these bytes.
+    Decided(Version),
+    /// Not a hello this reader reads: leave it to the parser.
+    GiveUp,
+}
+
+/// The reader's state between steps: 16 bytes, `#[repr(C)]` so the kernel keeps it in its
+/// scratch map entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuickHello {
+    /// Offset of the next extension header.
+    pos: u32,
+    /// Offset where the hello ends.
+    end: u32,
+    /// Offset where the first record ends.
+    rec_end: u32,
+    legacy_version: u16,
+    _pad: u16,
+}
+
+impl QuickHello {
+    /// Reads the record header and the hello's fixed fields up to its extensions: [`Quick::More`]
+    /// with the first extension header next, or the answer for a hello without extensions.
+    #[inline(always)]
+    pub fn start<I: Input + ?Sized>(&mut self, input: &I) -> Quick {
+        let mut head = [0u8; 11];
+        if !input.each_byte::<11>(0, |k, b| head[k] = b) {
+            return Quick::GiveUp;
+        }
+        let rec_len = u16::from_be_bytes([head[3], head[4]]);
+        let body = u32::from_be_bytes([0, head[6], head[7], head[8]]);
+        if head[0] != RECORD_HANDSHAKE
+            || head[1] != 0x03
+            || rec_len == 0
+            || rec_len > MAX_RECORD
+            || head[5] != CLIENT_HELLO
+            || body < MIN_HELLO_BODY
+        {
+            return Quick::GiveUp;
+        }
+        self.rec_end = 5 + rec_len as u32;
+        self.end = 9 + body;
+        self.legacy_version = u16::from_be_bytes([head[9], head[10]]);
+        // The session id, its length at a fixed offset.
+        let Some(sid) = self.field::<1, _>(input, FIXED - 1) else {
+            return Quick::GiveUp;
+        };
+        if sid > 32 {
+            return Quick::GiveUp;
+        }
+        let at = FIXED + sid;
+        let Some(ciphers) = self.field::<2, _>(input, at) else {
+            return Quick::GiveUp;
+        };
+        if ciphers < 2 || ciphers & 1 != 0 {
+            return Quick::GiveUp;
+        }
+        let at = at + 2 + ciphers;
+        let Some(compression) = self.field::<1, _>(input, at) else {
+            return Quick::GiveUp;
+        };
+        if compression < 1 {
+            return Quick::GiveUp;
+        }
+        let at = at + 1 + compression;
+        // The parser checks each skip against the hello only by the field after it.
+        if at > self.end {
+            return Quick::GiveUp;
+        }
+        if at == self.end {
+            return self.ended(input);
+        }
+        // The extension block is the rest of the hello, exactly.
+        match self.field::<2, _>(input, at) {
+            Some(n) if n == self.end - at - 2 => {}
+            _ => return Quick::GiveUp,
+        }
+        self.pos = at + 2;
+        Quick::More
+    }
+
+    /// Reads one extension header, and the version list if it is `supported_versions` (the
+    /// first decides, as in the parser); at the end of the hello, the answer without one.
+    #[inline(always)]
+    pub fn extension<I: Input + ?Sized>(&mut self, input: &I) -> Quick {
+        let at = self.pos;
+        if at >= self.end {
+            // Only `at == end`: each step checks what it skips against the end.
+            return self.ended(input);
+        }
+        let Some(header) = self.field::<4, _>(input, at) else {
+            return Quick::GiveUp;
+        };
+        let (typ, len) = ((header >> 16) as u16, header & 0xffff);
+        let body = at + 4;
+        if len > self.end - body {
+            return Quick::GiveUp;
+        }
+        if typ != EXT_SUPPORTED_VERSIONS {
+            self.pos = body + len;
+            return Quick::More;
+        }
+        // List length(1) + two bytes per version, at least one; the list fills the extension.
+        match self.field::<1, _>(input, body) {
+            Some(n)
+                if len >= 3 && n & 1 == 0 && n + 1 == len && n as usize <= 2 * QUICK_VERSIONS => {}
+            _ => return Quick::GiveUp,
+        }
+        if body + len > self.limit(input) {
+            return Quick::GiveUp;
+        }
+        let versions = (len as usize - 1) / 2;
+        let mut best = 0u8;
+        for k in 0..QUICK_VERSIONS {
+            if k < versions {
+                let mut v = 0u16;
+                if !input.each_byte::<2>(body as usize + 1 + 2 * k, |_, b| v = v << 8 | b as u16) {
+                    return Quick::GiveUp;
+                }
+                if let Some(version) = Version::from_wire(v) {
+                    best = best.max(version as u8 + 1);
+                }
+            }
+        }
+        Quick::Decided(match best {
+            0 => Version::Unknown,
+            b => Version::from_u8(b - 1).unwrap_or(Version::Unknown),
+        })
+    }
+
+    /// Where the hello ends when it ends in its first record, for a caller that hands a decided
+    /// hello on whole (the parser's `rest_in_record` after the same decision, as an offset).
+    pub fn hello_end(&self) -> Option<u32> {
+        (self.end <= self.rec_end).then_some(self.end)
+    }
+
+    /// The `N`-byte big-endian field at `at`, if the hello, its first record and the input
+    /// hold it.
+    #[inline(always)]
+    fn field<const N: usize, I: Input + ?Sized>(&self, input: &I, at: u32) -> Option<u32> {
+        if at as u64 + N as u64 > min(self.end, self.limit(input)) as u64 {
+            return None;
+        }
+        let mut v = 0u32;
+        input.each_byte::<N>(at as usize, |_, b| v = v << 8 | b as u32).then_some(v)
+    }
+
+    /// Offset where the bytes of the first record in the input end.
+    #[inline(always)]
+    fn limit<I: Input + ?Sized>(&self, input: &I) -> u32 {
+        min(self.rec_end as usize, input.len()) as u32
+    }
+
+    /// The answer for a hello that ends without `supported_versions`, once all of it is in
+    /// the input (the parser reads the bytes it skips).
+    #[inline(always)]
+    fn ended<I: Input + ?Sized>(&self, input: &I) -> Quick {
+        if self.end <= self.limit(input) {
+            Quick::Decided(self.offered())
+        } else {
+            Quick::GiveUp
+        }
+    }
+
+    /// The version offered by a hello without `supported_versions`.
+    #[inline(always)]
+    fn offered(&self) -> Version {
+        Version::from_wire(self.legacy_version).unwrap_or(Version::Unknown)
+    }
+}
+
+/// Reads a whole chunk with a [`QuickHello`]: the parser's answer, or `None` where the parser
+/// must read it. For userspace and tests; the kernel drives the steps itself.
+pub fn quick_classify<I: Input + ?Sized>(input: &I) -> Option<(Version, QuickHello)> {
+    let mut q = QuickHello::default();
+    let mut step = q.start(input);
+    for _ in 0..QUICK_EXTENSIONS {
+        if step != Quick::More {
+            break;
+        }
+        step = q.extension(input);
+    }
+    match step {
+        Quick::Decided(v) => Some((v, q)),
+        Quick::More | Quick::GiveUp => None,
+    }
+}
