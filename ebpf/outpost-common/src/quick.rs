@@ -23,18 +23,31 @@ use crate::{
     version::Version,
 };
 
-/// Extension headers a caller reads at most ([`QuickHello::extension`] calls), beyond which it
+/// Extension headers a caller reads at most ([`QuickHello::next`] calls), beyond which it
 /// gives up: browsers send 10-20 extensions.
 pub const QUICK_EXTENSIONS: u32 = 32;
 /// Versions of `supported_versions` read at most (browsers offer 2-4, GREASE included).
 const QUICK_VERSIONS: usize = 8;
 /// Record header, handshake type and length, legacy_version, random, session id length.
-const FIXED: u32 = 5 + 4 + 2 + 32 + 1;
+const FIXED: usize = 5 + 4 + 2 + 32 + 1;
+
+/// What [`QuickHello::next`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// An extension skipped: read on.
+    Skipped,
+    /// `supported_versions` is at `pos`.
+    Versions,
+    /// The hello ended without it.
+    End,
+    /// Not a hello this reader reads.
+    GiveUp,
+}
 
 /// How a step of [`QuickHello`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quick {
-    /// Read on: the next extension header.
+    /// Read on: [`QuickHello::next`], then [`QuickHello::decide`].
     More,
     /// The version the parser decides for these bytes.
     Decided(Version),
@@ -42,8 +55,9 @@ pub enum Quick {
     GiveUp,
 }
 
-/// The reader's state between steps: 16 bytes, `#[repr(C)]` so the kernel keeps it in its
-/// scratch map entry.
+/// The reader's state between steps: 24 bytes, `#[repr(C)]` so the kernel keeps it in its
+/// scratch map entry. Offsets are kept as `u32` and worked on as `usize` (no masking of 32-bit
+/// results in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuickHello {
@@ -53,8 +67,11 @@ pub struct QuickHello {
     end: u32,
     /// Offset where the first record ends.
     rec_end: u32,
+    /// Offset where what this reader may read ends: the hello, its first record or the input,
+    /// whichever ends first.
+    lim: u32,
     legacy_version: u16,
-    _pad: u16,
+    _pad: [u16; 3],
 }
 
 impl QuickHello {
@@ -77,8 +94,12 @@ impl QuickHello {
         {
             return Quick::GiveUp;
         }
-        self.rec_end = 5 + rec_len as u32;
-        self.end = 9 + body;
+        let rec_end = 5 + rec_len as usize;
+        let end = 9 + body as usize;
+        let lim = min(end, min(rec_end, input.len()));
+        self.rec_end = rec_end as u32;
+        self.end = end as u32;
+        self.lim = lim as u32;
         self.legacy_version = u16::from_be_bytes([head[9], head[10]]);
         // The session id, its length at a fixed offset.
         let Some(sid) = self.field::<1, _>(input, FIXED - 1) else {
@@ -103,57 +124,89 @@ impl QuickHello {
         }
         let at = at + 1 + compression;
         // The parser checks each skip against the hello only by the field after it.
-        if at > self.end {
+        if at > end {
             return Quick::GiveUp;
         }
-        if at == self.end {
-            return self.ended(input);
+        if at == end {
+            return self.ended();
         }
         // The extension block is the rest of the hello, exactly.
         match self.field::<2, _>(input, at) {
-            Some(n) if n == self.end - at - 2 => {}
+            Some(n) if n == end - at - 2 => {}
             _ => return Quick::GiveUp,
         }
-        self.pos = at + 2;
+        self.pos = (at + 2) as u32;
         Quick::More
     }
 
-    /// Reads one extension header, and the version list if it is `supported_versions` (the
-    /// first decides, as in the parser); at the end of the hello, the answer without one.
+    /// Reads one extension header and skips the extension, unless it is `supported_versions`
+    /// (the first decides, as in the parser) or the hello ended: then [`Next::Versions`] or
+    /// [`Next::End`], for [`decide`](Self::decide).
     #[inline(always)]
-    pub fn extension<I: Input + ?Sized>(&mut self, input: &I) -> Quick {
-        let at = self.pos;
-        if at >= self.end {
+    pub fn next<I: Input + ?Sized>(&mut self, input: &I) -> Next {
+        let (at, end) = (self.pos as usize, self.end as usize);
+        if at >= end {
             // Only `at == end`: each step checks what it skips against the end.
-            return self.ended(input);
+            return Next::End;
         }
-        let Some(header) = self.field::<4, _>(input, at) else {
+        // Type and length, two big-endian values under one bounds check.
+        let (mut typ, mut len) = (0u16, 0usize);
+        let mut k = 0;
+        if at + 4 > self.lim as usize
+            || !input.each_be16::<2>(at, |v| {
+                if k == 0 {
+                    typ = v;
+                } else {
+                    len = v as usize;
+                }
+                k += 1;
+            })
+        {
+            return Next::GiveUp;
+        }
+        // The header was inside the hello (`lim <= end`).
+        let body = at + 4;
+        if len > end - body {
+            return Next::GiveUp;
+        }
+        if typ == EXT_SUPPORTED_VERSIONS {
+            return Next::Versions;
+        }
+        self.pos = (body + len) as u32;
+        Next::Skipped
+    }
+
+    /// The answer after [`next`](Self::next) stopped skipping: the hello ended without
+    /// `supported_versions`, or the version list of the one at `pos`.
+    #[inline(always)]
+    pub fn decide<I: Input + ?Sized>(&self, input: &I, next: Next) -> Quick {
+        match next {
+            Next::End => return self.ended(),
+            Next::Versions => {}
+            Next::Skipped | Next::GiveUp => return Quick::GiveUp,
+        }
+        let at = self.pos as usize;
+        let (Some(header), Some(n)) =
+            (self.field::<4, _>(input, at), self.field::<1, _>(input, at + 4))
+        else {
             return Quick::GiveUp;
         };
-        let (typ, len) = ((header >> 16) as u16, header & 0xffff);
-        let body = at + 4;
-        if len > self.end - body {
-            return Quick::GiveUp;
-        }
-        if typ != EXT_SUPPORTED_VERSIONS {
-            self.pos = body + len;
-            return Quick::More;
-        }
+        let (body, len) = (at + 4, header & 0xffff);
         // List length(1) + two bytes per version, at least one; the list fills the extension.
-        match self.field::<1, _>(input, body) {
-            Some(n)
-                if len >= 3 && n & 1 == 0 && n + 1 == len && n as usize <= 2 * QUICK_VERSIONS => {}
-            _ => return Quick::GiveUp,
-        }
-        if body + len > self.limit(input) {
+        if len < 3
+            || n & 1 != 0
+            || n + 1 != len
+            || n > 2 * QUICK_VERSIONS
+            || body + len > self.lim as usize
+        {
             return Quick::GiveUp;
         }
-        let versions = (len as usize - 1) / 2;
+        let versions = n / 2;
         let mut best = 0u8;
         for k in 0..QUICK_VERSIONS {
             if k < versions {
                 let mut v = 0u16;
-                if !input.each_byte::<2>(body as usize + 1 + 2 * k, |_, b| v = v << 8 | b as u16) {
+                if !input.each_be16::<1>(body + 1 + 2 * k, |w| v = w) {
                     return Quick::GiveUp;
                 }
                 if let Some(version) = Version::from_wire(v) {
@@ -173,38 +226,25 @@ impl QuickHello {
         (self.end <= self.rec_end).then_some(self.end)
     }
 
-    /// The `N`-byte big-endian field at `at`, if the hello, its first record and the input
-    /// hold it.
+    /// The `N`-byte big-endian field at `at`, if what this reader may read holds it.
     #[inline(always)]
-    fn field<const N: usize, I: Input + ?Sized>(&self, input: &I, at: u32) -> Option<u32> {
-        if at as u64 + N as u64 > min(self.end, self.limit(input)) as u64 {
+    fn field<const N: usize, I: Input + ?Sized>(&self, input: &I, at: usize) -> Option<usize> {
+        if at + N > self.lim as usize {
             return None;
         }
-        let mut v = 0u32;
-        input.each_byte::<N>(at as usize, |_, b| v = v << 8 | b as u32).then_some(v)
-    }
-
-    /// Offset where the bytes of the first record in the input end.
-    #[inline(always)]
-    fn limit<I: Input + ?Sized>(&self, input: &I) -> u32 {
-        min(self.rec_end as usize, input.len()) as u32
+        let mut v = 0usize;
+        input.each_byte::<N>(at, |_, b| v = v << 8 | b as usize).then_some(v)
     }
 
     /// The answer for a hello that ends without `supported_versions`, once all of it is in
-    /// the input (the parser reads the bytes it skips).
+    /// its first record and the input (the parser reads the bytes it skips).
     #[inline(always)]
-    fn ended<I: Input + ?Sized>(&self, input: &I) -> Quick {
-        if self.end <= self.limit(input) {
-            Quick::Decided(self.offered())
+    fn ended(&self) -> Quick {
+        if self.lim == self.end {
+            Quick::Decided(Version::from_wire(self.legacy_version).unwrap_or(Version::Unknown))
         } else {
             Quick::GiveUp
         }
-    }
-
-    /// The version offered by a hello without `supported_versions`.
-    #[inline(always)]
-    fn offered(&self) -> Version {
-        Version::from_wire(self.legacy_version).unwrap_or(Version::Unknown)
     }
 }
 
@@ -212,13 +252,19 @@ impl QuickHello {
 /// must read it. For userspace and tests; the kernel drives the steps itself.
 pub fn quick_classify<I: Input + ?Sized>(input: &I) -> Option<(Version, QuickHello)> {
     let mut q = QuickHello::default();
-    let mut step = q.start(input);
-    for _ in 0..QUICK_EXTENSIONS {
-        if step != Quick::More {
-            break;
+    let step = match q.start(input) {
+        Quick::More => {
+            let mut next = Next::Skipped;
+            for _ in 0..QUICK_EXTENSIONS {
+                next = q.next(input);
+                if next != Next::Skipped {
+                    break;
+                }
+            }
+            q.decide(input, next)
         }
-        step = q.extension(input);
-    }
+        step => step,
+    };
     match step {
         Quick::Decided(v) => Some((v, q)),
         Quick::More | Quick::GiveUp => None,

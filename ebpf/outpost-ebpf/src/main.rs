@@ -96,6 +96,15 @@ pub extern "C" fn outpost_record_step(ctx: *mut xdp_md) -> u32 {
     0
 }
 
+/// The quick read of a new hello (`tls::quick_read`): a global function, verified once on its
+/// own, with the registers to itself.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn outpost_quick(ctx: *mut xdp_md) -> u32 {
+    tls::quick_read(&XdpContext::new(ctx));
+    0
+}
+
 /// Sends a sampled hello decided whole in its segment as its bytes (`tls::send_bytes`): a
 /// global function, verified once on its own instead of on each way to a decision (the
 /// classifier's and the recording one's).

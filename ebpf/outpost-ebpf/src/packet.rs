@@ -417,7 +417,7 @@ impl Input for Payload<'_> {
 
     #[inline(always)]
     fn each_be16<const N: usize>(&self, i: usize, mut f: impl FnMut(u16)) -> bool {
-        let Ok(p) = ptr_at::<[[u8; 2]; N]>(self.ctx, self.off + (i & PAYLOAD_MASK)) else {
+        let Ok(p) = ptr_at::<[[u8; 2]; N]>(self.ctx, self.off + (opaque(i) & PAYLOAD_MASK)) else {
             return false;
         };
         let p = p as *const [u8; 2];

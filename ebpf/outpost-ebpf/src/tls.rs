@@ -18,7 +18,7 @@ use outpost_common::{
         KERNEL_RECORD_STEPS, KERNEL_STEPS, MAX_HELLO_SEGMENTS,
     },
     may_start_hello,
-    quick::{Quick, QuickHello, QUICK_EXTENSIONS},
+    quick::{Next, Quick, QuickHello, QUICK_EXTENSIONS},
     record::{
         BytesHeader, HelloBytes, BYTES_CLASSES, FLAG_FOLLOWED, FLAG_PARTIAL, MAX_HELLO_BYTES,
     },
@@ -556,9 +556,7 @@ fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
     // A new hello is read quickly first; the parser reads it from its first byte if that
     // gives up (`outpost_common::quick`).
     if s.hello.segments == 0 {
-        quick(ctx, s);
-        // SAFETY: a field of this CPU's scratch entry.
-        unsafe { write_volatile(&mut s.steps, 0) };
+        crate::outpost_quick(ctx.ctx);
     }
     // One way out, at the top: leaving from where the answer is found would have the code
     // after the loop verified once per exit.
@@ -578,24 +576,36 @@ fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
     decode(unsafe { read_volatile(&s.result) })
 }
 
-/// The quick read of a new hello in the scratch entry's payload: on an answer, `s.result` and
-/// `s.quick_end` hold it; else nothing is changed but `s.quick` and `s.steps`. Its loop is
-/// bounded and converges for the verifier as [`classify`]'s does: its state lives in the
-/// scratch entry.
+/// The quick read of a new hello in the scratch entry's payload (`outpost_common::quick`), from
+/// `outpost_quick`: on an answer, `s.result` and `s.quick_end` hold it; else nothing is changed
+/// but `s.quick`. A function of its own, verified once on its own: its loop keeps its state in
+/// registers (inside the hello logic, whose values fill the registers, each step reloaded them
+/// from the stack) and is bounded by its count.
 #[inline(always)]
-fn quick(ctx: &XdpContext, s: &mut Scratch) {
+pub fn quick_read(ctx: &XdpContext) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+    let s = unsafe { &mut *s };
     let input = Payload::at(ctx, s.off as usize, s.len as usize);
-    let mut q = QuickHello::default();
+    // In the entry, not on the stack: this function's frame adds to its callers'.
+    let q = &mut s.quick;
     let mut step = q.start(&input);
-    s.quick = q;
-    while can_loop() && step == Quick::More && s.steps < QUICK_EXTENSIONS {
-        s.steps += 1;
-        let input = Payload::at(ctx, s.off as usize, s.len as usize);
-        step = s.quick.extension(&input);
+    if step == Quick::More {
+        let mut next = Next::Skipped;
+        for _ in 0..QUICK_EXTENSIONS {
+            next = q.next(&input);
+            if next != Next::Skipped {
+                break;
+            }
+        }
+        step = q.decide(&input, next);
     }
+    let end = q.hello_end();
     if let Quick::Decided(version) = step {
         s.result = encode(Progress::Decided(version));
-        s.quick_end = s.quick.hello_end().map_or(QUICK_PAST_RECORD, |end| end + QUICK_END);
+        s.quick_end = end.map_or(QUICK_PAST_RECORD, |end| end + QUICK_END);
     }
 }
 
