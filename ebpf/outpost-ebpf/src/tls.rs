@@ -18,7 +18,7 @@ use outpost_common::{
         KERNEL_RECORD_STEPS, KERNEL_STEPS, MAX_HELLO_SEGMENTS,
     },
     may_start_hello,
-    quick::{Next, Quick, QuickHello, QUICK_EXTENSIONS},
+    quick::{Next, Quick, QUICK_EXTENSIONS},
     record::{
         BytesHeader, HelloBytes, BYTES_CLASSES, FLAG_FOLLOWED, FLAG_PARTIAL, MAX_HELLO_BYTES,
     },
