@@ -23,18 +23,18 @@ use crate::{
     version::Version,
 };
 
-/// Extension headers a caller reads at most ([`QuickHello::next`] calls), beyond which it
+/// Extension headers [`QuickHello::skip`] reads at most, beyond which it
 /// gives up: browsers send 10-20 extensions.
-pub const QUICK_EXTENSIONS: u32 = 32;
+pub const QUICK_EXTENSIONS: usize = 32;
 /// Versions of `supported_versions` read at most (browsers offer 2-4, GREASE included).
 const QUICK_VERSIONS: usize = 8;
 /// Record header, handshake type and length, legacy_version, random, session id length.
 const FIXED: usize = 5 + 4 + 2 + 32 + 1;
 
-/// What [`QuickHello::next`] found.
+/// Where [`QuickHello::skip`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// An extension skipped: read on.
+    /// After its last extension, with more to come: not decided here.
     Skipped,
     /// `supported_versions` is at `pos`.
     Versions,
@@ -47,7 +47,7 @@ pub enum Next {
 /// How a step of [`QuickHello`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quick {
-    /// Read on: [`QuickHello::next`], then [`QuickHello::decide`].
+    /// Read on: [`QuickHello::skip`], then [`QuickHello::decide`].
     More,
     /// The version the parser decides for these bytes.
     Decided(Version),
@@ -139,44 +139,53 @@ impl QuickHello {
         Quick::More
     }
 
-    /// Reads one extension header and skips the extension, unless it is `supported_versions`
-    /// (the first decides, as in the parser) or the hello ended: then [`Next::Versions`] or
-    /// [`Next::End`], for [`decide`](Self::decide).
+    /// Skips extensions, reading each header, until `supported_versions` (the first decides,
+    /// as in the parser), the end of the hello, or [`QUICK_EXTENSIONS`] of them: then
+    /// [`Next::Versions`], [`Next::End`] or [`Next::Skipped`], for [`decide`](Self::decide).
     #[inline(always)]
-    pub fn next<I: Input + ?Sized>(&mut self, input: &I) -> Next {
-        let (at, end) = (self.pos as usize, self.end as usize);
-        if at >= end {
-            // Only `at == end`: each step checks what it skips against the end.
-            return Next::End;
+    pub fn skip<I: Input + ?Sized>(&mut self, input: &I) -> Next {
+        let (end, lim) = (self.end as usize, self.lim as usize);
+        let mut at = self.pos as usize;
+        let mut next = Next::Skipped;
+        for _ in 0..QUICK_EXTENSIONS {
+            if at >= end {
+                // Only `at == end`: each step checks what it skips against the end.
+                next = Next::End;
+                break;
+            }
+            // Type and length, two big-endian values under one bounds check.
+            let (mut typ, mut len) = (0u16, 0usize);
+            let mut k = 0;
+            if at + 4 > lim
+                || !input.each_be16::<2>(at, |v| {
+                    if k == 0 {
+                        typ = v;
+                    } else {
+                        len = v as usize;
+                    }
+                    k += 1;
+                })
+            {
+                next = Next::GiveUp;
+                break;
+            }
+            // The header was inside the hello (`lim <= end`).
+            let body = at + 4;
+            if len > end - body {
+                next = Next::GiveUp;
+                break;
+            }
+            if typ == EXT_SUPPORTED_VERSIONS {
+                next = Next::Versions;
+                break;
+            }
+            at = body + len;
         }
-        // Type and length, two big-endian values under one bounds check.
-        let (mut typ, mut len) = (0u16, 0usize);
-        let mut k = 0;
-        if at + 4 > self.lim as usize
-            || !input.each_be16::<2>(at, |v| {
-                if k == 0 {
-                    typ = v;
-                } else {
-                    len = v as usize;
-                }
-                k += 1;
-            })
-        {
-            return Next::GiveUp;
-        }
-        // The header was inside the hello (`lim <= end`).
-        let body = at + 4;
-        if len > end - body {
-            return Next::GiveUp;
-        }
-        if typ == EXT_SUPPORTED_VERSIONS {
-            return Next::Versions;
-        }
-        self.pos = (body + len) as u32;
-        Next::Skipped
+        self.pos = at as u32;
+        next
     }
 
-    /// The answer after [`next`](Self::next) stopped skipping: the hello ended without
+    /// The answer after [`skip`](Self::skip) stopped: the hello ended without
     /// `supported_versions`, or the version list of the one at `pos`.
     #[inline(always)]
     pub fn decide<I: Input + ?Sized>(&self, input: &I, next: Next) -> Quick {
@@ -254,13 +263,7 @@ pub fn quick_classify<I: Input + ?Sized>(input: &I) -> Option<(Version, QuickHel
     let mut q = QuickHello::default();
     let step = match q.start(input) {
         Quick::More => {
-            let mut next = Next::Skipped;
-            for _ in 0..QUICK_EXTENSIONS {
-                next = q.next(input);
-                if next != Next::Skipped {
-                    break;
-                }
-            }
+            let next = q.skip(input);
             q.decide(input, next)
         }
         step => step,

@@ -18,7 +18,7 @@ use outpost_common::{
         KERNEL_RECORD_STEPS, KERNEL_STEPS, MAX_HELLO_SEGMENTS,
     },
     may_start_hello,
-    quick::{Next, Quick, QUICK_EXTENSIONS},
+    quick::Quick,
     record::{
         BytesHeader, HelloBytes, BYTES_CLASSES, FLAG_FOLLOWED, FLAG_PARTIAL, MAX_HELLO_BYTES,
     },
@@ -593,13 +593,7 @@ pub fn quick_read(ctx: &XdpContext) {
     let q = &mut s.quick;
     let mut step = q.start(&input);
     if step == Quick::More {
-        let mut next = Next::Skipped;
-        for _ in 0..QUICK_EXTENSIONS {
-            next = q.next(&input);
-            if next != Next::Skipped {
-                break;
-            }
-        }
+        let next = q.skip(&input);
         step = q.decide(&input, next);
     }
     let end = q.hello_end();
