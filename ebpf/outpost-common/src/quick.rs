@@ -5,8 +5,8 @@
 //! [`HelloParser`](crate::HelloParser) reads any hello, in any number of records and segments,
 //! a field per step, with its state kept between steps (in the kernel, in a map, so that the
 //! verifier checks one step). That costs some 130 BPF instructions a field. This reader walks
-//! the same fields straight through: the fixed part at known offsets, then one extension header
-//! per step, and reads `supported_versions` when it meets it. It answers only
+//! the same fields straight through: the fixed part at known offsets, then the extension
+//! headers in one loop, and reads `supported_versions` when it meets it. It answers only
 //! [`Quick::Decided`], with the answer the parser gives the same bytes, or
 //! [`Quick::GiveUp`], for anything it does not read itself (an SSLv2-format hello, a record or
 //! segment boundary before the decision, a long version list, any broken length or framing
@@ -23,8 +23,8 @@ use crate::{
     version::Version,
 };
 
-/// Extension headers [`QuickHello::skip`] reads at most, beyond which it
-/// gives up: browsers send 10-20 extensions.
+/// Extension headers [`QuickHello::skip`] reads at most, beyond which the hello is left to the
+/// parser: browsers send 10-20 extensions.
 pub const QUICK_EXTENSIONS: usize = 32;
 /// Versions of `supported_versions` read at most (browsers offer 2-4, GREASE included).
 const QUICK_VERSIONS: usize = 8;
@@ -34,7 +34,7 @@ const FIXED: usize = 5 + 4 + 2 + 32 + 1;
 /// Where [`QuickHello::skip`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// After its last extension, with more to come: not decided here.
+    /// [`QUICK_EXTENSIONS`] skipped and the hello goes on: left to the parser.
     Skipped,
     /// `supported_versions` is at `pos`.
     Versions,
@@ -55,8 +55,8 @@ pub enum Quick {
     GiveUp,
 }
 
-/// The reader's state between steps: 24 bytes, `#[repr(C)]` so the kernel keeps it in its
-/// scratch map entry. Offsets are kept as `u32` and worked on as `usize` (no masking of 32-bit
+/// The reader's state: 24 bytes, `#[repr(C)]` so the kernel keeps it in its scratch map entry
+/// (a global BPF function's frame adds to its callers'). Offsets are kept as `u32` and worked on as `usize` (no masking of 32-bit
 /// results in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
