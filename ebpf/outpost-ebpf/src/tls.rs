@@ -405,7 +405,7 @@ unsafe fn zero_words<T>(p: *mut T) {
 /// # Safety
 /// Both are valid, 8-byte aligned, and do not overlap.
 #[inline(always)]
-unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+pub unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
     const { assert!(size_of::<T>().is_multiple_of(8)) };
     let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
     for i in 0..size_of::<T>() / 8 {
