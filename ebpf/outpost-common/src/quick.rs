@@ -23,9 +23,9 @@ use crate::{
     version::Version,
 };
 
-/// Extension headers [`QuickHello::skip`] reads at most, beyond which the hello is left to the
-/// parser: browsers send 10-20 extensions.
-pub const QUICK_EXTENSIONS: usize = 32;
+/// Extension headers the reader skips at most, beyond which the hello is left to the parser:
+/// browsers send 10-20 extensions.
+const QUICK_EXTENSIONS: usize = 32;
 /// Versions of `supported_versions` read at most (browsers offer 2-4, GREASE included).
 const QUICK_VERSIONS: usize = 8;
 /// Record header, handshake type and length, legacy_version, random, session id length.
@@ -33,7 +33,7 @@ const FIXED: usize = 5 + 4 + 2 + 32 + 1;
 
 /// Where [`QuickHello::skip`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
+enum Next {
     /// [`QUICK_EXTENSIONS`] skipped and the hello goes on: left to the parser.
     Skipped,
     /// `supported_versions` is at `pos`.
@@ -46,7 +46,7 @@ pub enum Next {
 
 /// How a step of [`QuickHello`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Quick {
+enum Quick {
     /// Read on: [`QuickHello::skip`], then [`QuickHello::decide`].
     More,
     /// The version the parser decides for these bytes.
@@ -56,8 +56,8 @@ pub enum Quick {
 }
 
 /// The reader's state: 24 bytes, `#[repr(C)]` so the kernel keeps it in its scratch map entry
-/// (a global BPF function's frame adds to its callers'). Offsets are kept as `u32` and worked on as `usize` (no masking of 32-bit
-/// results in the kernel).
+/// (a global BPF function's frame adds to its callers'). Offsets are kept as `u32` and worked
+/// on as `usize` (no masking of 32-bit results in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuickHello {
@@ -75,10 +75,26 @@ pub struct QuickHello {
 }
 
 impl QuickHello {
+    /// Reads `input` from its first byte: the version the parser decides for these bytes, or
+    /// `None` for a hello this reader leaves to the parser. [`hello_end`](Self::hello_end)
+    /// then says where a decided hello ends.
+    #[inline(always)]
+    pub fn read<I: Input + ?Sized>(&mut self, input: &I) -> Option<Version> {
+        let mut step = self.start(input);
+        if step == Quick::More {
+            let next = self.skip(input);
+            step = self.decide(input, next);
+        }
+        match step {
+            Quick::Decided(version) => Some(version),
+            Quick::More | Quick::GiveUp => None,
+        }
+    }
+
     /// Reads the record header and the hello's fixed fields up to its extensions: [`Quick::More`]
     /// with the first extension header next, or the answer for a hello without extensions.
     #[inline(always)]
-    pub fn start<I: Input + ?Sized>(&mut self, input: &I) -> Quick {
+    fn start<I: Input + ?Sized>(&mut self, input: &I) -> Quick {
         let mut head = [0u8; 11];
         if !input.each_byte::<11>(0, |k, b| head[k] = b) {
             return Quick::GiveUp;
@@ -143,7 +159,7 @@ impl QuickHello {
     /// as in the parser), the end of the hello, or [`QUICK_EXTENSIONS`] of them: then
     /// [`Next::Versions`], [`Next::End`] or [`Next::Skipped`], for [`decide`](Self::decide).
     #[inline(always)]
-    pub fn skip<I: Input + ?Sized>(&mut self, input: &I) -> Next {
+    fn skip<I: Input + ?Sized>(&mut self, input: &I) -> Next {
         let (end, lim) = (self.end as usize, self.lim as usize);
         let mut at = self.pos as usize;
         let mut next = Next::Skipped;
@@ -188,7 +204,7 @@ impl QuickHello {
     /// The answer after [`skip`](Self::skip) stopped: the hello ended without
     /// `supported_versions`, or the version list of the one at `pos`.
     #[inline(always)]
-    pub fn decide<I: Input + ?Sized>(&self, input: &I, next: Next) -> Quick {
+    fn decide<I: Input + ?Sized>(&self, input: &I, next: Next) -> Quick {
         match next {
             Next::End => return self.ended(),
             Next::Versions => {}
@@ -254,22 +270,5 @@ impl QuickHello {
         } else {
             Quick::GiveUp
         }
-    }
-}
-
-/// Reads a whole chunk with a [`QuickHello`]: the parser's answer, or `None` where the parser
-/// must read it. For userspace and tests; the kernel drives the steps itself.
-pub fn quick_classify<I: Input + ?Sized>(input: &I) -> Option<(Version, QuickHello)> {
-    let mut q = QuickHello::default();
-    let step = match q.start(input) {
-        Quick::More => {
-            let next = q.skip(input);
-            q.decide(input, next)
-        }
-        step => step,
-    };
-    match step {
-        Quick::Decided(v) => Some((v, q)),
-        Quick::More | Quick::GiveUp => None,
     }
 }

@@ -390,7 +390,8 @@ fn put_vec16(out: &mut Vec<u8>, data: &[u8]) {
 /// parser does. Returns whether it answered.
 pub fn quick_agrees(what: &str, input: &[u8]) -> bool {
     use crate::hello::{HelloParser, Progress};
-    let Some((version, quick)) = crate::quick::quick_classify(input) else {
+    let mut quick = crate::quick::QuickHello::default();
+    let Some(version) = quick.read(input) else {
         return false;
     };
     let mut parser = HelloParser::new();

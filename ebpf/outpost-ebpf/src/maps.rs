@@ -107,10 +107,10 @@ pub struct Scratch {
     /// Hellos seen on this CPU since the last one sampled for recording. Kept here rather than
     /// in a map of its own: the entry is looked up for every hello anyway.
     pub since_sampled: u32,
-    /// Whether the quick read decided the hello, and where it ends (`tls::QUICK_NONE`,
-    /// `QUICK_PAST_RECORD`, or `QUICK_END` plus `QuickHello::hello_end`).
-    pub quick_end: u32,
-    /// The quick read's state between its steps (`tls::quick`).
+    /// Non-zero when the quick read decided the hello (`tls::quick_read`); `quick` then says
+    /// where it ends.
+    pub quick_decided: u32,
+    /// The quick read's state (`tls::quick_read`).
     pub quick: QuickHello,
     /// The header of a sampled hello sent as its bytes (`tls::send_bytes`), filled as its
     /// fields become known: its length and connection when it is found whole, the version and

@@ -18,7 +18,6 @@ use outpost_common::{
         KERNEL_RECORD_STEPS, KERNEL_STEPS, MAX_HELLO_SEGMENTS,
     },
     may_start_hello,
-    quick::Quick,
     record::{
         BytesHeader, HelloBytes, BYTES_CLASSES, FLAG_FOLLOWED, FLAG_PARTIAL, MAX_HELLO_BYTES,
     },
@@ -99,10 +98,13 @@ fn bytes_will_do(
 ) -> bool {
     match progress {
         Progress::Decided(_) => {
-            let end = match (s.quick_end, s.parser.rest_in_record()) {
-                (QUICK_NONE, Some(rest)) => s.pos as u64 + rest as u64,
-                (QUICK_NONE, None) | (QUICK_PAST_RECORD, _) => return false,
-                (quick, _) => (quick - QUICK_END) as u64,
+            let end = if s.quick_decided != 0 {
+                s.quick.hello_end().map(u64::from)
+            } else {
+                s.parser.rest_in_record().map(|rest| s.pos as u64 + rest as u64)
+            };
+            let Some(end) = end else {
+                return false;
             };
             if end > payload.len() as u64 || end > MAX_HELLO_BYTES as u64 {
                 return false;
@@ -552,7 +554,7 @@ fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
         return Progress::OutOfSteps;
     };
     // SAFETY: a field of this CPU's scratch entry.
-    unsafe { write_volatile(&mut s.quick_end, QUICK_NONE) };
+    unsafe { write_volatile(&mut s.quick_decided, 0) };
     // A new hello is read quickly first; the parser reads it from its first byte if that
     // gives up (`outpost_common::quick`).
     if s.hello.segments == 0 {
@@ -577,10 +579,10 @@ fn classify(ctx: &XdpContext, input: &Payload<'_>) -> Progress {
 }
 
 /// The quick read of a new hello in the scratch entry's payload (`outpost_common::quick`), from
-/// `outpost_quick`: on an answer, `s.result` and `s.quick_end` hold it; else nothing is changed
-/// but `s.quick`. A function of its own, verified once on its own: its loop keeps its state in
-/// registers (inside the hello logic, whose values fill the registers, each step reloaded them
-/// from the stack) and is bounded by its count.
+/// `outpost_quick`: on an answer, `s.result` holds it and `s.quick_decided` is set; else
+/// nothing is changed but `s.quick`. A function of its own, verified once on its own: its loop
+/// keeps its state in registers (inside the hello logic, whose values fill the registers, each
+/// step reloaded them from the stack) and is bounded by its count.
 #[inline(always)]
 pub fn quick_read(ctx: &XdpContext) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
@@ -590,25 +592,11 @@ pub fn quick_read(ctx: &XdpContext) {
     let s = unsafe { &mut *s };
     let input = Payload::at(ctx, s.off as usize, s.len as usize);
     // In the entry, not on the stack: this function's frame adds to its callers'.
-    let q = &mut s.quick;
-    let mut step = q.start(&input);
-    if step == Quick::More {
-        let next = q.skip(&input);
-        step = q.decide(&input, next);
-    }
-    let end = q.hello_end();
-    if let Quick::Decided(version) = step {
+    if let Some(version) = s.quick.read(&input) {
         s.result = encode(Progress::Decided(version));
-        s.quick_end = end.map_or(QUICK_PAST_RECORD, |end| end + QUICK_END);
+        s.quick_decided = 1;
     }
 }
-
-/// `Scratch::quick_end`: the parser decided (or nothing did yet).
-const QUICK_NONE: u32 = 0;
-/// The quick read decided a hello that goes on past its first record.
-const QUICK_PAST_RECORD: u32 = 1;
-/// The quick read decided a hello that ends at `quick_end - QUICK_END` in its first record.
-const QUICK_END: u32 = 2;
 
 /// [`classify`] in the recording mode, into the scratch entry's record, for at most
 /// [`KERNEL_RECORD_STEPS`] steps. A loop of its own, so the plain one stays as it was.
