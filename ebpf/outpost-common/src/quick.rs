@@ -6,11 +6,11 @@
 //! a field per step, with its state kept between steps (in the kernel, in a map, so that the
 //! verifier checks one step). That costs some 130 BPF instructions a field. This reader walks
 //! the same fields straight through: the fixed part at known offsets, then the extension
-//! headers in one loop, and reads `supported_versions` when it meets it. It answers only
-//! [`Quick::Decided`], with the answer the parser gives the same bytes, or
-//! [`Quick::GiveUp`], for anything it does not read itself (an SSLv2-format hello, a record or
-//! segment boundary before the decision, a long version list, any broken length or framing
-//! rule), and the caller then runs the parser from the first byte as before. So it can never
+//! headers in one loop, and reads `supported_versions` when it meets it. [`QuickHello::read`]
+//! answers with the version the parser decides for the same bytes, or with `None` for anything
+//! it does not read itself (an SSLv2-format hello, a record or segment boundary before the
+//! decision, a long version list, any broken length or framing rule), and the caller then runs
+//! the parser from the first byte as before. So it can never
 //! decide differently from the parser; the tests hold it to that on captures, crafted,
 //! random and mutated input.
 
