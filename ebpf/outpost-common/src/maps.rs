@@ -110,6 +110,14 @@ pub struct RecordConfig {
     pub sample: u32,
 }
 
+impl RecordConfig {
+    /// Whether some hellos are recorded.
+    #[inline(always)]
+    pub fn records(&self) -> bool {
+        self.enabled != 0 && self.sample != 0
+    }
+}
+
 /// Slots of the [`VERSION_STATS`] counters.
 pub const VERSION_SLOTS: u32 = (Version::COUNT * Verdict::COUNT) as u32;
 

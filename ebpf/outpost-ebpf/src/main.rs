@@ -43,6 +43,10 @@ pub fn outpost_xdp(ctx: XdpContext) -> u32 {
         maps::count(Outcome::NotHello);
         return xdp_action::XDP_PASS;
     }
+    // The common hello: new, whole in this segment, and passed (`tls::quick_pass`).
+    if !maybe_tracked && tls::quick_pass(&ctx, &hdrs) {
+        return xdp_action::XDP_PASS;
+    }
     let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
         return FAIL_POLICY;
     };

@@ -148,6 +148,8 @@ pub struct Headers {
     pub l4: usize,
     pub payload: usize,
     pub payload_len: usize,
+    /// The destination port, host order.
+    pub dport: u16,
     pub flags: u8,
     pub ipv6: bool,
 }
@@ -248,7 +250,17 @@ pub fn walk(ctx: &XdpContext, protected: impl Fn(u16) -> bool) -> Result<Headers
     if !protected(dport) {
         return Err(Outcome::OtherPort);
     }
-    Ok(Headers { ip, tcp, l3, l4, payload, payload_len: ip_end - payload, flags: bits[1], ipv6 })
+    Ok(Headers {
+        ip,
+        tcp,
+        l3,
+        l4,
+        payload,
+        payload_len: ip_end - payload,
+        dport,
+        flags: bits[1],
+        ipv6,
+    })
 }
 
 /// Whether the payload at `payload` (up to `ip_end`) starts a TLS application-data record.

@@ -277,7 +277,8 @@ fn finish<const BYTES: bool>(
         (_, Some(version))
             if !can_follow
                 || progress != Progress::NeedMore
-                || verdict_in_policy(&policy(), seg, version) != Verdict::Pass =>
+                || verdict_in_policy(&policy(), u16::from_be(seg.key.dport), version)
+                    != Verdict::Pass =>
         {
             s.record.flags |= FLAG_PARTIAL;
             Some(version)
@@ -365,12 +366,9 @@ pub const RECORD_BYTES: u32 = 3;
 /// the last one recorded.
 #[inline(always)]
 fn sampled(s: &mut Scratch) -> bool {
-    let Some(config) = RECORD_CONFIG.get(0) else {
+    let Some(config) = RECORD_CONFIG.get(0).filter(|c| c.records()) else {
         return false;
     };
-    if config.enabled == 0 || config.sample == 0 {
-        return false;
-    }
     s.since_sampled += 1;
     if s.since_sampled < config.sample {
         return false;
@@ -461,6 +459,49 @@ pub fn flow_may_exist(slot: u32) -> bool {
         // Unreachable (the slot is masked), but an unknown answer must mean "look".
         None => true,
     }
+}
+
+/// A new hello whole in this segment that the policy passes, decided and counted as [`decide`]
+/// counts it, without the hello logic: nearly every hello an edge sees. The segment's flow is
+/// not tracked (the filter said so: `maybe_tracked` false), so there is no flow state to look
+/// for; the quick reader reads it (`outpost_quick`), and a version the policy passes on the
+/// segment's port needs nothing of the segment but that port.
+///
+/// False, with nothing counted, for anything else, which goes on to the hello logic as before
+/// and is read there from its first byte: recording on (the sampling counts every new hello),
+/// a hello the quick reader leaves to the parser (the SSLv2 format, one cut by its segment or
+/// record, broken lengths), and a verdict other than pass (it needs the flow table, the
+/// budgets or a reset).
+#[inline(always)]
+pub fn quick_pass(ctx: &XdpContext, hdrs: &Headers) -> bool {
+    if hdrs.payload_len == 0 || RECORD_CONFIG.get(0).is_some_and(|c| c.records()) {
+        return false;
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
+    let s = unsafe { &mut *s };
+    let payload = Payload::of(ctx, hdrs.payload, hdrs.payload_len);
+    s.off = payload.offset() as u32;
+    s.len = payload.len() as u32;
+    // SAFETY: a field of this CPU's scratch entry, set by `outpost_quick` on an answer.
+    unsafe { write_volatile(&mut s.quick_decided, 0) };
+    crate::outpost_quick(ctx.ctx);
+    // SAFETY: fields of this CPU's scratch entry, written by `outpost_quick`.
+    let (decided, result) = unsafe { (read_volatile(&s.quick_decided), read_volatile(&s.result)) };
+    if decided == 0 {
+        return false;
+    }
+    let Progress::Decided(version) = decode(result) else {
+        return false;
+    };
+    if verdict_in_policy(&policy(), hdrs.dport, version) != Verdict::Pass {
+        return false;
+    }
+    count(Outcome::DecidedFirst);
+    bump(&VERSION_STATS, version_slot(version, Verdict::Pass));
+    true
 }
 
 /// Fills the scratch entry's flow state (its parser is set by the caller), from where it is
@@ -680,15 +721,16 @@ fn can_loop() -> bool {
     true
 }
 
-/// The verdict the policy gives `version` on the segment's port, before the redirect budget.
+/// The verdict the policy gives `version` on port `dport` (host order), before the redirect
+/// budget.
 #[inline(always)]
-fn verdict_in_policy(policy: &Policy, seg: &Segment, version: Version) -> Verdict {
+fn verdict_in_policy(policy: &Policy, dport: u16, version: Version) -> Verdict {
     // A hello that meets the floor passes in every mode: the port's own is not looked up.
     let verdict = policy.verdict_in(Mode::Drop as u8, version);
     if verdict == Verdict::Pass {
         return verdict;
     }
-    policy.verdict_in(mode_for(policy, u16::from_be(seg.key.dport)), version)
+    policy.verdict_in(mode_for(policy, dport), version)
 }
 
 /// A hello's version is known: count it and apply the policy. `first_seq` is where the hello
@@ -704,7 +746,7 @@ fn decide<const BYTES: bool>(
     recording: u32,
 ) -> u32 {
     let policy = policy();
-    let mut verdict = verdict_in_policy(&policy, seg, version);
+    let mut verdict = verdict_in_policy(&policy, u16::from_be(seg.key.dport), version);
     // Only a redirect needs the time (a helper call: not paid by the other verdicts).
     let now = if verdict == Verdict::Redirect {
         // SAFETY: a helper without arguments.
