@@ -22,7 +22,6 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use outpost_common::maps::Outcome;
 
 /// What a packet the walk cannot read gets: anything we do not understand passes untouched.
 const FAIL_POLICY: u32 = xdp_action::XDP_PASS;
@@ -39,12 +38,8 @@ pub fn outpost_xdp(ctx: XdpContext) -> u32 {
         }
     };
     let maybe_tracked = tls::flow_may_exist(hdrs.flow_slot());
-    if tls::untracked_data(&ctx, &hdrs, maybe_tracked) {
-        maps::count(Outcome::NotHello);
-        return xdp_action::XDP_PASS;
-    }
-    // The common hello: new, whole in this segment, and passed (`tls::quick_pass`).
-    if !maybe_tracked && tls::quick_pass(&ctx, &hdrs) {
+    // Application data and the common hello, of flows never tracked: without the hello logic.
+    if !maybe_tracked && hdrs.payload_len > 0 && tls::untracked_passes(&ctx, &hdrs) {
         return xdp_action::XDP_PASS;
     }
     let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {

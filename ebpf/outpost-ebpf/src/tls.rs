@@ -169,7 +169,7 @@ fn begin(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> Option<u32> {
     // Every segment with payload (or closing the flow) looks for state of its flow first: a
     // continuation of a hello can start with any byte. The filter answers for most of them
     // (application data of flows never tracked) without the hash lookup; the entry consulted
-    // it (`untracked_data`).
+    // it (`untracked_passes`).
     let found = if seg.maybe_tracked { FLOWS.get_ptr(seg.key) } else { None };
     // The flow's scalars are copied; its parser goes straight into the scratch entry if the
     // hello goes on (a flow state on the stack took the program past the kernel's limit).
@@ -435,22 +435,6 @@ fn forget_record(key: &FlowKey) {
     let _ = RECORD_FLOWS.remove(key);
 }
 
-/// Whether the segment is application data (or another protocol) of a flow that is not
-/// tracked: the bulk of the traffic, which passes as `NotHello` without the parser. Decided in
-/// the entry from the packet's headers, before the four-tuple and sequence numbers are read and
-/// the segment takes the round trip through the scratch map, so that only segments that go on
-/// to [`handle`] pay for those. `maybe_tracked` is the filter's answer
-/// ([`flow_may_exist`]), which comes first: a continuation of a tracked hello can start with
-/// any byte.
-#[inline(always)]
-pub fn untracked_data(ctx: &XdpContext, hdrs: &Headers, maybe_tracked: bool) -> bool {
-    if hdrs.payload_len == 0 || maybe_tracked {
-        return false;
-    }
-    let payload = Payload::of(ctx, hdrs.payload, hdrs.payload_len);
-    payload.len() > 0 && !may_start_hello(payload.byte(0))
-}
-
 /// Whether a flow in filter slot `slot` may be in [`FLOWS`]; false only when none can be.
 #[inline(always)]
 pub fn flow_may_exist(slot: u32) -> bool {
@@ -461,20 +445,32 @@ pub fn flow_may_exist(slot: u32) -> bool {
     }
 }
 
-/// A new hello whole in this segment that the policy passes, decided and counted as [`decide`]
-/// counts it, without the hello logic: nearly every hello an edge sees. The segment's flow is
-/// not tracked (the filter said so: `maybe_tracked` false), so there is no flow state to look
-/// for; the quick reader reads it (`outpost_quick`), and a version the policy passes on the
-/// segment's port needs nothing of the segment but that port.
+/// A segment with payload of a flow that is not tracked (the filter said so: there is no flow
+/// state to look for), which passes here, counted, unless it goes on to [`handle`]. Decided in
+/// the entry from the packet's headers, before the four-tuple and sequence numbers are read and
+/// the segment takes the round trip through the scratch map, so that only segments that go on
+/// pay for those. Two kinds pass here:
+/// - application data (or another protocol): the bulk of the traffic, `NotHello`;
+/// - a new hello whole in this segment that the policy passes, nearly every hello an edge sees:
+///   the quick reader reads it (`outpost_quick`), a version the policy passes on the segment's
+///   port needs nothing of the segment but that port, and it is counted as [`decide`] counts
+///   it (`DecidedFirst` and its version).
 ///
-/// False, with nothing counted, for anything else, which goes on to the hello logic as before
-/// and is read there from its first byte: recording on (the sampling counts every new hello),
-/// a hello the quick reader leaves to the parser (the SSLv2 format, one cut by its segment or
-/// record, broken lengths), and a verdict other than pass (it needs the flow table, the
-/// budgets or a reset).
+/// Anything else goes on to the hello logic as before, with nothing counted, and is read there
+/// from its first byte: recording on (the sampling counts every new hello), a hello the quick
+/// reader leaves to the parser (the SSLv2 format, one cut by its segment or record, broken
+/// lengths), and a verdict other than pass (it needs the flow table, the budgets or a reset).
 #[inline(always)]
-pub fn quick_pass(ctx: &XdpContext, hdrs: &Headers) -> bool {
-    if hdrs.payload_len == 0 || RECORD_CONFIG.get(0).is_some_and(|c| c.records()) {
+pub fn untracked_passes(ctx: &XdpContext, hdrs: &Headers) -> bool {
+    let payload = Payload::of(ctx, hdrs.payload, hdrs.payload_len);
+    if payload.len() == 0 {
+        return false;
+    }
+    if !may_start_hello(payload.byte(0)) {
+        count(Outcome::NotHello);
+        return true;
+    }
+    if RECORD_CONFIG.get(0).is_some_and(|c| c.records()) {
         return false;
     }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
@@ -482,7 +478,6 @@ pub fn quick_pass(ctx: &XdpContext, hdrs: &Headers) -> bool {
     };
     // SAFETY: this CPU's scratch entry; nothing else uses it while this program runs.
     let s = unsafe { &mut *s };
-    let payload = Payload::of(ctx, hdrs.payload, hdrs.payload_len);
     s.off = payload.offset() as u32;
     s.len = payload.len() as u32;
     // SAFETY: a field of this CPU's scratch entry, set by `outpost_quick` on an answer.
