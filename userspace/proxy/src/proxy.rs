@@ -37,7 +37,7 @@ use crate::{
     metrics::UpstreamFailure,
     shared::Live,
     splice,
-    worker::Worker,
+    worker::{Reuse, Worker},
 };
 
 /// Most connect attempts for one request (each to a different server, as the handler picks).
@@ -388,7 +388,12 @@ async fn connect<D: Downstream>(
                 worker.shared.metrics.upstream_failure(UpstreamFailure::NoHealthy);
             }
         })?;
-        let pooled = worker.pool.borrow_mut().take(&peer);
+        let reuse = if x.body == Body::Empty && idempotent(&x.req.method) {
+            Reuse::Replayable
+        } else {
+            Reuse::Once
+        };
+        let pooled = worker.pool.borrow_mut().take(&peer, reuse);
         if let Some(conn) = pooled {
             return Ok((peer, conn, true));
         }
@@ -549,7 +554,7 @@ async fn forward<D: Downstream>(
     // returned above with the connection); this keeps it so.
     let tunnel = x.req.method == "CONNECT" || p.status == 101;
     if origin_keep_alive && rbuf.is_empty() && !tunnel {
-        worker.pool.borrow_mut().put(&peer, up);
+        worker.pool.borrow_mut().put(&peer, up, resp_body == Body::Empty);
     }
     io::buf::give(rbuf);
     io::buf::give(wire);

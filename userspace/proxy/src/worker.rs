@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use outpost_api::Peer;
@@ -103,22 +103,61 @@ impl Drop for UpgradedGuard {
 /// Idle origin connections of one worker, by address.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: HashMap<SocketAddr, VecDeque<(io::Stream, Instant)>>,
+    idle: HashMap<SocketAddr, VecDeque<Idle>>,
+}
+
+/// A connection in the [`Pool`].
+struct Idle {
+    stream: io::Stream,
+    since: Instant,
+    /// The response before it carried no body: where an origin that sends stray bytes (a body
+    /// after a HEAD or 304 response) sends them.
+    bodiless: bool,
+}
+
+/// How long a pooled connection may sit idle before it is checked whatever the request
+/// (see [`Pool::take`]).
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// What the request about to be sent allows of a pooled connection (see [`Pool::take`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// The request can be sent again on a fresh connection if this one fails before any
+    /// response byte (no body, an idempotent method).
+    Replayable,
+    /// It cannot.
+    Once,
 }
 
 impl Pool {
     /// The most recently used live connection to `peer`, if any.
-    pub(crate) fn take(&mut self, peer: &Peer) -> Option<io::Stream> {
+    ///
+    /// A connection is checked before it is reused (a non-blocking peek: one system call)
+    /// where that can change what happens to the request: when the request cannot be sent
+    /// again if the origin closed the connection meanwhile ([`Reuse::Once`]); when the
+    /// response before it had no body, after which an origin that sends stray bytes sends
+    /// them (they would be read as this request's response); and after
+    /// [`CHECK_AFTER_IDLE`], by when an origin's idle timeout may have closed it. Otherwise a
+    /// connection the origin just closed fails the request's write or read before any
+    /// response byte, and the request goes again on a fresh connection (`proxy::forward`), as
+    /// it would after a check that lost the race.
+    pub(crate) fn take(&mut self, peer: &Peer, reuse: Reuse) -> Option<io::Stream> {
         let list = self.idle.get_mut(&peer.addr)?;
-        while let Some((s, since)) = list.pop_back() {
-            if since.elapsed() < peer.pool_idle && s.idle_and_open() {
-                return Some(s);
+        while let Some(mut c) = list.pop_back() {
+            let idle = c.since.elapsed();
+            if idle >= peer.pool_idle {
+                continue;
+            }
+            let check = reuse == Reuse::Once || c.bodiless || idle >= CHECK_AFTER_IDLE;
+            if !check || c.stream.idle_and_open() {
+                return Some(c.stream);
             }
         }
         None
     }
 
-    pub(crate) fn put(&mut self, peer: &Peer, s: io::Stream) {
+    /// Puts `s` back after a whole response; `bodiless`: that response had no body.
+    pub(crate) fn put(&mut self, peer: &Peer, s: io::Stream, bodiless: bool) {
         if peer.pool_size == 0 {
             return;
         }
@@ -127,6 +166,6 @@ impl Pool {
             // The oldest goes: it is the likeliest to be closed by the origin soon.
             list.pop_front();
         }
-        list.push_back((s, Instant::now()));
+        list.push_back(Idle { stream: s, since: Instant::now(), bodiless });
     }
 }

@@ -2,9 +2,13 @@
 //! s_client) and a small origin started by each test. Every test runs once per I/O backend.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
     process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -31,6 +35,7 @@ each_backend!(
     sni_selects_the_certificate_and_reload_replaces_it,
     active_health_checks_steer_traffic,
     blackholed_origin_is_502_within_a_second,
+    pooled_connections_the_origin_closed_or_soiled_are_not_used,
 );
 
 fn modern_clients_reach_the_origin_with_forwarding_headers(io: &str) {
@@ -75,7 +80,7 @@ fn modern_clients_reach_the_origin_with_forwarding_headers(io: &str) {
     o.expect_metric("outpost_tls_handshakes_total{version=\"TLSv1.3\"}", 3);
     o.expect_metric("outpost_hellos_total{version=\"TLS1.3\",verdict=\"pass\"}", 3);
     o.expect_metric("outpost_requests_total{class=\"2xx\"}", 6);
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 6);
+    assert_eq!(origin.requests.load(Ordering::Relaxed), 6);
 }
 
 fn legacy_clients_are_refused_by_the_userspace_floor(io: &str) {
@@ -100,7 +105,7 @@ fn legacy_clients_are_refused_by_the_userspace_floor(io: &str) {
     o.expect_metric("outpost_hellos_total{version=\"TLS1.0\",verdict=\"reject\"}", 2);
     o.expect_metric("outpost_hellos_total{version=\"TLS1.1\",verdict=\"reject\"}", 1);
     o.expect_metric("outpost_tls_handshakes_total{version=\"TLSv1.2\"}", 0);
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(origin.requests.load(Ordering::Relaxed), 0);
 
     // Drop mode: closed without a word. Observe mode: counted as passed, and rustls (TLS
     // 1.2+ only) refuses the handshake itself (with a handshake_failure alert).
@@ -211,11 +216,7 @@ fn limits_answer_431_413_400(io: &str) {
     o.expect_metric("outpost_requests_refused_total{status=\"431\"}", 1);
     o.expect_metric("outpost_requests_refused_total{status=\"413\"}", 2);
     o.expect_metric("outpost_requests_malformed_total", 2);
-    assert_eq!(
-        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "a refused request reached the origin"
-    );
+    assert_eq!(origin.requests.load(Ordering::Relaxed), 0, "a refused request reached the origin");
 }
 
 /// Responses read from the origin in more than one read: a head larger than the first read,
@@ -264,7 +265,7 @@ fn slowloris_is_cut_off(io: &str) {
     assert!(s.closed_within(Duration::from_secs(3)), "still open: {}", s.text());
     assert!(s.text().starts_with("HTTP/1.1 408 "), "{}", s.text());
     o.expect_metric("outpost_requests_refused_total{status=\"408\"}", 1);
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(origin.requests.load(Ordering::Relaxed), 0);
 }
 
 fn idle_keepalive_connections_are_closed(io: &str) {
@@ -394,7 +395,7 @@ fn sigterm_finishes_the_request_in_flight(io: &str) {
     let client = thread::spawn(move || curl(&["-w", "\n%{http_code}", &url]));
     // SIGTERM once the request is at the origin (curl's start and handshake take their time).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while origin.requests.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+    while origin.requests.load(Ordering::Relaxed) < 2 {
         assert!(Instant::now() < deadline, "the request never reached the origin");
         thread::sleep(Duration::from_millis(10));
     }
@@ -602,7 +603,7 @@ fn active_health_checks_steer_traffic(io: &str) {
         args.extend(urls.iter().map(String::as_str));
         stdout(&curl(&args))
     };
-    sick.health.store(503, std::sync::atomic::Ordering::Relaxed);
+    sick.health.store(503, Ordering::Relaxed);
     // The edge logs each change of a server's state once it has made it.
     wait_for_log(&o, "failed its health check", 1);
     let text = origins_of(10);
@@ -611,7 +612,7 @@ fn active_health_checks_steer_traffic(io: &str) {
         10,
         "traffic went to a server failing its checks:\n{text}"
     );
-    sick.health.store(200, std::sync::atomic::Ordering::Relaxed);
+    sick.health.store(200, Ordering::Relaxed);
     wait_for_log(&o, "origin server healthy", 1);
     let text = origins_of(10);
     assert!(
@@ -661,4 +662,98 @@ fn wait_for_log(o: &Outpost, needle: &str, count: usize) {
         assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{}", o.log());
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Origin connections that went bad while idle in the pool: one the origin closed without
+/// saying so (as an origin's idle timeout does), and one on which it sent stray bytes after a
+/// response without a body (a body after HEAD, here shaped as a whole response). A request
+/// never fails for the first, and never gets the second's bytes as its response. Each client
+/// sends its requests over one connection, a quarter of a second apart (`--rate`), so that they
+/// reach the same worker and its pool, after the origin's close or stray bytes arrived.
+fn pooled_connections_the_origin_closed_or_soiled_are_not_used(io: &str) {
+    let (addr, connections) = fickle_origin();
+    let o = Outpost::start(io, &route("*", "/", &[addr], ""));
+    let (close, other) = (o.url("/close"), o.url("/other"));
+    // Closed while pooled: a GET goes again on a fresh connection; a POST with a body, which
+    // cannot go twice, is sent on a connection checked first.
+    // `--next` starts a new set of options (the connection stays): each repeats them.
+    let each = ["--next", "-sk", "--http1.1", "--rate", "4/s", "-w", " %{http_code}\n"];
+    let mut args = each[1..].to_vec();
+    args.extend([close.as_str(), close.as_str()]);
+    args.extend(each);
+    args.extend(["-d", "payload", close.as_str()]);
+    args.extend(each);
+    args.push(close.as_str());
+    let out = curl(&args);
+    let text = stdout(&out);
+    assert_eq!(text.matches(" 200\n").count(), 4, "{text}");
+    assert_eq!(text.matches("answer ").count(), 4, "{text}");
+    assert!(text.contains("body 7"), "the POST's body did not arrive: {text}");
+    assert!(connections.load(Ordering::Relaxed) >= 4, "each request needed its own connection");
+    // Stray bytes after a HEAD response: the next request's answer comes from the origin, on
+    // another connection, never from those bytes.
+    let head = o.url("/stray");
+    let mut args = each[1..].to_vec();
+    args.extend(["-I", head.as_str()]);
+    args.extend(each);
+    args.extend([other.as_str(), other.as_str()]);
+    let out = curl(&args);
+    let text = stdout(&out);
+    assert!(!text.contains("stray"), "a stray response reached the client: {text}");
+    assert_eq!(text.matches("answer ").count(), 2, "{text}");
+}
+
+/// An origin on a free loopback port (its address, and how many connections it accepted) that
+/// answers `answer <connection> body <n>` to any request (n: the body's length), except that it
+/// closes the connection 30 ms after answering `/close`, and 30 ms after answering a HEAD to
+/// `/stray` sends, unasked, a whole response whose body is `stray`.
+fn fickle_origin() -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_ascii_lowercase());
+                    }
+                    let length = head
+                        .iter()
+                        .find_map(|h| h.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.parse::<usize>().unwrap());
+                    let mut body = vec![0; length];
+                    r.read_exact(&mut body).unwrap();
+                    let answer = format!("answer {n} body {length}\n");
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                        answer.len(),
+                        if head[0].starts_with("head ") { "" } else { &answer }
+                    );
+                    if head[0].starts_with("get /close") || head[0].starts_with("post /close") {
+                        thread::sleep(Duration::from_millis(30));
+                        return;
+                    }
+                    if head[0].starts_with("head /stray") {
+                        thread::sleep(Duration::from_millis(30));
+                        let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstray\n");
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
 }

@@ -246,6 +246,11 @@ impl Stream {
         self.rx.read(&self.inner, buf).await
     }
 
+    /// See [`Rx::nothing_received`].
+    pub(super) fn nothing_received(&mut self) -> bool {
+        self.rx.nothing_received()
+    }
+
     /// Waits holding no buffer (the kernel picks a provided one when bytes arrive), then
     /// copies them into a pooled buffer: a small one when they fit.
     pub(super) async fn read_idle(&mut self) -> (io::Result<usize>, Vec<u8>) {
@@ -292,6 +297,22 @@ impl WriteHalf<'_> {
 }
 
 impl Rx {
+    /// Whether nothing arrived since the last read: no bytes held back, and no completion of
+    /// the multishot receive waiting. That receive stays armed while the connection is idle
+    /// and takes what arrives out of the socket, where a peek no longer sees it.
+    pub(super) fn nothing_received(&mut self) -> bool {
+        if self.pending.is_some() {
+            return false;
+        }
+        let Some(recv) = self.recv.as_mut() else {
+            return true;
+        };
+        // Data, the end of the stream, an error or the receive's end: whichever, the
+        // connection is not reused (a real read polls it again with its own waker).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(recv).poll_next(&mut cx).is_pending()
+    }
+
     async fn read(
         &mut self,
         inner: &compio::net::TcpStream,

@@ -278,7 +278,13 @@ impl Stream {
 
     /// For a pooled idle connection: true when the peer has neither closed it nor sent
     /// anything unasked (either makes the connection unusable for the next request).
-    pub fn idle_and_open(&self) -> bool {
+    pub fn idle_and_open(&mut self) -> bool {
+        // compio's receive may have taken such bytes out of the socket already.
+        if let Stream::Compio(s) = self {
+            if !s.nothing_received() {
+                return false;
+            }
+        }
         let mut b = 0u8;
         // SAFETY: one byte of valid memory; MSG_PEEK leaves the stream untouched.
         let n = unsafe {
