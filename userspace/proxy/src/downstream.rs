@@ -36,6 +36,11 @@ pub(crate) trait Downstream: RequestBody {
     /// Longest pause while reading the body or writing the response.
     fn body_timeout(&self) -> Duration;
 
+    /// The timer of the request's wait on its origin (sending the request, reading the
+    /// response head): kept from one request to the next where they come one at a time
+    /// ([`io::Deadline`]).
+    fn origin_deadline(&mut self) -> &mut io::Deadline;
+
     /// Reads more of the request body, appending to `out`; returns whether more is to come.
     /// Errors are the client's (timeouts, broken framing, too large).
     async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool>;
@@ -105,6 +110,7 @@ pub(crate) struct Http1 {
     chunked: bool,
     /// Dechunked response body on its way to being chunked again.
     plain: Vec<u8>,
+    origin_deadline: io::Deadline,
 }
 
 impl Http1 {
@@ -119,6 +125,7 @@ impl Http1 {
             chunked_ok: true,
             chunked: false,
             plain: Vec::new(),
+            origin_deadline: io::Deadline::default(),
         }
     }
 
@@ -217,6 +224,10 @@ impl Downstream for Http1 {
 
     fn body_timeout(&self) -> Duration {
         self.body_timeout
+    }
+
+    fn origin_deadline(&mut self) -> &mut io::Deadline {
+        &mut self.origin_deadline
     }
 
     async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {

@@ -488,7 +488,8 @@ async fn forward<D: Downstream>(
                         rbuf.drain(..n);
                         continue;
                     }
-                    if let Err(e) = read_response_head(&mut up, &mut rbuf, deadline).await {
+                    let timer = x.ds.origin_deadline();
+                    if let Err(e) = read_response_head(&mut up, &mut rbuf, timer, deadline).await {
                         break e;
                     }
                 }
@@ -703,7 +704,7 @@ async fn send_request<D: Downstream>(
     if body == Body::Empty {
         // Pinned where it is built, as in `tls` (a copy of the future less).
         let write = std::pin::pin!(up.write_all(std::mem::take(head)));
-        let (res, b) = io::timeout(peer.response_timeout, write).await.or_err(
+        let (res, b) = ds.origin_deadline().within(peer.response_timeout, write).await.or_err(
             ErrorKind::UpstreamTimeout,
             ErrorSource::Upstream,
             "sending the request",
@@ -744,15 +745,16 @@ fn read_size(rbuf: &Vec<u8>) -> usize {
     }
 }
 
-/// Reads more of the response head into `rbuf`, by `deadline`.
+/// Reads more of the response head into `rbuf`, by `deadline` (on `timer`).
 async fn read_response_head(
     up: &mut io::Stream,
     rbuf: &mut Vec<u8>,
+    timer: &mut io::Deadline,
     deadline: Instant,
 ) -> Result<()> {
     let want = read_size(rbuf);
     let read = std::pin::pin!(up.read(std::mem::take(rbuf), want));
-    let (res, b) = io::timeout_at(deadline, read).await.or_err(
+    let (res, b) = timer.until(deadline, read).await.or_err(
         ErrorKind::UpstreamTimeout,
         ErrorSource::Upstream,
         "waiting for the response head",

@@ -240,6 +240,8 @@ async fn establish(
 async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
     let mut drain = worker.shared.drain_signal();
     let mut first = true;
+    // The timer of every wait for a request ([`io::Deadline`]).
+    let mut waiting = io::Deadline::default();
     loop {
         if ds.buf.is_empty() {
             let wait = {
@@ -255,7 +257,7 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
             // Kept across a hand-over's drain: a read in flight is not dropped (with io_uring
             // the request it took meanwhile would be lost) but given HANDOVER_IDLE to complete.
             let got = {
-                let mut read = std::pin::pin!(io::timeout(wait, ds.tls.read_idle(&mut ds.buf)));
+                let mut read = std::pin::pin!(waiting.within(wait, ds.tls.read_idle(&mut ds.buf)));
                 loop {
                     tokio::select! {
                         biased;

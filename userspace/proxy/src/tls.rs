@@ -352,6 +352,8 @@ pub struct TlsConn {
     /// could not send it (the writer may have been in the middle of a record).
     alert_owed: Option<u8>,
     write_timeout: Duration,
+    /// The timer of every write ([`io::Deadline`]).
+    write_deadline: io::Deadline,
 }
 
 /// Who handles the connection's records.
@@ -407,6 +409,7 @@ impl TlsConn {
             torn: false,
             alert_owed: None,
             write_timeout,
+            write_deadline: io::Deadline::default(),
         })
     }
 
@@ -716,7 +719,7 @@ impl TlsConn {
         // Pinned where it is built: a write's future is some hundred bytes, and the timeout
         // holding it by value copied it on every write.
         let write = std::pin::pin!(self.stream.write_all(out));
-        let (res, buf) = io::timeout(self.write_timeout, write).await?;
+        let (res, buf) = self.write_deadline.within(self.write_timeout, write).await?;
         io::buf::give(buf);
         res
     }

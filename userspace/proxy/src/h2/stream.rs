@@ -29,6 +29,7 @@ pub(super) struct H2Stream {
     read: u64,
     body_done: bool,
     body_untouched: bool,
+    origin_deadline: io::Deadline,
     /// The client sent `expect: 100-continue` and is owed a 100 before its body is read.
     continue_pending: bool,
     body_timeout: Duration,
@@ -51,6 +52,7 @@ impl H2Stream {
             body: Body::Empty,
             max_body: 0,
             read: 0,
+            origin_deadline: io::Deadline::default(),
             body_done,
             body_untouched: true,
             continue_pending: false,
@@ -141,6 +143,10 @@ impl Downstream for H2Stream {
 
     fn body_timeout(&self) -> Duration {
         self.body_timeout
+    }
+
+    fn origin_deadline(&mut self) -> &mut io::Deadline {
+        &mut self.origin_deadline
     }
 
     async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<bool> {

@@ -388,11 +388,77 @@ pub fn timeout<F: Future>(limit: Duration, fut: F) -> Timeout<F> {
 /// Runs `fut` until `deadline` (see [`timeout`]).
 #[inline(always)]
 pub fn timeout_at<F: Future>(deadline: std::time::Instant, fut: F) -> Timeout<F> {
-    let timer = match CURRENT.with(Cell::get) {
+    Timeout { fut, timer: timer_until(deadline) }
+}
+
+/// A timer of this thread's runtime that ends at `deadline`.
+#[inline(always)]
+fn timer_until(deadline: std::time::Instant) -> Timer {
+    match CURRENT.with(Cell::get) {
         Some(Backend::Compio) => Timer::Compio { sleep: compio::sleep_until(deadline) },
         _ => Timer::Tokio { sleep: tokio::time::sleep_until(deadline.into()) },
-    };
-    Timeout { fut, timer }
+    }
+}
+
+/// A timer for many operations in turn, each with its own time limit ([`Deadline::within`]):
+/// one per connection and purpose (the client's writes, its idle waits), whose limit is the
+/// same each time, so that each deadline is later than the one before.
+///
+/// tokio moves a timer to a later deadline with one atomic update (its wheel finds the new
+/// deadline when the old one comes, and files the timer again there), where a timer per
+/// operation ([`timeout`]) entered the runtime's wheel and left it again every time: on a
+/// keep-alive connection, a few times a request. compio has no such move: its timer is
+/// replaced in place each time.
+#[derive(Default)]
+pub struct Deadline(Option<Pin<Box<Timer>>>);
+
+impl Deadline {
+    /// Runs `fut` for at most `limit` (as [`timeout`]), on this timer.
+    #[inline(always)]
+    pub fn within<F: Future>(&mut self, limit: Duration, fut: F) -> Within<'_, F> {
+        self.until(std::time::Instant::now() + limit, fut)
+    }
+
+    /// Runs `fut` until `deadline` (as [`timeout_at`]), on this timer.
+    #[inline(always)]
+    pub fn until<F: Future>(&mut self, deadline: std::time::Instant, fut: F) -> Within<'_, F> {
+        let timer = match (&mut self.0, CURRENT.with(Cell::get)) {
+            (Some(timer), Some(Backend::Compio)) => {
+                timer.set(timer_until(deadline));
+                timer
+            }
+            (Some(timer), _) => {
+                if let TimerProj::Tokio { sleep } = timer.as_mut().project() {
+                    sleep.reset(deadline.into());
+                }
+                timer
+            }
+            (slot @ None, _) => slot.insert(Box::pin(timer_until(deadline))),
+        };
+        Within { fut, timer: timer.as_mut() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Deadline::within`]: the output of the wrapped future, or [`Elapsed`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Within<'a, F> {
+        #[pin]
+        fut: F,
+        timer: Pin<&'a mut Timer>,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        this.timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+    }
 }
 
 pin_project_lite::pin_project! {
