@@ -44,15 +44,7 @@ fn write_fields(headers: &[Header<'_>], out: &mut Vec<u8>) {
 }
 
 fn push(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Nearly every field is clean: one pass that looks at every byte (no early exit, so the
-    // compiler checks many at once), then a plain copy. Rewriting byte by byte, as the rare
-    // unclean field is, cost each head a store and a compare per byte.
-    let unclean = bytes.iter().fold(false, |any, &b| any | matches!(b, b'\r' | b'\n' | 0));
-    if unclean {
-        out.extend(bytes.iter().map(|&b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b }));
-    } else {
-        out.extend_from_slice(bytes);
-    }
+    out.extend(bytes.iter().map(|&b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b }));
 }
 
 /// The reason phrase registered for `status` (RFC 9110 §15 and the IANA registry), or `""`.
@@ -128,6 +120,24 @@ mod tests {
         out.clear();
         write_response_head(599, reason(599), &[], &mut out);
         assert_eq!(out, b"HTTP/1.1 599 \r\n\r\n");
+    }
+
+    #[test]
+    fn every_cr_lf_and_nul_becomes_a_space_wherever_it_is() {
+        // Every position in values of up to 40 bytes, and every byte value there.
+        for len in 0..40 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut value = vec![b'a'; len];
+                    value[at] = b;
+                    let mut out = Vec::new();
+                    push(&mut out, &value);
+                    let mut want = vec![b'a'; len];
+                    want[at] = if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b };
+                    assert_eq!(out, want, "length {len}, byte {b:#x} at {at}");
+                }
+            }
+        }
     }
 
     #[test]
