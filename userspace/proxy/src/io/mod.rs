@@ -401,8 +401,9 @@ fn timer_until(deadline: std::time::Instant) -> Timer {
 }
 
 /// A timer for many operations in turn, each with its own time limit ([`Deadline::within`]):
-/// one per connection and purpose (the client's writes, its idle waits), whose limit is the
-/// same each time, so that each deadline is later than the one before.
+/// one per connection and purpose (the client's writes, the waits for its requests, the waits
+/// on its origin), whose limit is the same each time, so that each deadline is later than the
+/// one before.
 ///
 /// tokio moves a timer to a later deadline with one atomic update (its wheel finds the new
 /// deadline when the old one comes, and files the timer again there), where a timer per
