@@ -306,7 +306,7 @@ async fn phases<D: Downstream>(
     // The one upgrade the edge forwards, and only where there is a connection to switch.
     let upgrade = x.req.websocket_upgrade() && x.ds.upgradable().is_some();
     let UpstreamHead { head, idempotent } = upstream_head(chain, x, upgrade).await?;
-    let (peer, up, reused) = connect(worker, chain, x).await?;
+    let (peer, up, reused) = connect(worker, chain, x, None).await?;
     p.upstream = Some(peer.addr);
     forward(worker, chain, x, p, Origin { peer, up, reused, head, idempotent, upgrade }).await
 }
@@ -375,27 +375,40 @@ async fn upstream_head<D: Downstream>(
 
 /// A connection to the origin the handler picked (pooled when one is idle): the peer, the
 /// connection, and whether it was reused.
+///
+/// `again`: the request failed on a pooled connection to this peer before any response byte,
+/// and goes again on a fresh one. If the peer refuses it (an origin that went away closed its
+/// pooled connections too), the handler is told, as for any refused connection, and picks
+/// another server if it has one.
 async fn connect<D: Downstream>(
     worker: &Rc<Worker>,
     chain: &mut Chain,
     x: &mut Exchange<'_, D>,
+    again: Option<Peer>,
 ) -> Result<(Peer, io::Stream, bool)> {
     let (h, ctx) = chain.handler();
+    let fresh_only = again.is_some();
+    let mut again = again;
     let mut attempts = 0;
     loop {
-        let peer = h.upstream_peer(&mut x.session(), ctx).await.inspect_err(|e| {
-            if e.kind == ErrorKind::NoUpstream {
-                worker.shared.metrics.upstream_failure(UpstreamFailure::NoHealthy);
-            }
-        })?;
-        let reuse = if x.body == Body::Empty && idempotent(&x.req.method) {
-            Reuse::Replayable
-        } else {
-            Reuse::Once
+        let peer = match again.take() {
+            Some(peer) => peer,
+            None => h.upstream_peer(&mut x.session(), ctx).await.inspect_err(|e| {
+                if e.kind == ErrorKind::NoUpstream {
+                    worker.shared.metrics.upstream_failure(UpstreamFailure::NoHealthy);
+                }
+            })?,
         };
-        let pooled = worker.pool.borrow_mut().take(&peer, reuse);
-        if let Some(conn) = pooled {
-            return Ok((peer, conn, true));
+        if !fresh_only {
+            let reuse = if x.body == Body::Empty && idempotent(&x.req.method) {
+                Reuse::Replayable
+            } else {
+                Reuse::Once
+            };
+            let pooled = worker.pool.borrow_mut().take(&peer, reuse);
+            if let Some(conn) = pooled {
+                return Ok((peer, conn, true));
+            }
         }
         match io::Stream::connect(peer.addr, peer.connect_timeout).await {
             Ok(conn) => return Ok((peer, conn, false)),
@@ -442,7 +455,7 @@ async fn forward<D: Downstream>(
     p: &mut Progress,
     o: Origin,
 ) -> Result<Option<Upgraded>> {
-    let Origin { peer, mut up, reused, mut head, idempotent, upgrade } = o;
+    let Origin { mut peer, mut up, reused, mut head, idempotent, upgrade } = o;
     let body = x.body;
     // The response head and a small body fit in a small buffer; a larger response grows it
     // to a full-size one at its second read (`read_response_head`, `relay_body`). With many
@@ -509,11 +522,10 @@ async fn forward<D: Downstream>(
             retried = true;
             drop(up);
             rbuf.clear();
-            up = io::Stream::connect(peer.addr, peer.connect_timeout).await.or_err(
-                ErrorKind::ConnectFailed,
-                ErrorSource::Upstream,
-                "reconnecting to the origin",
-            )?;
+            // A fresh connection to the same server; one it refuses (an origin that went away
+            // closed its pooled connections) sends the request to another, as a refused
+            // first connection does.
+            (peer, up, _) = connect(worker, chain, x, Some(peer)).await?;
             continue;
         }
         worker.shared.metrics.upstream_failure(match failed.kind {

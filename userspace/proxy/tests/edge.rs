@@ -20,6 +20,7 @@ each_backend!(
     legacy_clients_are_refused_by_the_userspace_floor,
     origin_down_is_502_within_a_second,
     one_origin_down_every_request_succeeds,
+    an_origin_that_stops_fails_no_request,
     slow_origin_is_504,
     limits_answer_431_413_400,
     slowloris_is_cut_off,
@@ -161,6 +162,25 @@ fn one_origin_down_every_request_succeeds(io: &str) {
     // The dead server was tried at most once, then marked down (passive health), unless the
     // first active health check got there first.
     assert!(o.metric("outpost_upstream_failures_total{kind=\"connect\"}") <= 1);
+}
+
+/// An origin stops while the pools hold connections to it (closed with it): the requests that
+/// would reuse them go to the other origin, as any request to a server that refuses does.
+fn an_origin_that_stops_fails_no_request(io: &str) {
+    let a = Origin::start("a");
+    let b = Origin::start("b");
+    let o = Outpost::start(
+        io,
+        &route("*", "/", &[a.addr(), b.addr()], "health_check = { interval_ms = 60000 }"),
+    );
+    let get = |i: usize| stdout(&curl(&["-w", "\n%{http_code}", &o.url(&format!("/s{i}"))]));
+    let answers: Vec<String> = (0..8).map(get).collect();
+    assert!(answers.iter().any(|t| t.contains("origin b")), "b never answered: {answers:?}");
+    drop(b);
+    for i in 0..20 {
+        let text = get(i);
+        assert!(text.ends_with("\n200") && text.contains("origin a"), "request {i}: {text}");
+    }
 }
 
 fn slow_origin_is_504(io: &str) {
