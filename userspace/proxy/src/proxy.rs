@@ -384,11 +384,15 @@ async fn connect<D: Downstream>(
     worker: &Rc<Worker>,
     chain: &mut Chain,
     x: &mut Exchange<'_, D>,
-    again: Option<Peer>,
+    mut again: Option<Peer>,
 ) -> Result<(Peer, io::Stream, bool)> {
     let (h, ctx) = chain.handler();
-    let fresh_only = again.is_some();
-    let mut again = again;
+    // A request that goes again takes fresh connections only.
+    let reuse = match again {
+        Some(_) => None,
+        None if x.body == Body::Empty && idempotent(&x.req.method) => Some(Reuse::Replayable),
+        None => Some(Reuse::Once),
+    };
     let mut attempts = 0;
     loop {
         let peer = match again.take() {
@@ -399,12 +403,7 @@ async fn connect<D: Downstream>(
                 }
             })?,
         };
-        if !fresh_only {
-            let reuse = if x.body == Body::Empty && idempotent(&x.req.method) {
-                Reuse::Replayable
-            } else {
-                Reuse::Once
-            };
+        if let Some(reuse) = reuse {
             let pooled = worker.pool.borrow_mut().take(&peer, reuse);
             if let Some(conn) = pooled {
                 return Ok((peer, conn, true));

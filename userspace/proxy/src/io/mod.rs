@@ -416,13 +416,17 @@ pub struct Deadline(Option<Pin<Box<Timer>>>);
 impl Deadline {
     /// Runs `fut` for at most `limit` (as [`timeout`]), on this timer.
     #[inline(always)]
-    pub fn within<F: Future>(&mut self, limit: Duration, fut: F) -> Within<'_, F> {
+    pub fn within<F: Future>(&mut self, limit: Duration, fut: F) -> Timeout<F, Pin<&mut Timer>> {
         self.until(std::time::Instant::now() + limit, fut)
     }
 
     /// Runs `fut` until `deadline` (as [`timeout_at`]), on this timer.
     #[inline(always)]
-    pub fn until<F: Future>(&mut self, deadline: std::time::Instant, fut: F) -> Within<'_, F> {
+    pub fn until<F: Future>(
+        &mut self,
+        deadline: std::time::Instant,
+        fut: F,
+    ) -> Timeout<F, Pin<&mut Timer>> {
         let timer = match (&mut self.0, CURRENT.with(Cell::get)) {
             (Some(timer), Some(Backend::Compio)) => {
                 timer.set(timer_until(deadline));
@@ -436,49 +440,27 @@ impl Deadline {
             }
             (slot @ None, _) => slot.insert(Box::pin(timer_until(deadline))),
         };
-        Within { fut, timer: timer.as_mut() }
+        Timeout { fut, timer: timer.as_mut() }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// [`Deadline::within`]: the output of the wrapped future, or [`Elapsed`].
+    /// [`timeout`], [`timeout_at`] and [`Deadline`]: the output of the wrapped future, or
+    /// [`Elapsed`]. The future is held beside its timer (its own, or a [`Deadline`]'s) rather
+    /// than inside tokio's `Timeout`, which would move it once more.
     #[must_use = "futures do nothing unless polled"]
-    pub struct Within<'a, F> {
-        #[pin]
-        fut: F,
-        timer: Pin<&'a mut Timer>,
-    }
-}
-
-impl<F: Future> Future for Within<'_, F> {
-    type Output = Result<F::Output, Elapsed>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(out) = this.fut.poll(cx) {
-            return Poll::Ready(Ok(out));
-        }
-        this.timer.as_mut().poll(cx).map(|()| Err(Elapsed))
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// [`timeout`] and [`timeout_at`]: the output of the wrapped future, or [`Elapsed`]. The
-    /// future is held beside its timer rather than inside tokio's `Timeout`, which would move
-    /// it once more.
-    #[must_use = "futures do nothing unless polled"]
-    pub struct Timeout<F> {
+    pub struct Timeout<F, T = Timer> {
         #[pin]
         fut: F,
         #[pin]
-        timer: Timer,
+        timer: T,
     }
 }
 
 pin_project_lite::pin_project! {
     /// The timer of the runtime on the thread that made it.
     #[project = TimerProj]
-    enum Timer {
+    pub enum Timer {
         Tokio { #[pin] sleep: tokio::time::Sleep },
         Compio { sleep: compio::Sleep },
     }
@@ -495,7 +477,7 @@ impl Future for Timer {
     }
 }
 
-impl<F: Future> Future for Timeout<F> {
+impl<F: Future, T: Future<Output = ()>> Future for Timeout<F, T> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
