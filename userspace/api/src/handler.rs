@@ -443,7 +443,7 @@ impl<H: Handler> ErasedHandler for Named<H> {
 
 /// Sets or replaces field `name`.
 pub fn set_header(headers: &mut Headers<'_>, name: &str, value: impl AsRef<[u8]>) {
-    headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
+    headers.remove(name);
     headers.push(Header::new(name, value));
 }
 

@@ -531,6 +531,28 @@ fn hop_by_hop() {
     remove_hop_by_hop(&mut headers);
     let want = [h("Host", "a"), h("Accept", "*/*"), h("Content-Length", "3"), h("X-Keep", "3")];
     assert_eq!(headers.as_slice(), want);
+
+    // Tokens that name only hop-by-hop fields (a browser's `keep-alive`), fields that are not
+    // there, or the two that cannot be listed; then one that names a field that is there.
+    let cases: [(&str, &[&str]); 5] = [
+        ("keep-alive", &["Host", "Close", "Accept"]),
+        ("Keep-Alive, Upgrade", &["Host", "Close", "Accept"]),
+        ("keep-alive, x-absent, host", &["Host", "Close", "Accept"]),
+        ("close", &["Host", "Accept"]),
+        ("keep-alive, ACCEPT", &["Host", "Close"]),
+    ];
+    for (connection, kept) in cases {
+        let mut headers = outpost_api::http::Headers::from([
+            h("Host", "a"),
+            h("Connection", connection),
+            h("Close", "1"),
+            h("Keep-Alive", "timeout=5"),
+            h("Accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, kept, "Connection: {connection}");
+    }
 }
 
 /// The host a request is for once normalised (as the core does before routing), or `None`

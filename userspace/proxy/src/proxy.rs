@@ -355,7 +355,7 @@ async fn upstream_head<D: Downstream>(
     // target is origin-form and `Host` the authority already (`http::normalise`).
     let mut up_req = Request::clone(x.req);
     http::remove_hop_by_hop(&mut up_req.headers);
-    up_req.headers.retain(|h| !h.name.eq_ignore_ascii_case("expect"));
+    up_req.headers.remove("expect");
     // Its `Sec-WebSocket-*` fields are end to end already.
     if upgrade {
         up_req.headers.push(Header::borrowed("Connection", b"upgrade"));
@@ -595,7 +595,7 @@ async fn respond<D: Downstream>(
         // the head goes to the client as it would for any response (hop-by-hop fields dropped,
         // the filters run), with the upgrade fields and no framing.
         http::remove_hop_by_hop(&mut resp.headers);
-        resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
+        resp.headers.remove("content-length");
         for (h, ctx) in chain.links.iter_mut().rev() {
             h.response_filter(&mut x.session(), resp, &mut **ctx).await?;
         }
@@ -692,10 +692,8 @@ fn idempotent(method: &str) -> bool {
 
 /// Sets the framing fields of a request sent upstream for `body`.
 fn frame_request(headers: &mut http::Headers<'_>, body: Body) {
-    headers.retain(|h| {
-        !h.name.eq_ignore_ascii_case("content-length")
-            && !h.name.eq_ignore_ascii_case("transfer-encoding")
-    });
+    headers.remove("content-length");
+    headers.remove("transfer-encoding");
     match body {
         Body::Empty | Body::UntilClose => {}
         Body::Length(n) => headers.push(Header::content_length(n)),

@@ -4,7 +4,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
@@ -12,6 +12,7 @@ use std::{
 };
 
 use outpost_api::Peer;
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::{io, metrics::Latency, shared::Shared};
@@ -100,10 +101,11 @@ impl Drop for UpgradedGuard {
     }
 }
 
-/// Idle origin connections of one worker, by address.
+/// Idle origin connections of one worker, by address. The addresses are the configured
+/// origins', never a client's, so they are hashed with rustc's hasher rather than SipHash.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: HashMap<SocketAddr, VecDeque<Idle>>,
+    idle: FxHashMap<SocketAddr, VecDeque<Idle>>,
 }
 
 /// A connection in the [`Pool`].

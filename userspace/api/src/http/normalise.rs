@@ -255,7 +255,7 @@ fn set_host(req: &mut Request<'_>, authority: &Authority<'_>, from_target: bool)
             }
         }
     }
-    req.headers.retain(|h| !h.name.eq_ignore_ascii_case("host"));
+    req.headers.remove("host");
     req.headers.push(Header::new("Host", &canonical));
 }
 

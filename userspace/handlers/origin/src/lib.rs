@@ -19,7 +19,6 @@
 //! ```
 
 use std::{
-    io::Write as _,
     net::{SocketAddr, ToSocketAddrs as _},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -334,17 +333,13 @@ impl Handler for OriginHandler {
         // The core removed the forwarding fields of clients it does not trust
         // (`[http] trusted_proxies`), so any left came from a trusted proxy: the client's
         // address is appended to its `X-Forwarded-For`, otherwise it is the whole field.
-        // Written on the stack: this runs for every request.
-        let mut ip = [0u8; 64];
-        let mut w = &mut ip[..];
-        let _ = write!(w, "{}", s.client.addr.ip());
-        let len = 64 - w.len();
+        let ip = http::HeaderValue::ip(s.client.addr.ip());
         match up.headers.iter_mut().find(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
             Some(h) => {
-                let joined = [&h.value[..], b", ", &ip[..len]].concat();
+                let joined = [&h.value[..], b", ", &ip[..]].concat();
                 h.value = http::HeaderValue::copied(&joined);
             }
-            None => up.headers.push(http::Header::new("X-Forwarded-For", &ip[..len])),
+            None => up.headers.push(http::Header { name: "X-Forwarded-For".into(), value: ip }),
         }
         set_header(&mut up.headers, "X-Forwarded-Proto", "https");
         // The authority the router matched, with the port the client named.
