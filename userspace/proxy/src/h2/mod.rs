@@ -221,8 +221,9 @@ async fn stream(
 }
 
 /// The stream's head as the one request every later step reads (see the module docs); the
-/// limits of an HTTP/1.1 head apply to it as if it had been sent as one.
-fn request(parts: &::http::request::Parts, live: &Live) -> Result<Request<'static>, Box<Error>> {
+/// limits of an HTTP/1.1 head apply to it as if it had been sent as one. It borrows its
+/// fields from `parts`, as an HTTP/1.1 request borrows them from the buffer it was read into.
+fn request<'p>(parts: &'p ::http::request::Parts, live: &Live) -> Result<Request<'p>, Box<Error>> {
     let bad = Error::bad_head;
     let limits = &live.limits;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -245,7 +246,7 @@ fn request(parts: &::http::request::Parts, live: &Live) -> Result<Request<'stati
             }
             c.extend_from_slice(value.as_bytes());
         } else {
-            headers.push(Header::new(name.as_str(), value.as_bytes()));
+            headers.push(Header::borrowed(name.as_str(), value.as_bytes()));
         }
     }
     if size > limits.max_head_bytes {
@@ -264,14 +265,14 @@ fn request(parts: &::http::request::Parts, live: &Live) -> Result<Request<'stati
         (None, None) => None,
     };
     if let Some(a) = authority {
-        headers.push(Header::new("host", a));
+        headers.push(Header::borrowed("host", a));
     }
     if let Some(c) = cookie {
         headers.push(Header::new("cookie", c));
     }
     let req = Request {
-        method: HeadStr::copied(parts.method.as_str()),
-        target: HeadStr::copied(target),
+        method: HeadStr::from(parts.method.as_str()),
+        target: HeadStr::from(target),
         minor_version: 1,
         headers,
         authority: Default::default(),
