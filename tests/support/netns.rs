@@ -702,18 +702,25 @@ impl Daemon {
     /// first or `limit` passes.
     #[track_caller]
     pub fn wait_ready(&mut self, limit: Duration, ready: impl Fn(&Daemon) -> bool) {
+        if !self.ready_within(limit, ready) {
+            panic!("{} not ready after {limit:?}:\n{}", self.what, self.report());
+        }
+    }
+
+    /// Waits until `ready` holds, polling: false if `limit` passes first; panics, with what
+    /// the daemon printed, if it exits.
+    #[track_caller]
+    pub fn ready_within(&mut self, limit: Duration, ready: impl Fn(&Daemon) -> bool) -> bool {
         let start = Instant::now();
         loop {
             if ready(self) {
-                return;
+                return true;
             }
-            let exited = self.exited();
-            if exited.is_some() || start.elapsed() > limit {
-                let what = match exited {
-                    Some(s) => format!("exited ({s})"),
-                    None => format!("not ready after {limit:?}"),
-                };
-                panic!("{} {what}:\n{}", self.what, self.report());
+            if let Some(s) = self.exited() {
+                panic!("{} exited ({s}):\n{}", self.what, self.report());
+            }
+            if start.elapsed() > limit {
+                return false;
             }
             thread::sleep(Duration::from_millis(20));
         }

@@ -532,6 +532,35 @@ fn wait_or_kill(child: &mut Child, limit: Duration) {
     }
 }
 
+/// Node with oidc-provider prints that it listens about half a second after it starts. In CI, on
+/// a loaded machine, it has twice printed nothing more (20 s and 90 s; the second time after
+/// the import of oidc-provider, which warns about the node version). A start that takes longer
+/// than this is reported as stalled, with where the process waits ([`where_waiting`]), and made
+/// again; [`START_TRIES`] stalls in a row fail the test.
+pub const START_STALL: Duration = Duration::from_secs(30);
+/// Starts of a test server that stall, in a row, before the test fails (see [`START_STALL`]).
+pub const START_TRIES: usize = 3;
+
+/// Where process `pid` and its threads wait, from /proc (each thread's state and wait
+/// channel): what a report of a stalled server says about it.
+pub fn where_waiting(pid: u32) -> String {
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = format!("process {pid}:");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    for task in tasks {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let stat = read(format!("/proc/{pid}/task/{tid}/stat"));
+        // `pid (comm) state ...`: the comm may hold spaces, the state follows its `)`.
+        let (comm, state) = stat
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.rsplit_once(") "))
+            .map_or(("?", "?"), |(comm, rest)| (comm, rest.get(..1).unwrap_or("?")));
+        let wchan = read(format!("/proc/{pid}/task/{tid}/wchan"));
+        out.push_str(&format!(" [{tid} {comm} {state} {wchan}]"));
+    }
+    out
+}
+
 /// curl arguments for a TLS 1.0 hello only (legacy ciphers allowed, so curl offers it at all).
 pub const CURL_TLS1_0: [&str; 5] =
     ["--tlsv1.0", "--tls-max", "1.0", "--ciphers", "DEFAULT@SECLEVEL=0"];

@@ -15,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use outpost_testkit::html_unescape as unescape;
 pub use outpost_testkit::{free_port, Origin, Outpost, TempDir};
+use outpost_testkit::{html_unescape as unescape, where_waiting, START_STALL, START_TRIES};
 use reqwest::{blocking::Client, cookie::Jar, header::HeaderMap, redirect::Policy};
 
 /// The hosts of the tests, all served by the edge on loopback.
@@ -135,7 +135,31 @@ impl Idp {
         self.spawn();
     }
 
+    /// Starts the provider and waits until it listens; a start that stalls is made again
+    /// ([`START_STALL`]).
     fn spawn(&mut self) {
+        for attempt in 1..=START_TRIES {
+            if self.spawn_once() {
+                return;
+            }
+            let pid = self.child.as_ref().map_or(0, |c| c.id());
+            let stalled = format!(
+                "the OpenID provider stalled at start (try {attempt} of {START_TRIES}, nothing \
+                 for {START_STALL:?}): {}",
+                where_waiting(pid)
+            );
+            eprintln!("{stalled}");
+            self.log.lock().unwrap().push_str(&format!("{stalled}\n"));
+            self.stop();
+        }
+        panic!(
+            "the OpenID provider did not start: {START_TRIES} starts stalled; its output:\n{}",
+            self.log()
+        );
+    }
+
+    /// Starts the provider once: whether it listens within [`START_STALL`]. Panics if it exits.
+    fn spawn_once(&mut self) -> bool {
         // In a namespace through nsenter, which execs: the pid is still node's own.
         let mut command = match &self.ns {
             None => Command::new("node"),
@@ -172,21 +196,18 @@ impl Idp {
             });
         }
         self.child = Some(child);
-        // Node loads a few hundred modules and makes an RSA key before it listens: seconds on
-        // a loaded machine (20 s were once not enough in CI). A provider that exits is reported
-        // at once.
-        let deadline = Instant::now() + Duration::from_secs(90);
+        // Node loads a few hundred modules and makes an RSA key before it listens. A provider
+        // that exits is reported at once.
+        let deadline = Instant::now() + START_STALL;
         loop {
             if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
-                break;
+                return true;
             }
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() >= deadline {
-                panic!(
-                    "the OpenID provider did not start ({}); its output:\n{}",
-                    exited.map_or("still running after 90 s".into(), |s| format!("exit {s}")),
-                    self.log()
-                );
+            if let Some(s) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the OpenID provider exited ({s}); its output:\n{}", self.log());
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
         }
     }
