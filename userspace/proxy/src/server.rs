@@ -288,7 +288,9 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
         }
         // Taken when the request starts, so a reload during the idle wait applies to it.
         let live = worker.shared.live();
-        let head_deadline = Instant::now() + live.header_timeout;
+        // Set at the first read that finds the head incomplete: nearly every head is whole in
+        // the read that started it, and then no clock is read for it.
+        let mut head_deadline = None;
         // The head is parsed where it was read, and the request borrows its fields from there:
         // that buffer leaves `ds` for the request's lifetime, and what follows the head (the
         // body, a pipelined request) goes back to `ds.buf`.
@@ -305,7 +307,9 @@ async fn serve(worker: &Rc<Worker>, ds: &mut Http1, client: &ClientInfo) {
                 Box::pin(refuse(worker, ds, &e)).await;
                 return;
             }
-            match io::timeout_at(head_deadline, ds.tls.read(&mut head)).await {
+            let deadline =
+                *head_deadline.get_or_insert_with(|| Instant::now() + live.header_timeout);
+            match io::timeout_at(deadline, ds.tls.read(&mut head)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return,
                 Err(io::Elapsed) => {

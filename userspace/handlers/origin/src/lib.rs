@@ -166,8 +166,14 @@ pub struct Server {
 }
 
 impl Server {
-    fn healthy(&self, now: u64) -> bool {
-        self.active_ok.load(Relaxed) && now >= self.down_until.load(Relaxed)
+    /// In rotation: its health check passes and it is not marked down. `now` is read only for
+    /// a server that was marked down: a request that finds none reads no clock here.
+    fn healthy(&self, now: impl FnOnce() -> u64) -> bool {
+        if !self.active_ok.load(Relaxed) {
+            return false;
+        }
+        let until = self.down_until.load(Relaxed);
+        until == 0 || now() >= until
     }
 }
 
@@ -226,11 +232,11 @@ impl Servers {
     /// The next healthy server in round-robin order that is not in `tried`.
     fn pick(&self, tried: &[usize]) -> Option<usize> {
         let n = self.servers.len();
-        let now = now_ms();
+        let mut now = None;
         let start = self.next.fetch_add(1, Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|i| !tried.contains(i) && self.servers[*i].healthy(now))
+        (0..n).map(|i| (start + i) % n).find(|i| {
+            !tried.contains(i) && self.servers[*i].healthy(|| *now.get_or_insert_with(now_ms))
+        })
     }
 
     fn mark_down(&self, i: usize) {
@@ -254,7 +260,7 @@ impl Servers {
 
     /// Whether server `i` is in rotation now.
     pub fn is_healthy(&self, i: usize) -> bool {
-        self.servers[i].healthy(now_ms())
+        self.servers[i].healthy(now_ms)
     }
 }
 
