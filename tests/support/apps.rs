@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use outpost_testkit::{html_unescape as unescape, where_waiting, START_STALL, START_TRIES};
+use outpost_testkit::{html_unescape as unescape, stalled, START_STALL, START_TRIES};
 use serde_json::{json, Value};
 
 use crate::{
@@ -239,12 +239,7 @@ from = "Reservations <reservations@demo.test>"
                 self.idp = Some(idp);
                 break;
             }
-            eprintln!(
-                "the OpenID provider stalled at start (try {attempt} of {START_TRIES}, nothing \
-                 for {START_STALL:?}): {}\n{}",
-                where_waiting(idp.pid()),
-                idp.report()
-            );
+            eprintln!("{}\n{}", stalled("the OpenID provider", attempt, idp.pid()), idp.report());
         }
         assert!(
             self.idp.is_some(),

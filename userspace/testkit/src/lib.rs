@@ -541,9 +541,19 @@ pub const START_STALL: Duration = Duration::from_secs(30);
 /// Starts of a test server that stall, in a row, before the test fails (see [`START_STALL`]).
 pub const START_TRIES: usize = 3;
 
+/// The report of a start of `what` (process `pid`) that stalled on its `attempt`th try,
+/// with where it waits.
+pub fn stalled(what: &str, attempt: usize, pid: u32) -> String {
+    format!(
+        "{what} stalled at start (try {attempt} of {START_TRIES}, nothing for {START_STALL:?}): \
+         {}",
+        where_waiting(pid)
+    )
+}
+
 /// Where process `pid` and its threads wait, from /proc (each thread's state and wait
 /// channel): what a report of a stalled server says about it.
-pub fn where_waiting(pid: u32) -> String {
+fn where_waiting(pid: u32) -> String {
     let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
     let mut out = format!("process {pid}:");
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();

@@ -37,8 +37,8 @@ pub fn remove_hop_by_hop(headers: &mut Headers<'_>) {
     // Loops rather than `values(..).flat_map(list)`: this runs twice for every request, and
     // the flattening iterator cost a few hundred instructions a time.
     let mut named = false;
-    for field in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
-        for token in list(&field.value) {
+    for value in values(headers, "connection") {
+        for token in list(value) {
             let Ok(token) = std::str::from_utf8(token) else { continue };
             named |= !is_hop_by_hop(token)
                 && !NOT_LISTABLE.iter().any(|n| n.eq_ignore_ascii_case(token))
@@ -46,10 +46,7 @@ pub fn remove_hop_by_hop(headers: &mut Headers<'_>) {
         }
     }
     if !named {
-        // Nothing moves when no field is hop-by-hop either.
-        if headers.iter().any(|h| is_hop_by_hop(&h.name)) {
-            headers.retain(|h| !is_hop_by_hop(&h.name));
-        }
+        headers.remove_where(|h| is_hop_by_hop(&h.name));
         return;
     }
     let drop: Vec<bool> = headers
@@ -171,8 +168,8 @@ fn content_length(headers: &[Header<'_>]) -> Result<u64, Error> {
     let mut seen = None;
     // Loops rather than `values(..).flat_map(list)`: this runs for every message with a body,
     // and the flattening iterator cost a few hundred instructions more.
-    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
-        for element in list(&h.value) {
+    for value in values(headers, "content-length") {
+        for element in list(value) {
             let n = decimal(element)?;
             match seen {
                 Some(prev) if prev != n => {

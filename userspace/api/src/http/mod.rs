@@ -207,10 +207,15 @@ impl<'h> Headers<'h> {
     }
 
     /// Removes every field named `name` (case-insensitive), keeping the order of the rest.
-    /// Nothing moves when there is none, the common case: the fields are only scanned.
     pub fn remove(&mut self, name: &str) {
-        if self.iter().any(|h| h.name.eq_ignore_ascii_case(name)) {
-            self.retain(|h| !h.name.eq_ignore_ascii_case(name));
+        self.remove_where(|h| h.name.eq_ignore_ascii_case(name));
+    }
+
+    /// Removes the fields for which `drop` is true, keeping the order of the rest. Nothing
+    /// moves when there is none, the common case: the fields are only scanned.
+    pub fn remove_where(&mut self, drop: impl Fn(&Header<'h>) -> bool) {
+        if self.iter().any(&drop) {
+            self.retain(|h| !drop(h));
         }
     }
 

@@ -16,7 +16,7 @@ use std::{
 };
 
 pub use outpost_testkit::{free_port, Origin, Outpost, TempDir};
-use outpost_testkit::{html_unescape as unescape, where_waiting, START_STALL, START_TRIES};
+use outpost_testkit::{html_unescape as unescape, stalled, START_STALL, START_TRIES};
 use reqwest::{blocking::Client, cookie::Jar, header::HeaderMap, redirect::Policy};
 
 /// The hosts of the tests, all served by the edge on loopback.
@@ -143,11 +143,7 @@ impl Idp {
                 return;
             }
             let pid = self.child.as_ref().map_or(0, |c| c.id());
-            let stalled = format!(
-                "the OpenID provider stalled at start (try {attempt} of {START_TRIES}, nothing \
-                 for {START_STALL:?}): {}",
-                where_waiting(pid)
-            );
+            let stalled = stalled("the OpenID provider", attempt, pid);
             eprintln!("{stalled}");
             self.log.lock().unwrap().push_str(&format!("{stalled}\n"));
             self.stop();
