@@ -187,8 +187,12 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let nofile = procs::raise_nofile();
     let stamp = utc_stamp();
     let dir = args.results.join(&stamp);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Absolute: nginx resolves its own paths against its prefix (`-p`), so a relative
+    // `--results` would name a directory under itself.
+    let dir = fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))?;
     let (work, runs) = (dir.join("work"), dir.join("runs"));
-    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    fs::create_dir_all(&work)?;
     fs::create_dir_all(&runs)?;
     let mut sizes = if args.tiny { Sizes::tiny() } else { Sizes::full() };
     if let Some(s) = args.seconds {
