@@ -5,10 +5,12 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
+    rc::Rc,
     time::Duration,
 };
 
-use tokio_uring::buf::BoundedBuf;
+use io_uring::{cqueue, opcode, types};
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Submission queue entries per ring. Each connection has at most one read or write in flight,
 /// and a full queue is flushed to the kernel rather than refused, so this bounds batching, not
@@ -57,7 +59,7 @@ impl Listener {
 
     pub(super) async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
         let (s, a) = self.0.accept().await?;
-        Ok((Stream(s), a))
+        Ok((Stream(Rc::new(s)), a))
     }
 
     pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -71,7 +73,12 @@ impl AsRawFd for Listener {
     }
 }
 
-pub struct Stream(tokio_uring::net::TcpStream);
+/// A connected socket. Reads and writes are IORING_OP_RECV and IORING_OP_SEND, which go
+/// to the socket layer directly, where tokio-uring's own (IORING_OP_READ and _WRITE) pass
+/// through the file layer's read and write paths first. Each operation holds the socket (an
+/// `Rc`) until it completes, as tokio-uring's do, so an operation that outlives its future
+/// (dropped at a timeout) never reaches a later socket given the same descriptor.
+pub struct Stream(Rc<tokio_uring::net::TcpStream>);
 
 impl Stream {
     /// Connects through the runtime's tokio reactor, then moves the socket to the ring. A uring
@@ -81,19 +88,85 @@ impl Stream {
     pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Stream> {
         let s = super::tokio_connect(addr, limit).await?.into_std()?;
         s.set_nonblocking(false)?;
-        Ok(Stream(tokio_uring::net::TcpStream::from_std(s)))
+        Ok(Stream(Rc::new(tokio_uring::net::TcpStream::from_std(s))))
     }
 
     /// Reads into the spare capacity of `buf`.
-    pub(super) async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub(super) async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = self.0.read(buf.slice(len..cap)).await;
-        (res, slice.into_inner())
+        // SAFETY (of the kernel's write): `buf` moves into the operation's data, which
+        // tokio-uring keeps until the completion arrives, even if this future is dropped;
+        // its heap block does not move with it.
+        let spare = unsafe { buf.as_mut_ptr().add(len) };
+        let sqe = opcode::Recv::new(self.fd(), spare, (cap - len) as u32).build();
+        let op = UnsubmittedOneshot::new(Op { _sock: self.0.clone(), buf }, Recv, sqe);
+        op.submit().await
     }
 
     pub(super) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let (res, slice) = self.0.write_all(buf.slice_full()).await;
-        (res, slice.into_inner())
+        let mut buf = buf;
+        let mut at = 0;
+        while at < buf.len() {
+            // SAFETY: as in `read`; the kernel only reads `buf[at..]`.
+            let rest = unsafe { buf.as_ptr().add(at) };
+            let sqe = opcode::Send::new(self.fd(), rest, (buf.len() - at) as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build();
+            let op = UnsubmittedOneshot::new(Op { _sock: self.0.clone(), buf }, Send, sqe);
+            let (res, back) = op.submit().await;
+            buf = back;
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    fn fd(&self) -> types::Fd {
+        types::Fd(self.0.as_raw_fd())
+    }
+}
+
+/// What an operation holds while the kernel may use it.
+struct Op {
+    _sock: Rc<tokio_uring::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+fn result(cqe: &cqueue::Entry) -> io::Result<usize> {
+    match cqe.result() {
+        n if n >= 0 => Ok(n as usize),
+        e => Err(io::Error::from_raw_os_error(-e)),
+    }
+}
+
+struct Recv;
+
+impl OneshotOutputTransform for Recv {
+    type Output = (io::Result<usize>, Vec<u8>);
+    type StoredData = Op;
+
+    fn transform_oneshot_output(self, mut op: Op, cqe: cqueue::Entry) -> Self::Output {
+        let res = result(&cqe);
+        if let Ok(n) = res {
+            // SAFETY: the kernel wrote `n` bytes into the spare capacity after `len`.
+            unsafe { op.buf.set_len(op.buf.len() + n) };
+        }
+        (res, op.buf)
+    }
+}
+
+struct Send;
+
+impl OneshotOutputTransform for Send {
+    type Output = (io::Result<usize>, Vec<u8>);
+    type StoredData = Op;
+
+    fn transform_oneshot_output(self, op: Op, cqe: cqueue::Entry) -> Self::Output {
+        (result(&cqe), op.buf)
     }
 }
 
