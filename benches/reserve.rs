@@ -8,8 +8,9 @@
 //! coordinated omission). The rate starts at 100/s and grows by half each step until p99
 //! passes 100 ms, errors pass 1 %, or the edge falls behind the schedule, twice in a row at
 //! the same rate (a machine shared with others stalls now and then). Once the mail queued by
-//! then is out, steps 15 % apart climb from the last rate under that to the rate over it, so
-//! that the knee, the highest rate held, is known to within 15 % rather than the ramp's 50 %.
+//! then is out, steps 15 % apart climb from the last rate under that to the rate over it, and
+//! up to two more halve what is left between the highest rate held and the lowest over it, so
+//! that the knee, the highest rate held, is known to within 5 % rather than the ramp's 50 %.
 //! Then a run at 80 % of the knee.
 //!
 //! Traffic: mostly distinct names and emails; 2 % go to a hot set of 20 names, contended
@@ -98,6 +99,8 @@ const HOT_NAMES: usize = 20;
 const P99_KNEE: Duration = Duration::from_millis(100);
 /// The finer steps between the ramp's last rate under the knee and the rate over it: +15 %.
 const REFINE_PERCENT: u64 = 115;
+/// Halvings of the gap the finer steps leave between the knee and the rate over it.
+const BISECTIONS: usize = 2;
 /// How long a queued mail backlog may take to go out before the next phase starts anyway.
 const MAIL_DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -308,6 +311,18 @@ fn run_store(
         (under.and_then(finer), spike.steps.last().is_some_and(Step::over_knee))
     {
         spike.climb(first, " (refining)", step, usize::MAX, finer);
+        // Then the middle of what is left between the highest rate held and the lowest one
+        // over it, while they are more than 5 % apart, each from a settled edge once the mail
+        // the last step queued is out: 15 % becomes 7.5 %, then 3.75 %.
+        for _ in 0..if args.tiny { 0 } else { BISECTIONS } {
+            let Some((held, failed)) = spike.bracket() else { break };
+            if failed * 100 <= held * 105 {
+                break;
+            }
+            smtp.wait_for(spike.acked.len() as u64, MAIL_DRAIN_LIMIT);
+            edge.settle();
+            spike.climb((held + failed) / 2, " (bisecting)", step, usize::MAX, |_| None);
+        }
         smtp.wait_for(spike.acked.len() as u64, MAIL_DRAIN_LIMIT);
         // The steps over the knee leave the edge work to finish after their mail is out (the
         // store's checkpoints and sweeps): the 80 % run measures a settled edge, as after the
@@ -453,6 +468,14 @@ impl Spike<'_> {
         merge(&mut self.hot, hot);
         self.acked.extend(acked);
         s
+    }
+
+    /// The highest rate held and the lowest rate above it that was not, once there is one.
+    fn bracket(&self) -> Option<(u64, u64)> {
+        let held = self.steps.iter().filter(|s| !s.over_knee()).map(|s| s.rate).max()?;
+        let failed =
+            self.steps.iter().filter(|s| s.over_knee() && s.rate > held).map(|s| s.rate).min()?;
+        Some((held, failed))
     }
 
     /// Steps of `len` from `rate`, each next one at `next(rate)`, until one is past the knee
@@ -1005,8 +1028,8 @@ fn render(reports: &[Report], step: Duration, tiny: bool, stamp: &str) -> String
     let _ = writeln!(
         s,
         "\nreserve-bench {stamp}{size}: open-loop POST /reserve over keep-alive TLS, {} s steps \
-         from 100/s (x1.5) until p99 > 100 ms, then x1.15 from the last rate under that (the \
-         knee: the highest rate held); 2 % of requests on {HOT_NAMES} hot names. Load \
+         from 100/s (x1.5) until p99 > 100 ms, then x1.15 from the last rate under that and up \
+         to two halvings of the gap left (the knee: the highest rate held, within 5 %); 2 % of requests on {HOT_NAMES} hot names. Load \
          generator, edge, database and SMTP sink share the machine's cores; the finer steps and \
          the 80 % run start once the mail queued before them is delivered.\n",
         step.as_secs()
