@@ -27,11 +27,9 @@ use std::{
 };
 
 use outpost_api::pooled::Pooled;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::Notify,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::Signal;
 use crate::{
     io,
     metrics::{H2Refusal, Metrics},
@@ -83,7 +81,7 @@ struct State<'a> {
     sent: SentWatch,
     /// A budget ran out: h2 is given nothing more to read, and the driver is told.
     refused: Option<H2Refusal>,
-    notify: Rc<Notify>,
+    notify: Rc<Signal>,
 }
 
 impl<'a> H2Io<'a> {
@@ -91,7 +89,7 @@ impl<'a> H2Io<'a> {
     pub(super) fn new(
         reader: TlsReader<'a>,
         writer: TlsWriter<'a>,
-        notify: Rc<Notify>,
+        notify: Rc<Signal>,
         metrics: Arc<Metrics>,
     ) -> Self {
         H2Io(Rc::new(RefCell::new(State {
@@ -232,7 +230,7 @@ impl AsyncRead for H2Io<'_> {
             if st.refused.is_none() {
                 if let Some(why) = st.guard.observe(&plain, Instant::now) {
                     st.refused = Some(why);
-                    st.notify.notify_one();
+                    st.notify.notify();
                 }
             }
             st.plain = plain;

@@ -29,12 +29,18 @@
 mod io;
 mod stream;
 
-use std::{cell::Cell, rc::Rc, sync::Arc, time::Duration};
+use std::{
+    cell::Cell,
+    future::{poll_fn, Future},
+    rc::Rc,
+    sync::Arc,
+    task::{Poll, Waker},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use h2::Reason;
 use outpost_api::{pooled::Pooled, ClientInfo};
-use tokio::sync::Notify;
 
 use crate::{
     error::Error,
@@ -87,7 +93,7 @@ async fn drive(
 ) {
     let live = worker.shared.live();
     let metrics = &worker.shared.metrics;
-    let refused = Rc::new(Notify::new());
+    let refused = Rc::new(Signal::default());
     let io = H2Io::new(reader, writer, refused.clone(), metrics.clone());
     let mut builder = h2::server::Builder::new();
     // Room for any head our own limit would take, counted HPACK's way (32 bytes a field rather
@@ -113,7 +119,7 @@ async fn drive(
         }
     };
     let client = Rc::new(client);
-    let open = Rc::new(Streams { open: Cell::new(0), done: Notify::new() });
+    let open = Rc::new(Streams { open: Cell::new(0), done: Signal::default() });
     let mut drain = worker.shared.drain_signal();
     let mut first = true;
     let mut closing = false;
@@ -132,7 +138,7 @@ async fn drive(
         };
         let next = tokio::select! {
             biased;
-            _ = refused.notified() => {
+            () = refused.wait() => {
                 if let Some(why) = io.refused().filter(|_| !refusal_counted) {
                     refusal_counted = true;
                     metrics.h2_refused(why);
@@ -147,7 +153,7 @@ async fn drive(
                 closing = true;
                 continue;
             }
-            _ = open.done.notified(), if open.open.get() > 0 => continue,
+            () = open.done.wait(), if open.open.get() > 0 => continue,
             next = seam::timeout(wait.unwrap_or(UNBOUNDED), conn.accept()) => next,
         };
         match next {
@@ -182,7 +188,7 @@ async fn drive(
         }
     }
     // GOAWAY and what h2 still holds go out before the TLS close.
-    let _ = seam::timeout(LINGER, std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
+    let _ = seam::timeout(LINGER, poll_fn(|cx| conn.poll_closed(cx))).await;
     drop(conn);
     io.finish(LINGER).await;
 }
@@ -190,7 +196,42 @@ async fn drive(
 /// Streams in flight on a connection, and a wake-up when one ends.
 struct Streams {
     open: Cell<usize>,
-    done: Notify,
+    done: Signal,
+}
+
+/// A wake-up for the connection's driver, from its own thread: a `notify` before the wait or
+/// during it ends the next wait, once (the permit of tokio's `Notify::notify_one`). The
+/// driver waits on two of these in every turn of its loop, two or more turns a request, and
+/// `Notify` locks a mutex to register each wait and again to drop it.
+#[derive(Default)]
+struct Signal {
+    fired: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// A wait that ends at the next `notify`, or now if one came since the last wait ended.
+    /// Dropped unfinished, it leaves its waker: a later `notify` then wakes the driver once
+    /// for nothing, which its loop takes as a turn.
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            if self.fired.replace(false) {
+                return Poll::Ready(());
+            }
+            match self.waker.take() {
+                Some(w) if w.will_wake(cx.waker()) => self.waker.set(Some(w)),
+                _ => self.waker.set(Some(cx.waker().clone())),
+            }
+            Poll::Pending
+        })
+    }
 }
 
 struct StreamGuard(Rc<Streams>);
@@ -198,7 +239,7 @@ struct StreamGuard(Rc<Streams>);
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get() - 1);
-        self.0.done.notify_one();
+        self.0.done.notify();
     }
 }
 

@@ -98,8 +98,8 @@ impl Stream {
         // tokio-uring keeps until the completion arrives, even if this future is dropped;
         // its heap block does not move with it.
         let spare = unsafe { buf.as_mut_ptr().add(len) };
-        let sqe = opcode::Recv::new(self.fd(), spare, (cap - len) as u32).build();
-        let op = UnsubmittedOneshot::new(Op { _sock: self.0.clone(), buf }, Recv, sqe);
+        let sqe = opcode::Recv::new(self.fd(), spare, op_len(cap - len)).build();
+        let op = UnsubmittedOneshot::new(InFlight { _sock: self.0.clone(), buf }, Received, sqe);
         op.submit().await
     }
 
@@ -109,10 +109,10 @@ impl Stream {
         while at < buf.len() {
             // SAFETY: as in `read`; the kernel only reads `buf[at..]`.
             let rest = unsafe { buf.as_ptr().add(at) };
-            let sqe = opcode::Send::new(self.fd(), rest, (buf.len() - at) as u32)
+            let sqe = opcode::Send::new(self.fd(), rest, op_len(buf.len() - at))
                 .flags(libc::MSG_NOSIGNAL)
                 .build();
-            let op = UnsubmittedOneshot::new(Op { _sock: self.0.clone(), buf }, Send, sqe);
+            let op = UnsubmittedOneshot::new(InFlight { _sock: self.0.clone(), buf }, Sent, sqe);
             let (res, back) = op.submit().await;
             buf = back;
             match res {
@@ -130,8 +130,14 @@ impl Stream {
     }
 }
 
+/// An operation's length: a longer buffer is sent or filled in parts (a short send is
+/// sent on; a short read is what a read is).
+fn op_len(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// What an operation holds while the kernel may use it.
-struct Op {
+struct InFlight {
     _sock: Rc<tokio_uring::net::TcpStream>,
     buf: Vec<u8>,
 }
@@ -143,13 +149,14 @@ fn result(cqe: &cqueue::Entry) -> io::Result<usize> {
     }
 }
 
-struct Recv;
+/// The end of a receive: the bytes the kernel wrote count as the buffer's.
+struct Received;
 
-impl OneshotOutputTransform for Recv {
+impl OneshotOutputTransform for Received {
     type Output = (io::Result<usize>, Vec<u8>);
-    type StoredData = Op;
+    type StoredData = InFlight;
 
-    fn transform_oneshot_output(self, mut op: Op, cqe: cqueue::Entry) -> Self::Output {
+    fn transform_oneshot_output(self, mut op: InFlight, cqe: cqueue::Entry) -> Self::Output {
         let res = result(&cqe);
         if let Ok(n) = res {
             // SAFETY: the kernel wrote `n` bytes into the spare capacity after `len`.
@@ -159,13 +166,14 @@ impl OneshotOutputTransform for Recv {
     }
 }
 
-struct Send;
+/// The end of a send: how much of the buffer went.
+struct Sent;
 
-impl OneshotOutputTransform for Send {
+impl OneshotOutputTransform for Sent {
     type Output = (io::Result<usize>, Vec<u8>);
-    type StoredData = Op;
+    type StoredData = InFlight;
 
-    fn transform_oneshot_output(self, op: Op, cqe: cqueue::Entry) -> Self::Output {
+    fn transform_oneshot_output(self, op: InFlight, cqe: cqueue::Entry) -> Self::Output {
         (result(&cqe), op.buf)
     }
 }
