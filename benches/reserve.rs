@@ -1029,9 +1029,10 @@ fn render(reports: &[Report], step: Duration, tiny: bool, stamp: &str) -> String
         s,
         "\nreserve-bench {stamp}{size}: open-loop POST /reserve over keep-alive TLS, {} s steps \
          from 100/s (x1.5) until p99 > 100 ms, then x1.15 from the last rate under that and up \
-         to two halvings of the gap left (the knee: the highest rate held, within 5 %); 2 % of requests on {HOT_NAMES} hot names. Load \
-         generator, edge, database and SMTP sink share the machine's cores; the finer steps and \
-         the 80 % run start once the mail queued before them is delivered.\n",
+         to two halvings of the gap left (the knee: the highest rate held, within 5 %); 2 % of \
+         requests on {HOT_NAMES} hot names. Load generator, edge, database and SMTP sink \
+         share the machine's cores; the finer steps and the 80 % run start once the mail \
+         queued before them is delivered.\n",
         step.as_secs()
     );
     let _ = writeln!(

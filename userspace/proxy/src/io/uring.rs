@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Submission queue entries per ring. Each connection has at most one read or write in flight,
@@ -93,18 +93,21 @@ impl Stream {
 
     /// Reads into the spare capacity of `buf`.
     pub(super) async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let (len, cap) = (buf.len(), buf.capacity());
+        let len = buf.len();
         // SAFETY (of the kernel's write): `buf` moves into the operation's data, which
         // tokio-uring keeps until the completion arrives, even if this future is dropped;
         // its heap block does not move with it.
         let spare = unsafe { buf.as_mut_ptr().add(len) };
-        let sqe = opcode::Recv::new(self.fd(), spare, op_len(cap - len)).build();
-        let op = UnsubmittedOneshot::new(InFlight { _sock: self.0.clone(), buf }, Received, sqe);
-        op.submit().await
+        let sqe = opcode::Recv::new(self.fd(), spare, op_len(buf.capacity() - len)).build();
+        let (res, mut buf) = self.submit(sqe, buf).await;
+        if let Ok(n) = res {
+            // SAFETY: the kernel wrote `n` bytes into the spare capacity after `len`.
+            unsafe { buf.set_len(len + n) };
+        }
+        (res, buf)
     }
 
-    pub(super) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let mut buf = buf;
+    pub(super) async fn write_all(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let mut at = 0;
         while at < buf.len() {
             // SAFETY: as in `read`; the kernel only reads `buf[at..]`.
@@ -112,8 +115,7 @@ impl Stream {
             let sqe = opcode::Send::new(self.fd(), rest, op_len(buf.len() - at))
                 .flags(libc::MSG_NOSIGNAL)
                 .build();
-            let op = UnsubmittedOneshot::new(InFlight { _sock: self.0.clone(), buf }, Sent, sqe);
-            let (res, back) = op.submit().await;
+            let (res, back) = self.submit(sqe, buf).await;
             buf = back;
             match res {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
@@ -123,6 +125,14 @@ impl Stream {
             }
         }
         (Ok(()), buf)
+    }
+
+    /// Submits `sqe`, which uses `buf` and this socket, both held until it completes; its
+    /// result and the buffer back.
+    async fn submit(&self, sqe: squeue::Entry, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        UnsubmittedOneshot::new(InFlight { _sock: self.0.clone(), buf }, Completed, sqe)
+            .submit()
+            .await
     }
 
     fn fd(&self) -> types::Fd {
@@ -142,39 +152,19 @@ struct InFlight {
     buf: Vec<u8>,
 }
 
-fn result(cqe: &cqueue::Entry) -> io::Result<usize> {
-    match cqe.result() {
-        n if n >= 0 => Ok(n as usize),
-        e => Err(io::Error::from_raw_os_error(-e)),
-    }
-}
+/// A completed operation: its byte count (or error) and its buffer.
+struct Completed;
 
-/// The end of a receive: the bytes the kernel wrote count as the buffer's.
-struct Received;
-
-impl OneshotOutputTransform for Received {
-    type Output = (io::Result<usize>, Vec<u8>);
-    type StoredData = InFlight;
-
-    fn transform_oneshot_output(self, mut op: InFlight, cqe: cqueue::Entry) -> Self::Output {
-        let res = result(&cqe);
-        if let Ok(n) = res {
-            // SAFETY: the kernel wrote `n` bytes into the spare capacity after `len`.
-            unsafe { op.buf.set_len(op.buf.len() + n) };
-        }
-        (res, op.buf)
-    }
-}
-
-/// The end of a send: how much of the buffer went.
-struct Sent;
-
-impl OneshotOutputTransform for Sent {
+impl OneshotOutputTransform for Completed {
     type Output = (io::Result<usize>, Vec<u8>);
     type StoredData = InFlight;
 
     fn transform_oneshot_output(self, op: InFlight, cqe: cqueue::Entry) -> Self::Output {
-        (result(&cqe), op.buf)
+        let res = match cqe.result() {
+            n if n >= 0 => Ok(n as usize),
+            e => Err(io::Error::from_raw_os_error(-e)),
+        };
+        (res, op.buf)
     }
 }
 
