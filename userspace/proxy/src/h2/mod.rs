@@ -44,7 +44,7 @@ use outpost_api::{pooled::Pooled, ClientInfo};
 
 use crate::{
     error::Error,
-    http::{self, HeadStr, Header, Headers, Request},
+    http::{self, HeadStr, Header, Request},
     io as seam,
     metrics::H2Refusal,
     proxy,
@@ -251,10 +251,11 @@ async fn stream(
     parts: ::http::request::Parts,
     mut ds: H2Stream,
 ) {
-    let mut req = match request(&parts, &live) {
-        Ok(r) => r,
-        Err(e) => return refuse(&worker, &mut ds, &e).await,
-    };
+    // Filled where it stays: a request is over a KiB, and returning one would copy it.
+    let mut req = Request::default();
+    if let Err(e) = request(&parts, &live, &mut req) {
+        return refuse(&worker, &mut ds, &e).await;
+    }
     if let Err(e) = proxy::normalise(&worker, &live, &client, &mut req) {
         return refuse(&worker, &mut ds, &e).await;
     }
@@ -264,11 +265,16 @@ async fn stream(
 /// The stream's head as the one request every later step reads (see the module docs); the
 /// limits of an HTTP/1.1 head apply to it as if it had been sent as one. It borrows its
 /// fields from `parts`, as an HTTP/1.1 request borrows them from the buffer it was read into.
-fn request<'p>(parts: &'p ::http::request::Parts, live: &Live) -> Result<Request<'p>, Box<Error>> {
+/// `req` is a new request, filled in.
+fn request<'p>(
+    parts: &'p ::http::request::Parts,
+    live: &Live,
+    req: &mut Request<'p>,
+) -> Result<(), Box<Error>> {
     let bad = Error::bad_head;
     let limits = &live.limits;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut headers = Headers::new();
+    let headers = &mut req.headers;
     let mut cookie: Option<Vec<u8>> = None;
     let mut host = None;
     // `METHOD target HTTP/1.1\r\n` and the final `\r\n`.
@@ -311,18 +317,14 @@ fn request<'p>(parts: &'p ::http::request::Parts, live: &Live) -> Result<Request
     if let Some(c) = cookie {
         headers.push(Header::new("cookie", c));
     }
-    let req = Request {
-        method: HeadStr::from(parts.method.as_str()),
-        target: HeadStr::from(target),
-        minor_version: 1,
-        headers,
-        authority: Default::default(),
-    };
+    req.method = HeadStr::from(parts.method.as_str());
+    req.target = HeadStr::from(target);
+    req.minor_version = 1;
     let declared = req.header("content-length").and_then(|v| std::str::from_utf8(v).ok());
     if declared.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > limits.max_body_bytes) {
         return Err(bad(http::Error::BodyTooLarge));
     }
-    Ok(req)
+    Ok(())
 }
 
 /// Counts a connection h2 ended for abuse (GOAWAY ENHANCE_YOUR_CALM), by the debug data of the

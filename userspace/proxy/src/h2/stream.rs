@@ -5,9 +5,10 @@
 use std::{future::poll_fn, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::{server::SendResponse, Reason, RecvStream, SendStream};
 use outpost_api::{Reply, RequestBody};
+use smallvec::SmallVec;
 
 use crate::{
     downstream::{Downstream, Http1},
@@ -17,6 +18,10 @@ use crate::{
     metrics::{H2Refusal, Metrics, Proto},
 };
 
+/// The largest response body whose bytes share the head's buffer (one DATA frame's worth, at
+/// h2's default frame size).
+const SHARED_BODY: usize = 16 * 1024;
+
 pub(super) struct H2Stream {
     recv: RecvStream,
     respond: SendResponse<Bytes>,
@@ -24,6 +29,8 @@ pub(super) struct H2Stream {
     send: Option<SendStream<Bytes>>,
     /// The response head, until it goes out with the first body bytes (or the end).
     head: Option<::http::Response<()>>,
+    /// Room left in the buffer the head's values were copied to, for the body's bytes.
+    spare: BytesMut,
     body: Body,
     max_body: u64,
     read: u64,
@@ -49,6 +56,7 @@ impl H2Stream {
             respond,
             send: None,
             head: None,
+            spare: BytesMut::new(),
             body: Body::Empty,
             max_body: 0,
             read: 0,
@@ -203,11 +211,8 @@ impl Downstream for H2Stream {
         let mut head = ::http::Response::new(());
         *head.status_mut() = status(reply.status);
         let fields = head.headers_mut();
-        for h in &reply.headers {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                continue;
-            }
-            append(fields, &h.name, &h.value);
+        for h in reply.headers.iter().filter(|h| forwarded(&h.name)) {
+            append(fields, &h.name, Bytes::copy_from_slice(&h.value));
         }
         if !matches!(reply.status, 100..=199 | 204 | 304) {
             fields.insert(::http::header::CONTENT_LENGTH, reply.body.len().into());
@@ -231,24 +236,39 @@ impl Downstream for H2Stream {
         _keep_alive: &mut bool,
         _wire: &mut Vec<u8>,
     ) {
-        let mut head = ::http::Response::new(());
-        *head.status_mut() = status(resp.status);
-        let fields = head.headers_mut();
-        // Sized once (the fields and a content-length): no growth per field.
-        fields.reserve(resp.headers.len() + 1);
-        for h in resp.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                continue;
-            }
-            append(fields, &h.name, &h.value);
-        }
         let length = match body {
             Body::Length(n) => Some(HeaderValue::decimal(n)),
             Body::Empty => content_length,
             Body::Chunked | Body::UntilClose => None,
         };
-        if let Some(n) = length {
-            append(fields, "content-length", &n);
+        // The values go to h2 as `Bytes`: copied into one buffer that each value shares, rather
+        // than one allocation a field, with room after them for a small body's first bytes
+        // (taken by `send_response`).
+        let room = match body {
+            Body::Length(n) if n <= SHARED_BODY as u64 => n as usize,
+            _ => 0,
+        };
+        let values = resp.headers.iter().map(|h| h.value.len()).sum::<usize>();
+        let mut buf =
+            BytesMut::with_capacity(values + length.as_ref().map_or(0, |n| n.len()) + room);
+        let mut kept = SmallVec::<[(&str, usize); http::FIELDS_INLINE]>::new();
+        for h in resp.headers.iter().filter(|h| forwarded(&h.name)) {
+            buf.extend_from_slice(&h.value);
+            kept.push((&h.name, h.value.len()));
+        }
+        if let Some(n) = &length {
+            buf.extend_from_slice(n);
+            kept.push(("content-length", n.len()));
+        }
+        let mut shared = buf.split().freeze();
+        self.spare = buf;
+        let mut head = ::http::Response::new(());
+        *head.status_mut() = status(resp.status);
+        let fields = head.headers_mut();
+        // Sized once: no growth per field.
+        fields.reserve(kept.len());
+        for (name, len) in kept {
+            append(fields, name, shared.split_to(len));
         }
         self.head = Some(head);
     }
@@ -273,8 +293,13 @@ impl Downstream for H2Stream {
             }
         }
         // h2 keeps what it was given until the window opens: a copy, so `wire` (pooled) is
-        // reused for the next read.
-        let data = Bytes::copy_from_slice(wire);
+        // reused for the next read; into the room the head left, when the bytes fit.
+        let data = if wire.len() <= self.spare.capacity() {
+            self.spare.extend_from_slice(wire);
+            self.spare.split().freeze()
+        } else {
+            Bytes::copy_from_slice(wire)
+        };
         wire.clear();
         self.send_data(data, last).await
     }
@@ -287,16 +312,19 @@ impl Downstream for H2Stream {
     }
 }
 
-/// Appends a field, lowercased as HTTP/2 requires; values it cannot carry are left out, and
-/// hop-by-hop fields, which include every connection-specific field HTTP/2 forbids (RFC 9113
-/// §8.2.2).
-fn append(fields: &mut ::http::HeaderMap, name: &str, value: &[u8]) {
-    if http::is_hop_by_hop(name) {
-        return;
-    }
-    let (Ok(name), Ok(value)) =
-        (::http::HeaderName::from_bytes(name.as_bytes()), ::http::HeaderValue::from_bytes(value))
-    else {
+/// Whether a response field goes to the client as it is: not `Content-Length` (the stream's
+/// own is set), and not hop-by-hop, which covers every connection-specific field HTTP/2
+/// forbids (RFC 9113 §8.2.2).
+fn forwarded(name: &str) -> bool {
+    !name.eq_ignore_ascii_case("content-length") && !http::is_hop_by_hop(name)
+}
+
+/// Appends a field, lowercased as HTTP/2 requires; values it cannot carry are left out.
+fn append(fields: &mut ::http::HeaderMap, name: &str, value: Bytes) {
+    let (Ok(name), Ok(value)) = (
+        ::http::HeaderName::from_bytes(name.as_bytes()),
+        ::http::HeaderValue::from_maybe_shared(value),
+    ) else {
         return;
     };
     fields.append(name, value);
