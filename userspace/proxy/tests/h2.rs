@@ -195,6 +195,32 @@ fn a_shut_window_resets_its_stream_within_the_body_timeout() {
     o.expect_metric("outpost_h2_refused_total{reason=\"send_stalled\"}", 1);
 }
 
+/// A connection without a stream in flight is closed as HTTP/1.1's is: after `header_timeout`
+/// before its first request, after `idle_timeout` once one was answered, with a GOAWAY (NO_ERROR)
+/// first, and closed soon after even if the client never answers h2's closing PING. While a
+/// stream is in flight neither applies (the stream has its own limits).
+#[test]
+fn an_idle_connection_gets_a_goaway_after_its_timeout() {
+    let origin = Origin::start("a");
+    let extra = format!(
+        "[http]\nheader_timeout_ms = 1000\nidle_timeout_ms = 2500\n{}",
+        route("*", "/", &[origin.addr()], "")
+    );
+    let o = Outpost::start("uring", &extra);
+    for (n, limit) in [(0, 1.0), (1, 2.5)] {
+        let v = attack(&o, "idle", n);
+        assert_eq!(v["goaway"], 0, "after {n} requests: {v}");
+        let took = v["seconds"].as_f64().unwrap();
+        assert!((limit - 0.1..limit + 1.5).contains(&took), "after {n} requests: {took} s: {v}");
+        // Closed even though the client never answers the PING of h2's graceful close.
+        assert_eq!(v["closed"], true, "after {n} requests: {v}");
+        assert!(v["close_seconds"].as_f64().unwrap() < 3.0, "after {n} requests: {v}");
+    }
+    // A stream that outlasts both limits is answered, and its connection then idles again.
+    let out = curl(&["--http2", "-w", "\n%{http_version} %{http_code}", &o.url("/delay/3000")]);
+    assert!(stdout(&out).ends_with("\n2 200"), "{}", stdout(&out));
+}
+
 #[test]
 fn expect_100_continue_gets_its_100_before_the_body() {
     let origin = Origin::start("a");

@@ -66,8 +66,6 @@ pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const SEND_BUFFER: usize = 64 * 1024;
 /// How long a closing connection waits for the client's own close.
 const LINGER: Duration = Duration::from_millis(500);
-/// A wait with no limit of its own (streams are in flight, each with its own timeouts).
-const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 /// HPACK's accounting of a field: its name, its value and 32 bytes (RFC 9113 §6.5.2).
 const FIELD_OVERHEAD: usize = 32;
 
@@ -126,11 +124,17 @@ async fn drive(
     // One refusal per connection: our budget and h2's own limits can both catch one attack
     // (a reset flood trips both), and whichever is first is the one counted.
     let mut refusal_counted = false;
+    // The connection's wait for its first stream, or for the next while none is in flight.
+    let mut idle = seam::Deadline::default();
     loop {
         let live = worker.shared.live();
-        // A connection without streams in flight may idle for as long as HTTP/1.1's.
-        let wait = if open.open.get() > 0 || closing {
+        // A connection without streams in flight may idle for as long as HTTP/1.1's; once
+        // closing, only for LINGER more (h2 sends its last GOAWAY when the client answers a
+        // PING: a client that never does must not keep the connection).
+        let wait = if open.open.get() > 0 {
             None
+        } else if closing {
+            Some(LINGER)
         } else if first {
             Some(live.header_timeout)
         } else {
@@ -154,7 +158,14 @@ async fn drive(
                 continue;
             }
             () = open.done.wait(), if open.open.get() > 0 => continue,
-            next = seam::timeout(wait.unwrap_or(UNBOUNDED), conn.accept()) => next,
+            next = async {
+                match wait {
+                    // Streams in flight: no timer to file in the wheel and take out again on
+                    // every turn of the loop (a few a request).
+                    None => Ok(conn.accept().await),
+                    Some(limit) => idle.within(limit, conn.accept()).await,
+                }
+            } => next,
         };
         match next {
             Ok(Some(Ok((req, respond)))) => {
@@ -181,6 +192,7 @@ async fn drive(
                 break;
             }
             Ok(None) => break,
+            Err(seam::Elapsed) if closing => break,
             Err(seam::Elapsed) => {
                 conn.graceful_shutdown();
                 closing = true;

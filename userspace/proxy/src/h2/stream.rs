@@ -2,7 +2,7 @@
 //! (flow-control capacity given back as it is read), the response as HEADERS then DATA frames
 //! sent as the client's window allows, within `body_timeout`.
 
-use std::{future::poll_fn, sync::Arc, time::Duration};
+use std::{future::poll_fn, sync::Arc, task::Poll, time::Duration};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -84,8 +84,15 @@ impl H2Stream {
         }
         while !data.is_empty() {
             send.reserve_capacity(data.len());
-            let granted = io::timeout(self.body_timeout, poll_fn(|cx| send.poll_capacity(cx)));
-            let n = match granted.await {
+            // Capacity there already (the usual case) needs no timer; only a wait for the
+            // client's window does.
+            let granted = match poll_fn(|cx| Poll::Ready(send.poll_capacity(cx))).await {
+                Poll::Ready(granted) => Ok(granted),
+                Poll::Pending => {
+                    io::timeout(self.body_timeout, poll_fn(|cx| send.poll_capacity(cx))).await
+                }
+            };
+            let n = match granted {
                 Ok(Some(Ok(n))) => n,
                 Ok(Some(Err(e))) => return Err(h2_failed(e)),
                 Ok(None) => return Err(downstream("the client closed the stream")),

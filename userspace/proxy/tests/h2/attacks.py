@@ -25,6 +25,8 @@ Cases:
                   TIMEOUT passed), then the final response
   cookies         a GET with the cookie split into three `cookie` fields and a Host equal to
                   :authority; then one whose Host differs from :authority
+  idle            nothing after the preface (N = 0), or after one request answered (N = 1):
+                  how long until the server's GOAWAY, and whether it then closes
 """
 
 import argparse
@@ -395,6 +397,33 @@ def websocket(port, n):
     }
 
 
+def idle(port, n):
+    c = Conn(port)
+    if n:
+        c.send(c.headers(1, "/first"))
+        f, seen = c.until(lambda f: f.stream_id == 1 and "END_STREAM" in f.flags)
+        if f is None:
+            return {"error": "the request was not answered", "frames": len(seen)}
+    t0 = time.monotonic()
+    f, seen = c.until(goaway)
+    took = time.monotonic() - t0
+    # Then the close, without an answer to the server's PINGs: a silent client must not keep
+    # the connection open. A read that times out means it is still open.
+    closed = False
+    try:
+        while c.frame() is not None:
+            pass
+        closed = True
+    except OSError:
+        pass
+    return {
+        "goaway": f.error_code if goaway(f) else None,
+        "seconds": round(took, 2),
+        "closed": closed,
+        "close_seconds": round(time.monotonic() - t0 - took, 2),
+    }
+
+
 CASES = {
     "rapid_reset": rapid_reset,
     "continuation": continuation,
@@ -407,6 +436,7 @@ CASES = {
     "expect": expect,
     "cookies": cookies,
     "websocket": websocket,
+    "idle": idle,
 }
 
 
