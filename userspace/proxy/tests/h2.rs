@@ -221,6 +221,44 @@ fn an_idle_connection_gets_a_goaway_after_its_timeout() {
     assert!(stdout(&out).ends_with("\n2 200"), "{}", stdout(&out));
 }
 
+/// A client that asks for more than the socket buffers hold and never reads: its streams end
+/// (h2 buffers each response), the connection idles out, and the edge closes it within its
+/// lingering, not after the body timeout its last write would otherwise wait for.
+#[test]
+fn a_client_that_never_reads_is_closed_after_its_idle_timeout() {
+    let origin = Origin::start("a");
+    let extra = format!(
+        "[http]\nidle_timeout_ms = 1000\nbody_timeout_ms = 30000\n{}",
+        route("*", "/", &[origin.addr()], "")
+    );
+    let o = Outpost::start("uring", &extra);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2/attacks.py");
+    let mut client = Command::new(python())
+        .arg(&script)
+        .args(["--port", &o.https.to_string(), "--n", "20", "no_read"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("attacks.py");
+    let start = Instant::now();
+    let mut open_seen = false;
+    let closed = loop {
+        let active = o.metric("outpost_connections_active");
+        open_seen |= active > 0;
+        if open_seen && active == 0 {
+            break Some(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(18) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = client.kill();
+    let _ = client.wait();
+    let took = closed.expect("the connection was still open after 18 s");
+    assert!(took < Duration::from_secs(8), "closed after {took:?}");
+    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 100);
+}
+
 #[test]
 fn expect_100_continue_gets_its_100_before_the_body() {
     let origin = Origin::start("a");

@@ -134,12 +134,16 @@ impl<'a> H2Io<'a> {
             (st.writing.take(), st.writer.take(), std::mem::take(&mut st.out))
         };
         let writer = match writing {
-            // Bounded by the writer's own timeout.
-            Some(w) => {
-                let (w, buf, _) = w.await;
-                io::buf::give(buf);
-                Some(w)
-            }
+            // Within `linger`, not the writer's own timeout (the body timeout): a client that
+            // stopped reading has had its GOAWAY. A write dropped unfinished leaves the
+            // connection torn, so no close_notify follows a record cut short.
+            Some(w) => match io::timeout(linger, w).await {
+                Ok((w, buf, _)) => {
+                    io::buf::give(buf);
+                    Some(w)
+                }
+                Err(io::Elapsed) => None,
+            },
             None => writer,
         };
         if let (Some(mut writer), false) = (writer, out.is_empty()) {

@@ -27,6 +27,8 @@ Cases:
                   :authority; then one whose Host differs from :authority
   idle            nothing after the preface (N = 0), or after one request answered (N = 1):
                   how long until the server's GOAWAY, and whether it then closes
+  no_read         windows opened wide, 100 requests for 60 KiB each, and not a byte read for
+                  N seconds (the caller watches the server meanwhile)
 """
 
 import argparse
@@ -58,12 +60,16 @@ CANCEL = 0x8
 
 
 class Conn:
-    def __init__(self, port, settings=None):
+    def __init__(self, port, settings=None, rcvbuf=None):
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(TIMEOUT)
+        raw.connect(("127.0.0.1", port))
         self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
         assert self.sock.selected_alpn_protocol() == "h2", self.sock.selected_alpn_protocol()
         self.buf = b""
@@ -424,6 +430,15 @@ def idle(port, n):
     }
 
 
+def no_read(port, n):
+    c = Conn(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: (1 << 31) - 1}, rcvbuf=4096)
+    c.send(WindowUpdateFrame(0, window_increment=(1 << 31) - 1 - 65535).serialize())
+    for i in range(100):
+        c.send(c.headers(1 + 2 * i, "/large/0/61440"))
+    time.sleep(n)
+    return {"sent": 100}
+
+
 CASES = {
     "rapid_reset": rapid_reset,
     "continuation": continuation,
@@ -437,6 +452,7 @@ CASES = {
     "cookies": cookies,
     "websocket": websocket,
     "idle": idle,
+    "no_read": no_read,
 }
 
 
