@@ -24,7 +24,7 @@ use crate::{
     floor, h2, http, io, legacy, proxy,
     shared::{drained, Shared},
     tls::{Alpn, TlsConn},
-    worker::{Pool, Worker},
+    worker::{Pool, Worker, POOL_SWEEP},
 };
 
 /// How long a closing connection waits for the client's own close (see [`TlsConn::close`]).
@@ -57,6 +57,15 @@ pub(crate) async fn worker_main(
         upgraded: Cell::new(0),
         closing_upgraded: Cell::new(false),
         closing: Notify::new(),
+    });
+    // Ends with the worker's runtime.
+    let sweeping = Rc::downgrade(&worker);
+    io::spawn(async move {
+        loop {
+            io::sleep(POOL_SWEEP).await;
+            let Some(worker) = sweeping.upgrade() else { return };
+            worker.pool.borrow_mut().sweep(Instant::now());
+        }
     });
     let mut accepting = Vec::new();
     for l in listeners {

@@ -112,6 +112,8 @@ pub(crate) struct Pool {
 struct Idle {
     stream: io::Stream,
     since: Instant,
+    /// When `pool_idle` runs out for it: [`Pool::sweep`] closes it then if no request took it.
+    expires: Instant,
     /// The response before it carried no body: where an origin that sends stray bytes (a body
     /// after a HEAD or 304 response) sends them.
     bodiless: bool,
@@ -168,6 +170,20 @@ impl Pool {
             // The oldest goes: it is the likeliest to be closed by the origin soon.
             list.pop_front();
         }
-        list.push_back(Idle { stream: s, since: Instant::now(), bodiless });
+        let since = Instant::now();
+        list.push_back(Idle { stream: s, since, expires: since + peer.pool_idle, bodiless });
+    }
+
+    /// Closes the connections whose `pool_idle` ran out: a request checks the connections of
+    /// its own origin as it takes one, but an origin no request goes to any more would keep
+    /// its connections (and their sockets, closed by the origin or not) until the next one.
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        self.idle.retain(|_, list| {
+            list.retain(|c| c.expires > now);
+            !list.is_empty()
+        });
     }
 }
+
+/// How often a worker closes the pooled connections that idled out ([`Pool::sweep`]).
+pub(crate) const POOL_SWEEP: Duration = Duration::from_secs(1);

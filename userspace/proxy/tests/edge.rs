@@ -25,6 +25,7 @@ each_backend!(
     limits_answer_431_413_400,
     slowloris_is_cut_off,
     idle_keepalive_connections_are_closed,
+    idle_pooled_origin_connections_are_closed,
     chunked_bodies_stream_both_ways,
     large_response_heads_and_bodies_arrive_whole,
     sighup_reload_keeps_an_open_keepalive_connection,
@@ -306,6 +307,28 @@ fn idle_keepalive_connections_are_closed(io: &str) {
         thread::sleep(Duration::from_millis(20));
     }
     o.expect_metric("outpost_connections_active", 0);
+}
+
+/// A pooled origin connection is closed once `pool_idle_ms` runs out, though no request comes
+/// for its origin again to find it expired.
+fn idle_pooled_origin_connections_are_closed(io: &str) {
+    let origin = Origin::start("a");
+    let extra = "pool_idle_ms = 500\nhealth_check = { interval_ms = 0 }";
+    let o = Outpost::start(io, &route("*", "/", &[origin.addr()], extra));
+    for i in 0..3 {
+        let out = curl(&[&o.url(&format!("/{i}"))]);
+        assert!(stdout(&out).contains(&format!("target /{i}")), "{}", stdout(&out));
+    }
+    assert!(origin.open.load(Ordering::Relaxed) >= 1, "no pooled connection to the origin");
+    let started = Instant::now();
+    while origin.open.load(Ordering::Relaxed) != 0 && started.elapsed() < Duration::from_secs(6) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let open = origin.open.load(Ordering::Relaxed);
+    assert_eq!(open, 0, "{open} pooled connections still open after {:?}", started.elapsed());
+    // The origin is reached again on a fresh connection.
+    let out = curl(&[&o.url("/again")]);
+    assert!(stdout(&out).contains("target /again"), "{}", stdout(&out));
 }
 
 fn chunked_bodies_stream_both_ways(io: &str) {

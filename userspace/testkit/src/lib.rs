@@ -721,6 +721,8 @@ pub struct Origin {
     pub health: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     pub requests: Arc<AtomicUsize>,
+    /// Connections open now (until the origin reads their end).
+    pub open: Arc<AtomicUsize>,
     accept: Option<thread::JoinHandle<()>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -733,9 +735,16 @@ impl Origin {
         let requests = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
+        let open = Arc::new(AtomicUsize::new(0));
         let accept = {
-            let (stop, requests, conns, name, health) =
-                (stop.clone(), requests.clone(), conns.clone(), name.to_owned(), health.clone());
+            let (stop, requests, conns, name, health, open) = (
+                stop.clone(),
+                requests.clone(),
+                conns.clone(),
+                name.to_owned(),
+                health.clone(),
+                open.clone(),
+            );
             thread::spawn(move || {
                 for s in l.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -743,12 +752,26 @@ impl Origin {
                     }
                     let Ok(s) = s else { continue };
                     conns.lock().unwrap().push(s.try_clone().unwrap());
-                    let (requests, name, health) = (requests.clone(), name.clone(), health.clone());
-                    thread::spawn(move || serve_origin(s, &name, &requests, &health));
+                    let (requests, name, health, open) =
+                        (requests.clone(), name.clone(), health.clone(), open.clone());
+                    open.fetch_add(1, Ordering::Relaxed);
+                    thread::spawn(move || {
+                        serve_origin(s, &name, &requests, &health);
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    });
                 }
             })
         };
-        Origin { port, name: name.into(), health, stop, requests, accept: Some(accept), conns }
+        Origin {
+            port,
+            name: name.into(),
+            health,
+            stop,
+            requests,
+            open,
+            accept: Some(accept),
+            conns,
+        }
     }
 
     pub fn addr(&self) -> String {
