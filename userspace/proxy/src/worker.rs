@@ -147,11 +147,12 @@ impl Pool {
     /// it would after a check that lost the race.
     pub(crate) fn take(&mut self, peer: &Peer, reuse: Reuse) -> Option<io::Stream> {
         let list = self.idle.get_mut(&peer.addr)?;
+        let now = Instant::now();
         while let Some(mut c) = list.pop_back() {
-            let idle = c.since.elapsed();
-            if idle >= peer.pool_idle {
+            if c.expires <= now {
                 continue;
             }
+            let idle = now - c.since;
             let check = reuse == Reuse::Once || c.bodiless || idle >= CHECK_AFTER_IDLE;
             if !check || c.stream.idle_and_open() {
                 return Some(c.stream);

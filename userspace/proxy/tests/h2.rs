@@ -106,16 +106,18 @@ fn curl_and_nghttp_reach_the_origin_over_h2(io: &str) {
     o.expect_metric("outpost_tls_alpn_total{version=\"TLSv1.3\",alpn=\"http/1.1\"}", 1);
 }
 
-/// One edge for the attack tests (uring, the default backend), with small limits so each
-/// attack is quick: 10 streams at once, a 1 s body timeout.
-fn attack_edge() -> (Origin, Outpost) {
+/// An edge (uring, the default backend) in front of one origin, with `[http]` settings.
+fn edge_with(http: &str) -> (Origin, Outpost) {
     let origin = Origin::start("a");
-    let extra = format!(
-        "[http]\nh2_max_concurrent_streams = 10\nbody_timeout_ms = 1000\n{}",
-        route("*", "/", &[origin.addr()], "")
-    );
+    let extra = format!("[http]\n{http}\n{}", route("*", "/", &[origin.addr()], ""));
     let o = Outpost::start("uring", &extra);
     (origin, o)
+}
+
+/// One edge for the attack tests, with small limits so each attack is quick: 10 streams at
+/// once, a 1 s body timeout.
+fn attack_edge() -> (Origin, Outpost) {
+    edge_with("h2_max_concurrent_streams = 10\nbody_timeout_ms = 1000")
 }
 
 #[test]
@@ -201,12 +203,7 @@ fn a_shut_window_resets_its_stream_within_the_body_timeout() {
 /// stream is in flight neither applies (the stream has its own limits).
 #[test]
 fn an_idle_connection_gets_a_goaway_after_its_timeout() {
-    let origin = Origin::start("a");
-    let extra = format!(
-        "[http]\nheader_timeout_ms = 1000\nidle_timeout_ms = 2500\n{}",
-        route("*", "/", &[origin.addr()], "")
-    );
-    let o = Outpost::start("uring", &extra);
+    let (_origin, o) = edge_with("header_timeout_ms = 1000\nidle_timeout_ms = 2500");
     for (n, limit) in [(0, 1.0), (1, 2.5)] {
         let v = attack(&o, "idle", n);
         assert_eq!(v["goaway"], 0, "after {n} requests: {v}");
@@ -226,12 +223,7 @@ fn an_idle_connection_gets_a_goaway_after_its_timeout() {
 /// lingering, not after the body timeout its last write would otherwise wait for.
 #[test]
 fn a_client_that_never_reads_is_closed_after_its_idle_timeout() {
-    let origin = Origin::start("a");
-    let extra = format!(
-        "[http]\nidle_timeout_ms = 1000\nbody_timeout_ms = 30000\n{}",
-        route("*", "/", &[origin.addr()], "")
-    );
-    let o = Outpost::start("uring", &extra);
+    let (origin, o) = edge_with("idle_timeout_ms = 1000\nbody_timeout_ms = 30000");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2/attacks.py");
     let mut client = Command::new(python())
         .arg(&script)
