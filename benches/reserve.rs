@@ -85,6 +85,10 @@ struct Args {
     /// before pgbench runs.
     #[arg(long)]
     pg_statements: bool,
+    /// More PostgreSQL server settings, `name=value` as `postgres -c` takes them (repeatable),
+    /// for the edge and pgbench alike.
+    #[arg(long = "pg-setting")]
+    pg_settings: Vec<String>,
 }
 
 #[path = "reserve_scale.rs"]
@@ -119,10 +123,14 @@ fn main() -> Result<()> {
     let mut reports = Vec::new();
     for store in args.stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         eprintln!("reserve-bench: {store}");
-        reports.push(run_store(&rt, &args, &outpost, store, step, None)?);
+        let empty = run_store(&rt, &args, &outpost, store, step, None)?;
+        // The preloaded store also runs at the empty one's 80 % rate: p99 compared at one load.
+        let same_rate = empty.at_80.as_ref().map(|a| a.rate);
+        reports.push(empty);
         if let Some(n) = args.preload {
             eprintln!("reserve-bench: {store}, preloaded with {n} reservations");
-            reports.push(run_store(&rt, &args, &outpost, store, step, Some(n))?);
+            let size = Some((n, same_rate));
+            reports.push(run_store(&rt, &args, &outpost, store, step, size)?);
         }
     }
     let stamp = stamp();
@@ -186,6 +194,10 @@ struct Report {
     steps: Vec<Step>,
     knee: Option<Step>,
     at_80: Option<Step>,
+    /// Preloaded: a run at the empty store's 80 % rate (its own `at_80` when the knees match).
+    at_empty_80: Option<Step>,
+    /// PostgreSQL: WAL bytes and full-page images a reservation, over the spike.
+    wal: Option<(f64, f64)>,
     held_twice: u64,
     missing_201: u64,
     /// Mails beyond the first to one reservation's email (a healthy run sends one each).
@@ -210,6 +222,9 @@ impl Report {
             "steps": self.steps.iter().map(Step::json).collect::<Vec<_>>(),
             "knee": self.knee.as_ref().map(Step::json),
             "at_80_percent": self.at_80.as_ref().map(Step::json),
+            "at_the_empty_stores_80_percent": self.at_empty_80.as_ref().map(Step::json),
+            "wal_bytes_per_reservation": self.wal.map(|w| w.0),
+            "wal_full_page_images_per_reservation": self.wal.map(|w| w.1),
             "names_held_twice": self.held_twice,
             "acknowledged_but_missing": self.missing_201,
             "duplicate_mails": self.duplicate_mails,
@@ -248,20 +263,28 @@ fn run_store(
     outpost: &Path,
     store: &str,
     step: Duration,
-    preload: Option<u64>,
+    // Preloaded: how many reservations, and the empty store's 80 % rate.
+    size: Option<(u64, Option<u64>)>,
 ) -> Result<Report> {
+    let preload = size.map(|(n, _)| n);
     let work = TempDir::new("reserve-bench");
     let pg = match store {
         "embedded" => None,
-        "postgres" if args.pg_statements => {
-            let pg = TestPostgres::start_with(&[
-                "shared_preload_libraries=pg_stat_statements",
-                "pg_stat_statements.track=all",
-            ]);
-            pg.psql("outpost", "CREATE EXTENSION pg_stat_statements");
+        "postgres" => {
+            let mut settings: Vec<&str> = args.pg_settings.iter().map(String::as_str).collect();
+            if args.pg_statements {
+                settings.extend([
+                    "shared_preload_libraries=pg_stat_statements",
+                    "pg_stat_statements.track=all",
+                ]);
+            }
+            let pg = TestPostgres::start_with(&settings);
+            if args.pg_statements {
+                pg.psql("outpost", "CREATE EXTENSION pg_stat_statements");
+            }
+            warm_wal(&pg);
             Some(pg)
         }
-        "postgres" => Some(TestPostgres::start()),
         other => bail!("unknown store {other:?}: embedded or postgres"),
     };
     let preload_secs = match preload {
@@ -286,6 +309,7 @@ fn run_store(
     };
     // Warm-up: connections, the pool, the caches. Its reservations count like the others'.
     spike.run(100, Duration::from_secs(1));
+    let wal_before = pg.as_ref().map(wal_written);
     let max_steps = if args.tiny { 4 } else { 40 };
     let max_rate = args.max_rate;
     let over = spike
@@ -337,6 +361,27 @@ fn run_store(
         let s = spike.run(r, step * 2);
         eprintln!("  80 % of the knee ({r}/s): p99 {:.1} ms", s.p99_us as f64 / 1000.0);
         s
+    });
+    // Each store's knee is the highest step it held, and p99 there lies anywhere under the
+    // 100 ms bound: a knee one step higher is read near it. The same offered load compares.
+    let at_empty_80 = match (size.and_then(|(_, r)| r), &at_80) {
+        (Some(r), Some(own)) if own.rate == r => Some(own.clone()),
+        (Some(r), _) => {
+            let s = spike.run(r, step * 2);
+            let p99 = s.p99_us as f64 / 1000.0;
+            eprintln!("  the empty store's 80 % rate ({r}/s): p99 {p99:.1} ms");
+            Some(s)
+        }
+        (None, _) => None,
+    };
+    // What PostgreSQL's log took a reservation over the spike: full-page images (a page's first
+    // change after a checkpoint) grow with the pages a write touches, and so with the store.
+    let wal = pg.as_ref().zip(wal_before).map(|(pg, (bytes, fpi))| {
+        let (b, f) = wal_written(pg);
+        let n = spike.acked.len().max(1) as f64;
+        let per = ((b - bytes) / n, (f - fpi) / n);
+        eprintln!("  WAL a reservation: {:.0} bytes, {:.2} full-page images", per.0, per.1);
+        per
     });
     let Spike { mut seq, steps, hot, acked, .. } = spike;
     // Every acknowledged reservation's mail, then: exactly one each.
@@ -415,6 +460,8 @@ fn run_store(
         steps,
         knee,
         at_80,
+        at_empty_80,
+        wal,
         held_twice,
         missing_201,
         duplicate_mails,
@@ -425,6 +472,29 @@ fn run_store(
         pgbench_pipelined_tps,
         scale,
     })
+}
+
+/// Leaves a new server's log as one that has run a while leaves it: segments to recycle. A new
+/// server has one, and makes (and zero-fills) every next one while commits wait, where one in
+/// service renames a used one; pgbench, run after the edge, would otherwise find the recycled
+/// segments the edge's spike paid for. About 600 MB of log, then a checkpoint recycles them.
+fn warm_wal(pg: &TestPostgres) {
+    let started = Instant::now();
+    pg.psql(
+        "outpost",
+        "CREATE TABLE wal_warm AS SELECT repeat('x', 1000) AS pad FROM generate_series(1, 600000)",
+    );
+    pg.psql("outpost", "DROP TABLE wal_warm");
+    pg.psql("outpost", "CHECKPOINT");
+    let segments = pg.psql("outpost", "SELECT count(*) FROM pg_ls_waldir()");
+    eprintln!("  WAL warmed in {:.1} s: {segments} segments", started.elapsed().as_secs_f64());
+}
+
+/// PostgreSQL's WAL written since it started: (bytes, full-page images).
+fn wal_written(pg: &TestPostgres) -> (f64, f64) {
+    let row = pg.psql("outpost", "SELECT wal_bytes || ' ' || wal_fpi FROM pg_stat_wal");
+    let mut v = row.split_whitespace().map(|x| x.parse().unwrap_or(0.0));
+    (v.next().unwrap_or(0.0), v.next().unwrap_or(0.0))
 }
 
 fn merge(into: &mut BTreeMap<String, BTreeSet<String>>, from: BTreeMap<String, BTreeSet<String>>) {

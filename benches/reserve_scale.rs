@@ -469,7 +469,7 @@ pub(super) fn render(r: &Report, sc: &Scale, all: &[Report]) -> String {
     let mut s = String::new();
     let empty = all.iter().find(|e| e.store == r.store && e.scale.is_none());
     let rate = |x: &Report| x.knee.as_ref().map(|k| k.created_per_sec());
-    let p99 = |x: &Report| x.knee.as_ref().map(|k| k.p99_us as f64);
+    let p99 = |x: Option<&Step>| x.map(|k| k.p99_us as f64);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         _ => "-".into(),
@@ -477,12 +477,15 @@ pub(super) fn render(r: &Report, sc: &Scale, all: &[Report]) -> String {
     let _ = writeln!(
         s,
         "\n{}, {} reservations preloaded in {:.0} s: knee throughput {} the empty store's \
-         (target >= 0.9x), p99 at the knee {} (target <= 1.2x)",
+         (target >= 0.9x), p99 at the empty store's 80 % rate ({}/s) {} (target <= 1.2x); \
+         p99 at each store's own knee {}",
         r.store,
         sc.preload,
         sc.preload_secs,
         ratio(rate(r), empty.and_then(rate)),
-        ratio(p99(r), empty.and_then(p99)),
+        r.at_empty_80.as_ref().map_or("-".into(), |s| s.rate.to_string()),
+        ratio(p99(r.at_empty_80.as_ref()), p99(empty.and_then(|e| e.at_80.as_ref()))),
+        ratio(p99(r.knee.as_ref()), p99(empty.and_then(|e| e.knee.as_ref()))),
     );
     let _ = writeln!(s, "- reservations list, 100 a page (CLI wall time): {:?} ms", sc.list);
     let _ = writeln!(
