@@ -123,6 +123,11 @@ pub fn server_config(tls: &TlsConfig, data_dir: &Path, h2: bool) -> Result<Arc<S
     };
     // The traffic keys go to `records` once the handshake is done; they never leave it.
     config.enable_secret_extraction = true;
+    // Resumption by stateless tickets (the session sealed under a key of this process, rotated
+    // every 6 hours), as nginx's default: rustls' own default keeps sessions in a cache of 256
+    // here, and an edge that has seen more clients since has forgotten a returning one's.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .context("rustls could not make a session ticket key")?;
     Ok(Arc::new(config))
 }
 
@@ -1050,12 +1055,12 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The suite and group a full handshake with `client` settles on, in memory; the edge picks
-    /// its configuration by the ClientHello as it does for a connection.
-    fn negotiated(
+    /// A handshake with `client` in memory, the edge picking its configuration by the
+    /// ClientHello as it does for a connection; the client has read what followed it (tickets).
+    fn handshake(
         configs: &ServerConfigs,
         client: Arc<rustls::ClientConfig>,
-    ) -> (rustls::CipherSuite, rustls::NamedGroup) {
+    ) -> (rustls::ClientConnection, rustls::ServerConnection) {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut client = rustls::ClientConnection::new(client, name).unwrap();
         let mut first = Vec::new();
@@ -1064,18 +1069,54 @@ mod tests {
             rustls::ServerConnection::new(configs.for_first_flight(&first).clone()).unwrap();
         server.read_tls(&mut &first[..]).unwrap();
         server.process_new_packets().unwrap();
-        while server.is_handshaking() || client.is_handshaking() {
+        loop {
             let mut wire = Vec::new();
             server.write_tls(&mut wire).unwrap();
             client.read_tls(&mut &wire[..]).unwrap();
             client.process_new_packets().unwrap();
+            if !server.is_handshaking() && !client.is_handshaking() {
+                return (client, server);
+            }
             wire.clear();
             client.write_tls(&mut wire).unwrap();
             server.read_tls(&mut &wire[..]).unwrap();
             server.process_new_packets().unwrap();
         }
+    }
+
+    /// The suite and group a full handshake with `client` settles on.
+    fn negotiated(
+        configs: &ServerConfigs,
+        client: Arc<rustls::ClientConfig>,
+    ) -> (rustls::CipherSuite, rustls::NamedGroup) {
+        let (_, server) = handshake(configs, client);
         let suite = server.negotiated_cipher_suite().unwrap().suite();
         (suite, server.negotiated_key_exchange_group().unwrap().name())
+    }
+
+    /// A returning client resumes its session however many others came since (TLS 1.3 and
+    /// 1.2): the ticket carries the session. A server-side cache of 256 had forgotten it.
+    #[test]
+    fn a_returning_client_resumes_after_many_others() {
+        use rustls::{crypto::aws_lc_rs::cipher_suite as cs, HandshakeKind::*};
+        let dir = std::env::temp_dir().join(format!("outpost-resume-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
+        let configs = ServerConfigs::new(server_config(&tls, &dir, true).unwrap());
+        let (cert, _) = self_signed(&dir, &[]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+        for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256] {
+            let returning = client_config(&[suite], &roots);
+            assert_eq!(handshake(&configs, returning.clone()).0.handshake_kind(), Some(Full));
+            // Each of these is a new client: a resumption store of its own.
+            for _ in 0..300 {
+                handshake(&configs, client_config(&[suite], &roots));
+            }
+            let (client, _) = handshake(&configs, returning);
+            assert_eq!(client.handshake_kind(), Some(Resumed), "{suite:?}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The edge's order decides (AES-128-GCM first) unless the client names ChaCha20-Poly1305

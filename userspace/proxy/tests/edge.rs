@@ -38,6 +38,7 @@ each_backend!(
     active_health_checks_steer_traffic,
     blackholed_origin_is_502_within_a_second,
     pooled_connections_the_origin_closed_or_soiled_are_not_used,
+    a_returning_client_resumes_its_session,
 );
 
 fn modern_clients_reach_the_origin_with_forwarding_headers(io: &str) {
@@ -633,6 +634,25 @@ fn sni_selects_the_certificate_and_reload_replaces_it(io: &str) {
     wait_for_log(&o, "reloaded", 1);
     assert_eq!(get("a.test", &a2), "200", "the reloaded certificate is not served");
     assert_eq!(get("a.test", &a), "000", "the old certificate is still served");
+}
+
+/// OpenSSL's client saves its session and comes back with it: resumed, on TLS 1.3 (a ticket
+/// sent after the handshake) and TLS 1.2 (RFC 5077), and the request still served.
+fn a_returning_client_resumes_its_session(io: &str) {
+    let origin = Origin::start("a");
+    let o = Outpost::start(io, &route("*", "/", &[origin.addr()], ""));
+    let dir = TempDir::new("sessions");
+    let request = b"GET / HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n";
+    for version in ["-tls1_3", "-tls1_2"] {
+        let file = dir.0.join(version);
+        let file = file.to_str().unwrap();
+        let limit = Duration::from_secs(10);
+        let (_, first) = s_client_summary(o.https, &[version, "-sess_out", file], request, limit);
+        assert!(first.contains("\nNew, TLSv1."), "{version}, first: {first}");
+        let (_, again) = s_client_summary(o.https, &[version, "-sess_in", file], request, limit);
+        assert!(again.contains("\nReused, TLSv1."), "{version}, not resumed: {again}");
+        assert!(again.contains("HTTP/1.1 200 OK") && again.contains("origin a"), "{again}");
+    }
 }
 
 fn active_health_checks_steer_traffic(io: &str) {

@@ -607,8 +607,29 @@ pub fn status_and_edge_time(out: &str) -> (&str, u16, Duration) {
 
 /// `openssl s_client` sending `input` once connected: (exit code, stdout + stderr).
 pub fn s_client(port: u16, args: &[&str], input: &[u8], limit: Duration) -> (Option<i32>, String) {
+    run_s_client(port, "-quiet", args, input, limit)
+}
+
+/// As [`s_client`], with the session's summary in the output (`New, TLSv1.3, Cipher is ...`,
+/// or `Reused, ...` for a resumed one): it stays until the server closes, as `-quiet` does.
+pub fn s_client_summary(
+    port: u16,
+    args: &[&str],
+    input: &[u8],
+    limit: Duration,
+) -> (Option<i32>, String) {
+    run_s_client(port, "-ign_eof", args, input, limit)
+}
+
+fn run_s_client(
+    port: u16,
+    mode: &str,
+    args: &[&str],
+    input: &[u8],
+    limit: Duration,
+) -> (Option<i32>, String) {
     let mut child = Command::new(tool("openssl"))
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-quiet"])
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), mode])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
