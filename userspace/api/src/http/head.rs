@@ -106,6 +106,9 @@ pub struct Response<'h> {
     pub minor_version: u8,
     /// Fields in the order received.
     pub headers: Headers<'h>,
+    /// The framing fields' reading, made once when the head was parsed (the parse refuses
+    /// every error but an unsupported coding, which [`Response::body`] reports).
+    framing: Result<Option<Body>, Error>,
 }
 
 impl Response<'_> {
@@ -131,7 +134,7 @@ impl Response<'_> {
         if no_body {
             return Ok(Body::Empty);
         }
-        Ok(framing(&self.headers, self.minor_version)?.unwrap_or(Body::UntilClose))
+        Ok(self.framing.clone()?.unwrap_or(Body::UntilClose))
     }
 
     /// Whether the connection may carry another response after this one, from `Connection` and
@@ -237,12 +240,13 @@ fn response_in<'b>(
     if status < 100 {
         return Err(Error::Malformed("status code below 100"));
     }
-    let response =
-        Response { status, reason: reason.into(), minor_version, headers: borrowed(head.headers) };
-    match framing(&response.headers, minor_version) {
-        Ok(_) | Err(Error::UnsupportedTransferCoding) => Ok(Some((response, len))),
-        Err(e) => Err(e),
-    }
+    let headers = borrowed(head.headers);
+    let framing = match framing(&headers, minor_version) {
+        Err(e) if e != Error::UnsupportedTransferCoding => return Err(e),
+        f => f,
+    };
+    let response = Response { status, reason: reason.into(), minor_version, headers, framing };
+    Ok(Some((response, len)))
 }
 
 /// Slots for httparse: `max_headers`, but never more than the window can hold (a field line is
