@@ -34,7 +34,7 @@ pub(super) fn h2(ctx: &Ctx) -> Result<ScenarioReport> {
         }
     }
     let threads = split.client.threads_or(2);
-    let rounds = Rounds::run(ctx, &systems, &origin, |s, target, round| {
+    let rounds = Rounds::run_n(z.proxy_rounds, &systems, &origin, |s, target, round| {
         let label = format!("h2 {} round {round}", s.name);
         let stem = format!("{:03}-{}", ctx.seq.fetch_add(1, Ordering::Relaxed), sanitize(&label));
         H2loadRun {
@@ -55,7 +55,7 @@ pub(super) fn h2(ctx: &Ctx) -> Result<ScenarioReport> {
         format!(
             "h2: HTTP/2 GET over TLS (h2load -c{} -m{}), closed loop, {} s per run after {} s of \
              warm-up, median of {} interleaved rounds",
-            z.h2_conns, z.h2_streams, z.h2_run, z.warmup, z.rounds
+            z.h2_conns, z.h2_streams, z.h2_run, z.warmup, z.proxy_rounds
         ),
         &[
             "system",
