@@ -1055,6 +1055,19 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The edge's configurations on its self-signed certificate (made in a new directory of
+    /// this test, `tag`), and roots that trust it.
+    fn edge_configs(tag: &str) -> (PathBuf, ServerConfigs, rustls::RootCertStore) {
+        let dir = std::env::temp_dir().join(format!("outpost-{tag}-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
+        let configs = ServerConfigs::new(server_config(&tls, &dir, true).unwrap());
+        let (cert, _) = self_signed(&dir, &[]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+        (dir, configs, roots)
+    }
+
     /// A handshake with `client` in memory, the edge picking its configuration by the
     /// ClientHello as it does for a connection; the client has read what followed it (tickets).
     fn handshake(
@@ -1099,13 +1112,7 @@ mod tests {
     #[test]
     fn a_returning_client_resumes_after_many_others() {
         use rustls::{crypto::aws_lc_rs::cipher_suite as cs, HandshakeKind::*};
-        let dir = std::env::temp_dir().join(format!("outpost-resume-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
-        let configs = ServerConfigs::new(server_config(&tls, &dir, true).unwrap());
-        let (cert, _) = self_signed(&dir, &[]).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+        let (dir, configs, roots) = edge_configs("resume");
         for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256] {
             let returning = client_config(&[suite], &roots);
             assert_eq!(handshake(&configs, returning.clone()).0.handshake_kind(), Some(Full));
@@ -1124,13 +1131,7 @@ mod tests {
     #[test]
     fn the_edge_prefers_aes_128_unless_the_client_puts_chacha_first() {
         use rustls::{crypto::aws_lc_rs::cipher_suite as cs, CipherSuite as S, NamedGroup};
-        let dir = std::env::temp_dir().join(format!("outpost-suites-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let tls = TlsConfig { certs: vec![], self_signed_names: vec![] };
-        let configs = ServerConfigs::new(server_config(&tls, &dir, true).unwrap());
-        let (cert, _) = self_signed(&dir, &[]).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+        let (dir, configs, roots) = edge_configs("suites");
         let (aes256, aes128, chacha) = (
             cs::TLS13_AES_256_GCM_SHA384,
             cs::TLS13_AES_128_GCM_SHA256,
