@@ -60,6 +60,18 @@ impl Rounds {
         rounds: usize,
         systems: &[Sys],
         origin: &Running,
+        load: impl FnMut(&Sys, SocketAddr, usize) -> Result<RunResult>,
+    ) -> Result<Rounds> {
+        Self::run_warm(rounds, systems, origin, |_, _, _| Ok(()), load)
+    }
+
+    /// [`Rounds::run_n`] with `warm(system, target, round)` before each measured run, outside
+    /// its window: a client whose own warm-up would fall inside it (h2load's) warms up there.
+    pub fn run_warm(
+        rounds: usize,
+        systems: &[Sys],
+        origin: &Running,
+        mut warm: impl FnMut(&Sys, SocketAddr, usize) -> Result<()>,
         mut load: impl FnMut(&Sys, SocketAddr, usize) -> Result<RunResult>,
     ) -> Result<Rounds> {
         let origin_addr = loopback(origin.port);
@@ -75,7 +87,9 @@ impl Rounds {
                 }
                 let s = &systems[i];
                 let Ok((target, edge)) = s.target(origin_addr) else { continue };
-                match measure(edge, origin, || load(s, target, round + 1)) {
+                let measured = warm(s, target, round + 1)
+                    .and_then(|()| measure(edge, origin, || load(s, target, round + 1)));
+                match measured {
                     Ok(m) => runs[i].push(m),
                     Err(e) => {
                         procs::check_interrupted()?;
