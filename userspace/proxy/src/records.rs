@@ -807,6 +807,115 @@ mod tests {
         assert_eq!(sent(p.open(r), "a fifth warning"), Some(UNEXPECTED_MESSAGE));
     }
 
+    /// Random sequences of what a client may send after the handshake, against a model of
+    /// what each must get: data comes back as sent, a `KeyUpdate` (whole or split) moves the
+    /// key, and everything else ends the connection with its alert, never a panic.
+    #[test]
+    fn random_record_sequences_get_what_the_model_expects() {
+        // xorshift64*: the same sequences on every run, no dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % n
+        };
+        let (mut pairs, mut opened, mut key_updates) = (0, 0, 0);
+        while pairs < 40 {
+            let v13 = pairs % 2 == 0;
+            let mut p = if v13 { tls13() } else { tls12() };
+            pairs += 1;
+            // The model: bytes of a KeyUpdate the server holds, key updates since data,
+            // warnings left.
+            let (mut pending, mut updates, mut warnings) = (0usize, 0u8, WARNINGS);
+            let last = 5 + next(60);
+            for step in 0..=last {
+                opened += 1;
+                // Data, key updates (TLS 1.2 has none: data instead) with their pieces mostly in
+                // a row, and warnings; then a record that must be refused. A sequence ends at its
+                // first refusal.
+                let roll = match if step == last { 37 + next(3) } else { next(37) } {
+                    18..=33 if !v13 => 0,
+                    // A message begun is mostly finished before anything else.
+                    _ if pending > 0 && next(8) != 0 => 18,
+                    roll => roll,
+                };
+                match roll {
+                    0..=17 => {
+                        let data: Vec<u8> = (0..next(48)).map(|_| next(256) as u8).collect();
+                        let r = p.record(APPLICATION_DATA, &data, next(3) as usize);
+                        if pending > 0 {
+                            assert_eq!(
+                                sent(p.open(r), "data in a message"),
+                                Some(UNEXPECTED_MESSAGE)
+                            );
+                            break;
+                        }
+                        assert_eq!(p.open(r).unwrap(), Some(data));
+                        updates = 0;
+                    }
+                    18..=33 => {
+                        // The next piece of a KeyUpdate, 1 to 5 bytes of it.
+                        let ku = if next(2) == 0 { KU_NOT_REQUESTED } else { KU_REQUESTED };
+                        let n = (1 + next(KEY_UPDATE_LEN as u64) as usize)
+                            .min(KEY_UPDATE_LEN - pending);
+                        let r = p.record(HANDSHAKE, &ku[pending..pending + n], next(3) as usize);
+                        let whole = pending + n == KEY_UPDATE_LEN;
+                        if whole && updates == KEY_UPDATES {
+                            assert_eq!(sent(p.open(r), "33 key updates"), Some(UNEXPECTED_MESSAGE));
+                            break;
+                        }
+                        assert_eq!(p.open(r).unwrap(), None);
+                        pending = (pending + n) % KEY_UPDATE_LEN;
+                        if whole {
+                            updates += 1;
+                            key_updates += 1;
+                            p.client_key_update();
+                        }
+                    }
+                    34..=36 => {
+                        let description = if v13 { USER_CANCELED } else { next(256) as u8 };
+                        let r = p.record(ALERT, &[WARNING, description], 0);
+                        if description == CLOSE_NOTIFY {
+                            assert_eq!(p.open(r).unwrap().as_deref(), Some(&b"<closed>"[..]));
+                            break;
+                        }
+                        if pending > 0 || warnings == 0 {
+                            assert_eq!(sent(p.open(r), "a warning"), Some(UNEXPECTED_MESSAGE));
+                            break;
+                        }
+                        assert_eq!(p.open(r).unwrap(), None);
+                        warnings -= 1;
+                    }
+                    37 => {
+                        // A record changed on the way: it does not authenticate.
+                        let mut r = p.record(APPLICATION_DATA, b"x", 0);
+                        let at = HEADER + next((r.len() - HEADER) as u64) as usize;
+                        r[at] ^= 1 << next(8);
+                        assert_eq!(sent(p.open(r), "a changed record"), Some(BAD_RECORD_MAC));
+                        break;
+                    }
+                    _ => {
+                        // Any other content, type or alert: refused with an alert, or a fatal
+                        // alert taken as the end.
+                        let typ = [ALERT, HANDSHAKE, 0, 20, 25, 255][next(6) as usize];
+                        let content: Vec<u8> = (0..1 + next(6)).map(|_| next(256) as u8).collect();
+                        let r = p.record(typ, &content, 0);
+                        match p.open(r) {
+                            Err(e @ Error::Received { .. }) => assert_eq!(e.alert(), None),
+                            Err(e) => assert!(e.alert().is_some(), "{e:?}"),
+                            // Content that happens to be valid (a KeyUpdate's first bytes, a
+                            // close_notify or a tolerated warning) ends this sequence too.
+                            Ok(_) => {}
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(opened > 500 && key_updates > 50, "{opened} records, {key_updates} key updates");
+    }
+
     #[test]
     fn tls12_refuses_renegotiation() {
         let mut p = tls12();
