@@ -706,6 +706,25 @@ mod tests {
     }
 
     #[test]
+    fn key_updates_between_data_are_bounded() {
+        fn updates(p: &mut Pair, n: u8) {
+            for _ in 0..n {
+                let r = p.record(HANDSHAKE, &KU_NOT_REQUESTED, 0);
+                assert_eq!(p.open(r).unwrap(), None);
+                p.client_key_update();
+            }
+        }
+        let mut p = tls13();
+        updates(&mut p, KEY_UPDATES);
+        // Data between them starts the count again.
+        let r = p.record(APPLICATION_DATA, b"data", 0);
+        assert_eq!(p.open(r).unwrap().as_deref(), Some(&b"data"[..]));
+        updates(&mut p, KEY_UPDATES);
+        let r = p.record(HANDSHAKE, &KU_NOT_REQUESTED, 0);
+        assert_eq!(sent(p.open(r), "33 key updates"), Some(UNEXPECTED_MESSAGE));
+    }
+
+    #[test]
     fn an_unknown_request_is_refused_before_the_receive_key_moves() {
         let mut p = tls13();
         let rx = p.server.rx.iv;
