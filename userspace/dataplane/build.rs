@@ -16,6 +16,12 @@ fn main() -> anyhow::Result<()> {
     // The cargo that aya-build starts inherits it; config [env] values do not override it.
     std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf,outpost_ebpf");
     println!("cargo:rerun-if-env-changed=RUSTC_BOOTSTRAP");
+    // The workspace's release profile links the userspace binaries whole (LTO, one codegen
+    // unit); the eBPF program is built as it was verified and measured: without LTO, its
+    // dependencies in cargo's default codegen units (`[profile.release.package.outpost-ebpf]`
+    // still gives the program itself one).
+    std::env::set_var("CARGO_PROFILE_RELEASE_LTO", "false");
+    std::env::set_var("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16");
     // Leaked: the toolchain name must outlive the call and this process ends right after.
     let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());
     aya_build::build_ebpf([package], Toolchain::Custom(toolchain))
