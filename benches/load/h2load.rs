@@ -1,6 +1,7 @@
 //! nghttp2's h2load (Debian `nghttp2-client`, OpenSSL) as the h2 scenario's client: HTTP/2 over
-//! TLS, `-c` connections with `-m` concurrent streams each, closed loop, for `-D` seconds (after
-//! h2load's own warm-up, `--warm-up-time`, when one is asked for), on one thread per client CPU.
+//! TLS, `-c` connections with `-m` concurrent streams each, closed loop, for `-D` seconds, on one
+//! thread per client CPU. A warm-up is a run of its own (h2load's `--warm-up-time` would fall
+//! inside the window the edge's CPU is read in).
 //!
 //! h2load prints no percentiles; its per-request log (`--log-file`: start, status, microseconds
 //! to the end of the response) goes into the same HdrHistogram as the generator's latencies.
@@ -39,7 +40,6 @@ pub struct H2loadRun<'a> {
     pub streams: usize,
     pub threads: usize,
     pub seconds: f64,
-    pub warmup: f64,
     pub pin: &'a Pin,
 }
 
@@ -67,22 +67,18 @@ impl H2loadRun<'_> {
         let log = runs.join(format!("{stem}.h2load.log"));
         let _ = fs::remove_file(&log);
         let threads = self.threads.clamp(1, self.connections.max(1));
-        let mut args = vec![
+        let argv = self.pin.wrap(&[
             H2LOAD.into(),
             format!("-c{}", self.connections),
             format!("-m{}", self.streams),
             format!("-t{threads}"),
             format!("-D{}", self.seconds.max(1.0).round()),
-        ];
-        if self.warmup > 0.0 {
-            args.push(format!("--warm-up-time={}ms", (self.warmup * 1000.0).round().max(100.0)));
-        }
-        args.push(format!("--log-file={}", log.display()));
-        args.push(format!("https://localhost:{}/", self.port));
-        let argv = self.pin.wrap(&args);
+            format!("--log-file={}", log.display()),
+            format!("https://localhost:{}/", self.port),
+        ]);
         let cpu0 = children_cpu_seconds();
         let mut child = Child::spawn(&self.label, &argv, work, Stderr::File)?;
-        let limit = Duration::from_secs_f64(self.seconds + self.warmup + 30.0);
+        let limit = Duration::from_secs_f64(self.seconds + 30.0);
         let status = child.wait_exit(limit);
         procs::check_interrupted()?;
         let client_cpu_s = children_cpu_seconds() - cpu0;

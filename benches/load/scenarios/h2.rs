@@ -48,7 +48,6 @@ pub(super) fn h2(ctx: &Ctx) -> Result<ScenarioReport> {
             streams: z.h2_streams,
             threads,
             seconds: if warm { z.warmup } else { z.h2_run },
-            warmup: 0.0,
             pin: &split.client,
         }
         .run(&ctx.work, &ctx.runs, &stem)
