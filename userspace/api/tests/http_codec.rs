@@ -10,6 +10,7 @@ use outpost_api::http::{
     reason, remove_hop_by_hop, write_request_head, write_response_head, Body, BodyDecoder, Error,
     Header, Limits, Request, Response, Rules,
 };
+use outpost_testkit::rng::XorShift;
 
 const CURL_GET: &[u8] = include_bytes!("../src/http/testdata/curl-get.bin");
 const WGET_GET: &[u8] = include_bytes!("../src/http/testdata/wget-get.bin");
@@ -620,12 +621,12 @@ fn round_trip() {
 
 #[test]
 fn encoded_chunks_decode() {
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
     for _ in 0..200 {
         let mut data = Vec::new();
         let mut encoded = Vec::new();
         for _ in 0..rng.below(6) {
-            let piece: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+            let piece: Vec<u8> = (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect();
             encode_chunk(&piece, &mut encoded);
             data.extend_from_slice(&piece);
         }
@@ -633,27 +634,6 @@ fn encoded_chunks_decode() {
         let cut = rng.below(encoded.len() + 1);
         let got = decode_pieces(Body::Chunked, 1 << 20, &[&encoded[..cut], &encoded[cut..]]);
         assert_eq!(got, Ok((data, encoded.len())), "cut at {cut} of {}", show(&encoded));
-    }
-}
-
-/// xorshift64: enough randomness to explore, no dependency, and a failure reproduces from the
-/// printed input.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
     }
 }
 
@@ -690,7 +670,7 @@ fn mutate(rng: &mut XorShift, input: &mut Vec<u8>) {
     for _ in 0..=rng.below(4) {
         let at = rng.below(input.len() + 1);
         match rng.below(5) {
-            0 if at < input.len() => input[at] = rng.next() as u8,
+            0 if at < input.len() => input[at] = rng.next_u64() as u8,
             1 if at < input.len() => input[at] = INTERESTING[rng.below(INTERESTING.len())][0],
             2 => {
                 let token = INTERESTING[rng.below(INTERESTING.len())];
@@ -758,13 +738,13 @@ fn check_no_panic(input: &[u8], rng: &mut XorShift) {
 
 #[test]
 fn random_bytes_never_panic() {
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut rng = XorShift::new(0x2545_f491_4f6c_dd1d);
     for _ in 0..5_000 {
         // Half the time from a small alphabet, so framing bytes meet often.
         let alphabet = b"GET /HTP1.\r\n:0aZ;, \t";
         let small = rng.below(2) == 0;
         let input: Vec<u8> = (0..rng.below(200))
-            .map(|_| if small { alphabet[rng.below(alphabet.len())] } else { rng.next() as u8 })
+            .map(|_| if small { alphabet[rng.below(alphabet.len())] } else { rng.next_u64() as u8 })
             .collect();
         check_no_panic(&input, &mut rng);
     }
@@ -772,7 +752,7 @@ fn random_bytes_never_panic() {
 
 #[test]
 fn mutated_requests_never_panic() {
-    let mut rng = XorShift(0x0123_4567_89ab_cdef);
+    let mut rng = XorShift::new(0x0123_4567_89ab_cdef);
     let mut seeds: Vec<Vec<u8>> = CAPTURES.iter().map(|c| c.to_vec()).collect();
     let mut crafted = b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     crafted.extend_from_slice(CRAFTED_CHUNKED);

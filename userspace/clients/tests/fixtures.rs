@@ -9,6 +9,7 @@ use outpost_clients::flight::{record_first_flight, set_source, FlightError};
 use outpost_clients::{ja4, ja4_r, names, ClientTable, Query};
 use outpost_common::record::HelloRecord;
 use outpost_common::Verdict;
+use outpost_testkit::rng::XorShift;
 use sha2::{Digest, Sha256};
 
 struct Fixture {
@@ -96,27 +97,16 @@ fn every_cut_of_every_fixture_is_an_error_not_a_panic() {
     }
 }
 
-/// xorshift64*.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn random_and_mangled_bytes_are_counted_not_panicked_on() {
     let fixtures = fixtures();
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = XorShift::new(0x1234_5678_9abc_def1);
     let mut table = ClientTable::new(64);
     let mut errors = 0;
     for i in 0..20_000u64 {
         let bytes: Vec<u8> = if i % 2 == 0 {
-            let n = (rng.next() % 600) as usize;
-            let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let n = (rng.next_u64() % 600) as usize;
+            let mut b: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             // Half of them look like the start of a handshake record.
             if i % 4 == 0 && n >= 3 {
                 b[..3].copy_from_slice(&[0x16, 0x03, 0x01]);
@@ -124,11 +114,11 @@ fn random_and_mangled_bytes_are_counted_not_panicked_on() {
             b
         } else {
             // A real hello with a few bytes changed.
-            let f = &fixtures[(rng.next() % fixtures.len() as u64) as usize];
+            let f = &fixtures[(rng.next_u64() % fixtures.len() as u64) as usize];
             let mut b = f.bytes.clone();
-            for _ in 0..1 + rng.next() % 4 {
-                let at = (rng.next() % b.len() as u64) as usize;
-                b[at] = rng.next() as u8;
+            for _ in 0..1 + rng.next_u64() % 4 {
+                let at = (rng.next_u64() % b.len() as u64) as usize;
+                b[at] = rng.next_u64() as u8;
             }
             b
         };
@@ -152,11 +142,11 @@ fn random_and_mangled_bytes_are_counted_not_panicked_on() {
 
 #[test]
 fn random_records_never_panic() {
-    let mut rng = Rng(0xdead_beef_cafe_f00d);
+    let mut rng = XorShift::new(0xdead_beef_cafe_f00d);
     let mut table = ClientTable::new(16);
     for i in 0..20_000u64 {
         let mut r = HelloRecord::new();
-        let mut w = || rng.next();
+        let mut w = || rng.next_u64();
         r.src_net = [w() as u32, w() as u32, w() as u32, w() as u32];
         (r.family, r.version, r.verdict, r.flags) =
             (w() as u8 % 8, w() as u8 % 8, w() as u8 % 5, w() as u8);

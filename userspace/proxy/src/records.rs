@@ -831,14 +831,8 @@ mod tests {
     /// key, and everything else ends the connection with its alert, never a panic.
     #[test]
     fn random_record_sequences_get_what_the_model_expects() {
-        // xorshift64*: the same sequences on every run, no dependency.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % n
-        };
+        let mut rng = outpost_testkit::rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |n: u64| rng.below(n as usize) as u64;
         let (mut pairs, mut opened, mut key_updates) = (0, 0, 0);
         while pairs < 40 {
             let v13 = pairs % 2 == 0;

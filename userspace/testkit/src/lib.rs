@@ -2,6 +2,7 @@
 //! suites: the real `outpost run` binary, a small echo origin, and real clients (curl, openssl
 //! s_client), each started by the test and killed by a Drop guard.
 
+pub mod rng;
 pub mod tls;
 
 use std::{
